@@ -1,0 +1,43 @@
+# Every target installs what it needs first (scripts/setup.sh is idempotent and quick when
+# nothing is missing), so a fresh Debian/Ubuntu machine needs nothing done by hand.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+.PHONY: setup up down status demo test test-fast lint bench clean
+
+setup:
+	@scripts/setup.sh
+
+up: setup
+	@$(PY) -m localfaas up
+
+down:
+	@if [ -x $(PY) ]; then $(PY) -m localfaas down; fi
+
+status: setup
+	@$(PY) -m localfaas status
+
+demo: setup
+	@$(PY) -m localfaas up
+	@$(PY) scripts/demo.py
+
+lint: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy vtp localfaas functions
+
+test: setup
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/mypy vtp localfaas
+	@$(PY) -m pytest
+
+test-fast: setup
+	@$(PY) -m pytest -m "not slow"
+
+bench: setup
+	@$(PY) -m localfaas up
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: down
+	rm -rf .run build

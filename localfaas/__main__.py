@@ -1,0 +1,5 @@
+import sys
+
+from localfaas.cli import main
+
+sys.exit(main())

@@ -1,0 +1,138 @@
+"""Where the local stack lives and which ports it uses.
+
+Everything is derived from a handful of environment variables so that tests (and two
+developers on one machine) can run a second, isolated stack beside `make up`'s.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class LocalConfig(BaseSettings):
+    """Settings of the local runtime itself (not of the functions)."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCALFAAS_", extra="ignore")
+
+    run_dir: Path = Field(default=REPO_ROOT / ".run")
+    stack_file: Path = Field(default=REPO_ROOT / "stack.yml")
+    gateway_port: int = 8080
+    # Ports of the backing services and functions are allocated from this base upward.
+    port_base: int = 15400
+    namespace: str = "openfaas-fn"
+    uploads_bucket: str = "uploads"
+    outputs_bucket: str = "outputs"
+    # Where bucket notifications go; by default the gateway's async route to `split`.
+    notify_endpoint: str | None = None
+    # Queue-worker settings, as the CE queue-worker's environment variables.
+    max_inflight: int = 4
+    ack_wait: float = 3600.0
+    # Gateway timeouts (seconds), as the CE gateway's read/write/upstream timeouts.
+    upstream_timeout: float = 3600.0
+
+    # --- ports -------------------------------------------------------------------------
+    @property
+    def postgres_port(self) -> int:
+        return self.port_base
+
+    @property
+    def redis_port(self) -> int:
+        return self.port_base + 1
+
+    @property
+    def nats_port(self) -> int:
+        return self.port_base + 2
+
+    @property
+    def nats_monitor_port(self) -> int:
+        return self.port_base + 3
+
+    @property
+    def s3_port(self) -> int:
+        return self.port_base + 4
+
+    @property
+    def function_port_base(self) -> int:
+        """Functions get consecutive ports from here, in stack.yml order."""
+        return self.port_base + 20
+
+    # --- paths -------------------------------------------------------------------------
+    @property
+    def gateway_url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"
+
+    @property
+    def state_dir(self) -> Path:
+        return self.run_dir / "state"
+
+    @property
+    def build_dir(self) -> Path:
+        return self.run_dir / "build"
+
+    @property
+    def secrets_dir(self) -> Path:
+        """One folder per function, holding only the secrets it declares."""
+        return self.run_dir / "secrets"
+
+    @property
+    def stack_env_file(self) -> Path:
+        return self.run_dir / "stack.env"
+
+    @property
+    def notify_url(self) -> str:
+        return self.notify_endpoint or f"{self.gateway_url}/async-function/split"
+
+    @cached_property
+    def credentials(self) -> dict[str, str]:
+        """Passwords and keys of the local services, made once per run dir and then kept."""
+        path = self.run_dir / "credentials.json"
+        if path.exists():
+            data: dict[str, str] = json.loads(path.read_text())
+            return data
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        data = {
+            "postgres_user": "vtp",
+            "postgres_password": secrets.token_urlsafe(18),
+            "postgres_db": "vtp",
+            "s3_access_key": "vtp" + secrets.token_hex(6),
+            "s3_secret_key": secrets.token_urlsafe(24),
+            "webhook_token": secrets.token_urlsafe(24),
+            "callback_secret": secrets.token_urlsafe(24),
+            "gateway_user": "admin",
+            "gateway_password": secrets.token_urlsafe(18),
+        }
+        path.write_text(json.dumps(data, indent=2))
+        path.chmod(0o600)
+        return data
+
+    @property
+    def postgres_dsn(self) -> str:
+        c = self.credentials
+        return (
+            f"postgresql://{c['postgres_user']}:{c['postgres_password']}"
+            f"@127.0.0.1:{self.postgres_port}/{c['postgres_db']}"
+        )
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def nats_url(self) -> str:
+        return f"nats://127.0.0.1:{self.nats_port}"
+
+    @property
+    def s3_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"

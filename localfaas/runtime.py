@@ -1,0 +1,378 @@
+"""`up`, `down` and `status`: the local stack as one unit.
+
+`up` is idempotent: whatever already runs and answers its health check is left alone, what is
+dead is started, and a function whose build context changed since it started is restarted. So
+`make up` after editing a handler is the way to redeploy, as `faas-cli up` is on OpenFaaS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shlex
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import requests
+
+from localfaas import procs, services
+from localfaas.build import assemble_context
+from localfaas.config import REPO_ROOT, LocalConfig
+from localfaas.registry import FunctionEntry, load_registry, save_registry
+from localfaas.stack import (
+    FunctionSpec,
+    Stack,
+    find_template,
+    function_environment,
+    load_stack,
+    parse_duration,
+    template_fprocess,
+)
+
+log = logging.getLogger(__name__)
+
+FN_PREFIX = "fn-"
+# The OpenFaaS components the runtime plays, each its own process, in start order.
+COMPONENTS = ("gateway", "queue-worker", "cron", "notifier")
+_COMPONENT_MODULES = {
+    "gateway": "localfaas.gateway",
+    "queue-worker": "localfaas.queue_worker",
+    "cron": "localfaas.cron",
+    "notifier": "localfaas.notifier",
+}
+# Environment a function process inherits from ours; everything else comes from stack.yml,
+# as in a container where only the image's and the function's environment exist.
+_INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
+
+
+class UpError(RuntimeError):
+    """Something could not be started; the message names it and its log."""
+
+
+@dataclass
+class FunctionPlan:
+    name: str
+    spec: FunctionSpec
+    context: Path
+    port: int
+    digest: str
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+def secret_store(cfg: LocalConfig) -> Path:
+    """Plays `faas-cli secret create`: one file per secret; add your own files here."""
+    return cfg.run_dir / "secret-store"
+
+
+def _write_builtin_secrets(cfg: LocalConfig) -> None:
+    c = cfg.credentials
+    values = {
+        "vtp-s3-access-key": c["s3_access_key"],
+        "vtp-s3-secret-key": c["s3_secret_key"],
+        "vtp-postgres-dsn": cfg.postgres_dsn,
+        "vtp-webhook-token": c["webhook_token"],
+        "vtp-callback-secret": c["callback_secret"],
+    }
+    store = secret_store(cfg)
+    store.mkdir(parents=True, exist_ok=True)
+    for name, value in values.items():
+        path = store / name
+        if not path.exists() or path.read_text() != value:
+            path.write_text(value)
+            path.chmod(0o600)
+
+
+def _mount_secrets(cfg: LocalConfig, fn: str, names: Iterable[str]) -> Path:
+    """Each function sees only the secrets it declares, like /var/openfaas/secrets."""
+    target = cfg.secrets_dir / fn
+    target.mkdir(parents=True, exist_ok=True)
+    for old in target.iterdir():
+        old.unlink()
+    for name in names:
+        src = secret_store(cfg) / name
+        if not src.exists():
+            raise UpError(
+                f"function {fn}: secret {name!r} does not exist "
+                f"(create it as a file in {secret_store(cfg)})"
+            )
+        (target / name).write_bytes(src.read_bytes())
+    return target
+
+
+# --- stack.env ------------------------------------------------------------------------------
+
+
+def stack_env(cfg: LocalConfig) -> dict[str, str]:
+    c = cfg.credentials
+    return {
+        "VTP_GATEWAY_URL": cfg.gateway_url,
+        "VTP_GATEWAY_USER": c["gateway_user"],
+        "VTP_GATEWAY_PASSWORD": c["gateway_password"],
+        "VTP_S3_ENDPOINT": cfg.s3_endpoint,
+        "VTP_S3_ACCESS_KEY": c["s3_access_key"],
+        "VTP_S3_SECRET_KEY": c["s3_secret_key"],
+        "VTP_UPLOADS_BUCKET": cfg.uploads_bucket,
+        "VTP_OUTPUTS_BUCKET": cfg.outputs_bucket,
+        "VTP_REDIS_URL": cfg.redis_url,
+        "VTP_POSTGRES_DSN": cfg.postgres_dsn,
+        "VTP_NATS_URL": cfg.nats_url,
+        "VTP_WEBHOOK_TOKEN": c["webhook_token"],
+        "VTP_RUN_DIR": str(cfg.run_dir),
+    }
+
+
+def write_stack_env(cfg: LocalConfig) -> Path:
+    lines = ["# Written by `make up`: connection settings of the local stack.", ""]
+    lines += [f"{k}={shlex.quote(v)}" for k, v in stack_env(cfg).items()]
+    cfg.stack_env_file.write_text("\n".join(lines) + "\n")
+    cfg.stack_env_file.chmod(0o600)
+    return cfg.stack_env_file
+
+
+# Connection settings that stack.yml points at the cluster's services and that the local
+# runtime points at its own; everything else in a function's environment is left as written.
+def _local_overrides(cfg: LocalConfig) -> dict[str, str]:
+    env = stack_env(cfg)
+    keys = ("VTP_GATEWAY_URL", "VTP_S3_ENDPOINT", "VTP_UPLOADS_BUCKET", "VTP_OUTPUTS_BUCKET")
+    return {k: env[k] for k in keys} | {"VTP_REDIS_URL": cfg.redis_url}
+
+
+# --- functions ------------------------------------------------------------------------------
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def plan_functions(cfg: LocalConfig, stack: Stack) -> list[FunctionPlan]:
+    stack_dir = cfg.stack_file.resolve().parent
+    plans = []
+    for i, (name, spec) in enumerate(stack.functions.items()):
+        template = find_template(stack_dir, spec.lang, [REPO_ROOT])
+        context = assemble_context(
+            template,
+            stack_dir / spec.handler,
+            [Path(p) for p in stack.configuration.copy_paths],
+            cfg.build_dir / name,
+            scope=stack_dir,
+        )
+        env_digest = hashlib.sha256(repr(sorted(spec.model_dump().items())).encode()).hexdigest()
+        plans.append(
+            FunctionPlan(
+                name=name,
+                spec=spec,
+                context=context,
+                port=cfg.function_port_base + i,
+                digest=hashlib.sha256((_digest(context) + env_digest).encode()).hexdigest(),
+            )
+        )
+    return plans
+
+
+def _function_env(cfg: LocalConfig, plan: FunctionPlan, secrets_dir: Path) -> dict[str, str]:
+    stack_dir = cfg.stack_file.resolve().parent
+    env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+    env.update(function_environment(stack_dir, plan.spec))
+    env.update(_local_overrides(cfg))
+    env.update(
+        {
+            "UPSTREAM_PORT": str(plan.port),
+            "VTP_SECRETS_DIR": str(secrets_dir),
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONDONTWRITEBYTECODE": "1",
+        }
+    )
+    return env
+
+
+def _entry(cfg: LocalConfig, plan: FunctionPlan) -> FunctionEntry:
+    env = plan.spec.environment
+    return FunctionEntry(
+        name=plan.name,
+        namespace=plan.spec.namespace or cfg.namespace,
+        port=plan.port,
+        image=plan.spec.image,
+        env_process=template_fprocess(plan.context),
+        labels=plan.spec.labels,
+        annotations=plan.spec.annotations,
+        exec_timeout=parse_duration(env.get("exec_timeout"), 30.0),
+        read_timeout=parse_duration(env.get("read_timeout"), 30.0),
+        write_timeout=parse_duration(env.get("write_timeout"), 30.0),
+    )
+
+
+def _digest_path(cfg: LocalConfig, name: str) -> Path:
+    return cfg.state_dir / f"{FN_PREFIX}{name}.digest"
+
+
+def _healthy(url: str, timeout: float = 1.0) -> bool:
+    try:
+        return requests.get(url, timeout=timeout).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def _wait_healthy(cfg: LocalConfig, name: str, url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _healthy(url):
+            return
+        if procs.running(cfg, name) is None:
+            break
+        time.sleep(0.1)
+    rec = procs.load(cfg, name)
+    where = rec.log if rec else cfg.logs_dir / f"{name}.log"
+    tail = _tail(Path(where))
+    raise UpError(f"{name} did not become healthy at {url} (log: {where})\n{tail}")
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def start_functions(cfg: LocalConfig, stack: Stack) -> list[FunctionEntry]:
+    plans = plan_functions(cfg, stack)
+    wanted = {FN_PREFIX + p.name for p in plans}
+    for rec in procs.records(cfg):
+        if rec.name.startswith(FN_PREFIX) and rec.name not in wanted:
+            log.info("stopping %s: no longer in stack.yml", rec.name)
+            procs.stop(cfg, rec.name)
+    started: list[FunctionPlan] = []
+    for plan in plans:
+        pname = FN_PREFIX + plan.name
+        digest_file = _digest_path(cfg, plan.name)
+        old = digest_file.read_text() if digest_file.exists() else None
+        current = procs.running(cfg, pname)
+        if (
+            current
+            and current.port == plan.port
+            and old == plan.digest
+            and _healthy(f"http://127.0.0.1:{plan.port}/_/health")
+        ):
+            continue
+        if current:
+            log.info("restarting %s (changed or unhealthy)", pname)
+        procs.stop(cfg, pname)
+        secrets_dir = _mount_secrets(cfg, plan.name, plan.spec.secrets)
+        argv = [
+            sys.executable if a in ("python", "python3") else a
+            for a in shlex.split(template_fprocess(plan.context))
+        ]
+        procs.start(
+            cfg,
+            pname,
+            argv,
+            env=_function_env(cfg, plan, secrets_dir),
+            cwd=plan.context,
+            port=plan.port,
+            url=f"{cfg.gateway_url}/function/{plan.name}",
+        )
+        digest_file.write_text(plan.digest)
+        started.append(plan)
+    for plan in started:
+        _wait_healthy(cfg, FN_PREFIX + plan.name, f"http://127.0.0.1:{plan.port}/_/health", 30)
+    entries = [_entry(cfg, p) for p in plans]
+    save_registry(cfg, entries)
+    return entries
+
+
+# --- components -----------------------------------------------------------------------------
+
+
+def component_env(cfg: LocalConfig) -> dict[str, str]:
+    """Our own process environment plus the runtime's settings, so children see the same cfg."""
+    env = dict(os.environ)
+    for key, value in cfg.model_dump(exclude_none=True).items():
+        env[f"LOCALFAAS_{key.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def start_components(cfg: LocalConfig) -> None:
+    env = component_env(cfg)
+    for name in COMPONENTS:
+        if procs.running(cfg, name):
+            continue
+        url = cfg.gateway_url if name == "gateway" else None
+        procs.start(
+            cfg,
+            name,
+            [sys.executable, "-m", _COMPONENT_MODULES[name]],
+            env=env,
+            cwd=REPO_ROOT,
+            port=cfg.gateway_port if name == "gateway" else None,
+            url=url,
+        )
+        if name == "gateway":
+            _wait_healthy(cfg, name, f"{cfg.gateway_url}/healthz", 20)
+    # The others have no port: a second look that they did not die at start is enough.
+    time.sleep(0.3)
+    for name in COMPONENTS:
+        if procs.running(cfg, name) is None:
+            rec = procs.load(cfg, name)
+            raise UpError(f"{name} exited at start (log: {rec.log if rec else '?'})")
+
+
+# --- the verbs --------------------------------------------------------------------------------
+
+
+def up(cfg: LocalConfig) -> float:
+    """Bring everything up; returns the seconds it took."""
+    t0 = time.monotonic()
+    for d in (cfg.run_dir, cfg.logs_dir, cfg.state_dir, cfg.build_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    stack = load_stack(cfg.stack_file)
+    services.start_services(cfg)
+    _write_builtin_secrets(cfg)
+    write_stack_env(cfg)
+    start_functions(cfg, stack)
+    start_components(cfg)
+    return time.monotonic() - t0
+
+
+def down(cfg: LocalConfig) -> list[str]:
+    """Stop functions and components, then the services; returns what was running."""
+    stopped = []
+    for rec in procs.records(cfg):
+        if rec.name in services.SERVICES:
+            continue
+        if procs.stop(cfg, rec.name):
+            stopped.append(rec.name)
+    services.stop_services(cfg)
+    for p in cfg.state_dir.glob(f"{FN_PREFIX}*.digest") if cfg.state_dir.exists() else []:
+        p.unlink()
+    return stopped
+
+
+@dataclass
+class StatusRow:
+    name: str
+    pid: int
+    running: bool
+    where: str
+    log: str
+
+
+def status(cfg: LocalConfig) -> list[StatusRow]:
+    rows = []
+    registry = load_registry(cfg)
+    for rec in procs.records(cfg):
+        fn = rec.name.removeprefix(FN_PREFIX)
+        where = rec.url or (f"127.0.0.1:{rec.port}" if rec.port else "")
+        if rec.name.startswith(FN_PREFIX) and fn in registry:
+            where = f"{cfg.gateway_url}/function/{fn} (direct :{registry[fn].port})"
+        rows.append(StatusRow(rec.name, rec.pid, procs.pid_alive(rec.pid), where, rec.log))
+    return rows

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a Debian/Ubuntu machine, and only what is missing:
+# the OS packages (servers run by the project itself, never the machine's default instances)
+# and a virtual environment with the project installed in it. Safe to run any number of times.
+set -euo pipefail
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+cd "$(dirname "$0")/.."
+
+VENV=${VENV:-.venv}
+PKGS=(ffmpeg redis-server nats-server postgresql python3-venv python3-dev curl)
+# Chromium is only needed by the browser tests; it is installed when asked for.
+if [[ "${VTP_WITH_BROWSER:-0}" == "1" ]]; then PKGS+=(chromium); fi
+
+have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+missing=()
+for p in "${PKGS[@]}"; do have_pkg "$p" || missing+=("$p"); done
+
+if ((${#missing[@]})); then
+  echo "setup: installing OS packages: ${missing[*]}"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  # The postgresql package would start the machine's default cluster; we never use it,
+  # so ask policy-rc.d (where honoured) not to start services during the install.
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [[ ! -x "$VENV/bin/python" ]]; then
+  echo "setup: creating virtual environment $VENV"
+  "$PY" -m venv "$VENV"
+fi
+# Reinstall only when pyproject.toml changed since the last successful install.
+stamp="$VENV/.vtp-installed"
+if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
+  echo "setup: installing Python packages into $VENV"
+  log="$VENV/pip-install.log"
+  if ! { "$VENV/bin/pip" install --upgrade pip && "$VENV/bin/pip" install -e ".[local,dev]"; } >"$log" 2>&1; then
+    tail -n 40 "$log"; echo "setup: pip install failed (full log: $log)" >&2; exit 1
+  fi
+  touch "$stamp"
+fi
+echo "setup: ok"

@@ -1,0 +1,76 @@
+"""Every exception the pipeline raises on purpose, in one place.
+
+Core code raises these; only handlers turn them into HTTP statuses (see `http_status`), so
+the same core can serve a webhook, a manual job and a queue message.
+"""
+
+from __future__ import annotations
+
+
+class VtpError(Exception):
+    """Base of all pipeline errors. `reason` is safe to show to clients and to record."""
+
+    http_status = 500
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidRequest(VtpError):
+    """The request itself is malformed: bad JSON, a missing or wrong field."""
+
+    http_status = 400
+
+
+class Unauthorized(VtpError):
+    """A bucket notification without the expected bearer token."""
+
+    http_status = 401
+
+
+class NotFound(VtpError):
+    """An unknown job, rendition or object."""
+
+    http_status = 404
+
+
+class Conflict(VtpError):
+    """The request is valid but clashes with the current state (e.g. a finished rendition)."""
+
+    http_status = 409
+
+
+class InvalidSource(VtpError):
+    """The uploaded object is not a video we accept: not media, no video stream, too big..."""
+
+    http_status = 422
+
+
+class StorageError(VtpError):
+    """Object storage could not be read or written."""
+
+    http_status = 502
+
+
+class FfmpegError(VtpError):
+    """ffmpeg or ffprobe exited with an error; `reason` carries the tail of its stderr."""
+
+    http_status = 500
+
+
+class FfmpegTimeout(FfmpegError):
+    """ffmpeg ran past its wall-time budget and was killed with its process group."""
+
+    http_status = 504
+
+
+class UpstreamError(VtpError):
+    """The gateway, a callback target or another service refused or failed."""
+
+    http_status = 502
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status a handler should answer for `exc`; 500 for anything unexpected."""
+    return exc.http_status if isinstance(exc, VtpError) else 500

@@ -1,0 +1,78 @@
+"""pydantic models for everything that crosses a boundary: events, requests, queue payloads.
+
+Enums are `StrEnum` so that they serialise as plain strings in JSON, SQL and Redis.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class JobState(StrEnum):
+    """Life of a job. `succeeded` and `failed` are terminal."""
+
+    QUEUED = "queued"  # accepted, renditions invoked, none running yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED)
+
+
+class RenditionState(StrEnum):
+    """Life of one rendition. `succeeded`, `failed` and `dead` are terminal.
+
+    `failed` is a permanent failure (bad input); `dead` means retries were exhausted and the
+    task was dead-lettered with its reason.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (RenditionState.SUCCEEDED, RenditionState.FAILED, RenditionState.DEAD)
+
+
+class SourceInfo(BaseModel):
+    """What ffprobe found in a source, after sanity checks."""
+
+    model_config = ConfigDict(frozen=True)
+
+    duration: float = Field(gt=0, description="seconds")
+    width: int = Field(gt=0, description="display width, after rotation and sample aspect ratio")
+    height: int = Field(gt=0, description="display height, after rotation and sample aspect ratio")
+    fps: float = Field(gt=0)
+    has_audio: bool
+    video_codec: str
+    audio_codec: str | None = None
+    format_name: str = ""
+    size_bytes: int | None = None
+    bit_rate: int | None = None
+    rotation: int = 0
+
+
+class RenditionSpec(BaseModel):
+    """One rung of the ladder, fully resolved: everything transcode needs to encode it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(description="e.g. '720p'; the short side in pixels plus 'p'")
+    function: str = Field(description="the transcode-<resolution> function that encodes it")
+    width: int = Field(gt=0, multiple_of=2)
+    height: int = Field(gt=0, multiple_of=2)
+    fps: float = Field(gt=0)
+    video_bitrate: int = Field(gt=0, description="target bits per second")
+    max_bitrate: int = Field(gt=0)
+    buffer_size: int = Field(gt=0)
+    audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
+    profile: str = "high"
+    level: str = "4.1"

@@ -1,0 +1,153 @@
+"""Object storage through the minio SDK: presigned reads for ffmpeg, uploads of outputs.
+
+Two clients: one for the endpoint the functions reach (inside the cluster) and one for the
+endpoint clients reach (browsers, callback receivers). A presigned URL signs the host, so a
+URL made with the internal client does not work from outside, and vice versa.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import mimetypes
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from minio import Minio
+from minio.error import S3Error
+
+from vtp.errors import NotFound, StorageError
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Content types players and CDNs expect for HLS; mimetypes does not know most of them.
+_CONTENT_TYPES = {
+    ".m3u8": "application/vnd.apple.mpegurl",
+    ".m4s": "video/iso.segment",
+    ".mp4": "video/mp4",
+    ".ts": "video/mp2t",
+    ".jpg": "image/jpeg",
+    ".json": "application/json",
+}
+
+
+def content_type_for(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    return _CONTENT_TYPES.get(suffix) or mimetypes.guess_type(name)[0] or "application/octet-stream"
+
+
+def make_client(endpoint: str, settings: Settings) -> Minio:
+    """A client for `endpoint` (an http(s) URL). The region is fixed so presigning is offline."""
+    parts = urlsplit(endpoint)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"S3 endpoint must be an http(s) URL, got {endpoint!r}")
+    return Minio(
+        parts.netloc,
+        access_key=settings.s3_access_key.get_secret_value(),
+        secret_key=settings.s3_secret_key.get_secret_value(),
+        secure=parts.scheme == "https",
+        region=settings.s3_region,
+    )
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    bucket: str
+    key: str
+    etag: str
+    size: int
+    content_type: str | None
+
+
+class Storage:
+    def __init__(self, client: Minio, public_client: Minio | None = None) -> None:
+        self.client = client
+        self.public_client = public_client or client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Storage:
+        internal = make_client(settings.s3_endpoint, settings)
+        public = (
+            make_client(settings.s3_public_endpoint, settings)
+            if settings.s3_public_endpoint
+            else internal
+        )
+        return cls(internal, public)
+
+    def stat(self, bucket: str, key: str) -> ObjectInfo:
+        try:
+            st = self.client.stat_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket", "NoSuchObject", "NotFound"):
+                raise NotFound(f"object s3://{bucket}/{key} does not exist") from exc
+            raise StorageError(f"cannot read s3://{bucket}/{key}: {exc.code}") from exc
+        except Exception as exc:  # urllib3 connection errors and the like
+            raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
+        return ObjectInfo(
+            bucket=bucket,
+            key=key,
+            etag=(st.etag or "").strip('"'),
+            size=st.size or 0,
+            content_type=st.content_type,
+        )
+
+    def presigned_get(self, bucket: str, key: str, *, expires: float, public: bool = False) -> str:
+        client = self.public_client if public else self.client
+        seconds = max(60, min(int(expires), 7 * 24 * 3600))  # S3's own bounds
+        return client.presigned_get_object(bucket, key, expires=timedelta(seconds=seconds))
+
+    def presigned_put(self, bucket: str, key: str, *, expires: float) -> str:
+        seconds = max(60, min(int(expires), 7 * 24 * 3600))
+        return self.public_client.presigned_put_object(
+            bucket, key, expires=timedelta(seconds=seconds)
+        )
+
+    def put_bytes(
+        self, bucket: str, key: str, data: bytes, content_type: str | None = None
+    ) -> None:
+        try:
+            self.client.put_object(
+                bucket,
+                key,
+                io.BytesIO(data),
+                len(data),
+                content_type=content_type or content_type_for(key),
+            )
+        except Exception as exc:
+            raise StorageError(f"cannot write s3://{bucket}/{key}: {exc}") from exc
+
+    def upload_dir(self, local_dir: Path, bucket: str, prefix: str) -> int:
+        """Upload every file under `local_dir` to `prefix/`; returns the bytes uploaded.
+
+        Playlists go last so that a reader who sees a playlist finds all its segments.
+        """
+        files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+        files.sort(key=lambda p: p.suffix == ".m3u8")
+        total = 0
+        for path in files:
+            key = f"{prefix.rstrip('/')}/{path.relative_to(local_dir).as_posix()}"
+            try:
+                self.client.fput_object(
+                    bucket, key, str(path), content_type=content_type_for(path.name)
+                )
+            except Exception as exc:
+                raise StorageError(f"cannot upload {key}: {exc}") from exc
+            total += path.stat().st_size
+        log.info("uploaded %d files (%d bytes) to s3://%s/%s", len(files), total, bucket, prefix)
+        return total
+
+    def get_bytes(self, bucket: str, key: str) -> bytes:
+        try:
+            resp = self.client.get_object(bucket, key)
+        except S3Error as exc:
+            if exc.code in ("NoSuchKey", "NoSuchBucket"):
+                raise NotFound(f"object s3://{bucket}/{key} does not exist") from exc
+            raise StorageError(f"cannot read s3://{bucket}/{key}: {exc.code}") from exc
+        try:
+            return resp.read()
+        finally:
+            resp.close()
+            resp.release_conn()
