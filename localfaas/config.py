@@ -24,6 +24,8 @@ class LocalConfig(BaseSettings):
 
     run_dir: Path = Field(default=REPO_ROOT / ".run")
     stack_file: Path = Field(default=REPO_ROOT / "stack.yml")
+    # More stack files whose functions run beside stack.yml's (the tests' fixture functions).
+    extra_stack_files: list[Path] = Field(default_factory=list)
     gateway_port: int = 8080
     # Ports of the backing services and functions are allocated from this base upward.
     port_base: int = 15400

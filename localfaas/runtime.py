@@ -8,6 +8,7 @@ dead is started, and a function whose build context changed since it started is 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shlex
@@ -60,6 +61,7 @@ class FunctionPlan:
     context: Path
     port: int
     digest: str
+    stack_dir: Path
 
 
 # --- secrets ------------------------------------------------------------------------------
@@ -154,35 +156,45 @@ def _digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def plan_functions(cfg: LocalConfig, stack: Stack) -> list[FunctionPlan]:
-    stack_dir = cfg.stack_file.resolve().parent
-    plans = []
-    for i, (name, spec) in enumerate(stack.functions.items()):
-        template = find_template(stack_dir, spec.lang, [REPO_ROOT])
-        context = assemble_context(
-            template,
-            stack_dir / spec.handler,
-            [Path(p) for p in stack.configuration.copy_paths],
-            cfg.build_dir / name,
-            scope=stack_dir,
-        )
-        env_digest = hashlib.sha256(repr(sorted(spec.model_dump().items())).encode()).hexdigest()
-        plans.append(
-            FunctionPlan(
-                name=name,
-                spec=spec,
-                context=context,
-                port=cfg.function_port_base + i,
-                digest=hashlib.sha256((_digest(context) + env_digest).encode()).hexdigest(),
+def load_stacks(cfg: LocalConfig) -> list[tuple[Path, Stack]]:
+    """stack.yml plus any extra stack files (the tests add their fixture functions so)."""
+    files = [cfg.stack_file, *cfg.extra_stack_files]
+    return [(f.resolve().parent, load_stack(f)) for f in files]
+
+
+def plan_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionPlan]:
+    plans: list[FunctionPlan] = []
+    for stack_dir, stack in stacks:
+        for name, spec in stack.functions.items():
+            if any(p.name == name for p in plans):
+                raise UpError(f"function {name} is declared in more than one stack file")
+            template = find_template(stack_dir, spec.lang, [REPO_ROOT])
+            context = assemble_context(
+                template,
+                stack_dir / spec.handler,
+                [Path(p) for p in stack.configuration.copy_paths],
+                cfg.build_dir / name,
+                scope=stack_dir,
             )
-        )
+            spec_digest = hashlib.sha256(
+                repr(sorted(spec.model_dump().items())).encode()
+            ).hexdigest()
+            plans.append(
+                FunctionPlan(
+                    name=name,
+                    spec=spec,
+                    context=context,
+                    port=cfg.function_port_base + len(plans),
+                    digest=hashlib.sha256((_digest(context) + spec_digest).encode()).hexdigest(),
+                    stack_dir=stack_dir,
+                )
+            )
     return plans
 
 
 def _function_env(cfg: LocalConfig, plan: FunctionPlan, secrets_dir: Path) -> dict[str, str]:
-    stack_dir = cfg.stack_file.resolve().parent
     env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
-    env.update(function_environment(stack_dir, plan.spec))
+    env.update(function_environment(plan.stack_dir, plan.spec))
     env.update(_local_overrides(cfg))
     env.update(
         {
@@ -243,8 +255,8 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def start_functions(cfg: LocalConfig, stack: Stack) -> list[FunctionEntry]:
-    plans = plan_functions(cfg, stack)
+def start_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionEntry]:
+    plans = plan_functions(cfg, stacks)
     wanted = {FN_PREFIX + p.name for p in plans}
     for rec in procs.records(cfg):
         if rec.name.startswith(FN_PREFIX) and rec.name not in wanted:
@@ -295,8 +307,11 @@ def start_functions(cfg: LocalConfig, stack: Stack) -> list[FunctionEntry]:
 def component_env(cfg: LocalConfig) -> dict[str, str]:
     """Our own process environment plus the runtime's settings, so children see the same cfg."""
     env = dict(os.environ)
-    for key, value in cfg.model_dump(exclude_none=True).items():
-        env[f"LOCALFAAS_{key.upper()}"] = str(value)
+    for key, value in cfg.model_dump(mode="json", exclude_none=True).items():
+        # pydantic-settings reads complex values (lists) from the environment as JSON.
+        env[f"LOCALFAAS_{key.upper()}"] = (
+            json.dumps(value) if isinstance(value, list | dict) else str(value)
+        )
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -334,11 +349,11 @@ def up(cfg: LocalConfig) -> float:
     t0 = time.monotonic()
     for d in (cfg.run_dir, cfg.logs_dir, cfg.state_dir, cfg.build_dir):
         d.mkdir(parents=True, exist_ok=True)
-    stack = load_stack(cfg.stack_file)
+    stacks = load_stacks(cfg)
     services.start_services(cfg)
     _write_builtin_secrets(cfg)
     write_stack_env(cfg)
-    start_functions(cfg, stack)
+    start_functions(cfg, stacks)
     start_components(cfg)
     return time.monotonic() - t0
 

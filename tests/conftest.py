@@ -1,15 +1,87 @@
-"""Shared fixtures. (Being built: the session-wide `stack` fixture arrives with localfaas up.)"""
+"""Shared fixtures: one local stack per test run, on ports of its own.
+
+The stack is the project's real runtime (`localfaas`) with the real stack.yml plus the fixture
+functions of tests/fixtures/stack.yml, and real PostgreSQL, Redis, NATS and S3 servers. It
+starts once per session (make test) and is stopped at the end; it never touches the stack
+that `make up` runs on port 8080.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from localfaas import runtime
+from localfaas.config import REPO_ROOT, LocalConfig
+
+TEST_RUN_DIR = REPO_ROOT / ".run" / "test"
+FIXTURES = Path(__file__).parent / "fixtures"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def test_config(**overrides: object) -> LocalConfig:
+    values: dict[str, object] = {
+        "run_dir": TEST_RUN_DIR,
+        "port_base": 16400,
+        "gateway_port": 18080,
+        "extra_stack_files": [FIXTURES / "stack.yml"],
+        "max_inflight": 4,
+    }
+    values.update(overrides)
+    return LocalConfig(**values)  # type: ignore[arg-type]
+
 
 @pytest.fixture(scope="session")
-def postgres_dsn() -> str:
+def tick_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cron") / "ticks.log"
+
+
+@pytest.fixture(scope="session")
+def stack(tick_file: Path) -> Iterator[LocalConfig]:
+    """The running test stack's config; everything in it is up and healthy."""
+    cfg = test_config()
+    runtime.down(cfg)  # whatever an interrupted earlier run left behind
+    if (cfg.run_dir / "build").exists():
+        shutil.rmtree(cfg.run_dir / "build")
+    store = runtime.secret_store(cfg)
+    store.mkdir(parents=True, exist_ok=True)
+    (store / "fixture-secret").write_text("s3cr3t-from-a-file")
+    os.environ["FIXTURE_TICK_FILE"] = str(tick_file)  # substituted into the fixture stack.yml
+    try:
+        cfg.__dict__["up_seconds"] = runtime.up(cfg)
+        yield cfg
+    finally:
+        runtime.down(cfg)
+
+
+@pytest.fixture(scope="session")
+def stack_env(stack: LocalConfig) -> dict[str, str]:
+    return runtime.stack_env(stack)
+
+
+@pytest.fixture(scope="session")
+def gateway(stack: LocalConfig) -> str:
+    return stack.gateway_url
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(request: pytest.FixtureRequest) -> str:
+    """The stack's PostgreSQL (VTP_TEST_POSTGRES_DSN points elsewhere, without the stack)."""
     dsn = os.environ.get("VTP_TEST_POSTGRES_DSN")
-    if not dsn:
-        pytest.fail("VTP_TEST_POSTGRES_DSN not set (interim: the stack fixture will provide it)")
-    return dsn
+    return dsn or request.getfixturevalue("stack").postgres_dsn  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> str:
+    url = os.environ.get("VTP_TEST_REDIS_URL")
+    return url or request.getfixturevalue("stack").redis_url  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

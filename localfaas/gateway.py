@@ -1,0 +1,274 @@
+"""The gateway: OpenFaaS CE's HTTP routes in front of the local function processes.
+
+Routes, as on the CE gateway:
+- `/function/<name>[.<namespace>][/<path>]`: proxied synchronously, response streamed back
+  (so Server-Sent Events pass through, as they do on the real gateway);
+- `/async-function/<name>[...]`: queued on NATS JetStream, `202 Accepted` at once;
+- `/healthz`; `/system/functions` behind basic auth, like every `/system/*` route.
+
+The gateway also plays each function's of-watchdog for timeouts: a call running past the
+function's `exec_timeout` gets a 504, as of-watchdog answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+
+import aiohttp
+from aiohttp import web
+
+from localfaas import queue
+from localfaas.config import LocalConfig
+from localfaas.registry import FunctionEntry, RegistryWatcher
+
+log = logging.getLogger("localfaas.gateway")
+
+# Headers that describe one hop, never forwarded (RFC 9110 7.6.1), plus those aiohttp sets.
+HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
+)
+_STREAM_CHUNK = 64 * 1024
+
+
+def start_time_header() -> str:
+    """X-Start-Time as the CE gateway writes it: Unix time in nanoseconds."""
+    return str(time.time_ns())
+
+
+def forwardable(headers: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The end-to-end headers of a request or response, repeated names kept."""
+    return [(k, v) for k, v in headers.items() if k.lower() not in HOP_BY_HOP]
+
+
+class Gateway:
+    def __init__(self, cfg: LocalConfig) -> None:
+        self.cfg = cfg
+        self.registry = RegistryWatcher(cfg)
+        self.invocations: Counter[str] = Counter()
+        self.session: aiohttp.ClientSession | None = None
+        self.nc: queue.NATS | None = None
+        self.js: queue.JetStreamContext | None = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def on_startup(self, app: web.Application) -> None:
+        # No total timeout on the session: each call sets its own from the function's limits.
+        self.session = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+        )
+        self.nc, self.js = await queue.connect(self.cfg.nats_url)
+
+    async def on_cleanup(self, app: web.Application) -> None:
+        if self.session:
+            await self.session.close()
+        if self.nc:
+            await self.nc.drain()
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**3)
+        app.on_startup.append(self.on_startup)
+        app.on_cleanup.append(self.on_cleanup)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/system/functions", self.list_functions)
+        app.router.add_get("/system/function/{name}", self.get_function)
+        app.router.add_route("*", "/function/{name}", self.invoke)
+        app.router.add_route("*", "/function/{name}/{tail:.*}", self.invoke)
+        app.router.add_route("*", "/async-function/{name}", self.invoke_async)
+        app.router.add_route("*", "/async-function/{name}/{tail:.*}", self.invoke_async)
+        return app
+
+    # --- helpers ---------------------------------------------------------------------------
+    def lookup(self, raw_name: str) -> FunctionEntry:
+        """`name` or `name.namespace`, as the CE gateway resolves them."""
+        functions = self.registry.get()
+        name, _, namespace = raw_name.partition(".")
+        entry = functions.get(name)
+        if entry is None or (namespace and namespace != entry.namespace):
+            raise web.HTTPNotFound(text=f"error finding function {raw_name}: not found\n")
+        return entry
+
+    def check_auth(self, request: web.Request) -> None:
+        c = self.cfg.credentials
+        auth = request.headers.get("Authorization", "")
+        try:
+            creds = aiohttp.BasicAuth.decode(auth) if auth else None
+        except ValueError:
+            creds = None
+        if creds is None or (creds.login, creds.password) != (
+            c["gateway_user"],
+            c["gateway_password"],
+        ):
+            raise web.HTTPUnauthorized(
+                headers={"WWW-Authenticate": 'Basic realm="Restricted"'}, text="Unauthorized\n"
+            )
+
+    @staticmethod
+    def call_headers(request: web.Request) -> tuple[str, str]:
+        call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
+        start = request.headers.get("X-Start-Time") or start_time_header()
+        return call_id, start
+
+    # --- routes ------------------------------------------------------------------------------
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    def _describe(self, e: FunctionEntry) -> dict[str, object]:
+        return {
+            "name": e.name,
+            "image": e.image,
+            "namespace": e.namespace,
+            "envProcess": e.env_process,
+            "labels": e.labels,
+            "annotations": e.annotations,
+            "replicas": 1,
+            "availableReplicas": 1,
+            "invocationCount": self.invocations[e.name],
+        }
+
+    async def list_functions(self, request: web.Request) -> web.Response:
+        self.check_auth(request)
+        return web.json_response([self._describe(e) for e in self.registry.get().values()])
+
+    async def get_function(self, request: web.Request) -> web.Response:
+        self.check_auth(request)
+        return web.json_response(self._describe(self.lookup(request.match_info["name"])))
+
+    async def invoke(self, request: web.Request) -> web.StreamResponse:
+        entry = self.lookup(request.match_info["name"])
+        call_id, start = self.call_headers(request)
+        tail = "/" + request.match_info.get("tail", "")
+        headers = forwardable(request.headers)
+        headers = [(k, v) for k, v in headers if k.lower() not in ("x-call-id", "x-start-time")]
+        headers += [("X-Call-Id", call_id), ("X-Start-Time", start)]
+        headers.append(("X-Forwarded-Host", request.host))
+        self.invocations[entry.name] += 1
+        url = f"{entry.url}{tail}"
+        # of-watchdog answers 504 once exec_timeout passes; the gateway's own limit is
+        # upstream_timeout. The smaller one decides.
+        limit = min(entry.exec_timeout, self.cfg.upstream_timeout)
+        assert self.session is not None
+        t0 = time.monotonic()
+        try:
+            async with asyncio.timeout(limit):
+                upstream = await self.session.request(
+                    request.method,
+                    url,
+                    params=request.query,
+                    headers=headers,
+                    data=request.content.iter_chunked(_STREAM_CHUNK)
+                    if request.can_read_body
+                    else None,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            log.warning("%s %s: no response within %.0fs", entry.name, call_id, limit)
+            return self._error(504, f"Timeout awaiting response from {entry.name}", call_id, start)
+        except aiohttp.ClientError as exc:
+            log.warning("%s %s: upstream error %s", entry.name, call_id, exc)
+            return self._error(502, f"Can't reach service for: {entry.name}.", call_id, start)
+
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        for k, v in forwardable(upstream.headers):
+            if k.lower() not in ("x-call-id", "x-start-time"):
+                response.headers.add(k, v)
+        response.headers["X-Call-Id"] = call_id
+        response.headers["X-Start-Time"] = start
+        response.headers["X-Duration-Seconds"] = f"{time.monotonic() - t0:.6f}"
+        if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
+            response.enable_chunked_encoding()
+        elif "Content-Length" in upstream.headers:
+            response.content_length = int(upstream.headers["Content-Length"])
+        try:
+            await response.prepare(request)
+            remaining = limit - (time.monotonic() - t0)
+            async with asyncio.timeout(max(remaining, 0.001)):
+                async for chunk in upstream.content.iter_any():
+                    await response.write(chunk)
+        except (TimeoutError, aiohttp.ClientError, ConnectionResetError) as exc:
+            # Headers are gone already: all we can do is cut the body short.
+            log.warning("%s %s: response interrupted: %r", entry.name, call_id, exc)
+            upstream.close()
+            request.transport and request.transport.close()  # type: ignore[func-returns-value]
+            return response
+        finally:
+            upstream.release()
+        await response.write_eof()
+        return response
+
+    def _error(self, status: int, text: str, call_id: str, start: str) -> web.Response:
+        return web.Response(
+            status=status,
+            text=text + "\n",
+            headers={"X-Call-Id": call_id, "X-Start-Time": start},
+        )
+
+    async def invoke_async(self, request: web.Request) -> web.Response:
+        entry = self.lookup(request.match_info["name"])
+        call_id, start = self.call_headers(request)
+        body = await request.read()
+        if len(body) > queue.MAX_PAYLOAD_BYTES:
+            raise web.HTTPRequestEntityTooLarge(
+                max_size=queue.MAX_PAYLOAD_BYTES, actual_size=len(body)
+            )
+        headers = [
+            (k, v)
+            for k, v in forwardable(request.headers)
+            if k.lower() not in ("x-call-id", "x-start-time")
+        ]
+        headers += [("X-Call-Id", call_id), ("X-Start-Time", start)]
+        msg = queue.QueuedRequest(
+            function=entry.name,
+            namespace=entry.namespace,
+            method=request.method,
+            path="/" + request.match_info.get("tail", ""),
+            query=request.query_string,
+            headers=headers,
+            body_b64=queue.QueuedRequest.encode_body(body),
+            call_id=call_id,
+            callback_url=request.headers.get("X-Callback-Url"),
+            queued_at=time.time(),
+        )
+        assert self.js is not None
+        try:
+            await self.js.publish(queue.SUBJECT, msg.model_dump_json().encode())
+        except Exception as exc:  # NATS down: say so, as the CE gateway does with a 500
+            log.error("queue publish failed for %s: %s", entry.name, exc)
+            return self._error(500, f"queue error: {exc}", call_id, start)
+        log.info("queued %s call_id=%s callback=%s", entry.name, call_id, msg.callback_url)
+        return web.Response(status=202, headers={"X-Call-Id": call_id, "X-Start-Time": start})
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    cfg = LocalConfig()
+    gw = Gateway(cfg)
+    web.run_app(
+        gw.app(),
+        host="127.0.0.1",
+        port=cfg.gateway_port,
+        access_log_format='%a "%r" %s %b %Tfs',
+        print=None,
+        handle_signals=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""Job callbacks: one signed POST to the job's callback URL when the job ends.
+
+The receiver can check `X-VTP-Signature: sha256=<hex HMAC of the body>` with the shared
+callback secret, and de-duplicate on `X-VTP-Delivery` (the job id: a job ends once, but a
+delivery may be retried after a timeout whose request did arrive). Failures are retried a few
+times with back-off, then recorded on the job; they never change the job's own state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import time
+from dataclasses import dataclass
+
+import requests
+from pydantic import BaseModel
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "vtp-callback/1"
+
+
+@dataclass(frozen=True)
+class Delivery:
+    ok: bool
+    status: int | None
+    attempts: int
+    error: str | None
+
+
+def sign(body: bytes, secret: str) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def deliver(
+    url: str,
+    payload: BaseModel,
+    *,
+    delivery_id: str,
+    event: str,
+    secret: str | None = None,
+    session: requests.Session | None = None,
+    attempts: int = 3,
+    backoff: float = 1.0,
+    timeout: float = 10.0,
+) -> Delivery:
+    """POST `payload` as JSON; 2xx is success, 4xx other than 408/429 is final."""
+    body = payload.model_dump_json().encode()
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": USER_AGENT,
+        "X-VTP-Event": event,
+        "X-VTP-Delivery": delivery_id,
+    }
+    if secret:
+        headers["X-VTP-Signature"] = sign(body, secret)
+    http = session or requests.Session()
+    status: int | None = None
+    error: str | None = None
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = http.post(
+                url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            )
+            status = resp.status_code
+            if 200 <= status < 300:
+                log.info("callback %s delivered to %s (%d)", delivery_id, url, status)
+                return Delivery(True, status, attempt, None)
+            error = f"HTTP {status}"
+            if 400 <= status < 500 and status not in (408, 429):
+                break
+        except requests.RequestException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        log.warning("callback %s to %s failed (attempt %d): %s", delivery_id, url, attempt, error)
+        if attempt < attempts:
+            time.sleep(backoff * 4 ** (attempt - 1))
+    return Delivery(False, status, attempts, error)

@@ -1,0 +1,166 @@
+"""What `split` accepts: MinIO bucket notifications and manual job requests.
+
+MinIO posts `{"EventName", "Key", "Records": [...]}` with S3-shaped records whose object key
+is URL-encoded (`/` as %2F, space as +). Events we do not act on (other event names, the
+outputs bucket, files that are not videos) are answered 2xx by the handler: with a queue dir
+configured, MinIO retries anything else forever and blocks the events behind it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from typing import Literal
+from urllib.parse import unquote_plus
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from vtp.errors import InvalidRequest
+
+log = logging.getLogger(__name__)
+
+# Object-created events that mean "new content". MinIO also reports tagging and ACL changes as
+# ObjectCreated (e.g. s3:ObjectCreated:PutTagging); those must not start a second job.
+CONTENT_EVENTS = frozenset(
+    {
+        "s3:ObjectCreated:Put",
+        "s3:ObjectCreated:Post",
+        "s3:ObjectCreated:Copy",
+        "s3:ObjectCreated:CompleteMultipartUpload",
+    }
+)
+
+Format = Literal["hls", "mp4"]
+
+
+class S3Bucket(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+
+
+class S3Object(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    key: str
+    size: int | None = None
+    etag: str | None = Field(default=None, alias="eTag")
+    content_type: str | None = Field(default=None, alias="contentType")
+    user_metadata: dict[str, str] = Field(default_factory=dict, alias="userMetadata")
+    sequencer: str | None = None
+
+
+class S3Entity(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    bucket: S3Bucket
+    object: S3Object
+
+
+class S3Record(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    event_name: str = Field(alias="eventName")
+    s3: S3Entity
+
+    @property
+    def key(self) -> str:
+        return unquote_plus(self.s3.object.key)
+
+    @property
+    def bucket(self) -> str:
+        return self.s3.bucket.name
+
+
+class MinioEvent(BaseModel):
+    """A MinIO webhook notification (one event per request)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    event_name: str = Field(default="", alias="EventName")
+    key: str = Field(default="", alias="Key")
+    records: list[S3Record] = Field(alias="Records")
+
+
+class JobRequest(BaseModel):
+    """A manual job: `faas-cli invoke split` with a JSON body."""
+
+    model_config = ConfigDict(extra="forbid")
+    bucket: str = Field(min_length=3, max_length=63)
+    key: str = Field(min_length=1, max_length=1024)
+    renditions: list[str] | None = Field(default=None, min_length=1)
+    callback_url: AnyHttpUrl | None = None
+    formats: list[Format] = Field(default_factory=lambda: _default_formats(), min_length=1)
+
+    @field_validator("formats")
+    @classmethod
+    def _hls_always(cls, value: list[Format]) -> list[Format]:
+        # HLS is what the master playlist and the progress page are built on.
+        unique = list(dict.fromkeys(value))
+        return unique if "hls" in unique else ["hls", *unique]
+
+
+def _default_formats() -> list[Format]:
+    return ["hls"]
+
+
+class SourceObject(BaseModel):
+    """One object to transcode, however it was announced."""
+
+    bucket: str
+    key: str
+    etag: str | None = None
+    size: int | None = None
+    event_name: str | None = None
+
+
+def parse_body(body: bytes) -> MinioEvent | JobRequest:
+    """Tell a MinIO notification from a manual job, or raise InvalidRequest saying why."""
+    try:
+        data = json.loads(body or b"null")
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidRequest(
+            "body must be a JSON object: a MinIO event or "
+            '{"bucket": ..., "key": ..., "renditions"?: [...], "callback_url"?: ..., '
+            '"formats"?: ["hls", "mp4"]}'
+        )
+    try:
+        if "Records" in data:
+            return MinioEvent.model_validate(data)
+        return JobRequest.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidRequest(_describe(exc)) from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def sources_from_event(
+    event: MinioEvent, *, outputs_bucket: str, suffixes: Sequence[str]
+) -> tuple[list[SourceObject], list[str]]:
+    """The objects an event asks us to transcode, and why the others are ignored."""
+    wanted: list[SourceObject] = []
+    ignored: list[str] = []
+    for rec in event.records:
+        name = rec.event_name if rec.event_name.startswith("s3:") else f"s3:{rec.event_name}"
+        where = f"s3://{rec.bucket}/{rec.key}"
+        if name not in CONTENT_EVENTS:
+            ignored.append(f"{where}: event {name} is not new content")
+        elif rec.bucket == outputs_bucket:
+            ignored.append(f"{where}: in the outputs bucket")
+        elif not rec.key.lower().endswith(tuple(s.lower() for s in suffixes)):
+            ignored.append(f"{where}: not a video file name ({', '.join(suffixes)})")
+        else:
+            wanted.append(
+                SourceObject(
+                    bucket=rec.bucket,
+                    key=rec.key,
+                    etag=(rec.s3.object.etag or "").strip('"') or None,
+                    size=rec.s3.object.size,
+                    event_name=name,
+                )
+            )
+    return wanted, ignored
