@@ -69,7 +69,7 @@ def test_template_shapes_through_gateway(gateway: str) -> None:
     assert r.headers["Content-Type"].startswith("application/json")
     assert isinstance(r.json(), list)
     r = requests.get(f"{gateway}/function/shapes", params={"shape": "bytes"}, timeout=10)
-    assert r.content == bytes(range(256))
+    assert r.content == bytes(range(256)) * 4
     r = requests.post(f"{gateway}/function/boom", timeout=10)
     assert r.status_code == 500
     assert r.json()["error"]
