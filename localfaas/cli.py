@@ -9,7 +9,7 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
-from localfaas import runtime
+from localfaas import runtime, services
 from localfaas.config import LocalConfig
 
 
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "up":
         try:
             seconds = runtime.up(cfg)
-        except runtime.UpError as exc:
+        except (runtime.UpError, services.ServiceError) as exc:
             console.print(f"[red]up failed:[/red] {exc}")
             return 1
         _print_status(console, cfg)
