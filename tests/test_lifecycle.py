@@ -7,6 +7,7 @@ through the same CLI `make up` and `make down` use.
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import socket
 import subprocess
@@ -23,8 +24,10 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
-def mini_env(tmp_path: Path) -> Iterator[dict[str, str]]:
-    run_dir = tmp_path / "run"
+def mini_env() -> Iterator[dict[str, str]]:
+    # Under the repo, not tmp_path: PostgreSQL runs as its own user and must reach its data.
+    run_dir = REPO_ROOT / ".run" / "test-lifecycle"
+    shutil.rmtree(run_dir, ignore_errors=True)
     store = run_dir / "secret-store"
     store.mkdir(parents=True)
     (store / "fixture-secret").write_text("mini")
@@ -39,6 +42,7 @@ def mini_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     )
     yield env
     subprocess.run([sys.executable, "-m", "localfaas", "down"], env=env, check=False)
+    shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def _localfaas(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -54,9 +58,7 @@ def _localfaas(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[s
 
 
 def _pids(run_dir: Path) -> dict[str, int]:
-    return {
-        p.stem: json.loads(p.read_text())["pid"] for p in (run_dir / "state").glob("*.json")
-    }
+    return {p.stem: json.loads(p.read_text())["pid"] for p in (run_dir / "state").glob("*.json")}
 
 
 def _port_open(port: int) -> bool:
@@ -93,9 +95,10 @@ def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
         ["pgrep", "-f", str(run_dir)], capture_output=True, text=True, check=False
     ).stdout.split()
     assert leftovers == []
-    assert _localfaas(mini_env, "status").returncode != 0 or "nothing" in _localfaas(
-        mini_env, "status"
-    ).stdout
+    assert (
+        _localfaas(mini_env, "status").returncode != 0
+        or "nothing" in _localfaas(mini_env, "status").stdout
+    )
 
 
 def _zombie(pid: int) -> bool:
