@@ -1,0 +1,273 @@
+"""The ffmpeg wrapper: redaction, progress parsing, time limits, cancellation, cleanup."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vtp.errors import FfmpegError, FfmpegTimeout, InvalidRequest
+from vtp.ffmpeg import (
+    Progress,
+    _run,
+    parse_progress,
+    redact,
+    redact_args,
+    run_ffmpeg,
+    run_ffprobe,
+    untrusted_input,
+)
+
+# A lavfi encode that runs far longer than any test waits for it.
+ENDLESS = [
+    "-re",  # read the generator at real time: the run lasts as long as the clip
+    "-f",
+    "lavfi",
+    "-i",
+    "testsrc2=size=320x240:rate=25:duration=600",
+    "-c:v",
+    "libx264",
+    "-preset",
+    "ultrafast",
+    "-f",
+    "null",
+    "-",
+]
+
+
+def _children(name: str) -> set[int]:
+    """Pids of this process's children whose command name is `name` (zombies excluded)."""
+    found = set()
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        state, ppid = fields[0], int(fields[1])
+        if ppid == me and comm == name and state != "Z":
+            found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def _watch_children(name: str, stop: threading.Event, seen: set[int]) -> threading.Thread:
+    def watch() -> None:
+        while not stop.is_set():
+            seen.update(_children(name))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_redact_hides_query_strings_and_credentials():
+    url = (
+        "https://minio:9000/uploads/a%20b/clip.mp4?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+        "&X-Amz-Credential=AKIA%2F20240101&X-Amz-Signature=deadbeef"
+    )
+    text = f"[http @ 0x1] {url}: Server returned 403 Forbidden"
+    shown = redact(text)
+    assert "deadbeef" not in shown and "AKIA" not in shown
+    assert "https://minio:9000/uploads/a%20b/clip.mp4?<redacted>" in shown
+    assert redact("http://user:pw@host/x") == "http://<redacted>@host/x"
+    assert redact_args(["-i", url, "out.mp4"])[1].endswith("?<redacted>")
+    assert redact("no urls here: a=b?c") == "no urls here: a=b?c"
+
+
+def test_parse_progress_block():
+    block = {
+        "frame": "90",
+        "fps": "45.5",
+        "bitrate": "N/A",
+        "total_size": "1024",
+        "out_time_us": "3008000",
+        "out_time_ms": "3008000",
+        "speed": "1.5x",
+        "progress": "continue",
+    }
+    progress = parse_progress(block)
+    assert progress == Progress(
+        out_time=3.008, frame=90, fps=45.5, speed=1.5, total_size=1024, done=False
+    )
+    assert progress.fraction(6.016) == pytest.approx(0.5)
+    start = parse_progress(
+        {"out_time_us": "-9223372036854775807", "speed": "N/A", "progress": "continue"}
+    )
+    assert start.out_time == 0.0 and start.speed is None
+    assert parse_progress({"out_time_us": "N/A", "progress": "end"}).fraction(10) == 1.0
+
+
+@pytest.mark.parametrize(
+    "url", ["/etc/passwd", "file:///etc/passwd", "-i", "concat:a.mp4|b.mp4", "http://"]
+)
+def test_untrusted_input_accepts_only_http_urls(url):
+    with pytest.raises(InvalidRequest):
+        untrusted_input(url)
+
+
+def test_untrusted_input_puts_whitelists_before_the_input():
+    args = untrusted_input("https://s3.example/b/k.mp4?sig=1", seek=2.5)
+    i = args.index("-i")
+    assert args[i + 1] == "https://s3.example/b/k.mp4?sig=1"
+    for option in ("-protocol_whitelist", "-format_whitelist", "-ss"):
+        assert args.index(option) < i
+    assert "hls" not in args[args.index("-format_whitelist") + 1].split(",")
+    assert "file" not in args[args.index("-protocol_whitelist") + 1].split(",")
+
+
+def test_progress_callback_sees_increasing_time_and_the_end():
+    reports: list[Progress] = []
+    result = run_ffmpeg(
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=3",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-f",
+            "null",
+            "-",
+        ],
+        timeout=60,
+        on_progress=reports.append,
+    )
+    assert result.returncode == 0
+    assert reports, "no progress reported"
+    times = [r.out_time for r in reports]
+    assert times == sorted(times)
+    assert reports[-1].done
+    assert not any(r.done for r in reports[:-1])
+    assert reports[-1].out_time == pytest.approx(3.0, abs=0.1)
+    assert reports[-1].frame == 75
+
+
+def test_timeout_kills_ffmpeg():
+    seen: set[int] = set()
+    stop = threading.Event()
+    watcher = _watch_children("ffmpeg", stop, seen)
+    started = time.monotonic()
+    try:
+        with pytest.raises(FfmpegTimeout) as caught:
+            run_ffmpeg(ENDLESS, timeout=1.0)
+    finally:
+        stop.set()
+        watcher.join()
+    elapsed = time.monotonic() - started
+    assert seen, "the ffmpeg child was never observed"
+    assert not any(_alive(pid) for pid in seen), "ffmpeg survived its timeout"
+    assert not _children("ffmpeg")
+    assert elapsed < 1.0 + 3.0 + 2.0  # timeout + SIGTERM grace + slack
+    assert caught.value.http_status == 504
+    assert "time limit" in caught.value.reason
+
+
+def test_timeout_kills_the_whole_process_group(tmp_path):
+    """Grandchildren go too: the group is signalled, not just the direct child."""
+    pid_file = tmp_path / "grandchild.pid"
+    script = (
+        "import subprocess, sys, time\n"
+        "p = subprocess.Popen(['sleep', '300'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(p.pid))\n"
+        "time.sleep(300)\n"
+    )
+    with pytest.raises(FfmpegTimeout):
+        _run(
+            [sys.executable, "-c", script],
+            timeout=1.5,
+            on_progress=None,
+            capture_stdout=True,
+            cancel=None,
+            cwd=None,
+            check=True,
+        )
+    grandchild = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild), "the grandchild outlived the process group kill"
+
+
+def test_cancel_event_stops_ffmpeg():
+    cancel = threading.Event()
+    timer = threading.Timer(0.5, cancel.set)
+    timer.start()
+    started = time.monotonic()
+    with pytest.raises(FfmpegError) as caught:
+        run_ffmpeg(ENDLESS, timeout=60, cancel=cancel)
+    assert not isinstance(caught.value, FfmpegTimeout)
+    assert "cancelled" in caught.value.reason
+    assert time.monotonic() - started < 5
+    assert not _children("ffmpeg")
+
+
+def test_exception_in_progress_callback_kills_ffmpeg_and_propagates():
+    class Stop(Exception):
+        pass
+
+    def callback(progress: Progress) -> None:
+        if progress.out_time > 0.2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_ffmpeg(ENDLESS, timeout=60, on_progress=callback)
+    assert not _children("ffmpeg")
+
+
+def test_failure_reason_is_the_redacted_stderr_tail(caplog):
+    caplog.set_level(logging.DEBUG, logger="vtp.ffmpeg")
+    # Port 9 (discard) is closed here: the connection is refused at once.
+    url = "http://127.0.0.1:9/uploads/clip.mp4?X-Amz-Signature=topsecret"
+    with pytest.raises(FfmpegError) as caught:
+        run_ffmpeg(["-i", url, "-f", "null", "-"], timeout=30)
+    reason = caught.value.reason
+    assert "Connection refused" in reason
+    assert "http://127.0.0.1:9/uploads/clip.mp4?<redacted>" in reason
+    assert "topsecret" not in reason
+    assert "topsecret" not in caplog.text
+    assert "?<redacted>" in caplog.text  # the command line itself was logged, redacted
+
+
+def test_ffprobe_captures_stdout():
+    result = run_ffprobe(
+        [
+            "-v",
+            "error",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=320x240:rate=25:duration=1",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ],
+        timeout=30,
+    )
+    assert result.stdout.decode().strip() == "320,240"
+
+
+def test_nonzero_exit_without_check_returns_the_result():
+    result = run_ffprobe(["-v", "error", "/nonexistent/file.mp4"], timeout=30, check=False)
+    assert result.returncode != 0
+    assert "No such file" in result.stderr_tail

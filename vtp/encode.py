@@ -1,0 +1,379 @@
+"""Encode one rendition of a source: HLS with fMP4 segments, optionally a progressive MP4 too.
+
+Every rendition of a job is encoded by a different function replica, possibly at different
+times, yet players switch between them segment by segment. That only works if all renditions
+put their keyframes, and therefore segment boundaries, at the same instants. So the keyframe
+placement depends on time alone, never on content or picture size:
+
+* a keyframe is forced at every multiple of `settings.gop_seconds` (`-force_key_frames`),
+* scene-cut keyframes are off (`-sc_threshold 0`) and GOPs are closed (`+cgop`, IDR frames),
+* every rendition has the same constant frame rate (`-r`, `-fps_mode cfr`),
+* segments last `settings.segment_seconds`, a whole number of GOPs, so the HLS muxer can cut
+  on exactly those keyframes.
+
+Both outputs come from one ffmpeg run: the `tee` muxer writes the same encoded packets into
+the HLS muxer and the MP4 muxer, so the picture is encoded once.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vtp.errors import FfmpegError, InvalidRequest, VtpError
+from vtp.ffmpeg import Progress, run_ffmpeg, untrusted_input
+from vtp.models import RenditionSpec, SourceInfo
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("hls", "mp4")
+HLS_PLAYLIST = "index.m3u8"
+HLS_INIT = "init.mp4"
+HLS_SEGMENT_PATTERN = "seg_%05d.m4s"
+_SEGMENT_GLOB = "seg_*.m4s"
+
+# x264 speed/quality trade-off. "veryfast" keeps a 1080p encode near real time on one or two
+# cores, which is what a function replica has; slower presets gain ~10-15% bitrate at 2-4x
+# the CPU time.
+X264_PRESET = "veryfast"
+
+AAC_CODEC = "mp4a.40.2"  # AAC-LC in an HLS CODECS attribute
+_TEE_OPTION_SPECIALS = ":]['"
+_TEE_SLAVE_SPECIALS = "|'"
+_PROFILE_IDC = {"baseline": (66, 0xC0), "main": (77, 0x40), "high": (100, 0x00)}
+
+
+class RenditionResult(BaseModel):
+    """What one encoded rendition consists of; `files` are relative to its output directory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    files: list[str] = Field(description="every file written, relative to the output directory")
+    playlist: str = HLS_PLAYLIST
+    mp4: str | None = Field(default=None, description="the progressive MP4, when asked for")
+    segments: int = Field(ge=1)
+    size_bytes: int = Field(ge=0, description="total size of all files written")
+    duration: float = Field(gt=0, description="seconds, the sum of the segment durations")
+    avg_bitrate: int = Field(ge=0, description="bit/s over all segments: AVERAGE-BANDWIDTH")
+    peak_bitrate: int = Field(ge=0, description="bit/s of the densest segment: BANDWIDTH")
+    codecs: str = Field(description="RFC 6381 codecs, e.g. 'avc1.64001f,mp4a.40.2'")
+    width: int
+    height: int
+    fps: float
+
+
+def encode_rendition(
+    source_url: str,
+    source: SourceInfo,
+    spec: RenditionSpec,
+    out_dir: Path,
+    *,
+    formats: Sequence[str] = ("hls",),
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RenditionResult:
+    """Encode `spec` from `source_url` into `out_dir` and describe what was written.
+
+    `formats` must include "hls"; "mp4" adds `<name>.mp4` with its index at the front
+    (`+faststart`) for progressive download. Files a previous attempt left in `out_dir` are
+    removed first, so a retry never mixes old and new segments.
+    """
+    wanted = _validated_formats(formats)
+    _check_grid(settings.segment_seconds, settings.gop_seconds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mp4_name = f"{spec.name}.mp4" if "mp4" in wanted else None
+    _clean(out_dir, mp4_name)
+
+    args = [
+        *untrusted_input(source_url),
+        *encode_args(source, spec, settings),
+        "-f",
+        "tee",
+        _tee_outputs(spec, settings, mp4_name),
+    ]
+    # Relative output names, with the output directory as working directory: the HLS
+    # playlist then refers to its init file and segments by bare name, and no path needs
+    # escaping for the tee muxer.
+    run_ffmpeg(
+        args,
+        timeout=settings.ffmpeg_timeout_seconds,
+        on_progress=on_progress,
+        cwd=out_dir,
+    )
+    return _describe(out_dir, source, spec, settings, mp4_name)
+
+
+def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> list[str]:
+    """Stream mapping, filters and codec options (everything between input and output)."""
+    rate = _fraction(spec.fps)
+    gop = settings.gop_seconds
+    # x264's own keyframe interval is only a backstop: the forced keyframes below come
+    # first; twice the GOP keeps it out of the way even for uneven frame timing.
+    keyint = max(1, math.ceil(2 * gop * spec.fps))
+    video_filter = ",".join(
+        [
+            # Deinterlace only frames flagged interlaced (DV, broadcast captures); progressive
+            # frames pass through untouched.
+            "bwdif=mode=send_frame:deint=interlaced",
+            # Straight to the planned even size: the plan already keeps the display aspect
+            # ratio, so non-square source pixels are corrected here too (ffmpeg has already
+            # applied any rotation by the time frames reach the filter).
+            f"scale={spec.width}:{spec.height}",
+            "setsar=1",  # square pixels in the output
+            "format=yuv420p",  # 8-bit 4:2:0, what High profile and every player supports
+        ]
+    )
+    with_audio = source.has_audio and spec.audio_bitrate is not None
+    args = [
+        "-map",
+        "0:V:0",  # first real video stream; capital V skips cover art and thumbnails
+        *(["-map", "0:a:0"] if with_audio else []),
+        # No source metadata or chapters: phone videos carry GPS positions and device data.
+        "-map_metadata",
+        "-1",
+        "-map_chapters",
+        "-1",
+        "-vf",
+        video_filter,
+        # Constant frame rate, the same in every rendition, so the keyframe grid lines up.
+        "-r",
+        f"{rate.numerator}/{rate.denominator}",
+        "-fps_mode",
+        "cfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        X264_PRESET,
+        "-profile:v",
+        spec.profile,
+        "-level:v",
+        spec.level,
+        "-b:v",
+        str(spec.video_bitrate),
+        "-maxrate",
+        str(spec.max_bitrate),
+        "-bufsize",
+        str(spec.buffer_size),
+        "-g",
+        str(keyint),
+        "-force_key_frames",
+        f"expr:gte(t,n_forced*{gop:g})",
+        "-forced-idr",
+        "1",  # forced keyframes as IDR frames: each segment starts decodable on its own
+        "-sc_threshold",
+        "0",  # no extra keyframes on scene cuts: they would differ between renditions
+        # +cgop: closed GOPs (no frame refers across a keyframe). +global_header: codec
+        # headers in the init segment / moov; the tee muxer cannot ask for it by itself.
+        "-flags",
+        "+cgop+global_header",
+    ]
+    if with_audio:
+        args += [
+            "-c:a",
+            "aac",
+            "-profile:a",
+            "aac_low",
+            "-ac",
+            "2",
+            "-ar",
+            "48000",
+            "-b:a",
+            str(spec.audio_bitrate),
+        ]
+    else:
+        args += ["-an"]
+    args += ["-sn", "-dn"]
+    if settings.ffmpeg_threads > 0:
+        args += ["-threads", str(settings.ffmpeg_threads)]
+    # Audio and video may start far apart in a badly interleaved upload; let the muxers
+    # buffer instead of failing with "Too many packets buffered".
+    args += ["-max_muxing_queue_size", "4096"]
+    return args
+
+
+def _tee_outputs(spec: RenditionSpec, settings: Settings, mp4_name: str | None) -> str:
+    hls = _tee_slave(
+        {
+            "f": "hls",
+            "hls_time": f"{settings.segment_seconds:g}",
+            "hls_playlist_type": "vod",
+            "hls_segment_type": "fmp4",
+            "hls_fmp4_init_filename": HLS_INIT,
+            "hls_segment_filename": HLS_SEGMENT_PATTERN,
+            "start_number": "1",
+            "hls_flags": "independent_segments",
+        },
+        HLS_PLAYLIST,
+    )
+    slaves = [hls]
+    if mp4_name:
+        # +faststart moves the index to the front so a browser can start playing at once.
+        slaves.append(_tee_slave({"f": "mp4", "movflags": "+faststart"}, mp4_name))
+    return "|".join(slaves)
+
+
+def _tee_slave(options: dict[str, str], filename: str) -> str:
+    """One `[key=value:...]filename` entry of a tee output, escaped for both parsing levels.
+
+    The tee muxer first splits its argument on `|` (honouring backslash escapes and single
+    quotes), then parses each slave's options, splitting on `:` and `]` with the same escape
+    rules: option values are escaped for the inner level, then the whole entry for the outer.
+    """
+    inner = ":".join(
+        f"{key}={_escape(value, _TEE_OPTION_SPECIALS)}" for key, value in options.items()
+    )
+    return _escape(f"[{inner}]{filename}", _TEE_SLAVE_SPECIALS)
+
+
+def _escape(value: str, specials: str) -> str:
+    return "".join("\\" + ch if ch == "\\" or ch in specials else ch for ch in value)
+
+
+def _describe(
+    out_dir: Path,
+    source: SourceInfo,
+    spec: RenditionSpec,
+    settings: Settings,
+    mp4_name: str | None,
+) -> RenditionResult:
+    playlist_path = out_dir / HLS_PLAYLIST
+    if not playlist_path.is_file():
+        raise FfmpegError("ffmpeg finished without writing the HLS playlist")
+    text = playlist_path.read_text()
+    init, segments = parse_media_playlist(text)
+    if not segments or "#EXT-X-ENDLIST" not in text:
+        raise FfmpegError("ffmpeg wrote an incomplete HLS playlist")
+    seg_sizes = []
+    for name, _ in segments:
+        path = out_dir / name
+        if not path.is_file():
+            raise FfmpegError(f"HLS segment {name} listed but missing")
+        seg_sizes.append(path.stat().st_size)
+    duration = sum(d for _, d in segments)
+
+    files = [HLS_PLAYLIST, *([init] if init else []), *(name for name, _ in segments)]
+    if mp4_name:
+        if not (out_dir / mp4_name).is_file():
+            raise FfmpegError("ffmpeg finished without writing the MP4")
+        files.append(mp4_name)
+    size_bytes = sum((out_dir / f).stat().st_size for f in files)
+
+    codecs = _video_codec_string(out_dir / init if init else None, spec)
+    if source.has_audio and spec.audio_bitrate is not None:
+        codecs += "," + AAC_CODEC
+
+    result = RenditionResult(
+        name=spec.name,
+        files=sorted(files),
+        mp4=mp4_name,
+        segments=len(segments),
+        size_bytes=size_bytes,
+        duration=round(duration, 6),
+        avg_bitrate=round(sum(seg_sizes) * 8 / duration) if duration > 0 else 0,
+        peak_bitrate=_peak_bitrate([d for _, d in segments], seg_sizes, settings.gop_seconds),
+        codecs=codecs,
+        width=spec.width,
+        height=spec.height,
+        fps=spec.fps,
+    )
+    log.info(
+        "rendition %s: %d segments, %.2fs, avg %d bit/s, peak %d bit/s, %s",
+        result.name,
+        result.segments,
+        result.duration,
+        result.avg_bitrate,
+        result.peak_bitrate,
+        result.codecs,
+    )
+    return result
+
+
+def parse_media_playlist(text: str) -> tuple[str | None, list[tuple[str, float]]]:
+    """The init segment URI and the (URI, duration) of each segment of a media playlist."""
+    init: str | None = None
+    segments: list[tuple[str, float]] = []
+    pending: float | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith("#EXT-X-MAP:"):
+            match = re.search(r'URI="([^"]+)"', line)
+            init = match.group(1) if match else None
+        elif line.startswith("#EXTINF:"):
+            pending = float(line[len("#EXTINF:") :].split(",", 1)[0])
+        elif line and not line.startswith("#") and pending is not None:
+            segments.append((line, pending))
+            pending = None
+    return init, segments
+
+
+def _peak_bitrate(durations: list[float], sizes: list[int], gop_seconds: float) -> int:
+    """Bit rate of the densest segment, the HLS BANDWIDTH attribute.
+
+    A last segment shorter than one GOP (the tail of the video) is measured together with the
+    one before it: it is mostly one keyframe, and alone it would report a rate no real
+    stretch of the stream reaches, pushing players to a lower rendition than necessary.
+    """
+    durations, sizes = list(durations), list(sizes)
+    if len(durations) > 1 and durations[-1] < gop_seconds:
+        durations[-2] += durations.pop()
+        sizes[-2] += sizes.pop()
+    rates = [size * 8 / d for size, d in zip(sizes, durations, strict=True) if d > 0]
+    return round(max(rates)) if rates else 0
+
+
+def _video_codec_string(init_path: Path | None, spec: RenditionSpec) -> str:
+    """`avc1.PPCCLL` read from the avcC box the encoder actually wrote, else from the spec."""
+    if init_path is not None and init_path.is_file():
+        data = init_path.read_bytes()
+        at = data.find(b"avcC")
+        # avcC payload: configurationVersion, AVCProfileIndication, profile_compatibility,
+        # AVCLevelIndication: exactly the three bytes of the codecs string.
+        if at >= 0 and len(data) >= at + 8:
+            profile, compat, level = data[at + 5], data[at + 6], data[at + 7]
+            return f"avc1.{profile:02x}{compat:02x}{level:02x}"
+    profile_idc, constraints = _PROFILE_IDC.get(spec.profile, _PROFILE_IDC["high"])
+    level_idc = round(float(spec.level) * 10)
+    return f"avc1.{profile_idc:02x}{constraints:02x}{level_idc:02x}"
+
+
+def _validated_formats(formats: Sequence[str]) -> list[str]:
+    wanted = []
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise InvalidRequest(f"unknown output format {fmt!r}; allowed: {', '.join(FORMATS)}")
+        if fmt not in wanted:
+            wanted.append(fmt)
+    if "hls" not in wanted:
+        raise InvalidRequest("output formats must include 'hls'")
+    return wanted
+
+
+def _check_grid(segment_seconds: float, gop_seconds: float) -> None:
+    """Segments must hold a whole number of GOPs, or cuts would fall between keyframes."""
+    ratio = segment_seconds / gop_seconds if gop_seconds > 0 else 0.0
+    if gop_seconds <= 0 or ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
+        raise VtpError(
+            f"misconfigured: segment_seconds ({segment_seconds:g}) must be a whole multiple "
+            f"of gop_seconds ({gop_seconds:g})"
+        )
+
+
+def _clean(out_dir: Path, mp4_name: str | None) -> None:
+    stale = [out_dir / HLS_PLAYLIST, out_dir / HLS_INIT, *out_dir.glob(_SEGMENT_GLOB)]
+    if mp4_name:
+        stale.append(out_dir / mp4_name)
+    for path in stale:
+        path.unlink(missing_ok=True)
+
+
+def _fraction(fps: float) -> Fraction:
+    """A frame rate as the exact fraction ffmpeg wants (29.97002997 -> 30000/1001)."""
+    return Fraction(fps).limit_denominator(1001)

@@ -1,0 +1,244 @@
+"""Plan the adaptive-bitrate ladder for a source: which renditions, at what size and bitrate.
+
+Rungs are named by their short side ("720p" is 1280x720 landscape, 720x1280 portrait). The
+plan never upscales: rungs above the source are dropped, and when the source sits between
+rungs, a rung at the source's own short side is added so the best rendition keeps all of the
+source's detail (a 540p upload gets 360p and 540p, not 360p alone).
+
+Which function encodes a rung: a rung named in `settings.default_renditions` is encoded by
+`transcode-<name>`, the function deployed for it. Any other rung (the source-sized one, or a
+known rung that is requested but not deployed by default) is encoded by the function of the
+smallest default rung at or above its height: that function's memory and CPU limits were sized
+for at least that many pixels. Above every default rung, the largest default's function is
+used.
+
+Bitrates follow a bits-per-pixel model fitted to Apple's HLS authoring ladder for H.264
+(about 3 Mbit/s at 720p30, 6 Mbit/s at 1080p30): bitrate grows with pixel count to the power
+0.85 (small pictures need more bits per pixel), and with frame rate to the power 0.6 (frames at
+60 fps are more alike than at 30 fps, so doubling the rate costs about 1.5x, not 2x).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from fractions import Fraction
+from typing import NamedTuple
+
+from vtp.errors import InvalidRequest, InvalidSource
+from vtp.models import RenditionSpec, SourceInfo
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Short side in pixels of each rung a client may ask for.
+KNOWN_RUNGS: dict[str, int] = {
+    "360p": 360,
+    "480p": 480,
+    "720p": 720,
+    "1080p": 1080,
+    "1440p": 1440,
+    "2160p": 2160,
+}
+
+# Output frame rates above this are halved (120 -> 60, 100 -> 50): HLS players and H.264
+# levels in common use stop at 60 fps, and halving keeps motion even (every other frame).
+MAX_OUTPUT_FPS = 60.0
+
+# Broadcast and camera frame rates, exact.
+STANDARD_RATES: tuple[Fraction, ...] = tuple(
+    Fraction(n, d)
+    for n, d in (
+        (24000, 1001),
+        (24, 1),
+        (25, 1),
+        (30000, 1001),
+        (30, 1),
+        (48, 1),
+        (50, 1),
+        (60000, 1001),
+        (60, 1),
+    )
+)
+
+REFERENCE_PIXELS = 1280 * 720
+REFERENCE_BITRATE = 3_000_000  # 720p at 30 fps
+PIXEL_EXPONENT = 0.85
+FPS_EXPONENT = 0.6
+MIN_VIDEO_BITRATE = 100_000
+MAXRATE_FACTOR = Fraction(3, 2)  # VBV peak: 150% of the target bitrate
+BUFSIZE_FACTOR = 2  # VBV buffer: two seconds at the target bitrate
+
+
+class _Level(NamedTuple):
+    name: str
+    max_frame_mbs: int  # macroblocks per frame
+    max_mbs_per_second: int
+    max_kbps: int  # MaxBR for Main; High allows 1.25x
+    max_cpb_kbits: int  # MaxCPB for Main; High allows 1.25x
+
+
+# H.264 Annex A, table A-1 (levels 3 and up; smaller pictures still fit level 3.0).
+_LEVELS: tuple[_Level, ...] = (
+    _Level("3.0", 1620, 40_500, 10_000, 10_000),
+    _Level("3.1", 3600, 108_000, 14_000, 14_000),
+    _Level("3.2", 5120, 216_000, 20_000, 20_000),
+    _Level("4.0", 8192, 245_760, 20_000, 25_000),
+    _Level("4.1", 8192, 245_760, 50_000, 62_500),
+    _Level("4.2", 8704, 522_240, 50_000, 62_500),
+    _Level("5.0", 22_080, 589_824, 135_000, 135_000),
+    _Level("5.1", 36_864, 983_040, 240_000, 240_000),
+    _Level("5.2", 36_864, 2_073_600, 240_000, 240_000),
+    _Level("6.0", 139_264, 4_177_920, 240_000, 240_000),
+    _Level("6.1", 139_264, 8_355_840, 480_000, 480_000),
+    _Level("6.2", 139_264, 16_711_680, 800_000, 800_000),
+)
+_HIGH_PROFILE_FACTOR = 1.25
+
+
+def plan_ladder(
+    source: SourceInfo, settings: Settings, requested: Sequence[str] | None = None
+) -> list[RenditionSpec]:
+    """The renditions to encode for `source`, smallest first.
+
+    `requested` names rungs from KNOWN_RUNGS (default: `settings.default_renditions`).
+    Raises InvalidRequest for unknown names or an empty request.
+    """
+    names = _validated(requested if requested is not None else settings.default_renditions)
+    heights = sorted({KNOWN_RUNGS[n] for n in names})
+    short = min(source.width, source.height)
+    short_even = short - short % 2
+
+    kept = [h for h in heights if h <= short]
+    if short_even < heights[-1] and short_even >= 2 and short_even not in kept:
+        kept.append(short_even)  # the source sits below the top rung: keep its own size
+    kept.sort()
+
+    fps = output_fps(source.fps)
+    default_heights = sorted(
+        KNOWN_RUNGS[n] for n in settings.default_renditions if n in KNOWN_RUNGS
+    ) or sorted(KNOWN_RUNGS[n] for n in names)
+    specs = [_spec(source, h, fps, default_heights) for h in kept]
+    log.info(
+        "ladder for %dx%d@%.3f: %s",
+        source.width,
+        source.height,
+        source.fps,
+        ", ".join(f"{s.name}={s.width}x{s.height}@{s.video_bitrate // 1000}k" for s in specs),
+    )
+    return specs
+
+
+def output_fps(source_fps: float) -> float:
+    """The frame rate every rendition is encoded at: the source's, within limits.
+
+    Rates above MAX_OUTPUT_FPS are halved until they fit. A rate within 1.5% of a broadcast
+    rate is snapped to it: phones record variable frame rate and ffprobe reports the average
+    (29.6 fps and the like); a standard constant rate is what players and the HLS FRAME-RATE
+    attribute expect, and it gives the keyframe grid an exact frame period.
+    """
+    fps = source_fps
+    while fps > MAX_OUTPUT_FPS + 1e-6:
+        fps /= 2
+    nearest = min(STANDARD_RATES, key=lambda rate: abs(float(rate) - fps))
+    if abs(float(nearest) - fps) <= 0.015 * fps:
+        return float(nearest)
+    return fps
+
+
+def video_bitrate(width: int, height: int, fps: float) -> int:
+    """Target H.264 bitrate in bit/s for a picture size and frame rate (see module docstring)."""
+    pixels = width * height
+    scale: float = (pixels / REFERENCE_PIXELS) ** PIXEL_EXPONENT
+    fps_scale: float = max(0.5, (min(fps, MAX_OUTPUT_FPS) / 30.0) ** FPS_EXPONENT)
+    bitrate = REFERENCE_BITRATE * scale * fps_scale
+    return max(MIN_VIDEO_BITRATE, round(bitrate / 1000) * 1000)
+
+
+def audio_bitrate(short_side: int) -> int:
+    """AAC-LC stereo bitrate: 96 kbit/s for small renditions, 128 up to 720p, 160 above."""
+    if short_side <= 360:
+        return 96_000
+    if short_side <= 720:
+        return 128_000
+    return 160_000
+
+
+def h264_level(width: int, height: int, fps: float, max_bitrate: int, buffer_size: int) -> str:
+    """The smallest H.264 level (High profile) whose limits fit the rendition."""
+    mbs = math.ceil(width / 16) * math.ceil(height / 16)
+    mbs_per_second = mbs * fps
+    max_side_mbs = max(math.ceil(width / 16), math.ceil(height / 16))
+    for level in _LEVELS:
+        if (
+            mbs <= level.max_frame_mbs
+            # Annex A also bounds each side: at most sqrt(8 * MaxFS) macroblocks.
+            and max_side_mbs <= math.isqrt(8 * level.max_frame_mbs)
+            and mbs_per_second <= level.max_mbs_per_second
+            and max_bitrate <= level.max_kbps * 1000 * _HIGH_PROFILE_FACTOR
+            and buffer_size <= level.max_cpb_kbits * 1000 * _HIGH_PROFILE_FACTOR
+        ):
+            return level.name
+    raise InvalidSource(f"a {width}x{height} rendition at {fps:.2f} fps exceeds every H.264 level")
+
+
+def _validated(names: Sequence[str]) -> list[str]:
+    cleaned: list[str] = []
+    unknown: list[str] = []
+    for raw in names:
+        name = str(raw).strip().lower()
+        if name in KNOWN_RUNGS:
+            if name not in cleaned:
+                cleaned.append(name)
+        else:
+            unknown.append(str(raw))
+    allowed = ", ".join(KNOWN_RUNGS)
+    if unknown:
+        raise InvalidRequest(
+            f"unknown rendition(s) {', '.join(repr(u) for u in unknown)}; allowed: {allowed}"
+        )
+    if not cleaned:
+        raise InvalidRequest(f"no renditions requested; allowed: {allowed}")
+    return cleaned
+
+
+def _even(value: Fraction) -> int:
+    return max(2, round(value / 2) * 2)
+
+
+def _spec(source: SourceInfo, short: int, fps: float, default_heights: list[int]) -> RenditionSpec:
+    landscape = source.width >= source.height
+    long_src, short_src = (
+        (source.width, source.height) if landscape else (source.height, source.width)
+    )
+    # Keep the display aspect ratio; never exceed the source's long side (rounding up to an
+    # even number could otherwise upscale by a pixel).
+    long = min(_even(Fraction(short * long_src, short_src)), long_src - long_src % 2)
+    width, height = (long, short) if landscape else (short, long)
+
+    name = f"{short}p"
+    target = video_bitrate(width, height, fps)
+    max_bitrate = int(target * MAXRATE_FACTOR)
+    buffer_size = target * BUFSIZE_FACTOR
+    return RenditionSpec(
+        name=name,
+        function=f"transcode-{_function_rung(short, default_heights)}p",
+        width=width,
+        height=height,
+        fps=fps,
+        video_bitrate=target,
+        max_bitrate=max_bitrate,
+        buffer_size=buffer_size,
+        audio_bitrate=audio_bitrate(short) if source.has_audio else None,
+        profile="high",
+        level=h264_level(width, height, fps, max_bitrate, buffer_size),
+    )
+
+
+def _function_rung(short: int, default_heights: list[int]) -> int:
+    """Height of the default rung whose function encodes a rung `short` pixels high."""
+    for height in default_heights:
+        if height >= short:
+            return height
+    return default_heights[-1]

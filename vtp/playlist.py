@@ -1,0 +1,125 @@
+"""The job's master playlist and poster image: the two outputs that span all renditions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vtp.encode import HLS_PLAYLIST, RenditionResult
+from vtp.errors import FfmpegError, InvalidRequest
+from vtp.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.models import SourceInfo
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POSTER_MAX_WIDTH = 1280
+POSTER_POSITION = 0.10  # share of the duration: past fades from black and title cards
+POSTER_JPEG_QUALITY = 3  # mjpeg qscale: 2 (best) .. 31 (worst)
+
+
+class MasterEntry(BaseModel):
+    """One variant stream of the master playlist.
+
+    `name` and `codecs` are written into the playlist verbatim, so they are restricted to
+    characters that cannot break out of an attribute or a URI line.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    bandwidth: int = Field(gt=0, description="peak segment bit rate, bit/s")
+    average_bandwidth: int = Field(gt=0, description="average segment bit rate, bit/s")
+    width: int = Field(gt=0)
+    height: int = Field(gt=0)
+    codecs: str = Field(pattern=r"^[A-Za-z0-9.,]+$")
+    fps: float = Field(gt=0)
+
+    @property
+    def uri(self) -> str:
+        return f"{self.name}/{HLS_PLAYLIST}"
+
+    @classmethod
+    def from_result(cls, result: RenditionResult) -> MasterEntry:
+        return cls(
+            name=result.name,
+            bandwidth=result.peak_bitrate,
+            average_bandwidth=result.avg_bitrate,
+            width=result.width,
+            height=result.height,
+            codecs=result.codecs,
+            fps=result.fps,
+        )
+
+
+def master_playlist(entries: Sequence[MasterEntry]) -> str:
+    """The master playlist text, variants sorted by bandwidth (lowest first).
+
+    Version 7 because the media playlists use fMP4 segments (EXT-X-MAP in a playlist
+    without I-frames-only needs version 6+); INDEPENDENT-SEGMENTS because every segment
+    starts with an IDR frame on the shared keyframe grid.
+    """
+    if not entries:
+        raise InvalidRequest("a master playlist needs at least one rendition")
+    lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS", ""]
+    for entry in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
+        attributes = ",".join(
+            [
+                f"BANDWIDTH={entry.bandwidth}",
+                f"AVERAGE-BANDWIDTH={entry.average_bandwidth}",
+                f"RESOLUTION={entry.width}x{entry.height}",
+                f'CODECS="{entry.codecs}"',
+                f"FRAME-RATE={entry.fps:.3f}",
+            ]
+        )
+        lines += [f"#EXT-X-STREAM-INF:{attributes}", entry.uri]
+    return "\n".join(lines) + "\n"
+
+
+def make_poster(source_url: str, source: SourceInfo, out_path: Path, settings: Settings) -> Path:
+    """Write a JPEG still from about 10% into the video, at most POSTER_MAX_WIDTH wide.
+
+    Falls back to the first frame when nothing decodes at the seek point (a video whose
+    frames end before its audio does). Bounded by the probe timeout: it is one seek and one
+    frame, not an encode.
+    """
+    width = min(POSTER_MAX_WIDTH, source.width)
+    width -= width % 2
+    height = max(2, round(width * source.height / source.width / 2) * 2)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    attempts = (source.duration * POSTER_POSITION, 0.0)
+    for attempt, position in enumerate(attempts, start=1):
+        out_path.unlink(missing_ok=True)
+        args = [
+            *untrusted_input(source_url, seek=position),
+            "-map",
+            "0:V:0",
+            "-an",
+            "-sn",
+            "-dn",
+            "-map_metadata",
+            "-1",
+            "-frames:v",
+            "1",
+            "-vf",
+            f"scale={width}:{height},setsar=1",
+            "-c:v",
+            "mjpeg",
+            "-q:v",
+            str(POSTER_JPEG_QUALITY),
+            "-f",
+            "image2",
+            "-update",
+            "1",  # one image, written to exactly this name: no %d pattern expansion
+            str(out_path),
+        ]
+        # Only the last attempt's failure is final; a failed seek falls back to the start.
+        run_ffmpeg(args, timeout=settings.ffprobe_timeout_seconds, check=attempt == len(attempts))
+        if out_path.is_file() and out_path.stat().st_size > 0:
+            log.info("poster %dx%d at %.2fs: %s", width, height, position, out_path.name)
+            return out_path
+        log.info("no frame at %.2fs for the poster; trying the first frame", position)
+    raise FfmpegError("no video frame could be decoded for the poster")

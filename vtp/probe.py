@@ -1,0 +1,256 @@
+"""Look at an uploaded source with ffprobe and decide whether we accept it.
+
+Everything the rest of the pipeline assumes about a source is checked here, once, before any
+job rows or transcodes exist: it is a container we accept, it has a real video stream (not just
+cover art), a known positive duration, and it is within the size, duration, pixel and frame
+rate limits. Rejections are `InvalidSource` with a reason a user can act on; failures to reach
+the object are `StorageError` (worth retrying), anything else `FfmpegError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from fractions import Fraction
+from typing import Any
+
+from vtp.errors import FfmpegError, InvalidSource, StorageError
+from vtp.ffmpeg import FORMAT_WHITELIST, run_ffprobe, untrusted_input
+from vtp.models import SourceInfo
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+_NOT_ON_WHITELIST = re.compile(r"\[(?P<fmt>[\w,]+)\] Format not on whitelist")
+_PROTOCOL_REFUSED = re.compile(r"Protocol '(?P<proto>[^']+)' not on whitelist")
+_UNREADABLE = (
+    "Invalid data found when processing input",
+    "moov atom not found",
+    "could not find codec parameters",
+    "Unsafe file name",
+    "EBML header parsing failed",
+    "Not a valid",
+)
+_UNREACHABLE = (
+    "Server returned",
+    "Connection refused",
+    "Connection timed out",
+    "Operation timed out",
+    "Name or service not known",
+    "Temporary failure in name resolution",
+    "No route to host",
+    "Network is unreachable",
+    "Input/output error",
+)
+
+
+def probe_source(url: str, settings: Settings, *, size_bytes: int | None = None) -> SourceInfo:
+    """Probe `url` (a presigned http(s) URL) and return what transcoding needs to know.
+
+    `size_bytes` is the object size from storage, when known: an over-size object is refused
+    before ffprobe opens it at all.
+    """
+    if size_bytes is not None:
+        _check_size(size_bytes, settings)
+    args = [
+        "-v",
+        "error",
+        "-print_format",
+        "json",
+        "-show_format",
+        "-show_streams",
+        *untrusted_input(url),
+    ]
+    result = run_ffprobe(args, timeout=settings.ffprobe_timeout_seconds, check=False)
+    if result.returncode != 0:
+        raise _failure(result.stderr_tail)
+    try:
+        data = json.loads(result.stdout)
+    except ValueError:
+        raise InvalidSource("not a media file: ffprobe produced no readable description") from None
+    if not isinstance(data, dict):
+        raise InvalidSource("not a media file: ffprobe produced no readable description")
+    info = source_info_from_probe(data, settings, size_bytes=size_bytes)
+    log.info(
+        "source ok: %dx%d %.3f fps %.2fs %s/%s audio=%s",
+        info.width,
+        info.height,
+        info.fps,
+        info.duration,
+        info.format_name,
+        info.video_codec,
+        info.audio_codec,
+    )
+    return info
+
+
+def source_info_from_probe(
+    data: dict[str, Any], settings: Settings, *, size_bytes: int | None = None
+) -> SourceInfo:
+    """Validate ffprobe's `-show_format -show_streams` JSON and turn it into a SourceInfo."""
+    streams = [s for s in data.get("streams") or [] if isinstance(s, dict)]
+    fmt = data.get("format") or {}
+    if not streams and not fmt:
+        raise InvalidSource("not a media file: no streams found")
+
+    audio = [s for s in streams if s.get("codec_type") == "audio"]
+    all_video = [s for s in streams if s.get("codec_type") == "video"]
+    # Cover art, thumbnails and still images are "video" streams of one frame: not a video.
+    video = [s for s in all_video if not _is_still(s)]
+    if not video:
+        if all_video:
+            raise InvalidSource("the file only contains a still picture (cover art), not a video")
+        if audio:
+            raise InvalidSource("the file is audio only: no video stream")
+        raise InvalidSource("the file has no video stream")
+    stream = video[0]  # the same stream `-map 0:V:0` picks when encoding
+
+    codec = stream.get("codec_name")
+    if not codec:
+        raise InvalidSource("the video stream uses a codec ffmpeg cannot decode")
+    coded_w, coded_h = _int(stream.get("width")), _int(stream.get("height"))
+    if not coded_w or not coded_h or coded_w <= 0 or coded_h <= 0:
+        raise InvalidSource("the video stream has no picture size")
+    if coded_w * coded_h > settings.max_pixels:
+        raise InvalidSource(
+            f"the video is {coded_w}x{coded_h}, more than the {settings.max_pixels} pixels "
+            "allowed per frame"
+        )
+
+    fps = _rate(stream.get("avg_frame_rate")) or _rate(stream.get("r_frame_rate"))
+    if fps is None:
+        raise InvalidSource("the video has no known frame rate")
+    if fps > settings.max_fps:
+        raise InvalidSource(
+            f"the video runs at {fps:.2f} fps, more than the {settings.max_fps:g} fps allowed"
+        )
+
+    duration = _float(fmt.get("duration")) or _float(stream.get("duration"))
+    if duration is None or duration <= 0:
+        raise InvalidSource("the video has no known duration (empty or a live stream?)")
+    if duration > settings.max_duration_seconds:
+        raise InvalidSource(
+            f"the video lasts {duration:.0f}s, longer than the "
+            f"{settings.max_duration_seconds:.0f}s allowed"
+        )
+
+    size = size_bytes if size_bytes is not None else _int(fmt.get("size"))
+    if size is not None:
+        _check_size(size, settings)
+
+    rotation = _rotation(stream)
+    width, height = _display_size(coded_w, coded_h, stream.get("sample_aspect_ratio"), rotation)
+
+    return SourceInfo(
+        duration=duration,
+        width=width,
+        height=height,
+        fps=fps,
+        has_audio=bool(audio),
+        video_codec=str(codec),
+        audio_codec=str(audio[0].get("codec_name") or "unknown") if audio else None,
+        format_name=str(fmt.get("format_name") or ""),
+        size_bytes=size,
+        bit_rate=_int(fmt.get("bit_rate")),
+        rotation=rotation,
+    )
+
+
+def _failure(stderr_tail: str) -> Exception:
+    """Map a failed ffprobe run to the exception that says whose fault it is."""
+    if match := _NOT_ON_WHITELIST.search(stderr_tail):
+        name = match.group("fmt").split(",")[0]
+        allowed = FORMAT_WHITELIST.replace(",", ", ")
+        return InvalidSource(
+            f"the file is in the '{name}' format, which is not accepted (allowed: {allowed})"
+        )
+    if match := _PROTOCOL_REFUSED.search(stderr_tail):
+        return InvalidSource(
+            f"the file refers to other resources ({match.group('proto')}:), which is not allowed"
+        )
+    if any(marker in stderr_tail for marker in _UNREADABLE):
+        return InvalidSource("not a media file, or a damaged one: ffprobe could not read it")
+    if any(marker in stderr_tail for marker in _UNREACHABLE):
+        return StorageError(f"could not read the source: {stderr_tail}")
+    return FfmpegError(f"ffprobe failed: {stderr_tail or 'no error output'}")
+
+
+def _check_size(size: int, settings: Settings) -> None:
+    if size > settings.max_source_bytes:
+        raise InvalidSource(
+            f"the file is {size} bytes, more than the {settings.max_source_bytes} bytes allowed"
+        )
+    if size == 0:
+        raise InvalidSource("the file is empty")
+
+
+def _is_still(stream: dict[str, Any]) -> bool:
+    disposition = stream.get("disposition") or {}
+    return bool(
+        disposition.get("attached_pic")
+        or disposition.get("timed_thumbnails")
+        or disposition.get("still_image")
+    )
+
+
+def _rotation(stream: dict[str, Any]) -> int:
+    """Clockwise rotation a player applies, in degrees: 0, 90, 180 or 270.
+
+    ffprobe reports the display matrix's angle counter-clockwise ("rotation" in side data);
+    older files and tools use a clockwise "rotate" tag instead. Only right angles exist in
+    practice; anything else is rounded to the nearest one.
+    """
+    degrees: float | None = None
+    for side in stream.get("side_data_list") or []:
+        if isinstance(side, dict) and _float(side.get("rotation")) is not None:
+            degrees = -float(side["rotation"])
+            break
+    if degrees is None:
+        degrees = _float((stream.get("tags") or {}).get("rotate"))
+    if degrees is None:
+        return 0
+    return (round(degrees / 90) * 90) % 360
+
+
+def _display_size(width: int, height: int, sample_aspect: object, rotation: int) -> tuple[int, int]:
+    """Size as shown: non-square pixels stretched horizontally, then rotated."""
+    sar = _ratio(sample_aspect)
+    if sar is not None and sar > 0 and sar != 1:
+        width = max(1, round(width * sar))
+    if rotation % 180 == 90:
+        width, height = height, width
+    return width, height
+
+
+def _ratio(value: object) -> Fraction | None:
+    """'16:15' or '30000/1001' as a Fraction; None for 0, 'N/A', '0/0' and garbage."""
+    if not isinstance(value, str):
+        return None
+    num, sep, den = value.replace(":", "/").partition("/")
+    try:
+        ratio = Fraction(int(num), int(den)) if sep else Fraction(num)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return ratio if ratio > 0 else None
+
+
+def _rate(value: object) -> float | None:
+    ratio = _ratio(value)
+    return float(ratio) if ratio is not None else None
+
+
+def _float(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: object) -> int | None:
+    number = _float(value)
+    return int(number) if number is not None else None
