@@ -16,6 +16,7 @@ with empty buckets (start_services recreates buckets, queue and notification rul
 from __future__ import annotations
 
 import grp
+import json
 import logging
 import os
 import pwd
@@ -498,6 +499,20 @@ _CORS = {
 }
 
 
+def _public_read(bucket: str) -> dict[str, object]:
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"AWS": ["*"]},
+                "Action": ["s3:GetObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
+
+
 def _s3_configure(cfg: LocalConfig) -> None:
     """Buckets, CORS, the events queue and the uploads bucket's notification rule; idempotent
     (moto forgets everything when it restarts, so this runs on every start)."""
@@ -509,6 +524,11 @@ def _s3_configure(cfg: LocalConfig) -> None:
             if bucket not in existing:
                 s3.create_bucket(Bucket=bucket)
             s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=_CORS)
+        # Anonymous GetObject on outputs, as in production: HLS players fetch segments by
+        # relative URL, which a presigned master playlist cannot cover.
+        s3.put_bucket_policy(
+            Bucket=cfg.outputs_bucket, Policy=json.dumps(_public_read(cfg.outputs_bucket))
+        )
         queue_url = sqs.create_queue(QueueName=EVENTS_QUEUE)["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"

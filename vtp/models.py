@@ -6,6 +6,7 @@ Enums are `StrEnum` so that they serialise as plain strings in JSON, SQL and Red
 from __future__ import annotations
 
 from enum import StrEnum
+from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -76,3 +77,12 @@ class RenditionSpec(BaseModel):
     audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
     profile: str = "high"
     level: str = "4.1"
+
+
+class TranscodeTask(BaseModel):
+    """The queue payload split sends to transcode-<resolution>: ids only, never video."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: UUID
+    rendition: str = Field(min_length=1, max_length=32)

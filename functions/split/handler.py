@@ -1,7 +1,111 @@
-"""Placeholder until the pipeline lands."""
+"""split: a MinIO bucket notification or a manual job in; a job with its ladder out.
 
+Also receives the queue-worker's callbacks for transcode calls on `/callback`.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
 from typing import Any
 
+from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
+from vtp.http import Response, guarded, header, ok, pipeline
+from vtp.webhook import JobRequest, MinioEvent, SourceObject, parse_body, sources_from_event
 
-def handle(event: Any, context: Any) -> dict[str, Any]:
-    return {"statusCode": 501, "body": {"error": "not implemented yet"}}
+log = logging.getLogger("split")
+
+
+@guarded
+def handle(event: Any, context: Any) -> Response:
+    if event.path.rstrip("/") == "/callback":
+        return _callback(event)
+    if event.method != "POST":
+        return {"statusCode": 405, "body": {"error": "POST a MinIO event or a job"}}
+    request = parse_body(event.body)
+    if isinstance(request, MinioEvent):
+        return _bucket_event(event, request)
+    return _manual_job(request)
+
+
+def _bucket_event(event: Any, request: MinioEvent) -> Response:
+    p = pipeline()
+    token = p.settings.webhook_token
+    if token is not None:
+        expected = f"Bearer {token.get_secret_value()}"
+        if not hmac.compare_digest(header(event, "Authorization") or "", expected):
+            raise Unauthorized("bucket notification without the expected bearer token")
+    wanted, ignored = sources_from_event(
+        request, outputs_bucket=p.settings.outputs_bucket, suffixes=p.settings.video_suffixes
+    )
+    for reason in ignored:
+        log.info("ignored: %s", reason)
+    jobs = []
+    for src in wanted:
+        try:
+            result = p.submit(src)
+        except NotFound as exc:
+            # Deleted before we got to it: nothing to do, and MinIO must not retry forever.
+            ignored.append(exc.reason)
+            continue
+        jobs.append(_summary(result.job, result.created))
+    # 2xx even when everything was ignored: MinIO's queue would otherwise block on it.
+    return ok({"jobs": jobs, "ignored": ignored})
+
+
+def _manual_job(request: JobRequest) -> Response:
+    p = pipeline()
+    src = SourceObject(bucket=request.bucket, key=request.key)
+    result = p.submit(
+        src,
+        renditions=request.renditions,
+        formats=list(request.formats),
+        callback_url=str(request.callback_url) if request.callback_url else None,
+    )
+    body = _summary(result.job, result.created)
+    if result.job.state == "failed" and not result.job.renditions:
+        return ok(body, status=422)  # recorded, but the source is not something we can encode
+    return ok(body, status=202 if result.created else 200)
+
+
+def _callback(event: Any) -> Response:
+    job_id = event.query.get("job")
+    rendition = event.query.get("rendition")
+    if not job_id or not rendition:
+        raise InvalidRequest("callback needs ?job=<id>&rendition=<name>")
+    try:
+        status = int(header(event, "X-Function-Status") or 0)
+    except ValueError as exc:
+        raise InvalidRequest("X-Function-Status is not a number") from exc
+    try:
+        out = pipeline().on_rendition_callback(
+            job_id, rendition, function_status=status, call_id=header(event, "X-Call-Id")
+        )
+    except VtpError as exc:
+        # The queue-worker ignores our answer; log it, and keep the status honest.
+        log.warning("callback for %s/%s: %s", job_id, rendition, exc.reason)
+        raise
+    return ok(out)
+
+
+def _summary(job: Any, created: bool) -> dict[str, Any]:
+    return {
+        "job_id": str(job.id),
+        "created": created,
+        "duplicate": not created,
+        "state": job.state,
+        "error": job.error,
+        "source": {"bucket": job.source.bucket, "key": job.source.key, "etag": job.source.etag},
+        "renditions": [
+            {
+                "name": r.name,
+                "function": r.function,
+                "width": r.spec.width,
+                "height": r.spec.height,
+                "fps": r.spec.fps,
+                "video_bitrate": r.spec.video_bitrate,
+                "audio_bitrate": r.spec.audio_bitrate,
+            }
+            for r in job.renditions
+        ],
+    }

@@ -1,7 +1,37 @@
-"""Placeholder until the pipeline lands."""
+"""status: one job (`?id=`), or recent jobs (`?state=`, `?limit=`, `?bucket=&key=`)."""
+
+from __future__ import annotations
 
 from typing import Any
 
+from vtp.errors import InvalidRequest
+from vtp.http import Response, guarded, ok, pipeline
+from vtp.models import JobState
 
-def handle(event: Any, context: Any) -> dict[str, Any]:
-    return {"statusCode": 501, "body": {"error": "not implemented yet"}}
+
+@guarded
+def handle(event: Any, context: Any) -> Response:
+    if event.method not in ("GET", "HEAD"):
+        return {"statusCode": 405, "body": {"error": "use GET"}}
+    p = pipeline()
+    q = event.query
+    job_id = q.get("id")
+    if job_id:
+        return ok(p.describe_job(p.find_job(job_id)))
+    state = q.get("state")
+    try:
+        wanted = JobState(state) if state else None
+        limit = int(q.get("limit") or 50)
+    except ValueError as exc:
+        raise InvalidRequest(
+            f"state must be one of {[s.value for s in JobState]} and limit a number"
+        ) from exc
+    bucket, key = q.get("bucket"), q.get("key")
+    jobs = p.store.list(wanted, limit if not key else 1000)
+    if bucket or key:
+        jobs = [
+            j
+            for j in jobs
+            if (not bucket or j.source.bucket == bucket) and (not key or j.source.key == key)
+        ][:limit]
+    return ok({"jobs": [p.describe_job(j, live=False) for j in jobs]})

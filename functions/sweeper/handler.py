@@ -1,7 +1,13 @@
-"""Placeholder until the pipeline lands."""
+"""sweeper (cron): retries or dead-letters renditions whose worker vanished, dispatches due
+retries and finishes stuck finalizations, so no accepted job is left hanging."""
+
+from __future__ import annotations
 
 from typing import Any
 
+from vtp.http import Response, guarded, ok, pipeline
 
-def handle(event: Any, context: Any) -> dict[str, Any]:
-    return {"statusCode": 501, "body": {"error": "not implemented yet"}}
+
+@guarded
+def handle(event: Any, context: Any) -> Response:
+    return ok(pipeline().sweep())

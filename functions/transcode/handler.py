@@ -1,7 +1,28 @@
-"""Placeholder until the pipeline lands."""
+"""transcode-<resolution>: encode one rendition of a job.
 
+One handler for every rung; stack.yml deploys it once per resolution (VTP_RENDITION), so each
+rung scales and queues on its own. The body is a TranscodeTask from split.
+"""
+
+from __future__ import annotations
+
+import uuid
 from typing import Any
 
+from pydantic import ValidationError
 
-def handle(event: Any, context: Any) -> dict[str, Any]:
-    return {"statusCode": 501, "body": {"error": "not implemented yet"}}
+from vtp.errors import InvalidRequest
+from vtp.http import Response, guarded, header, ok, pipeline
+from vtp.models import TranscodeTask
+
+
+@guarded
+def handle(event: Any, context: Any) -> Response:
+    try:
+        task = TranscodeTask.model_validate_json(event.body or b"{}")
+    except ValidationError as exc:
+        raise InvalidRequest(f"invalid transcode task: {exc.errors()[0]['msg']}") from exc
+    call_id = header(event, "X-Call-Id") or f"direct-{uuid.uuid4()}"
+    result = pipeline().run_rendition(task, call_id)
+    status = 200 if result.get("state", "succeeded") == "succeeded" else 500
+    return ok(result, status=status)

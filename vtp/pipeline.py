@@ -1,0 +1,486 @@
+"""The pipeline's core: submit a source, run one rendition, fan in, sweep.
+
+Handlers stay thin: `split` calls `submit` and `on_rendition_callback`, `transcode-*` calls
+`run_rendition`, `sweeper` calls `sweep`, `status` reads through `describe_job`. Every client
+(database, Redis, storage, gateway) is injected, so tests and other entry points can build a
+`Pipeline` from their own.
+
+Who retries what: the OpenFaaS queue-worker calls each transcode once and then POSTs the
+outcome to split's `/callback` route. A transcode that fails cleanly records a retryable or
+permanent failure itself; one that dies (killed, OOM, exec_timeout) cannot, so the callback
+records it. Retries are dispatched once their back-off has passed, by the callback or by the
+cron sweeper, which also writes off renditions whose worker went silent. When the last
+rendition ends, exactly one caller wins `claim_finalization` and finishes the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+from uuid import UUID
+
+import redis
+from pydantic import BaseModel
+
+from vtp import callbacks, db
+from vtp.encode import RenditionResult, encode_rendition
+from vtp.errors import Conflict, InvalidSource, NotFound, VtpError
+from vtp.events import EventBus, ProgressEvent, ProgressReporter
+from vtp.ffmpeg import Progress
+from vtp.invoker import Invoker
+from vtp.jobs import CallbackStatus, Job, JobStore, Rendition, SourceRef, summarize_outcome
+from vtp.ladder import plan_ladder
+from vtp.models import JobState, RenditionState, TranscodeTask
+from vtp.playlist import MasterEntry, make_poster, master_playlist
+from vtp.probe import probe_source
+from vtp.settings import Settings
+from vtp.storage import Storage
+from vtp.webhook import SourceObject
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 10.0
+# A running rendition with no heartbeat for this long has lost its worker.
+STALE_AFTER_S = 120.0
+# The callback waits this long at most for a retry's back-off; longer ones go to the sweeper.
+INLINE_RETRY_WAIT_S = 15.0
+
+
+class SubmitResult(BaseModel):
+    job: Job
+    created: bool
+
+
+class JobCallback(BaseModel):
+    """The body POSTed to a job's callback URL when the job ends."""
+
+    event: str = "job.finished"
+    job_id: UUID
+    state: JobState
+    error: str | None
+    source: SourceRef
+    master_url: str | None
+    poster_url: str | None
+    renditions: list[dict[str, Any]]
+    finished_at: datetime | None
+
+
+class Pipeline:
+    def __init__(
+        self,
+        settings: Settings,
+        store: JobStore,
+        storage: Storage,
+        bus: EventBus,
+        invoker: Invoker,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.storage = storage
+        self.bus = bus
+        self.invoker = invoker
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Pipeline:
+        """Build every client from settings and bring the schema up to date (idempotent)."""
+        dsn = settings.postgres_dsn.get_secret_value()
+        conn = db.connect(dsn)
+        try:
+            db.migrate(conn)
+        finally:
+            conn.close()
+        store = JobStore(functools.partial(db.connect, dsn))
+        client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+        return cls(
+            settings,
+            store,
+            Storage.from_settings(settings),
+            EventBus(client, settings.redis_prefix),
+            Invoker(settings.gateway_url),
+        )
+
+    # --- URLs ----------------------------------------------------------------------------
+    def output_url(self, job_id: UUID | str, path: str) -> str:
+        """Public URL of an output: the outputs bucket is anonymously readable, because an HLS
+        player fetches segments by relative URL, which a presigned master cannot cover."""
+        base = self.settings.public_s3_endpoint.rstrip("/")
+        return f"{base}/{self.settings.outputs_bucket}/{job_id}/{quote(path)}"
+
+    def callback_url(self, job_id: UUID | str, rendition: str) -> str:
+        return self.invoker.function_url(
+            "split", "/callback", {"job": str(job_id), "rendition": rendition}
+        )
+
+    # --- split ---------------------------------------------------------------------------
+    def submit(
+        self,
+        src: SourceObject,
+        *,
+        renditions: list[str] | None = None,
+        formats: list[str] | None = None,
+        callback_url: str | None = None,
+    ) -> SubmitResult:
+        """Probe, plan and record a job for one object, then dispatch its renditions.
+
+        The same object version (bucket, key, ETag) always maps to one job: a duplicate
+        event returns the existing job and dispatches nothing.
+        """
+        obj = self.storage.stat(src.bucket, src.key)
+        ref = SourceRef(bucket=src.bucket, key=src.key, etag=obj.etag or "none", size=obj.size)
+        url = self.storage.presigned_get(src.bucket, src.key, expires=600)
+        try:
+            info = probe_source(url, self.settings, size_bytes=obj.size)
+        except InvalidSource as exc:
+            job, created = self.store.record_rejected(ref, exc.reason, callback_url=callback_url)
+            if created:
+                log.warning("rejected s3://%s/%s: %s", src.bucket, src.key, exc.reason)
+                self._publish_job(job)
+                self._fire_callback(job)
+            return SubmitResult(job=self.store.get(job.id), created=created)
+        plan = plan_ladder(info, self.settings, renditions)
+        job, created = self.store.create_job(
+            ref, info, plan, formats=formats or ["hls"], callback_url=callback_url
+        )
+        if created:
+            log.info(
+                "job %s for s3://%s/%s: %s",
+                job.id,
+                src.bucket,
+                src.key,
+                ", ".join(f"{r.name} {r.spec.width}x{r.spec.height}" for r in job.renditions),
+            )
+            self._publish_job(job)
+            for rend in job.renditions:
+                self._publish(
+                    ProgressEvent(job_id=str(job.id), rendition=rend.name, state="queued")
+                )
+                self.dispatch(job.id, rend)
+        return SubmitResult(job=self.store.get(job.id), created=created)
+
+    def dispatch(self, job_id: UUID, rend: Rendition) -> None:
+        """Queue one transcode call; a refused dispatch becomes a retry, never a lost task."""
+        try:
+            self.invoker.invoke_async(
+                rend.function,
+                TranscodeTask(job_id=job_id, rendition=rend.name),
+                callback_url=self.callback_url(job_id, rend.name),
+            )
+        except VtpError as exc:
+            log.error("could not dispatch %s of job %s: %s", rend.name, job_id, exc.reason)
+            with contextlib.suppress(Conflict):
+                self.store.fail_rendition(
+                    job_id,
+                    rend.name,
+                    f"dispatch failed: {exc.reason}",
+                    retryable=True,
+                    max_attempts=self.settings.max_attempts,
+                )
+
+    def dispatch_due_retries(self) -> int:
+        due = self.store.due_retries()
+        for rend in due:
+            log.info(
+                "retrying %s of job %s (attempt %d)", rend.name, rend.job_id, rend.attempts + 1
+            )
+            self.dispatch(rend.job_id, rend)
+        return len(due)
+
+    def on_rendition_callback(
+        self, job_id: str, rendition: str, *, function_status: int, call_id: str | None
+    ) -> dict[str, Any]:
+        """The queue-worker reports how a transcode call ended."""
+        job = self.store.get(job_id)
+        rend = job.rendition(rendition)
+        if rend.state is RenditionState.RUNNING and (
+            call_id is None or rend.last_call_id == call_id
+        ):
+            # The worker ended without recording an outcome: it died or was cut off.
+            reason = (
+                f"{rend.function} ended without a result (HTTP {function_status}; "
+                "killed, out of memory or past its exec_timeout)"
+            )
+            try:
+                state = self.store.fail_rendition(
+                    job_id,
+                    rendition,
+                    reason,
+                    retryable=True,
+                    max_attempts=self.settings.max_attempts,
+                    call_id=rend.last_call_id,
+                )
+                self._publish(
+                    ProgressEvent(
+                        job_id=job_id,
+                        rendition=rendition,
+                        state=state.value,
+                        attempt=rend.attempts,
+                        error=reason,
+                    )
+                )
+            except Conflict:
+                pass
+            rend = self.store.get(job_id).rendition(rendition)
+        if rend.state is RenditionState.RETRYING and rend.next_retry_at is not None:
+            wait = (rend.next_retry_at - datetime.now(UTC)).total_seconds()
+            if wait <= INLINE_RETRY_WAIT_S:
+                time.sleep(max(wait, 0) + 0.05)
+                self.dispatch_due_retries()
+        finished = self.maybe_finalize(job_id, claimer=f"callback:{call_id}")
+        return {
+            "job_id": job_id,
+            "rendition": rendition,
+            "state": rend.state,
+            "finalized": finished,
+        }
+
+    # --- transcode -------------------------------------------------------------------------
+    def run_rendition(self, task: TranscodeTask, call_id: str) -> dict[str, Any]:
+        """Encode one rendition and record the outcome; never raises for a known failure."""
+        job = self.store.get(task.job_id)
+        spec_rend = job.rendition(task.rendition)
+        expected = f"transcode-{self.settings.rendition}" if self.settings.rendition else None
+        if expected and spec_rend.function != expected:
+            log.warning("%s runs %s's task for %s", expected, spec_rend.function, task.rendition)
+        try:
+            rend = self.store.begin_attempt(task.job_id, task.rendition, call_id)
+        except Conflict as exc:
+            log.info("skipping duplicate delivery %s: %s", call_id, exc.reason)
+            return {"skipped": exc.reason, "job_id": str(task.job_id), "rendition": task.rendition}
+        assert job.source_info is not None
+        info = job.source_info
+        reporter = ProgressReporter(self.bus, job.id, rend.name, rend.attempts, info.duration)
+        reporter.state(RenditionState.RUNNING)
+        last_beat = [time.monotonic()]
+
+        def on_progress(p: Progress) -> None:
+            reporter.sample(p.out_time, p.fps, p.speed)
+            if time.monotonic() - last_beat[0] >= HEARTBEAT_EVERY_S:
+                last_beat[0] = time.monotonic()
+                # Conflict here means the sweeper wrote this attempt off: stop encoding.
+                self.store.heartbeat(job.id, rend.name, call_id=call_id)
+
+        prefix = f"{job.id}/{rend.name}"
+        try:
+            url = self.storage.presigned_get(
+                job.source.bucket,
+                job.source.key,
+                expires=self.settings.ffmpeg_timeout_seconds + 600,
+            )
+            with tempfile.TemporaryDirectory(prefix=f"vtp-{rend.name}-") as tmp:
+                out = Path(tmp)
+                result = encode_rendition(
+                    url,
+                    info,
+                    rend.spec,
+                    out,
+                    formats=job.formats,
+                    settings=self.settings,
+                    on_progress=on_progress,
+                )
+                self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
+            record = result.model_dump(mode="json") | {"output_prefix": prefix}
+            self.store.succeed_rendition(job.id, rend.name, record, call_id=call_id)
+            reporter.state(RenditionState.SUCCEEDED)
+            outcome: dict[str, Any] = {"state": "succeeded", "result": record}
+        except VtpError as exc:
+            retryable = not isinstance(exc, InvalidSource)
+            try:
+                state = self.store.fail_rendition(
+                    job.id,
+                    rend.name,
+                    exc.reason,
+                    retryable=retryable,
+                    max_attempts=self.settings.max_attempts,
+                    call_id=call_id,
+                )
+            except Conflict:
+                state = RenditionState.FAILED
+            reporter.state(state, error=exc.reason)
+            outcome = {"state": state.value, "error": exc.reason}
+        finally:
+            reporter.close()
+        self.maybe_finalize(job.id, claimer=call_id)
+        return {"job_id": str(job.id), "rendition": rend.name, "attempt": rend.attempts} | outcome
+
+    # --- fan-in ------------------------------------------------------------------------------
+    def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
+        """Finish the job if every rendition has ended and no one else is doing it."""
+        job = self.store.claim_finalization(job_id, claimer)
+        if job is None:
+            return False
+        state, reason = summarize_outcome(job.renditions)
+        master = None
+        done = [r for r in job.renditions if r.state is RenditionState.SUCCEEDED and r.result]
+        if done:
+            entries = [
+                MasterEntry.from_result(RenditionResult.model_validate(r.result)) for r in done
+            ]
+            master = master_playlist(entries)
+            try:
+                self.storage.put_bytes(
+                    self.settings.outputs_bucket, f"{job.id}/master.m3u8", master.encode()
+                )
+                self._write_poster(job)
+            except VtpError as exc:
+                state, reason = (
+                    JobState.FAILED,
+                    f"could not write the master playlist: {exc.reason}",
+                )
+        job = self.store.complete_job(
+            job.id, state, reason, claimer=claimer, master_playlist=master
+        )
+        log.info("job %s %s%s", job.id, job.state, f": {reason}" if reason else "")
+        self._publish_job(job)
+        self._fire_callback(job)
+        return True
+
+    def _write_poster(self, job: Job) -> None:
+        assert job.source_info is not None
+        url = self.storage.presigned_get(job.source.bucket, job.source.key, expires=600)
+        try:
+            with tempfile.TemporaryDirectory(prefix="vtp-poster-") as tmp:
+                path = make_poster(url, job.source_info, Path(tmp) / "poster.jpg", self.settings)
+                self.storage.put_bytes(
+                    self.settings.outputs_bucket, f"{job.id}/poster.jpg", path.read_bytes()
+                )
+        except VtpError as exc:
+            # A missing poster is cosmetic; the renditions are what the job is for.
+            log.warning("job %s: no poster: %s", job.id, exc.reason)
+
+    def _fire_callback(self, job: Job) -> None:
+        if not job.callback_url or job.callback_status is CallbackStatus.DELIVERED:
+            return
+        secret = self.settings.callback_secret
+        delivery = callbacks.deliver(
+            job.callback_url,
+            self.callback_body(job),
+            delivery_id=str(job.id),
+            event="job.finished",
+            secret=secret.get_secret_value() if secret else None,
+        )
+        self.store.record_callback(
+            job.id,
+            CallbackStatus.DELIVERED if delivery.ok else CallbackStatus.FAILED,
+            delivery.error,
+        )
+
+    def callback_body(self, job: Job) -> JobCallback:
+        view = self.describe_job(job, live=False)
+        return JobCallback(
+            job_id=job.id,
+            state=job.state,
+            error=job.error,
+            source=job.source,
+            master_url=view["urls"].get("master"),
+            poster_url=view["urls"].get("poster"),
+            renditions=view["renditions"],
+            finished_at=job.finished_at,
+        )
+
+    # --- sweeper -------------------------------------------------------------------------------
+    def sweep(self) -> dict[str, int]:
+        """Write off silent workers, dispatch due retries, finish stuck finalizations."""
+        reaped = self.store.reap_stale(STALE_AFTER_S, max_attempts=self.settings.max_attempts)
+        for r in reaped:
+            self._publish(
+                ProgressEvent(
+                    job_id=str(r.job_id), rendition=r.name, state=r.state.value, error=r.error
+                )
+            )
+        retried = self.dispatch_due_retries()
+        finalized = 0
+        for job in self.store.finalizations_due():
+            finalized += self.maybe_finalize(job.id, claimer=f"sweeper:{threading.get_ident()}")
+        return {"reaped": len(reaped), "retried": retried, "finalized": finalized}
+
+    # --- status --------------------------------------------------------------------------------
+    def describe_job(self, job: Job, *, live: bool = True) -> dict[str, Any]:
+        """The job as clients see it: state, renditions with live progress, output URLs."""
+        progress = self.bus.current(job.id) if live else {}
+        rends = []
+        for r in job.renditions:
+            item: dict[str, Any] = {
+                "name": r.name,
+                "state": r.state.value,
+                "width": r.spec.width,
+                "height": r.spec.height,
+                "fps": r.spec.fps,
+                "attempts": r.attempts,
+                "error": r.error,
+                "size_bytes": r.size_bytes,
+                "avg_bitrate": r.avg_bitrate,
+                "peak_bitrate": r.peak_bitrate,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "urls": {},
+            }
+            if r.state is RenditionState.SUCCEEDED and r.result:
+                item["urls"]["playlist"] = self.output_url(
+                    job.id, f"{r.name}/{r.result['playlist']}"
+                )
+                if r.result.get("mp4"):
+                    item["urls"]["mp4"] = self.output_url(job.id, f"{r.name}/{r.result['mp4']}")
+            if live and r.name in progress:
+                p = progress[r.name]
+                item["progress"] = p.model_dump(
+                    include={"id", "state", "percent", "fps", "speed", "eta_seconds", "ts"}
+                )
+            rends.append(item)
+        urls: dict[str, str] = {}
+        if job.master_playlist:
+            urls["master"] = self.output_url(job.id, "master.m3u8")
+            urls["poster"] = self.output_url(job.id, "poster.jpg")
+        done = [r for r in job.renditions if r.state.terminal]
+        return {
+            "id": str(job.id),
+            "state": job.state.value,
+            "error": job.error,
+            "source": job.source.model_dump(),
+            "source_info": job.source_info.model_dump() if job.source_info else None,
+            "formats": job.formats,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "renditions_done": len(done),
+            "renditions": rends,
+            "urls": urls,
+            "callback": {
+                "url": job.callback_url,
+                "status": job.callback_status.value,
+                "attempts": job.callback_attempts,
+                "error": job.callback_last_error,
+            }
+            if job.callback_url
+            else None,
+        }
+
+    def find_job(self, job_id: str) -> Job:
+        try:
+            return self.store.get(job_id)
+        except (ValueError, NotFound) as exc:
+            raise NotFound(f"no job {job_id!r}") from exc
+
+    # --- events --------------------------------------------------------------------------------
+    def _publish(self, event: ProgressEvent) -> None:
+        try:
+            self.bus.publish(event)
+        except redis.RedisError as exc:
+            log.warning("progress event not published: %s", exc)
+
+    def _publish_job(self, job: Job) -> None:
+        self._publish(
+            ProgressEvent(
+                job_id=str(job.id),
+                state=job.state.value,
+                percent=100.0 if job.state is JobState.SUCCEEDED else 0.0,
+                error=job.error,
+            )
+        )
