@@ -8,10 +8,12 @@ that `make up` runs on port 8080.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -23,11 +25,12 @@ FIXTURES = Path(__file__).parent / "fixtures"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
-def test_config(**overrides: object) -> LocalConfig:
+def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
+    """The test stack of `slot`: slot 0 is .run/test on 16400+ with its gateway on 18080."""
     values: dict[str, object] = {
-        "run_dir": TEST_RUN_DIR,
-        "port_base": 16400,
-        "gateway_port": 18080,
+        "run_dir": TEST_RUN_DIR if slot == 0 else TEST_RUN_DIR.with_name(f"test-{slot}"),
+        "port_base": 16400 + 40 * slot,
+        "gateway_port": 18080 + slot,
         "extra_stack_files": [FIXTURES / "stack.yml"],
         "max_inflight": 4,
     }
@@ -40,10 +43,27 @@ def tick_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cron") / "ticks.log"
 
 
+def _claim_slot() -> tuple[int, IO[bytes]]:
+    """Two test runs at once (two developers, or a run beside a benchmark) each get a stack of
+    their own instead of tearing down each other's: the first free slot's lock is held for
+    the whole session."""
+    (REPO_ROOT / ".run").mkdir(exist_ok=True)
+    for slot in range(4):
+        fh = (REPO_ROOT / ".run" / f"test-slot-{slot}.lock").open("wb")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            continue
+        return slot, fh
+    raise RuntimeError("four test runs are already using the test stacks")
+
+
 @pytest.fixture(scope="session")
 def stack(tick_file: Path) -> Iterator[LocalConfig]:
     """The running test stack's config; everything in it is up and healthy."""
-    cfg = test_config()
+    slot, lock = _claim_slot()
+    cfg = test_config(slot)
     runtime.down(cfg)  # whatever an interrupted earlier run left behind
     if (cfg.run_dir / "build").exists():
         shutil.rmtree(cfg.run_dir / "build")
@@ -56,6 +76,7 @@ def stack(tick_file: Path) -> Iterator[LocalConfig]:
         yield cfg
     finally:
         runtime.down(cfg)
+        lock.close()
 
 
 @pytest.fixture(scope="session")

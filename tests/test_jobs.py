@@ -1,0 +1,603 @@
+"""The job store against a real PostgreSQL: migrations, transitions, races, the sweeper's view.
+
+Every test gets its own freshly created database (vtp_test_<random>), dropped afterwards.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from typing import Any
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
+import pytest
+
+from vtp import db
+from vtp.errors import Conflict, InvalidRequest, NotFound
+from vtp.jobs import CallbackStatus, JobStore, SourceRef, summarize_outcome
+from vtp.models import JobState, RenditionSpec, RenditionState, SourceInfo
+
+INFO = SourceInfo(
+    duration=12.5, width=1920, height=1080, fps=30.0, has_audio=True, video_codec="h264"
+)
+
+
+def spec(name: str, height: int) -> RenditionSpec:
+    width = height * 16 // 9 // 2 * 2
+    return RenditionSpec(
+        name=name,
+        function=f"transcode-{name}",
+        width=width,
+        height=height,
+        fps=30.0,
+        video_bitrate=height * 3000,
+        max_bitrate=height * 3300,
+        buffer_size=height * 6000,
+        audio_bitrate=128_000,
+    )
+
+
+PLAN = [spec("360p", 360), spec("720p", 720)]
+
+
+def source(**kw: Any) -> SourceRef:
+    fields: dict[str, Any] = {
+        "bucket": "uploads",
+        "key": f"clips/{uuid.uuid4().hex}.mp4",
+        "etag": uuid.uuid4().hex,
+        "size": 1234,
+    }
+    fields.update(kw)
+    return SourceRef(**fields)
+
+
+def _admin(dsn: str) -> psycopg2.extensions.connection:
+    conn = db.connect(dsn, application_name="vtp-test-admin")
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    return conn
+
+
+@pytest.fixture
+def empty_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A brand-new, empty database, dropped (with any leftover sessions) afterwards.
+
+    A role without CREATEDB (a stack's application role) gets a fresh schema instead, put
+    first on the search_path of every connection made with the returned DSN.
+    """
+    name = f"vtp_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin(postgres_dsn)
+    drop = None
+    try:
+        with admin.cursor() as cur:
+            try:
+                cur.execute(f'CREATE DATABASE "{name}"')
+                drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                dsn = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name)
+            except psycopg2.errors.InsufficientPrivilege:
+                cur.execute(f'CREATE SCHEMA "{name}"')
+                drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
+                dsn = psycopg2.extensions.make_dsn(postgres_dsn, options=f"-c search_path={name}")
+        yield dsn
+    finally:
+        if drop:
+            with admin.cursor() as cur:
+                cur.execute(drop)
+        admin.close()
+
+
+@pytest.fixture
+def dsn(empty_dsn: str) -> str:
+    conn = db.connect(empty_dsn)
+    try:
+        db.migrate(conn)
+    finally:
+        conn.close()
+    return empty_dsn
+
+
+@pytest.fixture
+def app_name() -> str:
+    """application_name of this test's store connections, to find them in pg_stat_activity."""
+    return f"vtp-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_store(dsn: str, app_name: str) -> Iterator[Callable[..., JobStore]]:
+    stores: list[JobStore] = []
+
+    def make(**kw: Any) -> JobStore:
+        store = JobStore(partial(db.connect, dsn, application_name=app_name), **kw)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., JobStore]) -> JobStore:
+    return make_store()
+
+
+def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
+    """Run target(i) in n threads released together; return results, re-raise any error."""
+    barrier = threading.Barrier(n)
+    results: list[Any] = [None] * n
+    errors: list[BaseException] = []
+
+    def body(i: int) -> None:
+        try:
+            barrier.wait()
+            results[i] = target(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    if errors:
+        raise errors[0]
+    return results
+
+
+# --- migrations ---------------------------------------------------------------------------
+
+
+def _migration_rows(dsn: str) -> list[tuple[int, str]]:
+    conn = db.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT version, name FROM schema_migrations ORDER BY version")
+            return [(int(v), str(n)) for v, n in cur.fetchall()]
+    finally:
+        conn.close()
+
+
+def test_migrations_are_packaged_in_order() -> None:
+    migrations = db.load_migrations()
+    assert migrations[0].name == "0001_initial"
+    assert [m.version for m in migrations] == sorted({m.version for m in migrations})
+
+
+def test_migrate_twice_is_a_noop(empty_dsn: str) -> None:
+    names = [m.name for m in db.load_migrations()]
+    conn = db.connect(empty_dsn)
+    try:
+        assert db.migrate(conn) == names
+        assert db.migrate(conn) == []
+        with conn.cursor() as cur:
+            cur.execute("SELECT to_regclass('jobs'), to_regclass('renditions')")
+            assert cur.fetchone() == ("jobs", "renditions")
+        conn.rollback()
+    finally:
+        conn.close()
+    assert [n for _, n in _migration_rows(empty_dsn)] == names
+
+
+def test_concurrent_migrate_applies_each_migration_once(empty_dsn: str) -> None:
+    def cold_start(_: int) -> list[str]:
+        conn = db.connect(empty_dsn)
+        try:
+            return db.migrate(conn)
+        finally:
+            conn.close()
+
+    results = run_threads(8, cold_start)
+    names = [m.name for m in db.load_migrations()]
+    applied = [name for result in results for name in result]
+    assert sorted(applied) == sorted(names)
+    assert sum(1 for r in results if r) == 1  # one caller did it all, in order
+    assert next(r for r in results if r) == names
+    assert [n for _, n in _migration_rows(empty_dsn)] == names
+
+
+def test_connect_settings(dsn: str) -> None:
+    conn = db.connect(dsn, application_name="vtp-split")
+    try:
+        assert conn.autocommit is False
+        with conn.cursor() as cur:
+            cur.execute("SHOW application_name")
+            assert cur.fetchone() == ("vtp-split",)
+            cur.execute("SHOW timezone")
+            assert cur.fetchone() == ("UTC",)
+        conn.rollback()
+    finally:
+        conn.close()
+
+
+# --- jobs ---------------------------------------------------------------------------------
+
+
+def test_create_job_is_idempotent(store: JobStore) -> None:
+    src = source()
+    job, created = store.create_job(
+        src, INFO, PLAN, formats=["hls", "mp4"], callback_url="http://cb/x"
+    )
+    assert created
+    assert job.state is JobState.QUEUED
+    assert job.source.bucket == src.bucket and job.source.key == src.key
+    assert job.source_info == INFO
+    assert job.formats == ["hls", "mp4"]
+    assert job.callback_status is CallbackStatus.PENDING
+    assert [r.name for r in job.renditions] == ["360p", "720p"]
+    assert job.rendition("720p").spec == PLAN[1]
+    assert all(r.state is RenditionState.QUEUED and r.attempts == 0 for r in job.renditions)
+
+    again, created_again = store.create_job(src, INFO, PLAN, formats=["hls"], callback_url=None)
+    assert not created_again
+    assert again.id == job.id
+    # The same object with a quoted ETag (as S3 headers carry it) is the same job.
+    quoted, created_quoted = store.create_job(
+        src.model_copy(update={"etag": f'"{src.etag}"'}), INFO, PLAN
+    )
+    assert not created_quoted and quoted.id == job.id
+    # A new version of the object (new ETag) is a new job.
+    other, created_other = store.create_job(
+        src.model_copy(update={"etag": "different"}), INFO, PLAN
+    )
+    assert created_other and other.id != job.id
+
+
+def test_concurrent_create_makes_one_job(store: JobStore) -> None:
+    src = source()
+    results = run_threads(8, lambda _: store.create_job(src, INFO, PLAN))
+    assert sum(1 for _, created in results if created) == 1
+    assert len({job.id for job, _ in results}) == 1
+
+
+def test_create_job_validates_plan(store: JobStore) -> None:
+    with pytest.raises(InvalidRequest):
+        store.create_job(source(), INFO, [])
+    with pytest.raises(InvalidRequest):
+        store.create_job(source(), INFO, [PLAN[0], PLAN[0]])
+
+
+def test_rejected_job(store: JobStore) -> None:
+    src = source()
+    job, created = store.record_rejected(src, "no video stream", callback_url="http://cb/y")
+    assert created
+    assert job.state is JobState.FAILED
+    assert job.error == "no video stream"
+    assert job.finished_at is not None
+    assert job.renditions == []
+    assert job.callback_status is CallbackStatus.PENDING
+    again, created_again = store.record_rejected(src, "no video stream")
+    assert not created_again and again.id == job.id
+    # A redelivered event for the same object finds the rejection, not a new job.
+    same, created_same = store.create_job(src, INFO, PLAN)
+    assert not created_same and same.id == job.id and same.state is JobState.FAILED
+    assert store.claim_finalization(job.id, "anyone") is None
+
+
+def test_get_and_list(store: JobStore) -> None:
+    with pytest.raises(NotFound):
+        store.get(uuid.uuid4())
+    with pytest.raises(NotFound):
+        store.get("not-a-uuid")
+    a, _ = store.create_job(source(), INFO, PLAN)
+    b, _ = store.create_job(source(), INFO, PLAN)
+    c, _ = store.record_rejected(source(), "too long")
+    store.begin_attempt(b.id, "360p", "call-b")
+    assert [j.id for j in store.list()] == [c.id, b.id, a.id]
+    assert [j.id for j in store.list(JobState.RUNNING)] == [b.id]
+    assert [j.id for j in store.list(JobState.QUEUED)] == [a.id]
+    assert [j.id for j in store.list(JobState.FAILED)] == [c.id]
+    assert [j.id for j in store.list(limit=2)] == [c.id, b.id]
+    assert [j.id for j in store.list(before=b.created_at)] == [a.id]
+    listed = store.list(JobState.RUNNING)[0]
+    assert listed.rendition("360p").state is RenditionState.RUNNING
+
+
+# --- attempts -----------------------------------------------------------------------------
+
+
+def test_begin_attempt_starts_rendition_and_job(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    r = store.begin_attempt(job.id, "720p", "call-1")
+    assert r.state is RenditionState.RUNNING
+    assert r.attempts == 1
+    assert r.last_call_id == "call-1"
+    assert r.heartbeat_at is not None and r.started_at is not None
+    job = store.get(job.id)
+    assert job.state is JobState.RUNNING and job.started_at is not None
+    assert job.rendition("360p").state is RenditionState.QUEUED
+    with pytest.raises(NotFound):
+        store.begin_attempt(job.id, "4k", "call-1")
+
+
+def test_duplicate_delivery_is_a_conflict(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.begin_attempt(job.id, "360p", "call-1")
+    with pytest.raises(Conflict, match="duplicate delivery"):
+        store.begin_attempt(job.id, "360p", "call-1")  # the queue redelivered the message
+    with pytest.raises(Conflict):
+        store.begin_attempt(job.id, "360p", "call-2")  # a second dispatch
+    assert store.get(job.id).rendition("360p").attempts == 1
+    with pytest.raises(Conflict):
+        store.succeed_rendition(job.id, "360p", {}, call_id="call-2")
+    done = store.succeed_rendition(
+        job.id,
+        "360p",
+        {"output_prefix": "jobs/x/360p/", "size_bytes": 1000, "avg_bitrate": 800_000, "n": 3},
+        call_id="call-1",
+    )
+    assert done.state is RenditionState.SUCCEEDED and done.finished_at is not None
+    assert done.output_prefix == "jobs/x/360p/" and done.size_bytes == 1000
+    assert done.avg_bitrate == 800_000 and done.peak_bitrate is None
+    assert done.result == {
+        "output_prefix": "jobs/x/360p/",
+        "size_bytes": 1000,
+        "avg_bitrate": 800_000,
+        "n": 3,
+    }
+    with pytest.raises(Conflict, match="already succeeded"):
+        store.begin_attempt(job.id, "360p", "call-3")
+    with pytest.raises(Conflict):
+        store.fail_rendition(job.id, "360p", "late", retryable=True, max_attempts=3)
+    with pytest.raises(Conflict):
+        store.succeed_rendition(job.id, "360p", {})
+
+
+def test_retry_backoff_then_dead(make_store: Callable[..., JobStore]) -> None:
+    store = make_store(retry_base_s=10.0, retry_max_s=25.0)
+    job, _ = store.create_job(source(), INFO, PLAN)
+    expected_delays = [10.0, 20.0, 25.0, 25.0]
+    for attempt, delay in enumerate(expected_delays, start=1):
+        r = store.begin_attempt(job.id, "720p", f"call-{attempt}")
+        assert r.attempts == attempt
+        state = store.fail_rendition(
+            job.id, "720p", f"upload failed #{attempt}", retryable=True, max_attempts=5
+        )
+        assert state is RenditionState.RETRYING
+        r = store.get(job.id).rendition("720p")
+        assert r.next_retry_at is not None and r.finished_at is None
+        waited = (r.next_retry_at - r.updated_at).total_seconds()
+        assert waited == pytest.approx(delay, abs=0.01)
+    store.begin_attempt(job.id, "720p", "call-5")
+    state = store.fail_rendition(
+        job.id, "720p", "upload failed #5", retryable=True, max_attempts=5, call_id="call-5"
+    )
+    assert state is RenditionState.DEAD
+    r = store.get(job.id).rendition("720p")
+    assert r.error == "upload failed #5" and r.attempts == 5
+    assert r.finished_at is not None and r.next_retry_at is None
+    with pytest.raises(Conflict):
+        store.begin_attempt(job.id, "720p", "call-6")
+
+
+def test_due_retries_are_leased(make_store: Callable[..., JobStore]) -> None:
+    store = make_store(retry_base_s=0.3, retry_max_s=0.3)
+    job, _ = store.create_job(source(), INFO, PLAN)
+    for attempt in (1, 2, 3):
+        store.begin_attempt(job.id, "360p", f"call-{attempt}")
+        state = store.fail_rendition(
+            job.id, "360p", "ffmpeg crashed", retryable=True, max_attempts=3
+        )
+        if attempt == 3:
+            assert state is RenditionState.DEAD
+            break
+        assert state is RenditionState.RETRYING
+        assert store.due_retries() == []  # back-off not over yet
+        time.sleep(0.4)
+        due = store.due_retries(lease_s=60)
+        assert [(r.job_id, r.name) for r in due] == [(job.id, "360p")]
+        assert due[0].state is RenditionState.RETRYING
+        assert due[0].next_retry_at is not None
+        assert due[0].next_retry_at > datetime.now(UTC) + timedelta(seconds=50)
+        assert store.due_retries() == []  # leased: an overlapping sweep skips it
+    history = [(c.rendition, c.from_state, c.to_state) for c in store.history(job.id)]
+    assert history == [
+        (None, None, "queued"),
+        ("360p", "queued", "running"),
+        (None, "queued", "running"),
+        ("360p", "running", "retrying"),
+        ("360p", "retrying", "running"),
+        ("360p", "running", "retrying"),
+        ("360p", "retrying", "running"),
+        ("360p", "running", "dead"),
+    ]
+
+
+def test_permanent_failure(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.begin_attempt(job.id, "360p", "call-1")
+    state = store.fail_rendition(
+        job.id, "360p", "corrupt input", retryable=False, max_attempts=3, call_id="call-1"
+    )
+    assert state is RenditionState.FAILED
+    r = store.get(job.id).rendition("360p")
+    assert r.error == "corrupt input" and r.attempts == 1 and r.finished_at is not None
+
+
+def test_failed_dispatch_spends_no_attempt(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    state = store.fail_rendition(
+        job.id, "720p", "gateway refused: 503", retryable=True, max_attempts=1
+    )
+    assert state is RenditionState.RETRYING
+    assert store.get(job.id).rendition("720p").attempts == 0
+
+
+# --- sweeper ------------------------------------------------------------------------------
+
+STALE_S = 1.0  # heartbeat age that counts as vanished in these tests; margins for slow CI
+
+
+def test_stale_renditions_are_reaped(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.begin_attempt(job.id, "360p", "call-1")
+    store.begin_attempt(job.id, "720p", "call-2")
+    assert store.stale_renditions(STALE_S) == []
+    time.sleep(STALE_S + 0.3)
+    store.heartbeat(job.id, "720p", call_id="call-2")  # 720p is alive, 360p went silent
+    stale = store.stale_renditions(STALE_S)
+    assert [(r.job_id, r.name) for r in stale] == [(job.id, "360p")]
+    with pytest.raises(Conflict):
+        store.heartbeat(job.id, "360p", call_id="someone-else")
+
+    reaped = store.reap_stale(STALE_S, max_attempts=2)
+    assert [(r.name, r.state) for r in reaped] == [("360p", RenditionState.RETRYING)]
+    assert reaped[0].error is not None and "no heartbeat" in reaped[0].error
+    assert store.stale_renditions(STALE_S) == []
+    # The vanished worker comes back: it is told to stop and cannot report.
+    with pytest.raises(Conflict):
+        store.heartbeat(job.id, "360p", call_id="call-1")
+    with pytest.raises(Conflict):
+        store.succeed_rendition(job.id, "360p", {}, call_id="call-1")
+
+    # The retry runs and goes silent too: with attempts exhausted it is dead.
+    r = store.begin_attempt(job.id, "360p", "call-3")
+    assert r.attempts == 2
+    with pytest.raises(Conflict):  # the old worker's late failure must not end the new attempt
+        store.fail_rendition(
+            job.id, "360p", "late", retryable=True, max_attempts=2, call_id="call-1"
+        )
+    time.sleep(STALE_S + 0.3)
+    store.heartbeat(job.id, "720p", call_id="call-2")
+    reaped = store.reap_stale(STALE_S, max_attempts=2)
+    assert [(r.name, r.state) for r in reaped] == [("360p", RenditionState.DEAD)]
+    assert store.get(job.id).rendition("720p").state is RenditionState.RUNNING
+
+
+# --- fan-in -------------------------------------------------------------------------------
+
+
+def _finish_all(store: JobStore, job_id: uuid.UUID, names: list[str]) -> None:
+    for name in names:
+        store.begin_attempt(job_id, name, f"call-{name}")
+        store.succeed_rendition(job_id, name, {"output_prefix": f"out/{name}/"})
+
+
+def test_claim_needs_every_rendition_ended(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, job.id, ["360p"])
+    assert store.claim_finalization(job.id, "w1") is None
+    store.begin_attempt(job.id, "720p", "c")
+    assert store.claim_finalization(job.id, "w1") is None
+    store.fail_rendition(job.id, "720p", "bad", retryable=True, max_attempts=3)
+    assert store.claim_finalization(job.id, "w1") is None  # retrying is not the end
+    with pytest.raises(NotFound):
+        store.claim_finalization(uuid.uuid4(), "w1")
+
+
+def test_exactly_one_of_eight_claimers_wins(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, job.id, ["360p", "720p"])
+    results = run_threads(8, lambda i: store.claim_finalization(job.id, f"claimer-{i}"))
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    winner = winners[0]
+    assert winner.finalize_claimed_by == f"claimer-{results.index(winner)}"
+    assert store.claim_finalization(job.id, "late") is None
+
+
+def test_renditions_finishing_together_finalize_once(store: JobStore) -> None:
+    """Eight renditions end at the same instant; each worker then tries to finalize."""
+    plan = [spec(f"{h}p", h) for h in (144, 240, 360, 480, 540, 720, 900, 1080)]
+    for _round in range(5):
+        job, _ = store.create_job(source(), INFO, plan)
+        for i, r in enumerate(plan):
+            store.begin_attempt(job.id, r.name, f"call-{i}")
+
+        def worker(i: int, job_id: uuid.UUID = job.id) -> bool:
+            name = plan[i].name
+            if i % 3 == 0:
+                store.fail_rendition(
+                    job_id, name, "boom", retryable=False, max_attempts=3, call_id=f"call-{i}"
+                )
+            else:
+                store.succeed_rendition(job_id, name, {}, call_id=f"call-{i}")
+            return store.claim_finalization(job_id, f"worker-{i}") is not None
+
+        results = run_threads(8, worker)
+        assert results.count(True) == 1, results
+
+
+def test_complete_job_and_outcome(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, job.id, ["360p"])
+    store.begin_attempt(job.id, "720p", "c1")
+    store.fail_rendition(job.id, "720p", "encoder OOM", retryable=True, max_attempts=1)
+    claimed = store.claim_finalization(job.id, "w")
+    assert claimed is not None
+    state, reason = summarize_outcome(claimed.renditions)
+    assert state is JobState.FAILED
+    assert reason == "rendition 720p dead after 1 attempt: encoder OOM"
+    with pytest.raises(Conflict):
+        store.complete_job(job.id, state, reason, claimer="not-me")
+    done = store.complete_job(job.id, state, reason, claimer="w", master_playlist="m.m3u8")
+    assert done.state is JobState.FAILED and done.error == reason
+    assert done.finished_at is not None and done.master_playlist == "m.m3u8"
+    with pytest.raises(Conflict):
+        store.complete_job(job.id, JobState.SUCCEEDED)
+    with pytest.raises(ValueError, match="reason"):
+        store.complete_job(job.id, JobState.FAILED)
+
+    ok, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, ok.id, ["360p", "720p"])
+    claimed = store.claim_finalization(ok.id, "w")
+    assert claimed is not None
+    assert summarize_outcome(claimed.renditions) == (JobState.SUCCEEDED, None)
+    assert store.complete_job(ok.id, JobState.SUCCEEDED).state is JobState.SUCCEEDED
+
+
+def test_abandoned_finalization_is_due_again(store: JobStore) -> None:
+    unclaimed, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, unclaimed.id, ["360p", "720p"])  # last worker died before claiming
+    abandoned, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, abandoned.id, ["360p", "720p"])
+    in_flight, _ = store.create_job(source(), INFO, PLAN)
+    _finish_all(store, in_flight.id, ["360p"])
+    assert store.claim_finalization(abandoned.id, "crashed-worker") is not None
+
+    due = {j.id for j in store.finalizations_due(lease_s=0.3)}
+    assert due == {unclaimed.id}
+    time.sleep(0.5)
+    due = {j.id for j in store.finalizations_due(lease_s=0.3)}
+    assert due == {unclaimed.id, abandoned.id}
+
+    taken = store.claim_finalization(abandoned.id, "sweeper", lease_s=0.3)
+    assert taken is not None and taken.finalize_claimed_by == "sweeper"
+    with pytest.raises(Conflict):  # the original claimer lost its claim
+        store.complete_job(abandoned.id, JobState.SUCCEEDED, claimer="crashed-worker")
+    store.complete_job(abandoned.id, JobState.SUCCEEDED, claimer="sweeper")
+    assert {j.id for j in store.finalizations_due(lease_s=0.3)} == {unclaimed.id}
+
+
+def test_record_callback(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN, callback_url="http://cb/z")
+    job = store.record_callback(job.id, CallbackStatus.FAILED, "connection refused")
+    assert job.callback_status is CallbackStatus.FAILED
+    assert job.callback_attempts == 1 and job.callback_last_error == "connection refused"
+    job = store.record_callback(job.id, CallbackStatus.DELIVERED)
+    assert job.callback_status is CallbackStatus.DELIVERED
+    assert job.callback_attempts == 2 and job.callback_last_error is None
+    with pytest.raises(NotFound):
+        store.record_callback(uuid.uuid4(), CallbackStatus.DELIVERED)
+
+
+def test_store_survives_a_dropped_connection(dsn: str, app_name: str, store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    admin = db.connect(dsn)
+    try:
+        with admin.cursor() as cur:
+            cur.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = %s AND datname = current_database()",
+                (app_name,),
+            )
+            assert cur.rowcount >= 1
+        admin.commit()
+    finally:
+        admin.close()
+    time.sleep(0.2)
+    assert store.get(job.id).id == job.id
