@@ -7,8 +7,8 @@ through the same CLI `make up` and `make down` use.
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import socket
 import subprocess
 import sys
