@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from datetime import UTC, datetime
 
 import aiohttp
 from croniter import croniter
 
+from localfaas.component import run_component
 from localfaas.config import LocalConfig
 from localfaas.registry import FunctionEntry, RegistryWatcher
 
@@ -83,19 +83,8 @@ class CronRunner:
             log.warning("cron invoke %s failed: %r", name, exc)
 
 
-async def amain() -> None:
-    runner = CronRunner(LocalConfig())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stopping.set)
-    await runner.run()
-
-
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(amain())
+    run_component(CronRunner)
 
 
 if __name__ == "__main__":

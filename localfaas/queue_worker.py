@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 
 import aiohttp
@@ -21,6 +20,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import FetchTimeoutError
 
 from localfaas import queue
+from localfaas.component import run_component
 from localfaas.config import LocalConfig
 
 log = logging.getLogger("localfaas.queue_worker")
@@ -137,19 +137,8 @@ class QueueWorker:
             log.warning("callback %s for %s failed: %r", req.callback_url, req.call_id, exc)
 
 
-async def amain() -> None:
-    worker = QueueWorker(LocalConfig())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stopping.set)
-    await worker.run()
-
-
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    asyncio.run(amain())
+    run_component(QueueWorker)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ dead is started, and a function whose build context changed since it started is 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -38,12 +39,13 @@ log = logging.getLogger(__name__)
 
 FN_PREFIX = "fn-"
 # The OpenFaaS components the runtime plays, each its own process, in start order.
-COMPONENTS = ("gateway", "queue-worker", "cron", "notifier")
+COMPONENTS = ("gateway", "queue-worker", "cron", "notifier", "supervisor")
 _COMPONENT_MODULES = {
     "gateway": "localfaas.gateway",
     "queue-worker": "localfaas.queue_worker",
     "cron": "localfaas.cron",
     "notifier": "localfaas.notifier",
+    "supervisor": "localfaas.supervisor",
 }
 # Environment a function process inherits from ours; everything else comes from stack.yml,
 # as in a container where only the image's and the function's environment exist.
@@ -256,6 +258,15 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 def start_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionEntry]:
+    """Start what is not running, restart what changed; serialised between `up` and the
+    supervisor by a lock file, so the two never start the same function twice."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    with (cfg.run_dir / "functions.lock").open("wb") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _start_functions(cfg, stacks)
+
+
+def _start_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionEntry]:
     plans = plan_functions(cfg, stacks)
     wanted = {FN_PREFIX + p.name for p in plans}
     for rec in procs.records(cfg):
@@ -361,6 +372,11 @@ def up(cfg: LocalConfig) -> float:
 def down(cfg: LocalConfig) -> list[str]:
     """Stop functions and components, then the services; returns what was running."""
     stopped = []
+    # Components in reverse start order (the supervisor, which would restart functions,
+    # goes first), then the functions.
+    for name in reversed(COMPONENTS):
+        if procs.stop(cfg, name):
+            stopped.append(name)
     for rec in procs.records(cfg):
         if rec.name in services.SERVICES:
             continue
