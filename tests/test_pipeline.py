@@ -67,16 +67,23 @@ def keyframe_times(url: str) -> list[float]:
     return [round(float(x.strip(",")), 3) for x in out.split() if x.strip(",")]
 
 
+# Manual jobs read from a bucket without a notification rule, so no bucket event races them.
+MANUAL_BUCKET = "manual-sources"
+
+
 @pytest.fixture(scope="module")
 def s3(stack_env: dict[str, str]) -> Minio:
     endpoint = stack_env["VTP_S3_ENDPOINT"]
-    return Minio(
+    client = Minio(
         endpoint.split("://", 1)[1],
         access_key=stack_env["VTP_S3_ACCESS_KEY"],
         secret_key=stack_env["VTP_S3_SECRET_KEY"],
         secure=False,
         region="us-east-1",
     )
+    if not client.bucket_exists(MANUAL_BUCKET):
+        client.make_bucket(MANUAL_BUCKET)
+    return client
 
 
 @pytest.fixture(scope="module")
@@ -222,9 +229,9 @@ def test_manual_job_like_faas_cli_with_callback(
     gateway: str, s3: Minio, clips: dict[str, Path], stack: LocalConfig
 ) -> None:
     key = f"manual/{time.time_ns()}.mp4"
-    s3.fput_object("uploads", key, str(clips["silent"]))
+    s3.fput_object(MANUAL_BUCKET, key, str(clips["silent"]))
     with Receiver() as rx:
-        body = {"bucket": "uploads", "key": key, "renditions": ["360p"],
+        body = {"bucket": MANUAL_BUCKET, "key": key, "renditions": ["360p"],
                 "callback_url": f"{rx.url}/hook", "formats": ["hls", "mp4"]}  # fmt: skip
         r = requests.post(
             f"{gateway}/function/split",
@@ -349,3 +356,51 @@ def test_ignored_events_are_acknowledged(gateway: str, stack: LocalConfig) -> No
         )
         assert r.status_code == 200, r.text
         assert r.json()["jobs"] == [] and len(r.json()["ignored"]) == 1
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_encode_is_retried_and_job_finishes(
+    gateway: str, s3: Minio, stack: LocalConfig, db: Any, tmp_path: Path
+) -> None:
+    """The queue-worker never retries; our callback route and sweeper must. Kill the
+    transcode function in the middle of an encode and the job still ends succeeded."""
+    import os
+    import signal
+
+    from localfaas import procs
+
+    clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=8)
+    key = f"retry/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    r = requests.post(
+        f"{gateway}/function/split",
+        json={"bucket": MANUAL_BUCKET, "key": key, "renditions": ["720p"]},
+        timeout=60,
+    )
+    assert r.status_code == 202, r.text
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
+        rend = job["renditions"][0]
+        if rend["state"] == "running" and (rend.get("progress") or {}).get("percent", 0) > 0:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"the rendition never started: {job}")
+    rec = procs.load(stack, "fn-transcode-720p")
+    assert rec is not None
+    os.killpg(rec.pid, signal.SIGKILL)  # as the OOM killer would
+
+    job = wait_for_job(gateway, MANUAL_BUCKET, key, timeout=120)
+    assert job["state"] == "succeeded", job
+    assert job["renditions"][0]["attempts"] == 2
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT to_state, detail FROM state_changes WHERE job_id = %s AND rendition = '720p'"
+            " ORDER BY id",
+            (job_id,),
+        )
+        states = cur.fetchall()
+    assert [s for s, _ in states].count("retrying") == 1
+    assert any("without a result" in (d or "") for s, d in states if s == "retrying")
