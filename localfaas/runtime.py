@@ -144,7 +144,11 @@ def write_stack_env(cfg: LocalConfig) -> Path:
 def _local_overrides(cfg: LocalConfig) -> dict[str, str]:
     env = stack_env(cfg)
     keys = ("VTP_GATEWAY_URL", "VTP_S3_ENDPOINT", "VTP_UPLOADS_BUCKET", "VTP_OUTPUTS_BUCKET")
-    return {k: env[k] for k in keys} | {"VTP_REDIS_URL": cfg.redis_url}
+    return {k: env[k] for k in keys} | {
+        "VTP_REDIS_URL": cfg.redis_url,
+        # Everything here is on loopback, callback receivers included.
+        "VTP_CALLBACK_ALLOW_PRIVATE_NETWORKS": "true",
+    }
 
 
 # --- functions ------------------------------------------------------------------------------

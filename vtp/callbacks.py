@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import logging
+import socket
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import BaseModel
+
+from vtp.errors import InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,32 @@ class Delivery:
     status: int | None
     attempts: int
     error: str | None
+
+
+def check_destination(url: str, *, allow_private: bool) -> None:
+    """Refuse callback URLs that point into the cluster unless that is allowed.
+
+    A job's callback URL comes from whoever can invoke split; without this check it could
+    make the pipeline POST to internal services (the database, the gateway's admin routes,
+    cloud metadata endpoints). Checked when the job is accepted and again before delivery,
+    since DNS answers can change in between.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest(f"callback_url must be an http(s) URL, got {url!r}")
+    if allow_private:
+        return
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or 443, proto=socket.IPPROTO_TCP)
+    except OSError as exc:
+        raise InvalidRequest(f"callback_url host {parts.hostname!r} does not resolve") from exc
+    for info in infos:
+        ip = ipaddress.ip_address(str(info[4][0]))
+        if not ip.is_global:
+            raise InvalidRequest(
+                f"callback_url host {parts.hostname!r} resolves to the non-public address {ip}"
+                " (set VTP_CALLBACK_ALLOW_PRIVATE_NETWORKS=true to allow it)"
+            )
 
 
 def sign(body: bytes, secret: str) -> str:

@@ -409,8 +409,11 @@ class JobStore:
         limit: int = 50,
         *,
         before: datetime | None = None,
+        bucket: str | None = None,
+        key: str | None = None,
     ) -> builtins.list[Job]:
-        """Jobs newest first, optionally in one state; page with `before=<last created_at>`."""
+        """Jobs newest first, optionally in one state or of one source object; page with
+        `before=<last created_at>`. A client that uploaded an object finds its job by key."""
         limit = max(1, min(limit, 1000))
 
         def tx(cur: Cursor) -> builtins.list[Job]:
@@ -419,10 +422,18 @@ class JobStore:
                 SELECT * FROM jobs
                 WHERE (%(state)s::text IS NULL OR state = %(state)s)
                   AND (%(before)s::timestamptz IS NULL OR created_at < %(before)s)
+                  AND (%(bucket)s::text IS NULL OR source_bucket = %(bucket)s)
+                  AND (%(key)s::text IS NULL OR source_key = %(key)s)
                 ORDER BY created_at DESC, id
                 LIMIT %(limit)s
                 """,
-                {"state": state.value if state else None, "before": before, "limit": limit},
+                {
+                    "state": state.value if state else None,
+                    "before": before,
+                    "bucket": bucket,
+                    "key": key,
+                    "limit": limit,
+                },
             )
             jobs = cur.fetchall()
             if not jobs:

@@ -133,6 +133,10 @@ class Pipeline:
         The same object version (bucket, key, ETag) always maps to one job: a duplicate
         event returns the existing job and dispatches nothing.
         """
+        if callback_url:
+            callbacks.check_destination(
+                callback_url, allow_private=self.settings.callback_allow_private_networks
+            )
         obj = self.storage.stat(src.bucket, src.key)
         ref = SourceRef(bucket=src.bucket, key=src.key, etag=obj.etag or "none", size=obj.size)
         url = self.storage.presigned_get(src.bucket, src.key, expires=600)
@@ -359,6 +363,13 @@ class Pipeline:
         if not job.callback_url or job.callback_status is CallbackStatus.DELIVERED:
             return
         secret = self.settings.callback_secret
+        try:
+            callbacks.check_destination(
+                job.callback_url, allow_private=self.settings.callback_allow_private_networks
+            )
+        except VtpError as exc:
+            self.store.record_callback(job.id, CallbackStatus.FAILED, exc.reason)
+            return
         delivery = callbacks.deliver(
             job.callback_url,
             self.callback_body(job),

@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     webhook_token: SecretStr | None = None
     # Key used to sign job callbacks (HMAC-SHA256 in X-VTP-Signature); optional.
     callback_secret: SecretStr | None = None
+    # Job callbacks to loopback/private addresses are refused unless this is set (SSRF guard).
+    callback_allow_private_networks: bool = False
 
     # --- the function's own role ----------------------------------------------------------
     # transcode-<resolution> functions share one handler; this says which rung they encode.

@@ -26,12 +26,5 @@ def handle(event: Any, context: Any) -> Response:
         raise InvalidRequest(
             f"state must be one of {[s.value for s in JobState]} and limit a number"
         ) from exc
-    bucket, key = q.get("bucket"), q.get("key")
-    jobs = p.store.list(wanted, limit if not key else 1000)
-    if bucket or key:
-        jobs = [
-            j
-            for j in jobs
-            if (not bucket or j.source.bucket == bucket) and (not key or j.source.key == key)
-        ][:limit]
+    jobs = p.store.list(wanted, limit, bucket=q.get("bucket"), key=q.get("key"))
     return ok({"jobs": [p.describe_job(j, live=False) for j in jobs]})

@@ -1,0 +1,1047 @@
+/*
+ * vtp progress page: the job list with live per-rendition progress, a job view with an HLS
+ * player, and an upload form. Plain JavaScript, no build step, nothing from a CDN.
+ *
+ * Live updates come from the ws-relay function: a WebSocket at ./ws first; when it cannot open
+ * or drops abnormally (the OpenFaaS CE gateway strips `Upgrade`, so behind /function/ws-relay/
+ * it never opens), Server-Sent Events at ./events, resumed from the last event id; when both
+ * are down, polling ./api/jobs. Every URL is relative to the page's base (derived from this
+ * script's own URL), so the page works on the function's port and behind the gateway alike.
+ *
+ * The player uses hls.js when static/hls.min.js is there (hls.js 1.7.4, Apache-2.0, vendored
+ * from the npm package; see static/README.md), loaded only when a player is needed, and the
+ * browser's native HLS otherwise.
+ *
+ * The state logic (JobStore, formatting) is pure and exposed on `window.vtp` for tests.
+ */
+(function () {
+  "use strict";
+
+  const JOB_FIELD = "_job";
+  const TERMINAL = new Set(["succeeded", "failed", "dead"]);
+  const STATE_RANK = { queued: 0, retrying: 1, running: 1, succeeded: 2, failed: 2, dead: 2 };
+  const WS_OPEN_TIMEOUT_MS = 5000;
+  const SILENCE_LIMIT_MS = 45000; // the server pings every 15 s of silence
+  const POLL_MS = 4000;
+  const FIND_JOB_TIMEOUT_MS = 90000;
+  const LIST_LIMIT = 50;
+
+  // --- pure helpers ------------------------------------------------------------------------
+
+  /** Order of two Redis stream ids ("ms-seq"); null/undefined sort first. */
+  function compareIds(a, b) {
+    if (a == null || a === "") return b == null || b === "" ? 0 : -1;
+    if (b == null || b === "") return 1;
+    const [am, as = "0"] = String(a).split("-");
+    const [bm, bs = "0"] = String(b).split("-");
+    // Millisecond timestamps fit in a double exactly; sequence numbers are small.
+    const dm = Number(am) - Number(bm);
+    if (dm !== 0) return dm < 0 ? -1 : 1;
+    const ds = Number(as) - Number(bs);
+    return ds === 0 ? 0 : ds < 0 ? -1 : 1;
+  }
+
+  function isTerminal(state) {
+    return TERMINAL.has(state);
+  }
+
+  function num(value) {
+    return typeof value === "number" && Number.isFinite(value) ? value : null;
+  }
+
+  function fmtPercent(p) {
+    const v = num(p) ?? 0;
+    return (v >= 100 ? "100" : v.toFixed(1)) + "%";
+  }
+
+  function fmtFps(fps) {
+    const v = num(fps);
+    return v == null ? "–" : `${v >= 10 ? v.toFixed(0) : v.toFixed(1)} fps`;
+  }
+
+  function fmtSpeed(speed) {
+    const v = num(speed);
+    return v == null ? "–" : `${v.toFixed(2)}×`;
+  }
+
+  function fmtEta(seconds) {
+    const v = num(seconds);
+    if (v == null) return "–";
+    const s = Math.max(0, Math.round(v));
+    const h = Math.floor(s / 3600);
+    const m = Math.floor((s % 3600) / 60);
+    const ss = String(s % 60).padStart(2, "0");
+    return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${ss}` : `${m}:${ss}`;
+  }
+
+  function fmtBytes(n) {
+    const v = num(n);
+    if (v == null) return "";
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let x = v;
+    let i = 0;
+    while (x >= 1024 && i < units.length - 1) {
+      x /= 1024;
+      i += 1;
+    }
+    return `${i === 0 ? x : x.toFixed(1)} ${units[i]}`;
+  }
+
+  function fmtTime(ms) {
+    return ms == null ? "–" : new Date(ms).toLocaleString();
+  }
+
+  function shortId(id) {
+    return String(id).slice(0, 8);
+  }
+
+  /** "1080p" -> 1080, for ordering renditions from small to large. */
+  function renditionOrder(name) {
+    const m = /^(\d+)/.exec(String(name));
+    return m ? Number(m[1]) : Number.MAX_SAFE_INTEGER;
+  }
+
+  function parseTime(value) {
+    if (value == null) return null;
+    if (typeof value === "number") return value > 1e12 ? value : value * 1000;
+    const t = Date.parse(value);
+    return Number.isNaN(t) ? null : t;
+  }
+
+  // --- the model: jobs and their renditions, fed by events, snapshots and job views ---------
+
+  class JobStore {
+    constructor() {
+      this.jobs = new Map();
+      this.lastEventId = null;
+    }
+
+    job(id) {
+      let job = this.jobs.get(id);
+      if (!job) {
+        job = {
+          id,
+          state: "queued",
+          error: null,
+          source: null,
+          urls: {},
+          createdMs: null,
+          finishedMs: null,
+          firstSeenMs: Date.now(),
+          lastId: null, // id of the last job-level event applied
+          hasView: false,
+          renditions: new Map(),
+        };
+        this.jobs.set(id, job);
+      }
+      return job;
+    }
+
+    rendition(job, name) {
+      let r = job.renditions.get(name);
+      if (!r) {
+        r = {
+          name,
+          state: "queued",
+          percent: 0,
+          fps: null,
+          speed: null,
+          eta: null,
+          error: null,
+          attempt: null,
+          width: null,
+          height: null,
+          urls: {},
+          lastId: null,
+        };
+        job.renditions.set(name, r);
+        // Keep the ladder in order whatever order the events came in.
+        const sorted = [...job.renditions.values()].sort(
+          (a, b) => renditionOrder(a.name) - renditionOrder(b.name) || (a.name < b.name ? -1 : 1),
+        );
+        job.renditions = new Map(sorted.map((x) => [x.name, x]));
+      }
+      return r;
+    }
+
+    noteId(id) {
+      if (id && compareIds(id, this.lastEventId) > 0) this.lastEventId = id;
+    }
+
+    /**
+     * Apply one ProgressEvent. Returns what changed, for the caller to decide what to fetch:
+     * {applied, jobId, isNew, jobEnded, renditionEnded}. Events older than the last one applied
+     * to the same rendition (a replay after a snapshot, a duplicate) are ignored; a terminal
+     * state is never left again.
+     */
+    applyEvent(ev) {
+      const out = { applied: false, jobId: null, isNew: false, jobEnded: false, renditionEnded: false };
+      if (!ev || typeof ev !== "object" || !ev.job_id || !ev.state) return out;
+      out.jobId = ev.job_id;
+      out.isNew = !this.jobs.has(ev.job_id);
+      this.noteId(ev.id);
+      const job = this.job(ev.job_id);
+      if (!job.createdMs && num(ev.ts) != null) job.firstSeenMs = Math.min(job.firstSeenMs, ev.ts * 1000);
+      const target = ev.rendition == null || ev.rendition === JOB_FIELD ? job : this.rendition(job, ev.rendition);
+      if (ev.id && target.lastId && compareIds(ev.id, target.lastId) <= 0) return out;
+      if (isTerminal(target.state) && !isTerminal(ev.state)) return out;
+      const wasTerminal = isTerminal(target.state);
+      if (ev.id) target.lastId = ev.id;
+      target.state = ev.state;
+      if (target === job) {
+        if (ev.error !== undefined) job.error = ev.error;
+        out.jobEnded = !wasTerminal && isTerminal(ev.state);
+      } else {
+        target.percent = ev.state === "succeeded" ? 100 : num(ev.percent) ?? target.percent;
+        target.fps = num(ev.fps);
+        target.speed = num(ev.speed);
+        target.eta = ev.state === "succeeded" ? 0 : num(ev.eta_seconds);
+        target.error = ev.error ?? null;
+        if (ev.attempt != null) target.attempt = ev.attempt;
+        out.renditionEnded = !wasTerminal && isTerminal(ev.state);
+        // A rendition at work means the job is at work, even before its own event arrives.
+        if (job.state === "queued" && ev.state === "running") job.state = "running";
+      }
+      out.applied = true;
+      return out;
+    }
+
+    /** A snapshot {job_id: {rendition|_job: ProgressEvent}}; returns the per-event results. */
+    applySnapshot(jobs) {
+      const results = [];
+      if (!jobs || typeof jobs !== "object") return results;
+      for (const [jobId, fields] of Object.entries(jobs)) {
+        if (!fields || typeof fields !== "object") continue;
+        for (const [field, ev] of Object.entries(fields)) {
+          if (!ev || typeof ev !== "object") continue;
+          const rendition = field === JOB_FIELD ? null : ev.rendition ?? field;
+          results.push(this.applyEvent({ ...ev, job_id: ev.job_id || jobId, rendition }));
+        }
+      }
+      return results;
+    }
+
+    /** A job view (Pipeline.describe_job): the database's truth plus output URLs. */
+    applyView(view) {
+      if (!view || !view.id) return null;
+      const job = this.job(view.id);
+      job.hasView = true;
+      job.source = view.source || job.source;
+      job.urls = view.urls || {};
+      job.createdMs = parseTime(view.created_at) ?? job.createdMs;
+      job.finishedMs = parseTime(view.finished_at) ?? job.finishedMs;
+      if (isTerminal(view.state) || !isTerminal(job.state)) {
+        if (isTerminal(view.state) || (STATE_RANK[view.state] ?? 0) >= (STATE_RANK[job.state] ?? 0)) {
+          job.state = view.state;
+        }
+      }
+      if (view.error) job.error = view.error;
+      for (const rv of view.renditions || []) {
+        const r = this.rendition(job, rv.name);
+        r.width = rv.width ?? r.width;
+        r.height = rv.height ?? r.height;
+        r.urls = rv.urls || {};
+        if (rv.attempts != null && r.attempt == null) r.attempt = rv.attempts;
+        if (rv.progress && typeof rv.progress === "object") {
+          this.applyEvent({ ...rv.progress, job_id: job.id, rendition: rv.name });
+        }
+        if (isTerminal(rv.state)) {
+          r.state = rv.state;
+          r.error = rv.error ?? r.error;
+          if (rv.state === "succeeded") {
+            r.percent = 100;
+            r.eta = 0;
+          }
+        } else if (!r.lastId && !isTerminal(r.state)) {
+          r.state = rv.state;
+          r.error = rv.error ?? null;
+        }
+      }
+      return job;
+    }
+
+    /** Whole-job progress: the mean of the renditions' (a finished job is 100). */
+    jobPercent(job) {
+      if (job.state === "succeeded") return 100;
+      const rs = [...job.renditions.values()];
+      if (!rs.length) return 0;
+      return rs.reduce((sum, r) => sum + (r.state === "succeeded" ? 100 : r.percent || 0), 0) / rs.length;
+    }
+
+    /** Jobs newest first, optionally only those in `state`. */
+    list(state) {
+      const key = (j) => j.createdMs ?? j.firstSeenMs;
+      return [...this.jobs.values()]
+        .filter((j) => !state || j.state === state)
+        .sort((a, b) => key(b) - key(a) || (a.id < b.id ? -1 : 1));
+    }
+  }
+
+  // --- live connection: WebSocket, then SSE, then polling --------------------------------------
+
+  class LiveClient {
+    /**
+     * handlers: onSnapshot(jobs), onEvent(ev), onMode(mode, detail), onOpen(), lastEventId().
+     * Modes: connecting, websocket, sse, reconnecting, polling, offline.
+     */
+    constructor(base, handlers, opts = {}) {
+      this.base = base;
+      this.h = handlers;
+      this.WebSocket = opts.WebSocket || window.WebSocket;
+      this.EventSource = opts.EventSource || window.EventSource;
+      this.transport = null;
+      this.ws = null;
+      this.es = null;
+      this.retries = 0;
+      this.timers = new Set();
+      this.stopped = false;
+      this.log = []; // transport history, for people and tests: [{t, what}]
+    }
+
+    start() {
+      if (this.WebSocket && !this.forceSse()) this.connectWs();
+      else this.connectSse("WebSocket not available");
+    }
+
+    stop() {
+      this.stopped = true;
+      for (const t of this.timers) clearTimeout(t);
+      this.timers.clear();
+      if (this.ws) this.ws.close(1000);
+      if (this.es) this.es.close();
+    }
+
+    forceSse() {
+      return new URLSearchParams(location.search).get("transport") === "sse";
+    }
+
+    later(fn, ms) {
+      const t = setTimeout(() => {
+        this.timers.delete(t);
+        if (!this.stopped) fn();
+      }, ms);
+      this.timers.add(t);
+      return t;
+    }
+
+    cancel(t) {
+      if (t == null) return;
+      clearTimeout(t);
+      this.timers.delete(t);
+    }
+
+    backoff() {
+      this.retries += 1;
+      return Math.min(15000, 500 * 2 ** Math.min(this.retries, 5)) * (0.75 + Math.random() * 0.5);
+    }
+
+    note(what, mode, detail) {
+      this.log.push({ t: Date.now(), what });
+      if (mode) this.h.onMode(mode, detail || "");
+    }
+
+    wsUrl() {
+      const url = new URL("ws", this.base);
+      url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+      url.searchParams.set("job", "all");
+      const last = this.h.lastEventId();
+      if (last) url.searchParams.set("last_id", last);
+      return url.toString();
+    }
+
+    connectWs() {
+      this.transport = "websocket";
+      this.note("websocket-connecting", "connecting", "WebSocket");
+      let opened = false;
+      let ws;
+      try {
+        ws = new this.WebSocket(this.wsUrl());
+      } catch (err) {
+        this.note("websocket-error", null);
+        this.connectSse(`WebSocket could not start: ${err.message}`);
+        return;
+      }
+      this.ws = ws;
+      let silence = null;
+      const armSilence = () => {
+        this.cancel(silence);
+        silence = this.later(() => {
+          this.note("websocket-silent", null);
+          ws.close(4000, "silent");
+        }, SILENCE_LIMIT_MS);
+      };
+      const openTimer = this.later(() => {
+        if (!opened) {
+          this.note("websocket-open-timeout", null);
+          ws.close();
+        }
+      }, WS_OPEN_TIMEOUT_MS);
+      ws.onopen = () => {
+        opened = true;
+        this.cancel(openTimer);
+        this.retries = 0;
+        armSilence();
+        this.note("websocket-open", "websocket", "WebSocket");
+        if (this.h.onOpen) this.h.onOpen("websocket");
+      };
+      ws.onmessage = (msg) => {
+        armSilence();
+        let data;
+        try {
+          data = JSON.parse(msg.data);
+        } catch {
+          return;
+        }
+        if (data.type === "snapshot") this.h.onSnapshot(data.jobs);
+        else if (data.type === "event") this.h.onEvent(data.event);
+      };
+      ws.onerror = () => {}; // close follows with the code that matters
+      ws.onclose = (e) => {
+        this.cancel(openTimer);
+        this.cancel(silence);
+        if (this.ws === ws) this.ws = null;
+        if (this.stopped) return;
+        if (!opened) {
+          this.note("websocket-failed", null);
+          this.connectSse("WebSocket did not open");
+        } else if (e.code === 1006 || e.code === 1002 || e.code === 1015) {
+          this.note(`websocket-abnormal-${e.code}`, null);
+          this.connectSse(`WebSocket closed abnormally (${e.code})`);
+        } else {
+          // A clean close (server restart, our silence watchdog): the WebSocket worked, so
+          // try it again, resuming from the last event id.
+          this.note(`websocket-closed-${e.code}`, "reconnecting", "WebSocket");
+          this.later(() => this.connectWs(), this.backoff());
+        }
+      };
+    }
+
+    sseUrl() {
+      const url = new URL("events", this.base);
+      url.searchParams.set("job", "all");
+      const last = this.h.lastEventId();
+      if (last) url.searchParams.set("last_id", last);
+      return url.toString();
+    }
+
+    connectSse(reason) {
+      this.transport = "sse";
+      if (this.es) this.es.close();
+      if (!this.EventSource) {
+        this.note("sse-unavailable", "polling", reason);
+        return;
+      }
+      this.note("sse-connecting", "connecting", `Server-Sent Events (${reason || "fallback"})`);
+      const es = new this.EventSource(this.sseUrl());
+      this.es = es;
+      es.onopen = () => {
+        this.retries = 0;
+        this.note("sse-open", "sse", reason ? `Server-Sent Events · ${reason}` : "Server-Sent Events");
+        if (this.h.onOpen) this.h.onOpen("sse");
+      };
+      es.addEventListener("snapshot", (e) => {
+        try {
+          this.h.onSnapshot(JSON.parse(e.data).jobs);
+        } catch {
+          /* a malformed snapshot is ignored; events still follow */
+        }
+      });
+      const onProgress = (e) => {
+        let ev;
+        try {
+          ev = JSON.parse(e.data);
+        } catch {
+          return;
+        }
+        if (ev && typeof ev === "object" && ev.job_id) {
+          if (!ev.id && e.lastEventId) ev.id = e.lastEventId;
+          this.h.onEvent(ev);
+        }
+      };
+      es.addEventListener("progress", onProgress);
+      es.onmessage = onProgress; // unnamed events, in case a proxy or server sends them so
+      es.onerror = () => {
+        if (this.es !== es || this.stopped) return;
+        if (es.readyState === this.EventSource.CLOSED) {
+          // The browser gave up (an HTTP error, a wrong content type): retry ourselves, from
+          // the last event id, and poll meanwhile.
+          this.note("sse-closed", "polling", "live updates lost; retrying");
+          this.es = null;
+          this.later(() => this.connectSse(reason), this.backoff());
+        } else {
+          // The browser reconnects by itself with Last-Event-ID.
+          this.note("sse-reconnecting", "reconnecting", "Server-Sent Events");
+        }
+      };
+    }
+  }
+
+  // --- everything below touches the DOM -----------------------------------------------------
+
+  const script = document.currentScript;
+  const BASE = new URL("..", script && script.src ? script.src : location.href);
+  const store = new JobStore();
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, attrs = {}, ...children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v == null || v === false) continue;
+      if (k === "class") node.className = v;
+      else if (k === "text") node.textContent = v;
+      else node.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const c of children) if (c != null) node.append(c);
+    return node;
+  }
+
+  async function api(path, opts = {}) {
+    const headers = { Accept: "application/json", ...(opts.headers || {}) };
+    const res = await fetch(new URL(path, BASE), { ...opts, headers, cache: "no-store" });
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      /* not JSON */
+    }
+    if (!res.ok) {
+      const err = new Error((body && (body.error || body.detail)) || `HTTP ${res.status}`);
+      err.status = res.status;
+      throw err;
+    }
+    return body;
+  }
+
+  // --- views fetched from the API, at most one request per job at a time ----------------------
+
+  const fetching = new Map(); // job id -> {again: bool}
+
+  function ensureView(jobId) {
+    if (location.protocol === "file:") return;
+    const pending = fetching.get(jobId);
+    if (pending) {
+      pending.again = true;
+      return;
+    }
+    const state = { again: false };
+    fetching.set(jobId, state);
+    api(`api/jobs/${encodeURIComponent(jobId)}`)
+      .then((view) => {
+        store.applyView(view);
+        schedule();
+      })
+      .catch((err) => {
+        if (err.status === 404 && route.jobId === jobId && !store.jobs.get(jobId)?.hasView) {
+          detailMissing = `No job ${jobId}.`;
+          schedule();
+        }
+      })
+      .finally(() => {
+        fetching.delete(jobId);
+        if (state.again) ensureView(jobId);
+      });
+  }
+
+  async function refreshList() {
+    const params = new URLSearchParams({ limit: String(LIST_LIMIT) });
+    const state = $("state-filter").value;
+    if (state) params.set("state", state);
+    try {
+      const body = await api(`api/jobs?${params}`);
+      for (const view of body.jobs || []) store.applyView(view);
+      schedule();
+      return true;
+    } catch {
+      return false;
+    }
+  }
+
+  // --- live updates into the store ------------------------------------------------------------
+
+  const announcer = () => $("announcer");
+
+  function afterApply(result) {
+    if (!result.applied || !result.jobId) return;
+    const job = store.jobs.get(result.jobId);
+    if (result.isNew || !job.hasView || result.jobEnded || result.renditionEnded) ensureView(result.jobId);
+    if (result.jobEnded) {
+      announcer().textContent =
+        `Job ${shortId(job.id)} ${job.state}` + (job.error ? `: ${job.error}` : "");
+    }
+  }
+
+  let pollTimer = null;
+
+  function setMode(mode, detail) {
+    const conn = $("conn");
+    conn.dataset.mode = mode;
+    const text = {
+      connecting: `connecting${detail ? ` · ${detail}` : ""}…`,
+      websocket: "live · WebSocket",
+      sse: `live · ${detail || "Server-Sent Events"}`,
+      reconnecting: `reconnecting${detail ? ` · ${detail}` : ""}…`,
+      polling: `polling${detail ? ` · ${detail}` : ""}`,
+      offline: "offline",
+    }[mode] || mode;
+    $("conn-text").textContent = text;
+    conn.title = text;
+    // Poll the API while no live transport is open; stop once one is.
+    const live = mode === "websocket" || mode === "sse";
+    if (location.protocol === "file:") return;
+    if (!live && !pollTimer && mode !== "connecting") {
+      pollTimer = setInterval(poll, POLL_MS);
+    } else if (live && pollTimer) {
+      clearInterval(pollTimer);
+      pollTimer = null;
+    }
+  }
+
+  async function poll() {
+    const ok = await refreshList();
+    if (route.jobId) ensureView(route.jobId);
+    const mode = $("conn").dataset.mode;
+    if (!ok && mode === "polling") setMode("offline");
+    else if (ok && mode === "offline") setMode("polling", "live updates unavailable");
+  }
+
+  const live = new LiveClient(BASE, {
+    onSnapshot(jobs) {
+      for (const r of store.applySnapshot(jobs)) afterApply(r);
+      schedule();
+    },
+    onEvent(ev) {
+      afterApply(store.applyEvent(ev));
+      schedule();
+    },
+    onMode: setMode,
+    onOpen() {
+      // Catch up on what happened while no transport was open (the snapshot covers only
+      // recent jobs).
+      refreshList();
+    },
+    lastEventId: () => store.lastEventId,
+  });
+
+  // --- routing ----------------------------------------------------------------------------
+
+  const route = { jobId: null };
+  let detailMissing = null;
+
+  function parseRoute() {
+    const m = /^#\/jobs\/([^/?#]+)/.exec(location.hash);
+    return m ? decodeURIComponent(m[1]) : null;
+  }
+
+  function onRoute() {
+    const jobId = parseRoute();
+    const changed = jobId !== route.jobId;
+    route.jobId = jobId;
+    detailMissing = null;
+    $("list-view").hidden = !!jobId;
+    $("detail-view").hidden = !jobId;
+    if (jobId) {
+      document.title = `vtp · job ${shortId(jobId)}`;
+      ensureView(jobId);
+    } else {
+      document.title = "vtp · live transcoding progress";
+      teardownPlayer();
+    }
+    schedule();
+    if (changed) {
+      const heading = jobId ? $("detail-title") : $("jobs-title");
+      heading.setAttribute("tabindex", "-1");
+      heading.focus({ preventScroll: false });
+    }
+  }
+
+  // --- rendering --------------------------------------------------------------------------
+
+  let frame = 0;
+
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(render);
+  }
+
+  function render() {
+    frame = 0;
+    if (route.jobId) renderDetail();
+    else renderList();
+  }
+
+  /** One rendition row: created once, then only its text and attributes change. */
+  function renditionRow(container, jobId, r) {
+    let row = container.querySelector(`:scope > [data-rendition="${CSS.escape(r.name)}"]`);
+    if (!row) {
+      const bar = el(
+        "div",
+        {
+          class: "bar",
+          role: "progressbar",
+          "aria-valuemin": "0",
+          "aria-valuemax": "100",
+          "aria-label": `${r.name} of job ${shortId(jobId)}`,
+        },
+        el("div", { class: "fill" }),
+      );
+      row = el(
+        "div",
+        { class: "rend", "data-rendition": r.name },
+        el("span", { class: "rname" }, el("strong", { text: r.name }), el("small", { class: "dims" })),
+        bar,
+        el("span", { class: "pct" }),
+        el(
+          "span",
+          { class: "stats" },
+          el("span", { class: "fps", title: "frames per second" }),
+          el("span", { class: "speed", title: "speed (× realtime)" }),
+          el("span", { class: "eta", title: "time left" }),
+          el("span", { class: "attempt" }),
+        ),
+        el("span", { class: "badge" }),
+        el("p", { class: "rerror", role: "alert", hidden: true }),
+      );
+      container.append(row);
+    }
+    const pct = r.state === "succeeded" ? 100 : r.percent || 0;
+    row.dataset.state = r.state;
+    row.querySelector(".dims").textContent = r.width && r.height ? ` ${r.width}×${r.height}` : "";
+    const bar = row.querySelector(".bar");
+    bar.setAttribute("aria-valuenow", pct.toFixed(1));
+    bar.setAttribute("aria-valuetext", `${fmtPercent(pct)}, ${r.state}`);
+    bar.querySelector(".fill").style.width = `${pct}%`;
+    row.querySelector(".pct").textContent = fmtPercent(pct);
+    const running = r.state === "running";
+    row.querySelector(".fps").textContent = running ? fmtFps(r.fps) : "";
+    row.querySelector(".speed").textContent = running ? fmtSpeed(r.speed) : "";
+    row.querySelector(".eta").textContent = running && r.eta != null ? `ETA ${fmtEta(r.eta)}` : "";
+    row.querySelector(".attempt").textContent = r.attempt && r.attempt > 1 ? `attempt ${r.attempt}` : "";
+    row.querySelector(".badge").textContent = r.state;
+    const err = row.querySelector(".rerror");
+    err.hidden = !r.error;
+    err.textContent = r.error || "";
+    return row;
+  }
+
+  function renderRenditions(container, job) {
+    const rows = [...job.renditions.values()].map((r) => renditionRow(container, job.id, r));
+    rows.forEach((row, i) => {
+      if (container.children[i] !== row) container.insertBefore(row, container.children[i] || null);
+    });
+    const probing = !rows.length && !isTerminal(job.state);
+    const note = container.querySelector(":scope > .muted");
+    if (probing && !note) container.append(el("p", { class: "muted", text: "Probing the source…" }));
+    else if (!probing && note) note.remove();
+  }
+
+  function sourceText(job) {
+    return job.source ? job.source.key : "";
+  }
+
+  function renderList() {
+    const list = $("jobs");
+    const jobs = store.list($("state-filter").value).slice(0, 100);
+    $("jobs-empty").hidden = jobs.length > 0;
+    const keep = new Set(jobs.map((j) => j.id));
+    for (const li of [...list.children]) if (!keep.has(li.dataset.jobId)) li.remove();
+    jobs.forEach((job, i) => {
+      let li = list.querySelector(`:scope > [data-job-id="${CSS.escape(job.id)}"]`);
+      if (!li) {
+        li = el(
+          "li",
+          { class: "job card", "data-job-id": job.id },
+          el(
+            "div",
+            { class: "job-head" },
+            el("a", { class: "job-link", href: `#/jobs/${encodeURIComponent(job.id)}` },
+              el("code", { text: shortId(job.id) })),
+            el("span", { class: "source" }),
+            el("span", { class: "job-pct" }),
+            el("span", { class: "badge job-state" }),
+          ),
+          el("p", { class: "error job-error", role: "alert", hidden: true }),
+          el("div", { class: "renditions" }),
+        );
+      }
+      if (list.children[i] !== li) list.insertBefore(li, list.children[i] || null);
+      li.dataset.state = job.state;
+      const src = sourceText(job);
+      const link = li.querySelector(".job-link");
+      link.setAttribute("aria-label", `Job ${shortId(job.id)}${src ? `, ${src}` : ""}, ${job.state}`);
+      li.querySelector(".source").textContent = src;
+      li.querySelector(".source").title = job.source ? `s3://${job.source.bucket}/${job.source.key}` : "";
+      li.querySelector(".job-pct").textContent = job.renditions.size ? fmtPercent(store.jobPercent(job)) : "";
+      li.querySelector(".job-state").textContent = job.state;
+      const err = li.querySelector(".job-error");
+      err.hidden = !job.error;
+      err.textContent = job.error || "";
+      renderRenditions(li.querySelector(".renditions"), job);
+    });
+  }
+
+  function fact(dl, label, value) {
+    dl.append(el("dt", { text: label }), el("dd", {}, value));
+  }
+
+  function renderDetail() {
+    const jobId = route.jobId;
+    $("detail-id").textContent = jobId;
+    const job = store.jobs.get(jobId);
+    $("detail-missing").hidden = !detailMissing;
+    $("detail-missing").textContent = detailMissing || "";
+    $("detail-body").hidden = !!detailMissing && !job;
+    const view = $("detail-view");
+    if (!job) {
+      view.dataset.state = "";
+      return;
+    }
+    view.dataset.state = job.state;
+    const done = [...job.renditions.values()].filter((r) => isTerminal(r.state)).length;
+    const sig = JSON.stringify([job.id, job.state, job.source, job.createdMs, job.finishedMs, done,
+      job.renditions.size, Math.floor(store.jobPercent(job))]);
+    const dl = $("detail-facts");
+    if (dl.dataset.sig !== sig) {
+      dl.dataset.sig = sig;
+      renderFacts(dl, job, done);
+    }
+    $("detail-error").hidden = !job.error;
+    $("detail-error").textContent = job.error || "";
+    renderRenditions($("detail-renditions"), job);
+    renderOutputs(job);
+    if (job.state === "succeeded" && job.urls && job.urls.master) setupPlayer(job);
+    else if (job.state === "failed") $("player-note").textContent = "The job failed: nothing to play.";
+  }
+
+  function renderFacts(dl, job, done) {
+    dl.replaceChildren();
+    fact(dl, "State", el("span", { class: "badge job-state", "data-state": job.state, text: job.state }));
+    fact(dl, "Progress", fmtPercent(store.jobPercent(job)));
+    if (job.source) fact(dl, "Source", el("code", { text: `s3://${job.source.bucket}/${job.source.key}` }));
+    fact(dl, "Created", fmtTime(job.createdMs ?? job.firstSeenMs));
+    if (job.finishedMs) fact(dl, "Finished", fmtTime(job.finishedMs));
+    fact(dl, "Renditions", `${done} of ${job.renditions.size} done`);
+  }
+
+  function renderOutputs(job) {
+    const ul = $("outputs");
+    const sig = JSON.stringify([job.id, job.urls, [...job.renditions.values()].map((r) => r.urls)]);
+    if (ul.dataset.sig === sig) return;
+    ul.dataset.sig = sig;
+    ul.replaceChildren();
+    const link = (href, text) =>
+      el("li", {}, el("a", { href, target: "_blank", rel: "noopener noreferrer", text }));
+    if (job.urls.master) ul.append(link(job.urls.master, "master playlist (HLS)"));
+    if (job.urls.poster) ul.append(link(job.urls.poster, "poster"));
+    for (const r of job.renditions.values()) {
+      if (r.urls.playlist) ul.append(link(r.urls.playlist, `${r.name} playlist`));
+      if (r.urls.mp4) ul.append(link(r.urls.mp4, `${r.name} MP4`));
+    }
+  }
+
+  // --- player -------------------------------------------------------------------------------
+
+  const player = { jobId: null, hls: null };
+  let hlsLoading = null;
+
+  /** hls.js from static/hls.min.js, loaded once and only when a player is needed. */
+  function loadHls() {
+    if (window.Hls) return Promise.resolve(window.Hls);
+    if (!hlsLoading) {
+      hlsLoading = new Promise((resolve) => {
+        const s = document.createElement("script");
+        s.src = new URL("static/hls.min.js", BASE).toString();
+        s.onload = () => resolve(window.Hls || null);
+        s.onerror = () => resolve(null);
+        document.head.append(s);
+      });
+    }
+    return hlsLoading;
+  }
+
+  function teardownPlayer() {
+    const video = $("player");
+    if (player.hls) player.hls.destroy();
+    player.hls = null;
+    player.jobId = null;
+    video.removeAttribute("src");
+    video.removeAttribute("poster");
+    for (const k of ["engine", "manifestParsed", "levels", "error"]) delete video.dataset[k];
+    video.hidden = true;
+    $("player-note").textContent = "The player appears when the job has succeeded.";
+  }
+
+  async function setupPlayer(job) {
+    if (player.jobId === job.id) return;
+    teardownPlayer();
+    player.jobId = job.id;
+    const video = $("player");
+    const note = $("player-note");
+    const master = job.urls.master;
+    if (job.urls.poster) video.poster = job.urls.poster;
+    video.setAttribute("aria-label", `Transcoded video of job ${shortId(job.id)}`);
+    const Hls = await loadHls();
+    if (player.jobId !== job.id) return; // the route changed while loading
+    if (Hls && Hls.isSupported()) {
+      const hls = new Hls({ enableWorker: true });
+      player.hls = hls;
+      video.dataset.engine = "hls.js";
+      hls.on(Hls.Events.MANIFEST_PARSED, (_e, data) => {
+        video.dataset.manifestParsed = "true";
+        video.dataset.levels = String(data.levels.length);
+        const sizes = data.levels.map((l) => `${l.height}p`).join(", ");
+        note.textContent = `Adaptive stream: ${data.levels.length} renditions (${sizes}), played with hls.js.`;
+      });
+      let mediaRecoveries = 0;
+      hls.on(Hls.Events.ERROR, (_e, data) => {
+        if (!data.fatal) return;
+        if (data.type === Hls.ErrorTypes.NETWORK_ERROR) {
+          hls.startLoad();
+        } else if (data.type === Hls.ErrorTypes.MEDIA_ERROR && mediaRecoveries < 2) {
+          mediaRecoveries += 1;
+          hls.recoverMediaError();
+        } else {
+          video.dataset.error = data.details || "fatal";
+          note.textContent = `The player failed: ${data.details || data.type}.`;
+          hls.destroy();
+          player.hls = null;
+        }
+      });
+      hls.loadSource(master);
+      hls.attachMedia(video);
+      video.hidden = false;
+    } else if (video.canPlayType("application/vnd.apple.mpegurl")) {
+      video.dataset.engine = "native";
+      video.src = master;
+      video.hidden = false;
+      note.textContent = "Adaptive stream, played by the browser's own HLS support.";
+      video.addEventListener("loadedmetadata", () => (video.dataset.manifestParsed = "true"), { once: true });
+    } else {
+      video.dataset.engine = "none";
+      note.textContent = "This browser cannot play HLS here; open the master playlist in a player.";
+    }
+  }
+
+  // --- upload -------------------------------------------------------------------------------
+
+  const SUFFIX_TYPES = {
+    mp4: "video/mp4", m4v: "video/mp4", mov: "video/quicktime", mkv: "video/x-matroska",
+    webm: "video/webm", avi: "video/x-msvideo", mpg: "video/mpeg", mpeg: "video/mpeg", ts: "video/mp2t",
+  };
+
+  function contentTypeOf(file) {
+    if (file.type) return file.type;
+    const ext = (/\.([^.]+)$/.exec(file.name) || [])[1];
+    return SUFFIX_TYPES[(ext || "").toLowerCase()] || "application/octet-stream";
+  }
+
+  function uploadStatus(text, kind) {
+    const p = $("upload-status");
+    p.textContent = text;
+    p.dataset.kind = kind || "info";
+  }
+
+  function uploadProgress(pct) {
+    const bar = $("upload-bar");
+    bar.hidden = pct == null;
+    if (pct == null) return;
+    bar.setAttribute("aria-valuenow", pct.toFixed(0));
+    bar.querySelector(".fill").style.width = `${pct}%`;
+  }
+
+  /** PUT the file to the presigned URL; XMLHttpRequest because fetch reports no upload progress. */
+  function putFile(ticket, file, onProgress) {
+    return new Promise((resolve, reject) => {
+      const xhr = new XMLHttpRequest();
+      xhr.open(ticket.method || "PUT", ticket.url);
+      for (const [k, v] of Object.entries(ticket.headers || {})) xhr.setRequestHeader(k, v);
+      xhr.upload.onprogress = (e) => {
+        if (e.lengthComputable) onProgress((100 * e.loaded) / e.total);
+      };
+      xhr.onload = () => {
+        if (xhr.status >= 200 && xhr.status < 300) resolve();
+        else reject(new Error(`the storage refused the upload (HTTP ${xhr.status})`));
+      };
+      xhr.onerror = () => reject(new Error("the upload failed: is the storage endpoint reachable?"));
+      xhr.onabort = () => reject(new Error("the upload was cancelled"));
+      xhr.send(file);
+    });
+  }
+
+  async function findJob(bucket, key) {
+    const deadline = Date.now() + FIND_JOB_TIMEOUT_MS;
+    const params = new URLSearchParams({ bucket, key });
+    while (Date.now() < deadline) {
+      try {
+        const body = await api(`api/jobs?${params}`);
+        if (body.jobs && body.jobs.length) return body.jobs[0];
+      } catch {
+        /* retry */
+      }
+      await new Promise((r) => setTimeout(r, 750));
+    }
+    throw new Error("no job appeared for the upload within 90 s");
+  }
+
+  async function onUpload(e) {
+    e.preventDefault();
+    const input = $("upload-file");
+    const button = $("upload-button");
+    const file = input.files && input.files[0];
+    if (!file) {
+      uploadStatus("Choose a video file first.", "error");
+      input.focus();
+      return;
+    }
+    button.disabled = true;
+    uploadProgress(0);
+    try {
+      uploadStatus("Asking for an upload URL…");
+      const ticket = await api("api/uploads", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ filename: file.name, content_type: contentTypeOf(file) }),
+      });
+      uploadStatus(`Uploading ${file.name} (${fmtBytes(file.size)})…`);
+      await putFile(ticket, file, (pct) => uploadProgress(pct));
+      uploadProgress(100);
+      uploadStatus(`Uploaded ${file.name}. Waiting for its job…`);
+      const view = await findJob(ticket.bucket, ticket.key);
+      store.applyView(view);
+      uploadStatus(`Job ${shortId(view.id)} is ${view.state}.`, "ok");
+      form().reset();
+      uploadProgress(null);
+      location.hash = `#/jobs/${encodeURIComponent(view.id)}`;
+    } catch (err) {
+      uploadStatus(`Upload failed: ${err.message}`, "error");
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  const form = () => $("upload-form");
+
+  // --- start --------------------------------------------------------------------------------
+
+  window.vtp = {
+    JobStore, LiveClient, compareIds, fmtPercent, fmtFps, fmtSpeed, fmtEta, fmtBytes, store, live,
+    base: BASE.toString(),
+  };
+
+  function start() {
+    form().addEventListener("submit", onUpload);
+    $("state-filter").addEventListener("change", () => {
+      refreshList();
+      schedule();
+    });
+    window.addEventListener("hashchange", onRoute);
+    onRoute();
+    if (location.protocol === "file:") {
+      setMode("offline");
+      return; // opened from disk (tests of the pure logic): no server to talk to
+    }
+    refreshList();
+    live.start();
+  }
+
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", start);
+  else start();
+})();
