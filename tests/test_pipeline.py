@@ -369,7 +369,8 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
 
     from localfaas import procs
 
-    clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=8)
+    # Long enough (several seconds of encoding) that the kill lands mid-encode on any machine.
+    clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=16)
     key = f"retry/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
     r = requests.post(
@@ -383,7 +384,8 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
     while time.monotonic() < deadline:
         job = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
         rend = job["renditions"][0]
-        if rend["state"] == "running" and (rend.get("progress") or {}).get("percent", 0) > 0:
+        percent = (rend.get("progress") or {}).get("percent", 0)
+        if rend["state"] == "running" and 0 < percent < 60:
             break
         time.sleep(0.1)
     else:
