@@ -16,6 +16,7 @@ with empty buckets (start_services recreates buckets, queue and notification rul
 from __future__ import annotations
 
 import grp
+import hashlib
 import json
 import logging
 import os
@@ -125,8 +126,35 @@ def _pg_bindir() -> Path:
     return candidates[-1].parent
 
 
+# Where PostgreSQL's files go when the postgres OS user cannot reach the run dir (a clone
+# under a private 0700 folder, as `mktemp -d` makes): /var/tmp is searchable by everyone.
+# Only used as root, and checked to be a real folder owned by root before use (no symlink games).
+PG_FALLBACK_BASE = Path("/var/tmp/localfaas-postgres")  # noqa: S108
+
+
+def _pg_base(cfg: LocalConfig) -> Path:
+    """The folder holding pgdata and the socket dir: the run dir when the postgres OS user
+    can reach it, else a folder of its own under PG_FALLBACK_BASE named after the run dir."""
+    os_user = _pg_os_user()
+    if os_user is None or _traversable(cfg.run_dir, os_user):
+        return cfg.run_dir
+    digest = hashlib.sha256(str(cfg.run_dir.resolve()).encode()).hexdigest()[:16]
+    return PG_FALLBACK_BASE / digest
+
+
+def _safe_fallback_dir(base: Path) -> None:
+    """Make `base` (under the shared PG_FALLBACK_BASE), refusing anything not ours."""
+    for p in (PG_FALLBACK_BASE, base):
+        p.mkdir(mode=0o711, exist_ok=True)
+        st = p.lstat()
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise ServiceError(f"postgres: {p} is not a folder owned by us; remove it")
+        p.chmod(0o711)  # others may pass through (the postgres user), not list
+
+
 def _pg_dirs(cfg: LocalConfig) -> tuple[Path, Path]:
-    return cfg.run_dir / "pgdata", cfg.run_dir / "pgsock"
+    base = _pg_base(cfg)
+    return base / "pgdata", base / "pgsock"
 
 
 def _pg_os_user() -> str | None:
@@ -136,6 +164,14 @@ def _pg_os_user() -> str | None:
 
 def _pg_superuser() -> str:
     return _pg_os_user() or pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _traversable(path: Path, user: str) -> bool:
+    try:
+        _check_traversable(path, user)
+    except ServiceError:
+        return False
+    return True
 
 
 def _check_traversable(path: Path, user: str) -> None:
@@ -180,7 +216,7 @@ def _pg_initdb(cfg: LocalConfig) -> None:
             )
         return
     os_user = _pg_os_user()
-    scratch = cfg.run_dir / "pgdata.initdb"
+    scratch = pgdata.with_name("pgdata.initdb")
     shutil.rmtree(scratch, ignore_errors=True)
     _pg_prepare_dir(scratch, os_user)
     argv = [
@@ -231,7 +267,13 @@ def _pg_launch(cfg: LocalConfig) -> None:
             ) from exc
         # The run dir is ours: let the postgres user pass through it (not list it).
         cfg.run_dir.chmod(cfg.run_dir.stat().st_mode | stat.S_IXOTH)
-        _check_traversable(cfg.run_dir, os_user)
+        base = _pg_base(cfg)
+        if base != cfg.run_dir:
+            log.info(
+                "postgres: %s is out of the postgres user's reach; using %s", cfg.run_dir, base
+            )
+            _safe_fallback_dir(base)
+        _check_traversable(base, os_user)
     _pg_initdb(cfg)
     _pg_prepare_dir(sockdir, os_user)
     argv = [
