@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -47,9 +48,9 @@ def _claim_slot() -> tuple[int, IO[bytes]]:
     """Two test runs at once (two developers, or a run beside a benchmark) each get a stack of
     their own instead of tearing down each other's: the first free slot's lock is held for
     the whole session."""
-    (REPO_ROOT / ".run").mkdir(exist_ok=True)
+    # The ports are the machine's, so the locks are too: two checkouts share them.
     for slot in range(4):
-        fh = (REPO_ROOT / ".run" / f"test-slot-{slot}.lock").open("wb")
+        fh = (Path(tempfile.gettempdir()) / f"vtp-test-slot-{slot}.lock").open("wb")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
