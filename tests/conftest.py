@@ -61,10 +61,19 @@ def _claim_slot() -> tuple[int, IO[bytes]]:
 
 
 @pytest.fixture(scope="session")
-def stack(tick_file: Path) -> Iterator[LocalConfig]:
-    """The running test stack's config; everything in it is up and healthy."""
+def test_slot() -> Iterator[int]:
+    """This run's slot: which ports and run dirs its stacks use."""
     slot, lock = _claim_slot()
-    cfg = test_config(slot)
+    try:
+        yield slot
+    finally:
+        lock.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tick_file: Path, test_slot: int) -> Iterator[LocalConfig]:
+    """The running test stack's config; everything in it is up and healthy."""
+    cfg = test_config(test_slot)
     runtime.down(cfg)  # whatever an interrupted earlier run left behind
     if (cfg.run_dir / "build").exists():
         shutil.rmtree(cfg.run_dir / "build")
@@ -77,7 +86,6 @@ def stack(tick_file: Path) -> Iterator[LocalConfig]:
         yield cfg
     finally:
         runtime.down(cfg)
-        lock.close()
 
 
 @pytest.fixture(scope="session")

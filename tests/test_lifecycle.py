@@ -24,9 +24,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 @pytest.fixture
-def mini_env() -> Iterator[dict[str, str]]:
+def mini_env(test_slot: int) -> Iterator[dict[str, str]]:
     # Under the repo, not tmp_path: PostgreSQL runs as its own user and must reach its data.
-    run_dir = REPO_ROOT / ".run" / "test-lifecycle"
+    run_dir = REPO_ROOT / ".run" / f"test-lifecycle-{test_slot}"
     shutil.rmtree(run_dir, ignore_errors=True)
     store = run_dir / "secret-store"
     store.mkdir(parents=True)
@@ -36,8 +36,8 @@ def mini_env() -> Iterator[dict[str, str]]:
         {
             "LOCALFAAS_RUN_DIR": str(run_dir),
             "LOCALFAAS_STACK_FILE": str(FIXTURES / "mini-stack.yml"),
-            "LOCALFAAS_PORT_BASE": "16600",
-            "LOCALFAAS_GATEWAY_PORT": "18180",
+            "LOCALFAAS_PORT_BASE": str(16600 + 40 * test_slot),
+            "LOCALFAAS_GATEWAY_PORT": str(18180 + test_slot),
         }
     )
     yield env
@@ -69,11 +69,13 @@ def _port_open(port: int) -> bool:
 
 def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
     run_dir = Path(mini_env["LOCALFAAS_RUN_DIR"])
+    base = int(mini_env["LOCALFAAS_PORT_BASE"])
+    gateway = int(mini_env["LOCALFAAS_GATEWAY_PORT"])
     first = _localfaas(mini_env, "up")
     assert first.returncode == 0, first.stdout + first.stderr
     pids = _pids(run_dir)
     assert {"postgres", "redis", "nats", "s3", "gateway", "queue-worker", "fn-echo"} <= set(pids)
-    r = requests.post("http://127.0.0.1:18180/function/echo", data=b"hi", timeout=10)
+    r = requests.post(f"http://127.0.0.1:{gateway}/function/echo", data=b"hi", timeout=10)
     assert r.status_code == 200 and r.json()["greeting"] == "hello from the mini stack"
 
     second = _localfaas(mini_env, "up")
@@ -88,7 +90,7 @@ def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
     assert down.returncode == 0, down.stdout + down.stderr
     for name, pid in pids.items():
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"{name} ({pid}) still runs"
-    for port in (18180, 16600, 16601, 16602, 16603, 16604, 16620):
+    for port in (gateway, base, base + 1, base + 2, base + 3, base + 4, base + 20):
         assert not _port_open(port), f"port {port} still open after down"
     # Nothing else started from this run dir survives (children of the services included).
     leftovers = subprocess.run(
