@@ -73,7 +73,8 @@ class QueueWorker:
                     task.add_done_callback(self.tasks.discard)
             if self.tasks:
                 await asyncio.wait(self.tasks, timeout=10)
-        await nc.drain()
+        # close, not drain: draining a pull subscription waits out its pending fetch.
+        await nc.close()
 
     async def handle(self, session: aiohttp.ClientSession, msg: queue.Msg) -> None:
         try:
