@@ -69,8 +69,11 @@ class Gateway:
     # --- lifecycle ------------------------------------------------------------------------
     async def on_startup(self, app: web.Application) -> None:
         # No total timeout on the session: each call sets its own from the function's limits.
+        # No pool limit: each open SSE stream holds a connection for as long as it lasts.
         self.session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=None), auto_decompress=False
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=False,
+            connector=aiohttp.TCPConnector(limit=0),
         )
         self.nc, self.js = await queue.connect(self.cfg.nats_url)
 
@@ -204,8 +207,13 @@ class Gateway:
             # Headers are gone already: all we can do is cut the body short.
             log.warning("%s %s: response interrupted: %r", entry.name, call_id, exc)
             upstream.close()
-            request.transport and request.transport.close()  # type: ignore[func-returns-value]
+            if request.transport is not None:
+                request.transport.close()
             return response
+        except asyncio.CancelledError:
+            # The client left (handler_cancellation): drop the upstream connection too.
+            upstream.close()
+            raise
         finally:
             upstream.release()
         await response.write_eof()
@@ -267,6 +275,9 @@ def main() -> None:
         access_log_format='%a "%r" %s %b %Tfs',
         print=None,
         handle_signals=True,
+        # Cancel a handler when its client goes away, so a proxied stream (SSE) is closed
+        # upstream at once instead of at its next write.
+        handler_cancellation=True,
     )
 
 

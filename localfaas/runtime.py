@@ -112,9 +112,14 @@ def _mount_secrets(cfg: LocalConfig, fn: str, names: Iterable[str]) -> Path:
 # --- stack.env ------------------------------------------------------------------------------
 
 
+# The function whose WebSocket URL clients get as VTP_WS_URL (the CE gateway cannot carry
+# WebSockets, so clients connect to the function's own port).
+WS_RELAY = "ws-relay"
+
+
 def stack_env(cfg: LocalConfig) -> dict[str, str]:
     c = cfg.credentials
-    return {
+    env = {
         "VTP_GATEWAY_URL": cfg.gateway_url,
         "VTP_GATEWAY_USER": c["gateway_user"],
         "VTP_GATEWAY_PASSWORD": c["gateway_password"],
@@ -129,6 +134,12 @@ def stack_env(cfg: LocalConfig) -> dict[str, str]:
         "VTP_WEBHOOK_TOKEN": c["webhook_token"],
         "VTP_RUN_DIR": str(cfg.run_dir),
     }
+    # The relay's port is known once its functions are planned: read it from the registry
+    # that start_functions writes (absent before the first `up`, or without ws-relay).
+    relay = load_registry(cfg).get(WS_RELAY)
+    if relay is not None:
+        env["VTP_WS_URL"] = f"ws://127.0.0.1:{relay.port}/ws"
+    return env
 
 
 def write_stack_env(cfg: LocalConfig) -> Path:
@@ -367,8 +378,9 @@ def up(cfg: LocalConfig) -> float:
     stacks = load_stacks(cfg)
     services.start_services(cfg)
     _write_builtin_secrets(cfg)
-    write_stack_env(cfg)
     start_functions(cfg, stacks)
+    # After the functions: stack.env names the ws-relay port, which the registry now holds.
+    write_stack_env(cfg)
     start_components(cfg)
     return time.monotonic() - t0
 

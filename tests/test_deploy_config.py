@@ -228,6 +228,17 @@ def test_handler_folder_has_a_handler(name: str) -> None:
     handler = folder / "handler.py"
     assert handler.is_file(), f"{name}: {handler} missing"
     tree = ast.parse(handler.read_text(), filename=str(handler))
+    if functions()[name].lang == "python3-asgi":
+        # That template serves `app`, an ASGI application, instead of calling handle().
+        assigned = {
+            t.id
+            for n in tree.body
+            if isinstance(n, ast.Assign | ast.AnnAssign)
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            if isinstance(t, ast.Name)
+        }
+        assert "app" in assigned, f"{handler}: no top-level `app` (an ASGI application)"
+        return
     handles = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "handle"]
     assert handles, f"{handler}: no top-level handle(event, context)"
     assert len(handles[0].args.args) == 2, f"{handler}: handle must take (event, context)"

@@ -23,6 +23,7 @@ transports and `Watcher` do the I/O; `main` is the command line.
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import requests
 from pydantic import BaseModel, SecretStr, ValidationError, field_validator
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
@@ -61,6 +63,9 @@ STATE_STYLES = {
     "dead": "red",
 }
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+WS_RETRIES = 4  # reopen attempts of a WebSocket that worked, before falling back to SSE
+WS_STABLE_S = 30.0  # a WebSocket cut after this long was working: reopen it
+ABNORMAL_CLOSE = frozenset({1002, 1006, 1011, 1015})
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -268,7 +273,12 @@ class JobProgress:
             return False
         rend.last_id = event.id or rend.last_id
         rend.state = event.state
-        rend.percent = 100.0 if event.state == "succeeded" else event.percent
+        if event.state == "succeeded":
+            rend.percent = 100.0
+        elif event.percent > 0 or event.state not in ("retrying", "failed", "dead"):
+            # A failure reported by someone else (the sweeper, the callback) carries no
+            # percent: keep how far the attempt got.
+            rend.percent = event.percent
         rend.fps = event.fps
         rend.speed = event.speed
         rend.eta_seconds = 0.0 if event.state == "succeeded" else event.eta_seconds
@@ -401,7 +411,14 @@ class Tick:
     """Nothing arrived for a while (a ping, a receive timeout): time to check the clock."""
 
 
-Message = Snapshot | Event | Tick
+@dataclass(frozen=True)
+class Opened:
+    """A live transport is connected (its first message)."""
+
+    transport: str
+
+
+Message = Snapshot | Event | Tick | Opened
 
 
 def _event(data: Any, fallback_id: str | None = None) -> Event | None:
@@ -511,6 +528,16 @@ class TransportError(Exception):
         self.code = code
 
 
+def describe_error(exc: BaseException) -> str:
+    """A one-line reason for a network failure (requests' own messages run to paragraphs)."""
+    if isinstance(exc, requests.ConnectionError) and not isinstance(exc, requests.Timeout):
+        return "cannot connect"
+    if isinstance(exc, requests.Timeout | TimeoutError):
+        return "timed out"
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
 def with_query(url: str, **params: str | None) -> str:
     parts = urlsplit(url)
     query = "&".join(
@@ -522,8 +549,8 @@ def with_query(url: str, **params: str | None) -> str:
 def ws_messages(
     url: str, job_id: str, last_id: str | None, *, open_timeout: float = 5.0
 ) -> Generator[Message, None, None]:
-    """Messages from the ws-relay WebSocket; a Tick every second of silence. Raises
-    TransportError when it cannot open or when the connection ends."""
+    """Messages from the ws-relay WebSocket: Opened, then the server's; a Tick every second of
+    silence. Raises TransportError when it cannot open or when the connection ends."""
     from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
     from websockets.sync.client import connect
 
@@ -531,8 +558,9 @@ def ws_messages(
     try:
         conn = connect(target, open_timeout=open_timeout, close_timeout=2, max_size=8 << 20)
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-        raise TransportError(f"WebSocket {url}: {exc}", opened=False) from exc
+        raise TransportError(f"WebSocket {url}: {describe_error(exc)}", opened=False) from exc
     with conn:
+        yield Opened("websocket")
         while True:
             try:
                 frame = conn.recv(timeout=1.0)
@@ -566,20 +594,23 @@ def sse_messages(
             url, params=params, headers=headers, stream=True, timeout=(5.0, read_timeout)
         )
     except requests.RequestException as exc:
-        raise TransportError(f"SSE {url}: {exc}", opened=False) from exc
+        raise TransportError(f"SSE {url}: {describe_error(exc)}", opened=False) from exc
     with resp:
         kind = resp.headers.get("Content-Type", "")
         if resp.status_code != 200 or not kind.startswith("text/event-stream"):
             raise TransportError(
                 f"SSE {url}: HTTP {resp.status_code} {kind or 'no content type'}", opened=False
             )
+        yield Opened("sse")
         parser = SseParser()
+        # A character may be split between chunks: decode incrementally.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
             # chunk_size=None: whatever arrives, as it arrives (events are small and sparse).
             for chunk in resp.iter_content(chunk_size=None, decode_unicode=False):
-                yield from parser.feed(chunk.decode("utf-8", errors="replace"))
+                yield from parser.feed(decoder.decode(chunk))
         except requests.RequestException as exc:
-            raise TransportError(f"SSE stream ended: {exc}", opened=True) from exc
+            raise TransportError(f"SSE stream ended: {describe_error(exc)}", opened=True) from exc
     raise TransportError("SSE stream ended", opened=True)
 
 
@@ -597,7 +628,9 @@ class StatusClient:
         try:
             resp = self.session.get(self.url, params=dict(params), timeout=15)
         except requests.RequestException as exc:
-            raise UpstreamError(f"status function unreachable at {self.url}: {exc}") from exc
+            raise UpstreamError(
+                f"status function unreachable at {self.url}: {describe_error(exc)}"
+            ) from exc
         try:
             body = resp.json()
         except ValueError:
@@ -673,18 +706,25 @@ class Watcher:
         self.on_transport = on_transport or (lambda _name: None)
         self.poll_every = poll_every
         self.timeout = timeout
-        self.transports: list[str] = []
+        self.transports: list[str] = []  # the live transports that opened, in order
         self._view: dict[str, Any] = {}
         self._last_poll = -math.inf
+        self._poll_failures = 0
         self._ws_ok = bool(config.ws_url)
+        self._ws_worked = False  # a WebSocket opened at least once
+        self._ws_opened_at = 0.0
+        self._ws_retries = 0
         self._sse_failures = 0
+        self._why = ""  # why the last transport failed, told when the next one opens
+        self._announced = ""
 
     def run(self) -> WatchResult:
         deadline = time.monotonic() + self.timeout
-        self.poll()  # raises NotFound for an unknown job, before any transport is tried
+        self.poll(strict=True)  # an unknown job or an unreachable gateway ends here
         while not self.job.finished and time.monotonic() < deadline:
             stream = self._open()
             if stream is None:
+                self._announce("polling")
                 self._sleep_polling(min(2.0 * self._sse_failures, 10.0), deadline)
                 continue
             try:
@@ -698,26 +738,38 @@ class Watcher:
                 self._transport_failed(exc)
             finally:
                 stream.close()
-        timed_out = not self.job.finished
         self.poll()
-        return WatchResult(
-            self.job, self._view, timed_out and not self.job.finished, self.transports
-        )
+        return WatchResult(self.job, self._view, not self.job.finished, self.transports)
 
-    def poll(self) -> None:
+    def poll(self, *, strict: bool = False) -> None:
+        """Read the job view; failures are logged once per outage unless `strict`."""
         self._last_poll = time.monotonic()
         try:
             view = self.status.job(self.job.job_id)
         except UpstreamError as exc:
-            log.warning("status poll failed: %s", exc.reason)
+            if strict:
+                raise
+            self._poll_failures += 1
+            level = logging.WARNING if self._poll_failures == 1 else logging.DEBUG
+            log.log(level, "status poll failed: %s", exc.reason)
             return
+        if self._poll_failures:
+            log.info("status reachable again")
+        self._poll_failures = 0
         self._view = view
         self.job.apply_view(view)
         self.on_change(self.job)
 
     def _apply(self, message: Message) -> None:
         changed = False
-        if isinstance(message, Snapshot):
+        if isinstance(message, Opened):
+            self._announce(message.transport)
+            if message.transport == "sse":
+                self._sse_failures = 0
+            else:
+                self._ws_worked, self._ws_retries = True, 0
+                self._ws_opened_at = time.monotonic()
+        elif isinstance(message, Snapshot):
             changed = self.job.apply_snapshot(message.jobs) > 0
         elif isinstance(message, Event):
             changed = self.job.apply_event(message.event)
@@ -729,40 +781,50 @@ class Watcher:
     def _open(self) -> Generator[Message, None, None] | None:
         last = self.job.last_event_id
         if self._ws_ok and self.config.ws_url:
-            self._note("websocket")
             return ws_messages(self.config.ws_url, self.job.job_id, last)
         if self._sse_failures < 3:
-            self._note("sse")
             return sse_messages(self.session, self.config.sse_url, self.job.job_id, last)
-        self._note("polling")
         return None
 
     def _transport_failed(self, exc: TransportError) -> None:
         log.info("%s", exc)
-        current = self.transports[-1] if self.transports else ""
-        if current == "websocket":
-            # Like the page: a WebSocket that cannot open, or drops abnormally, gives way to
-            # SSE; a clean close (a server restart) is simply reopened.
-            if not exc.opened or exc.code in (1002, 1006, 1011, 1015):
+        self._why = str(exc)
+        if self._ws_ok and self.config.ws_url:
+            # As on the page: a WebSocket that never opened, or is cut soon after opening,
+            # gives way to SSE; one that worked is reopened (a server restart), a few times.
+            lived = time.monotonic() - self._ws_opened_at
+            if not exc.opened and self._ws_worked and self._ws_retries < WS_RETRIES:
+                self._ws_retries += 1
+                self._wait_polling(min(0.5 * 2**self._ws_retries, 8.0))
+            elif not exc.opened or (exc.code in ABNORMAL_CLOSE and lived < WS_STABLE_S):
                 self._ws_ok = False
-        elif current == "sse":
-            self._sse_failures = 0 if exc.opened else self._sse_failures + 1
+            else:
+                time.sleep(0.5)
+        elif not exc.opened:
+            self._sse_failures += 1
         if exc.opened:
-            self.poll()
+            self._announced = ""  # say so when it (or another) opens again
+            self.poll()  # catch up at once; the next transport resumes from the last id
 
     def _sleep_polling(self, seconds: float, deadline: float) -> None:
         """Polling only (no live transport): status every second for `seconds`, then the
-        caller retries SSE."""
-        end = min(time.monotonic() + max(seconds, 1.0), deadline)
-        while time.monotonic() < end and not self.job.finished:
-            time.sleep(1.0)
-            self.poll()
-        self._sse_failures = min(self._sse_failures, 2)  # one more SSE try after the pause
+        caller tries SSE once more."""
+        self._wait_polling(min(max(seconds, 1.0), deadline - time.monotonic()))
+        self._sse_failures = min(self._sse_failures, 2)
 
-    def _note(self, name: str) -> None:
-        if not self.transports or self.transports[-1] != name:
-            self.transports.append(name)
-            self.on_transport(name)
+    def _wait_polling(self, seconds: float) -> None:
+        """Wait without a live transport, keeping the bars current from status."""
+        end = time.monotonic() + seconds
+        while not self.job.finished and (left := end - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            self.poll()
+
+    def _announce(self, name: str) -> None:
+        if self._announced == name:
+            return
+        self._announced = name
+        self.transports.append(name)
+        self.on_transport(f"{name} ({self._why})" if self._why else name)
 
 
 # --- rendering ----------------------------------------------------------------------------------
@@ -826,8 +888,9 @@ def _fmt_bitrate(bps: Any) -> str:
 
 
 def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table:
+    """One row per rendition; URLs are printed apart (`print_urls`) so they stay whole."""
     table = Table(title=title, title_justify="left")
-    for col in ("rendition", "size", "state", "progress", "bitrate", "playlist"):
+    for col in ("rendition", "size", "state", "progress", "bitrate", "attempts"):
         table.add_column(col, overflow="fold")
     for r in view.get("renditions") or []:
         live = r.get("progress") or {}
@@ -841,39 +904,59 @@ def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table
             _state_markup(state),
             f"{pct:.1f}%",
             _fmt_bitrate(r.get("avg_bitrate")),
-            (r.get("urls") or {}).get("playlist", ""),
+            str(r.get("attempts") or "-"),
         )
     return table
+
+
+def print_urls(console: Console, view: Mapping[str, Any]) -> None:
+    """Output URLs one per line, never wrapped, so that they can be copied."""
+    urls = view.get("urls") or {}
+    rows = [("master playlist", urls.get("master")), ("poster", urls.get("poster"))]
+    for r in view.get("renditions") or []:
+        for kind in ("playlist", "mp4"):
+            rows.append((f"{r.get('name')} {kind}", (r.get("urls") or {}).get(kind)))
+    for label, url in rows:
+        if url:
+            console.print(f"{label + ':':<17}{url}", soft_wrap=True, highlight=False)
+
+
+def _when(value: Any) -> str:
+    return str(value or "").replace("T", " ")[:19]
 
 
 def print_job(console: Console, view: Mapping[str, Any]) -> None:
     source = view.get("source") or {}
     console.print(f"job [bold]{view.get('id')}[/]  {_state_markup(str(view.get('state')))}")
     if source:
-        console.print(f"source   s3://{source.get('bucket')}/{escape(str(source.get('key')))}")
+        where = f"s3://{source.get('bucket')}/{escape(str(source.get('key')))}"
+        console.print(f"{'source:':<17}{where}", soft_wrap=True)
     for label, key in (("created", "created_at"), ("finished", "finished_at")):
         if view.get(key):
-            console.print(f"{label:<8} {view[key]}")
+            console.print(f"{label + ':':<17}{_when(view[key])}")
     if view.get("error"):
-        console.print(f"[red]error[/]    {escape(str(view['error']))}")
-    urls = view.get("urls") or {}
-    if urls.get("master"):
-        console.print(f"master   {urls['master']}")
+        console.print(f"[red]{'error:':<17}[/]{escape(str(view['error']))}")
     console.print(renditions_table(view))
+    print_urls(console, view)
 
 
 def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
-    table = Table()
-    for col in ("job", "state", "source", "created", "renditions"):
-        table.add_column(col, overflow="fold")
+    """Compact enough for 80 columns: the id stays whole (it is for copying), the source key
+    goes under it, renditions are counted as done/total."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("job / source", overflow="fold", min_width=36)
+    table.add_column("state", no_wrap=True)
+    table.add_column("created", no_wrap=True)
+    table.add_column("done", no_wrap=True, justify="right")
     for j in jobs:
-        rends = " ".join(f"{r.get('name')}:{r.get('state')}" for r in j.get("renditions") or [])
+        rends = j.get("renditions") or []
+        done = sum(1 for r in rends if r.get("state") in TERMINAL_STATES)
+        key = escape(str((j.get("source") or {}).get("key", "")))
         table.add_row(
-            str(j.get("id")),
+            f"{j.get('id')}\n[dim]{key}[/]",
             _state_markup(str(j.get("state"))),
-            str((j.get("source") or {}).get("key", "")),
-            str(j.get("created_at") or "")[:19],
-            rends,
+            _when(j.get("created_at")),
+            f"{done}/{len(rends)}",
         )
     return table
 
@@ -937,9 +1020,7 @@ def watch_job(
         reason = result.job.failure_reason() or "no reason recorded"
         console.print(f"[red]job failed:[/] {escape(reason)}")
         return EXIT_FAILED
-    console.print(f"master playlist: [bold]{result.job.master_url}[/]")
-    if (view.get("urls") or {}).get("poster"):
-        console.print(f"poster:          {view['urls']['poster']}")
+    print_urls(console, view)
     return EXIT_OK
 
 

@@ -17,9 +17,10 @@ How it stays cheap and correct with hundreds of clients per process:
 * Gap-free joins follow vtp.events: the client is registered with the hub (subscribed) BEFORE
   its snapshot or replay is read, and afterwards only events with an id after the last one it
   was given are sent. For one job the snapshot is `EventBus.current` (one HGETALL, atomic; its
-  newest id is the watermark). For every job, the recent job ids come from the stream's tail
-  and their hashes are read in a MULTI guarded by WATCH on the stream, so the snapshot and its
-  watermark (the stream's last id) describe one instant.
+  newest id is the watermark). For every job, the recent job ids come from a scan of the
+  stream's tail, then a short Lua script adds the jobs of events published since the scan and
+  reads all their hashes at one instant, so the snapshot and its watermark (the stream's last
+  id) agree exactly.
 * If the subscription breaks, events may have been missed: every client is cut off with 1013
   (they resume from the stream) rather than silently given a gap.
 
@@ -301,21 +302,54 @@ def job_snapshot(bus: EventBus, job_id: str) -> Snapshot:
     return Snapshot(jobs={job_id: events}, watermark=newest)
 
 
+# KEYS: the events stream. ARGV: the stream id the caller's scan started from, the most jobs
+# wanted, the job hash key's text before and after the job id, then the scanned job ids, newest
+# first. Picks up the jobs of events added since the scan (newest first, ahead of the scanned
+# ones) and reads their hashes, all at one instant. Returns {last stream id, 1 if more events
+# are pending than one call reads, job id, HGETALL, job id, HGETALL, ...}.
+# The hash keys are derived here, not passed in KEYS: fine outside Redis Cluster, which
+# vtp.events does not support either.
+_SNAPSHOT_LUA = """
+local newer = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', 10000)
+local last, jobs, seen = ARGV[1], {}, {}
+for i = #newer, 1, -1 do
+  local fields = newer[i][2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'job' and not seen[fields[j + 1]] then
+      seen[fields[j + 1]] = true
+      table.insert(jobs, fields[j + 1])
+    end
+  end
+end
+if #newer > 0 then last = newer[#newer][1] end
+for i = 5, #ARGV do
+  if not seen[ARGV[i]] then
+    seen[ARGV[i]] = true
+    table.insert(jobs, ARGV[i])
+  end
+end
+local out = {last, #newer == 10000 and 1 or 0}
+for i = 1, math.min(#jobs, tonumber(ARGV[2])) do
+  table.insert(out, jobs[i])
+  table.insert(out, redis.call('HGETALL', ARGV[3] .. jobs[i] .. ARGV[4]))
+end
+return out
+"""
+
+
 def all_snapshot(
     bus: EventBus,
     *,
     max_jobs: int = 50,
     window_s: float = 3600.0,
     max_scan: int = 20_000,
-    attempts: int = 8,
 ) -> Snapshot:
-    """Every job with events in the last `window_s` (newest first, at most `max_jobs`), read
-    from the stream's tail (at most `max_scan` entries), with the current state of each.
+    """Every job with events in the last `window_s` (newest first, at most `max_jobs`), found in
+    the stream's tail (at most `max_scan` entries), with the current state of each.
 
-    The scan itself is not atomic, so it is followed by an optimistic transaction: WATCH the
-    stream, pick up the job ids of events added since the scan, and read all the hashes in one
-    MULTI. If anything is published in between, EXEC fails and the short second part is
-    redone. Success means the snapshot is the state as of the stream's last id, the watermark.
+    The scan is long and not atomic, so it only proposes job ids; a short Lua script then adds
+    the jobs of events published since the scan and reads every hash, atomically. The snapshot
+    is thereby the exact state as of the stream's last id, which is the watermark.
     """
     r = bus.redis
     stream = bus.keys.events_stream
@@ -345,48 +379,26 @@ def all_snapshot(
             break
         upper = f"({_text(page[-1][0])}"
 
-    results: list[Any] | None = None
-    selected: list[str] = []
-    for _ in range(attempts):
-        with r.pipeline(transaction=True) as pipe:
-            try:
-                pipe.watch(stream)  # type: ignore[no-untyped-call]
-                # After WATCH the pipeline runs commands at once, until MULTI.
-                newer = cast(
-                    list[tuple[Any, dict[Any, Any]]],
-                    pipe.xrange(stream, f"({tail}", "+", count=10_000),
-                )
-                fresh: list[str] = []
-                for _, fields in reversed(newer):
-                    job = _field(fields, "job")
-                    if job and job not in fresh:
-                        fresh.append(job)
-                if newer:
-                    tail = _text(newer[-1][0])
-                jobs = fresh + [j for j in jobs if j not in fresh]
-                selected = jobs[:max_jobs]
-                pipe.multi()
-                for job in selected:
-                    pipe.hgetall(bus.keys.job_progress(job))
-                results = pipe.execute()
-                break
-            except redis.WatchError:
-                continue
-    if results is None:
-        # A stream this busy: give up on atomicity rather than on the client. At worst a job
-        # that started in the last milliseconds is missing from the snapshot (its later events
-        # still arrive).
-        log.warning("all-jobs snapshot not atomic after %d attempts", attempts)
-        with r.pipeline(transaction=False) as pipe:
-            for job in selected:
-                pipe.hgetall(bus.keys.job_progress(job))
-            results = pipe.execute()
+    key_head, key_tail = bus.keys.job_progress("\0").split("\0")
+    script = r.register_script(_SNAPSHOT_LUA)
+    while True:
+        reply = cast(
+            list[Any],
+            script(keys=[stream], args=[tail, max_jobs, key_head, key_tail, *jobs[:max_jobs]]),
+        )
+        tail, more = _text(reply[0]), int(reply[1])
+        pairs = [(_text(reply[i]), reply[i + 1]) for i in range(2, len(reply), 2)]
+        if not more:
+            break
+        # More new events than one call reads (a long scan on a busy stream): carry on from
+        # where this call stopped, with its jobs in front.
+        jobs = [job for job, _ in pairs]
     snapshot: dict[str, dict[str, Any]] = {}
-    for job, raw in zip(selected, results, strict=True):
-        if raw:
-            events, _ = _events_json(cast(dict[Any, Any], raw))
-            if events:
-                snapshot[job] = events
+    for job, flat in pairs:
+        raw = {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+        events, _ = _events_json(raw)
+        if events:
+            snapshot[job] = events
     return Snapshot(jobs=snapshot, watermark=stream_id_order(tail))
 
 
@@ -880,14 +892,15 @@ class UploadTicket(BaseModel):
 def safe_upload_name(filename: str, video_suffixes: Iterable[str]) -> str:
     """The last path component, reduced to [A-Za-z0-9._-]; its suffix must be a video's."""
     name = PurePosixPath(filename.replace("\\", "/")).name
-    suffix = PurePosixPath(name).suffix.lower()
+    stem, dot, ext = name.rpartition(".")
+    suffix = f".{ext.lower()}" if dot else ""
     allowed = {s.lower() for s in video_suffixes}
-    if not suffix or suffix not in allowed:
+    if suffix not in allowed:
         raise InvalidRequest(
             f"{name[:80]!r} is not a video file name (expected one of {', '.join(sorted(allowed))})"
         )
-    stem = _UNSAFE.sub("_", name[: -len(suffix)]).strip("._-")[:100] or "video"
-    return f"{stem}{suffix}"
+    safe = _UNSAFE.sub("_", stem).strip("._-")[:100] or "video"
+    return f"{safe}{suffix}"
 
 
 class JobsApi:
@@ -969,7 +982,7 @@ class JobsApi:
             where = ".".join(str(p) for p in first.get("loc", ())) or "body"
             raise InvalidRequest(f"{where}: {first.get('msg', 'invalid')}") from exc
         ticket = await run_in_threadpool(self.upload_ticket, upload)
-        return _json(ticket.model_dump(), status=201)
+        return _json(ticket.model_dump())
 
 
 def _json(body: Any, status: int = 200) -> JSONResponse:

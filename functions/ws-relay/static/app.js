@@ -21,6 +21,9 @@
   const TERMINAL = new Set(["succeeded", "failed", "dead"]);
   const STATE_RANK = { queued: 0, retrying: 1, running: 1, succeeded: 2, failed: 2, dead: 2 };
   const WS_OPEN_TIMEOUT_MS = 5000;
+  const WS_RETRIES = 4; // reopen attempts of a WebSocket that worked before falling back
+  const STABLE_MS = 30000; // a WebSocket cut after this long was working: reopen it
+  const ABNORMAL = new Set([1002, 1006, 1015]);
   const SILENCE_LIMIT_MS = 45000; // the server pings every 15 s of silence
   const POLL_MS = 4000;
   const FIND_JOB_TIMEOUT_MS = 90000;
@@ -192,7 +195,13 @@
         if (ev.error !== undefined) job.error = ev.error;
         out.jobEnded = !wasTerminal && isTerminal(ev.state);
       } else {
-        target.percent = ev.state === "succeeded" ? 100 : num(ev.percent) ?? target.percent;
+        const pct = num(ev.percent);
+        if (ev.state === "succeeded") target.percent = 100;
+        // A failure reported by the sweeper or a callback carries no percent: keep how far
+        // the attempt got.
+        else if (pct != null && (pct > 0 || !["retrying", "failed", "dead"].includes(ev.state))) {
+          target.percent = pct;
+        }
         target.fps = num(ev.fps);
         target.speed = num(ev.speed);
         target.eta = ev.state === "succeeded" ? 0 : num(ev.eta_seconds);
@@ -293,6 +302,8 @@
       this.ws = null;
       this.es = null;
       this.retries = 0;
+      this.wsWorked = false; // a WebSocket opened at least once on this page
+      this.wsRetries = 0;
       this.timers = new Set();
       this.stopped = false;
       this.log = []; // transport history, for people and tests: [{t, what}]
@@ -353,6 +364,7 @@
       this.transport = "websocket";
       this.note("websocket-connecting", "connecting", "WebSocket");
       let opened = false;
+      let openedAt = 0;
       let ws;
       try {
         ws = new this.WebSocket(this.wsUrl());
@@ -378,6 +390,9 @@
       }, WS_OPEN_TIMEOUT_MS);
       ws.onopen = () => {
         opened = true;
+        openedAt = Date.now();
+        this.wsWorked = true;
+        this.wsRetries = 0;
         this.cancel(openTimer);
         this.retries = 0;
         armSilence();
@@ -401,15 +416,23 @@
         this.cancel(silence);
         if (this.ws === ws) this.ws = null;
         if (this.stopped) return;
-        if (!opened) {
+        const lived = opened ? Date.now() - openedAt : 0;
+        if (!opened && this.wsWorked && this.wsRetries < WS_RETRIES) {
+          // It worked before on this page, so nothing strips Upgrade: the server is down or
+          // restarting. Try again (resuming from the last id) before settling for SSE.
+          this.wsRetries += 1;
+          this.note("websocket-failed-retrying", "reconnecting", "WebSocket");
+          this.later(() => this.connectWs(), this.backoff());
+        } else if (!opened) {
           this.note("websocket-failed", null);
           this.connectSse("WebSocket did not open");
-        } else if (e.code === 1006 || e.code === 1002 || e.code === 1015) {
+        } else if (ABNORMAL.has(e.code) && lived < STABLE_MS) {
+          // Cut soon after opening: something on the way (a proxy) does not carry it.
           this.note(`websocket-abnormal-${e.code}`, null);
           this.connectSse(`WebSocket closed abnormally (${e.code})`);
         } else {
-          // A clean close (server restart, our silence watchdog): the WebSocket worked, so
-          // try it again, resuming from the last event id.
+          // A clean close (server restart, our silence watchdog), or a long-lived one cut:
+          // the WebSocket works here, so open it again, resuming from the last event id.
           this.note(`websocket-closed-${e.code}`, "reconnecting", "WebSocket");
           this.later(() => this.connectWs(), this.backoff());
         }
@@ -878,6 +901,7 @@
     const master = job.urls.master;
     if (job.urls.poster) video.poster = job.urls.poster;
     video.setAttribute("aria-label", `Transcoded video of job ${shortId(job.id)}`);
+    note.textContent = "Loading the stream…";
     const Hls = await loadHls();
     if (player.jobId !== job.id) return; // the route changed while loading
     if (Hls && Hls.isSupported()) {
@@ -1006,7 +1030,7 @@
       uploadStatus(`Uploaded ${file.name}. Waiting for its job…`);
       const view = await findJob(ticket.bucket, ticket.key);
       store.applyView(view);
-      uploadStatus(`Job ${shortId(view.id)} is ${view.state}.`, "ok");
+      uploadStatus(`Job ${shortId(view.id)} created from ${file.name}; following its progress.`, "ok");
       form().reset();
       uploadProgress(null);
       location.hash = `#/jobs/${encodeURIComponent(view.id)}`;

@@ -1,0 +1,308 @@
+"""The progress page in a real browser: the OS's Chromium driven by Playwright (never a
+downloaded browser), against the session's stack.
+
+Directly on ws-relay's port the page uses the WebSocket; through the gateway
+(/function/ws-relay/), which cannot carry WebSockets, it must fall back to Server-Sent Events
+by itself. Uploads go through the page's own form (presigned PUT to the bucket), so the bucket
+notification starts the job exactly as for any producer. Screenshots land in test-artifacts/.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from localfaas.config import LocalConfig
+from localfaas.registry import load_registry
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+STATIC = Path(__file__).resolve().parent.parent / "functions" / "ws-relay" / "static"
+H264_TYPE = 'video/mp4; codecs="avc1.64001f"'
+
+# Records every change of a progress bar or a row's state, as the page renders it: the
+# assertions are about what a person sees, not about the page's internal model.
+RECORDER = """
+window.__bars = [];
+window.__upload = [];
+document.addEventListener('DOMContentLoaded', () => {
+  new MutationObserver((records) => {
+    for (const r of records) {
+      if (r.target.id === 'upload-bar' && r.attributeName === 'aria-valuenow') {
+        window.__upload.push(Number(r.target.getAttribute('aria-valuenow')));
+        continue;
+      }
+      const row = r.target.closest && r.target.closest('[data-rendition]');
+      const job = r.target.closest && r.target.closest('[data-job-id], #detail-view');
+      if (!row) continue;
+      const bar = row.querySelector('.bar');
+      window.__bars.push({
+        rendition: row.dataset.rendition,
+        job: job && job.dataset.jobId ? job.dataset.jobId : location.hash.split('/')[2] || null,
+        percent: Number(bar.getAttribute('aria-valuenow') || 0),
+        state: row.dataset.state || '',
+        t: performance.now(),
+      });
+    }
+  }).observe(document.body, {subtree: true, attributes: true,
+                             attributeFilter: ['aria-valuenow', 'data-state']});
+});
+"""
+
+
+# --- fixtures --------------------------------------------------------------------------------
+def need_chromium() -> None:
+    if CHROMIUM.exists():
+        return
+    message = (
+        f"{CHROMIUM} is missing: install the OS package (`apt-get install -y chromium`, or "
+        "scripts/setup.sh with VTP_WITH_BROWSER=1)"
+    )
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def relay_url(stack: LocalConfig) -> str:
+    entry = load_registry(stack).get("ws-relay")
+    assert entry is not None, "ws-relay must be deployed on the stack (stack.yml)"
+    return f"http://127.0.0.1:{entry.port}/"
+
+
+@pytest.fixture
+def page(browser: Any, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh page; its last state is kept as <test>-end.png whatever the outcome, and an
+    uncaught script error fails the test."""
+    context = browser.new_context(viewport={"width": 1200, "height": 900})
+    pg = context.new_page()
+    pg.add_init_script(RECORDER)
+    problems: list[str] = []
+    pg.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+    yield pg
+    pg.wait_for_timeout(400)  # let the bars' width transition settle before the picture
+    pg.screenshot(path=str(artifacts / f"{request.node.name}-end.png"), full_page=True)
+    context.close()
+    assert not problems, problems
+
+
+def make_clip(path: Path, size: str, seconds: float) -> Path:
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30:duration={seconds}",
+         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-shortest", str(path)],
+        check=True,
+    )  # fmt: skip
+    return path
+
+
+def conn_mode(pg: Any) -> str:
+    return str(pg.evaluate("document.getElementById('conn').dataset.mode"))
+
+
+def upload_through_form(pg: Any, clip: Path) -> str:
+    """Upload with the page's form; returns the job id the page then follows."""
+    pg.set_input_files("#upload-file", str(clip))
+    pg.click("#upload-button")
+    pg.wait_for_function("location.hash.startsWith('#/jobs/')", timeout=90_000)
+    shown = pg.evaluate("window.__upload")
+    assert shown and shown[-1] == 100, f"upload progress shown: {shown}"
+    assert "following its progress" in pg.text_content("#upload-status")
+    return str(pg.evaluate("decodeURIComponent(location.hash.split('/')[2])"))
+
+
+def wait_finished(pg: Any, timeout_s: float = 180) -> str:
+    pg.wait_for_function(
+        "['succeeded', 'failed'].includes(document.getElementById('detail-view').dataset.state)",
+        timeout=timeout_s * 1000,
+    )
+    return str(pg.evaluate("document.getElementById('detail-view').dataset.state"))
+
+
+def bar_history(pg: Any, job_id: str) -> dict[str, list[dict[str, Any]]]:
+    samples = pg.evaluate("window.__bars")
+    out: dict[str, list[dict[str, Any]]] = {}
+    for s in samples:
+        if s["job"] in (job_id, None):
+            out.setdefault(s["rendition"], []).append(s)
+    return out
+
+
+def detail_rows(pg: Any) -> list[tuple[str, str, float]]:
+    return [
+        (r[0], r[1], float(r[2]))
+        for r in pg.evaluate(
+            "[...document.querySelectorAll('#detail-renditions .rend')].map(r => "
+            "[r.dataset.rendition, r.dataset.state, r.querySelector('.bar')"
+            ".getAttribute('aria-valuenow')])"
+        )
+    ]
+
+
+def assert_bars_moved(history: dict[str, list[dict[str, Any]]], names: list[str]) -> None:
+    """Each bar only moves forward and ends full and succeeded; and some bar was seen between
+    0 and 100 (a short clip may encode a rung between two progress events)."""
+    assert sorted(history) == sorted(names), history.keys()
+    intermediate = 0
+    for name, samples in history.items():
+        running = [s["percent"] for s in samples if s["state"] == "running"]
+        assert running == sorted(running), f"{name} went backwards: {running}"
+        intermediate += sum(1 for p in running if 0 < p < 100)
+        assert samples[-1]["percent"] == 100 and samples[-1]["state"] == "succeeded", samples
+    assert intermediate >= 1, f"no bar was ever seen part-way: {history}"
+
+
+# --- the page's own logic, without a server -----------------------------------------------------
+def test_page_model_orders_dedupes_and_keeps_endings(browser: Any, tmp_path: Path) -> None:
+    """The JobStore as served (file://, so the page talks to no server): replays after a
+    snapshot, duplicates and late keep-alives never move a bar backwards."""
+    site = tmp_path / "site"
+    shutil.copytree(STATIC, site / "static")
+    shutil.copy(STATIC / "index.html", site / "index.html")
+    context = browser.new_context()
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.goto((site / "index.html").as_uri())
+    pg.wait_for_function("window.vtp && window.vtp.store")
+    result = pg.evaluate(
+        """() => {
+      const J = 'job-1';
+      const s = new window.vtp.JobStore();
+      const ev = (id, rendition, state, percent, extra) =>
+        ({id, job_id: J, rendition, state, percent, ...(extra || {})});
+      s.applySnapshot({[J]: {
+        _job: ev('5-0', null, 'running', 0),
+        '720p': ev('7-0', '720p', 'running', 40),
+        '360p': ev('6-0', '360p', 'running', 80, {rendition: null}),
+      }});
+      const replay = s.applyEvent(ev('4-0', '720p', 'running', 10));
+      const dup = s.applyEvent(ev('7-0', '720p', 'running', 40));
+      s.applyEvent(ev('8-0', '360p', 'succeeded', 99.9));
+      const late = s.applyEvent(ev('9-0', '360p', 'running', 99.9));
+      s.applyEvent(ev('10-0', '720p', 'retrying', 0, {error: 'killed', attempt: 1}));
+      const job = s.jobs.get(J);
+      return {
+        order: [...job.renditions.keys()],
+        r360: job.renditions.get('360p'), r720: job.renditions.get('720p'),
+        replay: replay.applied, dup: dup.applied, late: late.applied,
+        last: s.lastEventId, jobPct: s.jobPercent(job),
+        cmp: [window.vtp.compareIds('10-0', '9-5'), window.vtp.compareIds('9-5', '9-10'),
+              window.vtp.compareIds(null, '1-0')],
+        fmt: [window.vtp.fmtEta(75), window.vtp.fmtEta(3723), window.vtp.fmtPercent(42.46),
+              window.vtp.fmtSpeed(1.234), window.vtp.fmtFps(29.97)],
+      };
+    }"""
+    )
+    context.close()
+    assert not errors, errors
+    assert result["order"] == ["360p", "720p"], "ladder order, whatever the arrival order"
+    assert (result["replay"], result["dup"], result["late"]) == (False, False, False)
+    assert (result["r360"]["state"], result["r360"]["percent"]) == ("succeeded", 100)
+    assert result["r720"]["state"] == "retrying" and result["r720"]["percent"] == 40, (
+        "a failure without a percent keeps how far the attempt got"
+    )
+    assert result["r720"]["error"] == "killed"
+    assert result["last"] == "10-0"
+    assert result["jobPct"] == 70
+    assert result["cmp"] == [1, -1, -1]
+    assert result["fmt"] == ["1:15", "1:02:03", "42.5%", "1.23\u00d7", "30 fps"]
+
+
+# --- against the stack ----------------------------------------------------------------------------
+def test_upload_progress_and_playback_over_websocket(
+    page: Any, relay_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    clip = make_clip(tmp_path / "browser clip.mp4", "1280x720", 3)
+    page.goto(relay_url)
+    page.wait_for_function("document.getElementById('conn').dataset.mode === 'websocket'")
+    assert "live · WebSocket" in page.text_content("#conn")
+
+    job_id = upload_through_form(page, clip)
+    page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
+    page.screenshot(path=str(artifacts / "browser-ws-progress.png"), full_page=True)
+    assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
+    assert conn_mode(page) == "websocket", "the WebSocket stayed up the whole time"
+
+    rows = detail_rows(page)
+    assert rows == [("360p", "succeeded", 100.0), ("720p", "succeeded", 100.0)]
+    assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
+    assert "2 of 2 done" in page.text_content("#detail-facts")
+    links = page.eval_on_selector_all("#outputs a", "as => as.map(a => a.textContent)")
+    assert links[:2] == ["master playlist (HLS)", "poster"]
+
+    # The job list shows the same job, finished; and back to its view.
+    page.click("a.back")
+    page.wait_for_selector(f'#jobs > li[data-job-id="{job_id}"][data-state="succeeded"]')
+    page.click(f'#jobs > li[data-job-id="{job_id}"] a.job-link')
+
+    # The player: hls.js (vendored) loads the master playlist with both renditions.
+    video = page.locator("#player")
+    page.wait_for_selector("#player[data-manifest-parsed=true]", timeout=30_000)
+    assert video.get_attribute("data-engine") == "hls.js"
+    assert video.get_attribute("data-levels") == "2"
+    page.screenshot(path=str(artifacts / "browser-ws-done.png"), full_page=True)
+    if not page.evaluate(f"MediaSource.isTypeSupported({H264_TYPE!r})"):
+        pytest.xfail(
+            "this Chromium build has no H.264 decoder (MediaSource rejects avc1): the manifest "
+            "was parsed with both renditions, but playback cannot be checked"
+        )
+    assert page.evaluate("document.getElementById('player').play().then(() => true)")
+    page.wait_for_function("document.getElementById('player').currentTime > 0.5", timeout=30_000)
+    width = page.evaluate("document.getElementById('player').videoWidth")
+    assert width in (640, 1280), "a rendition of the ladder is playing"
+    page.screenshot(path=str(artifacts / "browser-player.png"), full_page=True)
+
+
+def test_gateway_route_falls_back_to_sse(
+    page: Any, gateway: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """Through the gateway the WebSocket cannot open; the page switches to SSE by itself and
+    still shows live progress (the form's API calls go through the gateway too)."""
+    clip = make_clip(tmp_path / "via-gateway.mp4", "1280x720", 2)
+    page.goto(f"{gateway}/function/ws-relay/")
+    page.wait_for_function("document.getElementById('conn').dataset.mode === 'sse'", timeout=30_000)
+    log = page.evaluate("window.vtp.live.log.map(x => x.what)")
+    assert log[0] == "websocket-connecting" and "sse-open" in log, log
+    assert any(w.startswith("websocket-failed") or "abnormal" in w for w in log), log
+    assert "Server-Sent Events" in page.text_content("#conn")
+
+    job_id = upload_through_form(page, clip)
+    started = time.monotonic()
+    page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
+    assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
+    assert conn_mode(page) == "sse", "progress came over SSE, not by polling"
+    assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
+    assert time.monotonic() - started < 180
+    page.screenshot(path=str(artifacts / "browser-gateway-sse.png"), full_page=True)
+
+    # Both ways in agree on the list.
+    page.click("a.back")
+    row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
+    row.wait_for()
+    assert row.get_attribute("data-state") == "succeeded"
