@@ -285,8 +285,9 @@ def test_gateway_route_falls_back_to_sse(
     """Through the gateway the WebSocket cannot open; the page switches to SSE by itself and
     still shows live progress (the form's API calls go through the gateway too)."""
     clip = make_clip(tmp_path / "via-gateway.mp4", "1280x720", 2)
-    page.goto(f"{gateway}/function/ws-relay/")
+    page.goto(f"{gateway}/function/ws-relay")  # no trailing slash: the page adds it
     page.wait_for_function("document.getElementById('conn').dataset.mode === 'sse'", timeout=30_000)
+    assert page.url.endswith("/function/ws-relay/"), page.url
     log = page.evaluate("window.vtp.live.log.map(x => x.what)")
     assert log[0] == "websocket-connecting" and "sse-open" in log, log
     assert any(w.startswith("websocket-failed") or "abnormal" in w for w in log), log
