@@ -40,8 +40,8 @@ test:
 test-fast: setup
 	@$(PY) -m pytest -m "not slow"
 
+# Each benchmark starts a stack of its own, so `make up` is neither needed nor disturbed.
 bench: setup
-	@$(PY) -m localfaas up
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean: down
