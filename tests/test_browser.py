@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import pytest
 
 from localfaas.config import LocalConfig
 from localfaas.registry import load_registry
+from tests.clips import make_clip
 
 pytestmark = pytest.mark.slow
 
@@ -107,18 +107,6 @@ def page(browser: Any, artifacts: Path, request: pytest.FixtureRequest) -> Itera
     pg.screenshot(path=str(artifacts / f"{request.node.name}-end.png"), full_page=True)
     context.close()
     assert not problems, problems
-
-
-def make_clip(path: Path, size: str, seconds: float) -> Path:
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(path)],
-        check=True,
-    )  # fmt: skip
-    return path
 
 
 def conn_mode(pg: Any) -> str:
@@ -238,7 +226,7 @@ def test_page_model_orders_dedupes_and_keeps_endings(browser: Any, tmp_path: Pat
 def test_upload_progress_and_playback_over_websocket(
     page: Any, relay_url: str, artifacts: Path, tmp_path: Path
 ) -> None:
-    clip = make_clip(tmp_path / "browser clip.mp4", "1280x720", 3)
+    clip = make_clip(tmp_path / "browser clip.mp4", size="1280x720", seconds=3)
     page.goto(relay_url)
     page.wait_for_function("document.getElementById('conn').dataset.mode === 'websocket'")
     assert "live · WebSocket" in page.text_content("#conn")
@@ -284,7 +272,7 @@ def test_gateway_route_falls_back_to_sse(
 ) -> None:
     """Through the gateway the WebSocket cannot open; the page switches to SSE by itself and
     still shows live progress (the form's API calls go through the gateway too)."""
-    clip = make_clip(tmp_path / "via-gateway.mp4", "1280x720", 2)
+    clip = make_clip(tmp_path / "via-gateway.mp4", size="1280x720", seconds=2)
     page.goto(f"{gateway}/function/ws-relay")  # no trailing slash: the page adds it
     page.wait_for_function("document.getElementById('conn').dataset.mode === 'sse'", timeout=30_000)
     assert page.url.endswith("/function/ws-relay/"), page.url

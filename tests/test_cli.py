@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from localfaas.config import LocalConfig
+from tests.clips import make_clip
 from vtp.cli import (
     ClientConfig,
     Event,
@@ -258,18 +259,6 @@ def test_settings_precedence(tmp_path: Path) -> None:
 
 
 # --- end to end on the stack ----------------------------------------------------------------------
-def make_clip(path: Path, size: str = "1280x720", seconds: float = 3.0) -> Path:
-    subprocess.run(
-        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30:duration={seconds}",
-         "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-         "-c:a", "aac", "-shortest", str(path)],
-        check=True,
-    )  # fmt: skip
-    return path
-
-
 def run_vtp(*args: str, env_file: Path, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_")}
     env["COLUMNS"] = "200"  # rich wraps tables at the terminal width; keep URLs whole
@@ -287,7 +276,7 @@ def run_vtp(*args: str, env_file: Path, timeout: float = 300) -> subprocess.Comp
 def test_upload_and_watch_end_to_end(stack: LocalConfig, tmp_path: Path) -> None:
     env_file = stack.stack_env_file
     assert env_file.is_file(), "the stack writes its stack.env"
-    clip = make_clip(tmp_path / "cli clip.mp4")
+    clip = make_clip(tmp_path / "cli clip.mp4", seconds=3)
     key = f"cli-e2e/{time.time_ns()}/cli clip.mp4"
 
     started = time.monotonic()

@@ -19,32 +19,11 @@ import requests
 from minio import Minio
 
 from localfaas.config import LocalConfig
+from tests.clips import make_clip
 from tests.receiver import Receiver
 
 
 # --- helpers -------------------------------------------------------------------------------
-def make_clip(
-    path: Path,
-    *,
-    size: str = "1280x720",
-    seconds: float = 2.0,
-    rate: int = 30,
-    audio: bool = True,
-    extra: list[str] | None = None,
-) -> Path:
-    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y"]
-    args += ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}"]
-    if audio:
-        args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
-    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
-    args += extra or []
-    if audio:
-        args += ["-c:a", "aac", "-shortest"]
-    args.append(str(path))
-    subprocess.run(args, check=True)
-    return path
-
-
 def ffprobe(url: str, *extra: str) -> dict[str, Any]:
     out = subprocess.run(
         ["ffprobe", "-v", "error", "-of", "json", "-show_format", "-show_streams", *extra, url],

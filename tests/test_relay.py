@@ -42,7 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from localfaas.build import assemble_context
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
-from tests.test_pipeline import make_clip
+from tests.clips import make_clip
 from vtp.events import EventBus, ProgressEvent, stream_id_order
 from vtp.relay import (
     OVERFLOW,
@@ -1189,3 +1189,22 @@ def test_sigterm_ends_open_streams_at_once(stack: LocalConfig, bus: EventBus) ->
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_uploads_can_be_turned_off() -> None:
+    """RELAY_UPLOADS_ENABLED=false: the page's upload route answers 403 and hands out nothing."""
+    import asyncio
+
+    from starlette.requests import Request
+
+    from vtp.relay import JobsApi, _guarded
+    from vtp.settings import Settings
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b'{"filename": "a.mp4"}', "more_body": False}
+
+    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+    api = JobsApi(Settings(), uploads_enabled=False)
+    response = asyncio.run(_guarded(api.upload_endpoint)(request))
+    assert response.status_code == 403
+    assert b"turned off" in response.body

@@ -29,6 +29,12 @@ class Unauthorized(VtpError):
     http_status = 401
 
 
+class Forbidden(VtpError):
+    """The request is understood but this deployment does not allow it."""
+
+    http_status = 403
+
+
 class NotFound(VtpError):
     """An unknown job, rendition or object."""
 

@@ -62,7 +62,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from vtp.errors import InvalidRequest
+from vtp.errors import Forbidden, InvalidRequest
 from vtp.events import EventBus, ProgressEvent, stream_id_order
 from vtp.http import error_response
 from vtp.models import JobState
@@ -99,6 +99,9 @@ class RelayOptions(BaseSettings):
     all_window_s: float = Field(default=3600.0, gt=0)
     # At most this many stream entries are scanned to find the recent jobs of an "all" view.
     all_max_scan: int = Field(default=20_000, ge=1)
+    # The page's upload form hands out presigned PUT URLs to whoever reaches the function;
+    # turn it off where the function is reachable by people who should not upload.
+    uploads_enabled: bool = True
 
 
 # --- small pieces ------------------------------------------------------------------------------
@@ -909,8 +912,9 @@ class JobsApi:
 
     UPLOAD_URL_TTL_S = 3600
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, uploads_enabled: bool = True) -> None:
         self.settings = settings
+        self.uploads_enabled = uploads_enabled
         self._lock = threading.Lock()
         self._pipeline: Pipeline | None = None
         self._storage: Storage | None = None
@@ -933,13 +937,7 @@ class JobsApi:
         self, state: JobState | None, limit: int, bucket: str | None, key: str | None
     ) -> dict[str, Any]:
         p = self.pipeline()
-        jobs = p.store.list(state, 1000 if (bucket or key) else limit)
-        if bucket or key:
-            jobs = [
-                j
-                for j in jobs
-                if (not bucket or j.source.bucket == bucket) and (not key or j.source.key == key)
-            ][:limit]
+        jobs = p.store.list(state, limit, bucket=bucket, key=key)
         return {"jobs": [p.describe_job(j) for j in jobs]}
 
     def get_job(self, job_id: str) -> dict[str, Any]:
@@ -974,6 +972,8 @@ class JobsApi:
         return _json(await run_in_threadpool(self.get_job, request.path_params["job_id"]))
 
     async def upload_endpoint(self, request: Request) -> Response:
+        if not self.uploads_enabled:
+            raise Forbidden("uploads through this page are turned off (RELAY_UPLOADS_ENABLED)")
         raw = await request.body()
         try:
             upload = UploadRequest.model_validate_json(raw)
@@ -1019,8 +1019,9 @@ def create_app(
     """The ws-relay ASGI app: page, static assets, /ws, /events and /api. `app.state.relay`
     is the Relay (its `shutdown_streams()` belongs in the template's on_sigterm hook)."""
     settings = settings or Settings()
+    options = options or RelayOptions()
     relay = Relay.from_settings(settings, options)
-    api = JobsApi(settings)
+    api = JobsApi(settings, uploads_enabled=options.uploads_enabled)
 
     async def index(request: Request) -> Response:
         page = static_dir / "index.html"
