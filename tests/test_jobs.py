@@ -601,3 +601,20 @@ def test_store_survives_a_dropped_connection(dsn: str, app_name: str, store: Job
         admin.close()
     time.sleep(0.2)
     assert store.get(job.id).id == job.id
+
+
+def test_lost_dispatches_are_leased_and_only_while_queued(store: JobStore) -> None:
+    """A rendition still queued long after its dispatch is handed out once for re-dispatch;
+    one that started, or was dispatched recently, is not."""
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.mark_dispatched(job.id, "360p")
+    store.mark_dispatched(job.id, "720p")
+    assert store.get(job.id).rendition("360p").dispatched_at is not None
+    assert store.lost_dispatches(60) == []  # dispatched just now: a queue may be long
+    time.sleep(0.5)
+    store.begin_attempt(job.id, "720p", "call-1")  # 720p got its call: not lost
+    lost = store.lost_dispatches(0.2)
+    assert [(r.job_id, r.name) for r in lost] == [(job.id, "360p")]
+    assert store.lost_dispatches(0.2) == []  # leased: an overlapping sweep skips it
+    time.sleep(0.5)
+    assert [r.name for r in store.lost_dispatches(0.2)] == ["360p"]  # lease ran out

@@ -385,3 +385,11 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
         states = cur.fetchall()
     assert [s for s, _ in states].count("retrying") == 1
     assert any("without a result" in (d or "") for s, d in states if s == "retrying")
+
+
+def test_sweeper_answers_what_it_did(gateway: str) -> None:
+    """The cron sweeper, invoked as the cron-connector does (sync, through the gateway)."""
+    r = requests.post(f"{gateway}/function/sweeper", timeout=60)
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"reaped", "retried", "redispatched", "finalized"}
+    assert all(isinstance(v, int) and v >= 0 for v in r.json().values())

@@ -100,6 +100,7 @@ class Rendition(BaseModel):
     attempt_started_at: datetime | None = None
     finished_at: datetime | None = None
     next_retry_at: datetime | None = None
+    dispatched_at: datetime | None = None
     output_prefix: str | None = None
     size_bytes: int | None = None
     avg_bitrate: int | None = None
@@ -718,6 +719,50 @@ class JobStore:
                 )
                 reaped.append(self._fail_locked(cur, row, reason, True, max_attempts))
             return reaped
+
+        return self._run(tx)
+
+    def mark_dispatched(self, job_id: UUID | str, rendition: str) -> None:
+        """Record that a call for this rendition is on the queue (see `lost_dispatches`)."""
+        jid = _parse_id(job_id)
+
+        def tx(cur: Cursor) -> None:
+            cur.execute(
+                """
+                UPDATE renditions SET dispatched_at = now()
+                WHERE job_id = %s AND name = %s AND state IN ('queued', 'retrying')
+                """,
+                (str(jid), rendition),
+            )
+
+        self._run(tx)
+
+    def lost_dispatches(self, older_than_s: float, *, limit: int = 100) -> builtins.list[Rendition]:
+        """Claim renditions still queued `older_than_s` after their dispatch, to dispatch again.
+
+        A long queue is not a lost call, so the threshold should be generous; claiming moves
+        dispatched_at to now (a lease), and a duplicate call that does arrive is refused by
+        `begin_attempt` once the first one runs.
+        """
+
+        def tx(cur: Cursor) -> builtins.list[Rendition]:
+            cur.execute(
+                """
+                WITH lost AS (
+                    SELECT job_id, name FROM renditions
+                    WHERE state = 'queued'
+                      AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => %s)
+                    ORDER BY COALESCE(dispatched_at, created_at)
+                    LIMIT %s
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE renditions r SET dispatched_at = now()
+                FROM lost WHERE r.job_id = lost.job_id AND r.name = lost.name
+                RETURNING r.*
+                """,
+                (older_than_s, limit),
+            )
+            return [_rendition(row) for row in cur.fetchall()]
 
         return self._run(tx)
 

@@ -177,6 +177,7 @@ class Pipeline:
                 TranscodeTask(job_id=job_id, rendition=rend.name),
                 callback_url=self.callback_url(job_id, rend.name),
             )
+            self.store.mark_dispatched(job_id, rend.name)
         except VtpError as exc:
             log.error("could not dispatch %s of job %s: %s", rend.name, job_id, exc.reason)
             with contextlib.suppress(Conflict):
@@ -398,7 +399,8 @@ class Pipeline:
 
     # --- sweeper -------------------------------------------------------------------------------
     def sweep(self) -> dict[str, int]:
-        """Write off silent workers, dispatch due retries, finish stuck finalizations."""
+        """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
+        finalizations."""
         reaped = self.store.reap_stale(STALE_AFTER_S, max_attempts=self.settings.max_attempts)
         for r in reaped:
             self._publish(
@@ -407,10 +409,19 @@ class Pipeline:
                 )
             )
         retried = self.dispatch_due_retries()
+        lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
+        for r in lost:
+            log.warning("re-dispatching %s of job %s: still queued", r.name, r.job_id)
+            self.dispatch(r.job_id, r)
         finalized = 0
         for job in self.store.finalizations_due():
             finalized += self.maybe_finalize(job.id, claimer=f"sweeper:{threading.get_ident()}")
-        return {"reaped": len(reaped), "retried": retried, "finalized": finalized}
+        return {
+            "reaped": len(reaped),
+            "retried": retried,
+            "redispatched": len(lost),
+            "finalized": finalized,
+        }
 
     # --- status --------------------------------------------------------------------------------
     def describe_job(self, job: Job, *, live: bool = True) -> dict[str, Any]:

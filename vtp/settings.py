@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     segment_seconds: float = 4.0
     gop_seconds: float = 2.0
     max_attempts: int = 3
+    # A rendition still queued this long after its dispatch is dispatched again by the sweeper
+    # (its queued call may have been lost); generous, since a long queue is not a lost call.
+    redispatch_after_seconds: float = 2 * 3600
 
     # --- limits on untrusted sources ------------------------------------------------------
     max_source_bytes: int = 20 * 1024**3
