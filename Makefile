@@ -44,5 +44,6 @@ test-fast: setup
 bench: setup
 	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
-clean: down
-	rm -rf .run build
+clean:
+	@if [ -x $(PY) ]; then $(PY) -m localfaas clean; fi
+	rm -rf build test-artifacts

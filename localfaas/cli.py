@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
 
 from rich.console import Console
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down", help="stop everything the local stack started")
     sub.add_parser("status", help="what runs, where, and where its log is")
     sub.add_parser("env", help="print the stack's connection settings (shell KEY=value)")
+    sub.add_parser("clean", help="stop everything and delete the run dir and all local data")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -41,6 +43,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "down":
         stopped = runtime.down(cfg)
         console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    if args.cmd == "clean":
+        runtime.down(cfg)
+        removed = [*services.remove_data(cfg)]
+        if cfg.run_dir.exists():
+            shutil.rmtree(cfg.run_dir)
+            removed.append(cfg.run_dir)
+        console.print(f"removed: {', '.join(map(str, removed)) or 'nothing'}")
         return 0
     if args.cmd == "status":
         _print_status(console, cfg)

@@ -666,6 +666,16 @@ def start_services(cfg: LocalConfig, only: Collection[str] | None = None) -> lis
     return [s.name for s in to_start]
 
 
+def remove_data(cfg: LocalConfig) -> list[Path]:
+    """Delete what the services keep between runs that lies outside the run dir (PostgreSQL's
+    fallback folder); the caller removes the run dir itself. Services must be stopped."""
+    base = _pg_base(cfg)
+    if base == cfg.run_dir or not base.exists():
+        return []
+    shutil.rmtree(base)
+    return [base]
+
+
 def stop_services(cfg: LocalConfig, only: Collection[str] | None = None) -> list[str]:
     """Stop the services (all, or `only`), in reverse start order; returns those that ran."""
     stopped = []

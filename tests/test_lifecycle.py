@@ -97,10 +97,12 @@ def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
         ["pgrep", "-f", str(run_dir)], capture_output=True, text=True, check=False
     ).stdout.split()
     assert leftovers == []
-    assert (
-        _localfaas(mini_env, "status").returncode != 0
-        or "nothing" in _localfaas(mini_env, "status").stdout
-    )
+    after = _localfaas(mini_env, "status")
+    assert after.returncode != 0 or "nothing" in after.stdout
+
+    clean = _localfaas(mini_env, "clean")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    assert not run_dir.exists()
 
 
 def _zombie(pid: int) -> bool:
