@@ -918,3 +918,26 @@ def test_deploy_doc_walks_through_the_files_it_relies_on() -> None:
         "arn:minio:sqs::VTP:webhook",
     ):
         assert needle in text, f"docs/deploy.md does not mention {needle}"
+
+
+# The packages the shared core imports at run time: every function image must install them,
+# since the template installs only the handler folder's requirements.txt.
+CORE_REQUIREMENTS = {
+    "minio",
+    "redis",
+    "psycopg2-binary",
+    "requests",
+    "pydantic",
+    "pydantic-settings",
+}
+
+
+@pytest.mark.parametrize("handler", sorted({"split", "status", "sweeper", "transcode", "ws-relay"}))
+def test_function_requirements_cover_the_shared_core(handler: str) -> None:
+    lines = (REPO / "functions" / handler / "requirements.txt").read_text().splitlines()
+    names = {
+        re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower()
+        for line in lines
+        if line.strip() and not line.lstrip().startswith("#")
+    }
+    assert names >= CORE_REQUIREMENTS, f"missing: {sorted(CORE_REQUIREMENTS - names)}"
