@@ -233,6 +233,24 @@ class Pipeline:
             except Conflict:
                 pass
             rend = self.store.get(job_id).rendition(rendition)
+        elif rend.state is RenditionState.QUEUED and not 200 <= function_status < 300:
+            # The call never reached the handler (429 from a busy watchdog, 502 while the
+            # function restarts, 504...): nothing else will ever run this rendition.
+            reason = f"{rend.function} did not take the call (HTTP {function_status})"
+            with contextlib.suppress(Conflict):
+                state = self.store.fail_rendition(
+                    job_id,
+                    rendition,
+                    reason,
+                    retryable=True,
+                    max_attempts=self.settings.max_attempts,
+                )
+                self._publish(
+                    ProgressEvent(
+                        job_id=job_id, rendition=rendition, state=state.value, error=reason
+                    )
+                )
+            rend = self.store.get(job_id).rendition(rendition)
         if rend.state is RenditionState.RETRYING and rend.next_retry_at is not None:
             wait = (rend.next_retry_at - datetime.now(UTC)).total_seconds()
             if wait <= INLINE_RETRY_WAIT_S:

@@ -1,0 +1,80 @@
+"""Pipeline paths that are hard to reach through uploads, driven directly against the stack's
+real PostgreSQL, Redis, S3 and gateway."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from vtp import db
+from vtp.events import EventBus
+from vtp.invoker import Invoker
+from vtp.jobs import JobStore, SourceRef
+from vtp.ladder import plan_ladder
+from vtp.models import RenditionState, SourceInfo
+from vtp.pipeline import Pipeline
+from vtp.settings import Settings
+from vtp.storage import Storage
+
+INFO = SourceInfo(
+    duration=2.0, width=1280, height=720, fps=30.0, has_audio=True, video_codec="h264"
+)
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
+    settings = Settings(
+        s3_endpoint=stack_env["VTP_S3_ENDPOINT"],
+        s3_access_key=stack_env["VTP_S3_ACCESS_KEY"],  # type: ignore[arg-type]
+        s3_secret_key=stack_env["VTP_S3_SECRET_KEY"],  # type: ignore[arg-type]
+        postgres_dsn=stack_env["VTP_POSTGRES_DSN"],  # type: ignore[arg-type]
+        redis_url=stack_env["VTP_REDIS_URL"],  # type: ignore[arg-type]
+        gateway_url=stack_env["VTP_GATEWAY_URL"],
+    )
+    dsn = settings.postgres_dsn.get_secret_value()
+    conn = db.connect(dsn)
+    db.migrate(conn)
+    conn.close()
+    # A long back-off, so the callback leaves the retry to the sweeper instead of waiting.
+    store = JobStore(functools.partial(db.connect, dsn), retry_base_s=120)
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    p = Pipeline(
+        settings,
+        store,
+        Storage.from_settings(settings),
+        EventBus(client, settings.redis_prefix),
+        Invoker(settings.gateway_url),
+    )
+    yield p
+    store.close()
+
+
+def test_call_refused_before_the_handler_becomes_a_retry(pipeline: Pipeline) -> None:
+    """A 429/502/504 for a call that never began (busy watchdog, restarting function) must not
+    leave the rendition queued forever: it becomes a retry with the reason recorded."""
+    src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e1")
+    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    out = pipeline.on_rendition_callback(
+        str(job.id), "360p", function_status=429, call_id="never-started"
+    )
+    rend = pipeline.store.get(job.id).rendition("360p")
+    assert out["state"] == RenditionState.RETRYING
+    assert rend.state is RenditionState.RETRYING
+    assert rend.attempts == 0  # the call never ran: no attempt spent
+    assert rend.error is not None and "HTTP 429" in rend.error
+    events = pipeline.bus.current(job.id)
+    assert events["360p"].state == "retrying"
+
+
+def test_successful_callback_for_an_unstarted_rendition_changes_nothing(
+    pipeline: Pipeline,
+) -> None:
+    """A 2xx "skipped" answer (a duplicate delivery) is not a failure."""
+    src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e2")
+    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="dup")
+    assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.QUEUED
