@@ -393,3 +393,15 @@ def test_sweeper_answers_what_it_did(gateway: str) -> None:
     assert r.status_code == 200, r.text
     assert set(r.json()) == {"reaped", "retried", "redispatched", "finalized"}
     assert all(isinstance(v, int) and v >= 0 for v in r.json().values())
+
+
+def test_rendition_callback_route_needs_its_signature(gateway: str) -> None:
+    """split's /callback route is as public as the gateway: without the signature split put
+    in the callback URL, a forged report is refused before it touches any job."""
+    url = f"{gateway}/function/split/callback"
+    params = {"job": "00000000-0000-0000-0000-000000000000", "rendition": "360p"}
+    headers = {"X-Function-Status": "500", "X-Call-Id": "forged"}
+    r = requests.post(url, params=params, headers=headers, timeout=10)
+    assert r.status_code == 401, r.text
+    r = requests.post(url, params=params | {"sig": "0" * 64}, headers=headers, timeout=10)
+    assert r.status_code == 401, r.text

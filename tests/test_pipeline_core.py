@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 import redis
+from pydantic import SecretStr
 
 from vtp import db
 from vtp.events import EventBus
@@ -78,3 +79,27 @@ def test_successful_callback_for_an_unstarted_rendition_changes_nothing(
     job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="dup")
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.QUEUED
+
+
+def test_callback_urls_are_signed_per_job_and_rendition(pipeline: Pipeline) -> None:
+    from urllib.parse import parse_qs, urlsplit
+
+    from vtp.errors import Unauthorized
+
+    assert pipeline.settings.callback_secret is None  # this fixture's settings: no secret
+    signed = Pipeline(
+        pipeline.settings.model_copy(update={"callback_secret": SecretStr("k")}),
+        pipeline.store,
+        pipeline.storage,
+        pipeline.bus,
+        pipeline.invoker,
+    )
+    q = parse_qs(urlsplit(signed.callback_url("j1", "720p")).query)
+    assert q["job"] == ["j1"] and q["rendition"] == ["720p"]
+    signed.check_callback_signature("j1", "720p", q["sig"][0])
+    for job, rendition in (("j2", "720p"), ("j1", "360p")):
+        with pytest.raises(Unauthorized):
+            signed.check_callback_signature(job, rendition, q["sig"][0])
+    with pytest.raises(Unauthorized):
+        signed.check_callback_signature("j1", "720p", None)
+    pipeline.check_callback_signature("j1", "720p", None)  # no secret configured: open

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import hmac
 import logging
 import tempfile
 import threading
@@ -32,7 +34,7 @@ from pydantic import BaseModel
 
 from vtp import callbacks, db
 from vtp.encode import RenditionResult, encode_rendition
-from vtp.errors import Conflict, InvalidSource, NotFound, VtpError
+from vtp.errors import Conflict, InvalidSource, NotFound, Unauthorized, VtpError
 from vtp.events import EventBus, ProgressEvent, ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.invoker import Invoker
@@ -115,9 +117,25 @@ class Pipeline:
         return f"{base}/{self.settings.outputs_bucket}/{job_id}/{quote(path)}"
 
     def callback_url(self, job_id: UUID | str, rendition: str) -> str:
-        return self.invoker.function_url(
-            "split", "/callback", {"job": str(job_id), "rendition": rendition}
-        )
+        """split's route for the queue-worker's report on one transcode call. It is reachable
+        by anyone who reaches the gateway, so it carries a signature of what it is about."""
+        query = {"job": str(job_id), "rendition": rendition}
+        sig = self._callback_signature(str(job_id), rendition)
+        if sig:
+            query["sig"] = sig
+        return self.invoker.function_url("split", "/callback", query)
+
+    def check_callback_signature(self, job_id: str, rendition: str, sig: str | None) -> None:
+        expected = self._callback_signature(job_id, rendition)
+        if expected and not hmac.compare_digest(expected, sig or ""):
+            raise Unauthorized("rendition callback without a valid signature")
+
+    def _callback_signature(self, job_id: str, rendition: str) -> str | None:
+        secret = self.settings.callback_secret
+        if secret is None or not secret.get_secret_value():
+            return None
+        msg = f"rendition-callback:{job_id}:{rendition}".encode()
+        return hmac.new(secret.get_secret_value().encode(), msg, hashlib.sha256).hexdigest()
 
     # --- split ---------------------------------------------------------------------------
     def submit(

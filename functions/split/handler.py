@@ -77,8 +77,10 @@ def _callback(event: Any) -> Response:
         status = int(header(event, "X-Function-Status") or 0)
     except ValueError as exc:
         raise InvalidRequest("X-Function-Status is not a number") from exc
+    p = pipeline()
+    p.check_callback_signature(job_id, rendition, event.query.get("sig"))
     try:
-        out = pipeline().on_rendition_callback(
+        out = p.on_rendition_callback(
             job_id, rendition, function_status=status, call_id=header(event, "X-Call-Id")
         )
     except VtpError as exc:
