@@ -226,48 +226,19 @@ class Pipeline:
             call_id is None or rend.last_call_id == call_id
         ):
             # The worker ended without recording an outcome: it died or was cut off.
-            reason = (
+            self._fail_retryable(
+                rend,
                 f"{rend.function} ended without a result (HTTP {function_status}; "
-                "killed, out of memory or past its exec_timeout)"
+                "killed, out of memory or past its exec_timeout)",
+                call_id=rend.last_call_id,
             )
-            try:
-                state = self.store.fail_rendition(
-                    job_id,
-                    rendition,
-                    reason,
-                    retryable=True,
-                    max_attempts=self.settings.max_attempts,
-                    call_id=rend.last_call_id,
-                )
-                self._publish(
-                    ProgressEvent(
-                        job_id=job_id,
-                        rendition=rendition,
-                        state=state.value,
-                        attempt=rend.attempts,
-                        error=reason,
-                    )
-                )
-            except Conflict:
-                pass
             rend = self.store.get(job_id).rendition(rendition)
         elif rend.state is RenditionState.QUEUED and not 200 <= function_status < 300:
             # The call never reached the handler (429 from a busy watchdog, 502 while the
             # function restarts, 504...): nothing else will ever run this rendition.
-            reason = f"{rend.function} did not take the call (HTTP {function_status})"
-            with contextlib.suppress(Conflict):
-                state = self.store.fail_rendition(
-                    job_id,
-                    rendition,
-                    reason,
-                    retryable=True,
-                    max_attempts=self.settings.max_attempts,
-                )
-                self._publish(
-                    ProgressEvent(
-                        job_id=job_id, rendition=rendition, state=state.value, error=reason
-                    )
-                )
+            self._fail_retryable(
+                rend, f"{rend.function} did not take the call (HTTP {function_status})"
+            )
             rend = self.store.get(job_id).rendition(rendition)
         if rend.state is RenditionState.RETRYING and rend.next_retry_at is not None:
             wait = (rend.next_retry_at - datetime.now(UTC)).total_seconds()
@@ -281,6 +252,30 @@ class Pipeline:
             "state": rend.state,
             "finalized": finished,
         }
+
+    def _fail_retryable(self, rend: Rendition, reason: str, *, call_id: str | None = None) -> None:
+        """Record a retryable failure and tell progress followers; a rendition that ended
+        in the meantime (Conflict) is left as it is."""
+        try:
+            state = self.store.fail_rendition(
+                rend.job_id,
+                rend.name,
+                reason,
+                retryable=True,
+                max_attempts=self.settings.max_attempts,
+                call_id=call_id,
+            )
+        except Conflict:
+            return
+        self._publish(
+            ProgressEvent(
+                job_id=str(rend.job_id),
+                rendition=rend.name,
+                state=state.value,
+                attempt=rend.attempts or None,
+                error=reason,
+            )
+        )
 
     # --- transcode -------------------------------------------------------------------------
     def run_rendition(self, task: TranscodeTask, call_id: str) -> dict[str, Any]:
