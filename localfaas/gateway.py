@@ -45,6 +45,8 @@ HOP_BY_HOP = frozenset(
     )
 )
 _STREAM_CHUNK = 64 * 1024
+# Set by the gateway on every call (kept when the client sent them), on request and response.
+CALL_HEADERS = ("x-call-id", "x-start-time")
 
 
 def start_time_header() -> str:
@@ -122,10 +124,14 @@ class Gateway:
             )
 
     @staticmethod
-    def call_headers(request: web.Request) -> tuple[str, str]:
+    def call_headers(request: web.Request) -> tuple[str, str, list[tuple[str, str]]]:
+        """The call's id and start time (kept when the client set them, as the CE gateway
+        does) and the request headers to pass on, carrying exactly those two."""
         call_id = request.headers.get("X-Call-Id") or str(uuid.uuid4())
         start = request.headers.get("X-Start-Time") or start_time_header()
-        return call_id, start
+        headers = [(k, v) for k, v in forwardable(request.headers) if k.lower() not in CALL_HEADERS]
+        headers += [("X-Call-Id", call_id), ("X-Start-Time", start)]
+        return call_id, start, headers
 
     # --- routes ------------------------------------------------------------------------------
     async def healthz(self, request: web.Request) -> web.Response:
@@ -154,11 +160,8 @@ class Gateway:
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         entry = self.lookup(request.match_info["name"])
-        call_id, start = self.call_headers(request)
+        call_id, start, headers = self.call_headers(request)
         tail = "/" + request.match_info.get("tail", "")
-        headers = forwardable(request.headers)
-        headers = [(k, v) for k, v in headers if k.lower() not in ("x-call-id", "x-start-time")]
-        headers += [("X-Call-Id", call_id), ("X-Start-Time", start)]
         headers.append(("X-Forwarded-Host", request.host))
         self.invocations[entry.name] += 1
         url = f"{entry.url}{tail}"
@@ -188,7 +191,7 @@ class Gateway:
 
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in forwardable(upstream.headers):
-            if k.lower() not in ("x-call-id", "x-start-time"):
+            if k.lower() not in CALL_HEADERS:
                 response.headers.add(k, v)
         response.headers["X-Call-Id"] = call_id
         response.headers["X-Start-Time"] = start
@@ -228,18 +231,12 @@ class Gateway:
 
     async def invoke_async(self, request: web.Request) -> web.Response:
         entry = self.lookup(request.match_info["name"])
-        call_id, start = self.call_headers(request)
+        call_id, start, headers = self.call_headers(request)
         body = await request.read()
         if len(body) > queue.MAX_PAYLOAD_BYTES:
             raise web.HTTPRequestEntityTooLarge(
                 max_size=queue.MAX_PAYLOAD_BYTES, actual_size=len(body)
             )
-        headers = [
-            (k, v)
-            for k, v in forwardable(request.headers)
-            if k.lower() not in ("x-call-id", "x-start-time")
-        ]
-        headers += [("X-Call-Id", call_id), ("X-Start-Time", start)]
         msg = queue.QueuedRequest(
             function=entry.name,
             namespace=entry.namespace,
