@@ -618,3 +618,12 @@ def test_lost_dispatches_are_leased_and_only_while_queued(store: JobStore) -> No
     assert store.lost_dispatches(0.2) == []  # leased: an overlapping sweep skips it
     time.sleep(0.5)
     assert [r.name for r in store.lost_dispatches(0.2)] == ["360p"]  # lease ran out
+
+
+def test_find_by_object_version(store: JobStore) -> None:
+    src = source()
+    assert store.find(src) is None
+    job, _ = store.create_job(src, INFO, PLAN)
+    found = store.find(src.model_copy(update={"etag": f'"{src.etag}"'}))  # quoted, as in headers
+    assert found is not None and found.id == job.id and len(found.renditions) == 2
+    assert store.find(src.model_copy(update={"etag": "another-version"})) is None

@@ -390,6 +390,21 @@ class JobStore:
             raise Conflict(f"job for {source.bucket}/{source.key} vanished while being created")
         return UUID(str(row["id"]))
 
+    def find(self, source: SourceRef) -> Job | None:
+        """The job of this object version, if there is one (the idempotency key's lookup)."""
+
+        def tx(cur: Cursor) -> UUID | None:
+            cur.execute(
+                "SELECT id FROM jobs"
+                " WHERE source_bucket = %s AND source_key = %s AND source_etag = %s",
+                (source.bucket, source.key, source.normalized_etag),
+            )
+            row = cur.fetchone()
+            return UUID(str(row["id"])) if row else None
+
+        job_id = self._run(tx)
+        return self.get(job_id) if job_id else None
+
     def get(self, job_id: UUID | str) -> Job:
         """The job with its renditions in plan order; NotFound for an unknown or malformed id."""
         jid = _parse_id(job_id)

@@ -157,6 +157,10 @@ class Pipeline:
             )
         obj = self.storage.stat(src.bucket, src.key)
         ref = SourceRef(bucket=src.bucket, key=src.key, etag=obj.etag or "none", size=obj.size)
+        existing = self.store.find(ref)
+        if existing is not None:
+            # MinIO redelivers events (at least once): answer without probing again.
+            return SubmitResult(job=existing, created=False)
         url = self.storage.presigned_get(src.bucket, src.key, expires=600)
         try:
             info = probe_source(url, self.settings, size_bytes=obj.size)
