@@ -16,21 +16,9 @@ import pytest
 
 from localfaas.config import LocalConfig
 from tests.clips import make_clip
-from vtp.cli import (
-    ClientConfig,
-    Event,
-    JobProgress,
-    Snapshot,
-    SseParser,
-    Tick,
-    bar_rows,
-    find_stack_env,
-    format_eta,
-    load_config,
-    parse_ws_message,
-    read_env_file,
-    with_query,
-)
+from vtp.cli.config import ClientConfig, find_stack_env, load_config, read_env_file
+from vtp.cli.progress import JobProgress, bar_rows, format_eta
+from vtp.cli.transport import Event, Snapshot, SseParser, Tick, parse_ws_message, with_query
 from vtp.errors import InvalidRequest
 from vtp.events import ProgressEvent
 

@@ -44,20 +44,11 @@ from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
 from tests.clips import make_clip
 from vtp.events import EventBus, ProgressEvent, stream_id_order
-from vtp.relay import (
-    OVERFLOW,
-    Client,
-    Hub,
-    Item,
-    Order,
-    Outbox,
-    RelayOptions,
-    all_snapshot,
-    create_app,
-    parse_follow,
-    parse_last_id,
-    safe_upload_name,
-)
+from vtp.relay import RelayOptions, create_app
+from vtp.relay.api import safe_upload_name
+from vtp.relay.hub import OVERFLOW, Client, Hub, Item, Outbox
+from vtp.relay.options import Order, parse_follow, parse_last_id
+from vtp.relay.snapshot import all_snapshot
 from vtp.settings import Settings
 
 Event = dict[str, Any]
@@ -1197,7 +1188,7 @@ def test_uploads_can_be_turned_off() -> None:
 
     from starlette.requests import Request
 
-    from vtp.relay import JobsApi, _guarded
+    from vtp.relay.api import JobsApi, _guarded
     from vtp.settings import Settings
 
     async def receive() -> dict[str, Any]:

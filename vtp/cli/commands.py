@@ -1,0 +1,174 @@
+"""The `vtp` command line: the commands (`cmd_upload`, `cmd_watch`, `cmd_status`, `cmd_jobs`),
+their argument parser and `main` (see vtp.cli for the usage)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from vtp.cli.client import StatusClient, default_key, upload_file
+from vtp.cli.config import ClientConfig, load_config
+from vtp.cli.views import BarsView, jobs_table, print_job, print_urls, renditions_table
+from vtp.cli.watch import Watcher
+from vtp.errors import InvalidRequest, VtpError
+from vtp.settings import Settings
+
+EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
+
+
+# --- commands -------------------------------------------------------------------------------------
+
+
+def _video_suffixes() -> list[str]:
+    default: list[str] = Settings.model_fields["video_suffixes"].get_default(
+        call_default_factory=True
+    )
+    return default
+
+
+def watch_job(
+    config: ClientConfig, job_id: str, console: Console, *, timeout: float, status: StatusClient
+) -> int:
+    with BarsView(console) as bars:
+        watcher = Watcher(
+            config,
+            job_id,
+            status=status,
+            on_change=bars.update,
+            on_transport=lambda name: bars.progress.console.print(f"[dim]live updates: {name}[/]"),
+            timeout=timeout,
+        )
+        result = watcher.run()
+        bars.update(result.job)
+    view = result.view
+    console.print(renditions_table(view, title=f"job {job_id}: {view.get('state')}"))
+    if result.timed_out:
+        console.print(f"[yellow]job {job_id} is still {result.job.state} after {timeout:.0f} s[/]")
+        return EXIT_ERROR
+    if not result.job.succeeded:
+        reason = result.job.failure_reason() or "no reason recorded"
+        console.print(f"[red]job failed:[/] {escape(reason)}")
+        return EXIT_FAILED
+    print_urls(console, view)
+    return EXIT_OK
+
+
+def cmd_upload(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    path = Path(args.file)
+    if not path.is_file():
+        raise InvalidRequest(f"{path} is not a file")
+    key = args.key or default_key(path)
+    if not key.lower().endswith(tuple(_video_suffixes())):
+        console.print(f"[yellow]warning: {escape(key)} has no video suffix; no job may start[/]")
+    upload_file(config, path, key)
+    console.print(f"uploaded [bold]s3://{config.uploads_bucket}/{escape(key)}[/]")
+    status = StatusClient(config)
+    job = status.find_job(config.uploads_bucket, key, timeout=args.find_timeout)
+    console.print(f"job [bold]{job['id']}[/] ({job['state']})")
+    if not args.watch:
+        return EXIT_OK
+    return watch_job(config, str(job["id"]), console, timeout=args.timeout, status=status)
+
+
+def cmd_watch(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    status = StatusClient(config)
+    return watch_job(config, args.job, console, timeout=args.timeout, status=status)
+
+
+def cmd_status(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    view = StatusClient(config).job(args.job)
+    if args.json:
+        print(json.dumps(view, indent=2, sort_keys=True))
+    else:
+        print_job(console, view)
+    return EXIT_OK
+
+
+def cmd_jobs(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    jobs = StatusClient(config).jobs(state=args.state, limit=args.limit)
+    if args.json:
+        print(json.dumps({"jobs": jobs}, indent=2, sort_keys=True))
+    elif not jobs:
+        console.print("no jobs")
+    else:
+        console.print(jobs_table(jobs))
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # Shared flags are accepted before or after the command; SUPPRESS keeps a subcommand's
+    # absent flag from overwriting one given before it.
+    common = argparse.ArgumentParser(add_help=False)
+    group = common.add_argument_group("connection (flags > VTP_* environment > env file)")
+    group.add_argument("--env-file", type=Path, default=argparse.SUPPRESS,
+                       help="settings file (default: .run/stack.env from here upward)")  # fmt: skip
+    group.add_argument("--gateway-url", default=argparse.SUPPRESS, help="VTP_GATEWAY_URL")
+    group.add_argument("--ws-url", default=argparse.SUPPRESS, help="VTP_WS_URL (ws-relay /ws)")
+    group.add_argument("--events-url", default=argparse.SUPPRESS,
+                       help="SSE URL (default <gateway>/function/ws-relay/events)")  # fmt: skip
+    group.add_argument("--s3-endpoint", default=argparse.SUPPRESS, help="VTP_S3_ENDPOINT")
+    group.add_argument("--uploads-bucket", default=argparse.SUPPRESS, help="VTP_UPLOADS_BUCKET")
+    group.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS)
+
+    parser = argparse.ArgumentParser(
+        prog="vtp",
+        description="Upload videos to the transcoding pipeline and follow their jobs.",
+        parents=[common],
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("upload", parents=[common], help="upload a file to the uploads bucket")
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--key", help="object key (default cli/<random>/<file name>)")
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p.add_argument("--find-timeout", type=float, default=60.0,
+                   help="seconds to wait for the job to appear (default 60)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=3600.0, help="watch at most this long")
+    p.set_defaults(func=cmd_upload)
+
+    p = sub.add_parser("watch", parents=[common], help="follow a job live until it ends")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--timeout", type=float, default=3600.0, help="watch at most this long")
+    p.set_defaults(func=cmd_watch)
+
+    p = sub.add_parser("status", parents=[common], help="show one job")
+    p.add_argument("job", metavar="JOB")
+    p.add_argument("--json", action="store_true", help="print the job view as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
+    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed"])
+    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_jobs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    verbose = getattr(args, "verbose", 0) or 0
+    logging.basicConfig(
+        level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    console = Console(highlight=False)
+    flags = {
+        name: getattr(args, name, None)
+        for name in ("gateway_url", "ws_url", "events_url", "s3_endpoint", "uploads_bucket")
+    }
+    try:
+        config = load_config(flags, os.environ, env_file=getattr(args, "env_file", None))
+        code: int = args.func(args, config, console)
+    except VtpError as exc:
+        Console(stderr=True).print(f"[red]vtp {args.command}:[/] {escape(exc.reason)}")
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+    return code

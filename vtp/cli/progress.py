@@ -1,0 +1,240 @@
+"""The `vtp` client's progress model (pure): `JobProgress` turns events, snapshots and job views
+into per-rendition state, and `bar_rows` turns that into what a bar shows."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from vtp.events import JOB_FIELD, ProgressEvent, stream_id_order
+
+log = logging.getLogger(__name__)
+
+TERMINAL_STATES = frozenset({"succeeded", "failed", "dead"})
+
+
+# --- the event -> progress model (pure) --------------------------------------------------------
+
+
+@dataclass
+class RenditionProgress:
+    name: str
+    state: str = "queued"
+    percent: float = 0.0
+    fps: float | None = None
+    speed: float | None = None
+    eta_seconds: float | None = None
+    error: str | None = None
+    attempt: int | None = None
+    width: int | None = None
+    height: int | None = None
+    avg_bitrate: int | None = None
+    playlist_url: str | None = None
+    last_id: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.state in TERMINAL_STATES
+
+
+def _order(stream_id: str | None) -> tuple[int, int]:
+    return stream_id_order(stream_id) if stream_id else (-1, -1)
+
+
+def _rung(name: str) -> tuple[int, str]:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return (int(digits) if digits else 1 << 30, name)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+@dataclass
+class JobProgress:
+    """One job as events and job views describe it.
+
+    Rules, shared with the web page: an event older than (or equal to) the last one applied to
+    the same rendition is ignored, which makes replays and duplicates harmless after a
+    snapshot; a terminal state is never left; a job view (the database) is the authority on
+    terminal states and the only source of URLs and sizes.
+    """
+
+    job_id: str
+    state: str = "queued"
+    error: str | None = None
+    master_url: str | None = None
+    source_key: str | None = None
+    renditions: dict[str, RenditionProgress] = field(default_factory=dict)
+    last_id: str | None = None  # last job-level event applied
+    last_event_id: str | None = None  # newest event id seen: where a reconnect resumes
+    viewed: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("succeeded", "failed")
+
+    @property
+    def succeeded(self) -> bool:
+        return self.state == "succeeded"
+
+    def ordered(self) -> list[RenditionProgress]:
+        return sorted(self.renditions.values(), key=lambda r: _rung(r.name))
+
+    def rendition(self, name: str) -> RenditionProgress:
+        if name not in self.renditions:
+            self.renditions[name] = RenditionProgress(name)
+        return self.renditions[name]
+
+    def failure_reason(self) -> str | None:
+        if self.succeeded:
+            return None
+        failed = [f"{r.name}: {r.error or r.state}" for r in self.ordered() if r.error]
+        reason = self.error or "; ".join(failed)
+        return reason or None
+
+    def apply_event(self, event: ProgressEvent) -> bool:
+        """Apply one event of this job; True when something changed."""
+        if event.job_id != self.job_id:
+            return False
+        if event.id and _order(event.id) > _order(self.last_event_id):
+            self.last_event_id = event.id
+        if event.rendition is None or event.rendition == JOB_FIELD:
+            if event.id and self.last_id and _order(event.id) <= _order(self.last_id):
+                return False
+            if self.finished and event.state not in ("succeeded", "failed"):
+                return False
+            self.last_id = event.id or self.last_id
+            self.state = event.state
+            self.error = event.error or self.error
+            return True
+        rend = self.rendition(event.rendition)
+        if event.id and rend.last_id and _order(event.id) <= _order(rend.last_id):
+            return False
+        if rend.finished and event.state not in TERMINAL_STATES:
+            return False
+        rend.last_id = event.id or rend.last_id
+        rend.state = event.state
+        if event.state == "succeeded":
+            rend.percent = 100.0
+        elif event.percent > 0 or event.state not in ("retrying", "failed", "dead"):
+            # A failure reported by someone else (the sweeper, the callback) carries no
+            # percent: keep how far the attempt got.
+            rend.percent = event.percent
+        rend.fps = event.fps
+        rend.speed = event.speed
+        rend.eta_seconds = 0.0 if event.state == "succeeded" else event.eta_seconds
+        rend.error = event.error
+        rend.attempt = event.attempt if event.attempt is not None else rend.attempt
+        if self.state == "queued" and event.state == "running":
+            self.state = "running"
+        return True
+
+    def apply_snapshot(self, jobs: Mapping[str, Any]) -> int:
+        """A snapshot message's `jobs`; only this job's entries are used. Returns how many
+        events changed something."""
+        changed = 0
+        fields = jobs.get(self.job_id)
+        if not isinstance(fields, Mapping):
+            return 0
+        for name, raw in fields.items():
+            if not isinstance(raw, Mapping):
+                continue
+            data = dict(raw)
+            data.setdefault("job_id", self.job_id)
+            data["rendition"] = None if name == JOB_FIELD else data.get("rendition") or name
+            try:
+                event = ProgressEvent.model_validate(data)
+            except ValidationError:
+                log.debug("ignoring a malformed snapshot entry %r", name)
+                continue
+            changed += self.apply_event(event)
+        return changed
+
+    def apply_view(self, view: Mapping[str, Any]) -> None:
+        """A job view from the status function (Pipeline.describe_job)."""
+        if str(view.get("id")) != self.job_id:
+            return
+        self.viewed = True
+        state = str(view.get("state") or self.state)
+        if state in ("succeeded", "failed") or not self.finished:
+            rank = {"queued": 0, "running": 1}
+            if state in ("succeeded", "failed") or rank.get(state, 0) >= rank.get(self.state, 0):
+                self.state = state
+        self.error = view.get("error") or self.error
+        self.master_url = (view.get("urls") or {}).get("master") or self.master_url
+        self.source_key = (view.get("source") or {}).get("key") or self.source_key
+        for item in view.get("renditions") or []:
+            rend = self.rendition(str(item["name"]))
+            rend.width = item.get("width") or rend.width
+            rend.height = item.get("height") or rend.height
+            rend.avg_bitrate = item.get("avg_bitrate") or rend.avg_bitrate
+            rend.playlist_url = (item.get("urls") or {}).get("playlist") or rend.playlist_url
+            if item.get("attempts") and rend.attempt is None:
+                rend.attempt = int(item["attempts"])
+            live = item.get("progress")
+            if isinstance(live, Mapping):
+                data = {**live, "job_id": self.job_id, "rendition": rend.name}
+                try:
+                    self.apply_event(ProgressEvent.model_validate(data))
+                except ValidationError:
+                    log.debug("ignoring malformed progress in the view of %s", rend.name)
+            row_state = str(item.get("state") or rend.state)
+            if row_state in TERMINAL_STATES:
+                rend.state = row_state
+                rend.error = item.get("error") or rend.error
+                if row_state == "succeeded":
+                    rend.percent, rend.eta_seconds = 100.0, 0.0
+            elif rend.last_id is None and not rend.finished:
+                rend.state = row_state
+                rend.error = item.get("error")
+
+
+@dataclass(frozen=True)
+class BarRow:
+    """What one progress bar shows for one rendition."""
+
+    name: str
+    percent: float
+    state: str
+    fps: str
+    speed: str
+    eta: str
+    error: str | None
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    s = max(0, round(seconds))
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def bar_rows(job: JobProgress) -> list[BarRow]:
+    """Per-rendition bar contents, smallest rung first. Rates show only while running."""
+    rows = []
+    for r in job.ordered():
+        running = r.state == "running"
+        fps, speed = _finite(r.fps), _finite(r.speed)
+        state = r.state + (f" (attempt {r.attempt})" if r.attempt and r.attempt > 1 else "")
+        rows.append(
+            BarRow(
+                name=r.name,
+                percent=100.0 if r.state == "succeeded" else max(0.0, min(100.0, r.percent)),
+                state=state,
+                fps=f"{fps:.0f} fps" if running and fps is not None else "",
+                speed=f"{speed:.2f}x" if running and speed is not None else "",
+                eta=f"ETA {format_eta(r.eta_seconds)}"
+                if running and r.eta_seconds is not None
+                else "",
+                error=r.error,
+            )
+        )
+    return rows

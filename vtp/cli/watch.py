@@ -1,0 +1,186 @@
+"""The `vtp` client's watcher: follows one job to its end over the WebSocket, else SSE, else
+polling, with status polls for the final word (`Watcher`, `WatchResult`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
+from typing import Any
+
+from vtp.cli.client import StatusClient
+from vtp.cli.config import ClientConfig
+from vtp.cli.progress import JobProgress
+from vtp.cli.transport import (
+    Event,
+    Message,
+    Opened,
+    Snapshot,
+    TransportError,
+    sse_messages,
+    ws_messages,
+)
+from vtp.errors import UpstreamError
+
+log = logging.getLogger(__name__)
+
+WS_RETRIES = 4  # reopen attempts of a WebSocket that worked, before falling back to SSE
+WS_STABLE_S = 30.0  # a WebSocket cut after this long was working: reopen it
+ABNORMAL_CLOSE = frozenset({1002, 1006, 1011, 1015})
+
+
+# --- watching ---------------------------------------------------------------------------------
+
+
+@dataclass
+class WatchResult:
+    job: JobProgress
+    view: dict[str, Any]
+    timed_out: bool
+    transports: list[str]
+
+
+class Watcher:
+    """Follows one job to its end: WebSocket, else SSE, else polling; a status poll every
+    `poll_every` seconds whatever the transport, and a last one for the final word."""
+
+    def __init__(
+        self,
+        config: ClientConfig,
+        job_id: str,
+        *,
+        status: StatusClient | None = None,
+        on_change: Callable[[JobProgress], None] | None = None,
+        on_transport: Callable[[str], None] | None = None,
+        poll_every: float = 5.0,
+        timeout: float = 3600.0,
+    ) -> None:
+        self.config = config
+        self.status = status or StatusClient(config)
+        self.session = self.status.session
+        self.job = JobProgress(job_id)
+        self.on_change = on_change or (lambda _job: None)
+        self.on_transport = on_transport or (lambda _name: None)
+        self.poll_every = poll_every
+        self.timeout = timeout
+        self.transports: list[str] = []  # the live transports that opened, in order
+        self._view: dict[str, Any] = {}
+        self._last_poll = -math.inf
+        self._poll_failures = 0
+        self._ws_ok = bool(config.ws_url)
+        self._ws_worked = False  # a WebSocket opened at least once
+        self._ws_opened_at = 0.0
+        self._ws_retries = 0
+        self._sse_failures = 0
+        self._why = ""  # why the last transport failed, told when the next one opens
+        self._announced = ""
+
+    def run(self) -> WatchResult:
+        deadline = time.monotonic() + self.timeout
+        self.poll(strict=True)  # an unknown job or an unreachable gateway ends here
+        while not self.job.finished and time.monotonic() < deadline:
+            stream = self._open()
+            if stream is None:
+                self._announce("polling")
+                self._sleep_polling(min(2.0 * self._sse_failures, 10.0), deadline)
+                continue
+            try:
+                for message in stream:
+                    self._apply(message)
+                    if self.job.finished or time.monotonic() >= deadline:
+                        break
+                    if time.monotonic() - self._last_poll >= self.poll_every:
+                        self.poll()
+            except TransportError as exc:
+                self._transport_failed(exc)
+            finally:
+                stream.close()
+        self.poll()
+        return WatchResult(self.job, self._view, not self.job.finished, self.transports)
+
+    def poll(self, *, strict: bool = False) -> None:
+        """Read the job view; failures are logged once per outage unless `strict`."""
+        self._last_poll = time.monotonic()
+        try:
+            view = self.status.job(self.job.job_id)
+        except UpstreamError as exc:
+            if strict:
+                raise
+            self._poll_failures += 1
+            level = logging.WARNING if self._poll_failures == 1 else logging.DEBUG
+            log.log(level, "status poll failed: %s", exc.reason)
+            return
+        if self._poll_failures:
+            log.info("status reachable again")
+        self._poll_failures = 0
+        self._view = view
+        self.job.apply_view(view)
+        self.on_change(self.job)
+
+    def _apply(self, message: Message) -> None:
+        changed = False
+        if isinstance(message, Opened):
+            self._announce(message.transport)
+            if message.transport == "sse":
+                self._sse_failures = 0
+            else:
+                self._ws_worked, self._ws_retries = True, 0
+                self._ws_opened_at = time.monotonic()
+        elif isinstance(message, Snapshot):
+            changed = self.job.apply_snapshot(message.jobs) > 0
+        elif isinstance(message, Event):
+            changed = self.job.apply_event(message.event)
+            if changed and message.event.rendition is None and self.job.finished:
+                self.poll()  # the view carries the master URL and sizes
+        if changed:
+            self.on_change(self.job)
+
+    def _open(self) -> Generator[Message, None, None] | None:
+        last = self.job.last_event_id
+        if self._ws_ok and self.config.ws_url:
+            return ws_messages(self.config.ws_url, self.job.job_id, last)
+        if self._sse_failures < 3:
+            return sse_messages(self.session, self.config.sse_url, self.job.job_id, last)
+        return None
+
+    def _transport_failed(self, exc: TransportError) -> None:
+        log.info("%s", exc)
+        self._why = str(exc)
+        if self._ws_ok and self.config.ws_url:
+            # As on the page: a WebSocket that never opened, or is cut soon after opening,
+            # gives way to SSE; one that worked is reopened (a server restart), a few times.
+            lived = time.monotonic() - self._ws_opened_at
+            if not exc.opened and self._ws_worked and self._ws_retries < WS_RETRIES:
+                self._ws_retries += 1
+                self._wait_polling(min(0.5 * 2**self._ws_retries, 8.0))
+            elif not exc.opened or (exc.code in ABNORMAL_CLOSE and lived < WS_STABLE_S):
+                self._ws_ok = False
+            else:
+                time.sleep(0.5)
+        elif not exc.opened:
+            self._sse_failures += 1
+        if exc.opened:
+            self._announced = ""  # say so when it (or another) opens again
+            self.poll()  # catch up at once; the next transport resumes from the last id
+
+    def _sleep_polling(self, seconds: float, deadline: float) -> None:
+        """Polling only (no live transport): status every second for `seconds`, then the
+        caller tries SSE once more."""
+        self._wait_polling(min(max(seconds, 1.0), deadline - time.monotonic()))
+        self._sse_failures = min(self._sse_failures, 2)
+
+    def _wait_polling(self, seconds: float) -> None:
+        """Wait without a live transport, keeping the bars current from status."""
+        end = time.monotonic() + seconds
+        while not self.job.finished and (left := end - time.monotonic()) > 0:
+            time.sleep(min(1.0, left))
+            self.poll()
+
+    def _announce(self, name: str) -> None:
+        if self._announced == name:
+            return
+        self._announced = name
+        self.transports.append(name)
+        self.on_transport(f"{name} ({self._why})" if self._why else name)

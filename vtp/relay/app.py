@@ -1,0 +1,69 @@
+"""ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events)
+and the JSON API (/api), wired together by `create_app`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+
+from vtp.relay.api import JobsApi, _guarded, _http_error
+from vtp.relay.options import RelayOptions
+from vtp.relay.streams import Relay
+from vtp.settings import Settings
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    static_dir: Path,
+    options: RelayOptions | None = None,
+) -> Starlette:
+    """The ws-relay ASGI app: page, static assets, /ws, /events and /api. `app.state.relay`
+    is the Relay (its `shutdown_streams()` belongs in the template's on_sigterm hook)."""
+    settings = settings or Settings()
+    options = options or RelayOptions()
+    relay = Relay.from_settings(settings, options)
+    api = JobsApi(settings, uploads_enabled=options.uploads_enabled)
+
+    async def index(request: Request) -> Response:
+        page = static_dir / "index.html"
+        if not page.is_file():
+            return JSONResponse({"error": "the progress page is not installed"}, 404)
+        return FileResponse(page, headers={"Cache-Control": "no-cache"})
+
+    async def stats(request: Request) -> Response:
+        return JSONResponse(relay.stats())
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await relay.start()
+        try:
+            yield
+        finally:
+            await relay.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/", index, methods=["GET", "HEAD"]),
+            WebSocketRoute("/ws", relay.websocket_endpoint),
+            Route("/events", relay.sse_endpoint, methods=["GET"]),
+            Route("/api/jobs", _guarded(api.list_endpoint), methods=["GET"]),
+            Route("/api/jobs/{job_id}", _guarded(api.job_endpoint), methods=["GET"]),
+            Route("/api/uploads", _guarded(api.upload_endpoint), methods=["POST"]),
+            Route("/api/relay/stats", stats, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=static_dir, check_dir=False)),
+        ],
+        exception_handlers={HTTPException: _http_error},
+        lifespan=lifespan,
+    )
+    app.state.relay = relay
+    app.state.api = api
+    return app
