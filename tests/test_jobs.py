@@ -21,6 +21,7 @@ import pytest
 from vtp import db
 from vtp.errors import Conflict, InvalidRequest, NotFound
 from vtp.jobs import CallbackStatus, JobStore, SourceRef, summarize_outcome
+from vtp.lifecycle import RetryPolicy
 from vtp.models import JobState, RenditionSpec, RenditionState, SourceInfo
 
 INFO = SourceInfo(
@@ -111,8 +112,9 @@ def app_name() -> str:
 def make_store(dsn: str, app_name: str) -> Iterator[Callable[..., JobStore]]:
     stores: list[JobStore] = []
 
-    def make(**kw: Any) -> JobStore:
-        store = JobStore(partial(db.connect, dsn, application_name=app_name), **kw)
+    def make(retry_base_s: float = 10.0, retry_max_s: float = 600.0, **kw: Any) -> JobStore:
+        retry = RetryPolicy(base_s=retry_base_s, max_s=retry_max_s, **kw)
+        store = JobStore(partial(db.connect, dsn, application_name=app_name), retry=retry)
         stores.append(store)
         return store
 
@@ -420,11 +422,98 @@ def test_permanent_failure(store: JobStore) -> None:
 
 def test_failed_dispatch_spends_no_attempt(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
-    state = store.fail_rendition(
-        job.id, "720p", "gateway refused: 503", retryable=True, max_attempts=1
-    )
-    assert state is RenditionState.RETRYING
-    assert store.get(job.id).rendition("720p").attempts == 0
+    assert store.record_dispatch(job.id, "720p", "call-1") is not None
+    rend = store.record_refusal(job.id, "720p", "call-1", "gateway refused: 503")
+    assert rend.state is RenditionState.RETRYING
+    assert rend.attempts == 0 and rend.refusals == 1
+    assert rend.error is not None and rend.error.startswith("gateway refused: 503")
+
+
+def test_refusals_have_a_budget_then_dead_letter(make_store: Callable[..., JobStore]) -> None:
+    """A function that stays down (every call refused) ends dead with its reason, after
+    `max_refusals` calls and back-off between them, instead of being called forever."""
+    store = make_store(retry_base_s=1.0, retry_max_s=4.0, max_refusals=4)
+    job, _ = store.create_job(source(), INFO, [PLAN[0]])
+    delays = []
+    for n in range(1, 5):
+        store.record_dispatch(job.id, "360p", f"call-{n}")
+        rend = store.record_refusal(
+            job.id, "360p", f"call-{n}", "HTTP 500: Can't reach service for: transcode-360p."
+        )
+        assert rend.refusals == n and rend.attempts == 0
+        if n < 4:
+            assert rend.state is RenditionState.RETRYING
+            assert rend.next_retry_at is not None
+            delays.append(round((rend.next_retry_at - rend.updated_at).total_seconds(), 1))
+    assert delays == [1.0, 2.0, 4.0]
+    assert rend.state is RenditionState.DEAD and rend.finished_at is not None
+    assert rend.error is not None and "Can't reach service" in rend.error
+    assert "4 calls in a row refused" in rend.error
+    claimed = store.claim_finalization(job.id, "w")
+    assert claimed is not None  # the job can end: nothing hangs
+    state, reason = summarize_outcome(claimed.renditions)
+    assert state is JobState.FAILED and reason is not None and "refused" in reason
+
+
+def test_refusal_of_a_superseded_call_changes_nothing(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.record_dispatch(job.id, "360p", "old")
+    store.record_dispatch(job.id, "360p", "new")  # e.g. the sweeper re-dispatched it
+    with pytest.raises(Conflict, match="superseded"):
+        store.record_refusal(job.id, "360p", "old", "HTTP 502")
+    rend = store.get(job.id).rendition("360p")
+    assert rend.state is RenditionState.QUEUED and rend.refusals == 0
+    store.begin_attempt(job.id, "360p", "new")
+    with pytest.raises(Conflict, match="not waiting"):
+        store.record_refusal(job.id, "360p", "new", "HTTP 502")
+
+
+def test_a_started_call_resets_the_refusal_count(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.record_dispatch(job.id, "360p", "c1")
+    store.record_refusal(job.id, "360p", "c1", "HTTP 429")
+    store.record_dispatch(job.id, "360p", "c2")
+    assert store.begin_attempt(job.id, "360p", "c2").refusals == 0
+    assert store.record_dispatch(job.id, "360p", "c3") is None  # running: nothing to dispatch
+
+
+def test_late_report_of_a_superseded_attempt_changes_nothing(store: JobStore) -> None:
+    """of-watchdog's 504 wrote attempt 1 off while its encode went on; the late failure,
+    heartbeat or success of attempt 1 must neither touch attempt 2 nor push its retry."""
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.begin_attempt(job.id, "720p", "a1")
+    store.fail_rendition(job.id, "720p", "HTTP 504", retryable=True, call_id="a1")
+    before = store.get(job.id).rendition("720p")
+    assert before.state is RenditionState.RETRYING
+    for late in (
+        lambda: store.fail_rendition(job.id, "720p", "late", retryable=True, call_id="a1"),
+        lambda: store.heartbeat(job.id, "720p", call_id="a1"),
+        lambda: store.succeed_rendition(job.id, "720p", {}, call_id="a1"),
+    ):
+        with pytest.raises(Conflict):
+            late()
+    after = store.get(job.id).rendition("720p")
+    assert after.next_retry_at == before.next_retry_at and after.error == "HTTP 504"
+    store.record_dispatch(job.id, "720p", "a2")
+    store.begin_attempt(job.id, "720p", "a2")
+    with pytest.raises(Conflict, match="written off"):
+        store.fail_rendition(job.id, "720p", "late", retryable=True, call_id="a1")
+    rend = store.get(job.id).rendition("720p")
+    assert rend.state is RenditionState.RUNNING and rend.last_call_id == "a2"
+    assert rend.attempts == 2
+    changes = [(c.from_state, c.to_state) for c in store.history(job.id) if c.rendition == "720p"]
+    assert ("retrying", "retrying") not in changes
+
+
+def test_short_job_ids_resolve(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    short = str(job.id)[:8]
+    assert store.resolve_id(short) == job.id
+    assert store.resolve_id(short.upper()) == job.id
+    assert store.resolve_id(str(job.id)) == job.id
+    for bad in ("zz", "abc", "'; DROP TABLE jobs; --", "%"):
+        with pytest.raises(NotFound):
+            store.resolve_id(bad)
 
 
 # --- sweeper ------------------------------------------------------------------------------
@@ -607,8 +696,8 @@ def test_lost_dispatches_are_leased_and_only_while_queued(store: JobStore) -> No
     """A rendition still queued long after its dispatch is handed out once for re-dispatch;
     one that started, or was dispatched recently, is not."""
     job, _ = store.create_job(source(), INFO, PLAN)
-    store.mark_dispatched(job.id, "360p")
-    store.mark_dispatched(job.id, "720p")
+    store.record_dispatch(job.id, "360p", "d1")
+    store.record_dispatch(job.id, "720p", "d2")
     assert store.get(job.id).rendition("360p").dispatched_at is not None
     assert store.lost_dispatches(60) == []  # dispatched just now: a queue may be long
     time.sleep(0.5)

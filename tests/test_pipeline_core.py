@@ -16,6 +16,7 @@ from vtp.events import EventBus
 from vtp.invoker import Invoker
 from vtp.jobs import JobStore, SourceRef
 from vtp.ladder import plan_ladder
+from vtp.lifecycle import RetryPolicy
 from vtp.models import RenditionState, SourceInfo
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
@@ -41,7 +42,7 @@ def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
     db.migrate(conn)
     conn.close()
     # A long back-off, so the callback leaves the retry to the sweeper instead of waiting.
-    store = JobStore(functools.partial(db.connect, dsn), retry_base_s=120)
+    store = JobStore(functools.partial(db.connect, dsn), retry=RetryPolicy(base_s=120, max_s=600))
     client = redis.Redis.from_url(settings.redis_url.get_secret_value())
     p = Pipeline(
         settings,
@@ -59,6 +60,7 @@ def test_call_refused_before_the_handler_becomes_a_retry(pipeline: Pipeline) -> 
     leave the rendition queued forever: it becomes a retry with the reason recorded."""
     src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e1")
     job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    pipeline.store.record_dispatch(job.id, "360p", "never-started")
     out = pipeline.on_rendition_callback(
         str(job.id), "360p", function_status=429, call_id="never-started"
     )

@@ -79,8 +79,12 @@ def encode_rendition(
     formats: Sequence[str] = ("hls",),
     settings: Settings,
     on_progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = None,
 ) -> RenditionResult:
     """Encode `spec` from `source_url` into `out_dir` and describe what was written.
+
+    `timeout` (seconds) bounds ffmpeg's wall time; `settings.ffmpeg_timeout_seconds` when
+    None. The caller passes what is left of its call's deadline.
 
     `formats` must include "hls"; "mp4" adds `<name>.mp4` with its index at the front
     (`+faststart`) for progressive download. Files a previous attempt left in `out_dir` are
@@ -104,7 +108,7 @@ def encode_rendition(
     # escaping for the tee muxer.
     run_ffmpeg(
         args,
-        timeout=settings.ffmpeg_timeout_seconds,
+        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
         on_progress=on_progress,
         cwd=out_dir,
     )
@@ -321,11 +325,12 @@ def _peak_bitrate(durations: list[float], sizes: list[int], gop_seconds: float) 
     one before it: it is mostly one keyframe, and alone it would report a rate no real
     stretch of the stream reaches, pushing players to a lower rendition than necessary.
     """
-    durations, sizes = list(durations), list(sizes)
-    if len(durations) > 1 and durations[-1] < gop_seconds:
-        durations[-2] += durations.pop()
-        sizes[-2] += sizes.pop()
-    rates = [size * 8 / d for size, d in zip(sizes, durations, strict=True) if d > 0]
+    pairs = [(d, s) for d, s in zip(durations, sizes, strict=True)]
+    if len(pairs) > 1 and pairs[-1][0] < gop_seconds:
+        tail_d, tail_s = pairs.pop()
+        last_d, last_s = pairs.pop()
+        pairs.append((last_d + tail_d, last_s + tail_s))
+    rates = [size * 8 / d for d, size in pairs if d > 0]
     return round(max(rates)) if rates else 0
 
 

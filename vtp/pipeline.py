@@ -15,7 +15,6 @@ rendition ends, exactly one caller wins `claim_finalization` and finishes the jo
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import hmac
@@ -27,19 +26,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
-from uuid import UUID
+from uuid import UUID, uuid4
 
+import psycopg2
 import redis
+import requests
 from pydantic import BaseModel
 
 from vtp import callbacks, db
 from vtp.encode import RenditionResult, encode_rendition
-from vtp.errors import Conflict, InvalidSource, NotFound, Unauthorized, VtpError
+from vtp.errors import Conflict, FfmpegTimeout, InvalidSource, NotFound, Unauthorized, VtpError
 from vtp.events import EventBus, ProgressEvent, ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.invoker import Invoker
 from vtp.jobs import CallbackStatus, Job, JobStore, Rendition, SourceRef, summarize_outcome
 from vtp.ladder import plan_ladder
+from vtp.lifecycle import RetryPolicy
 from vtp.models import JobState, RenditionState, TranscodeTask
 from vtp.playlist import MasterEntry, make_poster, master_playlist
 from vtp.probe import probe_source
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 10.0
 # A running rendition with no heartbeat for this long has lost its worker.
 STALE_AFTER_S = 120.0
-# The callback waits this long at most for a retry's back-off; longer ones go to the sweeper.
+# A retry due within this long is dispatched from a timer in split; later ones by the sweeper.
 INLINE_RETRY_WAIT_S = 15.0
 
 
@@ -99,7 +101,13 @@ class Pipeline:
             db.migrate(conn)
         finally:
             conn.close()
-        store = JobStore(functools.partial(db.connect, dsn))
+        retry = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            max_refusals=settings.max_refusals,
+            base_s=settings.retry_base_seconds,
+            max_s=settings.retry_max_seconds,
+        )
+        store = JobStore(functools.partial(db.connect, dsn), retry=retry)
         client = redis.Redis.from_url(settings.redis_url.get_secret_value())
         return cls(
             settings,
@@ -192,24 +200,25 @@ class Pipeline:
         return SubmitResult(job=self.store.get(job.id), created=created)
 
     def dispatch(self, job_id: UUID, rend: Rendition) -> None:
-        """Queue one transcode call; a refused dispatch becomes a retry, never a lost task."""
+        """Queue one transcode call; a refused dispatch becomes a retry, never a lost task.
+
+        The call id is chosen here and recorded before the call is handed to the gateway
+        (which keeps an X-Call-Id it is given), so the queue-worker's report on it, however
+        fast, is always matched to this dispatch.
+        """
+        call_id = str(uuid4())
+        if self.store.record_dispatch(job_id, rend.name, call_id) is None:
+            return  # running or finished meanwhile: nothing to dispatch
         try:
             self.invoker.invoke_async(
                 rend.function,
                 TranscodeTask(job_id=job_id, rendition=rend.name),
                 callback_url=self.callback_url(job_id, rend.name),
+                call_id=call_id,
             )
-            self.store.mark_dispatched(job_id, rend.name)
         except VtpError as exc:
             log.error("could not dispatch %s of job %s: %s", rend.name, job_id, exc.reason)
-            with contextlib.suppress(Conflict):
-                self.store.fail_rendition(
-                    job_id,
-                    rend.name,
-                    f"dispatch failed: {exc.reason}",
-                    retryable=True,
-                    max_attempts=self.settings.max_attempts,
-                )
+            self._refused(job_id, rend.name, call_id, f"dispatch failed: {exc.reason}")
 
     def dispatch_due_retries(self) -> int:
         due = self.store.due_retries()
@@ -221,34 +230,48 @@ class Pipeline:
         return len(due)
 
     def on_rendition_callback(
-        self, job_id: str, rendition: str, *, function_status: int, call_id: str | None
+        self,
+        job_id: str,
+        rendition: str,
+        *,
+        function_status: int,
+        call_id: str | None,
+        body: bytes = b"",
     ) -> dict[str, Any]:
-        """The queue-worker reports how a transcode call ended."""
+        """The queue-worker reports how a transcode call ended.
+
+        It reports every call, whatever happened, and only once. What the report means
+        depends on which call it is about and where the rendition is now:
+
+        * the attempt running under this call is still running: the worker ended without
+          recording an outcome (killed, out of memory, cut off): a failed attempt;
+        * the rendition still waits for this very call and the status is not 2xx: the call
+          never reached the handler (429 from a busy watchdog, 500 "Can't reach service"
+          from the provider, 502/503 while the function restarts): a refusal;
+        * anything else (the attempt recorded its own outcome, or the call was superseded):
+          nothing to do. A late report never changes a newer attempt.
+        """
         job = self.store.get(job_id)
         rend = job.rendition(rendition)
-        if rend.state is RenditionState.RUNNING and (
-            call_id is None or rend.last_call_id == call_id
-        ):
-            # The worker ended without recording an outcome: it died or was cut off.
+        what = _status_text(function_status, body)
+        if rend.state is RenditionState.RUNNING and call_id and rend.last_call_id == call_id:
             self._fail_retryable(
                 rend,
-                f"{rend.function} ended without a result (HTTP {function_status}; "
+                f"{rend.function} ended without a result ({what}; "
                 "killed, out of memory or past its exec_timeout)",
-                call_id=rend.last_call_id,
+                call_id=call_id,
             )
-            rend = self.store.get(job_id).rendition(rendition)
-        elif rend.state is RenditionState.QUEUED and not 200 <= function_status < 300:
-            # The call never reached the handler (429 from a busy watchdog, 502 while the
-            # function restarts, 504...): nothing else will ever run this rendition.
-            self._fail_retryable(
-                rend, f"{rend.function} did not take the call (HTTP {function_status})"
+        elif (
+            rend.state is RenditionState.QUEUED
+            and not 200 <= function_status < 300
+            and (call_id is None or rend.dispatch_call_id == call_id)
+        ):
+            self._refused(
+                rend.job_id, rend.name, call_id, f"{rend.function} did not take the call ({what})"
             )
-            rend = self.store.get(job_id).rendition(rendition)
-        if rend.state is RenditionState.RETRYING and rend.next_retry_at is not None:
-            wait = (rend.next_retry_at - datetime.now(UTC)).total_seconds()
-            if wait <= INLINE_RETRY_WAIT_S:
-                time.sleep(max(wait, 0) + 0.05)
-                self.dispatch_due_retries()
+        rend = self.store.get(job_id).rendition(rendition)
+        if rend.state is RenditionState.RETRYING:
+            self._schedule_retry(rend)
         finished = self.maybe_finalize(job_id, claimer=f"callback:{call_id}")
         return {
             "job_id": job_id,
@@ -257,17 +280,51 @@ class Pipeline:
             "finalized": finished,
         }
 
-    def _fail_retryable(self, rend: Rendition, reason: str, *, call_id: str | None = None) -> None:
-        """Record a retryable failure and tell progress followers; a rendition that ended
-        in the meantime (Conflict) is left as it is."""
+    def _schedule_retry(self, rend: Rendition) -> None:
+        """Dispatch a retry due soon from a timer thread, so the answer to the queue-worker
+        (which runs one call at a time) is not held up; later ones go to the sweeper, which
+        also covers a timer lost with its process."""
+        if rend.next_retry_at is None:
+            return
+        wait = (rend.next_retry_at - datetime.now(UTC)).total_seconds()
+        if wait > INLINE_RETRY_WAIT_S:
+            return
+        timer = threading.Timer(max(wait, 0) + 0.05, self._dispatch_due_quietly)
+        timer.daemon = True
+        timer.start()
+
+    def _dispatch_due_quietly(self) -> None:
+        try:
+            self.dispatch_due_retries()
+        except Exception:
+            log.exception("dispatching due retries failed; the sweeper will pick them up")
+
+    def _refused(self, job_id: UUID, rendition: str, call_id: str | None, reason: str) -> None:
+        """Record that a call never reached the handler (a refusal: no attempt spent) and
+        tell progress followers; a stale report (Conflict) changes nothing."""
+        try:
+            rend = self.store.record_refusal(job_id, rendition, call_id, reason)
+        except Conflict as exc:
+            log.info("refusal report ignored: %s", exc.reason)
+            return
+        self._publish(
+            ProgressEvent(
+                job_id=str(job_id),
+                rendition=rendition,
+                state=rend.state.value,
+                attempt=rend.attempts or None,
+                error=rend.error,
+            )
+        )
+        if rend.state is RenditionState.DEAD:
+            self.maybe_finalize(job_id, claimer=f"refusal:{call_id}")
+
+    def _fail_retryable(self, rend: Rendition, reason: str, *, call_id: str) -> None:
+        """Record a retryable failure of the attempt running under `call_id` and tell
+        progress followers; an attempt that ended in the meantime (Conflict) is left as is."""
         try:
             state = self.store.fail_rendition(
-                rend.job_id,
-                rend.name,
-                reason,
-                retryable=True,
-                max_attempts=self.settings.max_attempts,
-                call_id=call_id,
+                rend.job_id, rend.name, reason, retryable=True, call_id=call_id
             )
         except Conflict:
             return
@@ -282,8 +339,17 @@ class Pipeline:
         )
 
     # --- transcode -------------------------------------------------------------------------
-    def run_rendition(self, task: TranscodeTask, call_id: str) -> dict[str, Any]:
-        """Encode one rendition and record the outcome; never raises for a known failure."""
+    def run_rendition(
+        self, task: TranscodeTask, call_id: str, *, started: float | None = None
+    ) -> dict[str, Any]:
+        """Encode one rendition and record the outcome; never raises for a failed encode.
+
+        `started` (time.monotonic() when the call reached the handler) anchors the call's
+        deadline: the work ends, recorded, before the function's exec_timeout, since
+        of-watchdog would answer 504 then and let it run on unrecorded.
+        """
+        started = time.monotonic() if started is None else started
+        deadline = started + self.settings.work_deadline_seconds()
         job = self.store.get(task.job_id)
         spec_rend = job.rendition(task.rendition)
         expected = f"transcode-{self.settings.rendition}" if self.settings.rendition else None
@@ -298,21 +364,18 @@ class Pipeline:
         info = job.source_info
         reporter = ProgressReporter(self.bus, job.id, rend.name, rend.attempts, info.duration)
         reporter.state(RenditionState.RUNNING)
-        last_beat = [time.monotonic()]
+        heartbeat = _Heartbeat(self.store, job.id, rend.name, call_id)
 
         def on_progress(p: Progress) -> None:
             reporter.sample(p.out_time, p.fps, p.speed)
-            if time.monotonic() - last_beat[0] >= HEARTBEAT_EVERY_S:
-                last_beat[0] = time.monotonic()
-                # Conflict here means the sweeper wrote this attempt off: stop encoding.
-                self.store.heartbeat(job.id, rend.name, call_id=call_id)
+            heartbeat.beat()  # raises Conflict once this attempt was written off
 
         prefix = f"{job.id}/{rend.name}"
+        outcome: dict[str, Any]
         try:
+            budget = deadline - time.monotonic()
             url = self.storage.presigned_get(
-                job.source.bucket,
-                job.source.key,
-                expires=self.settings.ffmpeg_timeout_seconds + 600,
+                job.source.bucket, job.source.key, expires=int(budget) + 600
             )
             with tempfile.TemporaryDirectory(prefix=f"vtp-{rend.name}-") as tmp:
                 out = Path(tmp)
@@ -324,31 +387,41 @@ class Pipeline:
                     formats=job.formats,
                     settings=self.settings,
                     on_progress=on_progress,
+                    timeout=budget,
                 )
                 self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
             record = result.model_dump(mode="json") | {"output_prefix": prefix}
             self.store.succeed_rendition(job.id, rend.name, record, call_id=call_id)
             reporter.state(RenditionState.SUCCEEDED)
-            outcome: dict[str, Any] = {"state": "succeeded", "result": record}
-        except VtpError as exc:
-            retryable = not isinstance(exc, InvalidSource)
-            try:
-                state = self.store.fail_rendition(
-                    job.id,
-                    rend.name,
-                    exc.reason,
-                    retryable=retryable,
-                    max_attempts=self.settings.max_attempts,
-                    call_id=call_id,
-                )
-            except Conflict:
-                state = RenditionState.FAILED
-            reporter.state(state, error=exc.reason)
-            outcome = {"state": state.value, "error": exc.reason}
+            outcome = {"state": "succeeded", "result": record}
+        except Conflict as exc:
+            # Written off while it ran (the sweeper, or the callback of an earlier 504): a
+            # newer attempt owns the rendition now. Stop, and record nothing.
+            log.warning("attempt %s of %s/%s superseded: %s", call_id, job.id, rend.name, exc)
+            return {"job_id": str(job.id), "rendition": rend.name, "superseded": exc.reason}
+        except Exception as exc:
+            reason, retryable = _failure(exc, self.settings)
+            state = self._record_failure(job.id, rend.name, reason, retryable, call_id)
+            if state is None:
+                return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
+            reporter.state(state, error=reason)
+            outcome = {"state": state.value, "error": reason}
         finally:
             reporter.close()
         self.maybe_finalize(job.id, claimer=call_id)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": rend.attempts} | outcome
+
+    def _record_failure(
+        self, job_id: UUID, rendition: str, reason: str, retryable: bool, call_id: str
+    ) -> RenditionState | None:
+        """The attempt's own report of its failure; None if it was superseded meanwhile."""
+        try:
+            return self.store.fail_rendition(
+                job_id, rendition, reason, retryable=retryable, call_id=call_id
+            )
+        except Conflict as exc:
+            log.warning("failure of superseded attempt %s not recorded: %s", call_id, exc)
+            return None
 
     # --- fan-in ------------------------------------------------------------------------------
     def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
@@ -436,7 +509,7 @@ class Pipeline:
     def sweep(self) -> dict[str, int]:
         """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
         finalizations."""
-        reaped = self.store.reap_stale(STALE_AFTER_S, max_attempts=self.settings.max_attempts)
+        reaped = self.store.reap_stale(STALE_AFTER_S)
         for r in reaped:
             self._publish(
                 ProgressEvent(
@@ -471,6 +544,7 @@ class Pipeline:
                 "height": r.spec.height,
                 "fps": r.spec.fps,
                 "attempts": r.attempts,
+                "refusals": r.refusals,
                 "error": r.error,
                 "size_bytes": r.size_bytes,
                 "avg_bitrate": r.avg_bitrate,
@@ -520,8 +594,9 @@ class Pipeline:
         }
 
     def find_job(self, job_id: str) -> Job:
+        """A job by its id or an unambiguous prefix of it (the page shows 8 digits)."""
         try:
-            return self.store.get(job_id)
+            return self.store.get(self.store.resolve_id(job_id))
         except (ValueError, NotFound) as exc:
             raise NotFound(f"no job {job_id!r}") from exc
 
@@ -541,3 +616,64 @@ class Pipeline:
                 error=job.error,
             )
         )
+
+
+class _Heartbeat:
+    """A running attempt's sign of life, at most every HEARTBEAT_EVERY_S.
+
+    A database hiccup must not kill an hour-long encode, so errors other than Conflict are
+    logged and the encode goes on (the sweeper only writes an attempt off after
+    STALE_AFTER_S without any beat). Conflict means the attempt was written off: it
+    propagates and stops the encode.
+    """
+
+    def __init__(self, store: JobStore, job_id: UUID, rendition: str, call_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.rendition = rendition
+        self.call_id = call_id
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        if time.monotonic() - self.last < HEARTBEAT_EVERY_S:
+            return
+        self.last = time.monotonic()
+        try:
+            self.store.heartbeat(self.job_id, self.rendition, call_id=self.call_id)
+        except Conflict:
+            raise
+        except Exception as exc:
+            log.warning("heartbeat of %s/%s not recorded: %r", self.job_id, self.rendition, exc)
+
+
+# Errors of the environment, not of the code: the same call may well work a moment later.
+_TRANSIENT = (OSError, psycopg2.Error, redis.RedisError, requests.RequestException)
+
+
+def _failure(exc: BaseException, settings: Settings) -> tuple[str, bool]:
+    """The recorded reason of a failed attempt, and whether trying again can help.
+
+    A bad source is final; ffmpeg, storage and other pipeline errors may be passing; so are
+    network and database errors. An exception of any other kind is a bug in the pipeline:
+    recorded as what it is (type and message, so the job's error says it), and not retried,
+    since the same input would hit it again.
+    """
+    if isinstance(exc, FfmpegTimeout):
+        limit = settings.exec_timeout_seconds
+        why = f"; the function's exec_timeout is {limit:g}s" if limit else ""
+        return f"{exc.reason}{why}", True
+    if isinstance(exc, VtpError):
+        return exc.reason, not isinstance(exc, InvalidSource)
+    if isinstance(exc, _TRANSIENT):
+        return f"{type(exc).__name__}: {exc}", True
+    log.error("transcode failed on an unexpected error", exc_info=exc)
+    return f"internal error ({type(exc).__name__}: {exc}); not retried", False
+
+
+def _status_text(status: int, body: bytes) -> str:
+    """`HTTP 500: Can't reach service for: x.` from a queue-worker report, body shortened."""
+    text = body[:200].decode("utf-8", "replace").strip().splitlines()
+    first = text[0].strip() if text else ""
+    if first.startswith("{"):  # our own JSON answers: the caller has them elsewhere
+        first = ""
+    return f"HTTP {status}" + (f": {first}" if first else "")

@@ -8,17 +8,21 @@ developer can override anything, but production should use secrets for credentia
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_SECRETS_DIR = Path("/var/openfaas/secrets")
 SECRET_PREFIX = "vtp-"  # noqa: S105 (a file-name prefix, not a password)
@@ -67,7 +71,8 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://redis:6379/0")
     redis_prefix: str = "vtp"
     gateway_url: str = "http://gateway.openfaas:8080"
-    # Bearer token MinIO sends with bucket notifications; when set, split requires it.
+    # Bearer token MinIO sends with bucket notifications; when set, split requires it. Empty
+    # or absent means "no token required" (MinIO releases before 2019 cannot send one).
     webhook_token: SecretStr | None = None
     # Key used to sign job callbacks (HMAC-SHA256 in X-VTP-Signature); optional.
     callback_secret: SecretStr | None = None
@@ -95,7 +100,13 @@ class Settings(BaseSettings):
     )
     segment_seconds: float = 4.0
     gop_seconds: float = 2.0
-    max_attempts: int = 3
+    max_attempts: int = Field(default=3, ge=1)
+    # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
+    # before the rendition is dead-lettered; they spend no attempt (see vtp.lifecycle).
+    max_refusals: int = Field(default=8, ge=1)
+    # Back-off between tries: base * 2**(n-1) seconds, capped.
+    retry_base_seconds: float = Field(default=10.0, gt=0)
+    retry_max_seconds: float = Field(default=600.0, gt=0)
     # A rendition still queued this long after its dispatch is dispatched again by the sweeper
     # (its queued call may have been lost); generous, since a long queue is not a lost call.
     redispatch_after_seconds: float = 2 * 3600
@@ -109,6 +120,21 @@ class Settings(BaseSettings):
     ffmpeg_timeout_seconds: float = 3 * 3600
     # Threads per ffmpeg process; 0 lets ffmpeg decide.
     ffmpeg_threads: int = 0
+    # of-watchdog's own exec_timeout (stack.yml `environment`, e.g. "1h"), read under its own
+    # name: past it of-watchdog answers 504 but lets the handler run on, so a transcode ends
+    # its work itself before then (see `work_deadline_seconds`).
+    exec_timeout: str | None = Field(
+        default=None, validation_alias=AliasChoices("exec_timeout", "VTP_EXEC_TIMEOUT")
+    )
+
+    @field_validator("webhook_token", "callback_secret", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: Any) -> Any:
+        """An empty secret file (or variable) means "not set", never "the empty string"."""
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if raw is None or (isinstance(raw, str) and not raw.strip()):
+            return None
+        return value
 
     @classmethod
     def settings_customise_sources(
@@ -125,3 +151,57 @@ class Settings(BaseSettings):
     @property
     def public_s3_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
+
+    @property
+    def exec_timeout_seconds(self) -> float | None:
+        """of-watchdog's exec_timeout in seconds; None when unset or 0 (no limit)."""
+        if self.exec_timeout is None:
+            return None
+        seconds = parse_duration(self.exec_timeout)
+        return seconds if seconds and seconds > 0 else None
+
+    def work_deadline_seconds(self) -> float:
+        """How long one call may work, from the moment its handler starts.
+
+        The smaller of the encode budget (`ffmpeg_timeout_seconds`) and the function's
+        exec_timeout minus a reserve for uploading outputs and recording the outcome (a tenth
+        of it, between 5 s and 5 min): the call then ends, recorded, before of-watchdog gives
+        up on it.
+        """
+        limit = self.exec_timeout_seconds
+        if limit is None:
+            return self.ffmpeg_timeout_seconds
+        reserve = min(max(limit * 0.1, 5.0), 300.0)
+        return max(min(self.ffmpeg_timeout_seconds, limit - reserve), 1.0)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+_UNIT_SECONDS = {
+    "ns": 1e-9,
+    "us": 1e-6,
+    "µs": 1e-6,
+    "ms": 1e-3,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+}
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from a duration as OpenFaaS components read them: Go's `time.ParseDuration`
+    ("1h", "2m30s", "1.5h", "500ms") or, as of-watchdog also accepts, bare seconds ("30").
+    None when it is neither."""
+    value = text.strip()
+    if not value:
+        return None
+    try:
+        return float(int(value))
+    except ValueError:
+        pass
+    pos, total = 0, 0.0
+    for match in _DURATION_PART.finditer(value):
+        if match.start() != pos:
+            return None
+        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        pos = match.end()
+    return total if pos == len(value) and pos > 0 else None

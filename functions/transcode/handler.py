@@ -6,6 +6,7 @@ rung scales and queues on its own. The body is a TranscodeTask from split.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -18,11 +19,12 @@ from vtp.models import TranscodeTask
 
 @guarded
 def handle(event: Any, context: Any) -> Response:
+    started = time.monotonic()  # the call's exec_timeout runs from here
     try:
         task = TranscodeTask.model_validate_json(event.body or b"{}")
     except ValidationError as exc:
         raise InvalidRequest(f"invalid transcode task: {exc.errors()[0]['msg']}") from exc
     call_id = header(event, "X-Call-Id") or f"direct-{uuid.uuid4()}"
-    result = pipeline().run_rendition(task, call_id)
+    result = pipeline().run_rendition(task, call_id, started=started)
     status = 200 if result.get("state", "succeeded") == "succeeded" else 500
     return ok(result, status=status)

@@ -1,0 +1,21 @@
+"""Jobs and renditions: their records (`models`) and the PostgreSQL store (`store`)."""
+
+from vtp.jobs.models import (
+    CallbackStatus,
+    Job,
+    Rendition,
+    SourceRef,
+    StateChange,
+    summarize_outcome,
+)
+from vtp.jobs.store import JobStore
+
+__all__ = [
+    "CallbackStatus",
+    "Job",
+    "JobStore",
+    "Rendition",
+    "SourceRef",
+    "StateChange",
+    "summarize_outcome",
+]

@@ -1,0 +1,170 @@
+"""Fan-in: finishing a job exactly once when its last rendition ends, and its callback.
+
+Whichever caller sees the last rendition end calls `claim_finalization`. The job row is
+locked and the renditions re-read in a fresh statement, so of any number of concurrent
+callers exactly one gets the job back (and the others `None`); that one writes the master
+playlist, calls `complete_job` and fires the callback. A claim carries a lease: if its holder
+dies, `finalizations_due` lists the job again for the sweeper.
+
+Job life: queued -> running (first attempt begins) -> succeeded | failed. The job's `error`
+names each rendition that did not succeed and why.
+"""
+
+from __future__ import annotations
+
+import builtins
+from uuid import UUID
+
+from vtp.errors import Conflict, NotFound
+from vtp.jobs.models import CallbackStatus, Job
+from vtp.jobs.queries import Queries
+from vtp.jobs.transactions import TERMINAL_RENDITION, Cursor, audit, one, parse_id
+from vtp.models import JobState
+
+
+class FanIn(Queries):
+    def claim_finalization(
+        self, job_id: UUID | str, claimer: str, *, lease_s: float = 300.0
+    ) -> Job | None:
+        """Return the job to exactly one caller once every rendition has ended.
+
+        None when a rendition is still in flight, the job is already finished, or someone
+        else holds a live claim (younger than `lease_s`). The job row is locked first
+        (FOR NO KEY UPDATE: excludes other claimers without blocking audit inserts that only
+        need a key-share lock), then the renditions are read by a new statement, so its
+        snapshot includes every rendition update that committed before the lock was granted.
+        """
+        jid = parse_id(job_id)
+
+        def tx(cur: Cursor) -> bool:
+            cur.execute(
+                """
+                SELECT state, finalize_claimed_by, finalize_claimed_at,
+                       finalize_claimed_at > now() - make_interval(secs => %s) AS claim_live
+                FROM jobs WHERE id = %s FOR NO KEY UPDATE
+                """,
+                (lease_s, str(jid)),
+            )
+            job = cur.fetchone()
+            if job is None:
+                raise NotFound(f"no job {jid}")
+            if JobState(job["state"]).terminal or job["claim_live"]:
+                return False
+            cur.execute(
+                """
+                SELECT count(*) AS total,
+                       count(*) FILTER (WHERE state <> ALL(%s)) AS open
+                FROM renditions WHERE job_id = %s
+                """,
+                (list(TERMINAL_RENDITION), str(jid)),
+            )
+            counts = one(cur)
+            if counts["total"] == 0 or counts["open"] > 0:
+                return False
+            cur.execute(
+                """
+                UPDATE jobs SET finalize_claimed_by = %s, finalize_claimed_at = now()
+                WHERE id = %s
+                """,
+                (claimer, str(jid)),
+            )
+            detail = f"finalization claimed by {claimer}"
+            if job["finalize_claimed_by"]:
+                detail += f" (expired claim of {job['finalize_claimed_by']})"
+            audit(cur, jid, None, job["state"], job["state"], detail=detail)
+            return True
+
+        return self.get(jid) if self._run(tx) else None
+
+    def finalizations_due(self, *, lease_s: float = 300.0) -> builtins.list[Job]:
+        """Jobs whose renditions have all ended but which nobody is finalizing: never claimed
+        (the last worker died after its update) or claimed longer than `lease_s` ago."""
+
+        def tx(cur: Cursor) -> builtins.list[UUID]:
+            cur.execute(
+                """
+                SELECT j.id FROM jobs j
+                WHERE j.state IN ('queued', 'running')
+                  AND (j.finalize_claimed_at IS NULL
+                       OR j.finalize_claimed_at <= now() - make_interval(secs => %s))
+                  AND EXISTS (SELECT 1 FROM renditions r WHERE r.job_id = j.id)
+                  AND NOT EXISTS (SELECT 1 FROM renditions r
+                                  WHERE r.job_id = j.id AND r.state <> ALL(%s))
+                ORDER BY j.created_at
+                """,
+                (lease_s, list(TERMINAL_RENDITION)),
+            )
+            return [UUID(str(r["id"])) for r in cur.fetchall()]
+
+        return [self.get(jid) for jid in self._run(tx)]
+
+    def complete_job(
+        self,
+        job_id: UUID | str,
+        state: JobState,
+        reason: str | None = None,
+        *,
+        claimer: str | None = None,
+        master_playlist: str | None = None,
+    ) -> Job:
+        """Finish the job (succeeded, or failed with `reason`).
+
+        With `claimer`, only the holder of the finalization claim may finish it, so a
+        finalizer whose lease expired and was taken over cannot also complete the job.
+        Conflict if the job is finished already or the claim is someone else's.
+        """
+        if not state.terminal:
+            raise ValueError(f"complete_job needs a terminal state, not {state}")
+        if state is JobState.FAILED and not reason:
+            raise ValueError("a failed job needs a reason")
+        jid = parse_id(job_id)
+
+        def tx(cur: Cursor) -> None:
+            cur.execute(
+                "SELECT state, finalize_claimed_by FROM jobs WHERE id = %s FOR NO KEY UPDATE",
+                (str(jid),),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"no job {jid}")
+            if JobState(row["state"]).terminal:
+                raise Conflict(f"job {jid} is already {row['state']}")
+            if claimer is not None and row["finalize_claimed_by"] != claimer:
+                raise Conflict(
+                    f"job {jid} finalization is claimed by {row['finalize_claimed_by']}, "
+                    f"not {claimer}"
+                )
+            cur.execute(
+                """
+                UPDATE jobs SET state = %s, error = %s, master_playlist = %s, finished_at = now()
+                WHERE id = %s AND state = %s
+                """,
+                (state.value, reason, master_playlist, str(jid), row["state"]),
+            )
+            audit(cur, jid, None, row["state"], state, detail=reason)
+
+        self._run(tx)
+        return self.get(jid)
+
+    def record_callback(
+        self, job_id: UUID | str, status: CallbackStatus, error: str | None = None
+    ) -> Job:
+        """Record a callback delivery attempt (delivered/failed count as attempts)."""
+        jid = parse_id(job_id)
+        counts = status in (CallbackStatus.DELIVERED, CallbackStatus.FAILED)
+
+        def tx(cur: Cursor) -> None:
+            cur.execute(
+                """
+                UPDATE jobs
+                SET callback_status = %s, callback_last_error = %s, callback_at = now(),
+                    callback_attempts = callback_attempts + %s
+                WHERE id = %s
+                """,
+                (status.value, error, 1 if counts else 0, str(jid)),
+            )
+            if cur.rowcount == 0:
+                raise NotFound(f"no job {jid}")
+
+        self._run(tx)
+        return self.get(jid)

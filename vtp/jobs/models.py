@@ -1,0 +1,143 @@
+"""What the job store reads and writes: jobs, renditions, the audit trail.
+
+Plain frozen pydantic models built from rows; every state change goes through the store
+(`vtp.jobs.store.JobStore`), never through these objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vtp.errors import NotFound
+from vtp.models import JobState, RenditionSpec, RenditionState, SourceInfo
+
+
+class CallbackStatus(StrEnum):
+    """Delivery of the job's callback. `none`: the job has no callback URL."""
+
+    NONE = "none"
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+class SourceRef(BaseModel):
+    """Which object a job transcodes. (bucket, key, etag) is the job's idempotency key."""
+
+    model_config = ConfigDict(frozen=True)
+
+    bucket: str = Field(min_length=1)
+    key: str = Field(min_length=1)
+    etag: str = Field(min_length=1)
+    size: int | None = Field(default=None, ge=0)
+
+    @property
+    def normalized_etag(self) -> str:
+        """S3 APIs quote ETags inconsistently (headers yes, MinIO events no); compare bare."""
+        return self.etag.strip('"')
+
+
+class Rendition(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    job_id: UUID
+    name: str
+    function: str
+    spec: RenditionSpec
+    state: RenditionState
+    attempts: int
+    last_call_id: str | None = None
+    # The X-Call-Id of the latest queued call, and refused calls in a row (migration 0003).
+    dispatch_call_id: str | None = None
+    refusals: int = 0
+    heartbeat_at: datetime | None = None
+    started_at: datetime | None = None
+    attempt_started_at: datetime | None = None
+    finished_at: datetime | None = None
+    next_retry_at: datetime | None = None
+    dispatched_at: datetime | None = None
+    output_prefix: str | None = None
+    size_bytes: int | None = None
+    avg_bitrate: int | None = None
+    peak_bitrate: int | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    source: SourceRef
+    source_info: SourceInfo | None = None
+    state: JobState
+    formats: list[str]
+    error: str | None = None
+    master_playlist: str | None = None
+    callback_url: str | None = None
+    callback_status: CallbackStatus
+    callback_attempts: int
+    callback_last_error: str | None = None
+    callback_at: datetime | None = None
+    finalize_claimed_by: str | None = None
+    finalize_claimed_at: datetime | None = None
+    created_at: datetime
+    updated_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    renditions: list[Rendition] = Field(default_factory=list)
+
+    def rendition(self, name: str) -> Rendition:
+        for r in self.renditions:
+            if r.name == name:
+                return r
+        raise NotFound(f"job {self.id} has no rendition {name!r}")
+
+
+class StateChange(BaseModel):
+    """One row of the audit trail."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: int
+    job_id: UUID
+    rendition: str | None
+    from_state: str | None
+    to_state: str
+    attempt: int | None
+    call_id: str | None
+    detail: str | None
+    at: datetime
+
+
+def summarize_outcome(renditions: Sequence[Rendition]) -> tuple[JobState, str | None]:
+    """The job's final state and reason from its (terminal) renditions.
+
+    The reason names every rendition that did not succeed, so a client reading the job (or
+    its callback) learns which rung broke and why without digging through logs.
+    """
+    problems = []
+    for r in renditions:
+        if r.state is RenditionState.SUCCEEDED:
+            continue
+        if not r.state.terminal:
+            raise ValueError(f"rendition {r.name} is still {r.state}")
+        how = (
+            f"dead after {r.attempts} attempt{'s' if r.attempts != 1 else ''}"
+            if r.state is RenditionState.DEAD
+            else "failed"
+        )
+        problems.append(f"rendition {r.name} {how}: {r.error}")
+    if not renditions:
+        return JobState.FAILED, "job has no renditions"
+    if problems:
+        return JobState.FAILED, "; ".join(problems)
+    return JobState.SUCCEEDED, None

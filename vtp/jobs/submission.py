@@ -1,0 +1,139 @@
+"""Recording jobs: a planned job with its renditions, or a source refused with its reason.
+
+MinIO delivers events at least once and a user may also invoke split by hand, so the same
+object version (bucket, key, etag) must map to one job: both inserts are idempotent on that
+key and tell the caller whether the row is new.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from uuid import UUID
+
+import psycopg2.extras
+
+from vtp.errors import Conflict, InvalidRequest
+from vtp.jobs.models import CallbackStatus, Job, SourceRef
+from vtp.jobs.queries import Queries
+from vtp.jobs.transactions import Cursor, audit
+from vtp.models import JobState, RenditionSpec, SourceInfo
+
+log = logging.getLogger(__name__)
+
+
+class Submission(Queries):
+    def create_job(
+        self,
+        source: SourceRef,
+        info: SourceInfo,
+        plan: Sequence[RenditionSpec],
+        *,
+        formats: Sequence[str] = ("hls",),
+        callback_url: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Record a job and its renditions; `(job, True)` if new, `(existing, False)` if not.
+
+        MinIO delivers events at least once and a user may also invoke split by hand, so the
+        same (bucket, key, etag) must map to one job. ON CONFLICT DO NOTHING waits for a
+        concurrent inserter, so two racing calls still produce one job.
+        """
+        if not plan:
+            raise InvalidRequest("a job needs at least one rendition")
+        names = [spec.name for spec in plan]
+        if len(set(names)) != len(names):
+            raise InvalidRequest(f"duplicate rendition names in plan: {names}")
+        if not formats:
+            raise InvalidRequest("a job needs at least one output format")
+
+        def tx(cur: Cursor) -> tuple[UUID, bool]:
+            cur.execute(
+                """
+                INSERT INTO jobs (source_bucket, source_key, source_etag, source_size,
+                                  source_info, formats, callback_url, callback_status)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                ON CONFLICT (source_bucket, source_key, source_etag) DO NOTHING
+                RETURNING id
+                """,
+                (
+                    source.bucket,
+                    source.key,
+                    source.normalized_etag,
+                    source.size,
+                    psycopg2.extras.Json(info.model_dump(mode="json")),
+                    list(formats),
+                    callback_url,
+                    (CallbackStatus.PENDING if callback_url else CallbackStatus.NONE).value,
+                ),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return self._id_for_source(cur, source), False
+            job_id = UUID(str(row["id"]))
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO renditions (job_id, name, ordinal, function, spec) VALUES %s",
+                [
+                    (str(job_id), spec.name, i, spec.function, spec.model_dump_json())
+                    for i, spec in enumerate(plan)
+                ],
+                template="(%s, %s, %s, %s, %s::jsonb)",
+            )
+            audit(cur, job_id, None, None, JobState.QUEUED, detail=f"renditions: {names}")
+            return job_id, True
+
+        job_id, created = self._run(tx)
+        if not created:
+            log.info(
+                "job for %s/%s (etag %s) exists already", source.bucket, source.key, source.etag
+            )
+        return self.get(job_id), created
+
+    def record_rejected(
+        self, source: SourceRef, reason: str, *, callback_url: str | None = None
+    ) -> tuple[Job, bool]:
+        """Record a source we refused (not a video, too big...) as a failed job.
+
+        Keeping it means a client polling for the object learns why, the callback can say so,
+        and a redelivered event for the same object is recognised instead of re-probed.
+        """
+
+        def tx(cur: Cursor) -> tuple[UUID, bool]:
+            cur.execute(
+                """
+                INSERT INTO jobs (source_bucket, source_key, source_etag, source_size, state,
+                                  error, finished_at, callback_url, callback_status)
+                VALUES (%s, %s, %s, %s, 'failed', %s, now(), %s, %s)
+                ON CONFLICT (source_bucket, source_key, source_etag) DO NOTHING
+                RETURNING id
+                """,
+                (
+                    source.bucket,
+                    source.key,
+                    source.normalized_etag,
+                    source.size,
+                    reason,
+                    callback_url,
+                    (CallbackStatus.PENDING if callback_url else CallbackStatus.NONE).value,
+                ),
+            )
+            row = cur.fetchone()
+            if row is None:
+                return self._id_for_source(cur, source), False
+            job_id = UUID(str(row["id"]))
+            audit(cur, job_id, None, None, JobState.FAILED, detail=f"rejected: {reason}")
+            return job_id, True
+
+        job_id, created = self._run(tx)
+        return self.get(job_id), created
+
+    @staticmethod
+    def _id_for_source(cur: Cursor, source: SourceRef) -> UUID:
+        cur.execute(
+            "SELECT id FROM jobs WHERE source_bucket = %s AND source_key = %s AND source_etag = %s",
+            (source.bucket, source.key, source.normalized_etag),
+        )
+        row = cur.fetchone()
+        if row is None:  # only if someone deleted it between the two statements
+            raise Conflict(f"job for {source.bucket}/{source.key} vanished while being created")
+        return UUID(str(row["id"]))

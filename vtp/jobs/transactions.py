@@ -1,0 +1,198 @@
+"""Transactions on PostgreSQL for the job store, and the row helpers its parts share.
+
+`Transactions` keeps one connection per thread (a warm function reuses its connection, a
+threaded server never shares one between requests) and runs each unit of work in one
+transaction, retried once on a fresh connection when the cached one turns out dead before
+anything was committed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+from uuid import UUID
+
+import psycopg2
+import psycopg2.extensions
+import psycopg2.extras
+
+from vtp.errors import Conflict, NotFound
+from vtp.jobs.models import Job, Rendition, SourceRef
+from vtp.models import RenditionState
+
+log = logging.getLogger(__name__)
+
+Connection = psycopg2.extensions.connection
+ConnectionFactory = Callable[[], Connection]
+Cursor = psycopg2.extras.RealDictCursor
+T = TypeVar("T")
+
+TERMINAL_RENDITION = tuple(s.value for s in RenditionState if s.terminal)
+
+
+class Transactions:
+    """A connection per thread and `_run(fn)`: one transaction per call."""
+
+    def __init__(self, connect: ConnectionFactory) -> None:
+        """`connect` returns a new connection (e.g. `functools.partial(vtp.db.connect, dsn)`)."""
+        self._connect = connect
+        self._local = threading.local()
+        self._all: set[Connection] = set()
+        self._all_lock = threading.Lock()
+
+    # --- connections and transactions -------------------------------------------------------
+
+    def _conn(self) -> tuple[Connection, bool]:
+        conn: Connection | None = getattr(self._local, "conn", None)
+        if conn is not None and not conn.closed:
+            return conn, False
+        conn = self._connect()
+        self._local.conn = conn
+        with self._all_lock:
+            self._all.add(conn)
+        return conn, True
+
+    def _discard(self, conn: Connection) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        with self._all_lock:
+            self._all.discard(conn)
+        with contextlib.suppress(psycopg2.Error):
+            conn.close()
+
+    def close(self) -> None:
+        """Close every connection this store opened (in any thread)."""
+        with self._all_lock:
+            conns = list(self._all)
+            self._all.clear()
+        for conn in conns:
+            with contextlib.suppress(psycopg2.Error):
+                conn.close()
+        self._local = threading.local()
+
+    def _run(self, fn: Callable[[Cursor], T]) -> T:
+        """Run `fn` in one transaction and commit.
+
+        A cached connection may have died while the function was idle (PostgreSQL restarted,
+        a proxy dropped it). If the connection turns out dead before the commit, the server
+        never committed anything, so it is safe to run `fn` once more on a fresh connection.
+        """
+        for attempt in (1, 2):
+            conn, fresh = self._conn()
+            try:
+                with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+                    result = fn(cur)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError):
+                if conn.closed:
+                    self._discard(conn)
+                    if not fresh and attempt == 1:
+                        log.warning("database connection was lost; retrying on a new one")
+                        continue
+                else:
+                    conn.rollback()
+                raise
+            except BaseException:
+                if conn.closed:
+                    self._discard(conn)
+                else:
+                    conn.rollback()
+                raise
+            try:
+                conn.commit()
+            except BaseException:
+                # The outcome of a failed COMMIT is unknown: never retry it.
+                if conn.closed:
+                    self._discard(conn)
+                else:
+                    conn.rollback()
+                raise
+            return result
+        raise AssertionError("unreachable")
+
+
+# --- row helpers, shared by the store's parts ----------------------------------------------
+
+
+def parse_id(job_id: UUID | str) -> UUID:
+    if isinstance(job_id, UUID):
+        return job_id
+    try:
+        return UUID(job_id)
+    except (ValueError, AttributeError, TypeError):
+        raise NotFound(f"no job {job_id!r}") from None
+
+
+def one(cur: Cursor) -> dict[str, Any]:
+    row = cur.fetchone()
+    if row is None:
+        raise Conflict("the row changed under us")  # guarded UPDATE lost a race
+    return dict(row)
+
+
+def lock_rendition(cur: Cursor, jid: UUID, name: str) -> dict[str, Any]:
+    cur.execute(
+        "SELECT * FROM renditions WHERE job_id = %s AND name = %s FOR UPDATE",
+        (str(jid), name),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"job {jid} has no rendition {name!r}")
+    return dict(row)
+
+
+def expect_running(row: dict[str, Any], jid: UUID, name: str, call_id: str | None) -> None:
+    if row["state"] != RenditionState.RUNNING.value:
+        raise Conflict(f"rendition {name} of job {jid} is {row['state']}, not running")
+    if call_id is not None and row["last_call_id"] != call_id:
+        raise Conflict(
+            f"rendition {name} of job {jid} is running under call {row['last_call_id']}, "
+            f"not {call_id}: this attempt was written off"
+        )
+
+
+def audit(
+    cur: Cursor,
+    job_id: UUID,
+    rendition: str | None,
+    from_state: str | None,
+    to_state: str,
+    attempt: int | None = None,
+    call_id: str | None = None,
+    *,
+    detail: str | None = None,
+) -> None:
+    cur.execute(
+        """
+        INSERT INTO state_changes (job_id, rendition, from_state, to_state, attempt, call_id,
+                                   detail)
+        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        """,
+        (
+            str(job_id),
+            rendition,
+            str(from_state) if from_state is not None else None,
+            str(to_state),
+            attempt,
+            call_id,
+            detail,
+        ),
+    )
+
+
+def row_to_rendition(row: dict[str, Any]) -> Rendition:
+    return Rendition.model_validate(dict(row))
+
+
+def row_to_job(row: dict[str, Any], renditions: Sequence[dict[str, Any]]) -> Job:
+    data = dict(row)
+    data["source"] = SourceRef(
+        bucket=data.pop("source_bucket"),
+        key=data.pop("source_key"),
+        etag=data.pop("source_etag"),
+        size=data.pop("source_size"),
+    )
+    data["renditions"] = [row_to_rendition(r) for r in renditions]
+    return Job.model_validate(data)
