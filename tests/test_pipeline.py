@@ -218,7 +218,7 @@ def test_manual_job_like_faas_cli_with_callback(
             headers={"Content-Type": "text/plain"},  # what faas-cli sends by default
             timeout=60,
         )
-        assert r.status_code == 202, r.text
+        assert r.status_code == 200, r.text
         answer = r.json()
         assert answer["created"] is True
         assert [x["name"] for x in answer["renditions"]] == ["360p"]
@@ -357,7 +357,7 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
         json={"bucket": MANUAL_BUCKET, "key": key, "renditions": ["720p"]},
         timeout=60,
     )
-    assert r.status_code == 202, r.text
+    assert r.status_code == 200, r.text
     job_id = r.json()["job_id"]
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -378,13 +378,15 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
     assert job["renditions"][0]["attempts"] == 2
     with db.cursor() as cur:
         cur.execute(
-            "SELECT to_state, detail FROM state_changes WHERE job_id = %s AND rendition = '720p'"
-            " ORDER BY id",
+            "SELECT from_state, to_state, detail FROM state_changes"
+            " WHERE job_id = %s AND rendition = '720p' ORDER BY id",
             (job_id,),
         )
         states = cur.fetchall()
-    assert [s for s, _ in states].count("retrying") == 1
-    assert any("without a result" in (d or "") for s, d in states if s == "retrying")
+    # One attempt failed (the killed one); a retry that came while the function was still
+    # restarting is a refusal (queued -> retrying), which spends no attempt.
+    failed = [d for f, t, d in states if f == "running" and t == "retrying"]
+    assert len(failed) == 1 and "without a result" in (failed[0] or ""), states
 
 
 def test_sweeper_answers_what_it_did(gateway: str) -> None:

@@ -5,10 +5,15 @@ Enums are `StrEnum` so that they serialise as plain strings in JSON, SQL and Red
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from vtp.errors import InvalidRequest
 
 
 class JobState(StrEnum):
@@ -86,3 +91,38 @@ class TranscodeTask(BaseModel):
 
     job_id: UUID
     rendition: str = Field(min_length=1, max_length=32)
+
+
+class StatusQuery(BaseModel):
+    """What the status function is asked: one job, or a filtered list of recent ones."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str | None = Field(default=None, min_length=1, max_length=64)
+    state: JobState | None = None
+    limit: int = Field(default=50, ge=1, le=1000)
+    bucket: str | None = None
+    key: str | None = None
+
+    @classmethod
+    def parse(cls, query: Mapping[str, str], body: bytes) -> StatusQuery:
+        """From the query string and, for a POST, a JSON object body (which wins); an empty
+        body is fine: `faas-cli invoke status --query id=X < /dev/null` sends one."""
+        fields: dict[str, Any] = {k: query.get(k) for k in query if query.get(k) not in ("",)}
+        if body.strip():
+            try:
+                data = json.loads(body)
+            except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise InvalidRequest(f"body is not valid JSON: {exc}") from exc
+            if not isinstance(data, dict):
+                raise InvalidRequest('body must be a JSON object, e.g. {"id": "<job id>"}')
+            fields.update(data)
+        try:
+            return cls.model_validate(fields)
+        except ValidationError as exc:
+            where = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'query'}: {e['msg']}" for e in exc.errors()
+            )
+            raise InvalidRequest(
+                f"invalid status query ({where}); state is one of {[s.value for s in JobState]}"
+            ) from exc

@@ -1,6 +1,11 @@
 """split: a MinIO bucket notification or a manual job in; a job with its ladder out.
 
 Also receives the queue-worker's callbacks for transcode calls on `/callback`.
+
+A sync call answers 200 with the job, new or not (`created` says which): `faas-cli invoke`
+prints the body of a 200 or 201 only, and reports any 202 as "Function submitted
+asynchronously." without it. An async call (`/async-function/split`) is answered 202 by the
+gateway, whatever split says later.
 """
 
 from __future__ import annotations
@@ -11,9 +16,34 @@ from typing import Any
 
 from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
 from vtp.http import Response, guarded, header, ok, pipeline
+from vtp.settings import Settings
 from vtp.webhook import JobRequest, MinioEvent, SourceObject, parse_body, sources_from_event
 
 log = logging.getLogger("split")
+
+_OPEN_WEBHOOK = (
+    "no vtp-webhook-token set: split accepts bucket notifications from anyone who can reach "
+    "the gateway (set the secret, and MinIO's auth_token, to require one)"
+)
+
+
+def _warn_if_open() -> None:
+    """Said once at start: an empty or missing token means "no token required", which suits
+    MinIO releases that cannot send one (before 2019) but lets anyone post events."""
+    try:
+        if Settings().webhook_token is None:
+            log.warning(_OPEN_WEBHOOK)
+    except ValueError:
+        pass  # a bad setting is reported by the first call, as a JSON error
+
+
+_warn_if_open()
+
+
+def _bearer_token(p: Any) -> str | None:
+    """The token bucket notifications must carry, or None: any caller is accepted."""
+    token = p.settings.webhook_token
+    return None if token is None else str(token.get_secret_value())
 
 
 @guarded
@@ -30,9 +60,9 @@ def handle(event: Any, context: Any) -> Response:
 
 def _bucket_event(event: Any, request: MinioEvent) -> Response:
     p = pipeline()
-    token = p.settings.webhook_token
+    token = _bearer_token(p)
     if token is not None:
-        expected = f"Bearer {token.get_secret_value()}"
+        expected = f"Bearer {token}"
         if not hmac.compare_digest(header(event, "Authorization") or "", expected):
             raise Unauthorized("bucket notification without the expected bearer token")
     wanted, ignored = sources_from_event(
@@ -65,7 +95,8 @@ def _manual_job(request: JobRequest) -> Response:
     body = _summary(result.job, result.created)
     if result.job.state == "failed" and not result.job.renditions:
         return ok(body, status=422)  # recorded, but the source is not something we can encode
-    return ok(body, status=202 if result.created else 200)
+    # 200 for a new job too, not 202: faas-cli drops the body of any 202 (see the docstring).
+    return ok(body)
 
 
 def _callback(event: Any) -> Response:
@@ -81,7 +112,11 @@ def _callback(event: Any) -> Response:
     p.check_callback_signature(job_id, rendition, event.query.get("sig"))
     try:
         out = p.on_rendition_callback(
-            job_id, rendition, function_status=status, call_id=header(event, "X-Call-Id")
+            job_id,
+            rendition,
+            function_status=status,
+            call_id=header(event, "X-Call-Id"),
+            body=event.body or b"",
         )
     except VtpError as exc:
         # The queue-worker ignores our answer; log it, and keep the status honest.

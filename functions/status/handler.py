@@ -1,30 +1,26 @@
-"""status: one job (`?id=`), or recent jobs (`?state=`, `?limit=`, `?bucket=&key=`)."""
+"""status: one job (`id`), or recent jobs (`state`, `limit`, `bucket` and `key`).
+
+The query comes from the query string or a JSON body, and GET and POST both work:
+`curl .../function/status?id=...` and `faas-cli invoke status --query id=...` (which POSTs,
+unless given `-m GET`) give the same answer. `id` may be the short form the progress page
+shows (the first 8 digits).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from vtp.errors import InvalidRequest
 from vtp.http import Response, guarded, ok, pipeline
-from vtp.models import JobState
+from vtp.models import StatusQuery
 
 
 @guarded
 def handle(event: Any, context: Any) -> Response:
-    if event.method not in ("GET", "HEAD"):
-        return {"statusCode": 405, "body": {"error": "use GET"}}
+    if event.method not in ("GET", "HEAD", "POST"):
+        return {"statusCode": 405, "body": {"error": "use GET or POST"}}
+    query = StatusQuery.parse(event.query, event.body if event.method == "POST" else b"")
     p = pipeline()
-    q = event.query
-    job_id = q.get("id")
-    if job_id:
-        return ok(p.describe_job(p.find_job(job_id)))
-    state = q.get("state")
-    try:
-        wanted = JobState(state) if state else None
-        limit = int(q.get("limit") or 50)
-    except ValueError as exc:
-        raise InvalidRequest(
-            f"state must be one of {[s.value for s in JobState]} and limit a number"
-        ) from exc
-    jobs = p.store.list(wanted, limit, bucket=q.get("bucket"), key=q.get("key"))
+    if query.id:
+        return ok(p.describe_job(p.find_job(query.id)))
+    jobs = p.store.list(query.state, query.limit, bucket=query.bucket, key=query.key)
     return ok({"jobs": [p.describe_job(j, live=False) for j in jobs]})
