@@ -23,6 +23,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("status", help="what runs, where, and where its log is")
     sub.add_parser("env", help="print the stack's connection settings (shell KEY=value)")
     sub.add_parser("clean", help="stop everything and delete the run dir and all local data")
+    sc = sub.add_parser("scale", help="scale a function to 0 (stopped, kept down) or 1 replica")
+    sc.add_argument("function")
+    sc.add_argument("replicas", type=int, choices=(0, 1))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
@@ -55,6 +58,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "status":
         _print_status(console, cfg)
         return 0 if all(r.running for r in runtime.status(cfg)) else 3
+    if args.cmd == "scale":
+        try:
+            runtime.scale(cfg, args.function, args.replicas)
+        except runtime.UpError as exc:
+            console.print(f"[red]scale failed:[/red] {exc}")
+            return 1
+        console.print(f"{args.function}: {args.replicas} replica(s)")
+        return 0
     if args.cmd == "env":
         sys.stdout.write(cfg.stack_env_file.read_text() if cfg.stack_env_file.exists() else "")
         return 0

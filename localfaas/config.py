@@ -10,6 +10,7 @@ import json
 import secrets
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -32,13 +33,22 @@ class LocalConfig(BaseSettings):
     namespace: str = "openfaas-fn"
     uploads_bucket: str = "uploads"
     outputs_bucket: str = "outputs"
-    # Where bucket notifications go; by default the gateway's async route to `split`.
+    # Where bucket notifications go; by default the gateway's sync route to `split`, as
+    # docs/deploy.md configures MinIO (an async route would queue them behind transcodes).
     notify_endpoint: str | None = None
-    # Queue-worker settings, as the CE queue-worker's environment variables.
-    max_inflight: int = 4
+    # Queue-worker replicas. The CE queue-worker (0.14.0) runs one call at a time and has no
+    # max_inflight any more: parallel async calls need replicas, as `kubectl scale
+    # deploy/queue-worker --replicas=N` gives on Kubernetes.
+    queue_workers: int = Field(default=3, ge=1, le=32)
     ack_wait: float = 3600.0
     # Gateway timeouts (seconds), as the CE gateway's read/write/upstream timeouts.
     upstream_timeout: float = 3600.0
+    # How the gateway passes responses on: "accept" streams only requests that say
+    # `Accept: text/event-stream` (CE gateways from 2024); "buffer" never streams (0.25.4).
+    gateway_streaming: Literal["accept", "buffer"] = "accept"
+    # Extra environment per function, on top of stack.yml's ("*": every function), e.g.
+    # '{"transcode-1080p": {"exec_timeout": "6s"}}': what `faas-cli deploy --env` would set.
+    function_env: dict[str, dict[str, str]] = Field(default_factory=dict)
 
     # --- ports -------------------------------------------------------------------------
     @property
@@ -94,7 +104,7 @@ class LocalConfig(BaseSettings):
 
     @property
     def notify_url(self) -> str:
-        return self.notify_endpoint or f"{self.gateway_url}/async-function/split"
+        return self.notify_endpoint or f"{self.gateway_url}/function/split"
 
     @cached_property
     def credentials(self) -> dict[str, str]:

@@ -1,13 +1,27 @@
 """The gateway: OpenFaaS CE's HTTP routes in front of the local function processes.
 
 Routes, as on the CE gateway:
-- `/function/<name>[.<namespace>][/<path>]`: proxied synchronously, response streamed back
-  (so Server-Sent Events pass through, as they do on the real gateway);
-- `/async-function/<name>[...]`: queued on NATS JetStream, `202 Accepted` at once;
+- `/function/<name>[.<namespace>][/<path>]`: proxied synchronously (an unknown function or
+  another namespace: 404);
+- `/async-function/<name>[...]`: POST only; queued on NATS JetStream, `202 Accepted` with an
+  empty body at once, for any name (the CE gateway does not look the function up: a call to
+  a function that does not exist fails later, in the queue-worker);
 - `/healthz`; `/system/functions` behind basic auth, like every `/system/*` route.
 
-The gateway also plays each function's of-watchdog for timeouts: a call running past the
-function's `exec_timeout` gets a 504, as of-watchdog answers.
+The gateway also plays the parts of the provider's proxy and each function's of-watchdog,
+with their status codes: a function process that cannot be reached gives 500 `Can't reach
+service for: <fn>.` (faas-provider), a call past the function's `exec_timeout` 504 with an
+empty body (of-watchdog, which lets the handler run on), past the gateway's own
+`upstream_timeout` 502 with an empty body.
+
+Streaming (`LOCALFAAS_GATEWAY_STREAMING`), because CE gateways differ and clients must cope:
+- `accept` (gateways from early 2024, faas-provider >= 0.25.2): a response is streamed as it
+  comes only when the request says `Accept: text/event-stream`;
+- `buffer` (gateway 0.25.4 and older): nothing is flushed early; the body reaches the client
+  in blocks of a few KiB as the gateway's write buffer fills, so a trickle of small events
+  arrives in bursts, long after it was sent.
+Either way, without `Accept: text/event-stream`, a function behind of-watchdog (the
+python3-http templates) is read whole before anything is sent, as of-watchdog does.
 """
 
 from __future__ import annotations
@@ -24,7 +38,7 @@ from aiohttp import web
 
 from localfaas import queue
 from localfaas.config import LocalConfig
-from localfaas.registry import FunctionEntry, RegistryWatcher
+from localfaas.registry import FunctionEntry, RegistryWatcher, scaled_to_zero
 
 log = logging.getLogger("localfaas.gateway")
 
@@ -45,6 +59,9 @@ HOP_BY_HOP = frozenset(
     )
 )
 _STREAM_CHUNK = 64 * 1024
+# Go's HTTP server buffers a handler's writes (a 4 KiB bufio.Writer on the connection) and
+# the CE gateway 0.25.4 copies a response without flushing: this is what comes out at a time.
+GO_WRITE_BUFFER = 4096
 # Set by the gateway on every call (kept when the client sent them), on request and response.
 CALL_HEADERS = ("x-call-id", "x-start-time")
 
@@ -94,8 +111,9 @@ class Gateway:
         app.router.add_get("/system/function/{name}", self.get_function)
         app.router.add_route("*", "/function/{name}", self.invoke)
         app.router.add_route("*", "/function/{name}/{tail:.*}", self.invoke)
-        app.router.add_route("*", "/async-function/{name}", self.invoke_async)
-        app.router.add_route("*", "/async-function/{name}/{tail:.*}", self.invoke_async)
+        # POST only, as on the CE gateway (its router answers 405 for anything else).
+        app.router.add_post("/async-function/{name}", self.invoke_async)
+        app.router.add_post("/async-function/{name}/{tail:.*}", self.invoke_async)
         return app
 
     # --- helpers ---------------------------------------------------------------------------
@@ -145,8 +163,8 @@ class Gateway:
             "envProcess": e.env_process,
             "labels": e.labels,
             "annotations": e.annotations,
-            "replicas": 1,
-            "availableReplicas": 1,
+            "replicas": 0 if scaled_to_zero(self.cfg, e.name) else 1,
+            "availableReplicas": 0 if scaled_to_zero(self.cfg, e.name) else 1,
             "invocationCount": self.invocations[e.name],
         }
 
@@ -157,6 +175,11 @@ class Gateway:
     async def get_function(self, request: web.Request) -> web.Response:
         self.check_auth(request)
         return web.json_response(self._describe(self.lookup(request.match_info["name"])))
+
+    def streams(self, request: web.Request) -> bool:
+        """Whether a response is passed on as it comes (see the module docstring)."""
+        wants_events = request.headers.get("Accept", "").startswith("text/event-stream")
+        return wants_events and self.cfg.gateway_streaming == "accept"
 
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         entry = self.lookup(request.match_info["name"])
@@ -184,10 +207,14 @@ class Gateway:
                 )
         except TimeoutError:
             log.warning("%s %s: no response within %.0fs", entry.name, call_id, limit)
-            return self._error(504, f"Timeout awaiting response from {entry.name}", call_id, start)
+            # of-watchdog's 504 at exec_timeout, or the gateway's 502 at upstream_timeout;
+            # both with an empty body.
+            status = 504 if entry.exec_timeout <= self.cfg.upstream_timeout else 502
+            return self._error(status, "", call_id, start)
         except aiohttp.ClientError as exc:
             log.warning("%s %s: upstream error %s", entry.name, call_id, exc)
-            return self._error(502, f"Can't reach service for: {entry.name}.", call_id, start)
+            # faas-provider's proxy, when the function's address does not answer.
+            return self._error(500, f"Can't reach service for: {entry.name}.", call_id, start)
 
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
         for k, v in forwardable(upstream.headers):
@@ -196,16 +223,25 @@ class Gateway:
         response.headers["X-Call-Id"] = call_id
         response.headers["X-Start-Time"] = start
         response.headers["X-Duration-Seconds"] = f"{time.monotonic() - t0:.6f}"
-        if upstream.headers.get("Content-Type", "").startswith("text/event-stream"):
-            response.enable_chunked_encoding()
-        elif "Content-Length" in upstream.headers:
+        streaming = self.streams(request)
+        whole = entry.watchdog and not request.headers.get("Accept", "").startswith(
+            "text/event-stream"
+        )
+        if "Content-Length" in upstream.headers:
             response.content_length = int(upstream.headers["Content-Length"])
+        else:
+            response.enable_chunked_encoding()
         try:
-            await response.prepare(request)
             remaining = limit - (time.monotonic() - t0)
             async with asyncio.timeout(max(remaining, 0.001)):
-                async for chunk in upstream.content.iter_any():
-                    await response.write(chunk)
+                if whole:
+                    # of-watchdog reads the function's whole answer before sending any of it.
+                    body = await upstream.read()
+                    await response.prepare(request)
+                    await response.write(body)
+                else:
+                    await response.prepare(request)
+                    await self._copy(upstream, response, streaming)
         except (TimeoutError, aiohttp.ClientError, ConnectionResetError) as exc:
             # Headers are gone already: all we can do is cut the body short.
             log.warning("%s %s: response interrupted: %r", entry.name, call_id, exc)
@@ -222,15 +258,36 @@ class Gateway:
         await response.write_eof()
         return response
 
+    @staticmethod
+    async def _copy(
+        upstream: aiohttp.ClientResponse, response: web.StreamResponse, streaming: bool
+    ) -> None:
+        """The body as it comes when streaming; otherwise in GO_WRITE_BUFFER blocks, as a Go
+        server's buffered writer lets it out when nobody flushes."""
+        pending = bytearray()
+        async for chunk in upstream.content.iter_any():
+            if streaming:
+                await response.write(chunk)
+                continue
+            pending += chunk
+            while len(pending) >= GO_WRITE_BUFFER:
+                await response.write(bytes(pending[:GO_WRITE_BUFFER]))
+                del pending[:GO_WRITE_BUFFER]
+        if pending:
+            await response.write(bytes(pending))
+
     def _error(self, status: int, text: str, call_id: str, start: str) -> web.Response:
         return web.Response(
             status=status,
-            text=text + "\n",
+            text=text,
+            content_type="text/plain",
             headers={"X-Call-Id": call_id, "X-Start-Time": start},
         )
 
     async def invoke_async(self, request: web.Request) -> web.Response:
-        entry = self.lookup(request.match_info["name"])
+        # No look-up: the CE gateway queues a call to any name (see the module docstring).
+        raw_name = request.match_info["name"]
+        name, _, namespace = raw_name.partition(".")
         call_id, start, headers = self.call_headers(request)
         body = await request.read()
         if len(body) > queue.MAX_PAYLOAD_BYTES:
@@ -238,8 +295,8 @@ class Gateway:
                 max_size=queue.MAX_PAYLOAD_BYTES, actual_size=len(body)
             )
         msg = queue.QueuedRequest(
-            function=entry.name,
-            namespace=entry.namespace,
+            function=raw_name,
+            namespace=namespace or self.cfg.namespace,
             method=request.method,
             path="/" + request.match_info.get("tail", ""),
             query=request.query_string,
@@ -253,10 +310,13 @@ class Gateway:
         try:
             await self.js.publish(queue.SUBJECT, msg.model_dump_json().encode())
         except Exception as exc:  # NATS down: say so, as the CE gateway does with a 500
-            log.error("queue publish failed for %s: %s", entry.name, exc)
+            log.error("queue publish failed for %s: %s", name, exc)
             return self._error(500, f"queue error: {exc}", call_id, start)
-        log.info("queued %s call_id=%s callback=%s", entry.name, call_id, msg.callback_url)
-        return web.Response(status=202, headers={"X-Call-Id": call_id, "X-Start-Time": start})
+        log.info("queued %s call_id=%s callback=%s", name, call_id, msg.callback_url)
+        answer = {"X-Start-Time": start}
+        if "X-Call-Id" not in request.headers:  # echoed only when the gateway made it up
+            answer["X-Call-Id"] = call_id
+        return web.Response(status=202, headers=answer)
 
 
 def main() -> None:

@@ -15,17 +15,29 @@ import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import BadRequestError
 from pydantic import BaseModel, Field
 
 log = logging.getLogger(__name__)
 
-__all__ = ["NATS", "JetStreamContext", "Msg", "QueuedRequest", "connect", "ensure_stream"]
+__all__ = [
+    "NATS",
+    "JetStreamContext",
+    "Msg",
+    "QueuedRequest",
+    "connect",
+    "ensure_consumer",
+    "ensure_stream",
+]
 
 SUBJECT = "faas-request"
 STREAM = "faas-request"
 CONSUMER = "faas-queue-worker"
+# Deliveries awaiting an ack, over all queue-workers. Each worker holds at most one, so this
+# only needs to exceed the replica count; messages of a worker that died hold their place
+# until ack_wait, and must not keep the others from fetching.
+MAX_ACK_PENDING = 1000
 # The CE queue-worker's payload limit is about 1 MB; refusing larger bodies at the gateway
 # keeps the local stack from accepting what production would not.
 MAX_PAYLOAD_BYTES = 1024 * 1024
@@ -76,3 +88,17 @@ async def ensure_stream(js: JetStreamContext) -> None:
         # Already exists with the same config (idempotent) or a different one: update it.
         log.debug("add_stream: %s; updating", exc)
         await js.update_stream(config)
+
+
+async def ensure_consumer(js: JetStreamContext, *, ack_wait: float) -> None:
+    """The queue-workers' shared durable consumer, created or brought to this config (an
+    older stack's consumer keeps its settings otherwise: a durable outlives its workers)."""
+    config = ConsumerConfig(
+        durable_name=CONSUMER,
+        name=CONSUMER,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=MAX_ACK_PENDING,
+        filter_subject=SUBJECT,
+    )
+    await js.add_consumer(STREAM, config=config)

@@ -26,6 +26,9 @@ class FunctionEntry(BaseModel):
     exec_timeout: float = 30.0
     read_timeout: float = 30.0
     write_timeout: float = 30.0
+    # Whether the function's template puts of-watchdog in front of it (python3-http does, our
+    # python3-asgi does not): of-watchdog reads a whole answer before passing it on.
+    watchdog: bool = True
 
     @property
     def url(self) -> str:
@@ -33,6 +36,15 @@ class FunctionEntry(BaseModel):
 
 
 _ADAPTER = TypeAdapter(list[FunctionEntry])
+
+
+def scale_marker(cfg: LocalConfig, name: str) -> Path:
+    return cfg.state_dir / f"scaled-to-zero-{name}"
+
+
+def scaled_to_zero(cfg: LocalConfig, name: str) -> bool:
+    """Whether `localfaas scale NAME 0` took the function down (the supervisor leaves it)."""
+    return scale_marker(cfg, name).exists()
 
 
 def registry_path(cfg: LocalConfig) -> Path:

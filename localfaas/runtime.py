@@ -15,7 +15,7 @@ import os
 import shlex
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +24,15 @@ import requests
 from localfaas import procs, services
 from localfaas.build import assemble_context
 from localfaas.config import REPO_ROOT, LocalConfig
-from localfaas.registry import FunctionEntry, load_registry, save_registry
+from localfaas.registry import (
+    FunctionEntry,
+    load_registry,
+    save_registry,
+    scaled_to_zero,
+)
+from localfaas.registry import (
+    scale_marker as _scale_path,
+)
 from localfaas.stack import (
     FunctionSpec,
     Stack,
@@ -33,20 +41,45 @@ from localfaas.stack import (
     load_stack,
     parse_duration,
     template_fprocess,
+    template_uses_watchdog,
 )
 
 log = logging.getLogger(__name__)
 
 FN_PREFIX = "fn-"
-# The OpenFaaS components the runtime plays, each its own process, in start order.
-COMPONENTS = ("gateway", "queue-worker", "cron", "notifier", "supervisor")
-_COMPONENT_MODULES = {
-    "gateway": "localfaas.gateway",
-    "queue-worker": "localfaas.queue_worker",
-    "cron": "localfaas.cron",
-    "notifier": "localfaas.notifier",
-    "supervisor": "localfaas.supervisor",
-}
+QUEUE_WORKER = "queue-worker"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One of the OpenFaaS components the runtime plays, as a process of its own."""
+
+    name: str
+    module: str
+    replica: int | None = None
+
+
+def components(cfg: LocalConfig) -> list[Component]:
+    """The components in start order; the queue-worker once per replica (`queue-worker-0`...)."""
+    workers = [
+        Component(f"{QUEUE_WORKER}-{i}", "localfaas.queue_worker", replica=i)
+        for i in range(cfg.queue_workers)
+    ]
+    return [
+        Component("gateway", "localfaas.gateway"),
+        *workers,
+        Component("cron", "localfaas.cron"),
+        Component("notifier", "localfaas.notifier"),
+        Component("supervisor", "localfaas.supervisor"),
+    ]
+
+
+def _is_component(name: str) -> bool:
+    return name in ("gateway", "cron", "notifier", "supervisor") or name.startswith(
+        QUEUE_WORKER + "-"
+    )
+
+
 # Environment a function process inherits from ours; everything else comes from stack.yml,
 # as in a container where only the image's and the function's environment exist.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
@@ -60,6 +93,7 @@ class UpError(RuntimeError):
 class FunctionPlan:
     name: str
     spec: FunctionSpec
+    template: Path
     context: Path
     port: int
     digest: str
@@ -165,6 +199,21 @@ def _local_overrides(cfg: LocalConfig) -> dict[str, str]:
 # --- functions ------------------------------------------------------------------------------
 
 
+def scale(cfg: LocalConfig, name: str, replicas: int) -> None:
+    """`kubectl scale --replicas` for one function: 0 stops it and keeps it stopped (calls
+    then get the provider's 500 "Can't reach service"), 1 starts it again."""
+    if name not in load_registry(cfg):
+        raise UpError(f"no function {name} in the running stack")
+    if replicas not in (0, 1):
+        raise UpError("the local stack runs 0 or 1 replica of a function")
+    if replicas == 0:
+        _scale_path(cfg, name).write_text("0")
+        procs.stop(cfg, FN_PREFIX + name)
+        return
+    _scale_path(cfg, name).unlink(missing_ok=True)
+    start_functions(cfg, load_stacks(cfg), dead_only=True)
+
+
 def _digest(path: Path) -> str:
     h = hashlib.sha256()
     for f in sorted(p for p in path.rglob("*") if p.is_file()):
@@ -179,30 +228,40 @@ def load_stacks(cfg: LocalConfig) -> list[tuple[Path, Stack]]:
     return [(f.resolve().parent, load_stack(f)) for f in files]
 
 
-def plan_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionPlan]:
+def plan_functions(
+    cfg: LocalConfig, stacks: list[tuple[Path, Stack]], *, assemble: Collection[str] | None = None
+) -> list[FunctionPlan]:
+    """Every function's plan; the build contexts of those in `assemble` (all by default) are
+    made afresh, the others' are left as they are (a running function runs from its own)."""
     plans: list[FunctionPlan] = []
     for stack_dir, stack in stacks:
-        for name, spec in stack.functions.items():
+        for name, declared in stack.functions.items():
+            extra = cfg.function_env.get("*", {}) | cfg.function_env.get(name, {})
+            spec = declared.model_copy(update={"environment": declared.environment | extra})
             if any(p.name == name for p in plans):
                 raise UpError(f"function {name} is declared in more than one stack file")
             template = find_template(stack_dir, spec.lang, [REPO_ROOT])
-            context = assemble_context(
-                template,
-                stack_dir / spec.handler,
-                [Path(p) for p in stack.configuration.copy_paths],
-                cfg.build_dir / name,
-                scope=stack_dir,
-            )
-            spec_digest = hashlib.sha256(
-                repr(sorted(spec.model_dump().items())).encode()
-            ).hexdigest()
+            context, digest = cfg.build_dir / name, ""
+            if assemble is None or name in assemble:
+                context = assemble_context(
+                    template,
+                    stack_dir / spec.handler,
+                    [Path(p) for p in stack.configuration.copy_paths],
+                    cfg.build_dir / name,
+                    scope=stack_dir,
+                )
+                spec_digest = hashlib.sha256(
+                    repr(sorted(spec.model_dump().items())).encode()
+                ).hexdigest()
+                digest = hashlib.sha256((_digest(context) + spec_digest).encode()).hexdigest()
             plans.append(
                 FunctionPlan(
                     name=name,
                     spec=spec,
+                    template=template,
                     context=context,
                     port=cfg.function_port_base + len(plans),
-                    digest=hashlib.sha256((_digest(context) + spec_digest).encode()).hexdigest(),
+                    digest=digest,
                     stack_dir=stack_dir,
                 )
             )
@@ -231,12 +290,13 @@ def _entry(cfg: LocalConfig, plan: FunctionPlan) -> FunctionEntry:
         namespace=plan.spec.namespace or cfg.namespace,
         port=plan.port,
         image=plan.spec.image,
-        env_process=template_fprocess(plan.context),
+        env_process=template_fprocess(plan.template),
         labels=plan.spec.labels,
         annotations=plan.spec.annotations,
         exec_timeout=parse_duration(env.get("exec_timeout"), 30.0),
         read_timeout=parse_duration(env.get("read_timeout"), 30.0),
         write_timeout=parse_duration(env.get("write_timeout"), 30.0),
+        watchdog=template_uses_watchdog(plan.template),
     )
 
 
@@ -272,17 +332,32 @@ def _tail(path: Path, lines: int = 15) -> str:
         return ""
 
 
-def start_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionEntry]:
-    """Start what is not running, restart what changed; serialised between `up` and the
-    supervisor by a lock file, so the two never start the same function twice."""
+def start_functions(
+    cfg: LocalConfig, stacks: list[tuple[Path, Stack]], *, dead_only: bool = False
+) -> list[FunctionEntry]:
+    """Start what is not running, restart what changed (unless `dead_only`: the supervisor
+    restarts crashed functions, as an orchestrator does, but redeploying is `up`'s job);
+    serialised between `up` and the supervisor by a lock file, so the two never start the
+    same function twice."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     with (cfg.run_dir / "functions.lock").open("wb") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _start_functions(cfg, stacks)
+        return _start_functions(cfg, stacks, dead_only=dead_only)
 
 
-def _start_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list[FunctionEntry]:
-    plans = plan_functions(cfg, stacks)
+def _start_functions(
+    cfg: LocalConfig, stacks: list[tuple[Path, Stack]], *, dead_only: bool
+) -> list[FunctionEntry]:
+    dead = None
+    if dead_only:
+        # Only what crashed is rebuilt: the build contexts of running functions stay put.
+        dead = {
+            name
+            for _, stack in stacks
+            for name in stack.functions
+            if procs.running(cfg, FN_PREFIX + name) is None and not scaled_to_zero(cfg, name)
+        }
+    plans = plan_functions(cfg, stacks, assemble=dead)
     wanted = {FN_PREFIX + p.name for p in plans}
     for rec in procs.records(cfg):
         if rec.name.startswith(FN_PREFIX) and rec.name not in wanted:
@@ -294,6 +369,9 @@ def _start_functions(cfg: LocalConfig, stacks: list[tuple[Path, Stack]]) -> list
         digest_file = _digest_path(cfg, plan.name)
         old = digest_file.read_text() if digest_file.exists() else None
         current = procs.running(cfg, pname)
+        if dead is not None and plan.name not in dead:
+            continue  # running, or scaled to zero on purpose: the supervisor leaves it be
+        _scale_path(cfg, plan.name).unlink(missing_ok=True)  # `up` deploys it again
         if (
             current
             and current.port == plan.port
@@ -344,27 +422,35 @@ def component_env(cfg: LocalConfig) -> dict[str, str]:
 
 def start_components(cfg: LocalConfig) -> None:
     env = component_env(cfg)
-    for name in COMPONENTS:
-        if procs.running(cfg, name):
+    wanted = components(cfg)
+    names = {c.name for c in wanted}
+    # Replicas beyond the configured count (the count was lowered) are scaled away.
+    for rec in procs.records(cfg):
+        if rec.name.startswith(QUEUE_WORKER + "-") and rec.name not in names:
+            log.info("stopping %s: queue_workers is %d now", rec.name, cfg.queue_workers)
+            procs.stop(cfg, rec.name)
+    for comp in wanted:
+        if procs.running(cfg, comp.name):
             continue
-        url = cfg.gateway_url if name == "gateway" else None
+        is_gateway = comp.name == "gateway"
+        replica = {"LOCALFAAS_REPLICA": str(comp.replica)} if comp.replica is not None else {}
         procs.start(
             cfg,
-            name,
-            [sys.executable, "-m", _COMPONENT_MODULES[name]],
-            env=env,
+            comp.name,
+            [sys.executable, "-m", comp.module],
+            env=env | replica,
             cwd=REPO_ROOT,
-            port=cfg.gateway_port if name == "gateway" else None,
-            url=url,
+            port=cfg.gateway_port if is_gateway else None,
+            url=cfg.gateway_url if is_gateway else None,
         )
-        if name == "gateway":
-            _wait_healthy(cfg, name, f"{cfg.gateway_url}/healthz", 20)
+        if is_gateway:
+            _wait_healthy(cfg, comp.name, f"{cfg.gateway_url}/healthz", 20)
     # The others have no port: a second look that they did not die at start is enough.
     time.sleep(0.3)
-    for name in COMPONENTS:
-        if procs.running(cfg, name) is None:
-            rec = procs.load(cfg, name)
-            raise UpError(f"{name} exited at start (log: {rec.log if rec else '?'})")
+    for comp in wanted:
+        if procs.running(cfg, comp.name) is None:
+            dead = procs.load(cfg, comp.name)
+            raise UpError(f"{comp.name} exited at start (log: {dead.log if dead else '?'})")
 
 
 # --- the verbs --------------------------------------------------------------------------------
@@ -386,11 +472,14 @@ def up(cfg: LocalConfig) -> float:
 
 
 def down(cfg: LocalConfig) -> list[str]:
-    """Stop functions and components, then the services; returns what was running."""
+    """Stop components, functions, then the services; returns everything that was running,
+    services included, in the order it was stopped."""
     stopped = []
     # Components in reverse start order (the supervisor, which would restart functions,
-    # goes first), then the functions.
-    for name in reversed(COMPONENTS):
+    # goes first; every queue-worker replica, whatever the count now), then the functions.
+    names = [c.name for c in reversed(components(cfg))]
+    names += [r.name for r in procs.records(cfg) if _is_component(r.name) and r.name not in names]
+    for name in names:
         if procs.stop(cfg, name):
             stopped.append(name)
     for rec in procs.records(cfg):
@@ -398,7 +487,7 @@ def down(cfg: LocalConfig) -> list[str]:
             continue
         if procs.stop(cfg, rec.name):
             stopped.append(rec.name)
-    services.stop_services(cfg)
+    stopped += services.stop_services(cfg)
     for p in cfg.state_dir.glob(f"{FN_PREFIX}*.digest") if cfg.state_dir.exists() else []:
         p.unlink()
     return stopped

@@ -134,3 +134,16 @@ def find_template(stack_dir: Path, lang: str, fallbacks: list[Path]) -> Path:
 def template_fprocess(template_dir: Path) -> str:
     data = yaml.safe_load((template_dir / "template.yml").read_text()) or {}
     return str(data.get("fprocess", "python index.py"))
+
+
+def template_uses_watchdog(template_dir: Path) -> bool:
+    """Whether the template's image runs of-watchdog in front of the function process."""
+    dockerfile = template_dir / "Dockerfile"
+    try:
+        text = dockerfile.read_text()
+    except OSError:
+        return True  # the OpenFaaS templates all do
+    return any(
+        line.strip().upper().startswith(("CMD", "ENTRYPOINT")) and "fwatchdog" in line
+        for line in text.splitlines()
+    )

@@ -14,7 +14,7 @@ import logging
 from localfaas import procs
 from localfaas.component import run_component
 from localfaas.config import LocalConfig
-from localfaas.registry import RegistryWatcher
+from localfaas.registry import RegistryWatcher, scaled_to_zero
 
 log = logging.getLogger("localfaas.supervisor")
 
@@ -34,6 +34,7 @@ class Supervisor:
             name
             for name in self.registry.get()
             if procs.running(self.cfg, FN_PREFIX + name) is None
+            and not scaled_to_zero(self.cfg, name)
         ]
 
     async def run(self) -> None:
@@ -45,7 +46,10 @@ class Supervisor:
                 log.warning("function process gone: %s; restarting", ", ".join(dead))
                 try:
                     await asyncio.to_thread(
-                        runtime.start_functions, self.cfg, runtime.load_stacks(self.cfg)
+                        runtime.start_functions,
+                        self.cfg,
+                        runtime.load_stacks(self.cfg),
+                        dead_only=True,
                     )
                 except Exception:
                     log.exception("restart failed; trying again shortly")

@@ -20,6 +20,7 @@ import pytest
 
 from localfaas import runtime
 from localfaas.config import REPO_ROOT, LocalConfig
+from tests.ports import free_port, free_port_base
 
 TEST_RUN_DIR = REPO_ROOT / ".run" / "test"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -27,13 +28,23 @@ ARTIFACTS = REPO_ROOT / "test-artifacts"
 
 
 def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
-    """The test stack of `slot`: slot 0 is .run/test on 16400+ with its gateway on 18080."""
+    """The test stack of `slot`: slot 0 is .run/test; its ports are whichever are free."""
     values: dict[str, object] = {
         "run_dir": TEST_RUN_DIR if slot == 0 else TEST_RUN_DIR.with_name(f"test-{slot}"),
-        "port_base": 16400 + 40 * slot,
-        "gateway_port": 18080 + slot,
+        "port_base": free_port_base(),
+        "gateway_port": free_port(),
         "extra_stack_files": [FIXTURES / "stack.yml"],
-        "max_inflight": 4,
+        "queue_workers": 3,
+        # Short back-offs and budgets, so retries and dead letters happen within a test; and
+        # a transcode function with a tiny exec_timeout (no test encodes 1080p otherwise).
+        "function_env": {
+            "*": {
+                "VTP_RETRY_BASE_SECONDS": "1",
+                "VTP_RETRY_MAX_SECONDS": "4",
+                "VTP_MAX_REFUSALS": "4",
+            },
+            "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
+        },
     }
     values.update(overrides)
     return LocalConfig(**values)  # type: ignore[arg-type]

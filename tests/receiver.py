@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -15,6 +16,7 @@ class Received:
     path: str
     headers: dict[str, str]
     body: bytes
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 class Receiver:
@@ -30,7 +32,9 @@ class Receiver:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
                 outer.requests.put(
-                    Received(self.command, self.path, dict(self.headers.items()), body)
+                    Received(
+                        self.command, self.path, dict(self.headers.items()), body, time.monotonic()
+                    )
                 )
                 self.send_response(outer.status)
                 self.send_header("Content-Length", "0")

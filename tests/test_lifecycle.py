@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from localfaas.config import REPO_ROOT
+from tests.ports import free_port, free_port_base
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -36,8 +37,8 @@ def mini_env(test_slot: int) -> Iterator[dict[str, str]]:
         {
             "LOCALFAAS_RUN_DIR": str(run_dir),
             "LOCALFAAS_STACK_FILE": str(FIXTURES / "mini-stack.yml"),
-            "LOCALFAAS_PORT_BASE": str(16600 + 40 * test_slot),
-            "LOCALFAAS_GATEWAY_PORT": str(18180 + test_slot),
+            "LOCALFAAS_PORT_BASE": str(free_port_base()),
+            "LOCALFAAS_GATEWAY_PORT": str(free_port()),
         }
     )
     yield env
@@ -74,7 +75,7 @@ def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
     first = _localfaas(mini_env, "up")
     assert first.returncode == 0, first.stdout + first.stderr
     pids = _pids(run_dir)
-    assert {"postgres", "redis", "nats", "s3", "gateway", "queue-worker", "fn-echo"} <= set(pids)
+    assert {"postgres", "redis", "nats", "s3", "gateway", "queue-worker-0", "fn-echo"} <= set(pids)
     r = requests.post(f"http://127.0.0.1:{gateway}/function/echo", data=b"hi", timeout=10)
     assert r.status_code == 200 and r.json()["greeting"] == "hello from the mini stack"
 

@@ -1,7 +1,7 @@
 """The local stack's backing services and the MinIO-style webhook notifier, for real.
 
-Servers run on this module's own ports (17400+, 17420+) under temporary run dirs and are
-stopped in `finally`; the webhook receiver is a tiny HTTP server in this process.
+Servers run on free ports (tests.ports) under temporary run dirs and are stopped in
+`finally`; the webhook receiver is a tiny HTTP server in this process.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from minio import Minio
 
 from localfaas import procs, services
 from localfaas.config import REPO_ROOT, LocalConfig
+from tests.ports import free_port_base
 
 MiB = 1024 * 1024
 
@@ -159,12 +160,13 @@ def minio_client(cfg: LocalConfig) -> Minio:
 def s3_stack() -> Iterator[S3Stack]:
     run_dir = make_run_dir("vtp-test-s3-")
     receiver = start_receiver()
+    base = free_port_base()
     settings = {
         "LOCALFAAS_RUN_DIR": str(run_dir),
-        "LOCALFAAS_PORT_BASE": "17400",
+        "LOCALFAAS_PORT_BASE": str(base),
         "LOCALFAAS_NOTIFY_ENDPOINT": receiver.url,
     }
-    cfg = LocalConfig(run_dir=run_dir, port_base=17400, notify_endpoint=receiver.url)
+    cfg = LocalConfig(run_dir=run_dir, port_base=base, notify_endpoint=receiver.url)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALFAAS_")} | settings
     env["PYTHONUNBUFFERED"] = "1"
     try:
@@ -299,7 +301,7 @@ def test_presigned_get_and_range(s3_stack: S3Stack):
         got.release_conn()
 
     url = s3_stack.client.presigned_get_object(bucket_name=bucket, object_name=key)
-    assert url.startswith("http://127.0.0.1:17404/")
+    assert url.startswith(f"http://127.0.0.1:{s3_stack.cfg.s3_port}/")
     full = requests.get(url, timeout=10)
     assert full.status_code == 200
     assert full.content == data
@@ -344,7 +346,7 @@ def test_s3_start_is_idempotent(s3_stack: S3Stack):
 @pytest.fixture(scope="module")
 def all_services() -> Iterator[LocalConfig]:
     run_dir = make_run_dir("vtp-test-services-")
-    cfg = LocalConfig(run_dir=run_dir, port_base=17420)
+    cfg = LocalConfig(run_dir=run_dir, port_base=free_port_base())
     try:
         started = services.start_services(cfg)
         assert sorted(started) == sorted(services.SERVICES)
@@ -412,12 +414,13 @@ def test_all_services_answer_then_stop_cleanly(all_services: LocalConfig):
 
 def test_sigterm_stops_notifier_promptly(tmp_path: Path):
     """The notifier exits on SIGTERM even when the S3 server is not there at all."""
-    # Port base 17430: nothing of this module listens on 17434 (its S3 port).
-    cfg = LocalConfig(run_dir=tmp_path, port_base=17430)
+    # Free ports: nothing listens on this config's S3 port.
+    base = free_port_base()
+    cfg = LocalConfig(run_dir=tmp_path, port_base=base)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCALFAAS_")}
     env |= {
         "LOCALFAAS_RUN_DIR": str(tmp_path),
-        "LOCALFAAS_PORT_BASE": "17430",
+        "LOCALFAAS_PORT_BASE": str(base),
         "LOCALFAAS_NOTIFY_ENDPOINT": "http://127.0.0.1:9/hook",
     }
     rec = procs.start(
@@ -435,7 +438,7 @@ def test_sigterm_stops_notifier_promptly(tmp_path: Path):
 
 
 def test_port_held_by_a_stranger_is_an_error(tmp_path: Path):
-    cfg = LocalConfig(run_dir=tmp_path, port_base=17435)
+    cfg = LocalConfig(run_dir=tmp_path, port_base=free_port_base())
     with socket.socket() as stranger:
         stranger.bind(("127.0.0.1", cfg.s3_port))
         stranger.listen()
@@ -446,4 +449,6 @@ def test_port_held_by_a_stranger_is_an_error(tmp_path: Path):
 
 def test_unknown_service_is_an_error(tmp_path: Path):
     with pytest.raises(services.ServiceError, match="unknown service"):
-        services.start_services(LocalConfig(run_dir=tmp_path, port_base=17435), only=["mysql"])
+        services.start_services(
+            LocalConfig(run_dir=tmp_path, port_base=free_port_base()), only=["mysql"]
+        )
