@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 
@@ -31,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    console = Console(stderr=False)
+    # Not cut at 80 columns when piped (rich's width without a terminal): log paths are long.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250
+    console = Console(stderr=False, width=wide)
     cfg = LocalConfig()
 
     if args.cmd == "up":

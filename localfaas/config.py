@@ -46,6 +46,8 @@ class LocalConfig(BaseSettings):
     # How the gateway passes responses on: "accept" streams only requests that say
     # `Accept: text/event-stream` (CE gateways from 2024); "buffer" never streams (0.25.4).
     gateway_streaming: Literal["accept", "buffer"] = "accept"
+    # How much of a buffered response collects before the gateway lets it out (see gateway.py).
+    gateway_buffer_bytes: int = Field(default=32 * 1024, ge=512)
     # Extra environment per function, on top of stack.yml's ("*": every function), e.g.
     # '{"transcode-1080p": {"exec_timeout": "6s"}}': what `faas-cli deploy --env` would set.
     function_env: dict[str, dict[str, str]] = Field(default_factory=dict)

@@ -17,9 +17,9 @@ empty body (of-watchdog, which lets the handler run on), past the gateway's own
 Streaming (`LOCALFAAS_GATEWAY_STREAMING`), because CE gateways differ and clients must cope:
 - `accept` (gateways from early 2024, faas-provider >= 0.25.2): a response is streamed as it
   comes only when the request says `Accept: text/event-stream`;
-- `buffer` (gateway 0.25.4 and older): nothing is flushed early; the body reaches the client
-  in blocks of a few KiB as the gateway's write buffer fills, so a trickle of small events
-  arrives in bursts, long after it was sent.
+- `buffer` (gateway 0.25.4 and older): nothing is flushed early; the client gets the headers
+  with the first 512 bytes, then the body in blocks (`gateway_buffer_bytes`) as the write
+  buffers fill, so a trickle of small events arrives in bursts, minutes after it was sent.
 Either way, without `Accept: text/event-stream`, a function behind of-watchdog (the
 python3-http templates) is read whole before anything is sent, as of-watchdog does.
 """
@@ -59,9 +59,11 @@ HOP_BY_HOP = frozenset(
     )
 )
 _STREAM_CHUNK = 64 * 1024
-# Go's HTTP server buffers a handler's writes (a 4 KiB bufio.Writer on the connection) and
-# the CE gateway 0.25.4 copies a response without flushing: this is what comes out at a time.
-GO_WRITE_BUFFER = 4096
+# What a CE gateway 0.25.4 lets out of a response it copies without flushing: Go's
+# ResponseWriter.ReadFrom sends the headers with the first 512 bytes (its content-sniffing
+# length), then the rest in buffered blocks; on the real gateway an SSE client saw 512 bytes,
+# then nothing for minutes, then ~30 KB at once (LOCALFAAS_GATEWAY_BUFFER_BYTES).
+GO_SNIFF_LEN = 512
 # Set by the gateway on every call (kept when the client sent them), on request and response.
 CALL_HEADERS = ("x-call-id", "x-start-time")
 
@@ -239,9 +241,12 @@ class Gateway:
                     body = await upstream.read()
                     await response.prepare(request)
                     await response.write(body)
-                else:
+                elif streaming:
                     await response.prepare(request)
-                    await self._copy(upstream, response, streaming)
+                    async for chunk in upstream.content.iter_any():
+                        await response.write(chunk)
+                else:
+                    await self._copy_buffered(request, upstream, response)
         except (TimeoutError, aiohttp.ClientError, ConnectionResetError) as exc:
             # Headers are gone already: all we can do is cut the body short.
             log.warning("%s %s: response interrupted: %r", entry.name, call_id, exc)
@@ -258,21 +263,27 @@ class Gateway:
         await response.write_eof()
         return response
 
-    @staticmethod
-    async def _copy(
-        upstream: aiohttp.ClientResponse, response: web.StreamResponse, streaming: bool
+    async def _copy_buffered(
+        self, request: web.Request, upstream: aiohttp.ClientResponse, response: web.StreamResponse
     ) -> None:
-        """The body as it comes when streaming; otherwise in GO_WRITE_BUFFER blocks, as a Go
-        server's buffered writer lets it out when nobody flushes."""
+        """The body as a Go server's buffered writer lets it out when nobody flushes: the
+        status line and headers with the first GO_SNIFF_LEN bytes (or the end), then blocks
+        of `gateway_buffer_bytes`, so a quiet stream shows the client next to nothing."""
+        block = self.cfg.gateway_buffer_bytes
         pending = bytearray()
         async for chunk in upstream.content.iter_any():
-            if streaming:
-                await response.write(chunk)
-                continue
             pending += chunk
-            while len(pending) >= GO_WRITE_BUFFER:
-                await response.write(bytes(pending[:GO_WRITE_BUFFER]))
-                del pending[:GO_WRITE_BUFFER]
+            if not response.prepared:
+                if len(pending) < GO_SNIFF_LEN:
+                    continue
+                await response.prepare(request)
+                await response.write(bytes(pending[:GO_SNIFF_LEN]))
+                del pending[:GO_SNIFF_LEN]
+            while len(pending) >= block:
+                await response.write(bytes(pending[:block]))
+                del pending[:block]
+        if not response.prepared:
+            await response.prepare(request)
         if pending:
             await response.write(bytes(pending))
 

@@ -11,14 +11,17 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 import pytest
+import requests
 
-from localfaas import runtime
+from localfaas import procs, runtime
 from localfaas.config import REPO_ROOT, LocalConfig
 from tests.ports import free_port, free_port_base
 
@@ -126,3 +129,36 @@ def redis_url(request: pytest.FixtureRequest) -> str:
 def artifacts() -> Path:
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def buffered_gateway(stack: LocalConfig) -> Iterator[str]:
+    """A second gateway on the same stack that buffers streamed responses as the CE gateway
+    0.25.4 does (LOCALFAAS_GATEWAY_STREAMING=buffer): what clients must survive."""
+    port = free_port()
+    env = runtime.component_env(stack) | {
+        "LOCALFAAS_GATEWAY_PORT": str(port),
+        "LOCALFAAS_GATEWAY_STREAMING": "buffer",
+    }
+    procs.start(
+        stack,
+        "gateway-buffered",
+        [sys.executable, "-m", "localfaas.gateway"],
+        env=env,
+        cwd=REPO_ROOT,
+        port=port,
+    )
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(100):
+        try:
+            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    else:
+        raise RuntimeError("the buffering gateway did not start")
+    try:
+        yield url
+    finally:
+        procs.stop(stack, "gateway-buffered")

@@ -295,3 +295,33 @@ def test_gateway_route_falls_back_to_sse(
     row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
     row.wait_for()
     assert row.get_attribute("data-state") == "succeeded"
+
+
+@pytest.mark.slow
+def test_page_through_a_gateway_that_buffers_streams(
+    page: Any, buffered_gateway: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """Through a CE gateway 0.25.4 there is no WebSocket and the SSE stream is buffered for
+    minutes. The page notices the silent stream, says it is polling, and a job uploaded
+    meanwhile still shows up with live progress."""
+    clip = make_clip(tmp_path / "buffered.mp4", size="1280x720", seconds=20)
+    page.goto(f"{buffered_gateway}/function/ws-relay/")
+    page.wait_for_function(
+        "document.getElementById('conn').dataset.mode === 'poll'", timeout=30_000
+    )
+    log = page.evaluate("window.vtp.live.log.map(x => x.what)")
+    assert any(w.startswith("sse-stalled") for w in log), log
+    assert "sse-open" not in log or log.index("sse-open") < log.index("poll-open"), log
+    conn = page.text_content("#conn")
+    assert "polling every second" in conn and "buffers" in conn, conn
+
+    job_id = upload_through_form(page, clip)
+    page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
+    assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
+    assert conn_mode(page) == "poll"
+    assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
+    page.screenshot(path=str(artifacts / "browser-buffered-gateway.png"), full_page=True)
+    page.click("a.back")
+    row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
+    row.wait_for()
+    assert row.get_attribute("data-state") == "succeeded"

@@ -286,3 +286,46 @@ def test_gateway_routes_as_on_ce(gateway: str) -> None:
         cb = rx.get(timeout=30)
     assert cb.headers["X-Function-Status"] == "404"
     assert cb.headers["X-Function-Name"] == "no-such-fn"
+
+
+# --- 3: streams through the gateway -------------------------------------------------------------
+
+
+def first_bytes(url: str, headers: dict[str, str], wait: float) -> bytes:
+    """What arrives of a streamed response within `wait` seconds, up to its snapshot (b"" if
+    not even the headers came)."""
+    got = bytearray()
+    deadline = time.monotonic() + wait
+    try:
+        with requests.get(url, headers=headers, stream=True, timeout=(3, wait)) as resp:
+            for chunk in resp.iter_content(chunk_size=None):
+                got += chunk
+                if b"event: snapshot" in got or time.monotonic() > deadline:
+                    break
+    except requests.RequestException:
+        pass
+    return bytes(got)
+
+
+def test_event_stream_through_the_gateways(gateway: str, buffered_gateway: str) -> None:
+    """A current CE gateway streams only requests that say Accept: text/event-stream; 0.25.4
+    buffers every response, so a quiet stream shows nothing at all. The relay's /poll
+    route answers through both, whole."""
+    events = f"/function/ws-relay/events?job={uuid.uuid4()}"  # a tiny snapshot, then pings
+    sse = {"Accept": "text/event-stream"}
+    t0 = time.monotonic()
+    assert b"event: snapshot" in first_bytes(gateway + events, sse, 5)
+    assert time.monotonic() - t0 < 3
+    assert first_bytes(gateway + events, {}, 2) == b"", "streamed without the Accept header"
+    assert first_bytes(buffered_gateway + events, sse, 3) == b"", "0.25.4 buffers streams"
+    for base in (gateway, buffered_gateway):
+        r = requests.get(f"{base}/function/ws-relay/poll", params={"job": "all"}, timeout=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert isinstance(body["jobs"], dict) and body["last_id"]
+        again = requests.get(
+            f"{base}/function/ws-relay/poll",
+            params={"job": "all", "last_id": body["last_id"]},
+            timeout=10,
+        ).json()
+        assert again["jobs"] is None and isinstance(again["events"], list)

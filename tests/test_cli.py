@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import time
@@ -319,3 +320,45 @@ def test_watch_reports_a_failed_job(stack: LocalConfig, tmp_path: Path) -> None:
     out = done.stdout + done.stderr
     assert done.returncode == 1, out
     assert "job failed:" in out
+    job_id = re.search(r"job ([0-9a-f-]{36})", out)
+    assert job_id, out
+    # status says the same, for the short id the page shows, and keeps long lines whole.
+    status = run_vtp("status", job_id.group(1)[:8], env_file=stack.stack_env_file, timeout=60)
+    assert status.returncode == 1, status.stdout + status.stderr
+    assert job_id.group(1) in status.stdout and "failed" in status.stdout
+
+
+def test_output_is_not_cut_when_piped(stack: LocalConfig) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_") and k != "COLUMNS"}
+    done = subprocess.run(
+        [sys.executable, "-m", "vtp.cli", "jobs", "--limit", "3",
+         "--env-file", str(stack.stack_env_file)],
+        capture_output=True, text=True, timeout=60, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    ids = re.findall(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", done.stdout)
+    rows = [line for line in done.stdout.splitlines() if line.strip()]
+    assert ids or "no jobs" in done.stdout, done.stdout
+    assert all(len(line) <= 250 for line in rows)
+
+
+@pytest.mark.slow
+def test_watch_through_a_gateway_that_buffers_streams(
+    stack: LocalConfig, buffered_gateway: str, tmp_path: Path
+) -> None:
+    """Gateway 0.25.4 buffers the SSE stream and carries no WebSocket: watch notices the
+    stream delivers nothing, says so, polls the relay's events route and still shows the
+    job to its end."""
+    env = read_env_file(stack.stack_env_file)
+    env.pop("VTP_WS_URL", None)
+    env["VTP_GATEWAY_URL"] = buffered_gateway
+    env_file = tmp_path / "buffered.env"
+    env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
+    # Long enough to outlast the stall detection (5 s without the stream's snapshot).
+    clip = make_clip(tmp_path / "buffered.mp4", seconds=30)
+    done = run_vtp("upload", str(clip), "--watch", env_file=env_file, timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    assert "live updates: polling" in out and "held up" in out, out
+    assert "live updates: sse" not in out, out
+    assert re.search(r"360p.*succeeded", out) and re.search(r"720p.*succeeded", out), out

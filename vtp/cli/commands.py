@@ -7,6 +7,7 @@ import argparse
 import json
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,16 +80,18 @@ def cmd_upload(args: argparse.Namespace, config: ClientConfig, console: Console)
 
 def cmd_watch(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
     status = StatusClient(config)
-    return watch_job(config, args.job, console, timeout=args.timeout, status=status)
+    job_id = str(status.job(args.job)["id"])  # the full id: the short one matches no event
+    return watch_job(config, job_id, console, timeout=args.timeout, status=status)
 
 
 def cmd_status(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    """Exit status as `upload --watch` and `watch`: 1 for a failed job, else 0."""
     view = StatusClient(config).job(args.job)
     if args.json:
         print(json.dumps(view, indent=2, sort_keys=True))
     else:
         print_job(console, view)
-    return EXIT_OK
+    return EXIT_FAILED if view.get("state") == "failed" else EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
@@ -134,12 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser("watch", parents=[common], help="follow a job live until it ends")
-    p.add_argument("job", metavar="JOB")
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
     p.add_argument("--timeout", type=float, default=3600.0, help="watch at most this long")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("status", parents=[common], help="show one job")
-    p.add_argument("job", metavar="JOB")
+    p = sub.add_parser("status", parents=[common], help="show one job (exit status 1 if it failed)")
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
     p.add_argument("--json", action="store_true", help="print the job view as JSON")
     p.set_defaults(func=cmd_status)
 
@@ -158,7 +161,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
-    console = Console(highlight=False)
+    # Piped or captured output is not cut at 80 columns (rich's width without a terminal):
+    # a job id, a URL or a reason must survive `vtp status JOB | grep ...` whole.
+    wide = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 250
+    console = Console(highlight=False, width=wide)
     flags = {
         name: getattr(args, name, None)
         for name in ("gateway_url", "ws_url", "events_url", "s3_endpoint", "uploads_bucket")

@@ -58,6 +58,13 @@ class ClientConfig(BaseModel):
         """SSE through the gateway: the route that works even where WebSockets do not."""
         return self.events_url or f"{self.gateway_url}/function/ws-relay/events"
 
+    @property
+    def poll_url(self) -> str:
+        """The relay's events-since route, next to its SSE route: what is left where a
+        gateway buffers streams (CE gateway 0.25.4 and older)."""
+        base = self.sse_url.split("?", 1)[0]
+        return (base.removesuffix("/events") if base.endswith("/events") else base) + "/poll"
+
 
 _CONFIG_FIELDS = tuple(ClientConfig.model_fields)
 

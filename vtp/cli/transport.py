@@ -1,12 +1,19 @@
 """The `vtp` client's live transports to ws-relay: the messages (`Snapshot`, `Event`, `Tick`,
-`Opened`), the wire-format parsers (`parse_ws_message`, `SseParser`; pure) and the
-WebSocket and Server-Sent Events readers (`ws_messages`, `sse_messages`) that do the I/O."""
+`Opened`), the wire-format parsers (`parse_ws_message`, `SseParser`; pure) and the readers
+that do the I/O: WebSocket (`ws_messages`), Server-Sent Events (`sse_messages`) and short
+polls of the relay's events-since route (`poll_messages`), for gateways that buffer streams.
+
+Every reader yields a `Tick` at least once a second whatever the network does, so the watcher
+can notice a stream that opened but delivers nothing (see vtp.cli.watch)."""
 
 from __future__ import annotations
 
 import codecs
 import json
 import logging
+import queue
+import threading
+import time
 from collections.abc import Generator
 from dataclasses import dataclass
 from typing import Any
@@ -203,7 +210,6 @@ def ws_messages(
 
 
 def sse_messages(
-    session: requests.Session,
     url: str,
     job_id: str,
     last_id: str | None,
@@ -211,31 +217,101 @@ def sse_messages(
     read_timeout: float = 40.0,
 ) -> Generator[Message, None, None]:
     """Messages from the ws-relay's Server-Sent Events (the server pings every 15 s, so a read
-    timeout of 40 s means the stream is dead). Raises TransportError."""
-    headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
-    if last_id:
-        headers["Last-Event-ID"] = last_id
-    params = {"job": job_id} | ({"last_id": last_id} if last_id else {})
-    try:
-        resp = session.get(
-            url, params=params, headers=headers, stream=True, timeout=(5.0, read_timeout)
-        )
-    except requests.RequestException as exc:
-        raise TransportError(f"SSE {url}: {describe_error(exc)}", opened=False) from exc
-    with resp:
-        kind = resp.headers.get("Content-Type", "")
-        if resp.status_code != 200 or not kind.startswith("text/event-stream"):
-            raise TransportError(
-                f"SSE {url}: HTTP {resp.status_code} {kind or 'no content type'}", opened=False
-            )
-        yield Opened("sse")
-        parser = SseParser()
-        # A character may be split between chunks: decode incrementally.
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    timeout of 40 s means the stream is dead). Raises TransportError.
+
+    The stream is read on a thread of its own (with its own HTTP session), and a Tick comes
+    every second of silence, even while the response headers have not arrived: a gateway
+    that buffers the stream must not freeze the watcher for the read timeout.
+    """
+    inbox: queue.Queue[Message | TransportError] = queue.Queue()
+    stop = threading.Event()
+    session = requests.Session()
+
+    def read() -> None:
+        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        if last_id:
+            headers["Last-Event-ID"] = last_id
+        params = {"job": job_id} | ({"last_id": last_id} if last_id else {})
+        opened = False
         try:
-            # chunk_size=None: whatever arrives, as it arrives (events are small and sparse).
-            for chunk in resp.iter_content(chunk_size=None, decode_unicode=False):
-                yield from parser.feed(decoder.decode(chunk))
-        except requests.RequestException as exc:
-            raise TransportError(f"SSE stream ended: {describe_error(exc)}", opened=True) from exc
-    raise TransportError("SSE stream ended", opened=True)
+            with session.get(
+                url, params=params, headers=headers, stream=True, timeout=(5.0, read_timeout)
+            ) as resp:
+                kind = resp.headers.get("Content-Type", "")
+                if resp.status_code != 200 or not kind.startswith("text/event-stream"):
+                    why = f"HTTP {resp.status_code} {kind or 'no content type'}"
+                    inbox.put(TransportError(f"SSE {url}: {why}", opened=False))
+                    return
+                opened = True
+                inbox.put(Opened("sse"))
+                parser = SseParser()
+                # A character may be split between chunks: decode incrementally.
+                decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+                # chunk_size=None: whatever arrives, as it arrives (events are small, sparse).
+                for chunk in resp.iter_content(chunk_size=None, decode_unicode=False):
+                    if stop.is_set():
+                        return
+                    for message in parser.feed(decoder.decode(chunk)):
+                        inbox.put(message)
+            inbox.put(TransportError("SSE stream ended", opened=True))
+        except (requests.RequestException, OSError, ValueError) as exc:
+            if not stop.is_set():
+                what = "SSE stream ended" if opened else f"SSE {url}"
+                inbox.put(TransportError(f"{what}: {describe_error(exc)}", opened=opened))
+        finally:
+            session.close()
+
+    reader = threading.Thread(target=read, name="vtp-sse", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = inbox.get(timeout=1.0)
+            except queue.Empty:
+                yield Tick()
+                continue
+            if isinstance(item, TransportError):
+                raise item
+            yield item
+    finally:
+        # Closing the session's connections ends a read in progress; a request still
+        # waiting for its headers ends at its own timeout, on its daemon thread.
+        stop.set()
+        session.close()
+
+
+def poll_messages(
+    session: requests.Session,
+    url: str,
+    job_id: str,
+    last_id: str | None,
+    *,
+    interval: float = 1.0,
+) -> Generator[Message, None, None]:
+    """Messages from short polls of the relay's `/poll` route (vtp.relay.poll): a snapshot
+    when there is no `last_id` to resume from, then the events after the last one seen, once
+    a second. Raises TransportError when a poll fails."""
+    cursor = last_id
+    opened = False
+    while True:
+        params = {"job": job_id} | ({"last_id": cursor} if cursor else {})
+        try:
+            resp = session.get(url, params=params, timeout=(5.0, 15.0))
+            body = resp.json() if resp.status_code == 200 else None
+        except (requests.RequestException, ValueError) as exc:
+            raise TransportError(f"poll {url}: {describe_error(exc)}", opened=opened) from exc
+        if not isinstance(body, dict):
+            raise TransportError(f"poll {url}: HTTP {resp.status_code}", opened=opened)
+        if not opened:
+            opened = True
+            yield Opened("polling")
+        if isinstance(body.get("jobs"), dict):
+            yield Snapshot(body["jobs"])
+        for data in body.get("events") or []:
+            event = _event(data)
+            if event is not None:
+                yield event
+        cursor = str(body.get("last_id") or cursor or "") or None
+        if not body.get("more"):
+            yield Tick()
+            time.sleep(interval)

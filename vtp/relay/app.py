@@ -1,5 +1,5 @@
-"""ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events)
-and the JSON API (/api), wired together by `create_app`."""
+"""ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events),
+their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from starlette.staticfiles import StaticFiles
 
 from vtp.relay.api import JobsApi, _guarded, _http_error
 from vtp.relay.options import RelayOptions
+from vtp.relay.poll import make_poll_endpoint
 from vtp.relay.streams import Relay
 from vtp.settings import Settings
 
@@ -55,6 +56,7 @@ def create_app(
             Route("/", index, methods=["GET", "HEAD"]),
             WebSocketRoute("/ws", relay.websocket_endpoint),
             Route("/events", relay.sse_endpoint, methods=["GET"]),
+            Route("/poll", make_poll_endpoint(relay), methods=["GET"]),
             Route("/api/jobs", _guarded(api.list_endpoint), methods=["GET"]),
             Route("/api/jobs/{job_id}", _guarded(api.job_endpoint), methods=["GET"]),
             Route("/api/uploads", _guarded(api.upload_endpoint), methods=["POST"]),

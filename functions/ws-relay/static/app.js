@@ -4,9 +4,14 @@
  *
  * Live updates come from the ws-relay function: a WebSocket at ./ws first; when it cannot open
  * or drops abnormally (the OpenFaaS CE gateway strips `Upgrade`, so behind /function/ws-relay/
- * it never opens), Server-Sent Events at ./events, resumed from the last event id; when both
- * are down, polling ./api/jobs. Every URL is relative to the page's base (derived from this
- * script's own URL), so the page works on the function's port and behind the gateway alike.
+ * it never opens), Server-Sent Events at ./events, resumed from the last event id. A stream
+ * that opens is not always live: CE gateways before 2024 (0.25.4) buffer `text/event-stream`
+ * and deliver it minutes late, in bursts. So when the SSE snapshot has not come STALL_MS after
+ * asking, or a cheap check of ./poll shows events the stream still has not delivered one check
+ * later, the page stops the stream and polls ./poll (the events since the last id) every
+ * second instead, and says so. When all of that is down, it polls ./api/jobs. Every URL is
+ * relative to the page's base (derived from this script's own URL), so the page works on the
+ * function's port and behind the gateway alike.
  *
  * The player uses hls.js when static/hls.min.js is there (hls.js 1.7.4, Apache-2.0, vendored
  * from the npm package; see static/README.md), loaded only when a player is needed, and the
@@ -25,6 +30,11 @@
   const STABLE_MS = 30000; // a WebSocket cut after this long was working: reopen it
   const ABNORMAL = new Set([1002, 1006, 1015]);
   const SILENCE_LIMIT_MS = 45000; // the server pings every 15 s of silence
+  const STALL_MS = 5000; // an SSE stream whose snapshot has not come by then is not live
+  const LAG_CHECK_MS = 5000; // how often a live SSE stream is checked against ./poll
+  const LIVE_POLL_MS = 1000; // ./poll interval once the stream gave way to it
+  const POLL_FAILURES = 3; // failed ./poll calls in a row before settling for ./api polling
+  const STALLED = "the gateway buffers the event stream";
   const POLL_MS = 4000;
   const FIND_JOB_TIMEOUT_MS = 90000;
   const LIST_LIMIT = 50;
@@ -290,8 +300,10 @@
 
   class LiveClient {
     /**
-     * handlers: onSnapshot(jobs), onEvent(ev), onMode(mode, detail), onOpen(), lastEventId().
-     * Modes: connecting, websocket, sse, reconnecting, polling, offline.
+     * handlers: onSnapshot(jobs), onEvent(ev), onMode(mode, detail), onOpen(), lastEventId(),
+     * active() (whether any followed job is still in flight).
+     * Modes: connecting, websocket, sse, poll (live, by ./poll), reconnecting, polling (by
+     * ./api, nothing live), offline.
      */
     constructor(base, handlers, opts = {}) {
       this.base = base;
@@ -307,11 +319,16 @@
       this.timers = new Set();
       this.stopped = false;
       this.log = []; // transport history, for people and tests: [{t, what}]
+      this.fetch = opts.fetch || ((...a) => window.fetch(...a));
+      this.sseStalled = false; // SSE opened here but was not live: poll instead
+      this.pollFailures = 0;
     }
 
     start() {
-      if (this.WebSocket && !this.forceSse()) this.connectWs();
-      else this.connectSse("WebSocket not available");
+      const forced = this.forced();
+      if (forced === "poll") this.connectPoll("asked for");
+      else if (this.WebSocket && !forced) this.connectWs();
+      else this.connectSse(forced ? "asked for" : "WebSocket not available");
     }
 
     stop() {
@@ -322,8 +339,10 @@
       if (this.es) this.es.close();
     }
 
-    forceSse() {
-      return new URLSearchParams(location.search).get("transport") === "sse";
+    /** `?transport=sse` or `?transport=poll` skips the transports before it. */
+    forced() {
+      const t = new URLSearchParams(location.search).get("transport");
+      return t === "sse" || t === "poll" ? t : null;
     }
 
     later(fn, ms) {
@@ -448,23 +467,66 @@
     }
 
     connectSse(reason) {
+      if (this.sseStalled) {
+        this.connectPoll(STALLED);
+        return;
+      }
       this.transport = "sse";
       if (this.es) this.es.close();
       if (!this.EventSource) {
-        this.note("sse-unavailable", "polling", reason);
+        this.connectPoll(reason || "Server-Sent Events not available");
         return;
       }
       this.note("sse-connecting", "connecting", `Server-Sent Events (${reason || "fallback"})`);
       const es = new this.EventSource(this.sseUrl());
       this.es = es;
+      // Is it live? Its snapshot must come soon, and then keep up with what ./poll shows.
+      let snapshotCame = false;
+      let streamLast = this.h.lastEventId();
+      let lagMark = null;
+      const stalled = (why) => {
+        if (this.es !== es || this.stopped) return;
+        this.note(`sse-stalled-${why}`, null);
+        this.sseStalled = true;
+        es.close();
+        this.es = null;
+        this.connectPoll(STALLED);
+      };
+      this.later(() => {
+        if (!snapshotCame) stalled("no-snapshot");
+      }, STALL_MS);
+      const checkLag = async () => {
+        if (this.es !== es || this.stopped) return;
+        if (!this.h.active || this.h.active()) {
+          try {
+            const answer = await this.pollOnce(streamLast);
+            if (lagMark && compareIds(streamLast, lagMark) < 0) {
+              stalled("behind");
+              return;
+            }
+            lagMark = answer.events && answer.events.length ? answer.last_id : null;
+          } catch {
+            /* ./poll unreachable: nothing to compare with; the stream may be fine */
+          }
+        }
+        this.later(checkLag, LAG_CHECK_MS);
+      };
       es.onopen = () => {
         this.retries = 0;
         this.note("sse-open", "sse", reason ? `Server-Sent Events · ${reason}` : "Server-Sent Events");
         if (this.h.onOpen) this.h.onOpen("sse");
       };
       es.addEventListener("snapshot", (e) => {
+        if (!snapshotCame) this.later(checkLag, LAG_CHECK_MS);
+        snapshotCame = true;
         try {
-          this.h.onSnapshot(JSON.parse(e.data).jobs);
+          const jobs = JSON.parse(e.data).jobs;
+          for (const fields of Object.values(jobs || {})) {
+            for (const ev of Object.values(fields || {})) {
+              if (ev && ev.id && compareIds(ev.id, streamLast) > 0) streamLast = ev.id;
+            }
+          }
+          this.h.onSnapshot(jobs);
         } catch {
           /* a malformed snapshot is ignored; events still follow */
         }
@@ -478,6 +540,7 @@
         }
         if (ev && typeof ev === "object" && ev.job_id) {
           if (!ev.id && e.lastEventId) ev.id = e.lastEventId;
+          if (ev.id && compareIds(ev.id, streamLast) > 0) streamLast = ev.id;
           this.h.onEvent(ev);
         }
       };
@@ -496,6 +559,56 @@
           this.note("sse-reconnecting", "reconnecting", "Server-Sent Events");
         }
       };
+    }
+
+    pollUrl(lastId) {
+      const url = new URL("poll", this.base);
+      url.searchParams.set("job", "all");
+      if (lastId) url.searchParams.set("last_id", lastId);
+      return url.toString();
+    }
+
+    /** One GET of ./poll: {jobs, events, last_id, more} (see vtp/relay/poll.py). */
+    async pollOnce(lastId) {
+      const resp = await this.fetch(this.pollUrl(lastId), { cache: "no-store" });
+      if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+      return resp.json();
+    }
+
+    /** The live transport of last resort: the events since the last id, once a second. */
+    connectPoll(reason) {
+      this.transport = "poll";
+      let opened = false;
+      const step = async () => {
+        if (this.stopped || this.transport !== "poll") return;
+        let answer;
+        try {
+          answer = await this.pollOnce(this.h.lastEventId());
+        } catch (err) {
+          this.pollFailures += 1;
+          if (this.pollFailures >= POLL_FAILURES) {
+            this.note("poll-failed", "polling", "live updates unavailable");
+          } else {
+            this.note("poll-retrying", "reconnecting", "polling");
+          }
+          this.later(step, this.backoff());
+          return;
+        }
+        this.pollFailures = 0;
+        this.retries = 0;
+        if (!opened) {
+          opened = true;
+          this.note("poll-open", "poll", reason);
+          if (this.h.onOpen) this.h.onOpen("poll");
+        }
+        if (answer.jobs) this.h.onSnapshot(answer.jobs);
+        for (const ev of answer.events || []) {
+          if (ev && ev.job_id) this.h.onEvent(ev);
+        }
+        this.later(step, answer.more ? 0 : LIVE_POLL_MS);
+      };
+      this.note("poll-connecting", "connecting", `polling (${reason})`);
+      step();
     }
   }
 
@@ -602,6 +715,7 @@
       connecting: `connecting${detail ? ` · ${detail}` : ""}…`,
       websocket: "live · WebSocket",
       sse: `live · ${detail || "Server-Sent Events"}`,
+      poll: `live · polling every second${detail ? ` (${detail})` : ""}`,
       reconnecting: `reconnecting${detail ? ` · ${detail}` : ""}…`,
       polling: `polling${detail ? ` · ${detail}` : ""}`,
       offline: "offline",
@@ -609,7 +723,7 @@
     $("conn-text").textContent = text;
     conn.title = text;
     // Poll the API while no live transport is open; stop once one is.
-    const live = mode === "websocket" || mode === "sse";
+    const live = mode === "websocket" || mode === "sse" || mode === "poll";
     if (location.protocol === "file:") return;
     if (!live && !pollTimer && mode !== "connecting") {
       pollTimer = setInterval(poll, POLL_MS);
@@ -643,6 +757,7 @@
       refreshList();
     },
     lastEventId: () => store.lastEventId,
+    active: () => [...store.jobs.values()].some((j) => !isTerminal(j.state)),
   });
 
   // --- routing ----------------------------------------------------------------------------
