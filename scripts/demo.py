@@ -7,6 +7,9 @@ uploading and watching are `vtp upload --watch` (vtp/cli/), the same client anyo
 
 from __future__ import annotations
 
+import json
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -52,7 +55,26 @@ def main() -> int:
         console.print(f"live progress page: [bold]{page}[/bold]")
         console.print(f"  (through the gateway: {env['VTP_GATEWAY_URL']}/function/ws-relay/)")
     key = f"demo/sample {time.strftime('%Y%m%d-%H%M%S')}.mp4"
-    return cli.main(["upload", str(clip), "--watch", "--key", key, "--env-file", str(env_file)])
+    code = cli.main(["upload", str(clip), "--watch", "--key", key, "--env-file", str(env_file)])
+    next_steps(env, key)
+    return code
+
+
+def next_steps(env: dict[str, str], key: str) -> None:
+    """What to try next, with this run's own key, job and addresses filled in."""
+    gateway = env["VTP_GATEWAY_URL"]
+    vtp = "vtp" if shutil.which("vtp") else str(REPO / ".venv" / "bin" / "vtp")
+    job = json.dumps({"bucket": env.get("VTP_UPLOADS_BUCKET", "uploads"), "key": key})
+    console.print("\n[bold]next[/bold] (the settings: [dim]set -a; . .run/stack.env; set +a[/dim])")
+    console.print(f"  {vtp} jobs                          # recent jobs; status/watch take an id")
+    console.print(f"  curl -s {shlex.quote(gateway + '/function/status?limit=5')}")
+    console.print(
+        f"  echo {shlex.quote(job)} | faas-cli invoke split -g {gateway}"
+        "   # the same object: its job, duplicate"
+    )
+    console.print(
+        f"  curl -s --data-binary {shlex.quote(job)} {gateway}/function/split   # without faas-cli"
+    )
 
 
 if __name__ == "__main__":

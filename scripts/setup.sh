@@ -41,4 +41,13 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   fi
   touch "$stamp"
 fi
+
+# The `vtp` client on PATH: a link into /usr/local/bin (root) or ~/.local/bin, unless a `vtp`
+# that is not such a link is there already (then .venv/bin/vtp is the way to run it).
+link_dir=/usr/local/bin
+[[ $(id -u) -eq 0 ]] || link_dir="$HOME/.local/bin"
+link="$link_dir/vtp"
+if [[ -L $link || ! -e $link ]] && mkdir -p "$link_dir" 2>/dev/null; then
+  ln -sfn "$PWD/$VENV/bin/vtp" "$link" 2>/dev/null || true
+fi
 echo "setup: ok"

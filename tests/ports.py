@@ -1,5 +1,10 @@
-"""Free TCP ports for the stacks tests start, so no other process on the machine can make a
-test fail by holding a fixed port."""
+"""Free TCP ports for the stacks tests (and benchmarks) start, so no other process on the
+machine can make them fail by holding a fixed port.
+
+Ports come from below the kernel's ephemeral range (32768 and up on Linux), where outgoing
+connections never take one by chance, and each one handed out is remembered so that one run
+never gets the same port twice.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,13 @@ import socket
 
 # localfaas takes its services at base+0..4 and its functions from base+20 on.
 SPAN = 40
-_LOW, _HIGH = 20000, 60000
+_LOW, _HIGH = 10000, 32000
+_taken: set[int] = set()
 
 
 def _free(port: int) -> bool:
+    if port in _taken:
+        return False
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -20,19 +28,18 @@ def _free(port: int) -> bool:
     return True
 
 
-def free_port() -> int:
-    """A port nothing listens on now (the kernel's choice)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def free_port_base(span: int = SPAN) -> int:
-    """The first port of `span` consecutive free ones, at a random place in a quiet range (two
-    runs at once are unlikely to pick the same block, and each checks before it takes it)."""
+    """The first port of `span` consecutive free ones, at a random place (two runs at once are
+    unlikely to pick the same block, and each checks before it takes it)."""
     blocks = list(range(_LOW, _HIGH - span, span))
     random.shuffle(blocks)
     for base in blocks:
         if all(_free(p) for p in range(base, base + span)):
+            _taken.update(range(base, base + span))
             return base
     raise RuntimeError(f"no {span} consecutive free ports between {_LOW} and {_HIGH}")
+
+
+def free_port() -> int:
+    """One free port, from a block of its own."""
+    return free_port_base(1)

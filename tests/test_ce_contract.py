@@ -269,6 +269,15 @@ def test_each_queue_worker_runs_one_call_at_a_time(gateway: str, stack: LocalCon
     assert max(running_at) == stack.queue_workers, spans
 
 
+def test_idle_queue_workers_are_quiet(stack: LocalConfig) -> None:
+    """An idle worker's empty fetch is the normal state, not a warning every 1.5 s."""
+    logs = sorted(stack.logs_dir.glob("queue-worker-*.log"))
+    assert len(logs) >= stack.queue_workers
+    for log in logs:
+        noisy = [line for line in log.read_text().splitlines() if "fetch failed" in line]
+        assert not noisy, (log.name, noisy[:3])
+
+
 def test_gateway_routes_as_on_ce(gateway: str) -> None:
     r = requests.post(f"{gateway}/function/echo.openfaas-fn", data=b"x", timeout=10)
     assert r.status_code == 200

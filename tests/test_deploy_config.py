@@ -161,7 +161,7 @@ def secret_field(secret: str) -> str:
 def settings_for_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp: Path) -> Settings:
     """Settings exactly as a function with this environment (and no secrets) would load them."""
     for key in list(os.environ):
-        if key.startswith("VTP_"):
+        if key.startswith("VTP_") or key == "exec_timeout":
             monkeypatch.delenv(key)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
@@ -356,6 +356,90 @@ def test_declared_secrets_are_created_by_secrets_sh(name: str) -> None:
         )
 
 
+# --- which functions need which secret, derived from the code -------------------------------
+
+PIPELINE_FILE = REPO / "vtp" / "pipeline.py"
+# Receivers of Pipeline method calls in handler code: `pipeline().m()`, `p.m()` (p = pipeline()).
+_PIPELINE_RECEIVERS = {"p", "pipeline", "pipe"}
+
+
+def _pipeline_methods() -> dict[str, ast.FunctionDef]:
+    tree = ast.parse(PIPELINE_FILE.read_text())
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Pipeline")
+    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+
+
+def _reads_setting(node: ast.AST, field: str) -> bool:
+    """`self.settings.<field>` or `settings.<field>` anywhere in `node`."""
+    return any(
+        isinstance(n, ast.Attribute)
+        and n.attr == field
+        and (
+            (isinstance(n.value, ast.Attribute) and n.value.attr == "settings")
+            or (isinstance(n.value, ast.Name) and n.value.id == "settings")
+        )
+        for n in ast.walk(node)
+    )
+
+
+def _self_calls(node: ast.AST) -> set[str]:
+    return {
+        n.func.attr
+        for n in ast.walk(node)
+        if isinstance(n, ast.Call)
+        and isinstance(n.func, ast.Attribute)
+        and isinstance(n.func.value, ast.Name)
+        and n.func.value.id == "self"
+    }
+
+
+def methods_needing(field: str) -> set[str]:
+    """Pipeline methods that read `settings.<field>`, directly or through other methods."""
+    methods = _pipeline_methods()
+    calls = {name: _self_calls(fn) & set(methods) for name, fn in methods.items()}
+    need = {name for name, fn in methods.items() if _reads_setting(fn, field)}
+    while True:
+        more = {name for name, callees in calls.items() if callees & need} - need
+        if not more:
+            return need
+        need |= more
+
+
+def handler_pipeline_calls(handler: Path) -> set[str]:
+    """Pipeline methods a handler calls (on `pipeline()` or a variable holding it)."""
+    calls = set()
+    for n in ast.walk(ast.parse(handler.read_text())):
+        if not (isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)):
+            continue
+        receiver = n.func.value
+        if isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Name):
+            receiver = receiver.func
+        if isinstance(receiver, ast.Name) and receiver.id in _PIPELINE_RECEIVERS:
+            calls.add(n.func.attr)
+    return calls
+
+
+def test_the_secret_analysis_sees_what_it_must() -> None:
+    # Guards the analysis itself: were these false, the test below would pass vacuously.
+    assert {"callback_url", "dispatch", "sweep", "submit"} <= methods_needing("callback_secret")
+    assert "describe_job" not in methods_needing("callback_secret")
+    assert "sweep" in handler_pipeline_calls(REPO / "functions" / "sweeper" / "handler.py")
+    assert "submit" in handler_pipeline_calls(REPO / "functions" / "split" / "handler.py")
+
+
+@pytest.mark.parametrize("name", function_names())
+def test_functions_that_sign_have_the_signing_secret(name: str) -> None:
+    """A function whose code builds signed callback URLs (dispatches, retries, job callbacks)
+    must mount vtp-callback-secret, or split refuses its reports (401): derived from the
+    code, so a new caller of `dispatch` cannot be forgotten in stack.yml."""
+    handler = REPO / functions()[name].handler / "handler.py"
+    uses = handler_pipeline_calls(handler) & methods_needing("callback_secret")
+    if uses:
+        assert "vtp-callback-secret" in functions()[name].secrets, (
+            f"{name} calls {sorted(uses)}, which sign with the callback secret"
+        )
+
+
 def test_secrets_sh_creates_only_secrets_settings_read() -> None:
     for secret in secrets_sh_table():
         assert secret_field(secret) in Settings.model_fields, secret
@@ -466,11 +550,42 @@ def test_kubernetes_timeouts_agree() -> None:
     assert seconds(faasnetes["writeTimeout"]) >= upstream
 
 
-def test_queue_worker_runs_a_whole_job_at_once() -> None:
-    # One slot per concurrent async call: fewer than a job's renditions serialises them.
+def faasd_queue_workers() -> dict[str, dict[str, str]]:
+    """Our queue-workers on faasd (faasd runs its own `queue-worker` beside them)."""
+    return {
+        name: env_map(svc.get("environment"))
+        for name, svc in compose_services().items()
+        if name.startswith("queue-worker")
+    }
+
+
+def test_queue_workers_run_a_whole_job_at_once() -> None:
+    # The CE queue-worker runs one call at a time (0.14.x reads no max_inflight): fewer
+    # workers than a job's renditions would encode them one after another.
     rungs = len(Settings().default_renditions)
-    assert int(faasd_overrides()["queue-worker"]["max_inflight"]) >= rungs
-    assert int(helm_values()["queueWorker"]["maxInflight"]) >= rungs
+    assert 1 + len(faasd_queue_workers()) >= rungs
+    assert int(helm_values()["queueWorker"]["replicas"]) >= rungs
+    assert "max_inflight" not in faasd_overrides()["queue-worker"], "CE does not read it"
+    assert "maxInflight" not in helm_values()["queueWorker"], "CE does not read it"
+
+
+def test_extra_queue_workers_are_like_faasds_own() -> None:
+    faasd_own = env_map(yaml.safe_load(FAASD_COMPOSE)["services"]["queue-worker"]["environment"])
+    ack_wait = faasd_overrides()["queue-worker"]["ack_wait"]
+    for name, env in faasd_queue_workers().items():
+        assert set(env) == set(faasd_own), name
+        assert env["ack_wait"] == ack_wait, f"{name}: ack_wait differs from faasd's worker"
+        assert (
+            compose_services()[name]["image"]
+            == (yaml.safe_load(FAASD_COMPOSE)["services"]["queue-worker"]["image"])
+        )
+
+
+def test_bucket_events_do_not_queue_behind_transcodes() -> None:
+    # The async route would put every upload behind every running transcode (one shared
+    # queue, one call per worker) and the queue-worker logs the bearer token with the message.
+    endpoint = urlsplit(service_env("minio")["MINIO_NOTIFY_WEBHOOK_ENDPOINT_VTP"])
+    assert endpoint.path == "/function/split"
 
 
 def test_helm_values_use_the_charts_key_names() -> None:
@@ -479,20 +594,24 @@ def test_helm_values_use_the_charts_key_names() -> None:
     assert set(values["gateway"]) <= {"upstreamTimeout", "readTimeout", "writeTimeout"}
     assert set(values["faasnetes"]) <= {"readTimeout", "writeTimeout"}
     assert set(values["queueWorker"]) <= {"ackWait", "maxInflight", "replicas"}
+    assert "replicas" in values["queueWorker"]
 
 
 @pytest.mark.parametrize("name", transcode_names())
-def test_ffmpeg_is_stopped_by_transcode_before_the_watchdog_kills_it(
+def test_transcode_ends_its_work_before_the_watchdog_gives_up(
     name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # of-watchdog kills the whole process at exec_timeout: transcode could then neither
-    # record the failure nor retry; only the sweeper would notice, much later.
-    vtp_env = {k: v for k, v in fn_env(name).items() if k.startswith("VTP_")}
+    # of-watchdog answers 504 at exec_timeout and lets the handler run on, unrecorded: the
+    # transcode must see the same exec_timeout and finish (or fail, recorded) before it.
+    env = fn_env(name)
+    vtp_env = {k: v for k, v in env.items() if k.startswith("VTP_")}
+    vtp_env["exec_timeout"] = env["exec_timeout"]
     settings = settings_for_env(vtp_env, monkeypatch, tmp_path)
     exec_timeout = fn_timeouts(name)["exec_timeout"]
-    assert settings.ffmpeg_timeout_seconds < exec_timeout, (
-        f"{name}: VTP_FFMPEG_TIMEOUT_SECONDS={settings.ffmpeg_timeout_seconds:.0f}s is not below "
-        f"its exec_timeout of {exec_timeout:.0f}s"
+    assert settings.exec_timeout_seconds == exec_timeout
+    assert settings.work_deadline_seconds() < exec_timeout - 60, (
+        f"{name}: its work may run {settings.work_deadline_seconds():.0f}s of an "
+        f"exec_timeout of {exec_timeout:.0f}s: no time left to upload and record"
     )
 
 
@@ -543,7 +662,7 @@ def test_minio_webhook_target_is_complete() -> None:
     assert env["MINIO_NOTIFY_WEBHOOK_ENABLE_VTP"] == "on"
     endpoint = urlsplit(env["MINIO_NOTIFY_WEBHOOK_ENDPOINT_VTP"])
     assert (endpoint.scheme, endpoint.hostname, endpoint.port) == ("http", "gateway", 8080)
-    assert endpoint.path == "/async-function/split", "uploads must reach split through the queue"
+    assert endpoint.path == "/function/split", "uploads go to split directly, not queued"
     # The token MinIO sends is the one split checks: both come from the same variable.
     token_var = compose_var(env["MINIO_NOTIFY_WEBHOOK_AUTH_TOKEN_VTP"])
     assert secrets_sh_table()["vtp-webhook-token"] == token_var
@@ -790,6 +909,7 @@ def test_deploy_scripts_are_valid_bash() -> None:
 
 # --- deploy/faasd/install.sh, run against a stand-in faasd directory -------------------------
 
+# The relevant part of faasd 0.19.x's own docker-compose.yaml (its queue-worker as shipped).
 FAASD_COMPOSE = textwrap.dedent(
     """\
     version: "3.7"
@@ -807,8 +927,15 @@ FAASD_COMPOSE = textwrap.dedent(
       queue-worker:
         image: ghcr.io/openfaas/queue-worker:0.14.2
         environment:
+          - faas_nats_address=nats
+          - faas_nats_port=4222
+          - gateway_invoke=true
+          - faas_gateway_address=gateway
           - ack_wait=5m5s
           - max_inflight=1
+          - write_debug=false
+          - basic_auth=true
+          - secret_mount_path=/run/secrets
     """
 )
 

@@ -89,6 +89,8 @@ def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
 
     down = _localfaas(mini_env, "down")
     assert down.returncode == 0, down.stdout + down.stderr
+    for name in ("gateway", "queue-worker-0", "fn-echo", "postgres", "redis", "nats", "s3"):
+        assert name in down.stdout, f"down does not say it stopped {name}: {down.stdout}"
     for name, pid in pids.items():
         assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"{name} ({pid}) still runs"
     for port in (gateway, base, base + 1, base + 2, base + 3, base + 4, base + 20):

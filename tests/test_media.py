@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from vtp.encode import RenditionResult, _peak_bitrate, encode_rendition, parse_media_playlist
@@ -538,3 +541,49 @@ def test_poster_is_at_most_1280_wide(server, tmp_path):
     poster = make_poster(url, source, tmp_path / "poster.jpg", FAST)
     (image,) = streams(poster, "video")
     assert (image["width"], image["height"]) == (1280, 720)
+
+
+# --- every length, from one frame to several segments -------------------------------------
+
+PRODUCTION_GRID = Settings(segment_seconds=4.0, gop_seconds=2.0, ffprobe_timeout_seconds=30)
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [1 / 25, 0.5, 1.99, 2.0, 4.0, 5.3, 8.04, 9.0],
+    ids=["one-frame", "half-second", "under-a-gop", "one-gop", "one-segment",
+         "two-segments-short-tail", "two-segments-one-frame-tail", "three-segments"],
+)  # fmt: skip
+def test_any_length_encodes(server, tmp_path, seconds):
+    """The real 5.3 s 720p25 clip (two segments, the last short) crashed every transcode in
+    _peak_bitrate; every length must give a valid rendition and honest figures."""
+    name = f"len-{seconds:.2f}.mp4"
+    _ffmpeg(*_av("640x360", seconds, rate=25), *H264, "-c:a", "aac", str(server.root / name))
+    url = server.url(name)
+    source = probe_source(url, PRODUCTION_GRID)
+    (spec,) = plan_ladder(source, PRODUCTION_GRID, ["360p"])
+    result = encode_rendition(url, source, spec, tmp_path / "out", settings=PRODUCTION_GRID)
+    assert result.segments == max(1, -(-round(source.duration, 2) // 4)), result
+    assert result.duration == pytest.approx(source.duration, abs=0.1)
+    assert 0 < result.avg_bitrate <= result.peak_bitrate
+    (video,) = streams(tmp_path / "out" / "index.m3u8", "video")
+    assert (video["width"], video["height"]) == (640, 360)
+
+
+@hypothesis_settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.integers(min_value=1, max_value=10_000_000), min_size=1, max_size=12),
+    st.floats(min_value=0.001, max_value=4.0),
+)
+def test_peak_bitrate_is_the_densest_stretch(sizes, tail):
+    """Whole 4 s segments and a last one of any length: never an error, never below the
+    average, and a short tail counted together with the segment before it."""
+    durations = [4.0] * (len(sizes) - 1) + [tail]
+    peak = _peak_bitrate(durations, sizes, gop_seconds=2.0)
+    average = sum(sizes) * 8 / sum(durations)
+    assert peak >= round(average) - 1
+    merged_d, merged_s = list(durations), list(sizes)
+    if len(sizes) > 1 and tail < 2.0:
+        merged_d[-2:] = [merged_d[-2] + merged_d[-1]]
+        merged_s[-2:] = [merged_s[-2] + merged_s[-1]]
+    assert peak == round(max(s * 8 / d for s, d in zip(merged_s, merged_d, strict=True)))

@@ -17,7 +17,7 @@ from vtp.invoker import Invoker
 from vtp.jobs import JobStore, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.lifecycle import RetryPolicy
-from vtp.models import RenditionState, SourceInfo
+from vtp.models import RenditionState, SourceInfo, TranscodeTask
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
 from vtp.storage import Storage
@@ -105,3 +105,50 @@ def test_callback_urls_are_signed_per_job_and_rendition(pipeline: Pipeline) -> N
     with pytest.raises(Unauthorized):
         signed.check_callback_signature("j1", "720p", None)
     pipeline.check_callback_signature("j1", "720p", None)  # no secret configured: open
+
+
+def test_a_bug_in_the_encoder_is_recorded_as_what_it_is(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An exception the pipeline did not expect (the real one: an IndexError in
+    _peak_bitrate) is recorded with its type and message, and not retried as if the worker
+    had vanished: the same input would hit it again."""
+    import vtp.pipeline as pipeline_module
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise IndexError("list assignment index out of range")
+
+    monkeypatch.setattr(pipeline_module, "encode_rendition", broken)
+    src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e3")
+    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    out = pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition="360p"), "call-bug")
+    rend = pipeline.store.get(job.id).rendition("360p")
+    assert out["state"] == "failed" and rend.state is RenditionState.FAILED
+    assert rend.attempts == 1
+    assert rend.error is not None and "IndexError: list assignment index out of range" in rend.error
+    assert pipeline.store.get(job.id).state.value == "failed"  # the job ended, with the reason
+
+
+def test_failures_are_classified_by_what_retrying_can_change() -> None:
+    import psycopg2
+    import requests
+
+    from vtp.errors import FfmpegError, FfmpegTimeout, InvalidSource, StorageError
+    from vtp.pipeline import _failure
+
+    settings = Settings(exec_timeout="1h")
+    cases: list[tuple[BaseException, bool, str]] = [
+        (InvalidSource("not a video"), False, "not a video"),
+        (FfmpegError("decoder error"), True, "decoder error"),
+        (FfmpegTimeout("ffmpeg ran past 3300s"), True, "exec_timeout is 3600s"),
+        (StorageError("S3 503"), True, "S3 503"),
+        (psycopg2.OperationalError("server closed the connection"), True, "OperationalError"),
+        (requests.ConnectionError("refused"), True, "ConnectionError"),
+        (OSError(28, "No space left on device"), True, "No space left"),
+        (ValueError("bad math"), False, "internal error (ValueError: bad math)"),
+        (KeyError("width"), False, "internal error (KeyError"),
+    ]
+    for exc, retryable, words in cases:
+        reason, again = _failure(exc, settings)
+        assert again is retryable, exc
+        assert words in reason, (exc, reason)
