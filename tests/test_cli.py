@@ -359,6 +359,6 @@ def test_watch_through_a_gateway_that_buffers_streams(
     done = run_vtp("upload", str(clip), "--watch", env_file=env_file, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
-    assert "live updates: polling" in out and "held up" in out, out
+    assert "live updates: polling" in out and "holds the event stream back" in out, out
     assert "live updates: sse" not in out, out
     assert re.search(r"360p.*succeeded", out) and re.search(r"720p.*succeeded", out), out

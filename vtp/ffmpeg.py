@@ -319,7 +319,7 @@ def _run(
         if isinstance(exc, _Timeout):
             log.warning("%s timed out after %.1fs and was killed: %s", tool, elapsed, shown)
             raise FfmpegTimeout(
-                f"{tool} exceeded its {timeout:g}s time limit and was killed"
+                f"{tool} exceeded its {_seconds(timeout)} time limit and was killed"
                 + (f"; last output: {reason_tail}" if reason_tail else "")
             ) from None
         if isinstance(exc, _Cancelled):
@@ -421,3 +421,8 @@ def _has_exited(proc: subprocess.Popen[bytes]) -> bool:
     except ChildProcessError:
         return True
     return info is not None
+
+
+def _seconds(value: float) -> str:
+    """3300 -> "3300s", 2.96885 -> "3.0s": a time limit as a person reads it."""
+    return f"{value:.0f}s" if value >= 10 else f"{value:.1f}s"

@@ -39,7 +39,7 @@ WS_RETRIES = 4  # reopen attempts of a WebSocket that worked, before falling bac
 WS_STABLE_S = 30.0  # a WebSocket cut after this long was working: reopen it
 ABNORMAL_CLOSE = frozenset({1002, 1006, 1011, 1015})
 STALL_S = 5.0  # a stream whose snapshot has not come this long after asking is not live
-STALLED = "the event stream is held up on the way (a gateway that buffers it)"
+STALLED = "the gateway holds the event stream back"
 
 
 def _order(stream_id: str | None) -> tuple[int, int]:

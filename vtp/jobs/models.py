@@ -130,11 +130,13 @@ def summarize_outcome(renditions: Sequence[Rendition]) -> tuple[JobState, str | 
             continue
         if not r.state.terminal:
             raise ValueError(f"rendition {r.name} is still {r.state}")
-        how = (
-            f"dead after {r.attempts} attempt{'s' if r.attempts != 1 else ''}"
-            if r.state is RenditionState.DEAD
-            else "failed"
-        )
+        if r.state is not RenditionState.DEAD:
+            how = "failed"
+        elif r.attempts:
+            how = f"dead after {r.attempts} attempt{'s' if r.attempts != 1 else ''}"
+        else:
+            how = "dead, never started"  # every call refused: the error says why
+
         problems.append(f"rendition {r.name} {how}: {r.error}")
     if not renditions:
         return JobState.FAILED, "job has no renditions"
