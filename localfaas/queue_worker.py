@@ -5,7 +5,8 @@ the original method, as CE does), then, when the request had an `X-Callback-Url`
 function's response body and headers there, adding `X-Function-Status`, `X-Function-Name`,
 `X-Call-Id` and `X-Duration-Seconds`. Like CE it never retries, neither the call nor the
 callback, and acknowledges the message whatever the outcome; a connection failure is
-reported as 503.
+reported as 503. A worker stopped mid-call hands the message back for redelivery (see
+`run_one`), so a restarted stack does not wait `ack_wait` for it.
 
 Concurrency: one call at a time per queue-worker. CE 0.14.0 no longer reads `max_inflight`
 (its log says "Concurrency: 1") and the CE gateway has no named queues, so every async call,
@@ -79,16 +80,21 @@ class QueueWorker:
 
     async def run_one(self, session: aiohttp.ClientSession, msg: queue.Msg) -> None:
         """Handle one message, unless the worker is told to stop first: then the call is
-        abandoned unacknowledged, as when a real queue-worker is killed mid-call."""
+        abandoned (no callback) and handed back to the queue at once, as NATS Streaming does
+        with the unacknowledged message of a queue-worker that comes back under its client
+        id (seen on nats-queue-worker 0.14.0, after SIGTERM and SIGKILL alike): the next
+        worker to fetch gets it, marked redelivered, without waiting for ack_wait."""
         call = asyncio.create_task(self.handle(session, msg))
         stop = asyncio.create_task(self.stopping.wait())
         done, _ = await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
         if call not in done:
-            log.warning("stopping with a call in flight: it is left unacknowledged")
+            log.warning("stopping with a call in flight: handing it back to the queue")
             call.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await call
+            with contextlib.suppress(Exception):
+                await msg.nak()
 
     async def handle(self, session: aiohttp.ClientSession, msg: queue.Msg) -> None:
         """Process one message and acknowledge it, whatever the outcome (as CE does)."""

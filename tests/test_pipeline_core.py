@@ -119,7 +119,9 @@ def test_a_bug_in_the_encoder_is_recorded_as_what_it_is(
         raise IndexError("list assignment index out of range")
 
     monkeypatch.setattr(pipeline_module, "encode_rendition", broken)
-    src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e3")
+    key = f"core/{time.time_ns()}.mp4"
+    pipeline.storage.put_bytes("uploads", key, b"stands in for a video: never decoded here")
+    src = SourceRef(bucket="uploads", key=key, etag=pipeline.storage.stat("uploads", key).etag)
     job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     out = pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition="360p"), "call-bug")
     rend = pipeline.store.get(job.id).rendition("360p")
@@ -152,3 +154,40 @@ def test_failures_are_classified_by_what_retrying_can_change() -> None:
         reason, again = _failure(exc, settings)
         assert again is retryable, exc
         assert words in reason, (exc, reason)
+
+
+def test_a_source_deleted_or_replaced_since_the_job_began_fails_for_good(
+    pipeline: Pipeline,
+) -> None:
+    key = f"core/{time.time_ns()}.mp4"
+    pipeline.storage.put_bytes("uploads", key, b"version one")
+    etag = pipeline.storage.stat("uploads", key).etag
+    plan = plan_ladder(INFO, pipeline.settings, ["360p"])
+    replaced, _ = pipeline.store.create_job(
+        SourceRef(bucket="uploads", key=key, etag=etag), INFO, plan
+    )
+    pipeline.storage.put_bytes("uploads", key, b"version two, a different object")
+    out = pipeline.run_rendition(TranscodeTask(job_id=replaced.id, rendition="360p"), "c-r")
+    assert out["state"] == "failed" and "was replaced" in out["error"], out
+    gone, _ = pipeline.store.create_job(
+        SourceRef(bucket="uploads", key=f"core/{time.time_ns()}-gone.mp4", etag="e4"), INFO, plan
+    )
+    out = pipeline.run_rendition(TranscodeTask(job_id=gone.id, rendition="360p"), "c-g")
+    assert out["state"] == "failed" and "is gone" in out["error"], out
+    assert pipeline.store.get(gone.id).rendition("360p").attempts == 1  # not retried
+
+
+def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
+    pipeline: Pipeline,
+) -> None:
+    """A restarted CE queue-worker gets its unacknowledged message again at once; the
+    transcode refuses it (the attempt still runs) and answers 200. That report must not
+    write off the attempt that is encoding; a failed report of it must."""
+    src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e5")
+    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    pipeline.store.record_dispatch(job.id, "360p", "call-1")
+    pipeline.store.begin_attempt(job.id, "360p", "call-1")
+    pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="call-1")
+    assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RUNNING
+    pipeline.on_rendition_callback(str(job.id), "360p", function_status=500, call_id="call-1")
+    assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RETRYING

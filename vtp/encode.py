@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -80,11 +81,13 @@ def encode_rendition(
     settings: Settings,
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
+    cancel: threading.Event | None = None,
 ) -> RenditionResult:
     """Encode `spec` from `source_url` into `out_dir` and describe what was written.
 
     `timeout` (seconds) bounds ffmpeg's wall time; `settings.ffmpeg_timeout_seconds` when
-    None. The caller passes what is left of its call's deadline.
+    None. The caller passes what is left of its call's deadline. Setting `cancel` stops the
+    encode (FfmpegError).
 
     `formats` must include "hls"; "mp4" adds `<name>.mp4` with its index at the front
     (`+faststart`) for progressive download. Files a previous attempt left in `out_dir` are
@@ -111,6 +114,7 @@ def encode_rendition(
         timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
         on_progress=on_progress,
         cwd=out_dir,
+        cancel=cancel,
     )
     return _describe(out_dir, source, spec, settings, mp4_name)
 

@@ -35,6 +35,14 @@ def pipeline() -> Pipeline:
         return _pipeline
 
 
+def stop_work() -> None:
+    """Ask the process's Pipeline, if one was built, to stop its calls in flight (SIGTERM)."""
+    with _lock:
+        built = _pipeline
+    if built is not None:
+        built.stopping.set()
+
+
 def ok(body: Any, status: int = 200) -> Response:
     if isinstance(body, BaseModel):
         body = body.model_dump(mode="json")

@@ -52,8 +52,6 @@ from vtp.webhook import SourceObject
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 10.0
-# A running rendition with no heartbeat for this long has lost its worker.
-STALE_AFTER_S = 120.0
 # A retry due within this long is dispatched from a timer in split; later ones by the sweeper.
 INLINE_RETRY_WAIT_S = 15.0
 
@@ -91,6 +89,8 @@ class Pipeline:
         self.storage = storage
         self.bus = bus
         self.invoker = invoker
+        # Set when the process is asked to stop: encodes in flight end, recorded (SIGTERM).
+        self.stopping = threading.Event()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Pipeline:
@@ -243,8 +243,11 @@ class Pipeline:
         It reports every call, whatever happened, and only once. What the report means
         depends on which call it is about and where the rendition is now:
 
-        * the attempt running under this call is still running: the worker ended without
-          recording an outcome (killed, out of memory, cut off): a failed attempt;
+        * the attempt running under this call is still running and the call failed: the
+          worker ended without recording an outcome (killed, out of memory, cut off): a
+          failed attempt. A 2xx for a running attempt is a redelivery of its message (NATS
+          Streaming delivers a restarted queue-worker's unacknowledged message again at
+          once) that the handler refused as a duplicate: the attempt goes on;
         * the rendition still waits for this very call and the status is not 2xx: the call
           never reached the handler (429 from a busy watchdog, 500 "Can't reach service"
           from the provider, 502/503 while the function restarts): a refusal;
@@ -254,7 +257,13 @@ class Pipeline:
         job = self.store.get(job_id)
         rend = job.rendition(rendition)
         what = _status_text(function_status, body)
-        if rend.state is RenditionState.RUNNING and call_id and rend.last_call_id == call_id:
+        failed = not 200 <= function_status < 300
+        if (
+            rend.state is RenditionState.RUNNING
+            and call_id
+            and rend.last_call_id == call_id
+            and failed
+        ):
             self._fail_retryable(
                 rend,
                 f"{rend.function} ended without a result ({what}; "
@@ -263,7 +272,7 @@ class Pipeline:
             )
         elif (
             rend.state is RenditionState.QUEUED
-            and not 200 <= function_status < 300
+            and failed
             and (call_id is None or rend.dispatch_call_id == call_id)
         ):
             self._refused(
@@ -373,6 +382,7 @@ class Pipeline:
         prefix = f"{job.id}/{rend.name}"
         outcome: dict[str, Any]
         try:
+            self._check_source_unchanged(job)
             budget = deadline - time.monotonic()
             url = self.storage.presigned_get(
                 job.source.bucket, job.source.key, expires=int(budget) + 600
@@ -388,6 +398,7 @@ class Pipeline:
                     settings=self.settings,
                     on_progress=on_progress,
                     timeout=budget,
+                    cancel=self.stopping,
                 )
                 self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
             record = result.model_dump(mode="json") | {"output_prefix": prefix}
@@ -401,6 +412,9 @@ class Pipeline:
             return {"job_id": str(job.id), "rendition": rend.name, "superseded": exc.reason}
         except Exception as exc:
             reason, retryable = _failure(exc, self.settings)
+            if self.stopping.is_set():
+                reason = f"interrupted: the function was stopped ({reason})"
+                retryable = True
             state = self._record_failure(job.id, rend.name, reason, retryable, call_id)
             if state is None:
                 return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
@@ -410,6 +424,23 @@ class Pipeline:
             reporter.close()
         self.maybe_finalize(job.id, claimer=call_id)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": rend.attempts} | outcome
+
+    def _check_source_unchanged(self, job: Job) -> None:
+        """The job's object version must still be there: a source deleted or replaced since
+        the job was made fails it for good, saying which (a retry would read the same)."""
+        src = job.source
+        where = f"s3://{src.bucket}/{src.key}"
+        try:
+            now = self.storage.stat(src.bucket, src.key)
+        except NotFound:
+            raise InvalidSource(f"the source {where} is gone (deleted since the job began)") from (
+                None
+            )
+        if now.etag and now.etag != src.normalized_etag:
+            raise InvalidSource(
+                f"the source {where} was replaced (ETag {now.etag}, the job's is "
+                f"{src.normalized_etag}): its new version is a job of its own"
+            )
 
     def _record_failure(
         self, job_id: UUID, rendition: str, reason: str, retryable: bool, call_id: str
@@ -509,7 +540,7 @@ class Pipeline:
     def sweep(self) -> dict[str, int]:
         """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
         finalizations."""
-        reaped = self.store.reap_stale(STALE_AFTER_S)
+        reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for r in reaped:
             self._publish(
                 ProgressEvent(
@@ -623,7 +654,7 @@ class _Heartbeat:
 
     A database hiccup must not kill an hour-long encode, so errors other than Conflict are
     logged and the encode goes on (the sweeper only writes an attempt off after
-    STALE_AFTER_S without any beat). Conflict means the attempt was written off: it
+    `stale_after_seconds` without any beat). Conflict means the attempt was written off: it
     propagates and stops the encode.
     """
 

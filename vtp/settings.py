@@ -107,6 +107,9 @@ class Settings(BaseSettings):
     # Back-off between tries: base * 2**(n-1) seconds, capped.
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
+    # A running attempt with no heartbeat (every 10 s) for this long has lost its worker (killed,
+    # its node gone): the sweeper writes it off and retries it.
+    stale_after_seconds: float = Field(default=120.0, ge=30)
     # A rendition still queued this long after its dispatch is dispatched again by the sweeper
     # (its queued call may have been lost); generous, since a long queue is not a lost call.
     redispatch_after_seconds: float = 2 * 3600

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from vtp.errors import InvalidRequest
-from vtp.http import Response, guarded, header, ok, pipeline
+from vtp.http import Response, guarded, header, ok, pipeline, stop_work
 from vtp.models import TranscodeTask
 
 
@@ -28,3 +28,9 @@ def handle(event: Any, context: Any) -> Response:
     result = pipeline().run_rendition(task, call_id, started=started)
     status = 200 if result.get("state", "succeeded") == "succeeded" else 500
     return ok(result, status=status)
+
+
+def on_sigterm() -> None:
+    """The process is being stopped (redeploy, scale-down, `make down`): encodes in flight
+    stop at once and record a retryable failure saying so, instead of vanishing."""
+    stop_work()

@@ -45,6 +45,12 @@ which of-watchdog copies into the function's logs. Errors raised before the hand
 (405 for a method outside GET HEAD POST PUT PATCH DELETE OPTIONS, 413 for a body over the
 limit) are JSON of the same shape with the reason as `error`.
 
+Optional: `function/handler.py` may define `on_sigterm()`, a plain function called (in the
+main thread, so it must be quick: set a flag) as soon as this process gets SIGTERM, before
+the calls in flight are given their last seconds. Under of-watchdog the process gets SIGTERM
+only when its whole process group is signalled (of-watchdog itself drains and does not pass
+the signal on); the local runtime signals the group.
+
 Environment: `UPSTREAM_PORT` (5000), `WAITRESS_THREADS` (8), `MAX_REQUEST_BODY_BYTES`
 (32 MiB: this pipeline passes object keys, never media, through function calls), `LOG_LEVEL`
 (INFO). SIGTERM stops the server and exits with status 0.
@@ -230,9 +236,16 @@ def _env_int(name: str, default: int, minimum: int) -> int:
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
+    # The handler's own hook first (a long call may want to stop and record why); then
     # waitress's run() catches SystemExit, lets its worker threads finish (up to 5 s) and
     # returns; main() then closes the listening socket and exits with status 0.
     log.info("SIGTERM received: shutting down")
+    hook = getattr(handler, "on_sigterm", None)
+    if callable(hook):
+        try:
+            hook()
+        except Exception:
+            log.exception("the handler's on_sigterm() failed")
     raise SystemExit(0)
 
 

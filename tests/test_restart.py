@@ -1,0 +1,157 @@
+"""The whole stack stopped in the middle of jobs (`make down`, then `make up`): the next upload
+starts at once, and the interrupted jobs end recorded, succeeded after a retry.
+
+What happened before: the stopped queue-workers left their messages delivered but never
+acknowledged, as many as the consumer's max_ack_pending (4), so after `make up` no new call
+ran until ack_wait (1 h) expired; and the interrupted renditions stayed "running" until the
+sweeper noticed their heartbeats had stopped.
+
+A stack of its own (its own run dir and ports): this test stops and starts it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+import requests
+from minio import Minio
+
+from localfaas import runtime
+from localfaas.config import REPO_ROOT, LocalConfig
+from tests.clips import make_clip
+from tests.ports import free_port, free_port_base
+
+
+@pytest.fixture
+def own_stack(test_slot: int) -> Iterator[LocalConfig]:
+    cfg = LocalConfig(
+        run_dir=REPO_ROOT / ".run" / f"test-restart-{test_slot}",
+        port_base=free_port_base(),
+        gateway_port=free_port(),
+        queue_workers=2,
+        function_env={"*": {"VTP_RETRY_BASE_SECONDS": "1", "VTP_RETRY_MAX_SECONDS": "4"}},
+    )
+    runtime.down(cfg)
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)
+    try:
+        runtime.up(cfg)
+        yield cfg
+    finally:
+        runtime.down(cfg)
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+
+def s3(cfg: LocalConfig) -> Minio:
+    c = cfg.credentials
+    return Minio(
+        cfg.s3_endpoint.split("://", 1)[1],
+        access_key=c["s3_access_key"],
+        secret_key=c["s3_secret_key"],
+        secure=False,
+        region="us-east-1",
+    )
+
+
+def view(cfg: LocalConfig, job_id: str) -> dict[str, Any]:
+    r = requests.get(f"{cfg.gateway_url}/function/status", params={"id": job_id}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def wait(what: str, check: Any, timeout: float) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    pytest.fail(f"{what}: not within {timeout:.0f}s")
+
+
+@pytest.mark.slow
+def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
+    cfg = own_stack
+    client = s3(cfg)
+    client.make_bucket("restart-sources")
+    long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=40, audio=False)
+    jobs = []
+    for i in range(2):
+        key = f"long-{i}.mp4"
+        client.fput_object("restart-sources", key, str(long_clip))
+        r = requests.post(
+            f"{cfg.gateway_url}/function/split",
+            json={"bucket": "restart-sources", "key": key, "renditions": ["720p"]},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        jobs.append(r.json()["job_id"])
+
+    def both_encoding() -> bool:
+        rends = [view(cfg, j)["renditions"][0] for j in jobs]
+        return all(
+            r["state"] == "running" and (r.get("progress") or {}).get("percent", 0) > 0
+            for r in rends
+        )
+
+    wait("both long transcodes encoding", both_encoding, 60)
+
+    runtime.down(cfg)
+    runtime.up(cfg)
+    # The local S3 server (moto) keeps objects in memory, and `down` lost them; MinIO keeps
+    # its objects on disk. Put the sources back as they were (same bytes, same ETags).
+    client.make_bucket("restart-sources")
+    for i in range(2):
+        client.fput_object("restart-sources", f"long-{i}.mp4", str(long_clip))
+
+    # The next upload is not held up by what the stopped queue-workers left behind.
+    small = make_clip(tmp_path / "small.mp4", size="640x360", seconds=2)
+    key = f"after-restart/{uuid.uuid4().hex}.mp4"
+    client.fput_object(cfg.uploads_bucket, key, str(small))
+    uploaded = time.monotonic()
+
+    def new_job_running() -> str | None:
+        r = requests.get(
+            f"{cfg.gateway_url}/function/status",
+            params={"bucket": cfg.uploads_bucket, "key": key},
+            timeout=10,
+        )
+        found = r.json()["jobs"]
+        if found and any(x["state"] != "queued" for x in view(cfg, found[0]["id"])["renditions"]):
+            return str(found[0]["id"])
+        return None
+
+    new_job = wait("the new upload's transcode started", new_job_running, 30)
+    assert time.monotonic() - uploaded < 15, "the new job waited behind the stopped calls"
+    wait("the new job finished", lambda: view(cfg, new_job)["state"] == "succeeded", 120)
+
+    # The interrupted ones were recorded as such when the stack stopped, and retried.
+    for job_id in jobs:
+        done = wait(
+            f"interrupted job {job_id} ended",
+            lambda j=job_id: (v := view(cfg, j))["state"] in ("succeeded", "failed") and v,
+            150,
+        )
+        assert done["state"] == "succeeded", done["renditions"][0]["error"]
+        assert done["renditions"][0]["attempts"] == 2, done
+    with psycopg2.connect(cfg.postgres_dsn) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT job_id, from_state, to_state, coalesce(detail, ''), attempt FROM state_changes"
+            " WHERE job_id = ANY(%s::uuid[]) AND rendition = '720p' ORDER BY id",
+            (jobs,),
+        )
+        rows = cur.fetchall()
+    conn.close()
+    for job_id in jobs:
+        steps = [(a, b, d, n) for j, a, b, d, n in rows if str(j) == job_id]
+        ended = [s for s in steps if s[0] == "running"]
+        assert ended[0][1] == "retrying" and "interrupted: the function was stopped" in ended[0][2]
+        assert [s[1] for s in ended] == ["retrying", "succeeded"], steps
+        starts = [s for s in steps if s[1] == "running"]
+        assert [s[3] for s in starts] == [1, 2], "one attempt at a time, never two at once"
