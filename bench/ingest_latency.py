@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import requests
-from minio import Minio
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO))
 from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
 from tests.ports import free_port, free_port_base  # noqa: E402
+from tests.s3 import s3_client  # noqa: E402
 
 WORKERS = 3
 LONG_SECONDS = 40  # of 720p: long enough that the encodes outlast the measurement
@@ -45,17 +45,6 @@ def clip(path: Path, seconds: int, size: str) -> Path:
         check=True,
     )  # fmt: skip
     return path
-
-
-def s3_client(cfg: LocalConfig) -> Minio:
-    c = cfg.credentials
-    return Minio(
-        cfg.s3_endpoint.split("://", 1)[1],
-        access_key=c["s3_access_key"],
-        secret_key=c["s3_secret_key"],
-        secure=False,
-        region="us-east-1",
-    )
 
 
 def running_transcodes(gateway: str, job_ids: list[str]) -> int:
@@ -80,9 +69,7 @@ def measure(route: str, long_clip: Path, short_clip: Path) -> tuple[float | None
     shutil.rmtree(run_dir, ignore_errors=True)
     try:
         runtime.up(cfg)
-        s3 = s3_client(cfg)
-        if not s3.bucket_exists("bench-sources"):
-            s3.make_bucket("bench-sources")
+        s3 = s3_client(cfg, "bench-sources")
         jobs = []
         for i in range(WORKERS):
             key = f"long-{i}.mp4"

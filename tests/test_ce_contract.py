@@ -27,22 +27,14 @@ from localfaas.config import LocalConfig
 from tests import faascli
 from tests.clips import make_clip
 from tests.receiver import Receiver
+from tests.s3 import s3_client
 
 BUCKET = "ce-sources"  # no notification rule: only manual jobs read from it
 
 
 @pytest.fixture(scope="module")
-def s3(stack_env: dict[str, str]) -> Minio:
-    client = Minio(
-        stack_env["VTP_S3_ENDPOINT"].split("://", 1)[1],
-        access_key=stack_env["VTP_S3_ACCESS_KEY"],
-        secret_key=stack_env["VTP_S3_SECRET_KEY"],
-        secure=False,
-        region="us-east-1",
-    )
-    if not client.bucket_exists(BUCKET):
-        client.make_bucket(BUCKET)
-    return client
+def s3(stack: LocalConfig) -> Minio:
+    return s3_client(stack, BUCKET)
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +54,17 @@ def upload(s3: Minio, path: Path) -> str:
     key = f"ce/{uuid.uuid4().hex}.mp4"
     s3.fput_object(BUCKET, key, str(path))
     return key
+
+
+def submit(gateway: str, key: str, rendition: str) -> str:
+    """A manual job for one rendition of an object in BUCKET; its id."""
+    r = requests.post(
+        f"{gateway}/function/split",
+        json={"bucket": BUCKET, "key": key, "renditions": [rendition]},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["job_id"])
 
 
 def job_view(gateway: str, job_id: str) -> dict[str, Any]:
@@ -141,14 +144,7 @@ def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
     try:
         r = requests.get(f"{gateway}/function/transcode-360p", timeout=10)
         assert (r.status_code, r.text) == (500, "Can't reach service for: transcode-360p.")
-        key = upload(s3, clip)
-        r = requests.post(
-            f"{gateway}/function/split",
-            json={"bucket": BUCKET, "key": key, "renditions": ["360p"]},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        job_id = r.json()["job_id"]
+        job_id = submit(gateway, upload(s3, clip), "360p")
         view = wait_job(gateway, job_id, timeout=90)
     finally:
         runtime.scale(stack, "transcode-360p", 1)
@@ -174,13 +170,7 @@ def test_sweeper_redispatch_is_accepted_by_split(
     has the callback secret (it had not, and split answered 401 to every such report)."""
     runtime.scale(stack, "transcode-360p", 0)
     try:
-        key = upload(s3, clip)
-        r = requests.post(
-            f"{gateway}/function/split",
-            json={"bucket": BUCKET, "key": key, "renditions": ["360p"]},
-            timeout=60,
-        )
-        job_id = r.json()["job_id"]
+        job_id = submit(gateway, upload(s3, clip), "360p")
         deadline = time.monotonic() + 30
         while job_view(gateway, job_id)["renditions"][0]["state"] != "retrying":
             assert time.monotonic() < deadline, job_view(gateway, job_id)
@@ -222,14 +212,7 @@ def test_transcode_ends_its_work_before_exec_timeout(
     then and let the encode run on, unrecorded; the transcode stops ffmpeg itself before, and
     records a timeout, each attempt, until the rendition is dead."""
     big = make_clip(tmp_path / "1080.mp4", size="1920x1080", seconds=8, audio=False)
-    key = upload(s3, big)
-    r = requests.post(
-        f"{gateway}/function/split",
-        json={"bucket": BUCKET, "key": key, "renditions": ["1080p"]},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-    job_id = r.json()["job_id"]
+    job_id = submit(gateway, upload(s3, big), "1080p")
     view = wait_job(gateway, job_id, timeout=120)
     assert view["state"] == "failed"
     rend = view["renditions"][0]

@@ -21,12 +21,12 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
-from minio import Minio
 
 from localfaas import runtime
 from localfaas.config import REPO_ROOT, LocalConfig
 from tests.clips import make_clip
 from tests.ports import free_port, free_port_base
+from tests.s3 import s3_client
 
 
 @pytest.fixture
@@ -48,17 +48,6 @@ def own_stack(test_slot: int) -> Iterator[LocalConfig]:
         shutil.rmtree(cfg.run_dir, ignore_errors=True)
 
 
-def s3(cfg: LocalConfig) -> Minio:
-    c = cfg.credentials
-    return Minio(
-        cfg.s3_endpoint.split("://", 1)[1],
-        access_key=c["s3_access_key"],
-        secret_key=c["s3_secret_key"],
-        secure=False,
-        region="us-east-1",
-    )
-
-
 def view(cfg: LocalConfig, job_id: str) -> dict[str, Any]:
     r = requests.get(f"{cfg.gateway_url}/function/status", params={"id": job_id}, timeout=10)
     assert r.status_code == 200, r.text
@@ -78,8 +67,7 @@ def wait(what: str, check: Any, timeout: float) -> Any:
 @pytest.mark.slow
 def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     cfg = own_stack
-    client = s3(cfg)
-    client.make_bucket("restart-sources")
+    client = s3_client(cfg, "restart-sources")
     long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=40, audio=False)
     jobs = []
     for i in range(2):
