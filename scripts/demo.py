@@ -65,16 +65,17 @@ def next_steps(env: dict[str, str], key: str) -> None:
     gateway = env["VTP_GATEWAY_URL"]
     vtp = "vtp" if shutil.which("vtp") else str(REPO / ".venv" / "bin" / "vtp")
     job = json.dumps({"bucket": env.get("VTP_UPLOADS_BUCKET", "uploads"), "key": key})
-    console.print("\n[bold]next[/bold] (the settings: [dim]set -a; . .run/stack.env; set +a[/dim])")
-    console.print(f"  {vtp} jobs                          # recent jobs; status/watch take an id")
-    console.print(f"  curl -s {shlex.quote(gateway + '/function/status?limit=5')}")
-    console.print(
+    lines = [
+        f"  {vtp} jobs                          # recent jobs; status/watch take an id",
+        f"  curl -s {shlex.quote(gateway + '/function/status?limit=5')}",
         f"  echo {shlex.quote(job)} | faas-cli invoke split -g {gateway}"
-        "   # the same object: its job, duplicate"
-    )
-    console.print(
-        f"  curl -s --data-binary {shlex.quote(job)} {gateway}/function/split   # without faas-cli"
-    )
+        "   # the same object: its job, duplicate",
+        f"  curl -s --data-binary {shlex.quote(job)} {gateway}/function/split   # without faas-cli",
+    ]
+    console.print("\n[bold]next[/bold] (the settings: [dim]set -a; . .run/stack.env; set +a[/dim])")
+    for line in lines:
+        # Whole lines, whatever the terminal's width: they are meant to be copied.
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 if __name__ == "__main__":
