@@ -358,15 +358,19 @@ def test_declared_secrets_are_created_by_secrets_sh(name: str) -> None:
 
 # --- which functions need which secret, derived from the code -------------------------------
 
-PIPELINE_FILE = REPO / "vtp" / "pipeline.py"
+PIPELINE_DIR = REPO / "vtp" / "pipeline"
 # Receivers of Pipeline method calls in handler code: `pipeline().m()`, `p.m()` (p = pipeline()).
 _PIPELINE_RECEIVERS = {"p", "pipeline", "pipe"}
 
 
 def _pipeline_methods() -> dict[str, ast.FunctionDef]:
-    tree = ast.parse(PIPELINE_FILE.read_text())
-    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Pipeline")
-    return {n.name: n for n in cls.body if isinstance(n, ast.FunctionDef)}
+    """Every method of the classes that make up Pipeline (one module per part)."""
+    methods: dict[str, ast.FunctionDef] = {}
+    for path in sorted(PIPELINE_DIR.glob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                methods |= {n.name: n for n in node.body if isinstance(n, ast.FunctionDef)}
+    return methods
 
 
 def _reads_setting(node: ast.AST, field: str) -> bool:

@@ -113,7 +113,7 @@ def test_a_bug_in_the_encoder_is_recorded_as_what_it_is(
     """An exception the pipeline did not expect (the real one: an IndexError in
     _peak_bitrate) is recorded with its type and message, and not retried as if the worker
     had vanished: the same input would hit it again."""
-    import vtp.pipeline as pipeline_module
+    import vtp.pipeline.transcode as pipeline_module
 
     def broken(*args: object, **kwargs: object) -> None:
         raise IndexError("list assignment index out of range")
@@ -136,7 +136,7 @@ def test_failures_are_classified_by_what_retrying_can_change() -> None:
     import requests
 
     from vtp.errors import FfmpegError, FfmpegTimeout, InvalidSource, StorageError
-    from vtp.pipeline import _failure
+    from vtp.pipeline.transcode import _failure
 
     settings = Settings(exec_timeout="1h")
     cases: list[tuple[BaseException, bool, str]] = [

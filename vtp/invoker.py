@@ -3,7 +3,7 @@
 Asynchronous calls go through `/async-function/<name>`: the gateway answers 202 at once and
 the queue-worker makes the call later, then POSTs the function's response to the
 `X-Callback-Url`. The queue-worker never retries, so whoever receives the callback decides
-whether to retry (see vtp/pipeline.py).
+whether to retry (see vtp/pipeline/dispatch.py).
 """
 
 from __future__ import annotations

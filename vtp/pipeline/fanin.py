@@ -1,0 +1,121 @@
+"""Fan-in: when the last rendition ends, one caller writes the master playlist and the poster,
+finishes the job and sends its callback."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel
+
+from vtp import callbacks
+from vtp.encode import RenditionResult
+from vtp.errors import VtpError
+from vtp.jobs import CallbackStatus, Job, SourceRef, summarize_outcome
+from vtp.models import JobState, RenditionState
+from vtp.pipeline.views import Views
+from vtp.playlist import MasterEntry, make_poster, master_playlist
+
+log = logging.getLogger(__name__)
+
+
+class JobCallback(BaseModel):
+    """The body POSTed to a job's callback URL when the job ends."""
+
+    event: str = "job.finished"
+    job_id: UUID
+    state: JobState
+    error: str | None
+    source: SourceRef
+    master_url: str | None
+    poster_url: str | None
+    renditions: list[dict[str, Any]]
+    finished_at: datetime | None
+
+
+class FanIn(Views):
+    # --- fan-in ------------------------------------------------------------------------------
+    def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
+        """Finish the job if every rendition has ended and no one else is doing it."""
+        job = self.store.claim_finalization(job_id, claimer)
+        if job is None:
+            return False
+        state, reason = summarize_outcome(job.renditions)
+        master = None
+        done = [r for r in job.renditions if r.state is RenditionState.SUCCEEDED and r.result]
+        if done:
+            entries = [
+                MasterEntry.from_result(RenditionResult.model_validate(r.result)) for r in done
+            ]
+            master = master_playlist(entries)
+            try:
+                self.storage.put_bytes(
+                    self.settings.outputs_bucket, f"{job.id}/master.m3u8", master.encode()
+                )
+                self._write_poster(job)
+            except VtpError as exc:
+                state, reason = (
+                    JobState.FAILED,
+                    f"could not write the master playlist: {exc.reason}",
+                )
+        job = self.store.complete_job(
+            job.id, state, reason, claimer=claimer, master_playlist=master
+        )
+        log.info("job %s %s%s", job.id, job.state, f": {reason}" if reason else "")
+        self._publish_job(job)
+        self._fire_callback(job)
+        return True
+
+    def _write_poster(self, job: Job) -> None:
+        assert job.source_info is not None
+        url = self.storage.presigned_get(job.source.bucket, job.source.key, expires=600)
+        try:
+            with tempfile.TemporaryDirectory(prefix="vtp-poster-") as tmp:
+                path = make_poster(url, job.source_info, Path(tmp) / "poster.jpg", self.settings)
+                self.storage.put_bytes(
+                    self.settings.outputs_bucket, f"{job.id}/poster.jpg", path.read_bytes()
+                )
+        except VtpError as exc:
+            # A missing poster is cosmetic; the renditions are what the job is for.
+            log.warning("job %s: no poster: %s", job.id, exc.reason)
+
+    def _fire_callback(self, job: Job) -> None:
+        if not job.callback_url or job.callback_status is CallbackStatus.DELIVERED:
+            return
+        secret = self.settings.callback_secret
+        try:
+            callbacks.check_destination(
+                job.callback_url, allow_private=self.settings.callback_allow_private_networks
+            )
+        except VtpError as exc:
+            self.store.record_callback(job.id, CallbackStatus.FAILED, exc.reason)
+            return
+        delivery = callbacks.deliver(
+            job.callback_url,
+            self.callback_body(job),
+            delivery_id=str(job.id),
+            event="job.finished",
+            secret=secret.get_secret_value() if secret else None,
+        )
+        self.store.record_callback(
+            job.id,
+            CallbackStatus.DELIVERED if delivery.ok else CallbackStatus.FAILED,
+            delivery.error,
+        )
+
+    def callback_body(self, job: Job) -> JobCallback:
+        view = self.describe_job(job, live=False)
+        return JobCallback(
+            job_id=job.id,
+            state=job.state,
+            error=job.error,
+            source=job.source,
+            master_url=view["urls"].get("master"),
+            poster_url=view["urls"].get("poster"),
+            renditions=view["renditions"],
+            finished_at=job.finished_at,
+        )

@@ -1,0 +1,40 @@
+"""The cron sweeper's round: write off silent workers, dispatch due and lost retries, finish
+stuck finalizations."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from vtp.events import ProgressEvent
+from vtp.pipeline.intake import Intake
+
+log = logging.getLogger(__name__)
+
+
+class Sweep(Intake):
+    # --- sweeper -------------------------------------------------------------------------------
+    def sweep(self) -> dict[str, int]:
+        """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
+        finalizations."""
+        reaped = self.store.reap_stale(self.settings.stale_after_seconds)
+        for r in reaped:
+            self._publish(
+                ProgressEvent(
+                    job_id=str(r.job_id), rendition=r.name, state=r.state.value, error=r.error
+                )
+            )
+        retried = self.dispatch_due_retries()
+        lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
+        for r in lost:
+            log.warning("re-dispatching %s of job %s: still queued", r.name, r.job_id)
+            self.dispatch(r.job_id, r)
+        finalized = 0
+        for job in self.store.finalizations_due():
+            finalized += self.maybe_finalize(job.id, claimer=f"sweeper:{threading.get_ident()}")
+        return {
+            "reaped": len(reaped),
+            "retried": retried,
+            "redispatched": len(lost),
+            "finalized": finalized,
+        }

@@ -1,0 +1,190 @@
+"""Running one rendition in a transcode function: the attempt, its heartbeats and deadline,
+the encode, the upload, and the outcome recorded whatever happens."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import psycopg2
+import redis
+import requests
+
+from vtp.encode import encode_rendition
+from vtp.errors import Conflict, FfmpegTimeout, InvalidSource, NotFound, VtpError
+from vtp.events import ProgressReporter
+from vtp.ffmpeg import Progress
+from vtp.jobs import Job, JobStore
+from vtp.models import RenditionState, TranscodeTask
+from vtp.pipeline.dispatch import Dispatch
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+HEARTBEAT_EVERY_S = 10.0
+
+
+class Transcode(Dispatch):
+    # --- transcode -------------------------------------------------------------------------
+    def run_rendition(
+        self, task: TranscodeTask, call_id: str, *, started: float | None = None
+    ) -> dict[str, Any]:
+        """Encode one rendition and record the outcome; never raises for a failed encode.
+
+        `started` (time.monotonic() when the call reached the handler) anchors the call's
+        deadline: the work ends, recorded, before the function's exec_timeout, since
+        of-watchdog would answer 504 then and let it run on unrecorded.
+        """
+        started = time.monotonic() if started is None else started
+        deadline = started + self.settings.work_deadline_seconds()
+        job = self.store.get(task.job_id)
+        spec_rend = job.rendition(task.rendition)
+        expected = f"transcode-{self.settings.rendition}" if self.settings.rendition else None
+        if expected and spec_rend.function != expected:
+            log.warning("%s runs %s's task for %s", expected, spec_rend.function, task.rendition)
+        try:
+            rend = self.store.begin_attempt(task.job_id, task.rendition, call_id)
+        except Conflict as exc:
+            log.info("skipping duplicate delivery %s: %s", call_id, exc.reason)
+            return {"skipped": exc.reason, "job_id": str(task.job_id), "rendition": task.rendition}
+        assert job.source_info is not None
+        info = job.source_info
+        reporter = ProgressReporter(self.bus, job.id, rend.name, rend.attempts, info.duration)
+        reporter.state(RenditionState.RUNNING)
+        heartbeat = _Heartbeat(self.store, job.id, rend.name, call_id)
+
+        def on_progress(p: Progress) -> None:
+            reporter.sample(p.out_time, p.fps, p.speed)
+            heartbeat.beat()  # raises Conflict once this attempt was written off
+
+        prefix = f"{job.id}/{rend.name}"
+        outcome: dict[str, Any]
+        try:
+            self._check_source_unchanged(job)
+            budget = deadline - time.monotonic()
+            url = self.storage.presigned_get(
+                job.source.bucket, job.source.key, expires=int(budget) + 600
+            )
+            with tempfile.TemporaryDirectory(prefix=f"vtp-{rend.name}-") as tmp:
+                out = Path(tmp)
+                result = encode_rendition(
+                    url,
+                    info,
+                    rend.spec,
+                    out,
+                    formats=job.formats,
+                    settings=self.settings,
+                    on_progress=on_progress,
+                    timeout=budget,
+                    cancel=self.stopping,
+                )
+                self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
+            record = result.model_dump(mode="json") | {"output_prefix": prefix}
+            self.store.succeed_rendition(job.id, rend.name, record, call_id=call_id)
+            reporter.state(RenditionState.SUCCEEDED)
+            outcome = {"state": "succeeded", "result": record}
+        except Conflict as exc:
+            # Written off while it ran (the sweeper, or the callback of an earlier 504): a
+            # newer attempt owns the rendition now. Stop, and record nothing.
+            log.warning("attempt %s of %s/%s superseded: %s", call_id, job.id, rend.name, exc)
+            return {"job_id": str(job.id), "rendition": rend.name, "superseded": exc.reason}
+        except Exception as exc:
+            reason, retryable = _failure(exc, self.settings)
+            if self.stopping.is_set():
+                reason = f"interrupted: the function was stopped ({reason})"
+                retryable = True
+            state = self._record_failure(job.id, rend.name, reason, retryable, call_id)
+            if state is None:
+                return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
+            reporter.state(state, error=reason)
+            outcome = {"state": state.value, "error": reason}
+        finally:
+            reporter.close()
+        self.maybe_finalize(job.id, claimer=call_id)
+        return {"job_id": str(job.id), "rendition": rend.name, "attempt": rend.attempts} | outcome
+
+    def _check_source_unchanged(self, job: Job) -> None:
+        """The job's object version must still be there: a source deleted or replaced since
+        the job was made fails it for good, saying which (a retry would read the same)."""
+        src = job.source
+        where = f"s3://{src.bucket}/{src.key}"
+        try:
+            now = self.storage.stat(src.bucket, src.key)
+        except NotFound:
+            raise InvalidSource(f"the source {where} is gone (deleted since the job began)") from (
+                None
+            )
+        if now.etag and now.etag != src.normalized_etag:
+            raise InvalidSource(
+                f"the source {where} was replaced (ETag {now.etag}, the job's is "
+                f"{src.normalized_etag}): its new version is a job of its own"
+            )
+
+    def _record_failure(
+        self, job_id: UUID, rendition: str, reason: str, retryable: bool, call_id: str
+    ) -> RenditionState | None:
+        """The attempt's own report of its failure; None if it was superseded meanwhile."""
+        try:
+            return self.store.fail_rendition(
+                job_id, rendition, reason, retryable=retryable, call_id=call_id
+            )
+        except Conflict as exc:
+            log.warning("failure of superseded attempt %s not recorded: %s", call_id, exc)
+            return None
+
+
+class _Heartbeat:
+    """A running attempt's sign of life, at most every HEARTBEAT_EVERY_S.
+
+    A database hiccup must not kill an hour-long encode, so errors other than Conflict are
+    logged and the encode goes on (the sweeper only writes an attempt off after
+    `stale_after_seconds` without any beat). Conflict means the attempt was written off: it
+    propagates and stops the encode.
+    """
+
+    def __init__(self, store: JobStore, job_id: UUID, rendition: str, call_id: str) -> None:
+        self.store = store
+        self.job_id = job_id
+        self.rendition = rendition
+        self.call_id = call_id
+        self.last = time.monotonic()
+
+    def beat(self) -> None:
+        if time.monotonic() - self.last < HEARTBEAT_EVERY_S:
+            return
+        self.last = time.monotonic()
+        try:
+            self.store.heartbeat(self.job_id, self.rendition, call_id=self.call_id)
+        except Conflict:
+            raise
+        except Exception as exc:
+            log.warning("heartbeat of %s/%s not recorded: %r", self.job_id, self.rendition, exc)
+
+
+# Errors of the environment, not of the code: the same call may well work a moment later.
+_TRANSIENT = (OSError, psycopg2.Error, redis.RedisError, requests.RequestException)
+
+
+def _failure(exc: BaseException, settings: Settings) -> tuple[str, bool]:
+    """The recorded reason of a failed attempt, and whether trying again can help.
+
+    A bad source is final; ffmpeg, storage and other pipeline errors may be passing; so are
+    network and database errors. An exception of any other kind is a bug in the pipeline:
+    recorded as what it is (type and message, so the job's error says it), and not retried,
+    since the same input would hit it again.
+    """
+    if isinstance(exc, FfmpegTimeout):
+        limit = settings.exec_timeout_seconds
+        why = f"; the function's exec_timeout is {limit:g}s" if limit else ""
+        return f"{exc.reason}{why}", True
+    if isinstance(exc, VtpError):
+        return exc.reason, not isinstance(exc, InvalidSource)
+    if isinstance(exc, _TRANSIENT):
+        return f"{type(exc).__name__}: {exc}", True
+    log.error("transcode failed on an unexpected error", exc_info=exc)
+    return f"internal error ({type(exc).__name__}: {exc}); not retried", False

@@ -1,0 +1,84 @@
+"""Jobs as clients see them: state, renditions with live progress, output URLs."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vtp.errors import NotFound
+from vtp.jobs import Job
+from vtp.models import RenditionState
+from vtp.pipeline.base import PipelineBase
+
+log = logging.getLogger(__name__)
+
+
+class Views(PipelineBase):
+    # --- status --------------------------------------------------------------------------------
+    def describe_job(self, job: Job, *, live: bool = True) -> dict[str, Any]:
+        """The job as clients see it: state, renditions with live progress, output URLs."""
+        progress = self.bus.current(job.id) if live else {}
+        rends = []
+        for r in job.renditions:
+            item: dict[str, Any] = {
+                "name": r.name,
+                "state": r.state.value,
+                "width": r.spec.width,
+                "height": r.spec.height,
+                "fps": r.spec.fps,
+                "attempts": r.attempts,
+                "refusals": r.refusals,
+                "error": r.error,
+                "size_bytes": r.size_bytes,
+                "avg_bitrate": r.avg_bitrate,
+                "peak_bitrate": r.peak_bitrate,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "urls": {},
+            }
+            if r.state is RenditionState.SUCCEEDED and r.result:
+                item["urls"]["playlist"] = self.output_url(
+                    job.id, f"{r.name}/{r.result['playlist']}"
+                )
+                if r.result.get("mp4"):
+                    item["urls"]["mp4"] = self.output_url(job.id, f"{r.name}/{r.result['mp4']}")
+            if live and r.name in progress:
+                p = progress[r.name]
+                item["progress"] = p.model_dump(
+                    include={"id", "state", "percent", "fps", "speed", "eta_seconds", "ts"}
+                )
+            rends.append(item)
+        urls: dict[str, str] = {}
+        if job.master_playlist:
+            urls["master"] = self.output_url(job.id, "master.m3u8")
+            urls["poster"] = self.output_url(job.id, "poster.jpg")
+        done = [r for r in job.renditions if r.state.terminal]
+        return {
+            "id": str(job.id),
+            "state": job.state.value,
+            "error": job.error,
+            "source": job.source.model_dump(),
+            "source_info": job.source_info.model_dump() if job.source_info else None,
+            "formats": job.formats,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "renditions_done": len(done),
+            "renditions": rends,
+            "urls": urls,
+            "callback": {
+                "url": job.callback_url,
+                "status": job.callback_status.value,
+                "attempts": job.callback_attempts,
+                "error": job.callback_last_error,
+            }
+            if job.callback_url
+            else None,
+        }
+
+    def find_job(self, job_id: str) -> Job:
+        """A job by its id or an unambiguous prefix of it (the page shows 8 digits)."""
+        try:
+            return self.store.get(self.store.resolve_id(job_id))
+        except (ValueError, NotFound) as exc:
+            raise NotFound(f"no job {job_id!r}") from exc
