@@ -64,6 +64,7 @@ def measure(route: str, long_clip: Path, short_clip: Path) -> tuple[float | None
         gateway_port=gateway_port,
         queue_workers=WORKERS,
         notify_endpoint=f"http://127.0.0.1:{gateway_port}/{route}/split",
+        function_env={"*": {"VTP_INPUT_BUCKETS": '["uploads", "bench-sources"]'}},
     )
     runtime.down(cfg)
     shutil.rmtree(run_dir, ignore_errors=True)

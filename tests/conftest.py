@@ -45,6 +45,8 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
                 "VTP_RETRY_BASE_SECONDS": "1",
                 "VTP_RETRY_MAX_SECONDS": "4",
                 "VTP_MAX_REFUSALS": "4",
+                # The tests' manual jobs read from buckets without a notification rule.
+                "VTP_INPUT_BUCKETS": '["uploads", "manual-sources", "ce-sources"]',
             },
             "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
         },

@@ -61,6 +61,7 @@ OPTIONAL_SETTINGS = {
     "webhook_token": "only split checks it (and split needs it)",
     "rendition": "only transcode-* have a rung (and they need it)",
     "exec_timeout": "of-watchdog's own variable: without it there is no limit to keep under",
+    "input_buckets": "falls back to the uploads bucket",
 }
 # Never in a function's environment: stack.yml and its environment files are not secret.
 CREDENTIALS = {"s3_access_key", "s3_secret_key", "postgres_dsn", "webhook_token", "callback_secret"}

@@ -36,7 +36,13 @@ def own_stack(test_slot: int) -> Iterator[LocalConfig]:
         port_base=free_port_base(),
         gateway_port=free_port(),
         queue_workers=2,
-        function_env={"*": {"VTP_RETRY_BASE_SECONDS": "1", "VTP_RETRY_MAX_SECONDS": "4"}},
+        function_env={
+            "*": {
+                "VTP_RETRY_BASE_SECONDS": "1",
+                "VTP_RETRY_MAX_SECONDS": "4",
+                "VTP_INPUT_BUCKETS": '["uploads", "restart-sources"]',
+            }
+        },
     )
     runtime.down(cfg)
     shutil.rmtree(cfg.run_dir, ignore_errors=True)

@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import requests
@@ -53,12 +54,33 @@ def check_destination(url: str, *, allow_private: bool) -> None:
     except OSError as exc:
         raise InvalidRequest(f"callback_url host {parts.hostname!r} does not resolve") from exc
     for info in infos:
-        ip = ipaddress.ip_address(str(info[4][0]))
-        if not ip.is_global:
+        ip = ipaddress.ip_address(str(info[4][0]).split("%", 1)[0])
+        if not all(a.is_global for a in _addresses_behind(ip)):
             raise InvalidRequest(
                 f"callback_url host {parts.hostname!r} resolves to the non-public address {ip}"
                 " (set VTP_CALLBACK_ALLOW_PRIVATE_NETWORKS=true to allow it)"
             )
+
+
+# IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64, RFC 6052 and 8215):
+# a gateway translates them to that IPv4 address, so that is what must be public.
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+
+
+def _addresses_behind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[Any]:
+    """The address itself and every IPv4 address it leads to (IPv4-mapped, 6to4, Teredo,
+    NAT64), each of which must be public for the callback to go out."""
+    found: list[Any] = [ip]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped:
+            found.append(ip.ipv4_mapped)
+        if ip.sixtofour:
+            found.append(ip.sixtofour)
+        if ip.teredo:
+            found.extend(ip.teredo)
+        if any(ip in net for net in _NAT64):
+            found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    return found
 
 
 def sign(body: bytes, secret: str) -> str:

@@ -195,9 +195,8 @@ def _validated(names: Sequence[str]) -> list[str]:
             unknown.append(str(raw))
     allowed = ", ".join(KNOWN_RUNGS)
     if unknown:
-        raise InvalidRequest(
-            f"unknown rendition(s) {', '.join(repr(u) for u in unknown)}; allowed: {allowed}"
-        )
+        shown = ", ".join(repr(u[:20]) for u in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise InvalidRequest(f"unknown rendition(s) {shown}; allowed: {allowed}")
     if not cleaned:
         raise InvalidRequest(f"no renditions requested; allowed: {allowed}")
     return cleaned

@@ -23,6 +23,10 @@ from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# The smallest side a source may have: one H.264 macroblock. Below it the ladder has no rung to
+# make (a 1x1 upload planned nothing and failed before anything was recorded).
+MIN_SIDE = 16
+
 _NOT_ON_WHITELIST = re.compile(r"\[(?P<fmt>[\w,]+)\] Format not on whitelist")
 _PROTOCOL_REFUSED = re.compile(r"Protocol '(?P<proto>[^']+)' not on whitelist")
 _UNREADABLE = (
@@ -113,6 +117,11 @@ def source_info_from_probe(
     coded_w, coded_h = _int(stream.get("width")), _int(stream.get("height"))
     if not coded_w or not coded_h or coded_w <= 0 or coded_h <= 0:
         raise InvalidSource("the video stream has no picture size")
+    if min(coded_w, coded_h) < MIN_SIDE:
+        raise InvalidSource(
+            f"the video is {coded_w}x{coded_h}: too small to encode (H.264 renditions need at "
+            f"least {MIN_SIDE} pixels a side)"
+        )
     if coded_w * coded_h > settings.max_pixels:
         raise InvalidSource(
             f"the video is {coded_w}x{coded_h}, more than the {settings.max_pixels} pixels "

@@ -65,6 +65,9 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     uploads_bucket: str = "uploads"
     outputs_bucket: str = "outputs"
+    # The buckets sources may come from, for bucket events and manual jobs alike (default: the
+    # uploads bucket). Outputs are public-read: a job must not publish another bucket's objects.
+    input_buckets: list[str] | None = None
 
     # --- state and messaging ------------------------------------------------------------
     postgres_dsn: SecretStr = SecretStr("postgresql://vtp@postgres:5432/vtp")
@@ -154,6 +157,11 @@ class Settings(BaseSettings):
     @property
     def public_s3_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
+
+    @property
+    def source_buckets(self) -> list[str]:
+        """The buckets sources may be read from (`input_buckets`, else the uploads bucket)."""
+        return list(self.input_buckets or [self.uploads_bucket])
 
     @property
     def exec_timeout_seconds(self) -> float | None:

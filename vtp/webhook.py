@@ -11,10 +11,18 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import unquote_plus
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from vtp.errors import InvalidRequest
 
@@ -32,6 +40,14 @@ CONTENT_EVENTS = frozenset(
 )
 
 Format = Literal["hls", "mp4"]
+
+# Bounds on what split parses: a MinIO event or a job is a few KB. A body nested 100 000 deep
+# would exhaust the parser's recursion (a 500); a list of 50 000 names would be echoed back
+# in the error. Both are refused before they cost anything.
+MAX_BODY_BYTES = 256 * 1024
+MAX_JSON_DEPTH = 32
+MAX_KEY_BYTES = 1024  # S3's own limit
+MAX_RENDITIONS = 8
 
 
 class S3Bucket(BaseModel):
@@ -83,10 +99,14 @@ class JobRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     bucket: str = Field(min_length=3, max_length=63)
-    key: str = Field(min_length=1, max_length=1024)
-    renditions: list[str] | None = Field(default=None, min_length=1)
-    callback_url: AnyHttpUrl | None = None
-    formats: list[Format] = Field(default_factory=lambda: _default_formats(), min_length=1)
+    key: str = Field(min_length=1, max_length=MAX_KEY_BYTES)
+    renditions: list[Annotated[str, Field(max_length=16)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_RENDITIONS
+    )
+    callback_url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)] | None = None
+    formats: list[Format] = Field(
+        default_factory=lambda: _default_formats(), min_length=1, max_length=4
+    )
 
     @field_validator("formats")
     @classmethod
@@ -112,6 +132,10 @@ class SourceObject(BaseModel):
 
 def parse_body(body: bytes) -> MinioEvent | JobRequest:
     """Tell a MinIO notification from a manual job, or raise InvalidRequest saying why."""
+    if len(body) > MAX_BODY_BYTES:
+        raise InvalidRequest(f"body is larger than {MAX_BODY_BYTES // 1024} KiB")
+    if _json_depth(body) > MAX_JSON_DEPTH:
+        raise InvalidRequest(f"body is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         data = json.loads(body or b"null")
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -131,17 +155,70 @@ def parse_body(body: bytes) -> MinioEvent | JobRequest:
 
 
 def _describe(exc: ValidationError) -> str:
+    """What is wrong, for the client: the first few errors, each message kept short."""
     parts = []
-    for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "body"
-        parts.append(f"{where}: {err['msg']}")
-    return "invalid request: " + "; ".join(parts)
+    errors = exc.errors()
+    for err in errors[:5]:
+        where = ".".join(str(p) for p in err["loc"])[:80] or "body"
+        parts.append(f"{where}: {str(err['msg'])[:200]}")
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return "invalid request: " + "; ".join(parts) + more
+
+
+def _json_depth(body: bytes) -> int:
+    """How deep the brackets of a JSON text nest, outside strings (a cheap pre-check)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in body:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_JSON_DEPTH:
+                    return deepest
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return deepest
+
+
+def key_problem(key: str) -> str | None:
+    """Why an object key cannot be processed, or None. A NUL cannot be stored (PostgreSQL
+    text) and cuts the key short in C programs; a `..` segment is normalised away by HTTP
+    clients, so a presigned URL for it would name another object."""
+    if "\x00" in key:
+        return "the object key contains a NUL character"
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+        return "the object key contains control characters"
+    if ".." in key.split("/"):
+        return "the object key has a '..' segment"
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        return f"the object key is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
+def storable_key(key: str) -> str:
+    """`key` as it can be stored and shown: NUL and other control characters escaped."""
+    return "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in key)
 
 
 def sources_from_event(
-    event: MinioEvent, *, outputs_bucket: str, suffixes: Sequence[str]
+    event: MinioEvent,
+    *,
+    outputs_bucket: str,
+    suffixes: Sequence[str],
+    input_buckets: Sequence[str] | None = None,
 ) -> tuple[list[SourceObject], list[str]]:
-    """The objects an event asks us to transcode, and why the others are ignored."""
+    """The objects an event asks us to transcode, and why the others are ignored (objects in
+    a bucket that is not an input bucket among them, when `input_buckets` is given)."""
     wanted: list[SourceObject] = []
     ignored: list[str] = []
     for rec in event.records:
@@ -151,6 +228,8 @@ def sources_from_event(
             ignored.append(f"{where}: event {name} is not new content")
         elif rec.bucket == outputs_bucket:
             ignored.append(f"{where}: in the outputs bucket")
+        elif input_buckets is not None and rec.bucket not in input_buckets:
+            ignored.append(f"{where}: not an input bucket ({', '.join(input_buckets)})")
         elif not rec.key.lower().endswith(tuple(s.lower() for s in suffixes)):
             ignored.append(f"{where}: not a video file name ({', '.join(suffixes)})")
         else:

@@ -66,7 +66,10 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
         if not hmac.compare_digest(header(event, "Authorization") or "", expected):
             raise Unauthorized("bucket notification without the expected bearer token")
     wanted, ignored = sources_from_event(
-        request, outputs_bucket=p.settings.outputs_bucket, suffixes=p.settings.video_suffixes
+        request,
+        outputs_bucket=p.settings.outputs_bucket,
+        suffixes=p.settings.video_suffixes,
+        input_buckets=p.settings.source_buckets,
     )
     for reason in ignored:
         log.info("ignored: %s", reason)
@@ -91,6 +94,7 @@ def _manual_job(request: JobRequest) -> Response:
         renditions=request.renditions,
         formats=list(request.formats),
         callback_url=str(request.callback_url) if request.callback_url else None,
+        manual=True,
     )
     body = _summary(result.job, result.created)
     if result.job.state == "failed" and not result.job.renditions:

@@ -8,13 +8,13 @@ import logging
 from pydantic import BaseModel
 
 from vtp import callbacks
-from vtp.errors import InvalidSource
+from vtp.errors import InvalidRequest, InvalidSource
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.pipeline.transcode import Transcode
 from vtp.probe import probe_source
-from vtp.webhook import SourceObject
+from vtp.webhook import SourceObject, key_problem, storable_key
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,36 @@ class Intake(Transcode):
         renditions: list[str] | None = None,
         formats: list[str] | None = None,
         callback_url: str | None = None,
+        manual: bool = False,
     ) -> SubmitResult:
         """Probe, plan and record a job for one object, then dispatch its renditions.
 
         The same object version (bucket, key, ETag) always maps to one job: a duplicate
-        event returns the existing job and dispatches nothing.
+        event returns the existing job and dispatches nothing. Sources come from the input
+        buckets only (InvalidRequest otherwise). A key that cannot be processed is refused
+        with InvalidRequest for a manual job (the caller is there to read why), and recorded
+        as a failed job for a bucket event (nobody is, and the event must leave a trace).
         """
+        buckets = self.settings.source_buckets
+        if src.bucket not in buckets:
+            raise InvalidRequest(
+                f"bucket {src.bucket!r} is not an input bucket: sources come from "
+                f"{', '.join(buckets)} (VTP_INPUT_BUCKETS)"
+            )
+        problem = key_problem(src.key)
+        if problem is not None:
+            if manual:
+                raise InvalidRequest(problem)
+            return self._reject(
+                SourceRef(
+                    bucket=src.bucket,
+                    key=storable_key(src.key),
+                    etag=src.etag or "unknown",
+                    size=src.size,
+                ),
+                f"{problem}: it cannot be processed",
+                callback_url,
+            )
         if callback_url:
             callbacks.check_destination(
                 callback_url, allow_private=self.settings.callback_allow_private_networks
@@ -52,14 +76,13 @@ class Intake(Transcode):
         url = self.storage.presigned_get(src.bucket, src.key, expires=600)
         try:
             info = probe_source(url, self.settings, size_bytes=obj.size)
+            plan = plan_ladder(info, self.settings, renditions)
+            if not plan:
+                raise InvalidSource(
+                    f"no rendition can be made from a {info.width}x{info.height} source"
+                )
         except InvalidSource as exc:
-            job, created = self.store.record_rejected(ref, exc.reason, callback_url=callback_url)
-            if created:
-                log.warning("rejected s3://%s/%s: %s", src.bucket, src.key, exc.reason)
-                self._publish_job(job)
-                self._fire_callback(job)
-            return SubmitResult(job=self.store.get(job.id), created=created)
-        plan = plan_ladder(info, self.settings, renditions)
+            return self._reject(ref, exc.reason, callback_url)
         job, created = self.store.create_job(
             ref, info, plan, formats=formats or ["hls"], callback_url=callback_url
         )
@@ -77,4 +100,13 @@ class Intake(Transcode):
                     ProgressEvent(job_id=str(job.id), rendition=rend.name, state="queued")
                 )
                 self.dispatch(job.id, rend)
+        return SubmitResult(job=self.store.get(job.id), created=created)
+
+    def _reject(self, ref: SourceRef, reason: str, callback_url: str | None) -> SubmitResult:
+        """Record a source that cannot be processed as a failed job with its reason."""
+        job, created = self.store.record_rejected(ref, reason, callback_url=callback_url)
+        if created:
+            log.warning("rejected s3://%s/%s: %s", ref.bucket, ref.key, reason)
+            self._publish_job(job)
+            self._fire_callback(job)
         return SubmitResult(job=self.store.get(job.id), created=created)
