@@ -271,3 +271,103 @@ def test_nonzero_exit_without_check_returns_the_result():
     result = run_ffprobe(["-v", "error", "/nonexistent/file.mp4"], timeout=30, check=False)
     assert result.returncode != 0
     assert "No such file" in result.stderr_tail
+
+
+def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path):
+    """A transcode killed with SIGKILL (the OOM killer) left its ffmpeg encoding to the end;
+    now the kernel kills ffmpeg with its parent."""
+    import signal
+    import subprocess
+
+    pid_file = tmp_path / "parent.pid"
+    script = (
+        "import os, sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
+        f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "from vtp.ffmpeg import run_ffmpeg\n"
+        f"run_ffmpeg({ENDLESS!r}, timeout=300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 20
+        encoders: set[int] = set()
+        while time.monotonic() < deadline and not encoders:
+            encoders = {
+                int(e.name)
+                for e in Path("/proc").iterdir()
+                if e.name.isdigit()
+                and _ppid(int(e.name)) == parent.pid
+                and _comm(int(e.name)) == "ffmpeg"
+            }
+            time.sleep(0.1)
+        assert encoders, "ffmpeg never started"
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 5
+        while any(_alive(p) for p in encoders) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(p) for p in encoders), "ffmpeg outlived its killed parent"
+    finally:
+        parent.kill()
+
+
+def _ppid(pid: int) -> int:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return -1
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
+def _comm(pid: int) -> str:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat[stat.index("(") + 1 : stat.rindex(")")]
+
+
+@pytest.mark.parametrize(
+    ("returncode", "output", "transient"),
+    [
+        (1, "moov atom not found", False),
+        (1, "Invalid data found when processing input", False),
+        (1, "Server returned 503 Service Unavailable", True),
+        (1, "Server returned 403 Forbidden (access denied)", True),
+        (1, "Connection refused", True),
+        (1, "No space left on device", True),
+        (-9, "", True),
+        (1, "Error while decoding stream #0:0: Invalid data found", False),
+    ],
+)
+def test_failures_tell_the_input_from_its_surroundings(returncode, output, transient):
+    from vtp.ffmpeg import transient_failure
+
+    assert transient_failure(returncode, output) is transient
+
+
+def test_an_input_ffmpeg_cannot_read_is_a_permanent_failure(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00\x00\x00\x18ftypmp42" + os.urandom(4000))
+    with pytest.raises(FfmpegError) as caught:
+        run_ffmpeg(["-i", str(junk), "-f", "null", "-"], timeout=30)
+    assert caught.value.transient is False, caught.value.reason
+
+
+def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
+    import subprocess
+
+    from vtp import workdirs
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    stale = tmp_path / f"{workdirs.PREFIX}{gone.pid}-720p-abc"
+    (stale / "seg").mkdir(parents=True)
+    mine = tmp_path / f"{workdirs.PREFIX}{os.getpid()}-720p-def"
+    mine.mkdir()
+    live = tmp_path / f"{workdirs.PREFIX}1-360p-ghi"  # pid 1 always runs
+    live.mkdir()
+    other = tmp_path / "someone-elses"
+    other.mkdir()
+    assert workdirs.clean_stale(tmp_path) == [stale]
+    assert not stale.exists() and mine.exists() and live.exists() and other.exists()

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from vtp.encode import RenditionResult, _peak_bitrate, encode_rendition, parse_media_playlist
-from vtp.errors import InvalidRequest, InvalidSource, StorageError
+from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, StorageError
 from vtp.ffmpeg import Progress
 from vtp.ladder import plan_ladder
 from vtp.models import SourceInfo
@@ -587,3 +587,45 @@ def test_peak_bitrate_is_the_densest_stretch(sizes, tail):
         merged_d[-2:] = [merged_d[-2] + merged_d[-1]]
         merged_s[-2:] = [merged_s[-2] + merged_s[-1]]
     assert peak == round(max(s * 8 / d for s, d in zip(merged_s, merged_d, strict=True)))
+
+
+# --- headers that lie ------------------------------------------------------------------------
+
+
+def _faststart(path: Path, seconds: float) -> bytes:
+    _ffmpeg(*_av("320x240", seconds, rate=25, audio=False), *H264, "-movflags", "+faststart",
+            str(path))  # fmt: skip
+    return path.read_bytes()
+
+
+def test_a_truncated_upload_fails_for_good(server, tmp_path):
+    """The index at the front promises 5 s; the data holds about 1.5 s. Encoding it 'succeeded'
+    with a short video before; now it fails, saying why, and is not retried."""
+    whole = _faststart(server.root / "whole.mp4", 5)
+    (server.root / "truncated.mp4").write_bytes(whole[: len(whole) * 3 // 10])
+    url = server.url("truncated.mp4")
+    source = probe_source(url, PRODUCTION_GRID)
+    assert source.duration == pytest.approx(5.0, abs=0.1)
+    (spec,) = plan_ladder(source, PRODUCTION_GRID, ["360p"])
+    with pytest.raises((InvalidSource, FfmpegError)) as caught:
+        encode_rendition(url, source, spec, tmp_path / "out", settings=PRODUCTION_GRID)
+    err = caught.value
+    assert isinstance(err, InvalidSource) or not err.transient, err.reason
+    assert "truncated" in err.reason or "Invalid data" in err.reason, err.reason
+
+
+def test_an_encode_never_outlasts_the_probed_duration(server, tmp_path):
+    """A header that says 1 s over 5 s of pictures: what is encoded is what was checked
+    against the duration cap, never more."""
+    data = bytearray(_faststart(server.root / "five.mp4", 5))
+    for box, at in ((b"mvhd", 20), (b"mdhd", 20), (b"tkhd", 24)):
+        i = data.find(box)
+        scale = int.from_bytes(data[i + 16 : i + 20], "big") if box != b"tkhd" else 1000
+        data[i + at : i + at + 4] = scale.to_bytes(4, "big")  # one second
+    (server.root / "lying.mp4").write_bytes(bytes(data))
+    url = server.url("lying.mp4")
+    source = probe_source(url, PRODUCTION_GRID)
+    assert source.duration == pytest.approx(1.0, abs=0.05)
+    (spec,) = plan_ladder(source, PRODUCTION_GRID, ["360p"])
+    result = encode_rendition(url, source, spec, tmp_path / "out", settings=PRODUCTION_GRID)
+    assert result.duration == pytest.approx(1.0, abs=0.1)

@@ -371,9 +371,21 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
         pytest.fail(f"the rendition never started: {job}")
     rec = procs.load(stack, "fn-transcode-720p")
     assert rec is not None
+    encoders = _ffmpeg_reading(key)
+    assert encoders, "no ffmpeg encodes the source"
     os.killpg(rec.pid, signal.SIGKILL)  # as the OOM killer would
+    # ffmpeg runs in a session of its own; it must die with the function, not encode on.
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{p}").exists() for p in encoders) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(Path(f"/proc/{p}").exists() for p in encoders), "an orphan ffmpeg runs on"
 
     job = wait_for_job(gateway, MANUAL_BUCKET, key, timeout=120)
+    # The restarted function removed the scratch folder its killed predecessor left.
+    import tempfile
+
+    left = list(Path(tempfile.gettempdir()).glob(f"vtp-work-{rec.pid}-*"))
+    assert left == [], left
     assert job["state"] == "succeeded", job
     assert job["renditions"][0]["attempts"] == 2
     with db.cursor() as cur:
@@ -407,3 +419,19 @@ def test_rendition_callback_route_needs_its_signature(gateway: str) -> None:
     assert r.status_code == 401, r.text
     r = requests.post(url, params=params | {"sig": "0" * 64}, headers=headers, timeout=10)
     assert r.status_code == 401, r.text
+
+
+def _ffmpeg_reading(key: str) -> list[int]:
+    """Pids of the ffmpeg processes whose command line names the object `key`."""
+    needle = quote(key).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"ffmpeg") and any(needle in a for a in argv):
+            found.append(int(entry.name))
+    return found

@@ -141,7 +141,8 @@ def test_failures_are_classified_by_what_retrying_can_change() -> None:
     settings = Settings(exec_timeout="1h")
     cases: list[tuple[BaseException, bool, str]] = [
         (InvalidSource("not a video"), False, "not a video"),
-        (FfmpegError("decoder error"), True, "decoder error"),
+        (FfmpegError("connection reset"), True, "connection reset"),
+        (FfmpegError("Invalid data found", transient=False), False, "Invalid data found"),
         (FfmpegTimeout("ffmpeg ran past 3300s"), True, "exec_timeout is 3600s"),
         (StorageError("S3 503"), True, "S3 503"),
         (psycopg2.OperationalError("server closed the connection"), True, "OperationalError"),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp.errors import FfmpegError, InvalidRequest, VtpError
+from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
 from vtp.ffmpeg import Progress, run_ffmpeg, untrusted_input
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
@@ -102,6 +102,10 @@ def encode_rendition(
     args = [
         *untrusted_input(source_url),
         *encode_args(source, spec, settings),
+        # Never more than the probed duration: the caps on duration were checked against
+        # it, and a header can claim 1 s while the file holds an hour.
+        "-t",
+        f"{source.duration:.3f}",
         "-f",
         "tee",
         _tee_outputs(spec, settings, mp4_name),
@@ -116,7 +120,19 @@ def encode_rendition(
         cwd=out_dir,
         cancel=cancel,
     )
-    return _describe(out_dir, source, spec, settings, mp4_name)
+    result = _describe(out_dir, source, spec, settings, mp4_name)
+    _check_complete(result, source)
+    return result
+
+
+def _check_complete(result: RenditionResult, source: SourceInfo) -> None:
+    """A rendition much shorter than its source means the source is damaged (a truncated
+    upload whose index promises more than its data holds): a failure, not a short video."""
+    if result.duration < source.duration * 0.9 - 0.25:
+        raise InvalidSource(
+            f"the encode produced {result.duration:.1f}s of the {source.duration:.1f}s the "
+            "source declares: the file is truncated or damaged"
+        )
 
 
 def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> list[str]:

@@ -60,9 +60,18 @@ class StorageError(VtpError):
 
 
 class FfmpegError(VtpError):
-    """ffmpeg or ffprobe exited with an error; `reason` carries the tail of its stderr."""
+    """ffmpeg or ffprobe exited with an error; `reason` carries the tail of its stderr.
+
+    `transient` says whether the same run may succeed later: the network, the disk or the
+    machine failed (a signal, a refused connection, a 5xx from storage). Otherwise the tool
+    failed on the input itself (invalid data, an unsupported stream), and it will again.
+    """
 
     http_status = 500
+
+    def __init__(self, reason: str, *, transient: bool = True) -> None:
+        super().__init__(reason)
+        self.transient = transient
 
 
 class FfmpegTimeout(FfmpegError):

@@ -25,6 +25,7 @@ import os
 import queue
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import threading
@@ -66,6 +67,40 @@ STDERR_TAIL_CHARS = 2000
 
 # Grace period between SIGTERM (lets ffmpeg finish writing a trailer) and SIGKILL.
 TERM_GRACE_SECONDS = 3.0
+
+# ffmpeg dies with the process that started it: a transcode killed with SIGKILL (the OOM
+# killer, a node drain) would otherwise leave its encoder running to the end, and its files
+# in /tmp. setpriv (util-linux, on every Debian) sets the parent-death signal and execs the
+# tool; it survives the exec.
+_PDEATHSIG = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+
+# Words in a tool's error output that mean the environment failed, not the input: the same
+# run may well succeed later. Anything else (invalid data, unsupported streams) is the input.
+_TRANSIENT_OUTPUT = (
+    "connection refused",
+    "connection reset",
+    "connection timed out",
+    "timed out",
+    "server returned 5",
+    "server returned 403",  # a presigned URL that expired: the retry signs a new one
+    "server returned 429",
+    "broken pipe",
+    "network is unreachable",
+    "no route to host",
+    "temporary failure in name resolution",
+    "no space left on device",
+    "cannot allocate memory",
+    "resource temporarily unavailable",
+)
+
+
+def transient_failure(returncode: int, output: str) -> bool:
+    """Whether a failed run is worth trying again (see FfmpegError.transient)."""
+    if returncode < 0:
+        return True  # killed by a signal: the OOM killer, a stop
+    lowered = output.lower()
+    return any(words in lowered for words in _TRANSIENT_OUTPUT)
+
 
 _ADDRESS = re.compile(r" @ 0x[0-9a-f]+\]")
 _URL_QUERY = re.compile(r"(?P<base>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s?#'\"]*)\?[^\s'\"#]*")
@@ -260,7 +295,7 @@ def _run(
     deadline = started + timeout
     try:
         proc = subprocess.Popen(
-            list(argv),
+            [*_PDEATHSIG, *argv],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -348,7 +383,8 @@ def _run(
         )
         if check:
             raise FfmpegError(
-                f"{tool} exited with status {proc.returncode}: {reason_tail or 'no error output'}"
+                f"{tool} exited with status {proc.returncode}: {reason_tail or 'no error output'}",
+                transient=transient_failure(proc.returncode, reason_tail),
             )
     else:
         log.info("%s finished in %.1fs", tool, elapsed)

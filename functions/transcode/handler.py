@@ -15,6 +15,10 @@ from pydantic import ValidationError
 from vtp.errors import InvalidRequest
 from vtp.http import Response, guarded, header, ok, pipeline, stop_work
 from vtp.models import TranscodeTask
+from vtp.workdirs import clean_stale
+
+# A replica that starts again after a crash removes what its killed predecessor left.
+clean_stale()
 
 
 @guarded

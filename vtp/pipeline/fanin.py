@@ -4,7 +4,6 @@ finishes the job and sends its callback."""
 from __future__ import annotations
 
 import logging
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks
+from vtp import callbacks, workdirs
 from vtp.encode import RenditionResult
 from vtp.errors import VtpError
 from vtp.jobs import CallbackStatus, Job, SourceRef, summarize_outcome
@@ -74,7 +73,7 @@ class FanIn(Views):
         assert job.source_info is not None
         url = self.storage.presigned_get(job.source.bucket, job.source.key, expires=600)
         try:
-            with tempfile.TemporaryDirectory(prefix="vtp-poster-") as tmp:
+            with workdirs.scratch("poster") as tmp:
                 path = make_poster(url, job.source_info, Path(tmp) / "poster.jpg", self.settings)
                 self.storage.put_bytes(
                     self.settings.outputs_bucket, f"{job.id}/poster.jpg", path.read_bytes()

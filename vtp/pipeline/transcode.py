@@ -4,7 +4,6 @@ the encode, the upload, and the outcome recorded whatever happens."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -14,8 +13,9 @@ import psycopg2
 import redis
 import requests
 
+from vtp import workdirs
 from vtp.encode import encode_rendition
-from vtp.errors import Conflict, FfmpegTimeout, InvalidSource, NotFound, VtpError
+from vtp.errors import Conflict, FfmpegError, FfmpegTimeout, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore
@@ -70,7 +70,7 @@ class Transcode(Dispatch):
             url = self.storage.presigned_get(
                 job.source.bucket, job.source.key, expires=int(budget) + 600
             )
-            with tempfile.TemporaryDirectory(prefix=f"vtp-{rend.name}-") as tmp:
+            with workdirs.scratch(rend.name) as tmp:
                 out = Path(tmp)
                 result = encode_rendition(
                     url,
@@ -173,15 +173,18 @@ _TRANSIENT = (OSError, psycopg2.Error, redis.RedisError, requests.RequestExcepti
 def _failure(exc: BaseException, settings: Settings) -> tuple[str, bool]:
     """The recorded reason of a failed attempt, and whether trying again can help.
 
-    A bad source is final; ffmpeg, storage and other pipeline errors may be passing; so are
-    network and database errors. An exception of any other kind is a bug in the pipeline:
-    recorded as what it is (type and message, so the job's error says it), and not retried,
-    since the same input would hit it again.
+    A bad source is final, and so is ffmpeg failing on the input itself (invalid data); ffmpeg
+    failing on its surroundings (the network, a signal), storage and other pipeline errors may
+    be passing; so are network and database errors. An exception of any other kind is a bug
+    in the pipeline: recorded as what it is (type and message, so the job's error says it),
+    and not retried, since the same input would hit it again.
     """
     if isinstance(exc, FfmpegTimeout):
         limit = settings.exec_timeout_seconds
         why = f"; the function's exec_timeout is {limit:g}s" if limit else ""
         return f"{exc.reason}{why}", True
+    if isinstance(exc, FfmpegError):
+        return exc.reason, exc.transient  # the input itself, or the machine around it
     if isinstance(exc, VtpError):
         return exc.reason, not isinstance(exc, InvalidSource)
     if isinstance(exc, _TRANSIENT):
