@@ -47,6 +47,11 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
                 "VTP_MAX_REFUSALS": "4",
                 # The tests' manual jobs read from buckets without a notification rule.
                 "VTP_INPUT_BUCKETS": '["uploads", "manual-sources", "ce-sources"]',
+                # Callbacks retried and lost events reconciled within a test's patience.
+                "VTP_CALLBACK_RETRY_BASE_SECONDS": "1",
+                "VTP_CALLBACK_RETRY_MAX_SECONDS": "2",
+                "VTP_RECONCILE_GRACE_SECONDS": "2",
+                "VTP_RECONCILE_EVERY_SECONDS": "1",
             },
             "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
         },

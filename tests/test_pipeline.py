@@ -405,7 +405,14 @@ def test_sweeper_answers_what_it_did(gateway: str) -> None:
     """The cron sweeper, invoked as the cron-connector does (sync, through the gateway)."""
     r = requests.post(f"{gateway}/function/sweeper", timeout=60)
     assert r.status_code == 200, r.text
-    assert set(r.json()) == {"reaped", "retried", "redispatched", "finalized"}
+    assert set(r.json()) == {
+        "reaped",
+        "retried",
+        "redispatched",
+        "finalized",
+        "callbacks",
+        "reconciled",
+    }
     assert all(isinstance(v, int) and v >= 0 for v in r.json().values())
 
 

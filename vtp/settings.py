@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     callback_secret: SecretStr | None = None
     # Job callbacks to loopback/private addresses are refused unless this is set (SSRF guard).
     callback_allow_private_networks: bool = False
+    # A job callback that fails is tried again by the sweeper, base * 2**(n-1) seconds apart
+    # (capped), for this many hours after the job ended; then it is 'failed' (and can still be
+    # sent again by hand: `vtp callbacks redeliver JOB`).
+    callback_retry_base_seconds: float = Field(default=30.0, gt=0)
+    callback_retry_max_seconds: float = Field(default=3600.0, gt=0)
+    callback_retry_hours: float = Field(default=24.0, ge=0)
 
     # --- the function's own role ----------------------------------------------------------
     # transcode-<resolution> functions share one handler; this says which rung they encode.
@@ -113,6 +119,16 @@ class Settings(BaseSettings):
     # A running attempt with no heartbeat (every 10 s) for this long has lost its worker (killed,
     # its node gone): the sweeper writes it off and retries it.
     stale_after_seconds: float = Field(default=120.0, ge=30)
+    # How long a transcode keeps trying to record its outcome through a database outage.
+    final_write_seconds: float = Field(default=300.0, ge=0)
+    # The sweeper lists the input buckets against the jobs every this many seconds, and
+    # submits objects that have no job (their event was lost: split down, an old MinIO
+    # without a queue dir), once they are `reconcile_grace_seconds` old (their event had its
+    # chance) and no older than `reconcile_window_seconds` (0: no reconciliation).
+    reconcile_every_seconds: float = Field(default=300.0, ge=1)
+    reconcile_grace_seconds: float = Field(default=300.0, ge=0)
+    reconcile_window_seconds: float = Field(default=86400.0, ge=0)
+    reconcile_max_per_run: int = Field(default=100, ge=1)
     # A rendition still queued this long after its dispatch is dispatched again by the sweeper
     # (its queued call may have been lost); generous, since a long queue is not a lost call.
     redispatch_after_seconds: float = 2 * 3600

@@ -10,8 +10,9 @@ from __future__ import annotations
 import io
 import logging
 import mimetypes
+from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -60,6 +61,14 @@ class ObjectInfo:
     etag: str
     size: int
     content_type: str | None
+
+
+@dataclass(frozen=True)
+class ListedObject:
+    key: str
+    etag: str
+    size: int
+    last_modified: datetime
 
 
 class Storage:
@@ -138,6 +147,23 @@ class Storage:
             total += path.stat().st_size
         log.info("uploaded %d files (%d bytes) to s3://%s/%s", len(files), total, bucket, prefix)
         return total
+
+    def list_objects(self, bucket: str) -> Iterator[ListedObject]:
+        """Every object of `bucket`, a page at a time (StorageError if it cannot be listed)."""
+        try:
+            for obj in self.client.list_objects(bucket, recursive=True):
+                if obj.is_dir or obj.object_name is None or obj.last_modified is None:
+                    continue
+                yield ListedObject(
+                    key=obj.object_name,
+                    etag=(obj.etag or "").strip('"'),
+                    size=obj.size or 0,
+                    last_modified=obj.last_modified,
+                )
+        except S3Error as exc:
+            raise StorageError(f"cannot list s3://{bucket}: {exc.code}") from exc
+        except Exception as exc:
+            raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
 
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:

@@ -1,6 +1,7 @@
 """split: a MinIO bucket notification or a manual job in; a job with its ladder out.
 
-Also receives the queue-worker's callbacks for transcode calls on `/callback`.
+Also receives the queue-worker's callbacks for transcode calls on `/callback`, and sends a
+finished job's callback again on `POST /callbacks/redeliver?job=<id>`.
 
 A sync call answers 200 with the job, new or not (`created` says which): `faas-cli invoke`
 prints the body of a 200 or 201 only, and reports any 202 as "Function submitted
@@ -50,6 +51,8 @@ def _bearer_token(p: Any) -> str | None:
 def handle(event: Any, context: Any) -> Response:
     if event.path.rstrip("/") == "/callback":
         return _callback(event)
+    if event.path.rstrip("/") == "/callbacks/redeliver":
+        return _redeliver(event)
     if event.method != "POST":
         return {"statusCode": 405, "body": {"error": "POST a MinIO event or a job"}}
     request = parse_body(event.body)
@@ -127,6 +130,18 @@ def _callback(event: Any) -> Response:
         log.warning("callback for %s/%s: %s", job_id, rendition, exc.reason)
         raise
     return ok(out)
+
+
+def _redeliver(event: Any) -> Response:
+    """`POST /callbacks/redeliver?job=<id>`: send a finished job's callback again, now."""
+    if event.method != "POST":
+        return {"statusCode": 405, "body": {"error": "POST /callbacks/redeliver?job=<id>"}}
+    job_id = event.query.get("job")
+    if not job_id:
+        raise InvalidRequest("redeliver needs ?job=<id>")
+    p = pipeline()
+    job = p.redeliver_callback(job_id)
+    return ok({"job_id": str(job.id), "callback": p.describe_job(job, live=False)["callback"]})
 
 
 def _summary(job: Any, created: bool) -> dict[str, Any]:

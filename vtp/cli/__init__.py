@@ -5,6 +5,7 @@
     vtp watch JOB                         one progress bar per rendition until the job ends
     vtp status JOB [--json]               one job
     vtp jobs [--state S] [--limit N]      recent jobs
+    vtp callbacks redeliver JOB           send a finished job's callback again
 
 Settings come from flags, then the environment (VTP_*), then an env file: `--env-file`, or the
 `.run/stack.env` that `make up` writes, found from the current directory upward.

@@ -45,6 +45,24 @@ class StatusClient:
             raise UpstreamError(f"status function answered HTTP {resp.status_code}: {detail}")
         return body
 
+    def redeliver_callback(self, job_id: str) -> dict[str, Any]:
+        """Ask split to send a finished job's callback again (`/callbacks/redeliver`)."""
+        url = self.url.rsplit("/", 1)[0] + "/split/callbacks/redeliver"
+        try:
+            resp = self.session.post(url, params={"job": job_id}, timeout=30)
+        except requests.RequestException as exc:
+            raise UpstreamError(f"split unreachable at {url}: {describe_error(exc)}") from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.status_code == 404 and isinstance(body, dict):
+            raise NotFound(str(body.get("error")))
+        if resp.status_code != 200 or not isinstance(body, dict):
+            detail = body.get("error") if isinstance(body, dict) else resp.text[:200]
+            raise UpstreamError(f"split answered HTTP {resp.status_code}: {detail}")
+        return body
+
     def job(self, job_id: str) -> dict[str, Any]:
         return self._get({"id": job_id})
 

@@ -105,6 +105,21 @@ def cmd_jobs(args: argparse.Namespace, config: ClientConfig, console: Console) -
     return EXIT_OK
 
 
+def cmd_callbacks(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    """`vtp callbacks redeliver JOB`: 0 when the receiver took it, 1 when not (yet)."""
+    answer = StatusClient(config).redeliver_callback(args.job)
+    cb = answer.get("callback") or {}
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        error = f": {escape(str(cb['error']))}" if cb.get("error") else ""
+        console.print(
+            f"job {answer['job_id']}: callback to {escape(str(cb.get('url')))} "
+            f"{cb.get('status')} after {cb.get('attempts')} attempt(s){error}"
+        )
+    return EXIT_OK if cb.get("status") == "delivered" else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Shared flags are accepted before or after the command; SUPPRESS keeps a subcommand's
     # absent flag from overwriting one given before it.
@@ -145,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
     p.add_argument("--json", action="store_true", help="print the job view as JSON")
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("callbacks", parents=[common], help="job callbacks")
+    p.add_argument("action", choices=["redeliver"], help="redeliver: send a job's callback again")
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_callbacks)
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     p.add_argument("--state", choices=["queued", "running", "succeeded", "failed"])

@@ -147,24 +147,98 @@ class FanIn(Queries):
         return self.get(jid)
 
     def record_callback(
-        self, job_id: UUID | str, status: CallbackStatus, error: str | None = None
+        self,
+        job_id: UUID | str,
+        status: CallbackStatus,
+        error: str | None = None,
+        *,
+        retry_in: float | None = None,
     ) -> Job:
-        """Record a callback delivery attempt (delivered/failed count as attempts)."""
+        """Record a callback delivery attempt: delivered, failed for good, or (pending with
+        `retry_in` seconds) to be tried again by the sweeper."""
         jid = parse_id(job_id)
-        counts = status in (CallbackStatus.DELIVERED, CallbackStatus.FAILED)
 
         def tx(cur: Cursor) -> None:
             cur.execute(
                 """
                 UPDATE jobs
                 SET callback_status = %s, callback_last_error = %s, callback_at = now(),
-                    callback_attempts = callback_attempts + %s
+                    callback_attempts = callback_attempts + 1,
+                    callback_next_at = CASE WHEN %s::float8 IS NULL THEN NULL
+                                            ELSE now() + make_interval(secs => %s) END
                 WHERE id = %s
                 """,
-                (status.value, error, 1 if counts else 0, str(jid)),
+                (status.value, error, retry_in, retry_in, str(jid)),
             )
             if cur.rowcount == 0:
                 raise NotFound(f"no job {jid}")
 
         self._run(tx)
         return self.get(jid)
+
+    def due_callbacks(self, *, limit: int = 20, lease_s: float = 300.0) -> builtins.list[Job]:
+        """Claim finished jobs whose pending callback is due again, pushing the next try out
+        by `lease_s` so an overlapping sweep leaves them to this one."""
+
+        def tx(cur: Cursor) -> builtins.list[UUID]:
+            cur.execute(
+                """
+                WITH due AS (
+                    SELECT id FROM jobs
+                    WHERE callback_status = 'pending' AND callback_next_at <= now()
+                    ORDER BY callback_next_at
+                    LIMIT %s
+                    FOR UPDATE SKIP LOCKED
+                )
+                UPDATE jobs j SET callback_next_at = now() + make_interval(secs => %s)
+                FROM due WHERE j.id = due.id
+                RETURNING j.id
+                """,
+                (limit, lease_s),
+            )
+            return [UUID(str(r["id"])) for r in cur.fetchall()]
+
+        return [self.get(jid) for jid in self._run(tx)]
+
+    def reset_callback(self, job_id: UUID | str) -> Job:
+        """A callback to send again (by hand): pending and due now, whatever happened
+        before. NotFound for a job without a callback URL; Conflict for one not finished."""
+        jid = parse_id(job_id)
+
+        def tx(cur: Cursor) -> None:
+            cur.execute(
+                "SELECT state, callback_url FROM jobs WHERE id = %s FOR NO KEY UPDATE",
+                (str(jid),),
+            )
+            row = cur.fetchone()
+            if row is None or not row["callback_url"]:
+                raise NotFound(f"job {jid} has no callback URL")
+            if not JobState(row["state"]).terminal:
+                raise Conflict(f"job {jid} is still {row['state']}: its callback comes at its end")
+            cur.execute(
+                """
+                UPDATE jobs SET callback_status = 'pending', callback_next_at = now()
+                WHERE id = %s
+                """,
+                (str(jid),),
+            )
+
+        self._run(tx)
+        return self.get(jid)
+
+    def claim_periodic(self, task: str, every_s: float) -> bool:
+        """True for one caller per `every_s` seconds: work the sweeper does now and then."""
+
+        def tx(cur: Cursor) -> bool:
+            cur.execute(
+                """
+                INSERT INTO periodic_tasks (task, last_run_at) VALUES (%s, now())
+                ON CONFLICT (task) DO UPDATE SET last_run_at = now()
+                WHERE periodic_tasks.last_run_at <= now() - make_interval(secs => %s)
+                RETURNING task
+                """,
+                (task, every_s),
+            )
+            return cur.fetchone() is not None
+
+        return self._run(tx)

@@ -87,6 +87,7 @@ class Job(BaseModel):
     callback_attempts: int
     callback_last_error: str | None = None
     callback_at: datetime | None = None
+    callback_next_at: datetime | None = None  # when a pending callback is tried again
     finalize_claimed_by: str | None = None
     finalize_claimed_at: datetime | None = None
     created_at: datetime

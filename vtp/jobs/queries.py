@@ -132,3 +132,24 @@ class Queries(Transactions):
                 " give more of it"
             )
         return found[0]
+
+    def known_versions(
+        self, bucket: str, versions: builtins.list[tuple[str, str]]
+    ) -> set[tuple[str, str]]:
+        """Which of these (key, etag) object versions of `bucket` have a job."""
+        if not versions:
+            return set()
+
+        def tx(cur: Cursor) -> set[tuple[str, str]]:
+            cur.execute(
+                """
+                SELECT j.source_key, j.source_etag FROM jobs j
+                JOIN unnest(%s::text[], %s::text[]) AS v(key, etag)
+                  ON j.source_key = v.key AND j.source_etag = v.etag
+                WHERE j.source_bucket = %s
+                """,
+                ([k for k, _ in versions], [e.strip('"') for _, e in versions], bucket),
+            )
+            return {(str(r["source_key"]), str(r["source_etag"])) for r in cur.fetchall()}
+
+        return self._run(tx)

@@ -4,7 +4,7 @@ finishes the job and sends its callback."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -83,6 +83,9 @@ class FanIn(Views):
             log.warning("job %s: no poster: %s", job.id, exc.reason)
 
     def _fire_callback(self, job: Job) -> None:
+        """One try at the job's callback; a failure is tried again by the sweeper, with
+        back-off, for `callback_retry_hours` after the job ended (state in PostgreSQL, so
+        restarts lose nothing). Never sleeps: this runs in a function's call."""
         if not job.callback_url or job.callback_status is CallbackStatus.DELIVERED:
             return
         secret = self.settings.callback_secret
@@ -99,12 +102,39 @@ class FanIn(Views):
             delivery_id=str(job.id),
             event="job.finished",
             secret=secret.get_secret_value() if secret else None,
+            attempts=1,
         )
-        self.store.record_callback(
-            job.id,
-            CallbackStatus.DELIVERED if delivery.ok else CallbackStatus.FAILED,
-            delivery.error,
-        )
+        if delivery.ok:
+            self.store.record_callback(job.id, CallbackStatus.DELIVERED)
+            return
+        tries = job.callback_attempts + 1
+        s = self.settings
+        ended = job.finished_at or datetime.now(UTC)
+        giving_up = ended + timedelta(hours=s.callback_retry_hours)
+        delay = min(s.callback_retry_base_seconds * 2 ** min(tries - 1, 30),
+                    s.callback_retry_max_seconds)  # fmt: skip
+        if datetime.now(UTC) + timedelta(seconds=delay) > giving_up:
+            log.warning("job %s: callback failed %d times; giving up: %s", job.id, tries,
+                        delivery.error)  # fmt: skip
+            self.store.record_callback(job.id, CallbackStatus.FAILED, delivery.error)
+            return
+        log.info("job %s: callback try %d failed (%s); again in %.0fs", job.id, tries,
+                 delivery.error, delay)  # fmt: skip
+        self.store.record_callback(job.id, CallbackStatus.PENDING, delivery.error, retry_in=delay)
+
+    def deliver_due_callbacks(self) -> int:
+        """The sweeper's part: try again the callbacks whose back-off has passed."""
+        due = self.store.due_callbacks()
+        for job in due:
+            self._fire_callback(job)
+        return len(due)
+
+    def redeliver_callback(self, job_id: str) -> Job:
+        """Send a finished job's callback again now, whatever became of it before (by hand:
+        `vtp callbacks redeliver JOB`); the receiver de-duplicates on X-VTP-Delivery."""
+        job = self.store.reset_callback(self.store.resolve_id(job_id))
+        self._fire_callback(job)
+        return self.store.get(job.id)
 
     def callback_body(self, job: Job) -> JobCallback:
         view = self.describe_job(job, live=False)

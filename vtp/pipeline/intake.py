@@ -4,16 +4,18 @@ job, or recorded as refused with its reason."""
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 
 from pydantic import BaseModel
 
 from vtp import callbacks
-from vtp.errors import InvalidRequest, InvalidSource
+from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.pipeline.transcode import Transcode
 from vtp.probe import probe_source
+from vtp.storage import ListedObject
 from vtp.webhook import SourceObject, key_problem, storable_key
 
 log = logging.getLogger(__name__)
@@ -110,3 +112,51 @@ class Intake(Transcode):
             self._publish_job(job)
             self._fire_callback(job)
         return SubmitResult(job=self.store.get(job.id), created=created)
+
+    # --- reconciliation -------------------------------------------------------------------
+    def reconcile(self) -> dict[str, int]:
+        """Submit the objects of the input buckets that no job knows: their event was lost
+        (split down or failing when MinIO sent it without a queue dir, the async route's one
+        call lost). Objects younger than the grace period still have their event coming;
+        older than the window they are history, not lost work."""
+        s = self.settings
+        now = datetime.now(UTC)
+        listed = submitted = 0
+        suffixes = tuple(x.lower() for x in s.video_suffixes)
+        for bucket in s.source_buckets:
+            batch: list[ListedObject] = []
+            for obj in self.storage.list_objects(bucket):
+                listed += 1
+                age = (now - obj.last_modified).total_seconds()
+                if obj.key.lower().endswith(suffixes) and (
+                    s.reconcile_grace_seconds <= age <= s.reconcile_window_seconds
+                ):
+                    batch.append(obj)
+                if len(batch) >= 500:
+                    submitted += self._reconcile(bucket, batch, s.reconcile_max_per_run - submitted)
+                    batch = []
+                if submitted >= s.reconcile_max_per_run:
+                    break
+            submitted += self._reconcile(bucket, batch, s.reconcile_max_per_run - submitted)
+        if submitted:
+            log.warning("reconciled %d object(s) that had no job", submitted)
+        return {"listed": listed, "submitted": submitted}
+
+    def _reconcile(self, bucket: str, objects: list[ListedObject], room: int) -> int:
+        known = self.store.known_versions(bucket, [(storable_key(o.key), o.etag) for o in objects])
+        submitted = 0
+        for obj in objects:
+            if submitted >= room:
+                break
+            if (storable_key(obj.key), obj.etag) in known:
+                continue
+            log.warning("s3://%s/%s (ETag %s) has no job: submitting it", bucket, obj.key, obj.etag)
+            try:
+                self.submit(SourceObject(bucket=bucket, key=obj.key, etag=obj.etag, size=obj.size))
+            except NotFound:
+                continue  # deleted meanwhile
+            except VtpError as exc:
+                log.error("reconciling s3://%s/%s failed: %s", bucket, obj.key, exc.reason)
+                continue
+            submitted += 1
+        return submitted

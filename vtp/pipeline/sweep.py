@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 
+from vtp.errors import VtpError
 from vtp.events import ProgressEvent
 from vtp.pipeline.intake import Intake
 
@@ -16,7 +17,8 @@ class Sweep(Intake):
     # --- sweeper -------------------------------------------------------------------------------
     def sweep(self) -> dict[str, int]:
         """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
-        finalizations."""
+        finalizations, try again due job callbacks; and now and then reconcile the input
+        buckets against the jobs (a lost event becomes a job)."""
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for r in reaped:
             self._publish(
@@ -32,9 +34,20 @@ class Sweep(Intake):
         finalized = 0
         for job in self.store.finalizations_due():
             finalized += self.maybe_finalize(job.id, claimer=f"sweeper:{threading.get_ident()}")
+        callbacks_sent = self.deliver_due_callbacks()
+        reconciled = 0
+        if self.settings.reconcile_window_seconds > 0 and self.store.claim_periodic(
+            "reconcile", self.settings.reconcile_every_seconds
+        ):
+            try:
+                reconciled = self.reconcile()["submitted"]
+            except VtpError as exc:
+                log.error("reconciliation failed: %s", exc.reason)
         return {
             "reaped": len(reaped),
             "retried": retried,
             "redispatched": len(lost),
             "finalized": finalized,
+            "callbacks": callbacks_sent,
+            "reconciled": reconciled,
         }

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from uuid import UUID
 
 import psycopg2
@@ -85,7 +86,10 @@ class Transcode(Dispatch):
                 )
                 self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
             record = result.model_dump(mode="json") | {"output_prefix": prefix}
-            self.store.succeed_rendition(job.id, rend.name, record, call_id=call_id)
+            _persist(
+                lambda: self.store.succeed_rendition(job.id, rend.name, record, call_id=call_id),
+                self.settings.final_write_seconds,
+            )
             reporter.state(RenditionState.SUCCEEDED)
             outcome = {"state": "succeeded", "result": record}
         except Conflict as exc:
@@ -105,7 +109,11 @@ class Transcode(Dispatch):
             outcome = {"state": state.value, "error": reason}
         finally:
             reporter.close()
-        self.maybe_finalize(job.id, claimer=call_id)
+        try:
+            self.maybe_finalize(job.id, claimer=call_id)
+        except _TRANSIENT as exc:
+            # The rendition's own outcome is recorded; the sweeper finishes the job.
+            log.warning("job %s not finalized now (%r): the sweeper will", job.id, exc)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": rend.attempts} | outcome
 
     def _check_source_unchanged(self, job: Job) -> None:
@@ -130,8 +138,11 @@ class Transcode(Dispatch):
     ) -> RenditionState | None:
         """The attempt's own report of its failure; None if it was superseded meanwhile."""
         try:
-            return self.store.fail_rendition(
-                job_id, rendition, reason, retryable=retryable, call_id=call_id
+            return _persist(
+                lambda: self.store.fail_rendition(
+                    job_id, rendition, reason, retryable=retryable, call_id=call_id
+                ),
+                self.settings.final_write_seconds,
             )
         except Conflict as exc:
             log.warning("failure of superseded attempt %s not recorded: %s", call_id, exc)
@@ -191,3 +202,24 @@ def _failure(exc: BaseException, settings: Settings) -> tuple[str, bool]:
         return f"{type(exc).__name__}: {exc}", True
     log.error("transcode failed on an unexpected error", exc_info=exc)
     return f"internal error ({type(exc).__name__}: {exc}); not retried", False
+
+
+T = TypeVar("T")
+
+
+def _persist(write: Callable[[], T], within_s: float) -> T:
+    """An attempt's final record, retried through a database outage: an hour of encoding
+    must not be thrown away for a PostgreSQL restart. Errors that are not the connection's
+    (Conflict: the attempt was superseded) propagate at once."""
+    deadline = time.monotonic() + within_s
+    delay = 0.5
+    while True:
+        try:
+            return write()
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("recording the outcome failed (%s); again in %.1fs", first, delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 10.0)
