@@ -35,9 +35,11 @@ from collections.abc import Mapping
 
 import aiohttp
 from aiohttp import web
+from aiohttp.abc import AbstractAccessLogger
 
 from localfaas import queue
 from localfaas.config import LocalConfig
+from localfaas.redact import redact
 from localfaas.registry import FunctionEntry, RegistryWatcher, scaled_to_zero
 
 log = logging.getLogger("localfaas.gateway")
@@ -323,11 +325,26 @@ class Gateway:
         except Exception as exc:  # NATS down: say so, as the CE gateway does with a 500
             log.error("queue publish failed for %s: %s", name, exc)
             return self._error(500, f"queue error: {exc}", call_id, start)
-        log.info("queued %s call_id=%s callback=%s", name, call_id, msg.callback_url)
+        log.info("queued %s call_id=%s callback=%s", name, call_id, redact(msg.callback_url or ""))
         answer = {"X-Start-Time": start}
         if "X-Call-Id" not in request.headers:  # echoed only when the gateway made it up
             answer["X-Call-Id"] = call_id
         return web.Response(status=202, headers=answer)
+
+
+class RedactingAccessLogger(AbstractAccessLogger):
+    """One line per request, as aiohttp's, without the secrets in query strings."""
+
+    def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        self.logger.info(
+            '%s "%s %s" %s %s %.3fs',
+            request.remote,
+            request.method,
+            redact(request.path_qs),
+            response.status,
+            response.body_length,
+            time,
+        )
 
 
 def main() -> None:
@@ -340,7 +357,7 @@ def main() -> None:
         gw.app(),
         host="127.0.0.1",
         port=cfg.gateway_port,
-        access_log_format='%a "%r" %s %b %Tfs',
+        access_log_class=RedactingAccessLogger,
         print=None,
         handle_signals=True,
         # Cancel a handler when its client goes away, so a proxied stream (SSE) is closed

@@ -31,6 +31,7 @@ from nats.js.errors import FetchTimeoutError
 from localfaas import queue
 from localfaas.component import run_component
 from localfaas.config import LocalConfig
+from localfaas.redact import redact
 
 log = logging.getLogger("localfaas.queue_worker")
 
@@ -118,7 +119,9 @@ class QueueWorker:
         url = f"{self.cfg.gateway_url}/function/{req.function}{req.path if req.path != '/' else ''}"
         if req.query:
             url += "?" + req.query
-        log.info("[#%d] Invoking: %s with %d bytes, via: %s", n, req.function, len(req.body), url)
+        log.info(
+            "[#%d] Invoking: %s with %d bytes, via: %s", n, req.function, len(req.body), redact(url)
+        )
         t0 = time.monotonic()
         status = 503
         body = b""
@@ -153,10 +156,12 @@ class QueueWorker:
             async with session.post(req.callback_url, data=body, headers=headers) as cb:
                 await cb.read()
                 log.info("[#%d] Posted result for %s to callback-url: %s, status: %d", n,
-                         req.function, req.callback_url, cb.status)  # fmt: skip
+                         req.function, redact(req.callback_url), cb.status)  # fmt: skip
         except (aiohttp.ClientError, TimeoutError) as exc:
             # CE does not retry callbacks either; the log is all there is.
-            log.warning("[#%d] Error posting to callback-url %s: %r", n, req.callback_url, exc)
+            log.warning(
+                "[#%d] Error posting to callback-url %s: %r", n, redact(req.callback_url), exc
+            )
 
 
 def main() -> None:

@@ -162,3 +162,50 @@ def test_a_tiny_video_fails_at_once_with_its_reason(
 def test_callbacks_into_the_cluster_are_refused_whatever_the_disguise(host: str) -> None:
     with pytest.raises(InvalidRequest, match="non-public"):
         check_destination(f"http://{host}/hook", allow_private=False)
+
+
+def test_a_callback_url_from_a_log_speaks_of_its_own_call_only(
+    gateway: str, stack: LocalConfig, s3: Minio, tmp_path: Path, postgres_dsn: str
+) -> None:
+    """The CE components log every callback URL. Replayed, one may report only on the call
+    it was made for: a report for another call is refused, and one for a call that ended
+    changes nothing. The local runtime's own logs keep the signatures out."""
+    import hashlib
+    import hmac as hmac_
+
+    from tests.clips import make_clip
+
+    clip = make_clip(tmp_path / "c.mp4", size="640x360", seconds=1)
+    key = f"replay/{uuid.uuid4().hex}.mp4"
+    s3_client(stack, "manual-sources").fput_object("manual-sources", key, str(clip))
+    r = split(gateway, {"bucket": "manual-sources", "key": key, "renditions": ["360p"]})
+    job_id = r.json()["job_id"]
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
+        if view["state"] == "succeeded":
+            break
+        time.sleep(0.3)
+    with psycopg2.connect(postgres_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT dispatch_call_id FROM renditions WHERE job_id = %s", (job_id,))
+        (call,) = cur.fetchone()
+    conn.close()
+    secret = stack.credentials["callback_secret"].encode()
+
+    def signed(call_id: str) -> dict[str, str]:
+        msg = f"rendition-callback:{job_id}:360p:{call_id}".encode()
+        sig = hmac_.new(secret, msg, hashlib.sha256).hexdigest()
+        return {"job": job_id, "rendition": "360p", "call": call_id, "sig": sig}
+
+    url = f"{gateway}/function/split/callback"
+    failed = {"X-Function-Status": "500"}
+    r = requests.post(url, params=signed(call), headers=failed | {"X-Call-Id": call}, timeout=10)
+    assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text  # nothing moved
+    r = requests.post(url, params=signed(call), headers=failed | {"X-Call-Id": "other"}, timeout=10)
+    assert r.status_code == 401, r.text
+    forged = signed(call) | {"call": "another-call"}  # the signature of the first call
+    r = requests.post(url, params=forged, headers=failed, timeout=10)
+    assert r.status_code == 401, r.text
+    for log in ("gateway.log", "queue-worker-0.log", "queue-worker-1.log", "queue-worker-2.log"):
+        text = (stack.logs_dir / log).read_text(errors="replace")
+        assert signed(call)["sig"] not in text, f"{log} holds a callback signature"

@@ -83,7 +83,7 @@ def test_successful_callback_for_an_unstarted_rendition_changes_nothing(
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.QUEUED
 
 
-def test_callback_urls_are_signed_per_job_and_rendition(pipeline: Pipeline) -> None:
+def test_callback_urls_are_signed_per_call(pipeline: Pipeline) -> None:
     from urllib.parse import parse_qs, urlsplit
 
     from vtp.errors import Unauthorized
@@ -96,15 +96,16 @@ def test_callback_urls_are_signed_per_job_and_rendition(pipeline: Pipeline) -> N
         pipeline.bus,
         pipeline.invoker,
     )
-    q = parse_qs(urlsplit(signed.callback_url("j1", "720p")).query)
-    assert q["job"] == ["j1"] and q["rendition"] == ["720p"]
-    signed.check_callback_signature("j1", "720p", q["sig"][0])
-    for job, rendition in (("j2", "720p"), ("j1", "360p")):
+    q = parse_qs(urlsplit(signed.callback_url("j1", "720p", "call-1")).query)
+    assert q["job"] == ["j1"] and q["rendition"] == ["720p"] and q["call"] == ["call-1"]
+    signed.check_callback_signature("j1", "720p", "call-1", q["sig"][0])
+    for job, rendition, call in (("j2", "720p", "call-1"), ("j1", "360p", "call-1"),
+                                 ("j1", "720p", "call-2"), ("j1", "720p", None)):  # fmt: skip
         with pytest.raises(Unauthorized):
-            signed.check_callback_signature(job, rendition, q["sig"][0])
+            signed.check_callback_signature(job, rendition, call, q["sig"][0])
     with pytest.raises(Unauthorized):
-        signed.check_callback_signature("j1", "720p", None)
-    pipeline.check_callback_signature("j1", "720p", None)  # no secret configured: open
+        signed.check_callback_signature("j1", "720p", "call-1", None)
+    pipeline.check_callback_signature("j1", "720p", "call-1", None)  # no secret: open
 
 
 def test_a_bug_in_the_encoder_is_recorded_as_what_it_is(

@@ -116,13 +116,18 @@ def _callback(event: Any) -> Response:
     except ValueError as exc:
         raise InvalidRequest("X-Function-Status is not a number") from exc
     p = pipeline()
-    p.check_callback_signature(job_id, rendition, event.query.get("sig"))
+    call_id = event.query.get("call")
+    p.check_callback_signature(job_id, rendition, call_id, event.query.get("sig"))
+    if call_id is None:
+        call_id = header(event, "X-Call-Id")  # a URL from before calls were signed
+    elif header(event, "X-Call-Id") not in (None, call_id):
+        raise Unauthorized("rendition callback for another call than its URL was signed for")
     try:
         out = p.on_rendition_callback(
             job_id,
             rendition,
             function_status=status,
-            call_id=header(event, "X-Call-Id"),
+            call_id=call_id,
             body=event.body or b"",
         )
     except VtpError as exc:

@@ -78,25 +78,32 @@ class PipelineBase:
         base = self.settings.public_s3_endpoint.rstrip("/")
         return f"{base}/{self.settings.outputs_bucket}/{job_id}/{quote(path)}"
 
-    def callback_url(self, job_id: UUID | str, rendition: str) -> str:
+    def callback_url(self, job_id: UUID | str, rendition: str, call_id: str) -> str:
         """split's route for the queue-worker's report on one transcode call. It is reachable
-        by anyone who reaches the gateway, so it carries a signature of what it is about."""
-        query = {"job": str(job_id), "rendition": rendition}
-        sig = self._callback_signature(str(job_id), rendition)
+        by anyone who reaches the gateway, and the CE components log it (the queue-worker
+        every message, of-watchdog every request line), so its signature covers the call it
+        is about: a URL copied from a log can speak of that call only, never of another
+        attempt or another rendition."""
+        query = {"job": str(job_id), "rendition": rendition, "call": call_id}
+        sig = self._callback_signature(str(job_id), rendition, call_id)
         if sig:
             query["sig"] = sig
         return self.invoker.function_url("split", "/callback", query)
 
-    def check_callback_signature(self, job_id: str, rendition: str, sig: str | None) -> None:
-        expected = self._callback_signature(job_id, rendition)
+    def check_callback_signature(
+        self, job_id: str, rendition: str, call_id: str | None, sig: str | None
+    ) -> None:
+        expected = self._callback_signature(job_id, rendition, call_id)
         if expected and not hmac.compare_digest(expected, sig or ""):
             raise Unauthorized("rendition callback without a valid signature")
 
-    def _callback_signature(self, job_id: str, rendition: str) -> str | None:
+    def _callback_signature(self, job_id: str, rendition: str, call_id: str | None) -> str | None:
         secret = self.settings.callback_secret
         if secret is None or not secret.get_secret_value():
             return None
-        msg = f"rendition-callback:{job_id}:{rendition}".encode()
+        # Without a call id: the URLs of calls queued before the call was signed too.
+        tail = f":{call_id}" if call_id is not None else ""
+        msg = f"rendition-callback:{job_id}:{rendition}{tail}".encode()
         return hmac.new(secret.get_secret_value().encode(), msg, hashlib.sha256).hexdigest()
 
     # --- events --------------------------------------------------------------------------------

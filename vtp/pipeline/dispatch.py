@@ -37,7 +37,7 @@ class Dispatch(FanIn):
             self.invoker.invoke_async(
                 rend.function,
                 TranscodeTask(job_id=job_id, rendition=rend.name),
-                callback_url=self.callback_url(job_id, rend.name),
+                callback_url=self.callback_url(job_id, rend.name, call_id),
                 call_id=call_id,
             )
         except VtpError as exc:

@@ -1,0 +1,17 @@
+"""Secrets out of the local runtime's logs: the signatures in callback URLs and presigned
+URLs. (The real CE gateway, queue-worker and of-watchdog log them whole: docs/deploy.md.)"""
+
+from __future__ import annotations
+
+import re
+
+# Query parameters that carry a secret: split's callback signature, S3 presigned URLs'.
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<name>[?&](?:sig|token|x-amz-signature|x-amz-credential|x-amz-security-token|"
+    r"signature|awsaccesskeyid)=)[^&\s\"']*"
+)
+
+
+def redact(text: str) -> str:
+    """`text` with the values of secret-bearing query parameters replaced."""
+    return _SECRET_PARAM.sub(r"\g<name><redacted>", text)
