@@ -22,7 +22,7 @@ import psycopg2
 import pytest
 import requests
 
-from localfaas import runtime
+from localfaas import runtime, services
 from localfaas.config import REPO_ROOT, LocalConfig
 from tests.clips import make_clip
 from tests.ports import free_port, free_port_base
@@ -44,14 +44,20 @@ def own_stack(test_slot: int) -> Iterator[LocalConfig]:
             }
         },
     )
-    runtime.down(cfg)
-    shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+    def wipe() -> None:
+        # PostgreSQL's data may live outside the run dir (its OS user cannot always reach
+        # it): remove that too, or a second run would find the first one's jobs.
+        runtime.down(cfg)
+        services.remove_data(cfg)
+        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+
+    wipe()
     try:
         runtime.up(cfg)
         yield cfg
     finally:
-        runtime.down(cfg)
-        shutil.rmtree(cfg.run_dir, ignore_errors=True)
+        wipe()
 
 
 def view(cfg: LocalConfig, job_id: str) -> dict[str, Any]:
@@ -76,8 +82,9 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     client = s3_client(cfg, "restart-sources")
     long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=40, audio=False)
     jobs = []
+    tag = uuid.uuid4().hex[:8]  # keys of this run only, whatever an earlier one left
     for i in range(2):
-        key = f"long-{i}.mp4"
+        key = f"long-{tag}-{i}.mp4"
         client.fput_object("restart-sources", key, str(long_clip))
         r = requests.post(
             f"{cfg.gateway_url}/function/split",
@@ -102,7 +109,7 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     # its objects on disk. Put the sources back as they were (same bytes, same ETags).
     client.make_bucket("restart-sources")
     for i in range(2):
-        client.fput_object("restart-sources", f"long-{i}.mp4", str(long_clip))
+        client.fput_object("restart-sources", f"long-{tag}-{i}.mp4", str(long_clip))
 
     # The next upload is not held up by what the stopped queue-workers left behind.
     small = make_clip(tmp_path / "small.mp4", size="640x360", seconds=2)
