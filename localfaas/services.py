@@ -179,7 +179,11 @@ def _check_traversable(path: Path, user: str) -> None:
     pw = pwd.getpwnam(user)
     gids = {pw.pw_gid} | {g.gr_gid for g in grp.getgrall() if user in g.gr_mem}
     for p in [path, *path.parents]:
-        st = p.stat()
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            continue  # not made yet: we make it (0755 under the usual umask) when we start
+
         if st.st_uid == pw.pw_uid:
             ok = bool(st.st_mode & stat.S_IXUSR)
         elif st.st_gid in gids:
