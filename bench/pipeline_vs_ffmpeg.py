@@ -24,6 +24,8 @@ sys.path.insert(0, str(REPO))
 
 from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
+from tests.ports import free_port, free_port_base  # noqa: E402
+from tests.s3 import s3_client  # noqa: E402
 from vtp.encode import _tee_outputs, encode_args  # noqa: E402
 from vtp.ladder import plan_ladder  # noqa: E402
 from vtp.probe import source_info_from_probe  # noqa: E402
@@ -95,21 +97,17 @@ def through_pipeline(cfg: LocalConfig, s3: Minio, clip: Path) -> float:
 
 def main() -> None:
     run_dir = REPO / ".run" / "bench-pipeline"
-    cfg = LocalConfig(run_dir=run_dir, port_base=17000, gateway_port=18480, max_inflight=4)
+    # One queue-worker per rendition: the CE queue-worker runs one call at a time.
+    cfg = LocalConfig(
+        run_dir=run_dir, port_base=free_port_base(), gateway_port=free_port(), queue_workers=3
+    )
     runtime.down(cfg)
     shutil.rmtree(run_dir, ignore_errors=True)
     settings = Settings()
     work = Path(tempfile.mkdtemp(prefix="vtp-bench-"))
     try:
         runtime.up(cfg)
-        c = cfg.credentials
-        s3 = Minio(
-            cfg.s3_endpoint.split("://", 1)[1],
-            access_key=c["s3_access_key"],
-            secret_key=c["s3_secret_key"],
-            secure=False,
-            region="us-east-1",
-        )
+        s3 = s3_client(cfg)
         for seconds in (2, 30):
             clip = work / f"clip-{seconds}s-1080p30.mp4"
             make_clip(clip, seconds)

@@ -180,11 +180,6 @@ class Gateway:
         self.check_auth(request)
         return web.json_response(self._describe(self.lookup(request.match_info["name"])))
 
-    def streams(self, request: web.Request) -> bool:
-        """Whether a response is passed on as it comes (see the module docstring)."""
-        wants_events = request.headers.get("Accept", "").startswith("text/event-stream")
-        return wants_events and self.cfg.gateway_streaming == "accept"
-
     async def invoke(self, request: web.Request) -> web.StreamResponse:
         entry = self.lookup(request.match_info["name"])
         call_id, start, headers = self.call_headers(request)
@@ -227,10 +222,11 @@ class Gateway:
         response.headers["X-Call-Id"] = call_id
         response.headers["X-Start-Time"] = start
         response.headers["X-Duration-Seconds"] = f"{time.monotonic() - t0:.6f}"
-        streaming = self.streams(request)
-        whole = entry.watchdog and not request.headers.get("Accept", "").startswith(
-            "text/event-stream"
-        )
+        # How the body is passed on (see the module docstring): as it comes only for an event
+        # stream on a streaming gateway; whole from behind of-watchdog otherwise.
+        wants_events = request.headers.get("Accept", "").startswith("text/event-stream")
+        streaming = wants_events and self.cfg.gateway_streaming == "accept"
+        whole = entry.watchdog and not wants_events
         if "Content-Length" in upstream.headers:
             response.content_length = int(upstream.headers["Content-Length"])
         else:

@@ -74,12 +74,6 @@ def components(cfg: LocalConfig) -> list[Component]:
     ]
 
 
-def _is_component(name: str) -> bool:
-    return name in ("gateway", "cron", "notifier", "supervisor") or name.startswith(
-        QUEUE_WORKER + "-"
-    )
-
-
 # Environment a function process inherits from ours; everything else comes from stack.yml,
 # as in a container where only the image's and the function's environment exist.
 _INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "HOME", "TMPDIR")
@@ -478,7 +472,8 @@ def down(cfg: LocalConfig) -> list[str]:
     # Components in reverse start order (the supervisor, which would restart functions,
     # goes first; every queue-worker replica, whatever the count now), then the functions.
     names = [c.name for c in reversed(components(cfg))]
-    names += [r.name for r in procs.records(cfg) if _is_component(r.name) and r.name not in names]
+    replicas = [r.name for r in procs.records(cfg) if r.name.startswith(QUEUE_WORKER + "-")]
+    names += [name for name in replicas if name not in names]
     for name in names:
         if procs.stop(cfg, name):
             stopped.append(name)

@@ -16,8 +16,9 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
+import psycopg2
 import pytest
 import requests
 
@@ -124,6 +125,15 @@ def postgres_dsn(request: pytest.FixtureRequest) -> str:
     """The stack's PostgreSQL (VTP_TEST_POSTGRES_DSN points elsewhere, without the stack)."""
     dsn = os.environ.get("VTP_TEST_POSTGRES_DSN")
     return dsn or request.getfixturevalue("stack").postgres_dsn  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="module")
+def db(postgres_dsn: str) -> Iterator[Any]:
+    """An autocommit connection to the stack's PostgreSQL, to read the rows themselves."""
+    conn = psycopg2.connect(postgres_dsn)
+    conn.autocommit = True
+    yield conn
+    conn.close()
 
 
 @pytest.fixture(scope="session")

@@ -13,11 +13,9 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg2
 import pytest
 import requests
 from minio import Minio
@@ -40,14 +38,6 @@ def s3(stack: LocalConfig) -> Minio:
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_clip(tmp_path_factory.mktemp("ce") / "clip.mp4", size="640x360", seconds=2)
-
-
-@pytest.fixture(scope="module")
-def db(postgres_dsn: str) -> Iterator[Any]:
-    conn = psycopg2.connect(postgres_dsn)
-    conn.autocommit = True
-    yield conn
-    conn.close()
 
 
 def upload(s3: Minio, path: Path) -> str:

@@ -8,12 +8,10 @@ import hmac
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import psycopg2
 import pytest
 import requests
 from minio import Minio
@@ -73,14 +71,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "portrait": make_clip(d / "portrait.mp4", size="360x640", audio=True),
         "silent": make_clip(d / "silent.mp4", size="640x360", audio=False),
     }
-
-
-@pytest.fixture(scope="module")
-def db(postgres_dsn: str) -> Iterator[Any]:
-    conn = psycopg2.connect(postgres_dsn)
-    conn.autocommit = True
-    yield conn
-    conn.close()
 
 
 def wait_for_job(gateway: str, bucket: str, key: str, timeout: float = 180) -> dict[str, Any]:

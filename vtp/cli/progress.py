@@ -42,7 +42,8 @@ class RenditionProgress:
         return self.state in TERMINAL_STATES
 
 
-def _order(stream_id: str | None) -> tuple[int, int]:
+def event_order(stream_id: str | None) -> tuple[int, int]:
+    """A stream id as a sort key; no id sorts before every id."""
     return stream_id_order(stream_id) if stream_id else (-1, -1)
 
 
@@ -102,10 +103,10 @@ class JobProgress:
         """Apply one event of this job; True when something changed."""
         if event.job_id != self.job_id:
             return False
-        if event.id and _order(event.id) > _order(self.last_event_id):
+        if event.id and event_order(event.id) > event_order(self.last_event_id):
             self.last_event_id = event.id
         if event.rendition is None or event.rendition == JOB_FIELD:
-            if event.id and self.last_id and _order(event.id) <= _order(self.last_id):
+            if event.id and self.last_id and event_order(event.id) <= event_order(self.last_id):
                 return False
             if self.finished and event.state not in ("succeeded", "failed"):
                 return False
@@ -114,7 +115,7 @@ class JobProgress:
             self.error = event.error or self.error
             return True
         rend = self.rendition(event.rendition)
-        if event.id and rend.last_id and _order(event.id) <= _order(rend.last_id):
+        if event.id and rend.last_id and event_order(event.id) <= event_order(rend.last_id):
             return False
         if rend.finished and event.state not in TERMINAL_STATES:
             return False

@@ -19,7 +19,7 @@ from typing import Any
 
 from vtp.cli.client import StatusClient
 from vtp.cli.config import ClientConfig
-from vtp.cli.progress import JobProgress
+from vtp.cli.progress import JobProgress, event_order
 from vtp.cli.transport import (
     Event,
     Message,
@@ -31,7 +31,6 @@ from vtp.cli.transport import (
     ws_messages,
 )
 from vtp.errors import UpstreamError
-from vtp.events import stream_id_order
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +39,6 @@ WS_STABLE_S = 30.0  # a WebSocket cut after this long was working: reopen it
 ABNORMAL_CLOSE = frozenset({1002, 1006, 1011, 1015})
 STALL_S = 5.0  # a stream whose snapshot has not come this long after asking is not live
 STALLED = "the gateway holds the event stream back"
-
-
-def _order(stream_id: str | None) -> tuple[int, int]:
-    return stream_id_order(stream_id) if stream_id else (0, 0)
 
 
 # --- watching ---------------------------------------------------------------------------------
@@ -158,12 +153,13 @@ class Watcher:
             for item in view.get("renditions") or []
             if isinstance(item, dict)
         ]
-        newest = max((i for i in ids if i), key=_order, default=None)
-        if self._lag_mark is not None and _order(self._stream_last) < _order(self._lag_mark):
+        newest = max((i for i in ids if i), key=event_order, default=None)
+        mark, seen = self._lag_mark, event_order(self._stream_last)
+        if mark is not None and seen < event_order(mark):
             # What the previous poll showed has still not come through the stream.
             self._lagging = not self.job.finished
             return
-        ahead = newest is not None and _order(newest) > _order(self._stream_last)
+        ahead = newest is not None and event_order(newest) > seen
         self._lag_mark = newest if ahead else None
 
     def _stalled(self) -> bool:
@@ -210,7 +206,7 @@ class Watcher:
 
     def _stream_saw(self, ids: list[str | None]) -> None:
         for event_id in ids:
-            if event_id and _order(event_id) > _order(self._stream_last):
+            if event_id and event_order(event_id) > event_order(self._stream_last):
                 self._stream_last = event_id
 
     def _open(self) -> Generator[Message, None, None] | None:

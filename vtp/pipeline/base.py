@@ -45,6 +45,11 @@ class PipelineBase:
         self.invoker = invoker
         # Set when the process is asked to stop: encodes in flight end, recorded (SIGTERM).
         self.stopping = threading.Event()
+        # Job callbacks are tried again with the same back-off rule as renditions.
+        self.callback_retry = RetryPolicy(
+            base_s=settings.callback_retry_base_seconds,
+            max_s=settings.callback_retry_max_seconds,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:

@@ -111,8 +111,7 @@ class FanIn(Views):
         s = self.settings
         ended = job.finished_at or datetime.now(UTC)
         giving_up = ended + timedelta(hours=s.callback_retry_hours)
-        delay = min(s.callback_retry_base_seconds * 2 ** min(tries - 1, 30),
-                    s.callback_retry_max_seconds)  # fmt: skip
+        delay = self.callback_retry.delay(tries)
         if datetime.now(UTC) + timedelta(seconds=delay) > giving_up:
             log.warning("job %s: callback failed %d times; giving up: %s", job.id, tries,
                         delivery.error)  # fmt: skip
