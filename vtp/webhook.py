@@ -190,13 +190,18 @@ def _json_depth(body: bytes) -> int:
     return deepest
 
 
+def _control(ch: str) -> bool:
+    """C0 control characters and DEL (NUL among them)."""
+    return ord(ch) < 0x20 or ord(ch) == 0x7F
+
+
 def key_problem(key: str) -> str | None:
     """Why an object key cannot be processed, or None. A NUL cannot be stored (PostgreSQL
     text) and cuts the key short in C programs; a `..` segment is normalised away by HTTP
     clients, so a presigned URL for it would name another object."""
     if "\x00" in key:
         return "the object key contains a NUL character"
-    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in key):
+    if any(_control(ch) for ch in key):
         return "the object key contains control characters"
     if ".." in key.split("/"):
         return "the object key has a '..' segment"
@@ -207,7 +212,7 @@ def key_problem(key: str) -> str | None:
 
 def storable_key(key: str) -> str:
     """`key` as it can be stored and shown: NUL and other control characters escaped."""
-    return "".join(f"\\x{ord(ch):02x}" if ord(ch) < 0x20 or ord(ch) == 0x7F else ch for ch in key)
+    return "".join(f"\\x{ord(ch):02x}" if _control(ch) else ch for ch in key)
 
 
 def sources_from_event(
