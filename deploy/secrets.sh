@@ -4,12 +4,14 @@
 #
 #   export OPENFAAS_URL=http://<gateway>:8080      # and `faas-cli login` first
 #   export VTP_S3_ACCESS_KEY=... VTP_S3_SECRET_KEY=... VTP_POSTGRES_DSN=... \
-#          VTP_WEBHOOK_TOKEN=... VTP_CALLBACK_SECRET=...
+#          VTP_WEBHOOK_TOKEN=... VTP_CALLBACK_SECRET=... [VTP_READ_TOKEN=...]
 #   deploy/secrets.sh
 #
-# Every value is required: OpenFaaS refuses to deploy a function whose secret is missing, and
-# an empty secret would only fail later, at the first upload. Nothing is created unless all
-# of them are set. The function reads secret `vtp-<field>` as its setting <field>
+# Every value in SECRETS is required: OpenFaaS refuses to deploy a function whose secret is
+# missing, and an empty secret would only fail later, at the first upload. Nothing is created
+# unless all of them are set. OPTIONAL ones are created too, since functions declare them, but
+# blank when unset (one space, with --trim=false: faas-cli refuses an empty value), which the
+# functions read as "not set". The function reads secret `vtp-<field>` as its setting <field>
 # (vtp/settings.py), so the names below are not free to change.
 #
 # Values go to faas-cli through a private temporary file (--from-file), never on its command
@@ -32,6 +34,9 @@ SECRETS=(
     "vtp-postgres-dsn    VTP_POSTGRES_DSN       postgresql://vtp:<password>@postgres:5432/vtp"
     "vtp-webhook-token   VTP_WEBHOOK_TOKEN      bearer token MinIO's webhook target sends"
     "vtp-callback-secret VTP_CALLBACK_SECRET    HMAC key signing job callbacks"
+)
+OPTIONAL=(
+    "vtp-read-token      VTP_READ_TOKEN         reading jobs needs it (status, ws-relay); unset: open"
 )
 
 missing=()
@@ -65,16 +70,23 @@ existing=$("$FAAS_CLI" secret list "${ns_args[@]}" | awk 'NR > 1 { print $1 }') 
     exit 1
 }
 
-for entry in "${SECRETS[@]}"; do
+for entry in "${SECRETS[@]}" "${OPTIONAL[@]}"; do
     read -r name var _ <<<"$entry"
     file="$tmpdir/$name"
-    (umask 077 && printf '%s' "${!var}" >"$file")
+    value=${!var:-}
+    trim=()
+    if [[ -z ${value//[[:space:]]/} ]]; then
+        value=" " trim=(--trim=false)
+        echo "secrets.sh: $var is not set: $name is blank (not set) for the functions" >&2
+    fi
+    (umask 077 && printf '%s' "$value" >"$file")
     if grep -qxF "$name" <<<"$existing"; then
-        "$FAAS_CLI" secret update "$name" --from-file "$file" "${ns_args[@]}"
+        "$FAAS_CLI" secret update "$name" --from-file "$file" "${trim[@]}" "${ns_args[@]}"
     else
-        "$FAAS_CLI" secret create "$name" --from-file "$file" "${ns_args[@]}"
+        "$FAAS_CLI" secret create "$name" --from-file "$file" "${trim[@]}" "${ns_args[@]}"
     fi
     rm -f "$file"
 done
 
-echo "secrets.sh: ${#SECRETS[@]} secrets in place; functions pick up changed values on their next deploy or restart."
+total=$((${#SECRETS[@]} + ${#OPTIONAL[@]}))
+echo "secrets.sh: $total secrets in place; functions pick up changed values on their next deploy or restart."

@@ -113,6 +113,11 @@ def _write_builtin_secrets(cfg: LocalConfig) -> None:
     }
     store = secret_store(cfg)
     store.mkdir(parents=True, exist_ok=True)
+    read_token = store / "vtp-read-token"
+    if not read_token.exists():
+        # Blank: reads are open. Write a token into this file to require it (vtp.access).
+        read_token.write_text("")
+        read_token.chmod(0o600)
     for name, value in values.items():
         path = store / name
         if not path.exists() or path.read_text() != value:
@@ -167,6 +172,11 @@ def stack_env(cfg: LocalConfig) -> dict[str, str]:
     relay = load_registry(cfg).get(WS_RELAY)
     if relay is not None:
         env["VTP_WS_URL"] = f"ws://127.0.0.1:{relay.port}/ws"
+    # The read token, if one was written into the secret store: the CLI sends it.
+    token_file = secret_store(cfg) / "vtp-read-token"
+    token = token_file.read_text().strip() if token_file.is_file() else ""
+    if token:
+        env["VTP_READ_TOKEN"] = token
     return env
 
 

@@ -62,9 +62,13 @@ OPTIONAL_SETTINGS = {
     "rendition": "only transcode-* have a rung (and they need it)",
     "exec_timeout": "of-watchdog's own variable: without it there is no limit to keep under",
     "input_buckets": "falls back to the uploads bucket",
+    "read_token": "reads are open (vtp.access), and deploy/secrets.sh says so",
 }
 # Never in a function's environment: stack.yml and its environment files are not secret.
-CREDENTIALS = {"s3_access_key", "s3_secret_key", "postgres_dsn", "webhook_token", "callback_secret"}
+CREDENTIALS = {
+    "s3_access_key", "s3_secret_key", "postgres_dsn", "webhook_token", "callback_secret",
+    "read_token",
+}  # fmt: skip
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -859,6 +863,7 @@ SECRET_VALUES = {
     "VTP_POSTGRES_DSN": "postgresql://vtp:pw@postgres:5432/vtp",
     "VTP_WEBHOOK_TOKEN": "webhook-token-value",
     "VTP_CALLBACK_SECRET": "callback-secret-value",
+    "VTP_READ_TOKEN": "read-token-value",
 }
 
 
@@ -905,6 +910,30 @@ def test_secrets_sh_creates_new_and_updates_existing(tmp_path: Path) -> None:
         assert (stored / secret).read_text() == SECRET_VALUES[var]
     assert not any("--from-literal" in c for c in calls), "values must not be on argv"
     assert set(table) >= {s for spec in functions().values() for s in spec.secrets}
+
+
+def test_secrets_sh_makes_an_unset_optional_secret_blank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """faas-cli refuses an empty secret, and a function whose declared secret is missing is
+    not deployed: the unset read token becomes one space (read as "not set"), untrimmed."""
+    values = {k: v for k, v in SECRET_VALUES.items() if k != "VTP_READ_TOKEN"}
+    result, calls, stored = run_secrets_sh(tmp_path, values)
+    assert result.returncode == 0, result.stderr
+    assert "VTP_READ_TOKEN is not set" in result.stderr
+    made = [c for c in calls if c.startswith("secret create vtp-read-token ")]
+    assert len(made) == 1 and "--trim=false" in made[0], calls
+    assert (stored / "vtp-read-token").read_text() == " "
+    assert not any("--trim=false" in c for c in calls if "vtp-read-token" not in c)
+    # ... which a function reads as "no token": reads are open.
+    mounted = tmp_path / "mounted"
+    mounted.mkdir()
+    (mounted / "vtp-read-token").write_text(" ")
+    monkeypatch.delenv("VTP_READ_TOKEN", raising=False)
+    monkeypatch.setenv("VTP_SECRETS_DIR", str(mounted))
+    assert Settings().read_token is None
+    (mounted / "vtp-read-token").write_text("s3cret")
+    assert Settings().read_token is not None
 
 
 def test_deploy_scripts_are_valid_bash() -> None:

@@ -36,6 +36,34 @@ class Delivery:
     error: str | None
 
 
+def shown_url(url: str) -> str:
+    """A callback URL as status may show it: scheme, host and path. Its query string (where
+    receivers put their own tokens) and any user:password are left out."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparsable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    hidden = "?…" if parts.query else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}{hidden}"
+
+
+def _scrubbed(text: str, url: str) -> str:
+    """An error message about `url` without its secrets (requests quotes the URL's path and
+    query): it is logged and recorded on the job, where status shows it."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return text
+    for secret in (parts.query, parts.password):
+        if secret:
+            text = text.replace(secret, "…")
+    return text
+
+
 def check_destination(url: str, *, allow_private: bool) -> None:
     """Refuse callback URLs that point into the cluster unless that is allowed.
 
@@ -46,7 +74,9 @@ def check_destination(url: str, *, allow_private: bool) -> None:
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidRequest(f"callback_url must be an http(s) URL, got {url!r}")
+        raise InvalidRequest(
+            f"callback_url must be an http(s) URL with a host, got {parts.scheme or 'no'} scheme"
+        )
     if allow_private:
         return
     try:
@@ -119,14 +149,16 @@ def deliver(
             )
             status = resp.status_code
             if 200 <= status < 300:
-                log.info("callback %s delivered to %s (%d)", delivery_id, url, status)
+                log.info("callback %s delivered to %s (%d)", delivery_id, shown_url(url), status)
                 return Delivery(True, status, attempt, None)
             error = f"HTTP {status}"
             if 400 <= status < 500 and status not in (408, 429):
                 break
         except requests.RequestException as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        log.warning("callback %s to %s failed (attempt %d): %s", delivery_id, url, attempt, error)
+            error = _scrubbed(f"{type(exc).__name__}: {exc}", url)
+        log.warning(
+            "callback %s to %s failed (attempt %d): %s", delivery_id, shown_url(url), attempt, error
+        )
         if attempt < attempts:
             time.sleep(backoff * 4 ** (attempt - 1))
     return Delivery(False, status, attempts, error)

@@ -24,7 +24,8 @@ class InvalidRequest(VtpError):
 
 
 class Unauthorized(VtpError):
-    """A bucket notification without the expected bearer token."""
+    """A request without the token it needs: a bucket notification's bearer token, a read
+    token (`vtp.access`), a rendition callback's signature."""
 
     http_status = 401
 

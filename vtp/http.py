@@ -14,7 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vtp.errors import VtpError, http_status
+from vtp import access
+from vtp.errors import Unauthorized, VtpError, http_status
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
 
@@ -53,7 +54,13 @@ def error_response(exc: BaseException) -> Response:
     status = http_status(exc)
     if isinstance(exc, VtpError):
         log.warning("%s: %s", type(exc).__name__, exc.reason)
-        return {"statusCode": status, "body": {"error": exc.reason, "type": type(exc).__name__}}
+        response: Response = {
+            "statusCode": status,
+            "body": {"error": exc.reason, "type": type(exc).__name__},
+        }
+        if isinstance(exc, Unauthorized):
+            response["headers"] = {"WWW-Authenticate": access.CHALLENGE}  # RFC 6750
+        return response
     log.error("unexpected error", exc_info=exc)
     return {"statusCode": 500, "body": {"error": "internal error"}}
 
@@ -74,6 +81,11 @@ def guarded(fn: Callable[[Any, Any], Response]) -> Callable[[Any, Any], Response
 def header(event: Any, name: str) -> str | None:
     value = event.headers.get(name)
     return str(value) if value is not None else None
+
+
+def require_read_token(event: Any, settings: Settings) -> None:
+    """Unauthorized unless the call carries the deployment's read token (if it has one)."""
+    access.require(settings.read_token, header(event, "Authorization"), event.query)
 
 
 def _jsonable(value: Any) -> Any:

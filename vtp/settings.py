@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Bearer token MinIO sends with bucket notifications; when set, split requires it. Empty
     # or absent means "no token required" (MinIO releases before 2019 cannot send one).
     webhook_token: SecretStr | None = None
+    # When set, reading jobs (status, ws-relay's page data, streams and API, split's operator
+    # routes) requires this token (`vtp.access`); unset, reads are open to whoever reaches
+    # the gateway.
+    read_token: SecretStr | None = None
     # Key used to sign job callbacks (HMAC-SHA256 in X-VTP-Signature); optional.
     callback_secret: SecretStr | None = None
     # Job callbacks to loopback/private addresses are refused unless this is set (SSRF guard).
@@ -149,7 +153,7 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("exec_timeout", "VTP_EXEC_TIMEOUT")
     )
 
-    @field_validator("webhook_token", "callback_secret", mode="before")
+    @field_validator("webhook_token", "read_token", "callback_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         """An empty secret file (or variable) means "not set", never "the empty string"."""

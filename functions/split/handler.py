@@ -1,7 +1,8 @@
 """split: a MinIO bucket notification or a manual job in; a job with its ladder out.
 
 Also receives the queue-worker's callbacks for transcode calls on `/callback`, and sends a
-finished job's callback again on `POST /callbacks/redeliver?job=<id>`.
+finished job's callback again on `POST /callbacks/redeliver?job=<id>` (which needs the read
+token, when the deployment has one: see `vtp.access`).
 
 A sync call answers 200 with the job, new or not (`created` says which): `faas-cli invoke`
 prints the body of a 200 or 201 only, and reports any 202 as "Function submitted
@@ -16,7 +17,7 @@ import logging
 from typing import Any
 
 from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
-from vtp.http import Response, guarded, header, ok, pipeline
+from vtp.http import Response, guarded, header, ok, pipeline, require_read_token
 from vtp.settings import Settings
 from vtp.webhook import JobRequest, MinioEvent, SourceObject, parse_body, sources_from_event
 
@@ -145,6 +146,7 @@ def _redeliver(event: Any) -> Response:
     if not job_id:
         raise InvalidRequest("redeliver needs ?job=<id>")
     p = pipeline()
+    require_read_token(event, p.settings)
     job = p.redeliver_callback(job_id)
     return ok({"job_id": str(job.id), "callback": p.describe_job(job, live=False)["callback"]})
 

@@ -4,13 +4,17 @@ The query comes from the query string or a JSON body, and GET and POST both work
 `curl .../function/status?id=...` and `faas-cli invoke status --query id=...` (which POSTs,
 unless given `-m GET`) give the same answer. `id` may be the short form the progress page
 shows (the first 8 digits).
+
+With the `vtp-read-token` secret set, every call needs it (`Authorization: Bearer <token>`
+or `token=<token>`); listings never show callback URLs, only whether a job has one.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from vtp.http import Response, guarded, ok, pipeline
+from vtp import access
+from vtp.http import Response, guarded, ok, pipeline, require_read_token
 from vtp.models import StatusQuery
 
 
@@ -18,9 +22,11 @@ from vtp.models import StatusQuery
 def handle(event: Any, context: Any) -> Response:
     if event.method not in ("GET", "HEAD", "POST"):
         return {"statusCode": 405, "body": {"error": "use GET or POST"}}
-    query = StatusQuery.parse(event.query, event.body if event.method == "POST" else b"")
     p = pipeline()
+    require_read_token(event, p.settings)
+    params = {k: v for k, v in event.query.items() if k != access.QUERY_PARAM}
+    query = StatusQuery.parse(params, event.body if event.method == "POST" else b"")
     if query.id:
         return ok(p.describe_job(p.find_job(query.id)))
     jobs = p.store.list(query.state, query.limit, bucket=query.bucket, key=query.key)
-    return ok({"jobs": [p.describe_job(j, live=False) for j in jobs]})
+    return ok({"jobs": [p.describe_job(j, live=False, listing=True) for j in jobs]})

@@ -26,6 +26,7 @@ class StatusClient:
     def __init__(self, config: ClientConfig, session: requests.Session | None = None) -> None:
         self.url = config.status_url
         self.session = session or requests.Session()
+        self.session.headers.update(config.auth_headers)
 
     def _get(self, params: Mapping[str, str]) -> dict[str, Any]:
         try:

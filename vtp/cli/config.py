@@ -31,6 +31,13 @@ class ClientConfig(BaseModel):
     s3_secret_key: SecretStr = SecretStr("")
     s3_region: str = "us-east-1"
     uploads_bucket: str = "uploads"
+    # The deployment's read token (vtp.access), sent as a bearer token on every read.
+    read_token: SecretStr | None = None
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        token = self.read_token.get_secret_value().strip() if self.read_token else ""
+        return {"Authorization": f"Bearer {token}"} if token else {}
 
     @field_validator("gateway_url", "s3_endpoint")
     @classmethod

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
@@ -181,7 +181,12 @@ def with_query(url: str, **params: str | None) -> str:
 
 
 def ws_messages(
-    url: str, job_id: str, last_id: str | None, *, open_timeout: float = 5.0
+    url: str,
+    job_id: str,
+    last_id: str | None,
+    *,
+    open_timeout: float = 5.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Generator[Message, None, None]:
     """Messages from the ws-relay WebSocket: Opened, then the server's; a Tick every second of
     silence. Raises TransportError when it cannot open or when the connection ends."""
@@ -190,7 +195,13 @@ def ws_messages(
 
     target = with_query(url, job=job_id, last_id=last_id)
     try:
-        conn = connect(target, open_timeout=open_timeout, close_timeout=2, max_size=8 << 20)
+        conn = connect(
+            target,
+            open_timeout=open_timeout,
+            close_timeout=2,
+            max_size=8 << 20,
+            additional_headers=dict(headers or {}),
+        )
     except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
         raise TransportError(f"WebSocket {url}: {describe_error(exc)}", opened=False) from exc
     with conn:
@@ -215,6 +226,7 @@ def sse_messages(
     last_id: str | None,
     *,
     read_timeout: float = 40.0,
+    headers: Mapping[str, str] | None = None,
 ) -> Generator[Message, None, None]:
     """Messages from the ws-relay's Server-Sent Events (the server pings every 15 s, so a read
     timeout of 40 s means the stream is dead). Raises TransportError.
@@ -226,16 +238,17 @@ def sse_messages(
     inbox: queue.Queue[Message | TransportError] = queue.Queue()
     stop = threading.Event()
     session = requests.Session()
+    session.headers.update(headers or {})
 
     def read() -> None:
-        headers = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
+        sent = {"Accept": "text/event-stream", "Cache-Control": "no-cache"}
         if last_id:
-            headers["Last-Event-ID"] = last_id
+            sent["Last-Event-ID"] = last_id
         params = {"job": job_id} | ({"last_id": last_id} if last_id else {})
         opened = False
         try:
             with session.get(
-                url, params=params, headers=headers, stream=True, timeout=(5.0, read_timeout)
+                url, params=params, headers=sent, stream=True, timeout=(5.0, read_timeout)
             ) as resp:
                 kind = resp.headers.get("Content-Type", "")
                 if resp.status_code != 200 or not kind.startswith("text/event-stream"):

@@ -218,10 +218,14 @@ class Watcher:
         self._lagging = False
         if self._ws_ok and self.config.ws_url:
             self._stream_kind = "websocket"
-            return ws_messages(self.config.ws_url, self.job.job_id, last)
+            return ws_messages(
+                self.config.ws_url, self.job.job_id, last, headers=self.config.auth_headers
+            )
         if self._sse_failures < 3 and not self._sse_stalled:
             self._stream_kind = "sse"
-            return sse_messages(self.config.sse_url, self.job.job_id, last)
+            return sse_messages(
+                self.config.sse_url, self.job.job_id, last, headers=self.config.auth_headers
+            )
         if self._poll_failures_route < 3:
             self._stream_kind = "polling"
             return poll_messages(self.session, self.config.poll_url, self.job.job_id, last)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from vtp import callbacks
 from vtp.errors import NotFound
 from vtp.jobs import Job
 from vtp.models import RenditionState
@@ -15,8 +16,12 @@ log = logging.getLogger(__name__)
 
 class Views(PipelineBase):
     # --- status --------------------------------------------------------------------------------
-    def describe_job(self, job: Job, *, live: bool = True) -> dict[str, Any]:
-        """The job as clients see it: state, renditions with live progress, output URLs."""
+    def describe_job(self, job: Job, *, live: bool = True, listing: bool = False) -> dict[str, Any]:
+        """The job as clients see it: state, renditions with live progress, output URLs.
+
+        The callback URL is the job owner's: one job's view shows it without its query
+        string (receivers put their own tokens there), a listing (`listing`) not at all.
+        """
         progress = self.bus.current(job.id) if live else {}
         rends = []
         for r in job.renditions:
@@ -66,14 +71,18 @@ class Views(PipelineBase):
             "renditions_done": len(done),
             "renditions": rends,
             "urls": urls,
-            "callback": {
-                "url": job.callback_url,
-                "status": job.callback_status.value,
-                "attempts": job.callback_attempts,
-                "error": job.callback_last_error,
-            }
-            if job.callback_url
-            else None,
+            "callback": self._describe_callback(job, listing=listing),
+        }
+
+    @staticmethod
+    def _describe_callback(job: Job, *, listing: bool) -> dict[str, Any] | None:
+        if not job.callback_url:
+            return None
+        shown: dict[str, Any] = {} if listing else {"url": callbacks.shown_url(job.callback_url)}
+        return shown | {
+            "status": job.callback_status.value,
+            "attempts": job.callback_attempts,
+            "error": job.callback_last_error,
         }
 
     def find_job(self, job_id: str) -> Job:

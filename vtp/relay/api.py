@@ -94,7 +94,7 @@ class JobsApi:
     ) -> dict[str, Any]:
         p = self.pipeline()
         jobs = p.store.list(state, limit, bucket=bucket, key=key)
-        return {"jobs": [p.describe_job(j) for j in jobs]}
+        return {"jobs": [p.describe_job(j, listing=True) for j in jobs]}
 
     def get_job(self, job_id: str) -> dict[str, Any]:
         p = self.pipeline()

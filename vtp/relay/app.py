@@ -1,5 +1,6 @@
 """ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events),
-their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`."""
+their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`, behind
+the read token's gate (`vtp.relay.gate`) when the deployment has one."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
 from vtp.relay.api import JobsApi, _guarded, _http_error
+from vtp.relay.gate import ReadTokenGate
 from vtp.relay.options import RelayOptions
 from vtp.relay.poll import make_poll_endpoint
 from vtp.relay.streams import Relay
@@ -64,6 +67,7 @@ def create_app(
             Mount("/static", StaticFiles(directory=static_dir, check_dir=False)),
         ],
         exception_handlers={HTTPException: _http_error},
+        middleware=[Middleware(ReadTokenGate, token=settings.read_token)],
         lifespan=lifespan,
     )
     app.state.relay = relay

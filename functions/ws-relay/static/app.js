@@ -298,6 +298,18 @@
 
   // --- live connection: WebSocket, then SSE, then polling --------------------------------------
 
+  /**
+   * The deployment's read token, when it has one (vtp/access.py): the page is opened as
+   * `.../ws-relay/?token=<token>`. Fetches send it as a bearer token; WebSocket and
+   * EventSource cannot set headers, so their URLs carry it.
+   */
+  const READ_TOKEN = new URLSearchParams(location.search).get("token");
+
+  function withToken(url) {
+    if (READ_TOKEN) url.searchParams.set("token", READ_TOKEN);
+    return url;
+  }
+
   class LiveClient {
     /**
      * handlers: onSnapshot(jobs), onEvent(ev), onMode(mode, detail), onOpen(), lastEventId(),
@@ -376,6 +388,7 @@
       url.searchParams.set("job", "all");
       const last = this.h.lastEventId();
       if (last) url.searchParams.set("last_id", last);
+      withToken(url);
       return url.toString();
     }
 
@@ -463,6 +476,7 @@
       url.searchParams.set("job", "all");
       const last = this.h.lastEventId();
       if (last) url.searchParams.set("last_id", last);
+      withToken(url);
       return url.toString();
     }
 
@@ -565,6 +579,7 @@
       const url = new URL("poll", this.base);
       url.searchParams.set("job", "all");
       if (lastId) url.searchParams.set("last_id", lastId);
+      withToken(url);
       return url.toString();
     }
 
@@ -633,6 +648,7 @@
 
   async function api(path, opts = {}) {
     const headers = { Accept: "application/json", ...(opts.headers || {}) };
+    if (READ_TOKEN) headers.Authorization = `Bearer ${READ_TOKEN}`;
     const res = await fetch(new URL(path, BASE), { ...opts, headers, cache: "no-store" });
     let body = null;
     try {
@@ -640,6 +656,7 @@
     } catch {
       /* not JSON */
     }
+    if (res.status === 401) lockOut();
     if (!res.ok) {
       const err = new Error((body && (body.error || body.detail)) || `HTTP ${res.status}`);
       err.status = res.status;
@@ -707,8 +724,28 @@
   }
 
   let pollTimer = null;
+  let locked = null; // why this page may not read, once the relay said 401
+
+  /** The relay wants a read token this page lacks: say how to get in, and stop asking. */
+  function lockOut() {
+    if (locked) return;
+    locked = READ_TOKEN
+      ? "the read token in this page's address is not accepted"
+      : "this deployment requires a read token: open the page as ./?token=<token>";
+    live.stop();
+    if (pollTimer) clearInterval(pollTimer);
+    pollTimer = null;
+    const conn = $("conn");
+    conn.dataset.mode = "locked";
+    $("conn-text").textContent = locked;
+    conn.title = locked;
+    $("jobs-empty").textContent = `No jobs shown: ${locked}.`;
+    detailMissing = `No job shown: ${locked}.`;
+    schedule();
+  }
 
   function setMode(mode, detail) {
+    if (locked) return;
     const conn = $("conn");
     conn.dataset.mode = mode;
     const text = {
@@ -774,7 +811,7 @@
     const jobId = parseRoute();
     const changed = jobId !== route.jobId;
     route.jobId = jobId;
-    detailMissing = null;
+    detailMissing = locked ? `No job shown: ${locked}.` : null;
     $("list-view").hidden = !!jobId;
     $("detail-view").hidden = !jobId;
     if (jobId) {
