@@ -477,6 +477,36 @@ def test_a_started_call_resets_the_refusal_count(store: JobStore) -> None:
     assert store.record_dispatch(job.id, "360p", "c3") is None  # running: nothing to dispatch
 
 
+def test_a_redelivered_call_id_does_not_hand_the_new_attempt_to_the_zombie(
+    store: JobStore,
+) -> None:
+    """A redelivered message keeps its call id: after the sweeper wrote attempt 1 off, the
+    same call id begins attempt 2 while attempt 1's process still encodes. Reports of
+    attempt 1 name its number and are refused; attempt 2's are taken."""
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.begin_attempt(job.id, "720p", "c1")
+    store.reap_stale(0)
+    assert store.get(job.id).rendition("720p").state is RenditionState.RETRYING
+    store.begin_attempt(job.id, "720p", "c1")  # the redelivery, same call id
+    for late in (
+        lambda: store.heartbeat(job.id, "720p", call_id="c1", attempt=1),
+        lambda: store.fail_rendition(job.id, "720p", "late", retryable=True, call_id="c1",
+                                     attempt=1),
+        lambda: store.succeed_rendition(job.id, "720p", {"output_prefix": "x/720p/attempt-1"},
+                                        call_id="c1", attempt=1),
+    ):  # fmt: skip
+        with pytest.raises(Conflict, match="attempt 2"):
+            late()
+    rend = store.get(job.id).rendition("720p")
+    assert rend.state is RenditionState.RUNNING and rend.attempts == 2 and rend.error is not None
+    store.heartbeat(job.id, "720p", call_id="c1", attempt=2)
+    done = store.succeed_rendition(
+        job.id, "720p", {"output_prefix": f"{job.id}/720p/attempt-2"}, call_id="c1", attempt=2
+    )
+    assert done.state is RenditionState.SUCCEEDED
+    assert done.output_prefix == f"{job.id}/720p/attempt-2"
+
+
 def test_late_report_of_a_superseded_attempt_changes_nothing(store: JobStore) -> None:
     """of-watchdog's 504 wrote attempt 1 off while its encode went on; the late failure,
     heartbeat or success of attempt 1 must neither touch attempt 2 nor push its retry."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -193,3 +194,85 @@ def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RUNNING
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=500, call_id="call-1")
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RETRYING
+
+
+def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Attempt 1 is written off while it encodes (its heartbeats stalled), attempt 2 runs
+    and the job succeeds, and only then does attempt 1's encode end. It must upload nothing
+    over attempt 2's files and record nothing; the job's playlists are attempt 2's."""
+    import subprocess
+
+    import requests
+
+    import vtp.pipeline.transcode as transcode_module
+    from tests.clips import make_clip
+    from vtp.probe import probe_source
+
+    clip = make_clip(tmp_path / "zombie.mp4", size="640x360", seconds=3)
+    key = f"core/{time.time_ns()}-zombie.mp4"
+    pipeline.storage.client.fput_object("uploads", key, str(clip))
+    stat = pipeline.storage.stat("uploads", key)
+    url = pipeline.storage.presigned_get("uploads", key, expires=600)
+    info = probe_source(url, pipeline.settings, size_bytes=stat.size)
+    job, _ = pipeline.store.create_job(
+        SourceRef(bucket="uploads", key=key, etag=stat.etag, size=stat.size),
+        info,
+        plan_ladder(info, pipeline.settings, ["360p"]),
+    )
+    task = TranscodeTask(job_id=job.id, rendition="360p")
+    real_encode = transcode_module.encode_rendition
+    replacement: dict[str, object] = {}
+    encodes: list[int] = []
+
+    def stalled_then_late(*args: object, **kwargs: object) -> object:
+        encodes.append(len(encodes) + 1)
+        result = real_encode(*args, **kwargs)  # type: ignore[arg-type]
+        if encodes == [1]:
+            # While attempt 1 "stalls": the sweeper writes it off, the queue redelivers the
+            # call (same call id), attempt 2 runs to the end and the job is finalized.
+            assert [r.name for r in pipeline.store.reap_stale(0)] == ["360p"]
+            encodes.append(2)
+            replacement.update(pipeline.run_rendition(task, "call-z"))
+        return result
+
+    monkeypatch.setattr(transcode_module, "encode_rendition", stalled_then_late)
+    zombie = pipeline.run_rendition(task, "call-z")
+    assert replacement.get("state") == "succeeded", replacement
+    assert "superseded" in zombie and "attempt 2" in str(zombie["superseded"]), zombie
+
+    done = pipeline.store.get(job.id)
+    rend = done.rendition("360p")
+    assert done.state.value == "succeeded" and rend.attempts == 2
+    assert rend.output_prefix == f"{job.id}/360p/attempt-2"
+    outputs = pipeline.settings.outputs_bucket
+    listed = [
+        o.object_name
+        for o in pipeline.storage.client.list_objects(outputs, prefix=f"{job.id}/", recursive=True)
+    ]
+    assert listed and not [k for k in listed if "/attempt-1/" in k], listed
+    assert not [k for k in listed if k.startswith(f"{job.id}/360p/") and "/attempt-2/" not in k]
+    # What the job publishes is attempt 2's, and it plays: ffprobe reads it through the master.
+    master = pipeline.storage.get_bytes(outputs, f"{job.id}/master.m3u8").decode()
+    assert "360p/attempt-2/index.m3u8" in master, master
+    view = pipeline.describe_job(done, live=False)
+    assert "/360p/attempt-2/" in view["renditions"][0]["urls"]["playlist"]
+    assert requests.get(view["urls"]["master"], timeout=10).status_code == 200
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+         view["renditions"][0]["urls"]["playlist"]],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    assert abs(float(probe.stdout.strip()) - info.duration) < 0.2, probe.stdout
+    conn = db.connect(pipeline.settings.postgres_dsn.get_secret_value())
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT attempt, from_state, to_state FROM state_changes"
+            " WHERE job_id = %s AND rendition = '360p' ORDER BY id",
+            (str(job.id),),
+        )
+        changes = cur.fetchall()
+    conn.close()
+    assert (2, "running", "succeeded") in [tuple(c) for c in changes], changes
+    assert (1, "running", "succeeded") not in [tuple(c) for c in changes], changes

@@ -24,8 +24,8 @@ POSTER_JPEG_QUALITY = 3  # mjpeg qscale: 2 (best) .. 31 (worst)
 class MasterEntry(BaseModel):
     """One variant stream of the master playlist.
 
-    `name` and `codecs` are written into the playlist verbatim, so they are restricted to
-    characters that cannot break out of an attribute or a URI line.
+    `name`, `folder` and `codecs` are written into the playlist verbatim, so they are
+    restricted to characters that cannot break out of an attribute or a URI line.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -37,14 +37,17 @@ class MasterEntry(BaseModel):
     height: int = Field(gt=0)
     codecs: str = Field(pattern=r"^[A-Za-z0-9.,]+$")
     fps: float = Field(gt=0)
+    # The rendition's folder, relative to the master playlist (vtp.layout): `360p/attempt-2`.
+    folder: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
     @property
     def uri(self) -> str:
-        return f"{self.name}/{HLS_PLAYLIST}"
+        return f"{self.folder or self.name}/{HLS_PLAYLIST}"
 
     @classmethod
-    def from_result(cls, result: RenditionResult) -> MasterEntry:
+    def from_result(cls, result: RenditionResult, folder: str | None = None) -> MasterEntry:
         return cls(
+            folder=folder,
             name=result.name,
             bandwidth=result.peak_bitrate,
             average_bandwidth=result.avg_bitrate,

@@ -165,6 +165,23 @@ class Storage:
         except Exception as exc:
             raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
 
+    def remove_prefix(self, bucket: str, prefix: str, *, keep: str | None = None) -> int:
+        """Delete every object under `prefix` but those under `keep`; returns how many."""
+        from minio.deleteobjects import DeleteObject
+
+        try:
+            doomed = [
+                DeleteObject(obj.object_name)
+                for obj in self.client.list_objects(bucket, prefix=prefix, recursive=True)
+                if obj.object_name and not (keep and obj.object_name.startswith(keep))
+            ]
+            errors = list(self.client.remove_objects(bucket, doomed)) if doomed else []
+        except Exception as exc:
+            raise StorageError(f"cannot remove s3://{bucket}/{prefix}: {exc}") from exc
+        if errors:
+            raise StorageError(f"cannot remove s3://{bucket}/{prefix}: {errors[0]}")
+        return len(doomed)
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:
             resp = self.client.get_object(bucket, key)

@@ -9,8 +9,10 @@ Why the transitions look the way they do:
 * Every UPDATE names the state it expects to move from, under a row lock, so two workers,
   a worker and the sweeper, or two sweepers can race without corrupting anything: the loser
   gets `Conflict` (or `None`) instead of overwriting the winner.
-* Workers pass their `call_id` (the gateway's X-Call-Id) when they report, and a report is
-  accepted only from the attempt that is running now. After the sweeper (or the callback
+* Workers pass their `call_id` (the gateway's X-Call-Id) and attempt number when they
+  report, and a report is accepted only from the attempt that is running now (the number
+  matters: a redelivered message keeps its call id, so after a write-off the same call id
+  may begin the next attempt while the old process still runs). After the sweeper (or the callback
   route) has written off an attempt, a late report from that worker, a heartbeat, a failure
   or a success, is refused with Conflict and changes nothing: a zombie can neither finish
   nor delay someone else's attempt.
@@ -103,25 +105,35 @@ class Attempts(Queries):
 
         return self._run(tx)
 
-    def heartbeat(self, job_id: UUID | str, rendition: str, *, call_id: str | None = None) -> None:
+    def heartbeat(
+        self,
+        job_id: UUID | str,
+        rendition: str,
+        *,
+        call_id: str | None = None,
+        attempt: int | None = None,
+    ) -> None:
         """Record a sign of life. Conflict if the attempt is no longer running (under
-        `call_id`): the sweeper wrote it off or another attempt took over, so stop working."""
+        `call_id`, as `attempt`): the sweeper wrote it off or another attempt took over, so
+        stop working."""
         jid = parse_id(job_id)
 
         def tx(cur: Cursor) -> None:
             cur.execute(
                 """
                 UPDATE renditions SET heartbeat_at = now()
-                WHERE job_id = %s AND name = %s AND state = 'running'
-                  AND (%s::text IS NULL OR last_call_id = %s)
+                WHERE job_id = %(job)s AND name = %(name)s AND state = 'running'
+                  AND (%(call)s::text IS NULL OR last_call_id = %(call)s)
+                  AND (%(attempt)s::int IS NULL OR attempts = %(attempt)s)
                 """,
-                (str(jid), rendition, call_id, call_id),
+                {"job": str(jid), "name": rendition, "call": call_id, "attempt": attempt},
             )
             if cur.rowcount == 0:
                 row = lock_rendition(cur, jid, rendition)
                 raise Conflict(
                     f"rendition {rendition} of job {jid} is {row['state']} "
-                    f"(call {row['last_call_id']}), not running under call {call_id}"
+                    f"(call {row['last_call_id']}, attempt {row['attempts']}), not running "
+                    f"under call {call_id} as attempt {attempt}"
                 )
 
         self._run(tx)
@@ -133,6 +145,7 @@ class Attempts(Queries):
         result: dict[str, Any],
         *,
         call_id: str | None = None,
+        attempt: int | None = None,
     ) -> Rendition:
         """running -> succeeded with the transcode's result (output_prefix, size_bytes,
         avg_bitrate and peak_bitrate are also copied to their own columns)."""
@@ -141,7 +154,7 @@ class Attempts(Queries):
 
         def tx(cur: Cursor) -> Rendition:
             row = lock_rendition(cur, jid, rendition)
-            expect_running(row, jid, rendition, call_id)
+            expect_running(row, jid, rendition, call_id, attempt)
             cur.execute(
                 """
                 UPDATE renditions
@@ -183,6 +196,7 @@ class Attempts(Queries):
         *,
         retryable: bool,
         call_id: str | None = None,
+        attempt: int | None = None,
         max_attempts: int | None = None,
     ) -> RenditionState:
         """End the running attempt badly; returns the new state.
@@ -197,7 +211,7 @@ class Attempts(Queries):
 
         def tx(cur: Cursor) -> RenditionState:
             row = lock_rendition(cur, jid, rendition)
-            expect_running(row, jid, rendition, call_id)
+            expect_running(row, jid, rendition, call_id, attempt)
             return self._fail_locked(cur, row, reason, retryable, max_attempts).state
 
         return self._run(tx)

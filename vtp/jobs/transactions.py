@@ -143,13 +143,23 @@ def lock_rendition(cur: Cursor, jid: UUID, name: str) -> dict[str, Any]:
     return dict(row)
 
 
-def expect_running(row: dict[str, Any], jid: UUID, name: str, call_id: str | None) -> None:
+def expect_running(
+    row: dict[str, Any], jid: UUID, name: str, call_id: str | None, attempt: int | None = None
+) -> None:
+    """The report comes from the attempt running now: same call and, when given, the same
+    attempt number (a redelivered message keeps its call id, so after a write-off the call
+    id alone could name a newer attempt than the zombie reporting)."""
     if row["state"] != RenditionState.RUNNING.value:
         raise Conflict(f"rendition {name} of job {jid} is {row['state']}, not running")
     if call_id is not None and row["last_call_id"] != call_id:
         raise Conflict(
             f"rendition {name} of job {jid} is running under call {row['last_call_id']}, "
             f"not {call_id}: this attempt was written off"
+        )
+    if attempt is not None and int(row["attempts"]) != attempt:
+        raise Conflict(
+            f"rendition {name} of job {jid} is running attempt {row['attempts']}, not "
+            f"{attempt}: this attempt was written off"
         )
 
 

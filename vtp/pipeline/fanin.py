@@ -11,7 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, workdirs
+from vtp import callbacks, layout, workdirs
 from vtp.encode import RenditionResult
 from vtp.errors import VtpError
 from vtp.jobs import CallbackStatus, Job, SourceRef, summarize_outcome
@@ -48,12 +48,16 @@ class FanIn(Views):
         done = [r for r in job.renditions if r.state is RenditionState.SUCCEEDED and r.result]
         if done:
             entries = [
-                MasterEntry.from_result(RenditionResult.model_validate(r.result)) for r in done
+                MasterEntry.from_result(
+                    RenditionResult.model_validate(r.result),
+                    layout.within_job(job.id, r.output_prefix, r.name),
+                )
+                for r in done
             ]
             master = master_playlist(entries)
             try:
                 self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{job.id}/master.m3u8", master.encode()
+                    self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode()
                 )
                 self._write_poster(job)
             except VtpError as exc:
@@ -65,9 +69,32 @@ class FanIn(Views):
             job.id, state, reason, claimer=claimer, master_playlist=master
         )
         log.info("job %s %s%s", job.id, job.state, f": {reason}" if reason else "")
+        self._remove_superseded_attempts(job)
         self._publish_job(job)
         self._fire_callback(job)
         return True
+
+    def _remove_superseded_attempts(self, job: Job) -> None:
+        """The folders of attempts that did not win (vtp.layout): what failed or written-off
+        attempts uploaded, which nothing references. Best effort: a zombie may still write
+        into its own folder later, where it harms nothing but space."""
+        for r in job.renditions:
+            winner = r.output_prefix if r.state is RenditionState.SUCCEEDED else None
+            if winner and "/attempt-" not in winner:
+                continue  # the layout from before attempt folders: one folder, all of it used
+            try:
+                removed = self.storage.remove_prefix(
+                    self.settings.outputs_bucket,
+                    layout.rendition_prefix(job.id, r.name) + "attempt-",
+                    keep=f"{winner.rstrip('/')}/" if winner else None,
+                )
+            except VtpError as exc:
+                log.warning("job %s: superseded attempts of %s kept: %s", job.id, r.name,
+                            exc.reason)  # fmt: skip
+                continue
+            if removed:
+                log.info("job %s: removed %d files of superseded attempts of %s", job.id,
+                         removed, r.name)  # fmt: skip
 
     def _write_poster(self, job: Job) -> None:
         assert job.source_info is not None
@@ -76,7 +103,7 @@ class FanIn(Views):
             with workdirs.scratch("poster") as tmp:
                 path = make_poster(url, job.source_info, Path(tmp) / "poster.jpg", self.settings)
                 self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{job.id}/poster.jpg", path.read_bytes()
+                    self.settings.outputs_bucket, f"{job.id}/{layout.POSTER}", path.read_bytes()
                 )
         except VtpError as exc:
             # A missing poster is cosmetic; the renditions are what the job is for.

@@ -14,7 +14,7 @@ import psycopg2
 import redis
 import requests
 
-from vtp import workdirs
+from vtp import layout, workdirs
 from vtp.encode import encode_rendition
 from vtp.errors import Conflict, FfmpegError, FfmpegTimeout, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressReporter
@@ -57,13 +57,14 @@ class Transcode(Dispatch):
         info = job.source_info
         reporter = ProgressReporter(self.bus, job.id, rend.name, rend.attempts, info.duration)
         reporter.state(RenditionState.RUNNING)
-        heartbeat = _Heartbeat(self.store, job.id, rend.name, call_id)
+        attempt = rend.attempts
+        heartbeat = _Heartbeat(self.store, job.id, rend.name, call_id, attempt)
 
         def on_progress(p: Progress) -> None:
             reporter.sample(p.out_time, p.fps, p.speed)
             heartbeat.beat()  # raises Conflict once this attempt was written off
 
-        prefix = f"{job.id}/{rend.name}"
+        prefix = layout.attempt_prefix(job.id, rend.name, attempt)
         outcome: dict[str, Any]
         try:
             self._check_source_unchanged(job)
@@ -84,10 +85,15 @@ class Transcode(Dispatch):
                     timeout=budget,
                     cancel=self.stopping,
                 )
+                # Still ours? A zombie stops here instead of uploading (and if it was written
+                # off during the upload, its files are in its own folder, which nothing uses).
+                heartbeat.beat(force=True)
                 self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
             record = result.model_dump(mode="json") | {"output_prefix": prefix}
             _persist(
-                lambda: self.store.succeed_rendition(job.id, rend.name, record, call_id=call_id),
+                lambda: self.store.succeed_rendition(
+                    job.id, rend.name, record, call_id=call_id, attempt=attempt
+                ),
                 self.settings.final_write_seconds,
             )
             reporter.state(RenditionState.SUCCEEDED)
@@ -102,7 +108,7 @@ class Transcode(Dispatch):
             if self.stopping.is_set():
                 reason = f"interrupted: the function was stopped ({reason})"
                 retryable = True
-            state = self._record_failure(job.id, rend.name, reason, retryable, call_id)
+            state = self._record_failure(job.id, rend.name, reason, retryable, call_id, attempt)
             if state is None:
                 return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
             reporter.state(state, error=reason)
@@ -134,13 +140,24 @@ class Transcode(Dispatch):
             )
 
     def _record_failure(
-        self, job_id: UUID, rendition: str, reason: str, retryable: bool, call_id: str
+        self,
+        job_id: UUID,
+        rendition: str,
+        reason: str,
+        retryable: bool,
+        call_id: str,
+        attempt: int,
     ) -> RenditionState | None:
         """The attempt's own report of its failure; None if it was superseded meanwhile."""
         try:
             return _persist(
                 lambda: self.store.fail_rendition(
-                    job_id, rendition, reason, retryable=retryable, call_id=call_id
+                    job_id,
+                    rendition,
+                    reason,
+                    retryable=retryable,
+                    call_id=call_id,
+                    attempt=attempt,
                 ),
                 self.settings.final_write_seconds,
             )
@@ -158,19 +175,25 @@ class _Heartbeat:
     propagates and stops the encode.
     """
 
-    def __init__(self, store: JobStore, job_id: UUID, rendition: str, call_id: str) -> None:
+    def __init__(
+        self, store: JobStore, job_id: UUID, rendition: str, call_id: str, attempt: int
+    ) -> None:
         self.store = store
         self.job_id = job_id
         self.rendition = rendition
         self.call_id = call_id
+        self.attempt = attempt
         self.last = time.monotonic()
 
-    def beat(self) -> None:
-        if time.monotonic() - self.last < HEARTBEAT_EVERY_S:
+    def beat(self, *, force: bool = False) -> None:
+        """`force`: now, whenever the last one was (before the upload: is it still ours?)."""
+        if not force and time.monotonic() - self.last < HEARTBEAT_EVERY_S:
             return
         self.last = time.monotonic()
         try:
-            self.store.heartbeat(self.job_id, self.rendition, call_id=self.call_id)
+            self.store.heartbeat(
+                self.job_id, self.rendition, call_id=self.call_id, attempt=self.attempt
+            )
         except Conflict:
             raise
         except Exception as exc:

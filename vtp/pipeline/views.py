@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vtp import callbacks
+from vtp import callbacks, layout
 from vtp.errors import NotFound
 from vtp.jobs import Job
 from vtp.models import RenditionState
@@ -42,11 +42,12 @@ class Views(PipelineBase):
                 "urls": {},
             }
             if r.state is RenditionState.SUCCEEDED and r.result:
+                folder = layout.within_job(job.id, r.output_prefix, r.name)
                 item["urls"]["playlist"] = self.output_url(
-                    job.id, f"{r.name}/{r.result['playlist']}"
+                    job.id, f"{folder}/{r.result['playlist']}"
                 )
                 if r.result.get("mp4"):
-                    item["urls"]["mp4"] = self.output_url(job.id, f"{r.name}/{r.result['mp4']}")
+                    item["urls"]["mp4"] = self.output_url(job.id, f"{folder}/{r.result['mp4']}")
             if live and r.name in progress:
                 p = progress[r.name]
                 item["progress"] = p.model_dump(
@@ -55,8 +56,8 @@ class Views(PipelineBase):
             rends.append(item)
         urls: dict[str, str] = {}
         if job.master_playlist:
-            urls["master"] = self.output_url(job.id, "master.m3u8")
-            urls["poster"] = self.output_url(job.id, "poster.jpg")
+            urls["master"] = self.output_url(job.id, layout.MASTER)
+            urls["poster"] = self.output_url(job.id, layout.POSTER)
         done = [r for r in job.renditions if r.state.terminal]
         return {
             "id": str(job.id),

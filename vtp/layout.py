@@ -1,0 +1,43 @@
+"""Where a job's outputs live in the outputs bucket.
+
+    <job>/master.m3u8, <job>/poster.jpg              written once, by fan-in
+    <job>/<rendition>/attempt-<n>/index.m3u8 ...     one folder per attempt
+
+Each attempt writes under a folder of its own, so an attempt written off while it ran (its
+worker stalled past the heartbeat limit, or its call was redelivered) can never overwrite the
+files of the attempt that replaced it: whatever a zombie uploads lands in its own folder,
+which no playlist references and fan-in removes. The attempt that succeeds records its folder
+(`output_prefix`), and the master playlist and status point there.
+
+Jobs from before attempt folders have `<job>/<rendition>/` as their prefix; everything that
+reads a prefix takes both.
+"""
+
+from __future__ import annotations
+
+from uuid import UUID
+
+MASTER = "master.m3u8"
+POSTER = "poster.jpg"
+
+
+def job_prefix(job_id: UUID | str) -> str:
+    return f"{job_id}/"
+
+
+def rendition_prefix(job_id: UUID | str, rendition: str) -> str:
+    """Every attempt's folder of one rendition is under this."""
+    return f"{job_id}/{rendition}/"
+
+
+def attempt_prefix(job_id: UUID | str, rendition: str, attempt: int) -> str:
+    return f"{job_id}/{rendition}/attempt-{attempt}"
+
+
+def within_job(job_id: UUID | str, prefix: str | None, rendition: str) -> str:
+    """A rendition's folder relative to its job's, as the master playlist refers to it
+    (`360p/attempt-2`). Without a prefix under the job (a result from before prefixes were
+    recorded) it is the rendition's name, the layout of that time."""
+    whole = (prefix or "").strip("/")
+    relative = whole.removeprefix(f"{job_id}/")
+    return relative if whole and relative != whole else rendition
