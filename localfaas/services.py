@@ -9,8 +9,10 @@ whatever it spawned.
 S3 is moto's server (PyPI), standing in for MinIO. MinIO's part that moto lacks, webhook
 notifications, is played by `localfaas.notifier`: moto sends the uploads bucket's
 `s3:ObjectCreated:*` events to an SQS queue on the same server, which the notifier turns into
-MinIO's webhook format. moto keeps everything in memory, so a restart of the s3 service starts
-with empty buckets (start_services recreates buckets, queue and notification rule).
+MinIO's webhook format. moto keeps everything in memory, so `localfaas.s3server` runs it with
+its buckets and objects kept on disk under `<run dir>/s3-data`, written before each change is
+acknowledged: a restart of the s3 service, or of the whole stack, keeps them, as MinIO does
+(start_services sets CORS, the queue and the notification rule again, which it does not keep).
 """
 
 from __future__ import annotations
@@ -500,7 +502,9 @@ def _s3_launch(cfg: LocalConfig) -> None:
     # moto spools large objects to temporary files: keep them in the run dir.
     spool = cfg.run_dir / "s3-spool"
     spool.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(cfg.s3_port)]
+    data = cfg.run_dir / "s3-data"
+    argv = [sys.executable, "-m", "localfaas.s3server", "-H", "127.0.0.1", "-p", str(cfg.s3_port)]
+    argv += ["--data", str(data)]
     env = _base_env() | {"TMPDIR": str(spool), "PYTHONUNBUFFERED": "1"}
     procs.start(cfg, "s3", argv, env=env, cwd=spool, port=cfg.s3_port, url=cfg.s3_endpoint)
 
@@ -561,7 +565,7 @@ def _public_read(bucket: str) -> dict[str, object]:
 
 def _s3_configure(cfg: LocalConfig) -> None:
     """Buckets, CORS, the events queue and the uploads bucket's notification rule; idempotent
-    (moto forgets everything when it restarts, so this runs on every start)."""
+    (the s3 service keeps buckets and objects but not the rest, so this runs on every start)."""
     s3 = boto_client(cfg, "s3")
     sqs = boto_client(cfg, "sqs")
     try:

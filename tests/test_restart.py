@@ -1,5 +1,7 @@
 """The whole stack stopped in the middle of jobs (`make down`, then `make up`): the next upload
-starts at once, and the interrupted jobs end recorded, succeeded after a retry.
+starts at once, the interrupted jobs end recorded, succeeded after a retry, and objects (their
+sources, a multipart upload's ETag, the published outputs) are kept across restarts, as MinIO
+keeps them.
 
 What happened before: the stopped queue-workers left their messages delivered but never
 acknowledged, as many as the consumer's max_ack_pending (4), so after `make up` no new call
@@ -12,6 +14,7 @@ A stack of its own (its own run dir and ports): this test stops and starts it.
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,6 +24,7 @@ from typing import Any
 import psycopg2
 import pytest
 import requests
+from boto3.s3.transfer import TransferConfig
 
 from localfaas import runtime, services
 from localfaas.config import REPO_ROOT, LocalConfig
@@ -103,13 +107,21 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
 
     wait("both long transcodes encoding", both_encoding, 60)
 
+    # A multipart upload's ETag (<md5 of the parts' md5s>-<parts>) is part of its job's
+    # identity: the restart must keep it, not make it a plain md5 of the bytes.
+    boto = services.boto_client(cfg, "s3")
+    boto.upload_file(
+        str(long_clip), "restart-sources", f"multi-{tag}.mp4",
+        Config=TransferConfig(multipart_threshold=64 * 1024, multipart_chunksize=5 << 20),
+    )  # fmt: skip
+    kept = {o.object_name: o.etag for o in client.list_objects("restart-sources", recursive=True)}
+    assert "-" in kept[f"multi-{tag}.mp4"], kept  # a multipart ETag
+
     runtime.down(cfg)
     runtime.up(cfg)
-    # The local S3 server (moto) keeps objects in memory, and `down` lost them; MinIO keeps
-    # its objects on disk. Put the sources back as they were (same bytes, same ETags).
-    client.make_bucket("restart-sources")
-    for i in range(2):
-        client.fput_object("restart-sources", f"long-{tag}-{i}.mp4", str(long_clip))
+    # The sources are still there, as MinIO would have kept them: same keys, same ETags.
+    again = {o.object_name: o.etag for o in client.list_objects("restart-sources", recursive=True)}
+    assert again == kept
 
     # The next upload is not held up by what the stopped queue-workers left behind.
     small = make_clip(tmp_path / "small.mp4", size="640x360", seconds=2)
@@ -149,6 +161,21 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
         )
         rows = cur.fetchall()
     conn.close()
+    # And once more: what the finished jobs published is still served after a restart (the
+    # database says "succeeded"; the outputs must not be 404s).
+    runtime.down(cfg)
+    runtime.up(cfg)
+    for job_id in [*jobs, new_job]:
+        urls = view(cfg, job_id)
+        for url in [urls["urls"]["master"], *(r["urls"]["playlist"] for r in urls["renditions"])]:
+            assert requests.get(url, timeout=10).status_code == 200, url
+        probe = subprocess.run(
+            ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+             urls["urls"]["master"]],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert probe.returncode == 0 and float(probe.stdout.strip()) > 1, probe.stderr
+
     for job_id in jobs:
         steps = [(a, b, d, n) for j, a, b, d, n in rows if str(j) == job_id]
         ended = [s for s in steps if s[0] == "running"]
