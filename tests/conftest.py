@@ -53,6 +53,8 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
                 "VTP_CALLBACK_RETRY_MAX_SECONDS": "2",
                 "VTP_RECONCILE_GRACE_SECONDS": "2",
                 "VTP_RECONCILE_EVERY_SECONDS": "1",
+                # A reported death believed after 12 s of silence (heartbeats: every 10 s).
+                "VTP_DEATH_CONFIRM_SECONDS": "12",
             },
             "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
         },

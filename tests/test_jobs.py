@@ -507,6 +507,34 @@ def test_a_redelivered_call_id_does_not_hand_the_new_attempt_to_the_zombie(
     assert done.output_prefix == f"{job.id}/720p/attempt-2"
 
 
+def test_a_death_report_is_refuted_by_a_heartbeat_and_confirmed_by_silence(
+    store: JobStore,
+) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    store.begin_attempt(job.id, "720p", "c1")
+    with pytest.raises(Conflict):
+        store.report_death(job.id, "720p", "c0", "HTTP 500")  # not the call running
+    reported = store.report_death(job.id, "720p", "c1", "HTTP 500: forged")
+    assert reported.state is RenditionState.RUNNING and reported.death_reported_at is not None
+    store.heartbeat(job.id, "720p", call_id="c1", attempt=1)  # alive after all
+    alive = store.get(job.id).rendition("720p")
+    assert alive.death_reported_at is None and alive.death_report is None
+    time.sleep(0.3)
+    assert store.confirm_deaths(0.1, job_id=job.id) == []
+    assert store.get(job.id).rendition("720p").state is RenditionState.RUNNING
+
+    store.report_death(job.id, "720p", "c1", "HTTP 502: killed")
+    assert store.confirm_deaths(30, job_id=job.id) == []  # not silent long enough yet
+    time.sleep(0.3)
+    (confirmed,) = store.confirm_deaths(0.1, job_id=job.id)
+    assert confirmed.state is RenditionState.RETRYING and confirmed.error == "HTTP 502: killed"
+    with pytest.raises(Conflict):
+        store.heartbeat(job.id, "720p", call_id="c1", attempt=1)  # a zombie after all
+    store.record_dispatch(job.id, "720p", "c2")
+    again = store.begin_attempt(job.id, "720p", "c2")
+    assert again.death_reported_at is None and again.attempts == 2
+
+
 def test_late_report_of_a_superseded_attempt_changes_nothing(store: JobStore) -> None:
     """of-watchdog's 504 wrote attempt 1 off while its encode went on; the late failure,
     heartbeat or success of attempt 1 must neither touch attempt 2 nor push its retry."""

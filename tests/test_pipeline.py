@@ -396,6 +396,7 @@ def test_sweeper_answers_what_it_did(gateway: str) -> None:
     r = requests.post(f"{gateway}/function/sweeper", timeout=60)
     assert r.status_code == 200, r.text
     assert set(r.json()) == {
+        "confirmed_deaths",
         "reaped",
         "retried",
         "redispatched",

@@ -185,7 +185,8 @@ def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
 ) -> None:
     """A restarted CE queue-worker gets its unacknowledged message again at once; the
     transcode refuses it (the attempt still runs) and answers 200. That report must not
-    write off the attempt that is encoding; a failed report of it must."""
+    write off the attempt that is encoding; a failed report of it must, once the attempt has
+    stayed silent after it."""
     src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e5")
     job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     pipeline.store.record_dispatch(job.id, "360p", "call-1")
@@ -193,7 +194,11 @@ def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="call-1")
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RUNNING
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=500, call_id="call-1")
-    assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RETRYING
+    reported = pipeline.store.get(job.id).rendition("360p")
+    assert reported.state is RenditionState.RUNNING and "HTTP 500" in str(reported.death_report)
+    time.sleep(0.3)  # and no heartbeat: the worker is gone
+    (confirmed,) = pipeline.store.confirm_deaths(0.1, job_id=job.id)
+    assert confirmed.state is RenditionState.RETRYING and "without a result" in str(confirmed.error)
 
 
 def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
@@ -276,3 +281,52 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
     conn.close()
     assert (2, "running", "succeeded") in [tuple(c) for c in changes], changes
     assert (1, "running", "succeeded") not in [tuple(c) for c in changes], changes
+
+
+def test_a_forged_death_report_does_not_stop_a_live_encode(
+    pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The callback URL of the call running now is in the gateway's and queue-worker's logs;
+    a failure report posted with it while the encode runs is refuted by the attempt's next
+    heartbeat, and the encode ends succeeded, in its first attempt."""
+    import threading
+
+    import vtp.pipeline.transcode as transcode_module
+    from tests.clips import make_clip
+    from vtp.probe import probe_source
+
+    monkeypatch.setattr(transcode_module, "HEARTBEAT_EVERY_S", 0.3)  # beats sooner, same logic
+    clip = make_clip(tmp_path / "live.mp4", size="1280x720", seconds=12, audio=False)
+    key = f"core/{time.time_ns()}-live.mp4"
+    pipeline.storage.client.fput_object("uploads", key, str(clip))
+    stat = pipeline.storage.stat("uploads", key)
+    info = probe_source(
+        pipeline.storage.presigned_get("uploads", key, expires=600), pipeline.settings
+    )
+    job, _ = pipeline.store.create_job(
+        SourceRef(bucket="uploads", key=key, etag=stat.etag, size=stat.size),
+        info,
+        plan_ladder(info, pipeline.settings, ["720p"]),
+    )
+    outcome: dict[str, object] = {}
+    worker = threading.Thread(
+        target=lambda: outcome.update(
+            pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition="720p"), "call-live")
+        )
+    )
+    worker.start()
+    deadline = time.monotonic() + 30
+    while pipeline.store.get(job.id).rendition("720p").state is not RenditionState.RUNNING:
+        assert time.monotonic() < deadline and worker.is_alive(), outcome
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert worker.is_alive(), "the encode must still run when the report comes"
+    pipeline.on_rendition_callback(
+        str(job.id), "720p", function_status=502, call_id="call-live", body=b"forged"
+    )
+    assert pipeline.store.get(job.id).rendition("720p").state is RenditionState.RUNNING
+    time.sleep(1.5)
+    assert pipeline.store.confirm_deaths(1.0, job_id=job.id) == [], "the live one written off"
+    assert pipeline.store.get(job.id).rendition("720p").death_reported_at is None
+    worker.join(120)
+    assert outcome.get("state") == "succeeded" and outcome.get("attempt") == 1, outcome

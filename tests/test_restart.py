@@ -44,6 +44,7 @@ def own_stack(test_slot: int) -> Iterator[LocalConfig]:
             "*": {
                 "VTP_RETRY_BASE_SECONDS": "1",
                 "VTP_RETRY_MAX_SECONDS": "4",
+                "VTP_DEATH_CONFIRM_SECONDS": "12",
                 "VTP_INPUT_BUCKETS": '["uploads", "restart-sources"]',
             }
         },

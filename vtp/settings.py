@@ -123,6 +123,10 @@ class Settings(BaseSettings):
     # A running attempt with no heartbeat (every 10 s) for this long has lost its worker (killed,
     # its node gone): the sweeper writes it off and retries it.
     stale_after_seconds: float = Field(default=120.0, ge=30)
+    # A call reported dead (the queue-worker's callback) is written off once its attempt has
+    # been silent this long after the report: more than one heartbeat interval, so a live
+    # attempt can refute a forged report (vtp.jobs.attempts.report_death).
+    death_confirm_seconds: float = Field(default=25.0, ge=12)
     # How long a transcode keeps trying to record its outcome through a database outage.
     final_write_seconds: float = Field(default=300.0, ge=0)
     # The sweeper lists the input buckets against the jobs every this many seconds, and

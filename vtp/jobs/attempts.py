@@ -84,6 +84,7 @@ class Attempts(Queries):
                 UPDATE renditions
                 SET state = 'running', attempts = attempts + 1, last_call_id = %s,
                     refusals = 0, heartbeat_at = now(), attempt_started_at = now(),
+                    death_reported_at = NULL, death_report = NULL,
                     started_at = COALESCE(started_at, now()), next_retry_at = NULL
                 WHERE job_id = %s AND name = %s AND state = %s
                 RETURNING *
@@ -121,13 +122,26 @@ class Attempts(Queries):
         def tx(cur: Cursor) -> None:
             cur.execute(
                 """
-                UPDATE renditions SET heartbeat_at = now()
-                WHERE job_id = %(job)s AND name = %(name)s AND state = 'running'
-                  AND (%(call)s::text IS NULL OR last_call_id = %(call)s)
-                  AND (%(attempt)s::int IS NULL OR attempts = %(attempt)s)
+                UPDATE renditions r
+                SET heartbeat_at = now(), death_reported_at = NULL, death_report = NULL
+                FROM (SELECT death_report FROM renditions
+                      WHERE job_id = %(job)s AND name = %(name)s FOR UPDATE) AS before
+                WHERE r.job_id = %(job)s AND r.name = %(name)s AND r.state = 'running'
+                  AND (%(call)s::text IS NULL OR r.last_call_id = %(call)s)
+                  AND (%(attempt)s::int IS NULL OR r.attempts = %(attempt)s)
+                RETURNING before.death_report
                 """,
                 {"job": str(jid), "name": rendition, "call": call_id, "attempt": attempt},
             )
+            cleared = cur.fetchone()
+            if cleared is not None and cleared["death_report"]:
+                log.warning(
+                    "rendition %s of job %s: its call was reported dead (%s) but the attempt "
+                    "is alive; the report is dropped (a forged report, or a confused proxy)",
+                    rendition,
+                    jid,
+                    cleared["death_report"],
+                )
             if cur.rowcount == 0:
                 row = lock_rendition(cur, jid, rendition)
                 raise Conflict(
@@ -287,6 +301,68 @@ class Attempts(Queries):
             },
         )
         return row_to_rendition(one(cur))
+
+    def report_death(
+        self, job_id: UUID | str, rendition: str, call_id: str, reason: str
+    ) -> Rendition:
+        """Note that the running attempt's call was reported dead (a failed status from the
+        queue-worker); `confirm_deaths` fails it once it has stayed silent for a while, and
+        its next heartbeat, if it is alive after all, drops the report.
+
+        Why not at once: the report comes to a URL that gateways and queue-workers log, and
+        nothing a dead call can send proves it is dead, so a forged one would otherwise stop
+        an encode that is running fine. Conflict if that call is not the one running.
+        """
+        jid = parse_id(job_id)
+
+        def tx(cur: Cursor) -> Rendition:
+            row = lock_rendition(cur, jid, rendition)
+            expect_running(row, jid, rendition, call_id)
+            cur.execute(
+                """
+                UPDATE renditions
+                SET death_reported_at = COALESCE(death_reported_at, now()),
+                    death_report = COALESCE(death_report, %s)
+                WHERE job_id = %s AND name = %s AND state = 'running'
+                RETURNING *
+                """,
+                (reason, str(jid), rendition),
+            )
+            return row_to_rendition(one(cur))
+
+        return self._run(tx)
+
+    def confirm_deaths(
+        self,
+        silent_for_s: float,
+        *,
+        max_attempts: int | None = None,
+        job_id: UUID | str | None = None,
+    ) -> builtins.list[Rendition]:
+        """Fail the attempts reported dead that have not given a sign of life for
+        `silent_for_s` since (more than one heartbeat interval): retrying or dead, with the
+        report as the reason; of one job only, with `job_id`. Returns them in their new
+        state."""
+        only = str(parse_id(job_id)) if job_id is not None else None
+
+        def tx(cur: Cursor) -> builtins.list[Rendition]:
+            cur.execute(
+                """
+                SELECT * FROM renditions
+                WHERE state = 'running' AND death_reported_at IS NOT NULL
+                  AND death_reported_at < now() - make_interval(secs => %s)
+                  AND (%s::uuid IS NULL OR job_id = %s::uuid)
+                ORDER BY death_reported_at
+                FOR UPDATE SKIP LOCKED
+                """,
+                (silent_for_s, only, only),
+            )
+            return [
+                self._fail_locked(cur, row, str(row["death_report"]), True, max_attempts)
+                for row in cur.fetchall()
+            ]
+
+        return self._run(tx)
 
     # --- the sweeper's part ------------------------------------------------------------
 

@@ -62,6 +62,9 @@ class Rendition(BaseModel):
     finished_at: datetime | None = None
     next_retry_at: datetime | None = None
     dispatched_at: datetime | None = None
+    # A report that the running attempt's call died, not yet confirmed (migration 0005).
+    death_reported_at: datetime | None = None
+    death_report: str | None = None
     output_prefix: str | None = None
     size_bytes: int | None = None
     avg_bitrate: int | None = None

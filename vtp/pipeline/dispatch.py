@@ -88,7 +88,7 @@ class Dispatch(FanIn):
             and rend.last_call_id == call_id
             and failed
         ):
-            self._fail_retryable(
+            self._report_death(
                 rend,
                 f"{rend.function} ended without a result ({what}; "
                 "killed, out of memory or past its exec_timeout)",
@@ -152,24 +152,48 @@ class Dispatch(FanIn):
         if rend.state is RenditionState.DEAD:
             self.maybe_finalize(job_id, claimer=f"refusal:{call_id}")
 
-    def _fail_retryable(self, rend: Rendition, reason: str, *, call_id: str) -> None:
-        """Record a retryable failure of the attempt running under `call_id` and tell
-        progress followers; an attempt that ended in the meantime (Conflict) is left as is."""
+    def _report_death(self, rend: Rendition, reason: str, *, call_id: str) -> None:
+        """The attempt running under `call_id` was reported dead: believed once it stays
+        silent for `death_confirm_seconds` (a live one refutes a forged report with its next
+        heartbeat). A timer here confirms it then; the sweeper does if this process is gone.
+        An attempt that ended in the meantime (Conflict) is left as is."""
         try:
-            state = self.store.fail_rendition(
-                rend.job_id, rend.name, reason, retryable=True, call_id=call_id
-            )
+            self.store.report_death(rend.job_id, rend.name, call_id, reason)
         except Conflict:
             return
-        self._publish(
-            ProgressEvent(
-                job_id=str(rend.job_id),
-                rendition=rend.name,
-                state=state.value,
-                attempt=rend.attempts or None,
-                error=reason,
-            )
+        log.info("%s of job %s reported dead (%s); confirmed if silent for %gs", rend.name,
+                 rend.job_id, reason, self.settings.death_confirm_seconds)  # fmt: skip
+        timer = threading.Timer(
+            self.settings.death_confirm_seconds + 0.5, self._confirm_deaths_quietly
         )
+        timer.daemon = True
+        timer.start()
+
+    def confirm_deaths(self) -> int:
+        """Fail the attempts reported dead that stayed silent, tell followers, retry them
+        (or finish their job, when that was the last attempt)."""
+        confirmed = self.store.confirm_deaths(self.settings.death_confirm_seconds)
+        for r in confirmed:
+            self._publish(
+                ProgressEvent(
+                    job_id=str(r.job_id),
+                    rendition=r.name,
+                    state=r.state.value,
+                    attempt=r.attempts or None,
+                    error=r.error,
+                )
+            )
+            if r.state is RenditionState.RETRYING:
+                self._schedule_retry(r)
+            else:
+                self.maybe_finalize(r.job_id, claimer=f"confirmed-death:{r.last_call_id}")
+        return len(confirmed)
+
+    def _confirm_deaths_quietly(self) -> None:
+        try:
+            self.confirm_deaths()
+        except Exception:
+            log.exception("confirming reported deaths failed; the sweeper will")
 
 
 def _status_text(status: int, body: bytes) -> str:

@@ -1,5 +1,5 @@
-"""The cron sweeper's round: write off silent workers, dispatch due and lost retries, finish
-stuck finalizations."""
+"""The cron sweeper's round: confirm reported deaths, write off silent workers, dispatch due
+and lost retries, finish stuck finalizations."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ class Sweep(Intake):
         """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
         finalizations, try again due job callbacks; and now and then reconcile the input
         buckets against the jobs (a lost event becomes a job)."""
+        confirmed = self.confirm_deaths()
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for r in reaped:
             self._publish(
@@ -45,6 +46,7 @@ class Sweep(Intake):
                 log.error("reconciliation failed: %s", exc.reason)
         return {
             "reaped": len(reaped),
+            "confirmed_deaths": confirmed,
             "retried": retried,
             "redispatched": len(lost),
             "finalized": finalized,
