@@ -63,6 +63,9 @@ OPTIONAL_SETTINGS = {
     "exec_timeout": "of-watchdog's own variable: without it there is no limit to keep under",
     "input_buckets": "falls back to the uploads bucket",
     "read_token": "reads are open (vtp.access), and deploy/secrets.sh says so",
+    "write_timeout": "of-watchdog's own variable: without it there is no limit to check",
+    "gateway_upstream_timeout": "unknown to the function: its order is not checked",
+    "queue_ack_wait": "unknown to the function: its order is not checked",
 }
 # Never in a function's environment: stack.yml and its environment files are not secret.
 CREDENTIALS = {
@@ -525,6 +528,21 @@ def check_chain(
         "NATS would redeliver calls still running"
     )
     assert ack_wait > upstream, f"{where}: ack_wait must outlast the gateway's upstream_timeout"
+
+
+def test_functions_are_told_the_platforms_timeouts() -> None:
+    """config/pipeline.yml states the gateway's upstream_timeout and the queue-worker's
+    ack_wait as faasd and Helm set them, so each function checks its own exec_timeout
+    against them at start (vtp.settings)."""
+    env = env_map(load_yaml(REPO / "config" / "pipeline.yml")["environment"])
+    overrides = faasd_overrides()
+    helm = helm_values()
+    upstream = seconds(env["VTP_GATEWAY_UPSTREAM_TIMEOUT"])
+    ack_wait = seconds(env["VTP_QUEUE_ACK_WAIT"])
+    assert upstream == seconds(overrides["gateway"]["upstream_timeout"])
+    assert ack_wait == seconds(overrides["queue-worker"]["ack_wait"])
+    assert upstream == seconds(helm["gateway"]["upstreamTimeout"])
+    assert ack_wait == seconds(helm["queueWorker"]["ackWait"])
 
 
 def test_faasd_timeouts_agree() -> None:

@@ -14,7 +14,14 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
@@ -156,6 +163,15 @@ class Settings(BaseSettings):
     exec_timeout: str | None = Field(
         default=None, validation_alias=AliasChoices("exec_timeout", "VTP_EXEC_TIMEOUT")
     )
+    # of-watchdog's write_timeout, read under its own name too: an answer is cut there.
+    write_timeout: str | None = Field(
+        default=None, validation_alias=AliasChoices("write_timeout", "VTP_WRITE_TIMEOUT")
+    )
+    # The platform's own timeouts, when the deployment states them (they are not in the
+    # function's environment otherwise): the gateway's upstream_timeout and the queue-worker's
+    # ack_wait. With them, the order the calls rely on is checked at start.
+    gateway_upstream_timeout: str | None = None
+    queue_ack_wait: str | None = None
 
     @field_validator("webhook_token", "read_token", "callback_secret", mode="before")
     @classmethod
@@ -177,6 +193,52 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         secrets_dir = Path(os.environ.get("VTP_SECRETS_DIR", str(DEFAULT_SECRETS_DIR)))
         return (init_settings, env_settings, OpenFaaSSecretsSource(settings_cls, secrets_dir))
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Settings:
+        """Rules across fields, checked once at start: a wrong combination would otherwise
+        fail every job at encode time, and be retried as if it were passing."""
+        problems: list[str] = []
+        if self.segment_seconds <= 0 or self.gop_seconds <= 0:
+            problems.append("segment_seconds and gop_seconds must be positive")
+        elif abs(round(self.segment_seconds / self.gop_seconds) * self.gop_seconds
+                 - self.segment_seconds) > 1e-6:  # fmt: skip
+            problems.append(
+                f"segment_seconds ({self.segment_seconds:g}) must be a whole multiple of "
+                f"gop_seconds ({self.gop_seconds:g}): every segment starts on a keyframe"
+            )
+        for low, high in (
+            ("retry_base_seconds", "retry_max_seconds"),
+            ("callback_retry_base_seconds", "callback_retry_max_seconds"),
+        ):
+            if getattr(self, high) < getattr(self, low):
+                problems.append(f"{high} ({getattr(self, high):g}) is below {low}")
+        if 0 < self.reconcile_window_seconds <= self.reconcile_grace_seconds:
+            problems.append("reconcile_window_seconds must exceed reconcile_grace_seconds")
+        timeouts: dict[str, float | None] = {}
+        for name in ("exec_timeout", "write_timeout", "gateway_upstream_timeout",
+                     "queue_ack_wait"):  # fmt: skip
+            raw = getattr(self, name)
+            value = parse_duration(raw) if raw is not None and raw.strip() else None
+            if raw is not None and raw.strip() and value is None:
+                problems.append(f"{name} {raw!r} is not a duration (e.g. 30s, 5m, 1h)")
+            timeouts[name] = value if value else None  # 0 means no limit
+        for low, high, why in (
+            ("exec_timeout", "write_timeout", "of-watchdog cuts the answer at write_timeout"),
+            ("exec_timeout", "gateway_upstream_timeout", "the gateway gives up on the call"),
+            ("gateway_upstream_timeout", "queue_ack_wait",
+             "the queue delivers the call again while it still runs"),
+            ("exec_timeout", "queue_ack_wait",
+             "the queue delivers the call again while it still runs"),
+        ):  # fmt: skip
+            a, b = timeouts[low], timeouts[high]
+            strict = high == "queue_ack_wait"
+            if a is not None and b is not None and (a >= b if strict else a > b):
+                op = "below" if strict else "at most"
+                problems.append(f"{low} ({a:g}s) must be {op} {high} ({b:g}s): {why}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def public_s3_endpoint(self) -> str:
@@ -208,6 +270,18 @@ class Settings(BaseSettings):
             return self.ffmpeg_timeout_seconds
         reserve = min(max(limit * 0.1, 5.0), 300.0)
         return max(min(self.ffmpeg_timeout_seconds, limit - reserve), 1.0)
+
+
+def load_at_start() -> Settings:
+    """The settings, read when a function starts; a bad value or combination stops the start
+    with one readable line (in the function's log) instead of failing every call."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
+        )
+        raise SystemExit(f"vtp: invalid settings, not starting: {problems}") from None
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")

@@ -18,7 +18,7 @@ from typing import Any
 
 from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
 from vtp.http import Response, guarded, header, ok, pipeline, require_read_token
-from vtp.settings import Settings
+from vtp.settings import load_at_start
 from vtp.webhook import JobRequest, MinioEvent, SourceObject, parse_body, sources_from_event
 
 log = logging.getLogger("split")
@@ -31,12 +31,10 @@ _OPEN_WEBHOOK = (
 
 def _warn_if_open() -> None:
     """Said once at start: an empty or missing token means "no token required", which suits
-    MinIO releases that cannot send one (before 2019) but lets anyone post events."""
-    try:
-        if Settings().webhook_token is None:
-            log.warning(_OPEN_WEBHOOK)
-    except ValueError:
-        pass  # a bad setting is reported by the first call, as a JSON error
+    MinIO releases that cannot send one (before 2019) but lets anyone post events. A bad
+    setting or combination stops the start here, said in one line of the log."""
+    if load_at_start().webhook_token is None:
+        log.warning(_OPEN_WEBHOOK)
 
 
 _warn_if_open()

@@ -16,6 +16,10 @@ from typing import Any
 from vtp import access
 from vtp.http import Response, guarded, ok, pipeline, require_read_token
 from vtp.models import StatusQuery
+from vtp.settings import load_at_start
+
+# A bad setting or combination stops the start here, said in one line of the log.
+load_at_start()
 
 
 @guarded

@@ -15,7 +15,11 @@ from pydantic import ValidationError
 from vtp.errors import InvalidRequest
 from vtp.http import Response, guarded, header, ok, pipeline, stop_work
 from vtp.models import TranscodeTask
+from vtp.settings import load_at_start
 from vtp.workdirs import clean_stale
+
+# A bad setting or combination stops the start here, said in one line of the log.
+load_at_start()
 
 # A replica that starts again after a crash removes what its killed predecessor left.
 clean_stale()

@@ -21,7 +21,7 @@ from vtp.relay.gate import ReadTokenGate
 from vtp.relay.options import RelayOptions
 from vtp.relay.poll import make_poll_endpoint
 from vtp.relay.streams import Relay
-from vtp.settings import Settings
+from vtp.settings import Settings, load_at_start
 
 
 def create_app(
@@ -32,7 +32,7 @@ def create_app(
 ) -> Starlette:
     """The ws-relay ASGI app: page, static assets, /ws, /events and /api. `app.state.relay`
     is the Relay (its `shutdown_streams()` belongs in the template's on_sigterm hook)."""
-    settings = settings or Settings()
+    settings = settings or load_at_start()
     options = options or RelayOptions()
     relay = Relay.from_settings(settings, options)
     api = JobsApi(settings, uploads_enabled=options.uploads_enabled)
