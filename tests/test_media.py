@@ -465,7 +465,11 @@ def test_encode_validates_formats_and_grid(server, tmp_path):
         encode_rendition(url, source, spec, tmp_path, formats=("dash",), settings=FAST)
     with pytest.raises(InvalidRequest):
         encode_rendition(url, source, spec, tmp_path, formats=("mp4",), settings=FAST)
-    bad = Settings(segment_seconds=3, gop_seconds=2)
+    # Such settings never get this far: the function would not start with them.
+    with pytest.raises(ValueError, match="multiple of gop_seconds"):
+        Settings(segment_seconds=3, gop_seconds=2)
+    # And if built around the check, the encoder still refuses before running ffmpeg.
+    bad = FAST.model_copy(update={"segment_seconds": 3.0, "gop_seconds": 2.0})
     with pytest.raises(Exception, match="multiple of gop_seconds"):
         encode_rendition(url, source, spec, tmp_path, settings=bad)
 

@@ -8,9 +8,15 @@ from __future__ import annotations
 
 
 class VtpError(Exception):
-    """Base of all pipeline errors. `reason` is safe to show to clients and to record."""
+    """Base of all pipeline errors. `reason` is safe to show to clients and to record.
+
+    `retryable` says whether the same work may succeed if tried again: the surroundings
+    failed (storage, the network, a signal), not the request or the input. Work that failed
+    on a non-retryable error fails at once with its reason; there is no attempt to spend.
+    """
 
     http_status = 500
+    retryable = False
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -48,6 +54,12 @@ class Conflict(VtpError):
     http_status = 409
 
 
+class InvalidTransition(VtpError):
+    """A state change the lifecycle does not allow (vtp.lifecycle): a bug, never retried."""
+
+    http_status = 500
+
+
 class InvalidSource(VtpError):
     """The uploaded object is not a video we accept: not media, no video stream, too big..."""
 
@@ -58,6 +70,7 @@ class StorageError(VtpError):
     """Object storage could not be read or written."""
 
     http_status = 502
+    retryable = True
 
 
 class FfmpegError(VtpError):
@@ -73,6 +86,7 @@ class FfmpegError(VtpError):
     def __init__(self, reason: str, *, transient: bool = True) -> None:
         super().__init__(reason)
         self.transient = transient
+        self.retryable = transient
 
 
 class FfmpegTimeout(FfmpegError):
@@ -85,6 +99,7 @@ class UpstreamError(VtpError):
     """The gateway, a callback target or another service refused or failed."""
 
     http_status = 502
+    retryable = True
 
 
 def http_status(exc: BaseException) -> int:

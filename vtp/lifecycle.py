@@ -1,5 +1,21 @@
-"""Retry policy: how often, and how far apart, a unit of work is tried again.
+"""The lifecycle of jobs and renditions, in one place and without I/O: the states, the
+transitions allowed between them, and how often a unit of work is tried again.
 
+The store executes transitions (guarded UPDATEs, each recorded in `state_changes`) and checks
+every one against the tables here before it commits; the CLI and the progress page take their
+notion of "finished" and "retrying" from the same enums (the page from `lifecycle.js`, which
+`python -m vtp.lifecycle js` writes and a test keeps in step), never from retyped strings.
+
+Rendition life: queued -> running -> succeeded | failed (permanent) | retrying (back-off) ->
+queued (dispatched again) -> running ... -> dead (budget spent). A call that never reached
+the handler is a refusal: queued -> retrying, or dead once `max_refusals` in a row.
+
+Job life: queued -> running -> succeeded | failed; a source that cannot be processed is
+recorded failed at once; a job whose renditions all died before one ran goes queued ->
+failed. A job's own trail also carries notes (finalization claimed), recorded as a state
+to itself.
+
+Retry policy: how often, and how far apart, a unit of work is tried again.
 Kept apart from the store so that the numbers are validated once, where they are built (from
 settings or by a test), instead of being found wrong in the middle of a transition.
 
@@ -15,7 +31,111 @@ Two budgets, because two different things go wrong:
 
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Mapping
+from enum import StrEnum
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from vtp.errors import InvalidTransition
+
+
+class JobState(StrEnum):
+    """Life of a job. `succeeded` and `failed` are terminal."""
+
+    QUEUED = "queued"  # accepted, renditions invoked, none running yet
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_JOB_STATES
+
+
+class RenditionState(StrEnum):
+    """Life of one rendition. `succeeded`, `failed` and `dead` are terminal.
+
+    `failed` is a permanent failure (bad input); `dead` means retries were exhausted and the
+    task was dead-lettered with its reason; `retrying` waits for its back-off and is not an
+    end, whatever error it shows.
+    """
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_RENDITION_STATES
+
+
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+TERMINAL_RENDITION_STATES = frozenset(
+    {RenditionState.SUCCEEDED, RenditionState.FAILED, RenditionState.DEAD}
+)
+
+_R = RenditionState
+# from -> the states it may go to; None is "not there yet" (the row is being created).
+RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]] = {
+    None: frozenset({_R.QUEUED}),
+    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD}),
+    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING}),
+    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYING, _R.DEAD}),
+    _R.SUCCEEDED: frozenset(),
+    _R.FAILED: frozenset(),
+    _R.DEAD: frozenset(),
+}
+_J = JobState
+JOB_TRANSITIONS: Mapping[JobState | None, frozenset[JobState]] = {
+    None: frozenset({_J.QUEUED, _J.FAILED}),
+    _J.QUEUED: frozenset({_J.QUEUED, _J.RUNNING, _J.FAILED}),
+    _J.RUNNING: frozenset({_J.RUNNING, _J.SUCCEEDED, _J.FAILED}),
+    _J.SUCCEEDED: frozenset(),
+    _J.FAILED: frozenset(),
+}
+
+
+def check_rendition(old: str | None, new: str) -> RenditionState:
+    """`new` if a rendition may go there from `old`; InvalidTransition otherwise."""
+    to = RenditionState(new)
+    if to not in RENDITION_TRANSITIONS[RenditionState(old) if old is not None else None]:
+        raise InvalidTransition(f"rendition {old or '(new)'} -> {new} is not a transition")
+    return to
+
+
+def check_job(old: str | None, new: str) -> JobState:
+    """`new` if a job may go there from `old`; InvalidTransition otherwise."""
+    to = JobState(new)
+    if to not in JOB_TRANSITIONS[JobState(old) if old is not None else None]:
+        raise InvalidTransition(f"job {old or '(new)'} -> {new} is not a transition")
+    return to
+
+
+def for_clients() -> dict[str, object]:
+    """What clients need to know of the lifecycle: the states, which end, which wait."""
+    return {
+        "job": {"states": [s.value for s in JobState],
+                "terminal": sorted(s.value for s in TERMINAL_JOB_STATES)},
+        "rendition": {
+            "states": [s.value for s in RenditionState],
+            "terminal": sorted(s.value for s in TERMINAL_RENDITION_STATES),
+            "retrying": [RenditionState.RETRYING.value],
+        },
+    }  # fmt: skip
+
+
+def page_script() -> str:
+    """functions/ws-relay/static/lifecycle.js: the same, for the progress page."""
+    body = json.dumps(for_clients(), indent=2, sort_keys=True)
+    return (
+        "// Generated by `python -m vtp.lifecycle js` from vtp/lifecycle.py: do not edit.\n"
+        f"window.VTP_LIFECYCLE = Object.freeze({body});\n"
+    )
 
 
 class RetryPolicy(BaseModel):
@@ -41,3 +161,11 @@ class RetryPolicy(BaseModel):
         """Seconds to wait after the `failures`-th failure in a row (1 for the first)."""
         exponent = min(max(failures - 1, 0), 30)  # 2**30 times the base is past any cap
         return float(min(self.base_s * 2**exponent, self.max_s))
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["js"]:
+        raise SystemExit(
+            "usage: python -m vtp.lifecycle js > functions/ws-relay/static/lifecycle.js"
+        )
+    sys.stdout.write(page_script())

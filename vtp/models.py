@@ -1,13 +1,13 @@
 """pydantic models for everything that crosses a boundary: events, requests, queue payloads.
 
-Enums are `StrEnum` so that they serialise as plain strings in JSON, SQL and Redis.
+Enums are `StrEnum` so that they serialise as plain strings in JSON, SQL and Redis; the job
+and rendition states are the lifecycle's (vtp.lifecycle).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from enum import StrEnum
 from typing import Any
 from uuid import UUID
 
@@ -15,37 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vtp.errors import InvalidRequest
 
-
-class JobState(StrEnum):
-    """Life of a job. `succeeded` and `failed` are terminal."""
-
-    QUEUED = "queued"  # accepted, renditions invoked, none running yet
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (JobState.SUCCEEDED, JobState.FAILED)
-
-
-class RenditionState(StrEnum):
-    """Life of one rendition. `succeeded`, `failed` and `dead` are terminal.
-
-    `failed` is a permanent failure (bad input); `dead` means retries were exhausted and the
-    task was dead-lettered with its reason.
-    """
-
-    QUEUED = "queued"
-    RUNNING = "running"
-    RETRYING = "retrying"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    DEAD = "dead"
-
-    @property
-    def terminal(self) -> bool:
-        return self in (RenditionState.SUCCEEDED, RenditionState.FAILED, RenditionState.DEAD)
+# The lifecycle's states, re-exported: boundaries carry them.
+from vtp.lifecycle import JobState as JobState
+from vtp.lifecycle import RenditionState as RenditionState
 
 
 class SourceInfo(BaseModel):

@@ -19,6 +19,7 @@ from vtp.cli.config import ClientConfig, load_config
 from vtp.cli.views import BarsView, jobs_table, print_job, print_urls, renditions_table
 from vtp.cli.watch import Watcher
 from vtp.errors import InvalidRequest, VtpError
+from vtp.lifecycle import JobState
 from vtp.settings import Settings
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
@@ -168,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_callbacks)
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
-    p.add_argument("--state", choices=["queued", "running", "succeeded", "failed"])
+    p.add_argument("--state", choices=[s.value for s in JobState])
     p.add_argument("--limit", type=int, default=20)
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=cmd_jobs)

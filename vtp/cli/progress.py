@@ -12,10 +12,17 @@ from typing import Any
 from pydantic import ValidationError
 
 from vtp.events import JOB_FIELD, ProgressEvent, stream_id_order
+from vtp.lifecycle import TERMINAL_JOB_STATES, TERMINAL_RENDITION_STATES, RenditionState
 
 log = logging.getLogger(__name__)
 
-TERMINAL_STATES = frozenset({"succeeded", "failed", "dead"})
+# From the lifecycle, never retyped: `retrying` is not an end, whatever error it shows.
+TERMINAL_STATES = frozenset(s.value for s in TERMINAL_RENDITION_STATES)
+JOB_TERMINAL_STATES = frozenset(s.value for s in TERMINAL_JOB_STATES)
+# Failures that carry no percent of their own (reported by the sweeper or a callback).
+_NO_PROGRESS = (TERMINAL_STATES - {RenditionState.SUCCEEDED.value}) | {
+    RenditionState.RETRYING.value
+}
 
 
 # --- the event -> progress model (pure) --------------------------------------------------------
@@ -78,7 +85,7 @@ class JobProgress:
 
     @property
     def finished(self) -> bool:
-        return self.state in ("succeeded", "failed")
+        return self.state in JOB_TERMINAL_STATES
 
     @property
     def succeeded(self) -> bool:
@@ -108,7 +115,7 @@ class JobProgress:
         if event.rendition is None or event.rendition == JOB_FIELD:
             if event.id and self.last_id and event_order(event.id) <= event_order(self.last_id):
                 return False
-            if self.finished and event.state not in ("succeeded", "failed"):
+            if self.finished and event.state not in JOB_TERMINAL_STATES:
                 return False
             self.last_id = event.id or self.last_id
             self.state = event.state
@@ -123,7 +130,7 @@ class JobProgress:
         rend.state = event.state
         if event.state == "succeeded":
             rend.percent = 100.0
-        elif event.percent > 0 or event.state not in ("retrying", "failed", "dead"):
+        elif event.percent > 0 or event.state not in _NO_PROGRESS:
             # A failure reported by someone else (the sweeper, the callback) carries no
             # percent: keep how far the attempt got.
             rend.percent = event.percent
@@ -163,9 +170,9 @@ class JobProgress:
             return
         self.viewed = True
         state = str(view.get("state") or self.state)
-        if state in ("succeeded", "failed") or not self.finished:
+        if state in JOB_TERMINAL_STATES or not self.finished:
             rank = {"queued": 0, "running": 1}
-            if state in ("succeeded", "failed") or rank.get(state, 0) >= rank.get(self.state, 0):
+            if state in JOB_TERMINAL_STATES or rank.get(state, 0) >= rank.get(self.state, 0):
                 self.state = state
         self.error = view.get("error") or self.error
         self.master_url = (view.get("urls") or {}).get("master") or self.master_url

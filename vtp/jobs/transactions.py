@@ -19,6 +19,7 @@ import psycopg2
 import psycopg2.extensions
 import psycopg2.extras
 
+from vtp import lifecycle
 from vtp.errors import Conflict, NotFound
 from vtp.jobs.models import Job, Rendition, SourceRef
 from vtp.models import RenditionState
@@ -174,6 +175,14 @@ def audit(
     *,
     detail: str | None = None,
 ) -> None:
+    """Record a transition in the trail, after checking the lifecycle allows it: a move the
+    table does not have raises InvalidTransition inside the transaction, which then rolls
+    back, so a bug cannot commit a state no code expects."""
+    old = str(from_state) if from_state is not None else None
+    if rendition is None:
+        lifecycle.check_job(old, str(to_state))
+    else:
+        lifecycle.check_rendition(old, str(to_state))
     cur.execute(
         """
         INSERT INTO state_changes (job_id, rendition, from_state, to_state, attempt, call_id,

@@ -16,7 +16,7 @@ import requests
 
 from vtp import layout, workdirs
 from vtp.encode import encode_rendition
-from vtp.errors import Conflict, FfmpegError, FfmpegTimeout, InvalidSource, NotFound, VtpError
+from vtp.errors import Conflict, FfmpegTimeout, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore
@@ -207,9 +207,10 @@ _TRANSIENT = (OSError, psycopg2.Error, redis.RedisError, requests.RequestExcepti
 def _failure(exc: BaseException, settings: Settings) -> tuple[str, bool]:
     """The recorded reason of a failed attempt, and whether trying again can help.
 
-    A bad source is final, and so is ffmpeg failing on the input itself (invalid data); ffmpeg
-    failing on its surroundings (the network, a signal), storage and other pipeline errors may
-    be passing; so are network and database errors. An exception of any other kind is a bug
+    A pipeline error says so itself (`retryable`, vtp.errors): a bad source or request is
+    final, and so is ffmpeg failing on the input itself (invalid data); ffmpeg failing on its
+    surroundings (the network, a signal) and storage errors may be passing; so are network
+    and database errors. An exception of any other kind is a bug
     in the pipeline: recorded as what it is (type and message, so the job's error says it),
     and not retried, since the same input would hit it again.
     """
@@ -217,10 +218,8 @@ def _failure(exc: BaseException, settings: Settings) -> tuple[str, bool]:
         limit = settings.exec_timeout_seconds
         why = f"; the function's exec_timeout is {limit:g}s" if limit else ""
         return f"{exc.reason}{why}", True
-    if isinstance(exc, FfmpegError):
-        return exc.reason, exc.transient  # the input itself, or the machine around it
     if isinstance(exc, VtpError):
-        return exc.reason, not isinstance(exc, InvalidSource)
+        return exc.reason, exc.retryable  # ffmpeg: the input itself, or the machine around it
     if isinstance(exc, _TRANSIENT):
         return f"{type(exc).__name__}: {exc}", True
     log.error("transcode failed on an unexpected error", exc_info=exc)

@@ -23,8 +23,17 @@
   "use strict";
 
   const JOB_FIELD = "_job";
-  const TERMINAL = new Set(["succeeded", "failed", "dead"]);
-  const STATE_RANK = { queued: 0, retrying: 1, running: 1, succeeded: 2, failed: 2, dead: 2 };
+  // The lifecycle's states, generated from vtp/lifecycle.py (static/lifecycle.js), never
+  // retyped here: which states end a rendition or a job, and which wait for a retry.
+  const LIFECYCLE = window.VTP_LIFECYCLE;
+  if (!LIFECYCLE) throw new Error("static/lifecycle.js must load before app.js");
+  const TERMINAL = new Set([...LIFECYCLE.rendition.terminal, ...LIFECYCLE.job.terminal]);
+  const WAITING = new Set(LIFECYCLE.rendition.retrying);
+  // Failures that carry no percent of their own: keep how far the attempt got.
+  const NO_PROGRESS = new Set([...WAITING, ...[...TERMINAL].filter((s) => s !== "succeeded")]);
+  const STATE_RANK = Object.fromEntries(
+    LIFECYCLE.rendition.states.map((s) => [s, TERMINAL.has(s) ? 2 : s === "queued" ? 0 : 1]),
+  );
   const WS_OPEN_TIMEOUT_MS = 5000;
   const WS_RETRIES = 4; // reopen attempts of a WebSocket that worked before falling back
   const STABLE_MS = 30000; // a WebSocket cut after this long was working: reopen it
@@ -209,7 +218,7 @@
         if (ev.state === "succeeded") target.percent = 100;
         // A failure reported by the sweeper or a callback carries no percent: keep how far
         // the attempt got.
-        else if (pct != null && (pct > 0 || !["retrying", "failed", "dead"].includes(ev.state))) {
+        else if (pct != null && (pct > 0 || !NO_PROGRESS.has(ev.state))) {
           target.percent = pct;
         }
         target.fps = num(ev.fps);

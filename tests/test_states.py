@@ -1,0 +1,84 @@
+"""The lifecycle tables (vtp.lifecycle): complete, enforced by the store, and what the page
+and the CLI are told; every pipeline error says whether retrying can help."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+
+from vtp import errors, lifecycle
+from vtp.errors import InvalidTransition, VtpError
+from vtp.lifecycle import JobState, RenditionState
+
+STATIC = Path(__file__).resolve().parent.parent / "functions" / "ws-relay" / "static"
+R, J = RenditionState, JobState
+
+
+def test_the_tables_cover_every_state_and_terminal_states_lead_nowhere() -> None:
+    assert set(lifecycle.RENDITION_TRANSITIONS) == {None, *R}
+    assert set(lifecycle.JOB_TRANSITIONS) == {None, *J}
+    for state in R:
+        assert bool(lifecycle.RENDITION_TRANSITIONS[state]) is not state.terminal, state
+    for job_state in J:
+        assert (lifecycle.JOB_TRANSITIONS[job_state] <= {job_state}) is job_state.terminal
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [(R.RETRYING, R.RETRYING), (R.SUCCEEDED, R.RUNNING), (R.DEAD, R.QUEUED), (None, R.RUNNING),
+     (R.FAILED, R.RETRYING), (R.QUEUED, R.SUCCEEDED)],
+)  # fmt: skip
+def test_moves_the_lifecycle_does_not_have_are_refused(old: R | None, new: R) -> None:
+    with pytest.raises(InvalidTransition, match="is not a transition"):
+        lifecycle.check_rendition(old, new)
+
+
+def test_job_moves() -> None:
+    assert lifecycle.check_job(None, J.FAILED) is J.FAILED  # a source that cannot be processed
+    assert lifecycle.check_job(J.RUNNING, J.RUNNING) is J.RUNNING  # a note on the trail
+    for old, new in ((J.SUCCEEDED, J.RUNNING), (J.FAILED, J.SUCCEEDED), (None, J.RUNNING)):
+        with pytest.raises(InvalidTransition):
+            lifecycle.check_job(old, new)
+
+
+def test_the_store_refuses_a_move_outside_the_table(db: object) -> None:
+    """audit() checks inside the transaction, so nothing of it commits."""
+    import uuid
+
+    import psycopg2.extras
+
+    from vtp.jobs.transactions import audit
+
+    conn = db  # an autocommit connection to the stack's PostgreSQL
+    job_id = uuid.uuid4()
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:  # type: ignore[attr-defined]
+        with pytest.raises(InvalidTransition):
+            audit(cur, job_id, "360p", "retrying", "retrying")
+        cur.execute("SELECT count(*) AS n FROM state_changes WHERE job_id = %s", (str(job_id),))
+        assert cur.fetchone()["n"] == 0
+
+
+def test_the_page_is_served_the_lifecycle_as_generated() -> None:
+    """static/lifecycle.js is what `python -m vtp.lifecycle js` writes: change the enums and
+    this fails until the file is written again."""
+    assert (STATIC / "lifecycle.js").read_text() == lifecycle.page_script()
+    index = (STATIC / "index.html").read_text()
+    assert index.index("static/lifecycle.js") < index.index("static/app.js")
+    app = (STATIC / "app.js").read_text()
+    for retyped in ('"dead"', "'dead'", '["succeeded", "failed"'):
+        assert retyped not in app, f"app.js retypes a state: {retyped}"
+
+
+def test_every_error_says_whether_retrying_can_help() -> None:
+    classes = [c for _, c in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(c, VtpError)]  # fmt: skip
+    assert len(classes) >= 10
+    expected = {"StorageError": True, "UpstreamError": True, "FfmpegError": True,
+                "FfmpegTimeout": True}  # fmt: skip
+    for cls in classes:
+        instance = cls("why")
+        assert isinstance(instance.retryable, bool), cls
+        assert instance.retryable is expected.get(cls.__name__, False), cls
+    assert errors.FfmpegError("Invalid data", transient=False).retryable is False
