@@ -21,6 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
+from tests.ports import free_port, free_port_base  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
 
 CALLS = 100
@@ -30,8 +31,8 @@ def main() -> None:
     run_dir = REPO / ".run" / "bench-stack"
     cfg = LocalConfig(
         run_dir=run_dir,
-        port_base=16800,
-        gateway_port=18280,
+        port_base=free_port_base(),
+        gateway_port=free_port(),
         extra_stack_files=[REPO / "tests" / "fixtures" / "stack.yml"],
     )
     runtime.down(cfg)

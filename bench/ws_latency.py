@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO))
 from localfaas import procs, runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
 from localfaas.registry import load_registry  # noqa: E402
+from tests.ports import free_port, free_port_base  # noqa: E402
 from vtp.events import EventBus, ProgressEvent  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
 
@@ -215,7 +216,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run_dir = REPO / ".run" / "bench-ws"
-    cfg = LocalConfig(run_dir=run_dir, port_base=16900, gateway_port=18380)
+    cfg = LocalConfig(run_dir=run_dir, port_base=free_port_base(), gateway_port=free_port())
     runtime.down(cfg)
     shutil.rmtree(run_dir, ignore_errors=True)
     try:

@@ -7,7 +7,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 cd "$(dirname "$0")/.."
 
 VENV=${VENV:-.venv}
-PKGS=(ffmpeg redis-server nats-server postgresql python3-venv python3-dev curl)
+PKGS=(ffmpeg redis-server nats-server postgresql python3-venv python3-dev curl gettext-base)
 # Chromium is only needed by the browser tests; it is installed when asked for.
 if [[ "${VTP_WITH_BROWSER:-0}" == "1" ]]; then PKGS+=(chromium); fi
 

@@ -43,6 +43,7 @@ from localfaas.build import assemble_context
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
 from tests.clips import make_clip
+from tests.ports import free_port
 from vtp.events import EventBus, ProgressEvent, stream_id_order
 from vtp.relay import RelayOptions, create_app
 from vtp.relay.api import safe_upload_name
@@ -973,10 +974,7 @@ def test_all_snapshot_is_consistent_while_events_pour_in(private_bus: EventBus) 
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+    return free_port()  # tests.ports: below the ephemeral range, never handed out twice
 
 
 @pytest.fixture

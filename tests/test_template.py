@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -25,21 +24,11 @@ import requests
 import yaml
 
 from localfaas.build import assemble_context
+from tests.ports import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATE = REPO / "template" / "python3-http-ffmpeg"
 FIXTURES = REPO / "tests" / "fixtures" / "functions"
-FORBIDDEN_PORTS = {8080, *range(15400, 16501)}
-
-
-def free_port() -> int:
-    """A port the OS hands out, never one the lead's stack or the other tests use."""
-    while True:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in FORBIDDEN_PORTS:
-            return port
 
 
 @dataclass
