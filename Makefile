@@ -42,7 +42,7 @@ test-fast: setup
 
 # Each benchmark starts a stack of its own, so `make up` is neither needed nor disturbed.
 bench: setup
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@$(PY) bench/report.py
 
 clean:
 	@if [ -x $(PY) ]; then $(PY) -m localfaas clean; fi

@@ -1,21 +1,36 @@
-"""Pipeline overhead: wall time from upload to master playlist, against bare ffmpeg.
+"""Pipeline overhead: wall time from upload to master playlist, against bare ffmpeg, and
+where the pipeline's time goes.
 
-For a 30 s 1080p30 clip with audio and for a 2 s clip: (a) upload to the uploads bucket of a
-local stack and wait until the job's master playlist exists (notification, split, probe, three
-queued transcodes, uploads, fan-in); (b) bare ffmpeg on the same machine, one process per
-rendition in parallel, with the very same encoding arguments, reading the local file. Prints
-both and the ratio. Runs a stack of its own (own run dir and ports).
+For a 2 s and a 30 s 1080p30 clip with audio, RUNS times each (after one warm-up):
+
+- the pipeline: upload to the uploads bucket of a local stack (3 queue-workers, one per
+  rendition), until the job has succeeded. Its parts come from the job's own records:
+  upload (the client's PUT), to job (notification and split, until the job row exists),
+  queue wait (until the last rendition's attempt began), encode and output upload (the
+  slowest rendition's, as its transcode measured them), fan-in (last rendition done until
+  the job succeeded);
+- bare ffmpeg: one process per rendition in parallel, running the very command a
+  transcode runs (`vtp.encode.ffmpeg_command`), reading the same object through the same
+  kind of presigned URL, writing to a local folder.
+
+Every figure is the median of the runs, with min and max. Runs a stack of its own.
 """
 
 from __future__ import annotations
 
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
+import psycopg2
+import psycopg2.extras
 import requests
 from minio import Minio
 
@@ -26,10 +41,14 @@ from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
 from tests.ports import free_port, free_port_base  # noqa: E402
 from tests.s3 import s3_client  # noqa: E402
-from vtp.encode import _tee_outputs, encode_args  # noqa: E402
+from vtp.encode import ffmpeg_command  # noqa: E402
 from vtp.ladder import plan_ladder  # noqa: E402
-from vtp.probe import source_info_from_probe  # noqa: E402
+from vtp.probe import probe_source  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
+from vtp.storage import Storage  # noqa: E402
+
+RUNS = 3
+PARTS = ("upload", "to job", "queue wait", "encode", "output upload", "fan-in")
 
 
 def make_clip(path: Path, seconds: int) -> None:
@@ -45,17 +64,11 @@ def make_clip(path: Path, seconds: int) -> None:
     )  # fmt: skip
 
 
-def bare_ffmpeg(clip: Path, settings: Settings) -> float:
-    import json
-
-    probe = json.loads(
-        subprocess.run(
-            ["ffprobe", "-v", "error", "-of", "json", "-show_format", "-show_streams", str(clip)],
-            check=True,
-            capture_output=True,
-        ).stdout
-    )
-    info = source_info_from_probe(probe, settings, size_bytes=clip.stat().st_size)
+def bare_ffmpeg(storage: Storage, bucket: str, key: str, settings: Settings) -> float:
+    """The transcodes' own commands, in parallel, on a presigned URL of the same object."""
+    url = storage.presigned_get(bucket, key, expires=3600)
+    size = storage.stat(bucket, key).size
+    info = probe_source(url, settings, size_bytes=size)
     plan = plan_ladder(info, settings)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.monotonic()
@@ -63,9 +76,8 @@ def bare_ffmpeg(clip: Path, settings: Settings) -> float:
         for spec in plan:
             out = Path(tmp) / spec.name
             out.mkdir()
-            args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-i", str(clip)]
-            args += [*encode_args(info, spec, settings), "-f", "tee"]
-            args.append(_tee_outputs(spec, settings, None))
+            args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+            args += ffmpeg_command(url, info, spec, settings)
             procs.append(subprocess.Popen(args, cwd=out))
         for p in procs:
             if p.wait() != 0:
@@ -73,10 +85,13 @@ def bare_ffmpeg(clip: Path, settings: Settings) -> float:
         return time.monotonic() - t0
 
 
-def through_pipeline(cfg: LocalConfig, s3: Minio, clip: Path) -> float:
+def through_pipeline(cfg: LocalConfig, s3: Minio, clip: Path) -> dict[str, Any]:
+    """One upload through the stack: the total and its parts in seconds, and its key."""
     key = f"bench/{time.time_ns()}/{clip.name}"
     t0 = time.monotonic()
     s3.fput_object(cfg.uploads_bucket, key, str(clip))
+    uploaded = time.monotonic()
+    uploaded_at = datetime.now().astimezone()
     status = f"{cfg.gateway_url}/function/status"
     deadline = t0 + 1800
     job_id = None
@@ -88,11 +103,42 @@ def through_pipeline(cfg: LocalConfig, s3: Minio, clip: Path) -> float:
         if job_id:
             job = requests.get(status, params={"id": job_id}, timeout=10).json()
             if job["state"] == "succeeded":
-                return time.monotonic() - t0
+                total = time.monotonic() - t0
+                parts = _parts(cfg, job_id, uploaded_at)
+                return {"key": key, "total": total, "upload": uploaded - t0} | parts
             if job["state"] == "failed":
                 raise SystemExit(f"job failed: {job['error']}")
-        time.sleep(0.1)
+        time.sleep(0.05)
     raise SystemExit("timed out")
+
+
+def _parts(cfg: LocalConfig, job_id: str, uploaded_at: datetime) -> dict[str, float]:
+    """The job's own timestamps (PostgreSQL's clock, the same machine) as parts of the run."""
+    conn = psycopg2.connect(cfg.postgres_dsn)
+    with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("SELECT created_at, finished_at FROM jobs WHERE id = %s", (job_id,))
+        job = cur.fetchone()
+        cur.execute(
+            "SELECT attempt_started_at, finished_at, result FROM renditions WHERE job_id = %s",
+            (job_id,),
+        )
+        rends = cur.fetchall()
+    conn.close()
+    assert job is not None and rends
+    last_start = max(r["attempt_started_at"] for r in rends)
+    last_done = max(r["finished_at"] for r in rends)
+    timings = [r["result"].get("timings") or {} for r in rends]
+    return {
+        "to job": (job["created_at"] - uploaded_at).total_seconds(),
+        "queue wait": (last_start - job["created_at"]).total_seconds(),
+        "encode": max(float(t.get("encode_s", 0)) for t in timings),
+        "output upload": max(float(t.get("upload_s", 0)) for t in timings),
+        "fan-in": (job["finished_at"] - last_done).total_seconds(),
+    }
+
+
+def _figure(values: Sequence[float]) -> str:
+    return f"{statistics.median(values):6.2f} s (min {min(values):.2f}, max {max(values):.2f})"
 
 
 def main() -> None:
@@ -103,21 +149,38 @@ def main() -> None:
     )
     runtime.down(cfg)
     shutil.rmtree(run_dir, ignore_errors=True)
-    settings = Settings()
     work = Path(tempfile.mkdtemp(prefix="vtp-bench-"))
     try:
         runtime.up(cfg)
+        env = runtime.stack_env(cfg)
+        settings = Settings(
+            s3_endpoint=env["VTP_S3_ENDPOINT"],
+            s3_access_key=env["VTP_S3_ACCESS_KEY"],  # type: ignore[arg-type]
+            s3_secret_key=env["VTP_S3_SECRET_KEY"],  # type: ignore[arg-type]
+        )
+        storage = Storage.from_settings(settings)
         s3 = s3_client(cfg)
+        print(f"median of {RUNS} runs (min, max), after one warm-up; 3 renditions each")
         for seconds in (2, 30):
             clip = work / f"clip-{seconds}s-1080p30.mp4"
             make_clip(clip, seconds)
             through_pipeline(cfg, s3, clip)  # warm-up: cold function imports, first probe
-            piped = through_pipeline(cfg, s3, clip)
-            bare = bare_ffmpeg(clip, settings)
-            print(
-                f"{seconds:>2} s 1080p30 + audio, 3 renditions: pipeline {piped:6.2f} s "
-                f"(upload → master playlist), bare ffmpeg {bare:6.2f} s, ratio {piped / bare:.2f}"
-            )
+            runs: list[dict[str, Any]] = []
+            bares: list[float] = []
+            for _ in range(RUNS):
+                figures = through_pipeline(cfg, s3, clip)
+                runs.append(figures)
+                # The same object the job just read, by the same kind of presigned URL.
+                bares.append(bare_ffmpeg(storage, cfg.uploads_bucket, figures["key"], settings))
+            totals = [r["total"] for r in runs]
+            ratios = [t / b for t, b in zip(totals, bares, strict=True)]
+            print(f"{seconds:>2} s 1080p30 + audio:")
+            print(f"   pipeline, upload -> master playlist  {_figure(totals)}")
+            for part in PARTS:
+                print(f"     {part:<33}  {_figure([r[part] for r in runs])}")
+            print(f"   bare ffmpeg, same commands and URL   {_figure(bares)}")
+            print(f"   ratio                                {statistics.median(ratios):6.2f}"
+                  f" (min {min(ratios):.2f}, max {max(ratios):.2f})")  # fmt: skip
     finally:
         runtime.down(cfg)
         shutil.rmtree(work, ignore_errors=True)

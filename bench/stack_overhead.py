@@ -19,12 +19,19 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from localfaas import runtime  # noqa: E402
+from localfaas import runtime, services  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
 from tests.ports import free_port, free_port_base  # noqa: E402
 from tests.receiver import Receiver  # noqa: E402
 
 CALLS = 100
+
+
+RUNS = 3
+
+
+def _figure(values: list[float]) -> str:
+    return f"{statistics.median(values):.2f} s (min {min(values):.2f}, max {max(values):.2f})"
 
 
 def main() -> None:
@@ -41,11 +48,20 @@ def main() -> None:
     store.mkdir(parents=True)
     (store / "fixture-secret").write_text("bench")
     try:
-        cold = runtime.up(cfg)
-        warm = runtime.up(cfg)
+        colds, warms = [], []
+        for i in range(RUNS):
+            if i:  # a cold start again: nothing running, no data
+                runtime.down(cfg)
+                services.remove_data(cfg)
+                shutil.rmtree(run_dir, ignore_errors=True)
+                store.mkdir(parents=True)
+                (store / "fixture-secret").write_text("bench")
+            colds.append(runtime.up(cfg))
+            warms.append(runtime.up(cfg))
         n_fn = len(runtime.load_registry(cfg))
-        print(f"up, cold (initdb, {n_fn} functions): {cold:.2f} s to all healthy")
-        print(f"up, warm (everything running):      {warm:.2f} s")
+        print(f"median of {RUNS} runs (min, max)")
+        print(f"up, cold (initdb, {n_fn} functions): {_figure(colds)} to all healthy")
+        print(f"up, warm (everything running):      {_figure(warms)}")
 
         overheads = []
         roundtrips = []

@@ -99,17 +99,7 @@ def encode_rendition(
     mp4_name = f"{spec.name}.mp4" if "mp4" in wanted else None
     _clean(out_dir, mp4_name)
 
-    args = [
-        *untrusted_input(source_url),
-        *encode_args(source, spec, settings),
-        # Never more than the probed duration: the caps on duration were checked against
-        # it, and a header can claim 1 s while the file holds an hour.
-        "-t",
-        f"{source.duration:.3f}",
-        "-f",
-        "tee",
-        _tee_outputs(spec, settings, mp4_name),
-    ]
+    args = ffmpeg_command(source_url, source, spec, settings, mp4_name)
     # Relative output names, with the output directory as working directory: the HLS
     # playlist then refers to its init file and segments by bare name, and no path needs
     # escaping for the tee muxer.
@@ -133,6 +123,28 @@ def _check_complete(result: RenditionResult, source: SourceInfo) -> None:
             f"the encode produced {result.duration:.1f}s of the {source.duration:.1f}s the "
             "source declares: the file is truncated or damaged"
         )
+
+
+def ffmpeg_command(
+    source_url: str,
+    source: SourceInfo,
+    spec: RenditionSpec,
+    settings: Settings,
+    mp4_name: str | None = None,
+) -> list[str]:
+    """The arguments after `ffmpeg` for one rendition, run in its output folder (the
+    benchmark's bare-ffmpeg baseline runs exactly these)."""
+    return [
+        *untrusted_input(source_url),
+        *encode_args(source, spec, settings),
+        # Never more than the probed duration: the caps on duration were checked against
+        # it, and a header can claim 1 s while the file holds an hour.
+        "-t",
+        f"{source.duration:.3f}",
+        "-f",
+        "tee",
+        _tee_outputs(spec, settings, mp4_name),
+    ]
 
 
 def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> list[str]:

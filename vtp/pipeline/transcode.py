@@ -74,6 +74,7 @@ class Transcode(Dispatch):
             )
             with workdirs.scratch(rend.name) as tmp:
                 out = Path(tmp)
+                encode_started = time.monotonic()
                 result = encode_rendition(
                     url,
                     info,
@@ -88,8 +89,14 @@ class Transcode(Dispatch):
                 # Still ours? A zombie stops here instead of uploading (and if it was written
                 # off during the upload, its files are in its own folder, which nothing uses).
                 heartbeat.beat(force=True)
+                upload_started = time.monotonic()
                 self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
-            record = result.model_dump(mode="json") | {"output_prefix": prefix}
+            # Where the call's time went, kept with the result (operators, the benchmark).
+            timings = {
+                "encode_s": round(upload_started - encode_started, 3),
+                "upload_s": round(time.monotonic() - upload_started, 3),
+            }
+            record = result.model_dump(mode="json") | {"output_prefix": prefix, "timings": timings}
             _persist(
                 lambda: self.store.succeed_rendition(
                     job.id, rend.name, record, call_id=call_id, attempt=attempt

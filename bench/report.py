@@ -1,0 +1,76 @@
+"""`make bench`: every benchmark in bench/, one after the other (each on a stack of its own),
+their output written to bench/RESULTS.md with the machine they ran on, and the same block
+put into the README between its `bench:start` and `bench:end` markers: the figures the
+README shows are what the last run printed, never typed in by hand."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
+    return f"{os.cpu_count()} cores ({cpu}), {(ffmpeg.splitlines() or ['ffmpeg ?'])[0]}"
+
+
+def main() -> int:
+    only = sys.argv[1:]
+    scripts = sorted(p for p in BENCH.glob("*.py") if p.name != Path(__file__).name)
+    if only:
+        scripts = [p for p in scripts if p.stem in only]
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+    ).stdout.strip()
+    sections = []
+    for script in scripts:
+        print(f"== {script.name}", flush=True)
+        t0 = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(script)], cwd=REPO, capture_output=True, text=True
+        )
+        sys.stdout.write(done.stdout)
+        sys.stderr.write(done.stderr[-4000:] if done.returncode else "")
+        if done.returncode != 0:
+            print(f"{script.name} failed ({done.returncode}); RESULTS.md not written")
+            return 1
+        took = time.monotonic() - t0
+        sections.append(f"**{script.name}** ({took:.0f} s)\n\n```\n{done.stdout.rstrip()}\n```\n")
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    block = (
+        f"{START}\nFigures of the last `make bench` ({when}, commit {commit or '?'}, "
+        f"{_machine()}):\n\n" + "\n".join(sections) + f"{END}"
+    )
+    if only:
+        print("(a subset was run: RESULTS.md and the README are left as they are)")
+        return 0
+    (BENCH / "RESULTS.md").write_text(f"# Benchmark results\n\n{block}\n")
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        _, tail = rest.split(END, 1)
+        readme.write_text(head + block + tail)
+    print(f"wrote {BENCH / 'RESULTS.md'} and the README's benchmark block")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
