@@ -151,7 +151,9 @@ async def sse_round(
 
         async def receive() -> list[Sample]:
             samples: list[Sample] = []
-            async with session.get(f"{url}?job={job}") as resp:
+            # As the page and the CLI do: a CE gateway streams only what asks for a stream.
+            headers = {"Accept": "text/event-stream"}
+            async with session.get(f"{url}?job={job}", headers=headers) as resp:
                 resp.raise_for_status()
                 buffer, got, snapshot = "", 0, False
                 async for chunk in resp.content.iter_any():
