@@ -28,7 +28,8 @@ def _machine() -> str:
     except OSError:
         pass
     ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
-    return f"{os.cpu_count()} cores ({cpu}), {(ffmpeg.splitlines() or ['ffmpeg ?'])[0]}"
+    version = " ".join((ffmpeg.splitlines() or ["ffmpeg ?"])[0].split()[:3])
+    return f"{os.cpu_count()} cores ({cpu}), {version}"
 
 
 def main() -> int:
