@@ -46,6 +46,8 @@ log = logging.getLogger("localfaas.s3server")
 
 _BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _CHANGES = frozenset({"PUT", "POST", "DELETE"})
+# A part of a multipart upload, or its start: nothing a reader can see has changed yet.
+_NO_VISIBLE_CHANGE = re.compile(r"(^|&)(partNumber=|uploads(=|&|$))")
 _COPY_CHUNK = 1 << 20
 _INTERNAL_ERROR = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>InternalError</Code>'
@@ -155,6 +157,35 @@ class DiskStore:
                     (folder / "objects" / (_name(gone) + suffix)).unlink(missing_ok=True)
                 del kept[gone]
 
+    def sync_key(self, bucket: str, key: str) -> None:
+        """Keep one object's change (a PUT, a completed upload, a DELETE) without looking at
+        the rest of the bucket; when the key cannot be matched to what moto holds, the whole
+        bucket is compared instead, so nothing acknowledged is ever left out."""
+        with self.lock:
+            live = self.backend.buckets.get(bucket)
+            kept = self.index.get(bucket)
+            if live is None or kept is None or self.policies.get(bucket) != live.policy:
+                matched = False
+            else:
+                current = live.keys.get(key)
+                folder = self._bucket_dir(bucket)
+                if current is not None and hasattr(current, "_value_buffer"):
+                    stamp = (current.etag, current.last_modified.isoformat())
+                    if kept.get(key) != stamp:
+                        self._write_object(folder, current)
+                        kept[key] = stamp
+                    matched = True
+                elif key in kept:
+                    for suffix in (".json", ".bin"):
+                        (folder / "objects" / (_name(key) + suffix)).unlink(missing_ok=True)
+                    del kept[key]
+                    matched = True
+                else:
+                    log.info("key %r of bucket %s not matched: comparing the bucket", key, bucket)
+                    matched = False
+        if not matched:
+            self.sync(bucket)
+
     @staticmethod
     def _current(live: Any) -> Iterator[tuple[str, Any]]:
         for name in list(live.keys.keys()):
@@ -215,10 +246,15 @@ class Persisting:
             if close is not None:
                 close()
         if status and status[-1][:1] == "2":
-            bucket = environ.get("PATH_INFO", "/").lstrip("/").split("/", 1)[0]
-            if bucket:
+            bucket, _, key = environ.get("PATH_INFO", "/").lstrip("/").partition("/")
+            query = environ.get("QUERY_STRING", "")
+            if bucket and not _NO_VISIBLE_CHANGE.search(query):
                 try:
-                    self.store.sync(bucket)
+                    if key and "delete" not in query.split("&"):
+                        # WSGI hands the path over decoded, as latin-1: the key's own bytes.
+                        self.store.sync_key(bucket, key.encode("latin-1").decode("utf-8"))
+                    else:
+                        self.store.sync(bucket)
                 except Exception:
                     # The change is in memory but not on disk: say so, loudly, and fail the
                     # request (its headers are not sent yet), so no client takes it as kept.
