@@ -433,3 +433,37 @@ def _ffmpeg_reading(key: str) -> list[int]:
         if argv and argv[0].endswith(b"ffmpeg") and any(needle in a for a in argv):
             found.append(int(entry.name))
     return found
+
+
+def test_progress_events_follow_the_recorded_transitions(
+    gateway: str, s3: Minio, clips: dict[str, Path], db: Any, stack: LocalConfig
+) -> None:
+    """Every state a rendition went through, as the store recorded it, reached the event
+    stream in the same order (events are derived from the transitions, not written beside
+    them); progress samples in between repeat the running state and nothing else."""
+    import redis
+
+    from vtp.events import EventBus
+
+    key = f"transitions/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clips["landscape"]))
+    r = requests.post(
+        f"{gateway}/function/split",
+        json={"bucket": MANUAL_BUCKET, "key": key, "renditions": ["360p"]},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    job = wait_for_job(gateway, MANUAL_BUCKET, key)
+    assert job["state"] == "succeeded", job
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT to_state FROM state_changes WHERE job_id = %s AND rendition = '360p'"
+            " ORDER BY id",
+            (job["id"],),
+        )
+        recorded = ["queued"] + [row[0] for row in cur.fetchall()]  # created queued
+    bus = EventBus(redis.Redis.from_url(stack.redis_url), "vtp")
+    events = [e for e in bus.since("0", job["id"]) if e.rendition == "360p"]
+    published = [e.state for i, e in enumerate(events) if i == 0 or e.state != events[i - 1].state]
+    assert published == recorded, (published, recorded)
+    assert events[-1].percent == 100.0 and events[-1].attempt == 1

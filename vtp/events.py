@@ -44,7 +44,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import redis
@@ -53,6 +53,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from vtp.errors import InvalidRequest
 from vtp.keys import RedisKeys
 from vtp.models import JobState, RenditionState
+
+if TYPE_CHECKING:
+    from vtp.jobs.models import Job, Rendition
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,29 @@ class ProgressEvent(BaseModel):
     attempt: int | None = None
     error: str | None = None
     ts: float = Field(default_factory=time.time, description="epoch seconds")
+
+    @classmethod
+    def of_rendition(cls, rend: Rendition) -> ProgressEvent:
+        """The event a rendition's transition publishes, from the row the store returned:
+        its new state, attempt and reason (a failure carries no percent of its own)."""
+        return cls(
+            job_id=str(rend.job_id),
+            rendition=rend.name,
+            state=rend.state.value,
+            percent=100.0 if rend.state is RenditionState.SUCCEEDED else 0.0,
+            attempt=rend.attempts or None,
+            error=rend.error,
+        )
+
+    @classmethod
+    def of_job(cls, job: Job) -> ProgressEvent:
+        """The event a job's transition publishes."""
+        return cls(
+            job_id=str(job.id),
+            state=job.state.value,
+            percent=100.0 if job.state is JobState.SUCCEEDED else 0.0,
+            error=job.error,
+        )
 
     @field_validator("job_id", mode="before")
     @classmethod

@@ -18,9 +18,8 @@ from vtp import db
 from vtp.errors import Unauthorized
 from vtp.events import EventBus, ProgressEvent
 from vtp.invoker import Invoker
-from vtp.jobs import Job, JobStore
+from vtp.jobs import Job, JobStore, Rendition
 from vtp.lifecycle import RetryPolicy
-from vtp.models import JobState
 from vtp.settings import Settings
 from vtp.storage import Storage
 
@@ -119,11 +118,9 @@ class PipelineBase:
             log.warning("progress event not published: %s", exc)
 
     def _publish_job(self, job: Job) -> None:
-        self._publish(
-            ProgressEvent(
-                job_id=str(job.id),
-                state=job.state.value,
-                percent=100.0 if job.state is JobState.SUCCEEDED else 0.0,
-                error=job.error,
-            )
-        )
+        self._publish(ProgressEvent.of_job(job))
+
+    def _publish_rendition(self, rend: Rendition) -> None:
+        """After a transition of `rend` (the row the store returned): events are derived
+        from transitions, one way for every caller."""
+        self._publish(ProgressEvent.of_rendition(rend))

@@ -10,7 +10,6 @@ from typing import Any
 from uuid import UUID, uuid4
 
 from vtp.errors import Conflict, VtpError
-from vtp.events import ProgressEvent
 from vtp.jobs import Rendition
 from vtp.models import RenditionState, TranscodeTask
 from vtp.pipeline.fanin import FanIn
@@ -140,15 +139,7 @@ class Dispatch(FanIn):
         except Conflict as exc:
             log.info("refusal report ignored: %s", exc.reason)
             return
-        self._publish(
-            ProgressEvent(
-                job_id=str(job_id),
-                rendition=rendition,
-                state=rend.state.value,
-                attempt=rend.attempts or None,
-                error=rend.error,
-            )
-        )
+        self._publish_rendition(rend)
         if rend.state is RenditionState.DEAD:
             self.maybe_finalize(job_id, claimer=f"refusal:{call_id}")
 
@@ -174,15 +165,7 @@ class Dispatch(FanIn):
         (or finish their job, when that was the last attempt)."""
         confirmed = self.store.confirm_deaths(self.settings.death_confirm_seconds)
         for r in confirmed:
-            self._publish(
-                ProgressEvent(
-                    job_id=str(r.job_id),
-                    rendition=r.name,
-                    state=r.state.value,
-                    attempt=r.attempts or None,
-                    error=r.error,
-                )
-            )
+            self._publish_rendition(r)
             if r.state is RenditionState.RETRYING:
                 self._schedule_retry(r)
             else:

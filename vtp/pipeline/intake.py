@@ -10,7 +10,6 @@ from pydantic import BaseModel
 
 from vtp import callbacks
 from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
-from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.pipeline.transcode import Transcode
@@ -98,9 +97,7 @@ class Intake(Transcode):
             )
             self._publish_job(job)
             for rend in job.renditions:
-                self._publish(
-                    ProgressEvent(job_id=str(job.id), rendition=rend.name, state="queued")
-                )
+                self._publish_rendition(rend)
                 self.dispatch(job.id, rend)
         return SubmitResult(job=self.store.get(job.id), created=created)
 

@@ -7,7 +7,6 @@ import logging
 import threading
 
 from vtp.errors import VtpError
-from vtp.events import ProgressEvent
 from vtp.pipeline.intake import Intake
 
 log = logging.getLogger(__name__)
@@ -22,11 +21,7 @@ class Sweep(Intake):
         confirmed = self.confirm_deaths()
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for r in reaped:
-            self._publish(
-                ProgressEvent(
-                    job_id=str(r.job_id), rendition=r.name, state=r.state.value, error=r.error
-                )
-            )
+            self._publish_rendition(r)
         retried = self.dispatch_due_retries()
         lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
         for r in lost:

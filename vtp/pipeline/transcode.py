@@ -56,7 +56,7 @@ class Transcode(Dispatch):
         assert job.source_info is not None
         info = job.source_info
         reporter = ProgressReporter(self.bus, job.id, rend.name, rend.attempts, info.duration)
-        reporter.state(RenditionState.RUNNING)
+        reporter.state(rend.state)  # the transition's own state (running), as recorded
         attempt = rend.attempts
         heartbeat = _Heartbeat(self.store, job.id, rend.name, call_id, attempt)
 
@@ -97,13 +97,13 @@ class Transcode(Dispatch):
                 "upload_s": round(time.monotonic() - upload_started, 3),
             }
             record = result.model_dump(mode="json") | {"output_prefix": prefix, "timings": timings}
-            _persist(
+            done = _persist(
                 lambda: self.store.succeed_rendition(
                     job.id, rend.name, record, call_id=call_id, attempt=attempt
                 ),
                 self.settings.final_write_seconds,
             )
-            reporter.state(RenditionState.SUCCEEDED)
+            reporter.state(done.state)
             outcome = {"state": "succeeded", "result": record}
         except Conflict as exc:
             # Written off while it ran (the sweeper, or the callback of an earlier 504): a
