@@ -10,8 +10,6 @@ PostgreSQL and Redis; the jobs are real rows made by the store.
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +17,13 @@ from typing import Any
 
 import pytest
 import requests
-import uvicorn
 from pydantic import SecretStr
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from localfaas.build import assemble_context
 from localfaas.config import LocalConfig
-from tests.ports import free_port
+from tests.inprocess import serve_relay
 from tests.test_template import TEMPLATE, Server, start
 from vtp import db
 from vtp.jobs import JobStore, SourceRef
@@ -104,17 +101,8 @@ def guarded_relay(stack: LocalConfig, stack_env: dict[str, str]) -> Iterator[str
         read_token=SecretStr(TOKEN),
     )
     app = create_app(settings, static_dir=STATIC, options=RelayOptions())
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 15
-    while not (server.started and app.state.relay.hub.ready):
-        assert time.monotonic() < deadline, "in-process relay did not start"
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
+    with serve_relay(app) as address:
+        yield address
 
 
 def bearer(token: str) -> dict[str, str]:

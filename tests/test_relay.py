@@ -43,6 +43,7 @@ from localfaas.build import assemble_context
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
 from tests.clips import make_clip
+from tests.inprocess import serve_relay
 from tests.ports import free_port
 from vtp.events import EventBus, ProgressEvent, stream_id_order
 from vtp.relay import RelayOptions, create_app
@@ -985,20 +986,8 @@ def local_relay(
     (tmp_path / "index.html").write_text("<!doctype html><html><title>t</title></html>")
     settings = Settings(redis_url=SecretStr(stack.redis_url), redis_prefix=private_bus.keys.prefix)
     app = create_app(settings, static_dir=tmp_path, options=RelayOptions(ping_interval_s=0.3))
-    port = _free_port()
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_level="warning", ws_per_message_deflate=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not (server.started and app.state.relay.hub.ready):
-        assert time.monotonic() < deadline, "in-process relay did not start"
-        time.sleep(0.05)
-    yield f"127.0.0.1:{port}", private_bus
-    server.should_exit = True
-    thread.join(10)
+    with serve_relay(app, timeout=10, ws_per_message_deflate=False) as address:
+        yield address, private_bus
 
 
 def test_pings_in_silence(local_relay: tuple[str, EventBus]) -> None:
