@@ -35,7 +35,7 @@ import shutil
 import signal
 import sys
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,17 @@ _INTERNAL_ERROR = (
 
 def _name(key: str) -> str:
     return hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _stamp(key: Any) -> tuple[str, str]:
+    """Which version of an object the disk holds: its ETag and Last-Modified."""
+    return key.etag, key.last_modified.isoformat()
+
+
+def _live_object(live: Any, name: str) -> Any:
+    """moto's current object `name` of bucket `live`, or None (absent, or a delete marker)."""
+    key = live.keys.get(name)
+    return key if key is not None and hasattr(key, "_value_buffer") else None
 
 
 def _write_atomically(path: Path, fill: Callable[[Any], None]) -> None:
@@ -125,7 +136,7 @@ class DiskStore:
             key.contentsize = size
         key.set_metadata(dict(meta["metadata"]))
         key.last_modified = datetime.fromisoformat(meta["last_modified"])
-        self.index[bucket][meta["key"]] = (key.etag, meta["last_modified"])
+        self.index[bucket][meta["key"]] = _stamp(key)
         return True
 
     # --- after each change ---------------------------------------------------------------------
@@ -146,16 +157,11 @@ class DiskStore:
             if bucket not in self.index or self.policies.get(bucket) != live.policy:
                 self._write_bucket(live)
             kept = self.index.setdefault(bucket, {})
-            current = dict(self._current(live))
-            for name, key in current.items():
-                stamp = (key.etag, key.last_modified.isoformat())
-                if kept.get(name) != stamp:
-                    self._write_object(folder, key)
-                    kept[name] = stamp
+            current = {n: k for n in list(live.keys.keys()) if (k := _live_object(live, n))}
+            for key in current.values():
+                self._keep(folder, kept, key)
             for gone in [name for name in kept if name not in current]:
-                for suffix in (".json", ".bin"):
-                    (folder / "objects" / (_name(gone) + suffix)).unlink(missing_ok=True)
-                del kept[gone]
+                self._forget(folder, kept, gone)
 
     def sync_key(self, bucket: str, key: str) -> None:
         """Keep one object's change (a PUT, a completed upload, a DELETE) without looking at
@@ -167,18 +173,13 @@ class DiskStore:
             if live is None or kept is None or self.policies.get(bucket) != live.policy:
                 matched = False
             else:
-                current = live.keys.get(key)
+                current = _live_object(live, key)
                 folder = self._bucket_dir(bucket)
-                if current is not None and hasattr(current, "_value_buffer"):
-                    stamp = (current.etag, current.last_modified.isoformat())
-                    if kept.get(key) != stamp:
-                        self._write_object(folder, current)
-                        kept[key] = stamp
+                if current is not None:
+                    self._keep(folder, kept, current)
                     matched = True
                 elif key in kept:
-                    for suffix in (".json", ".bin"):
-                        (folder / "objects" / (_name(key) + suffix)).unlink(missing_ok=True)
-                    del kept[key]
+                    self._forget(folder, kept, key)
                     matched = True
                 else:
                     log.info("key %r of bucket %s not matched: comparing the bucket", key, bucket)
@@ -186,12 +187,17 @@ class DiskStore:
         if not matched:
             self.sync(bucket)
 
+    def _keep(self, folder: Path, kept: dict[str, tuple[str, str]], key: Any) -> None:
+        """Write `key` unless the disk has this version of it already."""
+        if kept.get(key.name) != (stamp := _stamp(key)):
+            self._write_object(folder, key)
+            kept[key.name] = stamp
+
     @staticmethod
-    def _current(live: Any) -> Iterator[tuple[str, Any]]:
-        for name in list(live.keys.keys()):
-            key = live.keys.get(name)
-            if key is not None and hasattr(key, "_value_buffer"):  # not a delete marker
-                yield name, key
+    def _forget(folder: Path, kept: dict[str, tuple[str, str]], name: str) -> None:
+        for suffix in (".json", ".bin"):
+            (folder / "objects" / (_name(name) + suffix)).unlink(missing_ok=True)
+        del kept[name]
 
     def _write_bucket(self, live: Any) -> None:
         policy = live.policy.decode() if isinstance(live.policy, bytes) else live.policy
