@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from minio import Minio
+from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
 from vtp.errors import NotFound, StorageError
@@ -167,8 +168,6 @@ class Storage:
 
     def remove_prefix(self, bucket: str, prefix: str, *, keep: str | None = None) -> int:
         """Delete every object under `prefix` but those under `keep`; returns how many."""
-        from minio.deleteobjects import DeleteObject
-
         try:
             doomed = [
                 DeleteObject(obj.object_name)

@@ -80,6 +80,8 @@ class FanIn(Views):
         into its own folder later, where it harms nothing but space."""
         for r in job.renditions:
             winner = r.output_prefix if r.state is RenditionState.SUCCEEDED else None
+            if r.attempts == 0 or (winner and r.attempts == 1):
+                continue  # no attempt but the winner ever ran: no listing of the bucket
             if winner and "/attempt-" not in winner:
                 continue  # the layout from before attempt folders: one folder, all of it used
             try:
