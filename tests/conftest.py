@@ -24,6 +24,7 @@ import requests
 
 from localfaas import procs, runtime
 from localfaas.config import REPO_ROOT, LocalConfig
+from localfaas.registry import load_registry
 from tests.ports import free_port, free_port_base
 
 TEST_RUN_DIR = REPO_ROOT / ".run" / "test"
@@ -120,6 +121,14 @@ def stack_env(stack: LocalConfig) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def gateway(stack: LocalConfig) -> str:
     return stack.gateway_url
+
+
+@pytest.fixture(scope="session")
+def relay_url(stack: LocalConfig) -> str:
+    """The stack's ws-relay, straight to its port (the gateway strips WebSocket upgrades)."""
+    entry = load_registry(stack).get("ws-relay")
+    assert entry is not None, "ws-relay must be deployed on the stack (stack.yml)"
+    return f"http://127.0.0.1:{entry.port}/"
 
 
 @pytest.fixture(scope="session")

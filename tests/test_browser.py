@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 
-from localfaas.config import LocalConfig
-from localfaas.registry import load_registry
 from tests.clips import make_clip
 
 pytestmark = pytest.mark.slow
@@ -84,13 +82,6 @@ def browser() -> Iterator[Any]:
         chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
         chromium.close()
-
-
-@pytest.fixture(scope="module")
-def relay_url(stack: LocalConfig) -> str:
-    entry = load_registry(stack).get("ws-relay")
-    assert entry is not None, "ws-relay must be deployed on the stack (stack.yml)"
-    return f"http://127.0.0.1:{entry.port}/"
 
 
 @pytest.fixture

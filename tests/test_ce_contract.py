@@ -24,6 +24,7 @@ from localfaas import runtime
 from localfaas.config import LocalConfig
 from tests import faascli
 from tests.clips import make_clip
+from tests.manual import submit
 from tests.receiver import Receiver
 from tests.s3 import s3_client
 
@@ -44,17 +45,6 @@ def upload(s3: Minio, path: Path) -> str:
     key = f"ce/{uuid.uuid4().hex}.mp4"
     s3.fput_object(BUCKET, key, str(path))
     return key
-
-
-def submit(gateway: str, key: str, rendition: str) -> str:
-    """A manual job for one rendition of an object in BUCKET; its id."""
-    r = requests.post(
-        f"{gateway}/function/split",
-        json={"bucket": BUCKET, "key": key, "renditions": [rendition]},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-    return str(r.json()["job_id"])
 
 
 def job_view(gateway: str, job_id: str) -> dict[str, Any]:
@@ -134,7 +124,7 @@ def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
     try:
         r = requests.get(f"{gateway}/function/transcode-360p", timeout=10)
         assert (r.status_code, r.text) == (500, "Can't reach service for: transcode-360p.")
-        job_id = submit(gateway, upload(s3, clip), "360p")
+        job_id = submit(gateway, BUCKET, upload(s3, clip), ["360p"])
         view = wait_job(gateway, job_id, timeout=90)
     finally:
         runtime.scale(stack, "transcode-360p", 1)
@@ -160,7 +150,7 @@ def test_sweeper_redispatch_is_accepted_by_split(
     has the callback secret (it had not, and split answered 401 to every such report)."""
     runtime.scale(stack, "transcode-360p", 0)
     try:
-        job_id = submit(gateway, upload(s3, clip), "360p")
+        job_id = submit(gateway, BUCKET, upload(s3, clip), ["360p"])
         deadline = time.monotonic() + 30
         while job_view(gateway, job_id)["renditions"][0]["state"] != "retrying":
             assert time.monotonic() < deadline, job_view(gateway, job_id)
@@ -202,7 +192,7 @@ def test_transcode_ends_its_work_before_exec_timeout(
     then and let the encode run on, unrecorded; the transcode stops ffmpeg itself before, and
     records a timeout, each attempt, until the rendition is dead."""
     big = make_clip(tmp_path / "1080.mp4", size="1920x1080", seconds=8, audio=False)
-    job_id = submit(gateway, upload(s3, big), "1080p")
+    job_id = submit(gateway, BUCKET, upload(s3, big), ["1080p"])
     view = wait_job(gateway, job_id, timeout=120)
     assert view["state"] == "failed"
     rend = view["renditions"][0]

@@ -23,6 +23,7 @@ from minio import Minio
 from localfaas import services
 from localfaas.config import LocalConfig
 from tests.clips import make_clip
+from tests.manual import submit
 from tests.receiver import Receiver
 from tests.s3 import s3_client
 
@@ -96,13 +97,7 @@ def test_a_job_callback_survives_a_receiver_outage(
     key = f"callback-outage/{uuid.uuid4().hex}.mp4"
     s3.fput_object(BUCKET, key, str(clip))
     with Receiver(status=503) as rx:
-        r = requests.post(
-            f"{gateway}/function/split",
-            json={"bucket": BUCKET, "key": key, "renditions": ["360p"], "callback_url": rx.url},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        job_id = r.json()["job_id"]
+        job_id = submit(gateway, BUCKET, key, ["360p"], callback_url=rx.url)
         first = rx.get(timeout=90)  # the job ended: the first try, refused
         for _ in range(2):  # the receiver stays down through two more tries
             time.sleep(2.5)  # the back-off: 1 s, then 2 s (the test stack's cap)
@@ -148,13 +143,7 @@ def test_a_database_restart_does_not_kill_running_encodes(
     long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=30, audio=False)
     key = f"db-restart/{uuid.uuid4().hex}.mp4"
     s3.fput_object(BUCKET, key, str(long_clip))
-    r = requests.post(
-        f"{gateway}/function/split",
-        json={"bucket": BUCKET, "key": key, "renditions": ["720p"]},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-    job_id = r.json()["job_id"]
+    job_id = submit(gateway, BUCKET, key, ["720p"])
 
     def encoding() -> bool:
         view = status(gateway, id=job_id) or {"renditions": [{}]}

@@ -18,6 +18,7 @@ from minio import Minio
 
 from localfaas.config import LocalConfig
 from tests.clips import make_clip
+from tests.manual import submit
 from tests.receiver import Receiver
 
 
@@ -342,13 +343,7 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
     clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=16)
     key = f"retry/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
-    r = requests.post(
-        f"{gateway}/function/split",
-        json={"bucket": MANUAL_BUCKET, "key": key, "renditions": ["720p"]},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
-    job_id = r.json()["job_id"]
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["720p"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         job = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
@@ -447,12 +442,7 @@ def test_progress_events_follow_the_recorded_transitions(
 
     key = f"transitions/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clips["landscape"]))
-    r = requests.post(
-        f"{gateway}/function/split",
-        json={"bucket": MANUAL_BUCKET, "key": key, "renditions": ["360p"]},
-        timeout=60,
-    )
-    assert r.status_code == 200, r.text
+    submit(gateway, MANUAL_BUCKET, key, ["360p"])
     job = wait_for_job(gateway, MANUAL_BUCKET, key)
     assert job["state"] == "succeeded", job
     with db.cursor() as cur:

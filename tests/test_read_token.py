@@ -146,14 +146,14 @@ def test_status_with_the_token(guarded_status: Server, job_id: str) -> None:
 
 
 def test_listings_never_show_callback_urls(
-    guarded_status: Server, gateway: str, relay_url_open: str, job_id: str
+    guarded_status: Server, gateway: str, relay_url: str, job_id: str
 ) -> None:
     """With the token (guarded status), and on the stack's open status and ws-relay."""
     listings = [
         requests.get(guarded_status.url, params={"limit": "1000"}, headers=bearer(TOKEN),
                      timeout=20),
         requests.get(f"{gateway}/function/status", params={"limit": "1000"}, timeout=20),
-        requests.get(f"{relay_url_open}api/jobs", params={"limit": "1000"}, timeout=20),
+        requests.get(f"{relay_url}api/jobs", params={"limit": "1000"}, timeout=20),
     ]  # fmt: skip
     for resp in listings:
         assert resp.status_code == 200, resp.text[:300]
@@ -162,15 +162,6 @@ def test_listings_never_show_callback_urls(
         assert jobs[job_id]["callback"]["status"] == "pending"
         assert "url" not in jobs[job_id]["callback"]
         assert RECEIVER_SECRET not in resp.text and "hooks.example.com" not in resp.text
-
-
-@pytest.fixture(scope="module")
-def relay_url_open(stack: LocalConfig) -> str:
-    from localfaas.registry import load_registry
-
-    entry = load_registry(stack).get("ws-relay")
-    assert entry is not None
-    return f"http://127.0.0.1:{entry.port}/"
 
 
 # --- ws-relay --------------------------------------------------------------------------------

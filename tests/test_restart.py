@@ -29,6 +29,7 @@ from boto3.s3.transfer import TransferConfig
 from localfaas import runtime, services
 from localfaas.config import REPO_ROOT, LocalConfig
 from tests.clips import make_clip
+from tests.manual import submit
 from tests.ports import free_port, free_port_base
 from tests.s3 import s3_client
 
@@ -91,13 +92,7 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     for i in range(2):
         key = f"long-{tag}-{i}.mp4"
         client.fput_object("restart-sources", key, str(long_clip))
-        r = requests.post(
-            f"{cfg.gateway_url}/function/split",
-            json={"bucket": "restart-sources", "key": key, "renditions": ["720p"]},
-            timeout=60,
-        )
-        assert r.status_code == 200, r.text
-        jobs.append(r.json()["job_id"])
+        jobs.append(submit(cfg.gateway_url, "restart-sources", key, ["720p"]))
 
     def both_encoding() -> bool:
         rends = [view(cfg, j)["renditions"][0] for j in jobs]
