@@ -282,11 +282,13 @@ def test_gateway_route_falls_back_to_sse(
     assert time.monotonic() - started < 180
     page.screenshot(path=str(artifacts / "browser-gateway-sse.png"), full_page=True)
 
-    # Both ways in agree on the list.
+    # Both ways in agree on the list. The list is rendered again on the next frame after
+    # going back: wait for the row to show the job's end, as the WebSocket test does (reading
+    # the row at once could find the frame before).
     page.click("a.back")
-    row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
-    row.wait_for()
-    assert row.get_attribute("data-state") == "succeeded"
+    page.wait_for_selector(
+        f'#jobs > li[data-job-id="{job_id}"][data-state="succeeded"]', timeout=10_000
+    )
 
 
 @pytest.mark.slow
