@@ -119,7 +119,7 @@ def _parts(cfg: LocalConfig, job_id: str, uploaded_at: datetime) -> dict[str, fl
         cur.execute("SELECT created_at, finished_at FROM jobs WHERE id = %s", (job_id,))
         job = cur.fetchone()
         cur.execute(
-            "SELECT attempt_started_at, finished_at, result FROM renditions WHERE job_id = %s",
+            "SELECT attempt_started_at, finished_at, result FROM tasks WHERE job_id = %s",
             (job_id,),
         )
         rends = cur.fetchall()

@@ -158,13 +158,13 @@ def test_sweeper_redispatch_is_accepted_by_split(
         # Push the retry past split's own timer: only the sweeper will dispatch it.
         with db.cursor() as cur:
             cur.execute(
-                "UPDATE renditions SET next_retry_at = now() + interval '1 hour' WHERE job_id = %s",
+                "UPDATE tasks SET next_retry_at = now() + interval '1 hour' WHERE job_id = %s",
                 (job_id,),
             )
     finally:
         runtime.scale(stack, "transcode-360p", 1)
     with db.cursor() as cur:
-        cur.execute("UPDATE renditions SET next_retry_at = now() WHERE job_id = %s", (job_id,))
+        cur.execute("UPDATE tasks SET next_retry_at = now() WHERE job_id = %s", (job_id,))
     swept = requests.post(f"{gateway}/function/sweeper", timeout=60)
     assert swept.status_code == 200 and swept.json()["retried"] >= 1, swept.text
     assert wait_job(gateway, job_id)["state"] == "succeeded"

@@ -187,7 +187,7 @@ def test_a_callback_url_from_a_log_speaks_of_its_own_call_only(
             break
         time.sleep(0.3)
     with psycopg2.connect(postgres_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT dispatch_call_id FROM renditions WHERE job_id = %s", (job_id,))
+        cur.execute("SELECT dispatch_call_id FROM tasks WHERE job_id = %s", (job_id,))
         (call,) = cur.fetchone()
     conn.close()
     secret = stack.credentials["callback_secret"].encode()

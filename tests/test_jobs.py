@@ -21,7 +21,7 @@ import pytest
 from vtp import db
 from vtp.errors import Conflict, InvalidRequest, NotFound
 from vtp.jobs import CallbackStatus, JobStore, SourceRef, summarize_outcome
-from vtp.lifecycle import RetryPolicy
+from vtp.lifecycle import RetryPolicy, TaskState
 from vtp.models import JobState, RenditionSpec, RenditionState, SourceInfo
 
 INFO = SourceInfo(
@@ -185,6 +185,123 @@ def test_migrate_twice_is_a_noop(empty_dsn: str) -> None:
     assert [n for _, n in _migration_rows(empty_dsn)] == names
 
 
+def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None:
+    """0006 moves attempts, leases and call ids from renditions to tasks: a job made on the
+    schema before it (one rendition done after a retry, one waiting for its retry) reads the
+    same afterwards, each rendition with its one task, and keeps its trail."""
+    conn = db.connect(empty_dsn)
+    try:
+        db.migrate(conn, upto=5)
+        with conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO jobs (source_bucket, source_key, source_etag, state, started_at)"
+                " VALUES ('b', 'k.mp4', 'e1', 'running', now()) RETURNING id"
+            )
+            row = cur.fetchone()
+            assert row is not None
+            (job_id,) = row
+            cur.execute(
+                """
+                INSERT INTO renditions (job_id, name, ordinal, function, spec, state, attempts,
+                    last_call_id, started_at, finished_at, output_prefix, size_bytes, result,
+                    error, next_retry_at, refusals, dispatch_call_id, dispatched_at)
+                VALUES
+                  (%(j)s, '360p', 0, 'transcode-360p', %(s360)s, 'succeeded', 2, 'c2', now(),
+                   now(), 'x/360p/attempt-2', 1234, '{"playlist": "index.m3u8"}', NULL, NULL,
+                   0, 'c2', now()),
+                  (%(j)s, '720p', 1, 'transcode-720p', %(s720)s, 'retrying', 1, 'c3', now(),
+                   NULL, NULL, NULL, NULL, 'HTTP 500', now() + interval '1 minute', 1, 'c4',
+                   now())
+                """,
+                {
+                    "j": job_id,
+                    "s360": PLAN[0].model_dump_json(),
+                    "s720": PLAN[1].model_dump_json(),
+                },
+            )
+            cur.execute(
+                "INSERT INTO state_changes (job_id, rendition, from_state, to_state, attempt)"
+                " VALUES (%s, '720p', 'running', 'retrying', 1)",
+                (job_id,),
+            )
+        conn.commit()
+        assert db.migrate(conn) == ["0006_tasks"]
+    finally:
+        conn.close()
+    store = JobStore(partial(db.connect, empty_dsn))
+    try:
+        job = store.get(job_id)
+        done, waiting = job.rendition("360p"), job.rendition("720p")
+        assert done.state is RenditionState.SUCCEEDED and done.output_prefix == "x/360p/attempt-2"
+        assert done.result == {"playlist": "index.m3u8"} and done.attempts == 2
+        (task,) = done.tasks
+        assert (task.chunk, task.state, task.attempts, task.last_call_id) == (
+            0, TaskState.SUCCEEDED, 2, "c2",
+        )  # fmt: skip
+        assert task.start_s is None and task.result == done.result
+        (task,) = waiting.tasks
+        assert waiting.state is RenditionState.RETRYING and waiting.error == "HTTP 500"
+        assert (task.state, task.attempts, task.refusals, task.dispatch_call_id) == (
+            TaskState.RETRYING, 1, 1, "c4",
+        )  # fmt: skip
+        assert task.next_retry_at is not None and task.error == "HTTP 500"
+        assert [(c.rendition, c.to_state) for c in store.history(job_id)] == [("720p", "retrying")]
+        # And it runs on: the retry is due in a minute, begins, and ends the job's last task.
+        store.begin_attempt(job_id, "720p", "c4")
+        store.succeed_task(job_id, "720p", {"output_prefix": "x/720p/attempt-2"}, call_id="c4")
+        assert store.claim_finalization(job_id, "w") is not None
+    finally:
+        store.close()
+
+
+def test_a_rendition_of_several_tasks_follows_them(store: JobStore, dsn: str) -> None:
+    """Chunks (issue: segment-parallel encoding) are rows of the same table: the rendition is
+    running from its first chunk's start to its last one's end, failed by any chunk that
+    failed, and the job is finished only when no task is open; the rendition's own moves
+    are in the trail beside its tasks'."""
+    job, _ = store.create_job(source(), INFO, [PLAN[0]])
+    conn = db.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "UPDATE tasks SET start_s = 0, end_s = 30 WHERE job_id = %s", (str(job.id),)
+            )
+            cur.execute(
+                "INSERT INTO tasks (job_id, rendition, chunk, function, start_s, end_s)"
+                " VALUES (%s, '360p', 1, 'transcode-360p', 30, 60)",
+                (str(job.id),),
+            )
+        conn.commit()
+    finally:
+        conn.close()
+
+    def state() -> RenditionState:
+        return store.get(job.id).rendition("360p").state
+
+    first = store.begin_attempt(job.id, "360p", "a", chunk=0)
+    assert first.rendition_state is RenditionState.RUNNING and state() is RenditionState.RUNNING
+    store.succeed_task(job.id, "360p", {"segments": 5}, call_id="a", chunk=0)
+    assert state() is RenditionState.RUNNING  # half of it is encoded
+    assert store.claim_finalization(job.id, "w") is None
+    store.begin_attempt(job.id, "360p", "b", chunk=1)
+    failed = store.fail_task(job.id, "360p", "bad data", retryable=False, call_id="b", chunk=1)
+    assert failed.state is TaskState.FAILED and failed.rendition_state is RenditionState.FAILED
+    rend = store.get(job.id).rendition("360p")
+    assert rend.state is RenditionState.FAILED and rend.error == "bad data"
+    assert rend.result is None  # a chunk's result is not the rendition's
+    assert [t.state for t in rend.tasks] == [TaskState.SUCCEEDED, TaskState.FAILED]
+    assert store.claim_finalization(job.id, "w") is not None
+    trail = [(c.chunk, c.from_state, c.to_state) for c in store.history(job.id) if c.rendition]
+    assert trail == [
+        (0, "queued", "running"),
+        (None, "queued", "running"),
+        (0, "running", "succeeded"),
+        (1, "queued", "running"),
+        (1, "running", "failed"),
+        (None, "running", "failed"),
+    ]
+
+
 def test_concurrent_migrate_applies_each_migration_once(empty_dsn: str) -> None:
     def cold_start(_: int) -> list[str]:
         conn = db.connect(empty_dsn)
@@ -305,7 +422,7 @@ def test_get_and_list(store: JobStore) -> None:
 def test_begin_attempt_starts_rendition_and_job(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     r = store.begin_attempt(job.id, "720p", "call-1")
-    assert r.state is RenditionState.RUNNING
+    assert r.state is TaskState.RUNNING and r.rendition_state is RenditionState.RUNNING
     assert r.attempts == 1
     assert r.last_call_id == "call-1"
     assert r.heartbeat_at is not None and r.started_at is not None
@@ -325,16 +442,19 @@ def test_duplicate_delivery_is_a_conflict(store: JobStore) -> None:
         store.begin_attempt(job.id, "360p", "call-2")  # a second dispatch
     assert store.get(job.id).rendition("360p").attempts == 1
     with pytest.raises(Conflict):
-        store.succeed_rendition(job.id, "360p", {}, call_id="call-2")
-    done = store.succeed_rendition(
+        store.succeed_task(job.id, "360p", {}, call_id="call-2")
+    done = store.succeed_task(
         job.id,
         "360p",
         {"output_prefix": "jobs/x/360p/", "size_bytes": 1000, "avg_bitrate": 800_000, "n": 3},
         call_id="call-1",
     )
-    assert done.state is RenditionState.SUCCEEDED and done.finished_at is not None
-    assert done.output_prefix == "jobs/x/360p/" and done.size_bytes == 1000
-    assert done.avg_bitrate == 800_000 and done.peak_bitrate is None
+    assert done.state is TaskState.SUCCEEDED and done.finished_at is not None
+    assert done.rendition_state is RenditionState.SUCCEEDED
+    rend = store.get(job.id).rendition("360p")  # a rendition encoded whole: its task's result
+    assert rend.output_prefix == "jobs/x/360p/" and rend.size_bytes == 1000
+    assert rend.avg_bitrate == 800_000 and rend.peak_bitrate is None
+    assert rend.finished_at is not None and rend.result == done.result
     assert done.result == {
         "output_prefix": "jobs/x/360p/",
         "size_bytes": 1000,
@@ -344,9 +464,9 @@ def test_duplicate_delivery_is_a_conflict(store: JobStore) -> None:
     with pytest.raises(Conflict, match="already succeeded"):
         store.begin_attempt(job.id, "360p", "call-3")
     with pytest.raises(Conflict):
-        store.fail_rendition(job.id, "360p", "late", retryable=True, max_attempts=3)
+        store.fail_task(job.id, "360p", "late", retryable=True, max_attempts=3)
     with pytest.raises(Conflict):
-        store.succeed_rendition(job.id, "360p", {})
+        store.succeed_task(job.id, "360p", {})
 
 
 def test_retry_backoff_then_dead(make_store: Callable[..., JobStore]) -> None:
@@ -356,22 +476,24 @@ def test_retry_backoff_then_dead(make_store: Callable[..., JobStore]) -> None:
     for attempt, delay in enumerate(expected_delays, start=1):
         r = store.begin_attempt(job.id, "720p", f"call-{attempt}")
         assert r.attempts == attempt
-        state = store.fail_rendition(
+        state = store.fail_task(
             job.id, "720p", f"upload failed #{attempt}", retryable=True, max_attempts=5
-        )
-        assert state is RenditionState.RETRYING
-        r = store.get(job.id).rendition("720p")
+        ).state
+        assert state is TaskState.RETRYING
+        assert store.get(job.id).rendition("720p").state is RenditionState.RETRYING
+        r = store.get(job.id).rendition("720p").task()
         assert r.next_retry_at is not None and r.finished_at is None
         waited = (r.next_retry_at - r.updated_at).total_seconds()
         assert waited == pytest.approx(delay, abs=0.01)
     store.begin_attempt(job.id, "720p", "call-5")
-    state = store.fail_rendition(
+    state = store.fail_task(
         job.id, "720p", "upload failed #5", retryable=True, max_attempts=5, call_id="call-5"
-    )
-    assert state is RenditionState.DEAD
-    r = store.get(job.id).rendition("720p")
-    assert r.error == "upload failed #5" and r.attempts == 5
-    assert r.finished_at is not None and r.next_retry_at is None
+    ).state
+    assert state is TaskState.DEAD
+    rend = store.get(job.id).rendition("720p")
+    assert rend.state is RenditionState.DEAD and rend.error == "upload failed #5"
+    assert rend.attempts == 5 and rend.finished_at is not None
+    assert rend.task().finished_at is not None and rend.task().next_retry_at is None
     with pytest.raises(Conflict):
         store.begin_attempt(job.id, "720p", "call-6")
 
@@ -381,41 +503,42 @@ def test_due_retries_are_leased(make_store: Callable[..., JobStore]) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     for attempt in (1, 2, 3):
         store.begin_attempt(job.id, "360p", f"call-{attempt}")
-        state = store.fail_rendition(
+        state = store.fail_task(
             job.id, "360p", "ffmpeg crashed", retryable=True, max_attempts=3
-        )
+        ).state
         if attempt == 3:
-            assert state is RenditionState.DEAD
+            assert state is TaskState.DEAD
             break
-        assert state is RenditionState.RETRYING
+        assert state is TaskState.RETRYING
         assert store.due_retries() == []  # back-off not over yet
         time.sleep(0.4)
         due = store.due_retries(lease_s=60)
-        assert [(r.job_id, r.name) for r in due] == [(job.id, "360p")]
-        assert due[0].state is RenditionState.RETRYING
+        assert [(r.job_id, r.rendition) for r in due] == [(job.id, "360p")]
+        assert due[0].state is TaskState.RETRYING
         assert due[0].next_retry_at is not None
         assert due[0].next_retry_at > datetime.now(UTC) + timedelta(seconds=50)
         assert store.due_retries() == []  # leased: an overlapping sweep skips it
-    history = [(c.rendition, c.from_state, c.to_state) for c in store.history(job.id)]
+    # A rendition of one task has no rows of its own: its task's (chunk 0) are its moves.
+    history = [(c.rendition, c.chunk, c.from_state, c.to_state) for c in store.history(job.id)]
     assert history == [
-        (None, None, "queued"),
-        ("360p", "queued", "running"),
-        (None, "queued", "running"),
-        ("360p", "running", "retrying"),
-        ("360p", "retrying", "running"),
-        ("360p", "running", "retrying"),
-        ("360p", "retrying", "running"),
-        ("360p", "running", "dead"),
+        (None, None, None, "queued"),
+        ("360p", 0, "queued", "running"),
+        (None, None, "queued", "running"),
+        ("360p", 0, "running", "retrying"),
+        ("360p", 0, "retrying", "running"),
+        ("360p", 0, "running", "retrying"),
+        ("360p", 0, "retrying", "running"),
+        ("360p", 0, "running", "dead"),
     ]
 
 
 def test_permanent_failure(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     store.begin_attempt(job.id, "360p", "call-1")
-    state = store.fail_rendition(
+    state = store.fail_task(
         job.id, "360p", "corrupt input", retryable=False, max_attempts=3, call_id="call-1"
-    )
-    assert state is RenditionState.FAILED
+    ).state
+    assert state is TaskState.FAILED
     r = store.get(job.id).rendition("360p")
     assert r.error == "corrupt input" and r.attempts == 1 and r.finished_at is not None
 
@@ -424,7 +547,7 @@ def test_failed_dispatch_spends_no_attempt(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     assert store.record_dispatch(job.id, "720p", "call-1") is not None
     rend = store.record_refusal(job.id, "720p", "call-1", "gateway refused: 503")
-    assert rend.state is RenditionState.RETRYING
+    assert rend.state is TaskState.RETRYING
     assert rend.attempts == 0 and rend.refusals == 1
     assert rend.error is not None and rend.error.startswith("gateway refused: 503")
 
@@ -442,11 +565,12 @@ def test_refusals_have_a_budget_then_dead_letter(make_store: Callable[..., JobSt
         )
         assert rend.refusals == n and rend.attempts == 0
         if n < 4:
-            assert rend.state is RenditionState.RETRYING
+            assert rend.state is TaskState.RETRYING
             assert rend.next_retry_at is not None
             delays.append(round((rend.next_retry_at - rend.updated_at).total_seconds(), 1))
     assert delays == [1.0, 2.0, 4.0]
-    assert rend.state is RenditionState.DEAD and rend.finished_at is not None
+    assert rend.state is TaskState.DEAD and rend.finished_at is not None
+    assert rend.rendition_state is RenditionState.DEAD
     assert rend.error is not None and "Can't reach service" in rend.error
     assert "4 calls in a row refused" in rend.error
     claimed = store.claim_finalization(job.id, "w")
@@ -462,7 +586,7 @@ def test_refusal_of_a_superseded_call_changes_nothing(store: JobStore) -> None:
     with pytest.raises(Conflict, match="superseded"):
         store.record_refusal(job.id, "360p", "old", "HTTP 502")
     rend = store.get(job.id).rendition("360p")
-    assert rend.state is RenditionState.QUEUED and rend.refusals == 0
+    assert rend.state is RenditionState.QUEUED and rend.task().refusals == 0
     store.begin_attempt(job.id, "360p", "new")
     with pytest.raises(Conflict, match="not waiting"):
         store.record_refusal(job.id, "360p", "new", "HTTP 502")
@@ -490,9 +614,9 @@ def test_a_redelivered_call_id_does_not_hand_the_new_attempt_to_the_zombie(
     store.begin_attempt(job.id, "720p", "c1")  # the redelivery, same call id
     for late in (
         lambda: store.heartbeat(job.id, "720p", call_id="c1", attempt=1),
-        lambda: store.fail_rendition(job.id, "720p", "late", retryable=True, call_id="c1",
+        lambda: store.fail_task(job.id, "720p", "late", retryable=True, call_id="c1",
                                      attempt=1),
-        lambda: store.succeed_rendition(job.id, "720p", {"output_prefix": "x/720p/attempt-1"},
+        lambda: store.succeed_task(job.id, "720p", {"output_prefix": "x/720p/attempt-1"},
                                         call_id="c1", attempt=1),
     ):  # fmt: skip
         with pytest.raises(Conflict, match="attempt 2"):
@@ -500,11 +624,11 @@ def test_a_redelivered_call_id_does_not_hand_the_new_attempt_to_the_zombie(
     rend = store.get(job.id).rendition("720p")
     assert rend.state is RenditionState.RUNNING and rend.attempts == 2 and rend.error is not None
     store.heartbeat(job.id, "720p", call_id="c1", attempt=2)
-    done = store.succeed_rendition(
+    done = store.succeed_task(
         job.id, "720p", {"output_prefix": f"{job.id}/720p/attempt-2"}, call_id="c1", attempt=2
     )
-    assert done.state is RenditionState.SUCCEEDED
-    assert done.output_prefix == f"{job.id}/720p/attempt-2"
+    assert done.state is TaskState.SUCCEEDED
+    assert store.get(job.id).rendition("720p").output_prefix == f"{job.id}/720p/attempt-2"
 
 
 def test_a_death_report_is_refuted_by_a_heartbeat_and_confirmed_by_silence(
@@ -515,9 +639,9 @@ def test_a_death_report_is_refuted_by_a_heartbeat_and_confirmed_by_silence(
     with pytest.raises(Conflict):
         store.report_death(job.id, "720p", "c0", "HTTP 500")  # not the call running
     reported = store.report_death(job.id, "720p", "c1", "HTTP 500: forged")
-    assert reported.state is RenditionState.RUNNING and reported.death_reported_at is not None
+    assert reported.state is TaskState.RUNNING and reported.death_reported_at is not None
     store.heartbeat(job.id, "720p", call_id="c1", attempt=1)  # alive after all
-    alive = store.get(job.id).rendition("720p")
+    alive = store.get(job.id).rendition("720p").task()
     assert alive.death_reported_at is None and alive.death_report is None
     time.sleep(0.3)
     assert store.confirm_deaths(0.1, job_id=job.id) == []
@@ -527,7 +651,8 @@ def test_a_death_report_is_refuted_by_a_heartbeat_and_confirmed_by_silence(
     assert store.confirm_deaths(30, job_id=job.id) == []  # not silent long enough yet
     time.sleep(0.3)
     (confirmed,) = store.confirm_deaths(0.1, job_id=job.id)
-    assert confirmed.state is RenditionState.RETRYING and confirmed.error == "HTTP 502: killed"
+    assert confirmed.state is TaskState.RETRYING and confirmed.error == "HTTP 502: killed"
+    assert confirmed.rendition_state is RenditionState.RETRYING
     with pytest.raises(Conflict):
         store.heartbeat(job.id, "720p", call_id="c1", attempt=1)  # a zombie after all
     store.record_dispatch(job.id, "720p", "c2")
@@ -540,24 +665,24 @@ def test_late_report_of_a_superseded_attempt_changes_nothing(store: JobStore) ->
     heartbeat or success of attempt 1 must neither touch attempt 2 nor push its retry."""
     job, _ = store.create_job(source(), INFO, PLAN)
     store.begin_attempt(job.id, "720p", "a1")
-    store.fail_rendition(job.id, "720p", "HTTP 504", retryable=True, call_id="a1")
-    before = store.get(job.id).rendition("720p")
-    assert before.state is RenditionState.RETRYING
+    store.fail_task(job.id, "720p", "HTTP 504", retryable=True, call_id="a1")
+    before = store.get(job.id).rendition("720p").task()
+    assert before.state is TaskState.RETRYING
     for late in (
-        lambda: store.fail_rendition(job.id, "720p", "late", retryable=True, call_id="a1"),
+        lambda: store.fail_task(job.id, "720p", "late", retryable=True, call_id="a1"),
         lambda: store.heartbeat(job.id, "720p", call_id="a1"),
-        lambda: store.succeed_rendition(job.id, "720p", {}, call_id="a1"),
+        lambda: store.succeed_task(job.id, "720p", {}, call_id="a1"),
     ):
         with pytest.raises(Conflict):
             late()
-    after = store.get(job.id).rendition("720p")
+    after = store.get(job.id).rendition("720p").task()
     assert after.next_retry_at == before.next_retry_at and after.error == "HTTP 504"
     store.record_dispatch(job.id, "720p", "a2")
     store.begin_attempt(job.id, "720p", "a2")
     with pytest.raises(Conflict, match="written off"):
-        store.fail_rendition(job.id, "720p", "late", retryable=True, call_id="a1")
+        store.fail_task(job.id, "720p", "late", retryable=True, call_id="a1")
     rend = store.get(job.id).rendition("720p")
-    assert rend.state is RenditionState.RUNNING and rend.last_call_id == "a2"
+    assert rend.state is RenditionState.RUNNING and rend.task().last_call_id == "a2"
     assert rend.attempts == 2
     changes = [(c.from_state, c.to_state) for c in store.history(job.id) if c.rendition == "720p"]
     assert ("retrying", "retrying") not in changes
@@ -583,35 +708,33 @@ def test_stale_renditions_are_reaped(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     store.begin_attempt(job.id, "360p", "call-1")
     store.begin_attempt(job.id, "720p", "call-2")
-    assert store.stale_renditions(STALE_S) == []
+    assert store.stale_tasks(STALE_S) == []
     time.sleep(STALE_S + 0.3)
     store.heartbeat(job.id, "720p", call_id="call-2")  # 720p is alive, 360p went silent
-    stale = store.stale_renditions(STALE_S)
-    assert [(r.job_id, r.name) for r in stale] == [(job.id, "360p")]
+    stale = store.stale_tasks(STALE_S)
+    assert [(r.job_id, r.rendition) for r in stale] == [(job.id, "360p")]
     with pytest.raises(Conflict):
         store.heartbeat(job.id, "360p", call_id="someone-else")
 
     reaped = store.reap_stale(STALE_S, max_attempts=2)
-    assert [(r.name, r.state) for r in reaped] == [("360p", RenditionState.RETRYING)]
+    assert [(r.rendition, r.state) for r in reaped] == [("360p", TaskState.RETRYING)]
     assert reaped[0].error is not None and "no heartbeat" in reaped[0].error
-    assert store.stale_renditions(STALE_S) == []
+    assert store.stale_tasks(STALE_S) == []
     # The vanished worker comes back: it is told to stop and cannot report.
     with pytest.raises(Conflict):
         store.heartbeat(job.id, "360p", call_id="call-1")
     with pytest.raises(Conflict):
-        store.succeed_rendition(job.id, "360p", {}, call_id="call-1")
+        store.succeed_task(job.id, "360p", {}, call_id="call-1")
 
     # The retry runs and goes silent too: with attempts exhausted it is dead.
     r = store.begin_attempt(job.id, "360p", "call-3")
     assert r.attempts == 2
     with pytest.raises(Conflict):  # the old worker's late failure must not end the new attempt
-        store.fail_rendition(
-            job.id, "360p", "late", retryable=True, max_attempts=2, call_id="call-1"
-        )
+        store.fail_task(job.id, "360p", "late", retryable=True, max_attempts=2, call_id="call-1")
     time.sleep(STALE_S + 0.3)
     store.heartbeat(job.id, "720p", call_id="call-2")
     reaped = store.reap_stale(STALE_S, max_attempts=2)
-    assert [(r.name, r.state) for r in reaped] == [("360p", RenditionState.DEAD)]
+    assert [(r.rendition, r.state) for r in reaped] == [("360p", TaskState.DEAD)]
     assert store.get(job.id).rendition("720p").state is RenditionState.RUNNING
 
 
@@ -621,7 +744,7 @@ def test_stale_renditions_are_reaped(store: JobStore) -> None:
 def _finish_all(store: JobStore, job_id: uuid.UUID, names: list[str]) -> None:
     for name in names:
         store.begin_attempt(job_id, name, f"call-{name}")
-        store.succeed_rendition(job_id, name, {"output_prefix": f"out/{name}/"})
+        store.succeed_task(job_id, name, {"output_prefix": f"out/{name}/"})
 
 
 def test_claim_needs_every_rendition_ended(store: JobStore) -> None:
@@ -630,7 +753,7 @@ def test_claim_needs_every_rendition_ended(store: JobStore) -> None:
     assert store.claim_finalization(job.id, "w1") is None
     store.begin_attempt(job.id, "720p", "c")
     assert store.claim_finalization(job.id, "w1") is None
-    store.fail_rendition(job.id, "720p", "bad", retryable=True, max_attempts=3)
+    store.fail_task(job.id, "720p", "bad", retryable=True, max_attempts=3)
     assert store.claim_finalization(job.id, "w1") is None  # retrying is not the end
     with pytest.raises(NotFound):
         store.claim_finalization(uuid.uuid4(), "w1")
@@ -658,11 +781,11 @@ def test_renditions_finishing_together_finalize_once(store: JobStore) -> None:
         def worker(i: int, job_id: uuid.UUID = job.id) -> bool:
             name = plan[i].name
             if i % 3 == 0:
-                store.fail_rendition(
+                store.fail_task(
                     job_id, name, "boom", retryable=False, max_attempts=3, call_id=f"call-{i}"
                 )
             else:
-                store.succeed_rendition(job_id, name, {}, call_id=f"call-{i}")
+                store.succeed_task(job_id, name, {}, call_id=f"call-{i}")
             return store.claim_finalization(job_id, f"worker-{i}") is not None
 
         results = run_threads(8, worker)
@@ -673,7 +796,7 @@ def test_complete_job_and_outcome(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     _finish_all(store, job.id, ["360p"])
     store.begin_attempt(job.id, "720p", "c1")
-    store.fail_rendition(job.id, "720p", "encoder OOM", retryable=True, max_attempts=1)
+    store.fail_task(job.id, "720p", "encoder OOM", retryable=True, max_attempts=1)
     claimed = store.claim_finalization(job.id, "w")
     assert claimed is not None
     state, reason = summarize_outcome(claimed.renditions)
@@ -756,15 +879,15 @@ def test_lost_dispatches_are_leased_and_only_while_queued(store: JobStore) -> No
     job, _ = store.create_job(source(), INFO, PLAN)
     store.record_dispatch(job.id, "360p", "d1")
     store.record_dispatch(job.id, "720p", "d2")
-    assert store.get(job.id).rendition("360p").dispatched_at is not None
+    assert store.get(job.id).rendition("360p").task().dispatched_at is not None
     assert store.lost_dispatches(60) == []  # dispatched just now: a queue may be long
     time.sleep(0.5)
     store.begin_attempt(job.id, "720p", "call-1")  # 720p got its call: not lost
     lost = store.lost_dispatches(0.2)
-    assert [(r.job_id, r.name) for r in lost] == [(job.id, "360p")]
+    assert [(r.job_id, r.rendition) for r in lost] == [(job.id, "360p")]
     assert store.lost_dispatches(0.2) == []  # leased: an overlapping sweep skips it
     time.sleep(0.5)
-    assert [r.name for r in store.lost_dispatches(0.2)] == ["360p"]  # lease ran out
+    assert [r.rendition for r in store.lost_dispatches(0.2)] == ["360p"]  # lease ran out
 
 
 def test_find_by_object_version(store: JobStore) -> None:

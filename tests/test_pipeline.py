@@ -142,13 +142,14 @@ def test_upload_to_bucket_produces_abr_ladder(
 
     with db.cursor() as cur:
         cur.execute(
-            "SELECT state, attempts, size_bytes, avg_bitrate FROM renditions WHERE job_id = %s"
-            " ORDER BY name",
+            "SELECT r.state, t.state, t.attempts, r.size_bytes, r.avg_bitrate"
+            " FROM renditions r JOIN tasks t ON t.job_id = r.job_id AND t.rendition = r.name"
+            " WHERE r.job_id = %s ORDER BY r.name",
             (job["id"],),
         )
         rows = cur.fetchall()
-    assert [r[0] for r in rows] == ["succeeded", "succeeded"]
-    assert all(r[1] == 1 and r[2] > 0 and r[3] > 0 for r in rows)
+    assert [r[:2] for r in rows] == [("succeeded", "succeeded")] * 2  # one task each
+    assert all(r[2] == 1 and r[3] > 0 and r[4] > 0 for r in rows)
 
 
 @pytest.mark.slow

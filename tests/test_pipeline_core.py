@@ -17,7 +17,7 @@ from vtp.events import EventBus
 from vtp.invoker import Invoker
 from vtp.jobs import JobStore, SourceRef
 from vtp.ladder import plan_ladder
-from vtp.lifecycle import RetryPolicy
+from vtp.lifecycle import RetryPolicy, TaskState
 from vtp.models import RenditionState, SourceInfo, TranscodeTask
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
@@ -203,11 +203,11 @@ def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="call-1")
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.RUNNING
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=500, call_id="call-1")
-    reported = pipeline.store.get(job.id).rendition("360p")
-    assert reported.state is RenditionState.RUNNING and "HTTP 500" in str(reported.death_report)
+    reported = pipeline.store.get(job.id).rendition("360p").task()
+    assert reported.state is TaskState.RUNNING and "HTTP 500" in str(reported.death_report)
     time.sleep(0.3)  # and no heartbeat: the worker is gone
     (confirmed,) = pipeline.store.confirm_deaths(0.1, job_id=job.id)
-    assert confirmed.state is RenditionState.RETRYING and "without a result" in str(confirmed.error)
+    assert confirmed.state is TaskState.RETRYING and "without a result" in str(confirmed.error)
 
 
 def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
@@ -247,7 +247,7 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
         if encodes == [1]:
             # While attempt 1 "stalls": the sweeper writes it off, the queue redelivers the
             # call (same call id), attempt 2 runs to the end and the job is finalized.
-            assert [r.name for r in pipeline.store.reap_stale(0)] == ["360p"]
+            assert [t.rendition for t in pipeline.store.reap_stale(0)] == ["360p"]
             encodes.append(2)
             replacement.update(pipeline.run_rendition(task, "call-z"))
         return result
@@ -344,7 +344,7 @@ def test_a_forged_death_report_does_not_stop_a_live_encode(
         assert time.monotonic() < deadline, "no heartbeat refuted the report"
         assert worker.is_alive(), f"the encode ended before a heartbeat: {outcome}"
         time.sleep(0.05)
-    assert pipeline.store.get(job.id).rendition("720p").death_reported_at is None
+    assert pipeline.store.get(job.id).rendition("720p").task().death_reported_at is None
     assert pipeline.store.confirm_deaths(0.0, job_id=job.id) == [], "the live one written off"
     worker.join(120)
     assert outcome.get("state") == "succeeded" and outcome.get("attempt") == 1, outcome

@@ -82,3 +82,46 @@ def test_every_error_says_whether_retrying_can_help() -> None:
         assert isinstance(instance.retryable, bool), cls
         assert instance.retryable is expected.get(cls.__name__, False), cls
     assert errors.FfmpegError("Invalid data", transient=False).retryable is False
+
+
+T = lifecycle.TaskState
+
+
+def test_a_rendition_of_one_task_is_in_its_tasks_state() -> None:
+    for task_state in T:
+        assert lifecycle.rendition_state([task_state]).value == task_state.value
+
+
+@pytest.mark.parametrize(
+    ("tasks", "expected"),
+    [([T.SUCCEEDED, T.QUEUED], R.RUNNING), ([T.SUCCEEDED, T.RETRYING], R.RUNNING),
+     ([T.RETRYING, T.QUEUED], R.RETRYING), ([T.QUEUED, T.QUEUED], R.QUEUED),
+     ([T.RUNNING, T.FAILED], R.FAILED), ([T.DEAD, T.SUCCEEDED], R.DEAD),
+     ([T.DEAD, T.FAILED], R.FAILED), ([T.SUCCEEDED] * 3, R.SUCCEEDED)],
+)  # fmt: skip
+def test_a_rendition_of_several_tasks(
+    tasks: list[lifecycle.TaskState], expected: RenditionState
+) -> None:
+    assert lifecycle.rendition_state(tasks) is expected
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_every_reachable_move_of_tasks_moves_their_rendition_legally(n: int) -> None:
+    """Walk every sequence of allowed task moves of a rendition of n tasks: the state the
+    store derives after each (an ended rendition stays ended) is always reachable by the
+    rendition table, so the store never has to commit a rendition move it would refuse."""
+    start = ((T.QUEUED,) * n, R.QUEUED)
+    seen, todo = {start}, [start]
+    while todo:
+        tasks, rend = todo.pop()
+        for i, old in enumerate(tasks):
+            for new in lifecycle.TASK_TRANSITIONS[old]:
+                moved = (*tasks[:i], new, *tasks[i + 1 :])
+                after = rend if rend.terminal else lifecycle.rendition_state(moved)
+                if after is not rend:
+                    lifecycle.check_rendition(rend, after)  # raises on a move it lacks
+                if (moved, after) not in seen:
+                    seen.add((moved, after))
+                    todo.append((moved, after))
+    ends = {rend for tasks, rend in seen if all(t.terminal for t in tasks)}
+    assert ends == {R.SUCCEEDED, R.FAILED, R.DEAD}

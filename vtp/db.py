@@ -102,8 +102,9 @@ def load_migrations() -> list[Migration]:
     return [found[v] for v in sorted(found)]
 
 
-def migrate(conn: Connection) -> list[str]:
-    """Bring the schema up to date; return the names of the migrations applied by this call.
+def migrate(conn: Connection, *, upto: int | None = None) -> list[str]:
+    """Bring the schema up to date (or to version `upto`: a test of a data migration starts
+    from the schema before it); return the names of the migrations applied by this call.
 
     Commits on `conn`, so it must not hold an open transaction. The advisory lock is
     session-level (held across the per-migration commits) and scoped to the current database;
@@ -123,6 +124,8 @@ def migrate(conn: Connection) -> list[str]:
             done = {int(v): (str(n), str(c)) for v, n, c in cur.fetchall()}
         conn.commit()
         for migration in migrations:
+            if upto is not None and migration.version > upto:
+                break
             if migration.version in done:
                 name, checksum = done[migration.version]
                 if checksum != migration.checksum:

@@ -55,7 +55,7 @@ from vtp.keys import RedisKeys
 from vtp.models import JobState, RenditionState
 
 if TYPE_CHECKING:
-    from vtp.jobs.models import Job, Rendition
+    from vtp.jobs.models import Job, Rendition, Task
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +95,22 @@ class ProgressEvent(BaseModel):
     ts: float = Field(default_factory=time.time, description="epoch seconds")
 
     @classmethod
+    def of_task(cls, task: Task) -> ProgressEvent:
+        """The event a task's transition publishes, from the row the store returned: its
+        rendition's new state, the attempt and reason (a failure carries no percent)."""
+        state = task.rendition_state or RenditionState(task.state.value)
+        return cls(
+            job_id=str(task.job_id),
+            rendition=task.rendition,
+            state=state.value,
+            percent=100.0 if state is RenditionState.SUCCEEDED else 0.0,
+            attempt=task.attempts or None,
+            error=task.error,
+        )
+
+    @classmethod
     def of_rendition(cls, rend: Rendition) -> ProgressEvent:
-        """The event a rendition's transition publishes, from the row the store returned:
-        its new state, attempt and reason (a failure carries no percent of its own)."""
+        """The event of a rendition as it is (a job's start announces each one)."""
         return cls(
             job_id=str(rend.job_id),
             rendition=rend.name,

@@ -1,14 +1,21 @@
-"""The lifecycle of jobs and renditions, in one place and without I/O: the states, the
-transitions allowed between them, and how often a unit of work is tried again.
+"""The lifecycle of jobs, renditions and tasks, in one place and without I/O: the states, the
+transitions allowed between them, how a rendition's state follows from its tasks', and how
+often a unit of work is tried again.
 
 The store executes transitions (guarded UPDATEs, each recorded in `state_changes`) and checks
 every one against the tables here before it commits; the CLI and the progress page take their
 notion of "finished" and "retrying" from the same enums (the page from `lifecycle.js`, which
 `python -m vtp.lifecycle js` writes and a test keeps in step), never from retyped strings.
 
-Rendition life: queued -> running -> succeeded | failed (permanent) | retrying (back-off) ->
+A *task* is one unit of work that one call runs: today a whole rendition, with segment-parallel
+encoding one chunk of it. Attempts, leases, heartbeats, call ids and results belong to tasks;
+a rendition's state is derived from its tasks' (`rendition_state`), in the same transaction.
+
+Task life: queued -> running -> succeeded | failed (permanent) | retrying (back-off) ->
 queued (dispatched again) -> running ... -> dead (budget spent). A call that never reached
-the handler is a refusal: queued -> retrying, or dead once `max_refusals` in a row.
+the handler is a refusal: queued -> retrying, or dead once `max_refusals` in a row. A
+rendition of one task goes the same way; one of several is running from the first start of
+any of its tasks until all have ended, failed (or dead) once one of them failed (or died).
 
 Job life: queued -> running -> succeeded | failed; a source that cannot be processed is
 recorded failed at once; a job whose renditions all died before one ran goes queued ->
@@ -33,7 +40,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -74,21 +81,50 @@ class RenditionState(StrEnum):
         return self in TERMINAL_RENDITION_STATES
 
 
+class TaskState(StrEnum):
+    """Life of one task (a unit of work one call runs). The same words as a rendition's:
+    `succeeded`, `failed` (permanent) and `dead` (budget spent) are terminal."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    DEAD = "dead"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_TASK_STATES
+
+
 TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED})
 TERMINAL_RENDITION_STATES = frozenset(
     {RenditionState.SUCCEEDED, RenditionState.FAILED, RenditionState.DEAD}
 )
+TERMINAL_TASK_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD})
 
 _R = RenditionState
 # from -> the states it may go to; None is "not there yet" (the row is being created).
 RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]] = {
     None: frozenset({_R.QUEUED}),
     _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD}),
-    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING}),
+    # -> dead: of several tasks, one waits for its retry while another's call is refused for
+    # the last time.
+    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD}),
     _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYING, _R.DEAD}),
     _R.SUCCEEDED: frozenset(),
     _R.FAILED: frozenset(),
     _R.DEAD: frozenset(),
+}
+_T = TaskState
+TASK_TRANSITIONS: Mapping[TaskState | None, frozenset[TaskState]] = {
+    None: frozenset({_T.QUEUED}),
+    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD}),
+    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING}),
+    _T.RUNNING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD}),
+    _T.SUCCEEDED: frozenset(),
+    _T.FAILED: frozenset(),
+    _T.DEAD: frozenset(),
 }
 _J = JobState
 JOB_TRANSITIONS: Mapping[JobState | None, frozenset[JobState]] = {
@@ -106,6 +142,40 @@ def check_rendition(old: str | None, new: str) -> RenditionState:
     if to not in RENDITION_TRANSITIONS[RenditionState(old) if old is not None else None]:
         raise InvalidTransition(f"rendition {old or '(new)'} -> {new} is not a transition")
     return to
+
+
+def check_task(old: str | None, new: str) -> TaskState:
+    """`new` if a task may go there from `old`; InvalidTransition otherwise."""
+    to = TaskState(new)
+    if to not in TASK_TRANSITIONS[TaskState(old) if old is not None else None]:
+        raise InvalidTransition(f"task {old or '(new)'} -> {new} is not a transition")
+    return to
+
+
+def rendition_state(tasks: Collection[TaskState]) -> RenditionState:
+    """A rendition's state from its tasks' states.
+
+    One task: the same state. Several: failed (or dead) as soon as one of them failed (or
+    died): the rendition cannot be complete; succeeded when all did; running from the
+    moment any one started until then (a chunk waiting for its retry does not make a
+    half-encoded rendition "queued"); retrying or queued only while none has run yet.
+    """
+    if not tasks:
+        raise ValueError("a rendition has at least one task")
+    states = set(tasks)
+    if len(tasks) == 1:
+        return RenditionState(next(iter(states)).value)
+    if TaskState.FAILED in states:
+        return RenditionState.FAILED
+    if TaskState.DEAD in states:
+        return RenditionState.DEAD
+    if states == {TaskState.SUCCEEDED}:
+        return RenditionState.SUCCEEDED
+    if states & {TaskState.RUNNING, TaskState.SUCCEEDED}:
+        return RenditionState.RUNNING
+    if TaskState.RETRYING in states:
+        return RenditionState.RETRYING
+    return RenditionState.QUEUED
 
 
 def check_job(old: str | None, new: str) -> JobState:

@@ -18,6 +18,7 @@ from vtp.errors import InvalidRequest
 # The lifecycle's states, re-exported: boundaries carry them.
 from vtp.lifecycle import JobState as JobState
 from vtp.lifecycle import RenditionState as RenditionState
+from vtp.lifecycle import TaskState as TaskState
 
 
 class SourceInfo(BaseModel):
@@ -63,6 +64,8 @@ class TranscodeTask(BaseModel):
 
     job_id: UUID
     rendition: str = Field(min_length=1, max_length=32)
+    # Which of the rendition's tasks (vtp.lifecycle); 0: a rendition encoded whole.
+    chunk: int = Field(default=0, ge=0, le=100_000)
 
 
 class StatusQuery(BaseModel):

@@ -114,9 +114,13 @@ def _callback(event: Any) -> Response:
         status = int(header(event, "X-Function-Status") or 0)
     except ValueError as exc:
         raise InvalidRequest("X-Function-Status is not a number") from exc
+    chunk_text = event.query.get("chunk") or "0"
+    if not chunk_text.isdigit() or len(chunk_text) > 6:
+        raise InvalidRequest("callback's chunk is not a task number")
+    chunk = int(chunk_text)
     p = pipeline()
     call_id = event.query.get("call")
-    p.check_callback_signature(job_id, rendition, call_id, event.query.get("sig"))
+    p.check_callback_signature(job_id, rendition, call_id, event.query.get("sig"), chunk)
     if call_id is None:
         call_id = header(event, "X-Call-Id")  # a URL from before calls were signed
     elif header(event, "X-Call-Id") not in (None, call_id):
@@ -128,6 +132,7 @@ def _callback(event: Any) -> Response:
             function_status=status,
             call_id=call_id,
             body=event.body or b"",
+            chunk=chunk,
         )
     except VtpError as exc:
         # The queue-worker ignores our answer; log it, and keep the status honest.

@@ -1,4 +1,4 @@
-"""Jobs and renditions: their records (`models`) and the PostgreSQL store (`store`)."""
+"""Jobs, renditions and tasks: their records (`models`) and the PostgreSQL store (`store`)."""
 
 from vtp.jobs.models import (
     CallbackStatus,
@@ -6,6 +6,7 @@ from vtp.jobs.models import (
     Rendition,
     SourceRef,
     StateChange,
+    Task,
     summarize_outcome,
 )
 from vtp.jobs.store import JobStore
@@ -17,5 +18,6 @@ __all__ = [
     "Rendition",
     "SourceRef",
     "StateChange",
+    "Task",
     "summarize_outcome",
 ]

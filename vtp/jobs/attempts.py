@@ -1,10 +1,13 @@
-"""Attempts: a rendition's runs, from the call that starts one to the report that ends it.
+"""Attempts: a task's runs, from the call that starts one to the report that ends it.
+
+A task is one unit of work (today a whole rendition, chunk 0; tomorrow one chunk of it); its
+rendition's state follows from its tasks' in the same transaction (`sync_rendition`).
 
 Why the transitions look the way they do:
 
 * The OpenFaaS queue-worker calls each function at most once and never retries, but it may
   deliver a message a second time when a call outlives `ack_wait`. So retries, back-off and
-  dead-lettering live here, and `begin_attempt` refuses a rendition that is already running
+  dead-lettering live here, and `begin_attempt` refuses a task that is already running
   (a duplicate delivery) or already finished.
 * Every UPDATE names the state it expects to move from, under a row lock, so two workers,
   a worker and the sweeper, or two sweepers can race without corrupting anything: the loser
@@ -17,8 +20,8 @@ Why the transitions look the way they do:
   or a success, is refused with Conflict and changes nothing: a zombie can neither finish
   nor delay someone else's attempt.
 
-Rendition life: queued -> running -> succeeded | failed (permanent) | retrying -> queued
-(dispatched again) -> running ... -> dead (budget spent). See `vtp.lifecycle.RetryPolicy`.
+Task life: queued -> running -> succeeded | failed (permanent) | retrying -> queued
+(dispatched again) -> running ... -> dead (budget spent). See `vtp.lifecycle`.
 """
 
 from __future__ import annotations
@@ -31,25 +34,23 @@ from uuid import UUID
 import psycopg2.extras
 
 from vtp.errors import Conflict
-from vtp.jobs.models import Rendition
+from vtp.jobs.models import Task
 from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import (
     ConnectionFactory,
     Cursor,
     audit,
     expect_running,
-    lock_rendition,
+    lock_task,
     one,
     parse_id,
-    row_to_rendition,
+    row_to_task,
+    task_changed,
 )
-from vtp.lifecycle import RetryPolicy
-from vtp.models import JobState, RenditionState
+from vtp.lifecycle import RetryPolicy, TaskState
+from vtp.models import JobState
 
 log = logging.getLogger(__name__)
-
-# Result keys copied into typed columns (the whole dict is kept in `result` as well).
-_RESULT_COLUMNS = ("output_prefix", "size_bytes", "avg_bitrate", "peak_bitrate")
 
 
 class Attempts(Queries):
@@ -57,42 +58,44 @@ class Attempts(Queries):
         super().__init__(connect)
         self.retry = retry or RetryPolicy()
 
-    def begin_attempt(self, job_id: UUID | str, rendition: str, call_id: str) -> Rendition:
+    def begin_attempt(
+        self, job_id: UUID | str, rendition: str, call_id: str, *, chunk: int = 0
+    ) -> Task:
         """Start an attempt: queued|retrying -> running, attempts + 1; the job -> running.
 
-        Conflict when the rendition is finished, or running already (under this call id: the
+        Conflict when the task is finished, or running already (under this call id: the
         queue redelivered the message; under another: a second dispatch). A running attempt
         whose worker vanished is written off by the sweeper (`reap_stale`) first, so
         "running" always means "under a live call as far as we know".
         """
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> Rendition:
-            row = lock_rendition(cur, jid, rendition)
-            state = RenditionState(row["state"])
+        def tx(cur: Cursor) -> Task:
+            row = lock_task(cur, jid, rendition, chunk)
+            state = TaskState(row["state"])
+            what = f"task {rendition}/{chunk} of job {jid}"
             if state.terminal:
-                raise Conflict(f"rendition {rendition} of job {jid} is already {state}")
-            if state is RenditionState.RUNNING:
+                raise Conflict(f"{what} is already {state}")
+            if state is TaskState.RUNNING:
                 same = row["last_call_id"] == call_id
                 raise Conflict(
-                    f"rendition {rendition} of job {jid} is already running under "
+                    f"{what} is already running under "
                     f"{'this' if same else 'another'} call ({row['last_call_id']}, attempt "
                     f"{row['attempts']}): duplicate delivery"
                 )
             cur.execute(
                 """
-                UPDATE renditions
+                UPDATE tasks
                 SET state = 'running', attempts = attempts + 1, last_call_id = %s,
                     refusals = 0, heartbeat_at = now(), attempt_started_at = now(),
                     death_reported_at = NULL, death_report = NULL,
                     started_at = COALESCE(started_at, now()), next_retry_at = NULL
-                WHERE job_id = %s AND name = %s AND state = %s
+                WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
                 RETURNING *
                 """,
-                (call_id, str(jid), rendition, state.value),
+                (call_id, str(jid), rendition, chunk, state.value),
             )
-            updated = row_to_rendition(one(cur))
-            audit(cur, jid, rendition, state, RenditionState.RUNNING, updated.attempts, call_id)
+            updated = task_changed(cur, row, one(cur))
             cur.execute(
                 """
                 UPDATE jobs SET state = 'running', started_at = now()
@@ -113,46 +116,51 @@ class Attempts(Queries):
         *,
         call_id: str | None = None,
         attempt: int | None = None,
+        chunk: int = 0,
     ) -> None:
         """Record a sign of life. Conflict if the attempt is no longer running (under
         `call_id`, as `attempt`): the sweeper wrote it off or another attempt took over, so
         stop working."""
         jid = parse_id(job_id)
+        key = {"job": str(jid), "name": rendition, "chunk": chunk}
 
         def tx(cur: Cursor) -> None:
             cur.execute(
                 """
-                UPDATE renditions r
+                UPDATE tasks t
                 SET heartbeat_at = now(), death_reported_at = NULL, death_report = NULL
-                FROM (SELECT death_report FROM renditions
-                      WHERE job_id = %(job)s AND name = %(name)s FOR UPDATE) AS before
-                WHERE r.job_id = %(job)s AND r.name = %(name)s AND r.state = 'running'
-                  AND (%(call)s::text IS NULL OR r.last_call_id = %(call)s)
-                  AND (%(attempt)s::int IS NULL OR r.attempts = %(attempt)s)
+                FROM (SELECT death_report FROM tasks
+                      WHERE job_id = %(job)s AND rendition = %(name)s AND chunk = %(chunk)s
+                      FOR UPDATE) AS before
+                WHERE t.job_id = %(job)s AND t.rendition = %(name)s AND t.chunk = %(chunk)s
+                  AND t.state = 'running'
+                  AND (%(call)s::text IS NULL OR t.last_call_id = %(call)s)
+                  AND (%(attempt)s::int IS NULL OR t.attempts = %(attempt)s)
                 RETURNING before.death_report
                 """,
-                {"job": str(jid), "name": rendition, "call": call_id, "attempt": attempt},
+                key | {"call": call_id, "attempt": attempt},
             )
             cleared = cur.fetchone()
             if cleared is not None and cleared["death_report"]:
                 log.warning(
-                    "rendition %s of job %s: its call was reported dead (%s) but the attempt "
+                    "task %s/%s of job %s: its call was reported dead (%s) but the attempt "
                     "is alive; the report is dropped (a forged report, or a confused proxy)",
                     rendition,
+                    chunk,
                     jid,
                     cleared["death_report"],
                 )
             if cur.rowcount == 0:
-                row = lock_rendition(cur, jid, rendition)
+                row = lock_task(cur, jid, rendition, chunk)
                 raise Conflict(
-                    f"rendition {rendition} of job {jid} is {row['state']} "
+                    f"task {rendition}/{chunk} of job {jid} is {row['state']} "
                     f"(call {row['last_call_id']}, attempt {row['attempts']}), not running "
                     f"under call {call_id} as attempt {attempt}"
                 )
 
         self._run(tx)
 
-    def succeed_rendition(
+    def succeed_task(
         self,
         job_id: UUID | str,
         rendition: str,
@@ -160,49 +168,31 @@ class Attempts(Queries):
         *,
         call_id: str | None = None,
         attempt: int | None = None,
-    ) -> Rendition:
-        """running -> succeeded with the transcode's result (output_prefix, size_bytes,
-        avg_bitrate and peak_bitrate are also copied to their own columns)."""
+        chunk: int = 0,
+    ) -> Task:
+        """running -> succeeded with the transcode's result. A rendition encoded whole takes
+        the result as its own (output_prefix, size_bytes, avg_bitrate and peak_bitrate in
+        their own columns too)."""
         jid = parse_id(job_id)
-        columns = {k: result.get(k) for k in _RESULT_COLUMNS}
 
-        def tx(cur: Cursor) -> Rendition:
-            row = lock_rendition(cur, jid, rendition)
-            expect_running(row, jid, rendition, call_id, attempt)
+        def tx(cur: Cursor) -> Task:
+            row = lock_task(cur, jid, rendition, chunk)
+            expect_running(row, call_id, attempt)
             cur.execute(
                 """
-                UPDATE renditions
+                UPDATE tasks
                 SET state = 'succeeded', finished_at = now(), error = NULL, next_retry_at = NULL,
-                    result = %s, output_prefix = %s, size_bytes = %s, avg_bitrate = %s,
-                    peak_bitrate = %s
-                WHERE job_id = %s AND name = %s AND state = 'running'
+                    result = %s
+                WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = 'running'
                 RETURNING *
                 """,
-                (
-                    psycopg2.extras.Json(result),
-                    columns["output_prefix"],
-                    columns["size_bytes"],
-                    columns["avg_bitrate"],
-                    columns["peak_bitrate"],
-                    str(jid),
-                    rendition,
-                ),
+                (psycopg2.extras.Json(result), str(jid), rendition, chunk),
             )
-            updated = row_to_rendition(one(cur))
-            audit(
-                cur,
-                jid,
-                rendition,
-                RenditionState.RUNNING,
-                RenditionState.SUCCEEDED,
-                updated.attempts,
-                updated.last_call_id,
-            )
-            return updated
+            return task_changed(cur, row, one(cur))
 
         return self._run(tx)
 
-    def fail_rendition(
+    def fail_task(
         self,
         job_id: UUID | str,
         rendition: str,
@@ -212,21 +202,22 @@ class Attempts(Queries):
         call_id: str | None = None,
         attempt: int | None = None,
         max_attempts: int | None = None,
-    ) -> RenditionState:
-        """End the running attempt badly; returns the new state.
+        chunk: int = 0,
+    ) -> Task:
+        """End the running attempt badly; returns the task in its new state.
 
         retryable and attempts < max_attempts -> retrying (next_retry_at = now + back-off);
         retryable and exhausted -> dead; not retryable -> failed. Only the attempt running
-        now may be failed: Conflict when the rendition is not running, or running under
+        now may be failed: Conflict when the task is not running, or running under
         another call than `call_id` (a report from a superseded attempt changes nothing).
         `call_id=None` is for callers that have no call of their own (an operator's tool).
         """
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> RenditionState:
-            row = lock_rendition(cur, jid, rendition)
-            expect_running(row, jid, rendition, call_id, attempt)
-            return self._fail_locked(cur, row, reason, retryable, max_attempts).state
+        def tx(cur: Cursor) -> Task:
+            row = lock_task(cur, jid, rendition, chunk)
+            expect_running(row, call_id, attempt)
+            return self._fail_locked(cur, row, reason, retryable, max_attempts)
 
         return self._run(tx)
 
@@ -237,57 +228,49 @@ class Attempts(Queries):
         reason: str,
         retryable: bool,
         max_attempts: int | None,
-    ) -> Rendition:
-        """Apply a failed attempt to a rendition row the caller has locked and checked."""
+    ) -> Task:
+        """Apply a failed attempt to a task row the caller has locked and checked."""
         attempts = int(row["attempts"])
         if not retryable:
-            new = RenditionState.FAILED
+            new = TaskState.FAILED
         elif attempts >= (max_attempts or self.retry.max_attempts):
-            new = RenditionState.DEAD
+            new = TaskState.DEAD
         else:
-            new = RenditionState.RETRYING
+            new = TaskState.RETRYING
         updated = self._set_failed(cur, row, new, reason, self.retry.delay(attempts))
-        audit(
-            cur,
-            updated.job_id,
-            updated.name,
-            RenditionState(row["state"]),
-            new,
-            attempts,
-            row["last_call_id"],
-            detail=reason,
-        )
         log.info(
-            "rendition %s of job %s: %s -> %s after attempt %d: %s",
-            updated.name,
-            updated.job_id,
+            "task %s/%s of job %s: %s -> %s after attempt %d: %s",
+            row["rendition"],
+            row["chunk"],
+            row["job_id"],
             row["state"],
             new,
             attempts,
             reason,
         )
-        return updated
+        return task_changed(cur, row, updated, detail=reason)
 
     @staticmethod
     def _set_failed(
         cur: Cursor,
         row: dict[str, Any],
-        new: RenditionState,
+        new: TaskState,
         reason: str,
         delay: float,
         *,
         refusals: int | None = None,
-    ) -> Rendition:
+    ) -> dict[str, Any]:
         """The guarded UPDATE of a failure: retrying (due after `delay`), failed or dead."""
         cur.execute(
             """
-            UPDATE renditions
+            UPDATE tasks
             SET state = %(new)s, error = %(reason)s,
                 refusals = COALESCE(%(refusals)s, refusals),
                 finished_at = CASE WHEN %(new)s = 'retrying' THEN NULL ELSE now() END,
                 next_retry_at = CASE WHEN %(new)s = 'retrying'
                                      THEN now() + make_interval(secs => %(delay)s) END
-            WHERE job_id = %(job_id)s AND name = %(name)s AND state = %(old)s
+            WHERE job_id = %(job_id)s AND rendition = %(name)s AND chunk = %(chunk)s
+              AND state = %(old)s
             RETURNING *
             """,
             {
@@ -296,15 +279,16 @@ class Attempts(Queries):
                 "refusals": refusals,
                 "delay": delay,
                 "job_id": str(row["job_id"]),
-                "name": row["name"],
+                "name": row["rendition"],
+                "chunk": row["chunk"],
                 "old": row["state"],
             },
         )
-        return row_to_rendition(one(cur))
+        return one(cur)
 
     def report_death(
-        self, job_id: UUID | str, rendition: str, call_id: str, reason: str
-    ) -> Rendition:
+        self, job_id: UUID | str, rendition: str, call_id: str, reason: str, *, chunk: int = 0
+    ) -> Task:
         """Note that the running attempt's call was reported dead (a failed status from the
         queue-worker); `confirm_deaths` fails it once it has stayed silent for a while, and
         its next heartbeat, if it is alive after all, drops the report.
@@ -315,20 +299,20 @@ class Attempts(Queries):
         """
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> Rendition:
-            row = lock_rendition(cur, jid, rendition)
-            expect_running(row, jid, rendition, call_id)
+        def tx(cur: Cursor) -> Task:
+            row = lock_task(cur, jid, rendition, chunk)
+            expect_running(row, call_id)
             cur.execute(
                 """
-                UPDATE renditions
+                UPDATE tasks
                 SET death_reported_at = COALESCE(death_reported_at, now()),
                     death_report = COALESCE(death_report, %s)
-                WHERE job_id = %s AND name = %s AND state = 'running'
+                WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = 'running'
                 RETURNING *
                 """,
-                (reason, str(jid), rendition),
+                (reason, str(jid), rendition, chunk),
             )
-            return row_to_rendition(one(cur))
+            return row_to_task(one(cur))
 
         return self._run(tx)
 
@@ -338,17 +322,17 @@ class Attempts(Queries):
         *,
         max_attempts: int | None = None,
         job_id: UUID | str | None = None,
-    ) -> builtins.list[Rendition]:
+    ) -> builtins.list[Task]:
         """Fail the attempts reported dead that have not given a sign of life for
         `silent_for_s` since (more than one heartbeat interval): retrying or dead, with the
         report as the reason; of one job only, with `job_id`. Returns them in their new
         state."""
         only = str(parse_id(job_id)) if job_id is not None else None
 
-        def tx(cur: Cursor) -> builtins.list[Rendition]:
+        def tx(cur: Cursor) -> builtins.list[Task]:
             cur.execute(
                 """
-                SELECT * FROM renditions
+                SELECT * FROM tasks
                 WHERE state = 'running' AND death_reported_at IS NOT NULL
                   AND death_reported_at < now() - make_interval(secs => %s)
                   AND (%s::uuid IS NULL OR job_id = %s::uuid)
@@ -358,7 +342,7 @@ class Attempts(Queries):
                 (silent_for_s, only, only),
             )
             return [
-                self._fail_locked(cur, row, str(row["death_report"]), True, max_attempts)
+                self._fail_locked(cur, dict(row), str(row["death_report"]), True, max_attempts)
                 for row in cur.fetchall()
             ]
 
@@ -366,13 +350,13 @@ class Attempts(Queries):
 
     # --- the sweeper's part ------------------------------------------------------------
 
-    def stale_renditions(self, heartbeat_older_than_s: float) -> builtins.list[Rendition]:
-        """Running renditions with no heartbeat for that long: their worker probably died."""
+    def stale_tasks(self, heartbeat_older_than_s: float) -> builtins.list[Task]:
+        """Running tasks with no heartbeat for that long: their worker probably died."""
 
-        def tx(cur: Cursor) -> builtins.list[Rendition]:
+        def tx(cur: Cursor) -> builtins.list[Task]:
             cur.execute(
                 """
-                SELECT * FROM renditions
+                SELECT * FROM tasks
                 WHERE state = 'running'
                   AND COALESCE(heartbeat_at, attempt_started_at)
                       < now() - make_interval(secs => %s)
@@ -380,24 +364,24 @@ class Attempts(Queries):
                 """,
                 (heartbeat_older_than_s,),
             )
-            return [row_to_rendition(r) for r in cur.fetchall()]
+            return [row_to_task(r) for r in cur.fetchall()]
 
         return self._run(tx)
 
     def reap_stale(
         self, heartbeat_older_than_s: float, *, max_attempts: int | None = None
-    ) -> builtins.list[Rendition]:
-        """Write off silent attempts: each stale running rendition -> retrying or dead.
+    ) -> builtins.list[Task]:
+        """Write off silent attempts: each stale running task -> retrying or dead.
 
         Staleness is re-checked under the row lock in the same statement that selects, so a
         heartbeat that lands in between wins; SKIP LOCKED lets two sweepers split the work.
-        Returns the renditions in their new state.
+        Returns the tasks in their new state.
         """
 
-        def tx(cur: Cursor) -> builtins.list[Rendition]:
+        def tx(cur: Cursor) -> builtins.list[Task]:
             cur.execute(
                 """
-                SELECT * FROM renditions
+                SELECT * FROM tasks
                 WHERE state = 'running'
                   AND COALESCE(heartbeat_at, attempt_started_at)
                       < now() - make_interval(secs => %s)
@@ -412,7 +396,7 @@ class Attempts(Queries):
                     f"worker vanished: no heartbeat for {heartbeat_older_than_s:g}s "
                     f"(attempt {row['attempts']}, call {row['last_call_id']})"
                 )
-                reaped.append(self._fail_locked(cur, row, reason, True, max_attempts))
+                reaped.append(self._fail_locked(cur, dict(row), reason, True, max_attempts))
             return reaped
 
         return self._run(tx)

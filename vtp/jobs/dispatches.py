@@ -1,6 +1,6 @@
-"""Dispatches: the calls put on the gateway's queue for a rendition, and those refused.
+"""Dispatches: the calls put on the gateway's queue for a task, and those refused.
 
-A rendition waits in `queued` for one call at a time, the one whose X-Call-Id split chose and
+A task waits in `queued` for one call at a time, the one whose X-Call-Id split chose and
 recorded (`record_dispatch`) before handing it to the gateway. The queue-worker reports the
 outcome of every call to split's callback route; a call that never reached the handler
 (the function down, restarting, busy or unknown to the provider) is a *refusal*
@@ -22,158 +22,141 @@ from uuid import UUID
 
 from vtp.errors import Conflict
 from vtp.jobs.attempts import Attempts
-from vtp.jobs.models import Rendition
-from vtp.jobs.transactions import (
-    Cursor,
-    audit,
-    lock_rendition,
-    one,
-    parse_id,
-    row_to_rendition,
-)
-from vtp.models import RenditionState
+from vtp.jobs.models import Task
+from vtp.jobs.transactions import Cursor, lock_task, one, parse_id, row_to_task, task_changed
+from vtp.lifecycle import TaskState
 
 log = logging.getLogger(__name__)
 
 
 class Dispatches(Attempts):
-    def record_dispatch(self, job_id: UUID | str, rendition: str, call_id: str) -> Rendition | None:
+    def record_dispatch(
+        self, job_id: UUID | str, rendition: str, call_id: str, *, chunk: int = 0
+    ) -> Task | None:
         """queued|retrying -> queued, waiting for call `call_id`: call this *before* the call is
         handed to the gateway, so that its report can never arrive unrecognised. None when
-        the rendition is running or finished: nothing to dispatch."""
+        the task is running or finished: nothing to dispatch."""
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> Rendition | None:
-            row = lock_rendition(cur, jid, rendition)
-            state = RenditionState(row["state"])
-            if state not in (RenditionState.QUEUED, RenditionState.RETRYING):
+        def tx(cur: Cursor) -> Task | None:
+            row = lock_task(cur, jid, rendition, chunk)
+            state = TaskState(row["state"])
+            if state not in (TaskState.QUEUED, TaskState.RETRYING):
                 return None
             cur.execute(
                 """
-                UPDATE renditions
+                UPDATE tasks
                 SET state = 'queued', dispatch_call_id = %s, dispatched_at = now(),
                     next_retry_at = NULL
-                WHERE job_id = %s AND name = %s AND state = %s
+                WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
                 RETURNING *
                 """,
-                (call_id, str(jid), rendition, state.value),
+                (call_id, str(jid), rendition, chunk, state.value),
             )
-            updated = row_to_rendition(one(cur))
-            if state is RenditionState.RETRYING:
-                audit(
-                    cur,
-                    jid,
-                    rendition,
-                    state,
-                    RenditionState.QUEUED,
-                    updated.attempts,
-                    call_id,
-                    detail="dispatched again",
-                )
-            return updated
+            detail = "dispatched again" if state is TaskState.RETRYING else None
+            return task_changed(cur, row, one(cur), call_id=call_id, detail=detail)
 
         return self._run(tx)
 
     def record_refusal(
-        self, job_id: UUID | str, rendition: str, call_id: str | None, reason: str
-    ) -> Rendition:
-        """The call the rendition waits for never reached the handler: queued -> retrying
+        self,
+        job_id: UUID | str,
+        rendition: str,
+        call_id: str | None,
+        reason: str,
+        *,
+        chunk: int = 0,
+    ) -> Task:
+        """The call the task waits for never reached the handler: queued -> retrying
         (after a back-off) or, once `max_refusals` calls in a row were refused, -> dead.
 
-        Conflict when the rendition is not waiting for `call_id` (it runs, ended, or waits
+        Conflict when the task is not waiting for `call_id` (it runs, ended, or waits
         for a newer call): the report is stale. `call_id=None` matches whatever call is
         awaited (a dispatch that failed before any call id reached the gateway).
         """
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> Rendition:
-            row = lock_rendition(cur, jid, rendition)
-            if row["state"] != RenditionState.QUEUED.value:
-                raise Conflict(
-                    f"rendition {rendition} of job {jid} is {row['state']}, not waiting for a call"
-                )
+        def tx(cur: Cursor) -> Task:
+            row = lock_task(cur, jid, rendition, chunk)
+            what = f"task {rendition}/{chunk} of job {jid}"
+            if row["state"] != TaskState.QUEUED.value:
+                raise Conflict(f"{what} is {row['state']}, not waiting for a call")
             if call_id is not None and row["dispatch_call_id"] != call_id:
                 raise Conflict(
-                    f"rendition {rendition} of job {jid} waits for call "
-                    f"{row['dispatch_call_id']}, not {call_id}: a superseded call"
+                    f"{what} waits for call {row['dispatch_call_id']}, not {call_id}: "
+                    "a superseded call"
                 )
             refusals = int(row["refusals"]) + 1
             if refusals >= self.retry.max_refusals:
-                new = RenditionState.DEAD
+                new = TaskState.DEAD
                 why = f"{reason} ({refusals} calls in a row refused; giving up)"
             else:
-                new = RenditionState.RETRYING
+                new = TaskState.RETRYING
                 why = f"{reason} (refused call {refusals} of {self.retry.max_refusals})"
             delay = self.retry.delay(refusals)
             updated = self._set_failed(cur, row, new, why, delay, refusals=refusals)
-            audit(
-                cur,
-                jid,
-                rendition,
-                RenditionState.QUEUED,
-                new,
-                int(row["attempts"]),
-                row["dispatch_call_id"],
-                detail=why,
-            )
-            log.info("rendition %s of job %s: queued -> %s: %s", rendition, jid, new, why)
-            return updated
+            log.info("task %s/%s of job %s: queued -> %s: %s", rendition, chunk, jid, new, why)
+            return task_changed(cur, row, updated, call_id=row["dispatch_call_id"], detail=why)
 
         return self._run(tx)
 
-    def lost_dispatches(self, older_than_s: float, *, limit: int = 100) -> builtins.list[Rendition]:
-        """Claim renditions still queued `older_than_s` after their dispatch, to dispatch again.
+    def lost_dispatches(self, older_than_s: float, *, limit: int = 100) -> builtins.list[Task]:
+        """Claim tasks still queued `older_than_s` after their dispatch, to dispatch again.
 
         A long queue is not a lost call, so the threshold should be generous; claiming moves
         dispatched_at to now (a lease), and a duplicate call that does arrive is refused by
         `begin_attempt` once the first one runs.
         """
 
-        def tx(cur: Cursor) -> builtins.list[Rendition]:
+        def tx(cur: Cursor) -> builtins.list[Task]:
             cur.execute(
                 """
                 WITH lost AS (
-                    SELECT job_id, name FROM renditions
+                    SELECT job_id, rendition, chunk FROM tasks
                     WHERE state = 'queued'
                       AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => %s)
                     ORDER BY COALESCE(dispatched_at, created_at)
                     LIMIT %s
                     FOR UPDATE SKIP LOCKED
                 )
-                UPDATE renditions r SET dispatched_at = now()
-                FROM lost WHERE r.job_id = lost.job_id AND r.name = lost.name
-                RETURNING r.*
+                UPDATE tasks t SET dispatched_at = now()
+                FROM lost
+                WHERE t.job_id = lost.job_id AND t.rendition = lost.rendition
+                  AND t.chunk = lost.chunk
+                RETURNING t.*
                 """,
                 (older_than_s, limit),
             )
-            return [row_to_rendition(row) for row in cur.fetchall()]
+            return [row_to_task(row) for row in cur.fetchall()]
 
         return self._run(tx)
 
-    def due_retries(self, *, limit: int = 100, lease_s: float = 120.0) -> builtins.list[Rendition]:
-        """Claim retrying renditions whose back-off has passed, for re-dispatch.
+    def due_retries(self, *, limit: int = 100, lease_s: float = 120.0) -> builtins.list[Task]:
+        """Claim retrying tasks whose back-off has passed, for re-dispatch.
 
         Claiming pushes next_retry_at forward by `lease_s`: overlapping sweeper runs do not
         dispatch the same retry twice, and a dispatch that got lost is picked up again when
         the lease runs out (a duplicate that does arrive is refused by `begin_attempt`).
         """
 
-        def tx(cur: Cursor) -> builtins.list[Rendition]:
+        def tx(cur: Cursor) -> builtins.list[Task]:
             cur.execute(
                 """
                 WITH due AS (
-                    SELECT job_id, name FROM renditions
+                    SELECT job_id, rendition, chunk FROM tasks
                     WHERE state = 'retrying' AND next_retry_at <= now()
                     ORDER BY next_retry_at
                     LIMIT %s
                     FOR UPDATE SKIP LOCKED
                 )
-                UPDATE renditions r SET next_retry_at = now() + make_interval(secs => %s)
-                FROM due WHERE r.job_id = due.job_id AND r.name = due.name
-                RETURNING r.*
+                UPDATE tasks t SET next_retry_at = now() + make_interval(secs => %s)
+                FROM due
+                WHERE t.job_id = due.job_id AND t.rendition = due.rendition
+                  AND t.chunk = due.chunk
+                RETURNING t.*
                 """,
                 (limit, lease_s),
             )
-            return [row_to_rendition(r) for r in cur.fetchall()]
+            return [row_to_task(r) for r in cur.fetchall()]
 
         return self._run(tx)

@@ -1,7 +1,7 @@
-"""Fan-in: finishing a job exactly once when its last rendition ends, and its callback.
+"""Fan-in: finishing a job exactly once when its last task ends, and its callback.
 
-Whichever caller sees the last rendition end calls `claim_finalization`. The job row is
-locked and the renditions re-read in a fresh statement, so of any number of concurrent
+Whichever caller sees the last task end calls `claim_finalization`. The job row is
+locked and the tasks counted by a fresh statement, so of any number of concurrent
 callers exactly one gets the job back (and the others `None`); that one writes the master
 playlist, calls `complete_job` and fires the callback. A claim carries a lease: if its holder
 dies, `finalizations_due` lists the job again for the sweeper.
@@ -18,7 +18,7 @@ from uuid import UUID
 from vtp.errors import Conflict, NotFound
 from vtp.jobs.models import CallbackStatus, Job
 from vtp.jobs.queries import Queries
-from vtp.jobs.transactions import TERMINAL_RENDITION, Cursor, audit, one, parse_id
+from vtp.jobs.transactions import TERMINAL_TASK, Cursor, audit, one, parse_id
 from vtp.models import JobState
 
 
@@ -26,13 +26,14 @@ class FanIn(Queries):
     def claim_finalization(
         self, job_id: UUID | str, claimer: str, *, lease_s: float = 300.0
     ) -> Job | None:
-        """Return the job to exactly one caller once every rendition has ended.
+        """Return the job to exactly one caller once every task has ended.
 
-        None when a rendition is still in flight, the job is already finished, or someone
-        else holds a live claim (younger than `lease_s`). The job row is locked first
-        (FOR NO KEY UPDATE: excludes other claimers without blocking audit inserts that only
-        need a key-share lock), then the renditions are read by a new statement, so its
-        snapshot includes every rendition update that committed before the lock was granted.
+        None when a task is still in flight (a rendition of several is not over while one
+        of its chunks still runs, even once another failed it), the job is already finished,
+        or someone else holds a live claim (younger than `lease_s`). The job row is locked
+        first (FOR NO KEY UPDATE: excludes other claimers without blocking audit inserts that
+        only need a key-share lock), then the tasks are counted by a new statement, so its
+        snapshot includes every task update that committed before the lock was granted.
         """
         jid = parse_id(job_id)
 
@@ -54,9 +55,9 @@ class FanIn(Queries):
                 """
                 SELECT count(*) AS total,
                        count(*) FILTER (WHERE state <> ALL(%s)) AS open
-                FROM renditions WHERE job_id = %s
+                FROM tasks WHERE job_id = %s
                 """,
-                (list(TERMINAL_RENDITION), str(jid)),
+                (list(TERMINAL_TASK), str(jid)),
             )
             counts = one(cur)
             if counts["total"] == 0 or counts["open"] > 0:
@@ -77,7 +78,7 @@ class FanIn(Queries):
         return self.get(jid) if self._run(tx) else None
 
     def finalizations_due(self, *, lease_s: float = 300.0) -> builtins.list[Job]:
-        """Jobs whose renditions have all ended but which nobody is finalizing: never claimed
+        """Jobs whose tasks have all ended but which nobody is finalizing: never claimed
         (the last worker died after its update) or claimed longer than `lease_s` ago."""
 
         def tx(cur: Cursor) -> builtins.list[UUID]:
@@ -87,12 +88,12 @@ class FanIn(Queries):
                 WHERE j.state IN ('queued', 'running')
                   AND (j.finalize_claimed_at IS NULL
                        OR j.finalize_claimed_at <= now() - make_interval(secs => %s))
-                  AND EXISTS (SELECT 1 FROM renditions r WHERE r.job_id = j.id)
-                  AND NOT EXISTS (SELECT 1 FROM renditions r
-                                  WHERE r.job_id = j.id AND r.state <> ALL(%s))
+                  AND EXISTS (SELECT 1 FROM tasks t WHERE t.job_id = j.id)
+                  AND NOT EXISTS (SELECT 1 FROM tasks t
+                                  WHERE t.job_id = j.id AND t.state <> ALL(%s))
                 ORDER BY j.created_at
                 """,
-                (lease_s, list(TERMINAL_RENDITION)),
+                (lease_s, list(TERMINAL_TASK)),
             )
             return [UUID(str(r["id"])) for r in cur.fetchall()]
 

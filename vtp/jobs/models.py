@@ -1,4 +1,4 @@
-"""What the job store reads and writes: jobs, renditions, the audit trail.
+"""What the job store reads and writes: jobs, renditions, their tasks, the audit trail.
 
 Plain frozen pydantic models built from rows; every state change goes through the store
 (`vtp.jobs.store.JobStore`), never through these objects.
@@ -15,6 +15,7 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field
 
 from vtp.errors import NotFound
+from vtp.lifecycle import TaskState
 from vtp.models import JobState, RenditionSpec, RenditionState, SourceInfo
 
 
@@ -43,14 +44,23 @@ class SourceRef(BaseModel):
         return self.etag.strip('"')
 
 
-class Rendition(BaseModel):
+class Task(BaseModel):
+    """One unit of work that one call runs (today a whole rendition, chunk 0; with
+    segment-parallel encoding, one chunk of it): its attempts, lease and outcome.
+
+    `rendition_state` is the state of the task's rendition after the transition that
+    returned this task (derived in the same transaction); None when read on its own.
+    """
+
     model_config = ConfigDict(frozen=True)
 
     job_id: UUID
-    name: str
+    rendition: str
+    chunk: int = 0
     function: str
-    spec: RenditionSpec
-    state: RenditionState
+    start_s: float | None = None  # the part of the source it encodes; None: all of it
+    end_s: float | None = None
+    state: TaskState
     attempts: int
     last_call_id: str | None = None
     # The X-Call-Id of the latest queued call, and refused calls in a row (migration 0003).
@@ -65,6 +75,30 @@ class Rendition(BaseModel):
     # A report that the running attempt's call died, not yet confirmed (migration 0005).
     death_reported_at: datetime | None = None
     death_report: str | None = None
+    result: dict[str, Any] | None = None
+    error: str | None = None
+    created_at: datetime
+    updated_at: datetime
+    rendition_state: RenditionState | None = None
+
+    @property
+    def name(self) -> str:
+        """`rendition/chunk`, for logs and call descriptions."""
+        return f"{self.rendition}/{self.chunk}"
+
+
+class Rendition(BaseModel):
+    """One rung of the ladder: its plan, its state (derived from its tasks') and output."""
+
+    model_config = ConfigDict(frozen=True)
+
+    job_id: UUID
+    name: str
+    function: str
+    spec: RenditionSpec
+    state: RenditionState
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
     output_prefix: str | None = None
     size_bytes: int | None = None
     avg_bitrate: int | None = None
@@ -73,6 +107,23 @@ class Rendition(BaseModel):
     error: str | None = None
     created_at: datetime
     updated_at: datetime
+    tasks: list[Task] = Field(default_factory=list)
+
+    def task(self, chunk: int = 0) -> Task:
+        for t in self.tasks:
+            if t.chunk == chunk:
+                return t
+        raise NotFound(f"rendition {self.name} of job {self.job_id} has no task {chunk}")
+
+    @property
+    def attempts(self) -> int:
+        """Attempts of its most-tried task (its only one, encoded whole)."""
+        return max((t.attempts for t in self.tasks), default=0)
+
+    @property
+    def refusals(self) -> int:
+        """Refused calls in a row of its most-refused task."""
+        return max((t.refusals for t in self.tasks), default=0)
 
 
 class Job(BaseModel):
@@ -114,6 +165,7 @@ class StateChange(BaseModel):
     id: int
     job_id: UUID
     rendition: str | None
+    chunk: int | None = None  # the task's, for a task's transition
     from_state: str | None
     to_state: str
     attempt: int | None

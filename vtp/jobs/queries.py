@@ -44,7 +44,9 @@ class Queries(Transactions):
             if row is None:
                 raise NotFound(f"no job {jid}")
             cur.execute("SELECT * FROM renditions WHERE job_id = %s ORDER BY ordinal", (str(jid),))
-            return row_to_job(row, cur.fetchall())
+            renditions = cur.fetchall()
+            cur.execute("SELECT * FROM tasks WHERE job_id = %s ORDER BY chunk", (str(jid),))
+            return row_to_job(row, renditions, cur.fetchall())
 
         return self._run(tx)
 
@@ -90,7 +92,17 @@ class Queries(Transactions):
             by_job: dict[str, builtins.list[dict[str, Any]]] = {}
             for r in cur.fetchall():
                 by_job.setdefault(str(r["job_id"]), []).append(r)
-            return [row_to_job(j, by_job.get(str(j["id"]), [])) for j in jobs]
+            cur.execute(
+                "SELECT * FROM tasks WHERE job_id = ANY(%s::uuid[]) ORDER BY job_id, chunk",
+                ([str(j["id"]) for j in jobs],),
+            )
+            tasks: dict[str, builtins.list[dict[str, Any]]] = {}
+            for t in cur.fetchall():
+                tasks.setdefault(str(t["job_id"]), []).append(t)
+            return [
+                row_to_job(j, by_job.get(str(j["id"]), []), tasks.get(str(j["id"]), []))
+                for j in jobs
+            ]
 
         return self._run(tx)
 

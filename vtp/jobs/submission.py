@@ -1,4 +1,5 @@
-"""Recording jobs: a planned job with its renditions, or a source refused with its reason.
+"""Recording jobs: a planned job with its renditions and their tasks, or a source refused
+with its reason.
 
 MinIO delivers events at least once and a user may also invoke split by hand, so the same
 object version (bucket, key, etag) must map to one job: both inserts are idempotent on that
@@ -78,6 +79,12 @@ class Submission(Queries):
                     for i, spec in enumerate(plan)
                 ],
                 template="(%s, %s, %s, %s, %s::jsonb)",
+            )
+            # Each rendition encoded whole: one task, chunk 0, the whole source.
+            psycopg2.extras.execute_values(
+                cur,
+                "INSERT INTO tasks (job_id, rendition, chunk, function) VALUES %s",
+                [(str(job_id), spec.name, 0, spec.function) for spec in plan],
             )
             audit(cur, job_id, None, None, JobState.QUEUED, detail=f"renditions: {names}")
             return job_id, True

@@ -1,4 +1,5 @@
-"""Transactions on PostgreSQL for the job store, and the row helpers its parts share.
+"""Transactions on PostgreSQL for the job store, and the row helpers its parts share: locks,
+the audit trail, and keeping a rendition's state in step with its tasks'.
 
 `Transactions` keeps one connection per thread (a warm function reuses its connection, a
 threaded server never shares one between requests) and runs each unit of work in one
@@ -21,7 +22,8 @@ import psycopg2.extras
 
 from vtp import lifecycle
 from vtp.errors import Conflict, NotFound
-from vtp.jobs.models import Job, Rendition, SourceRef
+from vtp.jobs.models import Job, Rendition, SourceRef, Task
+from vtp.lifecycle import TaskState
 from vtp.models import RenditionState
 
 log = logging.getLogger(__name__)
@@ -32,6 +34,9 @@ Cursor = psycopg2.extras.RealDictCursor
 T = TypeVar("T")
 
 TERMINAL_RENDITION = tuple(s.value for s in RenditionState if s.terminal)
+TERMINAL_TASK = tuple(s.value for s in TaskState if s.terminal)
+# Result keys copied into a rendition's typed columns (the whole dict is kept in `result`).
+RESULT_COLUMNS = ("output_prefix", "size_bytes", "avg_bitrate", "peak_bitrate")
 
 
 class Transactions:
@@ -144,24 +149,121 @@ def lock_rendition(cur: Cursor, jid: UUID, name: str) -> dict[str, Any]:
     return dict(row)
 
 
-def expect_running(
-    row: dict[str, Any], jid: UUID, name: str, call_id: str | None, attempt: int | None = None
-) -> None:
-    """The report comes from the attempt running now: same call and, when given, the same
-    attempt number (a redelivered message keeps its call id, so after a write-off the call
-    id alone could name a newer attempt than the zombie reporting)."""
-    if row["state"] != RenditionState.RUNNING.value:
-        raise Conflict(f"rendition {name} of job {jid} is {row['state']}, not running")
+def lock_task(cur: Cursor, jid: UUID, rendition: str, chunk: int) -> dict[str, Any]:
+    cur.execute(
+        "SELECT * FROM tasks WHERE job_id = %s AND rendition = %s AND chunk = %s FOR UPDATE",
+        (str(jid), rendition, chunk),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"job {jid} has no task {rendition}/{chunk}")
+    return dict(row)
+
+
+def expect_running(row: dict[str, Any], call_id: str | None, attempt: int | None = None) -> None:
+    """The report comes from the attempt of this task running now: same call and, when
+    given, the same attempt number (a redelivered message keeps its call id, so after a
+    write-off the call id alone could name a newer attempt than the zombie reporting)."""
+    what = f"task {row['rendition']}/{row['chunk']} of job {row['job_id']}"
+    if row["state"] != TaskState.RUNNING.value:
+        raise Conflict(f"{what} is {row['state']}, not running")
     if call_id is not None and row["last_call_id"] != call_id:
         raise Conflict(
-            f"rendition {name} of job {jid} is running under call {row['last_call_id']}, "
-            f"not {call_id}: this attempt was written off"
+            f"{what} is running under call {row['last_call_id']}, not {call_id}: "
+            "this attempt was written off"
         )
     if attempt is not None and int(row["attempts"]) != attempt:
         raise Conflict(
-            f"rendition {name} of job {jid} is running attempt {row['attempts']}, not "
-            f"{attempt}: this attempt was written off"
+            f"{what} is running attempt {row['attempts']}, not {attempt}: "
+            "this attempt was written off"
         )
+
+
+def task_changed(
+    cur: Cursor,
+    before: dict[str, Any],
+    after: dict[str, Any],
+    *,
+    call_id: str | None = None,
+    detail: str | None = None,
+) -> Task:
+    """After a task's guarded UPDATE (`before` locked, `after` returned): check and record
+    the transition, bring its rendition's state in step, and return the task with it."""
+    old, new = before["state"], after["state"]
+    jid = UUID(str(after["job_id"]))
+    if old != new or detail is not None:
+        lifecycle.check_task(old, new)
+        _insert_change(
+            cur,
+            jid,
+            after["rendition"],
+            after["chunk"],
+            old,
+            new,
+            int(after["attempts"]),
+            call_id if call_id is not None else after["last_call_id"],
+            detail,
+        )
+    state = sync_rendition(cur, jid, after["rendition"])
+    return row_to_task(after, rendition_state=state)
+
+
+def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
+    """Derive the rendition's state from its tasks' (`lifecycle.rendition_state`) and write
+    it if it moved, with its times, error and (for a rendition encoded whole) result.
+
+    A rendition that ended stays ended: a chunk still reporting after its sibling failed
+    changes its own row only. A rendition of one task has no trail rows of its own: its
+    task's are the same moves.
+    """
+    row = lock_rendition(cur, jid, name)
+    cur.execute(
+        "SELECT * FROM tasks WHERE job_id = %s AND rendition = %s ORDER BY chunk",
+        (str(jid), name),
+    )
+    tasks = [dict(t) for t in cur.fetchall()]
+    old = RenditionState(row["state"])
+    if old.terminal:
+        return old
+    new = lifecycle.rendition_state([TaskState(t["state"]) for t in tasks])
+    if new is old:
+        return old
+    lifecycle.check_rendition(old.value, new.value)
+    failed = [t for t in tasks if t["error"] and t["state"] != TaskState.SUCCEEDED.value]
+    error = failed[-1]["error"] if failed else None
+    whole = tasks[0] if len(tasks) == 1 and tasks[0]["start_s"] is None else None
+    result = whole["result"] if whole is not None and new is RenditionState.SUCCEEDED else None
+    columns = {k: (result or {}).get(k) for k in RESULT_COLUMNS}
+    cur.execute(
+        """
+        UPDATE renditions
+        SET state = %(new)s, error = %(error)s,
+            started_at = CASE WHEN %(new)s = 'running' THEN COALESCE(started_at, now())
+                              ELSE started_at END,
+            finished_at = CASE WHEN %(terminal)s THEN now() END,
+            result = COALESCE(%(result)s, result),
+            output_prefix = COALESCE(%(output_prefix)s, output_prefix),
+            size_bytes = COALESCE(%(size_bytes)s, size_bytes),
+            avg_bitrate = COALESCE(%(avg_bitrate)s, avg_bitrate),
+            peak_bitrate = COALESCE(%(peak_bitrate)s, peak_bitrate)
+        WHERE job_id = %(job)s AND name = %(name)s AND state = %(old)s
+        """,
+        {
+            "new": new.value,
+            "old": old.value,
+            "error": error,
+            "terminal": new.terminal,
+            "result": psycopg2.extras.Json(result) if result is not None else None,
+            **columns,
+            "job": str(jid),
+            "name": name,
+        },
+    )
+    if cur.rowcount != 1:
+        raise Conflict("the row changed under us")
+    if len(tasks) > 1:
+        _insert_change(cur, jid, name, None, old.value, new.value, None, None, None)
+    return new
 
 
 def audit(
@@ -175,37 +277,51 @@ def audit(
     *,
     detail: str | None = None,
 ) -> None:
-    """Record a transition in the trail, after checking the lifecycle allows it: a move the
-    table does not have raises InvalidTransition inside the transaction, which then rolls
-    back, so a bug cannot commit a state no code expects."""
+    """Record a job's (or a new rendition's) transition in the trail, after checking the
+    lifecycle allows it: a move the table does not have raises InvalidTransition inside the
+    transaction, which then rolls back, so a bug cannot commit a state no code expects."""
     old = str(from_state) if from_state is not None else None
     if rendition is None:
         lifecycle.check_job(old, str(to_state))
     else:
         lifecycle.check_rendition(old, str(to_state))
+    _insert_change(cur, job_id, rendition, None, old, str(to_state), attempt, call_id, detail)
+
+
+def _insert_change(
+    cur: Cursor,
+    job_id: UUID,
+    rendition: str | None,
+    chunk: int | None,
+    from_state: str | None,
+    to_state: str,
+    attempt: int | None,
+    call_id: str | None,
+    detail: str | None,
+) -> None:
     cur.execute(
         """
-        INSERT INTO state_changes (job_id, rendition, from_state, to_state, attempt, call_id,
-                                   detail)
-        VALUES (%s, %s, %s, %s, %s, %s, %s)
+        INSERT INTO state_changes (job_id, rendition, chunk, from_state, to_state, attempt,
+                                   call_id, detail)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         """,
-        (
-            str(job_id),
-            rendition,
-            str(from_state) if from_state is not None else None,
-            str(to_state),
-            attempt,
-            call_id,
-            detail,
-        ),
+        (str(job_id), rendition, chunk, from_state, to_state, attempt, call_id, detail),
     )
 
 
-def row_to_rendition(row: dict[str, Any]) -> Rendition:
-    return Rendition.model_validate(dict(row))
+def row_to_task(row: dict[str, Any], *, rendition_state: RenditionState | None = None) -> Task:
+    return Task.model_validate(dict(row) | {"rendition_state": rendition_state})
 
 
-def row_to_job(row: dict[str, Any], renditions: Sequence[dict[str, Any]]) -> Job:
+def row_to_rendition(row: dict[str, Any], tasks: Sequence[dict[str, Any]] = ()) -> Rendition:
+    return Rendition.model_validate(dict(row) | {"tasks": [row_to_task(t) for t in tasks]})
+
+
+def row_to_job(
+    row: dict[str, Any],
+    renditions: Sequence[dict[str, Any]],
+    tasks: Sequence[dict[str, Any]] = (),
+) -> Job:
     data = dict(row)
     data["source"] = SourceRef(
         bucket=data.pop("source_bucket"),
@@ -213,5 +329,10 @@ def row_to_job(row: dict[str, Any], renditions: Sequence[dict[str, Any]]) -> Job
         etag=data.pop("source_etag"),
         size=data.pop("source_size"),
     )
-    data["renditions"] = [row_to_rendition(r) for r in renditions]
+    by_rendition: dict[str, list[dict[str, Any]]] = {}
+    for t in tasks:
+        by_rendition.setdefault(str(t["rendition"]), []).append(t)
+    data["renditions"] = [
+        row_to_rendition(r, by_rendition.get(str(r["name"]), [])) for r in renditions
+    ]
     return Job.model_validate(data)

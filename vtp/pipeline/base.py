@@ -18,7 +18,7 @@ from vtp import db
 from vtp.errors import Unauthorized
 from vtp.events import EventBus, ProgressEvent
 from vtp.invoker import Invoker
-from vtp.jobs import Job, JobStore, Rendition
+from vtp.jobs import Job, JobStore, Task
 from vtp.lifecycle import RetryPolicy
 from vtp.settings import Settings
 from vtp.storage import Storage
@@ -82,32 +82,38 @@ class PipelineBase:
         base = self.settings.public_s3_endpoint.rstrip("/")
         return f"{base}/{self.settings.outputs_bucket}/{job_id}/{quote(path)}"
 
-    def callback_url(self, job_id: UUID | str, rendition: str, call_id: str) -> str:
+    def callback_url(self, job_id: UUID | str, rendition: str, call_id: str, chunk: int = 0) -> str:
         """split's route for the queue-worker's report on one transcode call. It is reachable
         by anyone who reaches the gateway, and the CE components log it (the queue-worker
         every message, of-watchdog every request line), so its signature covers the call it
         is about: a URL copied from a log can speak of that call only, never of another
-        attempt or another rendition."""
+        attempt, another chunk or another rendition (chunk 0, a rendition encoded whole, is
+        left out of the URL and of what is signed, as before there were chunks)."""
         query = {"job": str(job_id), "rendition": rendition, "call": call_id}
-        sig = self._callback_signature(str(job_id), rendition, call_id)
+        if chunk:
+            query["chunk"] = str(chunk)
+        sig = self._callback_signature(str(job_id), rendition, call_id, chunk)
         if sig:
             query["sig"] = sig
         return self.invoker.function_url("split", "/callback", query)
 
     def check_callback_signature(
-        self, job_id: str, rendition: str, call_id: str | None, sig: str | None
+        self, job_id: str, rendition: str, call_id: str | None, sig: str | None, chunk: int = 0
     ) -> None:
-        expected = self._callback_signature(job_id, rendition, call_id)
+        expected = self._callback_signature(job_id, rendition, call_id, chunk)
         if expected and not hmac.compare_digest(expected, sig or ""):
             raise Unauthorized("rendition callback without a valid signature")
 
-    def _callback_signature(self, job_id: str, rendition: str, call_id: str | None) -> str | None:
+    def _callback_signature(
+        self, job_id: str, rendition: str, call_id: str | None, chunk: int = 0
+    ) -> str | None:
         secret = self.settings.callback_secret
         if secret is None or not secret.get_secret_value():
             return None
         # Without a call id: the URLs of calls queued before the call was signed too.
         tail = f":{call_id}" if call_id is not None else ""
-        msg = f"rendition-callback:{job_id}:{rendition}{tail}".encode()
+        part = f"/{chunk}" if chunk else ""
+        msg = f"rendition-callback:{job_id}:{rendition}{part}{tail}".encode()
         return hmac.new(secret.get_secret_value().encode(), msg, hashlib.sha256).hexdigest()
 
     # --- events --------------------------------------------------------------------------------
@@ -120,7 +126,7 @@ class PipelineBase:
     def _publish_job(self, job: Job) -> None:
         self._publish(ProgressEvent.of_job(job))
 
-    def _publish_rendition(self, rend: Rendition) -> None:
-        """After a transition of `rend` (the row the store returned): events are derived
-        from transitions, one way for every caller."""
-        self._publish(ProgressEvent.of_rendition(rend))
+    def _publish_task(self, task: Task) -> None:
+        """After a transition of `task` (the row the store returned, with its rendition's
+        state): events are derived from transitions, one way for every caller."""
+        self._publish(ProgressEvent.of_task(task))

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from vtp import callbacks
 from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
+from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.pipeline.transcode import Transcode
@@ -97,8 +98,9 @@ class Intake(Transcode):
             )
             self._publish_job(job)
             for rend in job.renditions:
-                self._publish_rendition(rend)
-                self.dispatch(job.id, rend)
+                self._publish(ProgressEvent.of_rendition(rend))
+                for task in rend.tasks:
+                    self.dispatch(task)
         return SubmitResult(job=self.store.get(job.id), created=created)
 
     def _reject(self, ref: SourceRef, reason: str, callback_url: str | None) -> SubmitResult:

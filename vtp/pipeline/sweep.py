@@ -20,13 +20,13 @@ class Sweep(Intake):
         buckets against the jobs (a lost event becomes a job)."""
         confirmed = self.confirm_deaths()
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
-        for r in reaped:
-            self._publish_rendition(r)
+        for t in reaped:
+            self._publish_task(t)
         retried = self.dispatch_due_retries()
         lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
-        for r in lost:
-            log.warning("re-dispatching %s of job %s: still queued", r.name, r.job_id)
-            self.dispatch(r.job_id, r)
+        for t in lost:
+            log.warning("re-dispatching %s of job %s: still queued", t.name, t.job_id)
+            self.dispatch(t)
         finalized = 0
         for job in self.store.finalizations_due():
             finalized += self.maybe_finalize(job.id, claimer=f"sweeper:{threading.get_ident()}")

@@ -1,5 +1,5 @@
-"""Running one rendition in a transcode function: the attempt, its heartbeats and deadline,
-the encode, the upload, and the outcome recorded whatever happens."""
+"""Running one task in a transcode function (today a whole rendition): the attempt, its
+heartbeats and deadline, the encode, the upload, and the outcome recorded whatever happens."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from uuid import UUID
 
 import psycopg2
 import redis
@@ -19,8 +18,8 @@ from vtp.encode import encode_rendition
 from vtp.errors import Conflict, FfmpegTimeout, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
-from vtp.jobs import Job, JobStore
-from vtp.models import RenditionState, TranscodeTask
+from vtp.jobs import Job, JobStore, Task
+from vtp.models import TranscodeTask
 from vtp.pipeline.dispatch import Dispatch
 from vtp.settings import Settings
 
@@ -49,16 +48,17 @@ class Transcode(Dispatch):
         if expected and spec_rend.function != expected:
             log.warning("%s runs %s's task for %s", expected, spec_rend.function, task.rendition)
         try:
-            rend = self.store.begin_attempt(task.job_id, task.rendition, call_id)
+            began = self.store.begin_attempt(task.job_id, task.rendition, call_id, chunk=task.chunk)
         except Conflict as exc:
             log.info("skipping duplicate delivery %s: %s", call_id, exc.reason)
             return {"skipped": exc.reason, "job_id": str(task.job_id), "rendition": task.rendition}
         assert job.source_info is not None
         info = job.source_info
-        reporter = ProgressReporter(self.bus, job.id, rend.name, rend.attempts, info.duration)
-        reporter.state(rend.state)  # the transition's own state (running), as recorded
-        attempt = rend.attempts
-        heartbeat = _Heartbeat(self.store, job.id, rend.name, call_id, attempt)
+        rend = spec_rend
+        attempt = began.attempts
+        reporter = ProgressReporter(self.bus, job.id, rend.name, attempt, info.duration)
+        reporter.state(began.rendition_state or began.state)  # as recorded: running
+        heartbeat = _Heartbeat(self.store, began, call_id)
 
         def on_progress(p: Progress) -> None:
             reporter.sample(p.out_time, p.fps, p.speed)
@@ -98,12 +98,12 @@ class Transcode(Dispatch):
             }
             record = result.model_dump(mode="json") | {"output_prefix": prefix, "timings": timings}
             done = _persist(
-                lambda: self.store.succeed_rendition(
-                    job.id, rend.name, record, call_id=call_id, attempt=attempt
+                lambda: self.store.succeed_task(
+                    job.id, rend.name, record, call_id=call_id, attempt=attempt, chunk=task.chunk
                 ),
                 self.settings.final_write_seconds,
             )
-            reporter.state(done.state)
+            reporter.state(done.rendition_state or done.state)
             outcome = {"state": "succeeded", "result": record}
         except Conflict as exc:
             # Written off while it ran (the sweeper, or the callback of an earlier 504): a
@@ -115,11 +115,11 @@ class Transcode(Dispatch):
             if self.stopping.is_set():
                 reason = f"interrupted: the function was stopped ({reason})"
                 retryable = True
-            state = self._record_failure(job.id, rend.name, reason, retryable, call_id, attempt)
-            if state is None:
+            failed = self._record_failure(began, reason, retryable, call_id)
+            if failed is None:
                 return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
-            reporter.state(state, error=reason)
-            outcome = {"state": state.value, "error": reason}
+            reporter.state(failed.rendition_state or failed.state, error=reason)
+            outcome = {"state": failed.state.value, "error": reason}
         finally:
             reporter.close()
         try:
@@ -127,7 +127,7 @@ class Transcode(Dispatch):
         except _TRANSIENT as exc:
             # The rendition's own outcome is recorded; the sweeper finishes the job.
             log.warning("job %s not finalized now (%r): the sweeper will", job.id, exc)
-        return {"job_id": str(job.id), "rendition": rend.name, "attempt": rend.attempts} | outcome
+        return {"job_id": str(job.id), "rendition": rend.name, "attempt": attempt} | outcome
 
     def _check_source_unchanged(self, job: Job) -> None:
         """The job's object version must still be there: a source deleted or replaced since
@@ -147,24 +147,19 @@ class Transcode(Dispatch):
             )
 
     def _record_failure(
-        self,
-        job_id: UUID,
-        rendition: str,
-        reason: str,
-        retryable: bool,
-        call_id: str,
-        attempt: int,
-    ) -> RenditionState | None:
+        self, task: Task, reason: str, retryable: bool, call_id: str
+    ) -> Task | None:
         """The attempt's own report of its failure; None if it was superseded meanwhile."""
         try:
             return _persist(
-                lambda: self.store.fail_rendition(
-                    job_id,
-                    rendition,
+                lambda: self.store.fail_task(
+                    task.job_id,
+                    task.rendition,
                     reason,
                     retryable=retryable,
                     call_id=call_id,
-                    attempt=attempt,
+                    attempt=task.attempts,
+                    chunk=task.chunk,
                 ),
                 self.settings.final_write_seconds,
             )
@@ -182,14 +177,10 @@ class _Heartbeat:
     propagates and stops the encode.
     """
 
-    def __init__(
-        self, store: JobStore, job_id: UUID, rendition: str, call_id: str, attempt: int
-    ) -> None:
+    def __init__(self, store: JobStore, task: Task, call_id: str) -> None:
         self.store = store
-        self.job_id = job_id
-        self.rendition = rendition
+        self.task = task
         self.call_id = call_id
-        self.attempt = attempt
         self.last = time.monotonic()
 
     def beat(self, *, force: bool = False) -> None:
@@ -197,14 +188,15 @@ class _Heartbeat:
         if not force and time.monotonic() - self.last < HEARTBEAT_EVERY_S:
             return
         self.last = time.monotonic()
+        t = self.task
         try:
             self.store.heartbeat(
-                self.job_id, self.rendition, call_id=self.call_id, attempt=self.attempt
+                t.job_id, t.rendition, call_id=self.call_id, attempt=t.attempts, chunk=t.chunk
             )
         except Conflict:
             raise
         except Exception as exc:
-            log.warning("heartbeat of %s/%s not recorded: %r", self.job_id, self.rendition, exc)
+            log.warning("heartbeat of %s of job %s not recorded: %r", t.name, t.job_id, exc)
 
 
 # Errors of the environment, not of the code: the same call may well work a moment later.

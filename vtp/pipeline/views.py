@@ -39,6 +39,19 @@ class Views(PipelineBase):
                 "peak_bitrate": r.peak_bitrate,
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
+                # Its units of work: one for a rendition encoded whole.
+                "tasks": [
+                    {
+                        "chunk": t.chunk,
+                        "state": t.state.value,
+                        "start_s": t.start_s,
+                        "end_s": t.end_s,
+                        "attempts": t.attempts,
+                        "refusals": t.refusals,
+                        "error": t.error,
+                    }
+                    for t in r.tasks
+                ],
                 "urls": {},
             }
             if r.state is RenditionState.SUCCEEDED and r.result:
@@ -79,12 +92,18 @@ class Views(PipelineBase):
     def _describe_callback(job: Job, *, listing: bool) -> dict[str, Any] | None:
         if not job.callback_url:
             return None
-        shown: dict[str, Any] = {} if listing else {"url": callbacks.shown_url(job.callback_url)}
-        return shown | {
+        seen: dict[str, Any] = {
             "status": job.callback_status.value,
             "attempts": job.callback_attempts,
-            "error": job.callback_last_error,
         }
+        if listing:
+            # Not even the error: a failed delivery's names the receiver's host.
+            return seen
+        return (
+            {"url": callbacks.shown_url(job.callback_url)}
+            | seen
+            | {"error": job.callback_last_error}
+        )
 
     def find_job(self, job_id: str) -> Job:
         """A job by its id or an unambiguous prefix of it (the page shows 8 digits)."""
