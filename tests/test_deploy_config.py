@@ -394,21 +394,47 @@ def _reads_setting(node: ast.AST, field: str) -> bool:
     )
 
 
+def _is_self(node: ast.AST) -> bool:
+    return isinstance(node, ast.Name) and node.id == "self"
+
+
 def _self_calls(node: ast.AST) -> set[str]:
+    """Methods called on `self` or on a part held by it (`self.fanin.maybe_finalize()`)."""
     return {
         n.func.attr
         for n in ast.walk(node)
         if isinstance(n, ast.Call)
         and isinstance(n.func, ast.Attribute)
-        and isinstance(n.func.value, ast.Name)
-        and n.func.value.id == "self"
+        and (
+            _is_self(n.func.value)
+            or (isinstance(n.func.value, ast.Attribute) and _is_self(n.func.value.value))
+        )
     }
+
+
+def _entry_points() -> dict[str, str]:
+    """Pipeline's names for its parts' methods: `self.run_rendition = self.runner.run`."""
+    aliases = {}
+    for n in ast.walk(ast.parse((PIPELINE_DIR / "__init__.py").read_text())):
+        if (
+            isinstance(n, ast.Assign)
+            and len(n.targets) == 1
+            and isinstance(n.targets[0], ast.Attribute)
+            and _is_self(n.targets[0].value)
+            and isinstance(n.value, ast.Attribute)
+            and isinstance(n.value.value, ast.Attribute)
+            and _is_self(n.value.value.value)
+        ):
+            aliases[n.targets[0].attr] = n.value.attr
+    return aliases
 
 
 def methods_needing(field: str) -> set[str]:
     """Pipeline methods that read `settings.<field>`, directly or through other methods."""
     methods = _pipeline_methods()
     calls = {name: _self_calls(fn) & set(methods) for name, fn in methods.items()}
+    for alias, target in _entry_points().items():
+        calls.setdefault(alias, set()).add(target)
     need = {name for name, fn in methods.items() if _reads_setting(fn, field)}
     while True:
         more = {name for name, callees in calls.items() if callees & need} - need
@@ -434,6 +460,7 @@ def handler_pipeline_calls(handler: Path) -> set[str]:
 def test_the_secret_analysis_sees_what_it_must() -> None:
     # Guards the analysis itself: were these false, the test below would pass vacuously.
     assert {"callback_url", "dispatch", "sweep", "submit"} <= methods_needing("callback_secret")
+    assert "run_rendition" in methods_needing("callback_secret")  # its retry is dispatched
     assert "describe_job" not in methods_needing("callback_secret")
     assert "sweep" in handler_pipeline_calls(REPO / "functions" / "sweeper" / "handler.py")
     assert "submit" in handler_pipeline_calls(REPO / "functions" / "split" / "handler.py")

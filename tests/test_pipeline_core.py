@@ -106,9 +106,17 @@ def test_callback_urls_are_signed_per_call(pipeline: Pipeline) -> None:
         pipeline.bus,
         pipeline.invoker,
     )
-    q = parse_qs(urlsplit(signed.callback_url("j1", "720p", "call-1")).query)
+    q = parse_qs(urlsplit(signed.urls.callback_url("j1", "720p", "call-1")).query)
     assert q["job"] == ["j1"] and q["rendition"] == ["720p"] and q["call"] == ["call-1"]
+    assert "chunk" not in q  # a rendition encoded whole: its URL as before there were chunks
     signed.check_callback_signature("j1", "720p", "call-1", q["sig"][0])
+    chunked = parse_qs(urlsplit(signed.urls.callback_url("j1", "720p", "call-1", 3)).query)
+    assert chunked["chunk"] == ["3"] and chunked["sig"] != q["sig"]
+    signed.check_callback_signature("j1", "720p", "call-1", chunked["sig"][0], 3)
+    with pytest.raises(Unauthorized):  # one chunk's URL cannot speak for another
+        signed.check_callback_signature("j1", "720p", "call-1", chunked["sig"][0], 4)
+    with pytest.raises(Unauthorized):
+        signed.check_callback_signature("j1", "720p", "call-1", q["sig"][0], 3)
     for job, rendition, call in (("j2", "720p", "call-1"), ("j1", "360p", "call-1"),
                                  ("j1", "720p", "call-2"), ("j1", "720p", None)):  # fmt: skip
         with pytest.raises(Unauthorized):

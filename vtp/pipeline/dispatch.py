@@ -12,7 +12,9 @@ from uuid import uuid4
 from vtp.errors import Conflict, VtpError
 from vtp.jobs import Task
 from vtp.models import TaskState, TranscodeTask
+from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
+from vtp.pipeline.urls import Urls
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +23,15 @@ log = logging.getLogger(__name__)
 INLINE_RETRY_WAIT_S = 15.0
 
 
-class Dispatch(FanIn):
+class Dispatcher:
+    def __init__(self, clients: Clients, urls: Urls, fanin: FanIn) -> None:
+        self.clients = clients
+        self.settings = clients.settings
+        self.store = clients.store
+        self.invoker = clients.invoker
+        self.urls = urls
+        self.fanin = fanin
+
     def dispatch(self, task: Task) -> None:
         """Queue one transcode call for a task; a refused dispatch becomes a retry, never a
         lost task.
@@ -38,7 +48,7 @@ class Dispatch(FanIn):
             self.invoker.invoke_async(
                 task.function,
                 TranscodeTask(job_id=job_id, rendition=rendition, chunk=chunk),
-                callback_url=self.callback_url(job_id, rendition, call_id, chunk),
+                callback_url=self.urls.callback_url(job_id, rendition, call_id, chunk),
                 call_id=call_id,
             )
         except VtpError as exc:
@@ -100,7 +110,7 @@ class Dispatch(FanIn):
         task = rend.task(chunk)
         if task.state is TaskState.RETRYING:
             self._schedule_retry(task)
-        finished = self.maybe_finalize(job_id, claimer=f"callback:{call_id}")
+        finished = self.fanin.maybe_finalize(job_id, claimer=f"callback:{call_id}")
         return {
             "job_id": job_id,
             "rendition": rendition,
@@ -139,9 +149,9 @@ class Dispatch(FanIn):
         except Conflict as exc:
             log.info("refusal report ignored: %s", exc.reason)
             return
-        self._publish_task(after)
+        self.clients.publish_task(after)
         if after.state is TaskState.DEAD:
-            self.maybe_finalize(task.job_id, claimer=f"refusal:{call_id}")
+            self.fanin.maybe_finalize(task.job_id, claimer=f"refusal:{call_id}")
 
     def _report_death(self, task: Task, reason: str, *, call_id: str) -> None:
         """The attempt running under `call_id` was reported dead: believed once it stays
@@ -165,11 +175,11 @@ class Dispatch(FanIn):
         (or finish their job, when that was the last attempt)."""
         confirmed = self.store.confirm_deaths(self.settings.death_confirm_seconds)
         for t in confirmed:
-            self._publish_task(t)
+            self.clients.publish_task(t)
             if t.state is TaskState.RETRYING:
                 self._schedule_retry(t)
             else:
-                self.maybe_finalize(t.job_id, claimer=f"confirmed-death:{t.last_call_id}")
+                self.fanin.maybe_finalize(t.job_id, claimer=f"confirmed-death:{t.last_call_id}")
         return len(confirmed)
 
     def _confirm_deaths_quietly(self) -> None:

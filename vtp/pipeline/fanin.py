@@ -1,5 +1,5 @@
-"""Fan-in: when the last rendition ends, one caller writes the master playlist and the poster,
-finishes the job and sends its callback."""
+"""Fan-in: when the last task ends, one caller writes the master playlist and the poster,
+finishes the job and sends its callback (tried again by the sweeper until it is taken)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,10 @@ from vtp import callbacks, layout, workdirs
 from vtp.encode import RenditionResult
 from vtp.errors import VtpError
 from vtp.jobs import CallbackStatus, Job, SourceRef, summarize_outcome
+from vtp.lifecycle import RetryPolicy
 from vtp.models import JobState, RenditionState
-from vtp.pipeline.views import Views
+from vtp.pipeline.clients import Clients
+from vtp.pipeline.views import JobViews
 from vtp.playlist import MasterEntry, make_poster, master_playlist
 
 log = logging.getLogger(__name__)
@@ -36,10 +38,21 @@ class JobCallback(BaseModel):
     finished_at: datetime | None
 
 
-class FanIn(Views):
-    # --- fan-in ------------------------------------------------------------------------------
+class FanIn:
+    def __init__(self, clients: Clients, views: JobViews) -> None:
+        self.clients = clients
+        self.settings = clients.settings
+        self.store = clients.store
+        self.storage = clients.storage
+        self.views = views
+        # Job callbacks are tried again with the same back-off rule as tasks.
+        self.callback_retry = RetryPolicy(
+            base_s=self.settings.callback_retry_base_seconds,
+            max_s=self.settings.callback_retry_max_seconds,
+        )
+
     def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
-        """Finish the job if every rendition has ended and no one else is doing it."""
+        """Finish the job if every task has ended and no one else is doing it."""
         job = self.store.claim_finalization(job_id, claimer)
         if job is None:
             return False
@@ -70,8 +83,8 @@ class FanIn(Views):
         )
         log.info("job %s %s%s", job.id, job.state, f": {reason}" if reason else "")
         self._remove_superseded_attempts(job)
-        self._publish_job(job)
-        self._fire_callback(job)
+        self.clients.publish_job(job)
+        self.fire_callback(job)
         return True
 
     def _remove_superseded_attempts(self, job: Job) -> None:
@@ -111,7 +124,7 @@ class FanIn(Views):
             # A missing poster is cosmetic; the renditions are what the job is for.
             log.warning("job %s: no poster: %s", job.id, exc.reason)
 
-    def _fire_callback(self, job: Job) -> None:
+    def fire_callback(self, job: Job) -> None:
         """One try at the job's callback; a failure is tried again by the sweeper, with
         back-off, for `callback_retry_hours` after the job ended (state in PostgreSQL, so
         restarts lose nothing). Never sleeps: this runs in a function's call."""
@@ -154,18 +167,18 @@ class FanIn(Views):
         """The sweeper's part: try again the callbacks whose back-off has passed."""
         due = self.store.due_callbacks()
         for job in due:
-            self._fire_callback(job)
+            self.fire_callback(job)
         return len(due)
 
     def redeliver_callback(self, job_id: str) -> Job:
         """Send a finished job's callback again now, whatever became of it before (by hand:
         `vtp callbacks redeliver JOB`); the receiver de-duplicates on X-VTP-Delivery."""
         job = self.store.reset_callback(self.store.resolve_id(job_id))
-        self._fire_callback(job)
+        self.fire_callback(job)
         return self.store.get(job.id)
 
     def callback_body(self, job: Job) -> JobCallback:
-        view = self.describe_job(job, live=False)
+        view = self.views.describe_job(job, live=False)
         return JobCallback(
             job_id=job.id,
             state=job.state,

@@ -13,7 +13,9 @@ from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
-from vtp.pipeline.transcode import Transcode
+from vtp.pipeline.clients import Clients
+from vtp.pipeline.dispatch import Dispatcher
+from vtp.pipeline.fanin import FanIn
 from vtp.probe import probe_source
 from vtp.storage import ListedObject
 from vtp.webhook import SourceObject, key_problem, storable_key
@@ -26,8 +28,15 @@ class SubmitResult(BaseModel):
     created: bool
 
 
-class Intake(Transcode):
-    # --- split ---------------------------------------------------------------------------
+class Intake:
+    def __init__(self, clients: Clients, dispatcher: Dispatcher, fanin: FanIn) -> None:
+        self.clients = clients
+        self.settings = clients.settings
+        self.store = clients.store
+        self.storage = clients.storage
+        self.dispatcher = dispatcher
+        self.fanin = fanin
+
     def submit(
         self,
         src: SourceObject,
@@ -96,11 +105,11 @@ class Intake(Transcode):
                 src.key,
                 ", ".join(f"{r.name} {r.spec.width}x{r.spec.height}" for r in job.renditions),
             )
-            self._publish_job(job)
+            self.clients.publish_job(job)
             for rend in job.renditions:
-                self._publish(ProgressEvent.of_rendition(rend))
+                self.clients.publish(ProgressEvent.of_rendition(rend))
                 for task in rend.tasks:
-                    self.dispatch(task)
+                    self.dispatcher.dispatch(task)
         return SubmitResult(job=self.store.get(job.id), created=created)
 
     def _reject(self, ref: SourceRef, reason: str, callback_url: str | None) -> SubmitResult:
@@ -108,8 +117,8 @@ class Intake(Transcode):
         job, created = self.store.record_rejected(ref, reason, callback_url=callback_url)
         if created:
             log.warning("rejected s3://%s/%s: %s", ref.bucket, ref.key, reason)
-            self._publish_job(job)
-            self._fire_callback(job)
+            self.clients.publish_job(job)
+            self.fanin.fire_callback(job)
         return SubmitResult(job=self.store.get(job.id), created=created)
 
     # --- reconciliation -------------------------------------------------------------------

@@ -7,36 +7,49 @@ import logging
 import threading
 
 from vtp.errors import VtpError
+from vtp.pipeline.clients import Clients
+from vtp.pipeline.dispatch import Dispatcher
+from vtp.pipeline.fanin import FanIn
 from vtp.pipeline.intake import Intake
 
 log = logging.getLogger(__name__)
 
 
-class Sweep(Intake):
-    # --- sweeper -------------------------------------------------------------------------------
+class Sweeper:
+    def __init__(
+        self, clients: Clients, dispatcher: Dispatcher, fanin: FanIn, intake: Intake
+    ) -> None:
+        self.clients = clients
+        self.settings = clients.settings
+        self.store = clients.store
+        self.dispatcher = dispatcher
+        self.fanin = fanin
+        self.intake = intake
+
     def sweep(self) -> dict[str, int]:
         """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
         finalizations, try again due job callbacks; and now and then reconcile the input
         buckets against the jobs (a lost event becomes a job)."""
-        confirmed = self.confirm_deaths()
+        confirmed = self.dispatcher.confirm_deaths()
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for t in reaped:
-            self._publish_task(t)
-        retried = self.dispatch_due_retries()
+            self.clients.publish_task(t)
+        retried = self.dispatcher.dispatch_due_retries()
         lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
         for t in lost:
             log.warning("re-dispatching %s of job %s: still queued", t.name, t.job_id)
-            self.dispatch(t)
+            self.dispatcher.dispatch(t)
         finalized = 0
+        claimer = f"sweeper:{threading.get_ident()}"
         for job in self.store.finalizations_due():
-            finalized += self.maybe_finalize(job.id, claimer=f"sweeper:{threading.get_ident()}")
-        callbacks_sent = self.deliver_due_callbacks()
+            finalized += self.fanin.maybe_finalize(job.id, claimer=claimer)
+        callbacks_sent = self.fanin.deliver_due_callbacks()
         reconciled = 0
         if self.settings.reconcile_window_seconds > 0 and self.store.claim_periodic(
             "reconcile", self.settings.reconcile_every_seconds
         ):
             try:
-                reconciled = self.reconcile()["submitted"]
+                reconciled = self.intake.reconcile()["submitted"]
             except VtpError as exc:
                 log.error("reconciliation failed: %s", exc.reason)
         return {

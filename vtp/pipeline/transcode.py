@@ -4,6 +4,7 @@ heartbeats and deadline, the encode, the upload, and the outcome recorded whatev
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -20,7 +21,8 @@ from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore, Task
 from vtp.models import TranscodeTask
-from vtp.pipeline.dispatch import Dispatch
+from vtp.pipeline.clients import Clients
+from vtp.pipeline.fanin import FanIn
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -29,9 +31,19 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 10.0
 
 
-class Transcode(Dispatch):
-    # --- transcode -------------------------------------------------------------------------
-    def run_rendition(
+class TaskRunner:
+    """What a transcode function does with the call it was given."""
+
+    def __init__(self, clients: Clients, fanin: FanIn, stopping: threading.Event) -> None:
+        self.settings = clients.settings
+        self.store = clients.store
+        self.storage = clients.storage
+        self.bus = clients.bus
+        self.fanin = fanin
+        # Set when the process is asked to stop: the encode in flight ends, recorded.
+        self.stopping = stopping
+
+    def run(
         self, task: TranscodeTask, call_id: str, *, started: float | None = None
     ) -> dict[str, Any]:
         """Encode one rendition and record the outcome; never raises for a failed encode.
@@ -123,7 +135,7 @@ class Transcode(Dispatch):
         finally:
             reporter.close()
         try:
-            self.maybe_finalize(job.id, claimer=call_id)
+            self.fanin.maybe_finalize(job.id, claimer=call_id)
         except _TRANSIENT as exc:
             # The rendition's own outcome is recorded; the sweeper finishes the job.
             log.warning("job %s not finalized now (%r): the sweeper will", job.id, exc)

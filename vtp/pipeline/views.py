@@ -9,13 +9,18 @@ from vtp import callbacks, layout
 from vtp.errors import NotFound
 from vtp.jobs import Job
 from vtp.models import RenditionState
-from vtp.pipeline.base import PipelineBase
+from vtp.pipeline.clients import Clients
+from vtp.pipeline.urls import Urls
 
 log = logging.getLogger(__name__)
 
 
-class Views(PipelineBase):
-    # --- status --------------------------------------------------------------------------------
+class JobViews:
+    def __init__(self, clients: Clients, urls: Urls) -> None:
+        self.store = clients.store
+        self.bus = clients.bus
+        self.urls = urls
+
     def describe_job(self, job: Job, *, live: bool = True, listing: bool = False) -> dict[str, Any]:
         """The job as clients see it: state, renditions with live progress, output URLs.
 
@@ -56,11 +61,12 @@ class Views(PipelineBase):
             }
             if r.state is RenditionState.SUCCEEDED and r.result:
                 folder = layout.within_job(job.id, r.output_prefix, r.name)
-                item["urls"]["playlist"] = self.output_url(
+                item["urls"]["playlist"] = self.urls.output_url(
                     job.id, f"{folder}/{r.result['playlist']}"
                 )
                 if r.result.get("mp4"):
-                    item["urls"]["mp4"] = self.output_url(job.id, f"{folder}/{r.result['mp4']}")
+                    mp4 = f"{folder}/{r.result['mp4']}"
+                    item["urls"]["mp4"] = self.urls.output_url(job.id, mp4)
             if live and r.name in progress:
                 p = progress[r.name]
                 item["progress"] = p.model_dump(
@@ -69,8 +75,8 @@ class Views(PipelineBase):
             rends.append(item)
         urls: dict[str, str] = {}
         if job.master_playlist:
-            urls["master"] = self.output_url(job.id, layout.MASTER)
-            urls["poster"] = self.output_url(job.id, layout.POSTER)
+            urls["master"] = self.urls.output_url(job.id, layout.MASTER)
+            urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
         done = [r for r in job.renditions if r.state.terminal]
         return {
             "id": str(job.id),

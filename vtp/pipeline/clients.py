@@ -1,0 +1,72 @@
+"""The clients every part of the pipeline uses (database, Redis, storage, gateway), built once
+from settings or injected by a test, and the one way progress events leave the pipeline."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+
+import redis
+
+from vtp import db
+from vtp.events import EventBus, ProgressEvent
+from vtp.invoker import Invoker
+from vtp.jobs import Job, JobStore, Task
+from vtp.lifecycle import RetryPolicy
+from vtp.settings import Settings
+from vtp.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Clients:
+    """What the parts of the pipeline share; each part gets it, and the other parts it calls,
+    when it is built (`vtp.pipeline.Pipeline`), never from a global."""
+
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    bus: EventBus
+    invoker: Invoker
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Clients:
+        """Build every client from settings and bring the schema up to date (idempotent)."""
+        dsn = settings.postgres_dsn.get_secret_value()
+        conn = db.connect(dsn)
+        try:
+            db.migrate(conn)
+        finally:
+            conn.close()
+        retry = RetryPolicy(
+            max_attempts=settings.max_attempts,
+            max_refusals=settings.max_refusals,
+            base_s=settings.retry_base_seconds,
+            max_s=settings.retry_max_seconds,
+        )
+        client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+        return cls(
+            settings,
+            JobStore(functools.partial(db.connect, dsn), retry=retry),
+            Storage.from_settings(settings),
+            EventBus(client, settings.redis_prefix),
+            Invoker(settings.gateway_url),
+        )
+
+    # --- events --------------------------------------------------------------------------------
+    def publish(self, event: ProgressEvent) -> None:
+        """Progress is best effort: a Redis outage must not fail the work it reports on."""
+        try:
+            self.bus.publish(event)
+        except redis.RedisError as exc:
+            log.warning("progress event not published: %s", exc)
+
+    def publish_job(self, job: Job) -> None:
+        self.publish(ProgressEvent.of_job(job))
+
+    def publish_task(self, task: Task) -> None:
+        """After a transition of `task` (the row the store returned, with its rendition's
+        state): events are derived from transitions, one way for every caller."""
+        self.publish(ProgressEvent.of_task(task))
