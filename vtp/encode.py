@@ -314,7 +314,7 @@ def _describe(
         size_bytes=size_bytes,
         duration=round(duration, 6),
         avg_bitrate=round(sum(seg_sizes) * 8 / duration) if duration > 0 else 0,
-        peak_bitrate=_peak_bitrate([d for _, d in segments], seg_sizes, settings.gop_seconds),
+        peak_bitrate=_peak_bitrate([d for _, d in segments], seg_sizes),
         codecs=codecs,
         width=spec.width,
         height=spec.height,
@@ -350,20 +350,35 @@ def parse_media_playlist(text: str) -> tuple[str | None, list[tuple[str, float]]
     return init, segments
 
 
-def _peak_bitrate(durations: list[float], sizes: list[int], gop_seconds: float) -> int:
-    """Bit rate of the densest segment, the HLS BANDWIDTH attribute.
+def _peak_bitrate(durations: list[float], sizes: list[int]) -> int:
+    """The playlist's peak segment bit rate, the HLS BANDWIDTH attribute: as RFC 8216 defines
+    it, the largest bit rate of any contiguous run of segments whose total duration is
+    between 0.5 and 1.5 times the target duration.
 
-    A last segment shorter than one GOP (the tail of the video) is measured together with the
-    one before it: it is mostly one keyframe, and alone it would report a rate no real
-    stretch of the stream reaches, pushing players to a lower rendition than necessary.
+    So a short tail (mostly one keyframe) is never measured alone, which would report a rate
+    no real stretch of the stream reaches and push players to a lower rendition than
+    necessary; nor is it allowed to dilute the full segment before it (which an earlier
+    version did by merging the two: the BANDWIDTH then fell below a real segment's rate).
+    A video shorter than half a target duration has one rate, its own.
     """
-    pairs = [(d, s) for d, s in zip(durations, sizes, strict=True)]
-    if len(pairs) > 1 and pairs[-1][0] < gop_seconds:
-        tail_d, tail_s = pairs.pop()
-        last_d, last_s = pairs.pop()
-        pairs.append((last_d + tail_d, last_s + tail_s))
-    rates = [size * 8 / d for d, size in pairs if d > 0]
-    return round(max(rates)) if rates else 0
+    pairs = [(d, s) for d, s in zip(durations, sizes, strict=True) if d > 0]
+    if not pairs:
+        return 0
+    # EXT-X-TARGETDURATION: the longest segment, rounded to the nearest second (RFC 8216).
+    target = max(1, round(max(d for d, _ in pairs)))
+    low, high = 0.5 * target, 1.5 * target
+    best = 0.0
+    for i in range(len(pairs)):
+        total_d = total_s = 0.0
+        for d, s in pairs[i:]:
+            total_d, total_s = total_d + d, total_s + s
+            if total_d > high + 1e-9:
+                break
+            if total_d >= low - 1e-9:
+                best = max(best, total_s * 8 / total_d)
+    if best == 0.0:  # shorter than half a target duration, whole
+        best = sum(s for _, s in pairs) * 8 / sum(d for d, _ in pairs)
+    return round(best)
 
 
 def _video_codec_string(init_path: Path | None, spec: RenditionSpec) -> str:
