@@ -25,7 +25,7 @@ demo: setup
 lint: setup
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy vtp localfaas
+	@$(VENV)/bin/mypy vtp vtp_cli localfaas functions/ws-relay/vtp_relay
 	@for f in functions/*/handler.py; do $(VENV)/bin/mypy --no-error-summary $$f || exit 1; done
 
 # The browser tests need the OS's Chromium: the test target asks setup for it.
@@ -33,7 +33,7 @@ test:
 	@VTP_WITH_BROWSER=1 scripts/setup.sh
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
-	@$(VENV)/bin/mypy vtp localfaas
+	@$(VENV)/bin/mypy vtp vtp_cli localfaas functions/ws-relay/vtp_relay
 	@for f in functions/*/handler.py; do $(VENV)/bin/mypy --no-error-summary $$f || exit 1; done
 	@$(PY) -m pytest
 

@@ -2,7 +2,7 @@
 watch it transcode live, and print where the outputs are.
 
 Run by `make demo` after `make up`; reads the stack's settings from .run/stack.env. The
-uploading and watching are `vtp upload --watch` (vtp/cli/), the same client anyone can use.
+uploading and watching are `vtp upload --watch` (vtp_cli/), the same client anyone can use.
 """
 
 from __future__ import annotations

@@ -17,11 +17,11 @@ import pytest
 
 from localfaas.config import LocalConfig
 from tests.clips import make_clip
-from vtp.cli.config import ClientConfig, find_stack_env, load_config, read_env_file
-from vtp.cli.progress import JobProgress, bar_rows, format_eta
-from vtp.cli.transport import Event, Snapshot, SseParser, Tick, parse_ws_message, with_query
 from vtp.errors import InvalidRequest
 from vtp.events import ProgressEvent
+from vtp_cli.config import ClientConfig, find_stack_env, load_config, read_env_file
+from vtp_cli.progress import JobProgress, bar_rows, format_eta
+from vtp_cli.transport import Event, Snapshot, SseParser, Tick, parse_ws_message, with_query
 
 JOB = "0b6a4f1e-0000-4000-8000-000000000001"
 
@@ -252,7 +252,7 @@ def run_vtp(*args: str, env_file: Path, timeout: float = 300) -> subprocess.Comp
     env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_")}
     env["COLUMNS"] = "200"  # rich wraps tables at the terminal width; keep URLs whole
     return subprocess.run(
-        [sys.executable, "-m", "vtp.cli", *args, "--env-file", str(env_file)],
+        [sys.executable, "-m", "vtp_cli", *args, "--env-file", str(env_file)],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -331,7 +331,7 @@ def test_watch_reports_a_failed_job(stack: LocalConfig, tmp_path: Path) -> None:
 def test_output_is_not_cut_when_piped(stack: LocalConfig) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_") and k != "COLUMNS"}
     done = subprocess.run(
-        [sys.executable, "-m", "vtp.cli", "jobs", "--limit", "3",
+        [sys.executable, "-m", "vtp_cli", "jobs", "--limit", "3",
          "--env-file", str(stack.stack_env_file)],
         capture_output=True, text=True, timeout=60, env=env, check=False,
     )  # fmt: skip

@@ -1149,3 +1149,49 @@ def test_function_requirements_cover_the_shared_core(handler: str) -> None:
         if line.strip() and not line.lstrip().startswith("#")
     }
     assert names >= CORE_REQUIREMENTS, f"missing: {sorted(CORE_REQUIREMENTS - names)}"
+
+
+# --- what each function's image carries -----------------------------------------------------
+
+# Imports only the relay or the terminal client need: a function whose requirements.txt does
+# not install them must not ship code that imports them.
+_CLIENT_AND_RELAY_DEPS = {"starlette", "uvicorn", "websockets", "rich"}
+
+
+def _top_level_imports(root: Path) -> set[str]:
+    found = set()
+    for path in root.rglob("*.py"):
+        for n in ast.walk(ast.parse(path.read_text())):
+            if isinstance(n, ast.Import):
+                found |= {a.name.split(".")[0] for a in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and n.level == 0:
+                found.add(n.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("name", function_names())
+def test_a_function_ships_only_what_it_imports(name: str, tmp_path: Path) -> None:
+    """The build context faas-cli would assemble (template, handler folder, then stack.yml's
+    configuration.copy, which goes to every function): the core in each, the relay only in
+    ws-relay, the terminal client in none; nothing shipped imports what its requirements
+    leave out."""
+    from localfaas.build import assemble_context
+
+    spec = functions()[name]
+    ctx = assemble_context(
+        REPO / "template" / spec.lang,
+        REPO / spec.handler,
+        [Path(p) for p in stack().configuration.copy_paths],
+        tmp_path / "ctx",
+        scope=REPO,
+    )
+    shipped = ctx / "function"
+    packages = {p.name for p in shipped.iterdir() if (p / "__init__.py").is_file()}
+    assert packages == ({"vtp", "vtp_relay"} if name == "ws-relay" else {"vtp"})
+    assert not (shipped / "vtp" / "cli").exists() and not (shipped / "vtp" / "relay").exists()
+    requirements = (REPO / spec.handler / "requirements.txt").read_text()
+    installed = {re.split(r"[<>=\[ ]", line)[0] for line in requirements.splitlines()}
+    needs = _top_level_imports(shipped) & _CLIENT_AND_RELAY_DEPS
+    assert needs <= installed, f"{name} ships code importing {sorted(needs - installed)}"
+    if name != "ws-relay":
+        assert not needs, needs

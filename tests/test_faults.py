@@ -125,7 +125,7 @@ def test_a_job_callback_survives_a_receiver_outage(
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_")}
         again = subprocess.run(
-            [sys.executable, "-m", "vtp.cli", "callbacks", "redeliver", job_id[:8],
+            [sys.executable, "-m", "vtp_cli", "callbacks", "redeliver", job_id[:8],
              "--env-file", str(stack.stack_env_file)],
             capture_output=True, text=True, timeout=60, env=env, check=False,
         )  # fmt: skip

@@ -28,8 +28,8 @@ from tests.test_template import TEMPLATE, Server, start
 from vtp import db
 from vtp.jobs import JobStore, SourceRef
 from vtp.models import RenditionSpec, SourceInfo
-from vtp.relay import RelayOptions, create_app
 from vtp.settings import Settings
+from vtp_relay import RelayOptions, create_app
 
 REPO = Path(__file__).resolve().parent.parent
 STATIC = REPO / "functions" / "ws-relay" / "static"
@@ -256,9 +256,9 @@ def test_page_opened_with_the_token_goes_live(guarded_relay: str, job_id: str) -
 
 def test_cli_sends_the_token_from_its_settings(guarded_status: Server, job_id: str) -> None:
     """`VTP_READ_TOKEN` (the environment, or the stack.env `make up` writes) reaches status."""
-    from vtp.cli.client import StatusClient
-    from vtp.cli.config import load_config
     from vtp.errors import VtpError
+    from vtp_cli.client import StatusClient
+    from vtp_cli.config import load_config
 
     for environ, works in (({"VTP_READ_TOKEN": TOKEN}, True), ({}, False)):
         config = load_config({}, environ, env_file=None, cwd=Path("/"))

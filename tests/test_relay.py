@@ -46,12 +46,12 @@ from tests.clips import make_clip
 from tests.inprocess import serve_relay
 from tests.ports import free_port
 from vtp.events import EventBus, ProgressEvent, stream_id_order
-from vtp.relay import RelayOptions, create_app
-from vtp.relay.api import safe_upload_name
-from vtp.relay.hub import OVERFLOW, Client, Hub, Item, Outbox
-from vtp.relay.options import Order, parse_follow, parse_last_id
-from vtp.relay.snapshot import all_snapshot
 from vtp.settings import Settings
+from vtp_relay import RelayOptions, create_app
+from vtp_relay.api import safe_upload_name
+from vtp_relay.hub import OVERFLOW, Client, Hub, Item, Outbox
+from vtp_relay.options import Order, parse_follow, parse_last_id
+from vtp_relay.snapshot import all_snapshot
 
 Event = dict[str, Any]
 
@@ -1175,8 +1175,8 @@ def test_uploads_can_be_turned_off() -> None:
 
     from starlette.requests import Request
 
-    from vtp.relay.api import JobsApi, _guarded
     from vtp.settings import Settings
+    from vtp_relay.api import JobsApi, _guarded
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b'{"filename": "a.mp4"}', "more_body": False}

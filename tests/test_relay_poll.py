@@ -15,8 +15,8 @@ import requests
 from localfaas.config import LocalConfig
 from localfaas.registry import load_registry
 from vtp.events import EventBus, ProgressEvent, stream_id_order
-from vtp.relay.streams import REPLAY_PAGE
 from vtp.settings import Settings
+from vtp_relay.streams import REPLAY_PAGE
 
 
 @pytest.fixture(scope="module")

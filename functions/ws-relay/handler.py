@@ -1,12 +1,12 @@
 """ws-relay: live transcoding progress over WebSocket and Server-Sent Events, the progress page
 and the small JSON API behind it. An ASGI app on the python3-asgi template; all the logic is in
-vtp.relay (see its docstring and the ws-relay contract)."""
+vtp_relay (see its docstring and the ws-relay contract)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from vtp.relay import create_app
+from vtp_relay import create_app
 
 app = create_app(static_dir=Path(__file__).resolve().parent / "static")
 

@@ -592,7 +592,7 @@
       return url.toString();
     }
 
-    /** One GET of ./poll: {jobs, events, last_id, more} (see vtp/relay/poll.py). */
+    /** One GET of ./poll: {jobs, events, last_id, more} (see functions/ws-relay/vtp_relay/poll.py). */
     async pollOnce(lastId) {
       const resp = await this.fetch(this.pollUrl(lastId), { cache: "no-store" });
       if (!resp.ok) throw new Error(`HTTP ${resp.status}`);

@@ -1,5 +1,5 @@
 """The `vtp` command line: the commands (`cmd_upload`, `cmd_watch`, `cmd_status`, `cmd_jobs`),
-their argument parser and `main` (see vtp.cli for the usage)."""
+their argument parser and `main` (see vtp_cli for the usage)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from vtp.cli.client import StatusClient, default_key, upload_file
-from vtp.cli.config import ClientConfig, load_config
-from vtp.cli.views import BarsView, jobs_table, print_job, print_urls, renditions_table
-from vtp.cli.watch import Watcher
 from vtp.errors import InvalidRequest, VtpError
 from vtp.lifecycle import JobState
 from vtp.settings import Settings
+from vtp_cli.client import StatusClient, default_key, upload_file
+from vtp_cli.config import ClientConfig, load_config
+from vtp_cli.views import BarsView, jobs_table, print_job, print_urls, renditions_table
+from vtp_cli.watch import Watcher
 
 EXIT_OK, EXIT_FAILED, EXIT_ERROR = 0, 1, 2
 

@@ -17,10 +17,11 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from vtp.cli.client import StatusClient
-from vtp.cli.config import ClientConfig
-from vtp.cli.progress import JobProgress, event_order
-from vtp.cli.transport import (
+from vtp.errors import UpstreamError
+from vtp_cli.client import StatusClient
+from vtp_cli.config import ClientConfig
+from vtp_cli.progress import JobProgress, event_order
+from vtp_cli.transport import (
     Event,
     Message,
     Opened,
@@ -30,7 +31,6 @@ from vtp.cli.transport import (
     sse_messages,
     ws_messages,
 )
-from vtp.errors import UpstreamError
 
 log = logging.getLogger(__name__)
 

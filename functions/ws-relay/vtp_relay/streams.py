@@ -21,7 +21,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from vtp.errors import InvalidRequest
 from vtp.events import EventBus, stream_id_order
-from vtp.relay.hub import (
+from vtp.settings import Settings
+from vtp_relay.hub import (
     BAD_REQUEST,
     DISCONNECTED,
     ERROR,
@@ -34,9 +35,8 @@ from vtp.relay.hub import (
     Hub,
     Item,
 )
-from vtp.relay.options import RelayOptions, parse_follow, parse_last_id
-from vtp.relay.snapshot import Snapshot, all_snapshot, job_snapshot
-from vtp.settings import Settings
+from vtp_relay.options import RelayOptions, parse_follow, parse_last_id
+from vtp_relay.snapshot import Snapshot, all_snapshot, job_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ class Relay:
     async def _serve(self, client: Client, channel: _Channel, last_id: str | None) -> Close:
         """Run a session until it ends; returns why it ended."""
         self.sessions += 1
-        self.hub.add(client)  # subscribed before anything is read: see vtp.relay's docstring
+        self.hub.add(client)  # subscribed before anything is read: see vtp_relay's docstring
         sender = asyncio.create_task(self._pump(client, channel, last_id))
         client.sender = sender
         listener = asyncio.create_task(channel.listen(client))

@@ -4,7 +4,7 @@ that do the I/O: WebSocket (`ws_messages`), Server-Sent Events (`sse_messages`) 
 polls of the relay's events-since route (`poll_messages`), for gateways that buffer streams.
 
 Every reader yields a `Tick` at least once a second whatever the network does, so the watcher
-can notice a stream that opened but delivers nothing (see vtp.cli.watch)."""
+can notice a stream that opened but delivers nothing (see vtp_cli.watch)."""
 
 from __future__ import annotations
 
@@ -301,7 +301,7 @@ def poll_messages(
     *,
     interval: float = 1.0,
 ) -> Generator[Message, None, None]:
-    """Messages from short polls of the relay's `/poll` route (vtp.relay.poll): a snapshot
+    """Messages from short polls of the relay's `/poll` route (vtp_relay.poll): a snapshot
     when there is no `last_id` to resume from, then the events after the last one seen, once
     a second. Raises TransportError when a poll fails."""
     cursor = last_id

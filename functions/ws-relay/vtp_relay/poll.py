@@ -25,8 +25,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from vtp.errors import InvalidRequest
-from vtp.relay.options import ZERO, Order, parse_follow, parse_last_id
-from vtp.relay.streams import REPLAY_PAGE, Relay
+from vtp_relay.options import ZERO, Order, parse_follow, parse_last_id
+from vtp_relay.streams import REPLAY_PAGE, Relay
 
 
 def _stream_id(order: Order) -> str:

@@ -12,10 +12,10 @@ from urllib.parse import urlsplit
 
 import requests
 
-from vtp.cli.config import ClientConfig
-from vtp.cli.transport import describe_error
 from vtp.errors import NotFound, StorageError, UpstreamError
 from vtp.storage import content_type_for
+from vtp_cli.config import ClientConfig
+from vtp_cli.transport import describe_error
 
 # --- the status function ----------------------------------------------------------------------
 

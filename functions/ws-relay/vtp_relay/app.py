@@ -1,6 +1,6 @@
 """ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events),
 their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`, behind
-the read token's gate (`vtp.relay.gate`) when the deployment has one."""
+the read token's gate (`vtp_relay.gate`) when the deployment has one."""
 
 from __future__ import annotations
 
@@ -16,12 +16,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
-from vtp.relay.api import JobsApi, _guarded, _http_error
-from vtp.relay.gate import ReadTokenGate
-from vtp.relay.options import RelayOptions
-from vtp.relay.poll import make_poll_endpoint
-from vtp.relay.streams import Relay
 from vtp.settings import Settings, load_at_start
+from vtp_relay.api import JobsApi, _guarded, _http_error
+from vtp_relay.gate import ReadTokenGate
+from vtp_relay.options import RelayOptions
+from vtp_relay.poll import make_poll_endpoint
+from vtp_relay.streams import Relay
 
 
 def create_app(

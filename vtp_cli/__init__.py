@@ -25,7 +25,7 @@ and tables); `commands` (`main`, the command line).
 
 from __future__ import annotations
 
-from vtp.cli.commands import main
-from vtp.cli.config import read_env_file
+from vtp_cli.commands import main
+from vtp_cli.config import read_env_file
 
 __all__ = ["main", "read_env_file"]

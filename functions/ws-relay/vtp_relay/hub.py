@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from vtp.events import ProgressEvent, stream_id_order
-from vtp.relay.options import ZERO, Order, _text
+from vtp_relay.options import ZERO, Order, _text
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from vtp.cli.progress import TERMINAL_STATES, JobProgress, bar_rows
+from vtp_cli.progress import TERMINAL_STATES, JobProgress, bar_rows
 
 STATE_STYLES = {
     "queued": "grey62",

@@ -11,7 +11,7 @@ from typing import Any, cast
 from pydantic import ValidationError
 
 from vtp.events import EventBus, ProgressEvent, stream_id_order
-from vtp.relay.options import ZERO, Order, _text
+from vtp_relay.options import ZERO, Order, _text
 
 log = logging.getLogger(__name__)
 

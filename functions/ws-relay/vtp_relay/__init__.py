@@ -36,7 +36,7 @@ streams), `api` (the JSON API), `app` (the ASGI app).
 
 from __future__ import annotations
 
-from vtp.relay.app import create_app
-from vtp.relay.options import RelayOptions
+from vtp_relay.app import create_app
+from vtp_relay.options import RelayOptions
 
 __all__ = ["RelayOptions", "create_app"]
