@@ -31,6 +31,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     ("fields", "words"),
     [
         ({"segment_seconds": 5, "gop_seconds": 2}, "whole multiple of gop_seconds (2)"),
+        ({"chunk_seconds": 50}, "chunk_seconds (50) must be a whole multiple of segment_seconds"),
+        ({"chunk_seconds": 2}, "chunk_seconds (2) must be a whole multiple of segment_seconds"),
         ({"segment_seconds": 4, "gop_seconds": 0}, "must be positive"),
         ({"retry_base_seconds": 60, "retry_max_seconds": 30}, "retry_max_seconds (30) is below"),
         ({"callback_retry_base_seconds": 9, "callback_retry_max_seconds": 3},

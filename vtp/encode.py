@@ -17,6 +17,7 @@ the HLS muxer and the MP4 muxer, so the picture is encoded once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -27,6 +28,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vtp import fmp4
+from vtp.chunks import ChunkRange
 from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
 from vtp.ffmpeg import Progress, run_ffmpeg, untrusted_input
 from vtp.models import RenditionSpec, SourceInfo
@@ -113,6 +116,119 @@ def encode_rendition(
     result = _describe(out_dir, source, spec, settings, mp4_name)
     _check_complete(result, source)
     return result
+
+
+class ChunkSegment(BaseModel):
+    """One segment of a chunk, as the join checks it: where it sits on the timeline (its
+    first fragment's decode time, in the track's ticks), how many frames it holds, and
+    whether it starts on a keyframe."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    seconds: float
+    size: int = Field(ge=0)
+    decode_time: int = Field(ge=0)
+    frames: int = Field(ge=0)
+    keyframe_first: bool
+
+
+class ChunkResult(BaseModel):
+    """One encoded chunk of a rendition (vtp.chunks): video segments numbered and timed as
+    the whole rendition's, and what the join checks them against."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0)
+    first_segment: int = Field(ge=1)
+    start_s: float = Field(ge=0)
+    end_s: float
+    segments: list[ChunkSegment]
+    timescale: int = Field(ge=1)
+    init: str = Field(description="its init segment's file name")
+    init_sha256: str
+    init_size: int = Field(ge=1)
+
+
+def encode_chunk(
+    source_url: str,
+    source: SourceInfo,
+    spec: RenditionSpec,
+    chunk: ChunkRange,
+    out_dir: Path,
+    *,
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+) -> ChunkResult:
+    """Encode the video of `chunk` (audio is a rendition of its own, encoded once) into
+    `out_dir`: ffmpeg seeks the presigned URL to the chunk's start (input seek, accurate:
+    it decodes from the keyframe before and drops frames up to the start, so nothing is
+    fetched before that keyframe), encodes `chunk.duration` seconds on the same keyframe
+    grid as a whole encode, and numbers the segments from `chunk.first_segment`. Their
+    decode times are then moved to the chunk's place on the rendition's timeline
+    (vtp.fmp4). The init segment is left as written, to be checked against the first
+    chunk's when the rendition is joined.
+    """
+    _check_grid(settings.segment_seconds, settings.gop_seconds)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean(out_dir, None)
+    video_only = source.model_copy(update={"has_audio": False})
+    args = [
+        *untrusted_input(source_url, seek=chunk.start_s),
+        *encode_args(video_only, spec, settings),
+        "-t",
+        f"{chunk.duration:.3f}",
+        "-f",
+        "tee",
+        _tee_outputs(spec, settings, None, start_number=chunk.first_segment),
+    ]
+    run_ffmpeg(
+        args,
+        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
+        on_progress=on_progress,
+        cwd=out_dir,
+        cancel=cancel,
+    )
+    text = (out_dir / HLS_PLAYLIST).read_text() if (out_dir / HLS_PLAYLIST).is_file() else ""
+    init, listed = parse_media_playlist(text)
+    if not listed or "#EXT-X-ENDLIST" not in text or init is None:
+        raise FfmpegError(f"ffmpeg wrote an incomplete playlist for chunk {chunk.index}")
+    init_path = out_dir / init
+    timescale = fmp4.track_timescale(init_path)
+    ticks = round(chunk.start_s * timescale)
+    segments = []
+    for name, seconds in listed:
+        path = out_dir / name
+        if not path.is_file():
+            raise FfmpegError(f"HLS segment {name} listed but missing")
+        fmp4.shift_decode_times(path, ticks)
+        parts = fmp4.fragments(path)
+        if not parts:
+            raise FfmpegError(f"HLS segment {name} holds no fragment")
+        segments.append(
+            ChunkSegment(
+                name=name,
+                seconds=seconds,
+                size=path.stat().st_size,
+                decode_time=parts[0][0],
+                frames=sum(count for _, count, _ in parts),
+                keyframe_first=parts[0][2],
+            )
+        )
+    init_bytes = init_path.read_bytes()
+    return ChunkResult(
+        index=chunk.index,
+        first_segment=chunk.first_segment,
+        start_s=chunk.start_s,
+        end_s=chunk.end_s,
+        segments=segments,
+        timescale=timescale,
+        init=init,
+        init_sha256=hashlib.sha256(init_bytes).hexdigest(),
+        init_size=len(init_bytes),
+    )
 
 
 def _check_complete(result: RenditionResult, source: SourceInfo) -> None:
@@ -235,7 +351,9 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
     return args
 
 
-def _tee_outputs(spec: RenditionSpec, settings: Settings, mp4_name: str | None) -> str:
+def _tee_outputs(
+    spec: RenditionSpec, settings: Settings, mp4_name: str | None, start_number: int = 1
+) -> str:
     hls = _tee_slave(
         {
             "f": "hls",
@@ -244,7 +362,7 @@ def _tee_outputs(spec: RenditionSpec, settings: Settings, mp4_name: str | None) 
             "hls_segment_type": "fmp4",
             "hls_fmp4_init_filename": HLS_INIT,
             "hls_segment_filename": HLS_SEGMENT_PATTERN,
-            "start_number": "1",
+            "start_number": str(start_number),
             "hls_flags": "independent_segments",
         },
         HLS_PLAYLIST,

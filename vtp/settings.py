@@ -120,6 +120,12 @@ class Settings(BaseSettings):
     )
     segment_seconds: float = 4.0
     gop_seconds: float = 2.0
+    # Segment-parallel encoding (vtp.chunks): a source longer than the threshold is to be
+    # encoded as chunks of whole segments, each its own task, so replicas share one
+    # rendition. The chunk encoder and the join checks exist (vtp.encode.encode_chunk,
+    # vtp.join); split does not plan chunks yet, so these settings change nothing so far.
+    chunk_threshold_seconds: float = Field(default=120.0, ge=0)
+    chunk_seconds: float = Field(default=48.0, gt=0)
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
     # before the rendition is dead-lettered; they spend no attempt (see vtp.lifecycle).
@@ -206,6 +212,11 @@ class Settings(BaseSettings):
             problems.append(
                 f"segment_seconds ({self.segment_seconds:g}) must be a whole multiple of "
                 f"gop_seconds ({self.gop_seconds:g}): every segment starts on a keyframe"
+            )
+        elif not _whole_multiple(self.chunk_seconds, self.segment_seconds):
+            problems.append(
+                f"chunk_seconds ({self.chunk_seconds:g}) must be a whole multiple of "
+                f"segment_seconds ({self.segment_seconds:g}): chunks are runs of whole segments"
             )
         for low, high in (
             ("retry_base_seconds", "retry_max_seconds"),
@@ -314,3 +325,9 @@ def parse_duration(text: str) -> float | None:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     return total if pos == len(value) and pos > 0 else None
+
+
+def _whole_multiple(length: float, unit: float) -> bool:
+    """`length` is 1, 2, 3... times `unit` (to a microsecond)."""
+    n = round(length / unit)
+    return n >= 1 and abs(n * unit - length) <= 1e-6

@@ -1,0 +1,140 @@
+"""The few ISO BMFF (fragmented MP4) facts that joining chunks needs, read and written in
+place: the track's timescale (init segment) and each fragment's base media decode time.
+
+Why patch `tfdt` at all: ffmpeg's mp4 muxer starts every output's decode times at zero and
+puts an offset such as `-output_ts_offset` in the init segment's edit list instead. A chunk
+encoded from second 48 would then carry segments that say "I start at 0", and an init that
+differs from its siblings'. Encoded without an offset, every chunk's init segment is byte
+for byte the one the first chunk writes (checked when joining), and adding the chunk's start
+(in the track's timescale) to each `tfdt` puts its segments where they belong on the
+rendition's timeline, exactly as an encode of the whole source would have written them.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+from vtp.errors import FfmpegError
+
+
+def _boxes(
+    data: bytes | bytearray, start: int = 0, end: int | None = None
+) -> Iterator[tuple[str, int, int]]:
+    """(type, payload start, box end) of each box in data[start:end]."""
+    end = len(data) if end is None else end
+    at = start
+    while at + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, at)
+        header = 8
+        if size == 1:
+            (size,) = struct.unpack_from(">Q", data, at + 8)
+            header = 16
+        elif size == 0:
+            size = end - at
+        if size < header or at + size > end:
+            raise FfmpegError(f"malformed MP4 box {kind!r} at byte {at}")
+        yield kind.decode("latin-1"), at + header, at + size
+        at += size
+
+
+def _find(data: bytes | bytearray, path: list[str], start: int = 0, end: int | None = None
+          ) -> Iterator[int]:  # fmt: skip
+    """Payload starts of the boxes at `path` (e.g. moof/traf/tfdt)."""
+    for kind, body, stop in _boxes(data, start, end):
+        if kind == path[0]:
+            if len(path) == 1:
+                yield body
+            else:
+                yield from _find(data, path[1:], body, stop)
+
+
+def track_timescale(init: Path) -> int:
+    """The media timescale of the (single) track of an init segment (moov/trak/mdia/mdhd)."""
+    data = init.read_bytes()
+    for body in _find(data, ["moov", "trak", "mdia", "mdhd"]):
+        version = data[body]
+        # version(1) flags(3), then creation and modification times: 4 bytes each in
+        # version 0, 8 in version 1; the timescale follows.
+        (scale,) = struct.unpack_from(">I", data, body + 4 + (16 if version == 1 else 8))
+        return int(scale)
+    raise FfmpegError(f"{init.name} has no track timescale")
+
+
+def decode_times(segment: Path) -> list[int]:
+    """The base media decode time of each fragment of a media segment."""
+    data = segment.read_bytes()
+    times = []
+    for body in _find(data, ["moof", "traf", "tfdt"]):
+        version = data[body]
+        fmt = ">Q" if version == 1 else ">I"
+        times.append(int(struct.unpack_from(fmt, data, body + 4)[0]))
+    return times
+
+
+def shift_decode_times(segment: Path, ticks: int) -> None:
+    """Add `ticks` to every fragment's base media decode time, in place. ffmpeg writes
+    version-1 (64-bit) tfdt boxes; a version-0 one is refused rather than overflowed."""
+    data = bytearray(segment.read_bytes())
+    found = False
+    for body in _find(data, ["moof", "traf", "tfdt"]):
+        if data[body] != 1:
+            raise FfmpegError(f"{segment.name}: a 32-bit tfdt cannot be moved safely")
+        (value,) = struct.unpack_from(">Q", data, body + 4)
+        struct.pack_into(">Q", data, body + 4, value + ticks)
+        found = True
+    if not found:
+        raise FfmpegError(f"{segment.name} has no fragment to move")
+    segment.write_bytes(bytes(data))
+
+
+# trun flags (ISO/IEC 14496-12 8.8.8) and the sample flag of a non-keyframe.
+_TRUN_DATA_OFFSET = 0x001
+_TRUN_FIRST_SAMPLE_FLAGS = 0x004
+_TRUN_SAMPLE_DURATION = 0x100
+_TRUN_SAMPLE_SIZE = 0x200
+_TRUN_SAMPLE_FLAGS = 0x400
+_TRUN_SAMPLE_CTO = 0x800
+_TFHD_DEFAULT_SAMPLE_FLAGS = 0x20
+_NON_SYNC = 0x00010000
+
+
+def fragments(segment: Path) -> list[tuple[int, int, bool]]:
+    """(base decode time, sample count, first sample is a keyframe) of each fragment."""
+    data = segment.read_bytes()
+    out = []
+    for traf_kind, traf, traf_end in _boxes(data):
+        if traf_kind != "moof":
+            continue
+        for kind, body, stop in _boxes(data, traf, traf_end):
+            if kind != "traf":
+                continue
+            base, count, default_flags, first_flags = 0, 0, 0, None
+            for sub, sbody, _ in _boxes(data, body, stop):
+                version_flags = struct.unpack_from(">I", data, sbody)[0]
+                flags = version_flags & 0xFFFFFF
+                if sub == "tfhd":
+                    at = sbody + 8  # version/flags, track_ID
+                    for bit, width in ((0x01, 8), (0x02, 4), (0x08, 4), (0x10, 4)):
+                        if flags & bit:
+                            at += width
+                    if flags & _TFHD_DEFAULT_SAMPLE_FLAGS:
+                        default_flags = struct.unpack_from(">I", data, at)[0]
+                elif sub == "tfdt":
+                    fmt = ">Q" if data[sbody] == 1 else ">I"
+                    base = int(struct.unpack_from(fmt, data, sbody + 4)[0])
+                elif sub == "trun":
+                    (samples,) = struct.unpack_from(">I", data, sbody + 4)
+                    count += samples
+                    at = sbody + 8 + (4 if flags & _TRUN_DATA_OFFSET else 0)
+                    if first_flags is None and flags & _TRUN_FIRST_SAMPLE_FLAGS:
+                        first_flags = struct.unpack_from(">I", data, at)[0]
+                    elif first_flags is None and flags & _TRUN_SAMPLE_FLAGS and samples:
+                        at += 4 * bool(flags & _TRUN_FIRST_SAMPLE_FLAGS)
+                        at += 4 * bool(flags & _TRUN_SAMPLE_DURATION)
+                        at += 4 * bool(flags & _TRUN_SAMPLE_SIZE)
+                        first_flags = struct.unpack_from(">I", data, at)[0]
+            flags_of_first = default_flags if first_flags is None else first_flags
+            out.append((base, count, not flags_of_first & _NON_SYNC))
+    return out
