@@ -24,7 +24,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from vtp.encode import RenditionResult, _peak_bitrate, encode_rendition, parse_media_playlist
+from vtp.encode import RenditionResult, encode_rendition, parse_media_playlist, peak_bitrate
 from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, StorageError
 from vtp.ffmpeg import Progress
 from vtp.ladder import plan_ladder
@@ -397,12 +397,12 @@ def test_result_figures_and_codecs(encoded):
 
 def test_peak_bitrate_measures_a_short_tail_with_the_segment_before():
     # 4 s segments of 1 MB and 1.2 MB, then a 0.1 s tail holding one 50 kB keyframe.
-    peak = _peak_bitrate([4.0, 4.0, 0.1], [1_000_000, 1_200_000, 50_000])
+    peak = peak_bitrate([4.0, 4.0, 0.1], [1_000_000, 1_200_000, 50_000])
     assert peak == 2_439_024  # the last 4.1 s: 1.25 MB; the 0.1 s tail alone would say 4 Mbit/s
-    assert _peak_bitrate([4.0, 2.0], [1_000_000, 900_000]) == 3_600_000  # 2 s: half a target
+    assert peak_bitrate([4.0, 2.0], [1_000_000, 900_000]) == 3_600_000  # 2 s: half a target
     # A tiny tail never dilutes the full segment before it (the merge once did: 14 bit/s).
-    assert _peak_bitrate([4.0, 1.0], [8, 1]) == 16
-    assert _peak_bitrate([0.04], [5_000]) == 1_000_000  # one frame: its own rate
+    assert peak_bitrate([4.0, 1.0], [8, 1]) == 16
+    assert peak_bitrate([0.04], [5_000]) == 1_000_000  # one frame: its own rate
 
 
 def test_mp4_is_progressive(encoded):
@@ -563,7 +563,7 @@ PRODUCTION_GRID = Settings(segment_seconds=4.0, gop_seconds=2.0, ffprobe_timeout
 )  # fmt: skip
 def test_any_length_encodes(server, tmp_path, seconds):
     """The real 5.3 s 720p25 clip (two segments, the last short) crashed every transcode in
-    _peak_bitrate; every length must give a valid rendition and honest figures."""
+    peak_bitrate; every length must give a valid rendition and honest figures."""
     name = f"len-{seconds:.2f}.mp4"
     _ffmpeg(*_av("640x360", seconds, rate=25), *H264, "-c:a", "aac", str(server.root / name))
     url = server.url(name)
@@ -597,7 +597,7 @@ def test_peak_bitrate_is_the_densest_stretch(sizes, tail):
     shorter: what RFC 8216 asks of BANDWIDTH."""
     half_target = 2.0 if len(sizes) > 1 or tail >= 3.5 else 0.5 * max(1, round(tail))
     durations = [4.0] * (len(sizes) - 1) + [tail]
-    peak = _peak_bitrate(durations, sizes)
+    peak = peak_bitrate(durations, sizes)
 
     def rate(i: int, j: int) -> float:
         return sum(sizes[i:j]) * 8 / sum(durations[i:j])

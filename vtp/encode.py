@@ -146,6 +146,7 @@ class ChunkResult(BaseModel):
     segments: list[ChunkSegment]
     timescale: int = Field(ge=1)
     init: str = Field(description="its init segment's file name")
+    codecs: str = Field(description="RFC 6381 codecs of its video, from its init segment")
     init_sha256: str
     init_size: int = Field(ge=1)
 
@@ -226,6 +227,7 @@ def encode_chunk(
         segments=segments,
         timescale=timescale,
         init=init,
+        codecs=_video_codec_string(init_path, spec),
         init_sha256=hashlib.sha256(init_bytes).hexdigest(),
         init_size=len(init_bytes),
     )
@@ -432,7 +434,7 @@ def _describe(
         size_bytes=size_bytes,
         duration=round(duration, 6),
         avg_bitrate=round(sum(seg_sizes) * 8 / duration) if duration > 0 else 0,
-        peak_bitrate=_peak_bitrate([d for _, d in segments], seg_sizes),
+        peak_bitrate=peak_bitrate([d for _, d in segments], seg_sizes),
         codecs=codecs,
         width=spec.width,
         height=spec.height,
@@ -468,7 +470,7 @@ def parse_media_playlist(text: str) -> tuple[str | None, list[tuple[str, float]]
     return init, segments
 
 
-def _peak_bitrate(durations: list[float], sizes: list[int]) -> int:
+def peak_bitrate(durations: list[float], sizes: list[int]) -> int:
     """The playlist's peak segment bit rate, the HLS BANDWIDTH attribute: as RFC 8216 defines
     it, the largest bit rate of any contiguous run of segments whose total duration is
     between 0.5 and 1.5 times the target duration.
@@ -542,6 +544,11 @@ def _clean(out_dir: Path, mp4_name: str | None) -> None:
         stale.append(out_dir / mp4_name)
     for path in stale:
         path.unlink(missing_ok=True)
+
+
+def frame_rate(fps: float) -> Fraction:
+    """A rendition's constant frame rate, exactly (29.97002997 -> 30000/1001)."""
+    return _fraction(fps)
 
 
 def _fraction(fps: float) -> Fraction:

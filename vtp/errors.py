@@ -95,6 +95,15 @@ class FfmpegTimeout(FfmpegError):
     http_status = 504
 
 
+class JoinRefused(VtpError):
+    """A chunk's encode does not fit its rendition (a frame missing or extra, a gap, a
+    segment without a keyframe, another init segment: vtp.join). Encoding that chunk again
+    is the remedy, so it is retried, alone."""
+
+    http_status = 500
+    retryable = True
+
+
 class UpstreamError(VtpError):
     """The gateway, a callback target or another service refused or failed."""
 

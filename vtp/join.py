@@ -16,9 +16,10 @@ from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict
 
-from vtp.encode import ChunkResult
+from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, peak_bitrate
+from vtp.models import RenditionSpec
 
-__all__ = ["JoinProblem", "check_join", "media_playlist"]
+__all__ = ["JoinProblem", "check_chunk", "check_join", "joined_result", "media_playlist"]
 
 
 class JoinProblem(BaseModel):
@@ -30,60 +31,64 @@ class JoinProblem(BaseModel):
     reason: str
 
 
+def check_chunk(chunk: ChunkResult, *, fps: Fraction) -> list[str]:
+    """Why one chunk, on its own, does not fit its place: its frame count, its placement and
+    the continuity of its segments, their numbers and keyframes. The encoding chunk checks
+    this itself, so a bad encode is retried before it is ever recorded as done."""
+    ticks_per_frame = Fraction(chunk.timescale) / fps
+    if ticks_per_frame.denominator != 1:
+        return [f"timescale {chunk.timescale} cannot time {fps} fps"]
+    step = int(ticks_per_frame)
+    reasons = []
+    want = round(chunk.end_s * fps) - round(chunk.start_s * fps)
+    frames = sum(s.frames for s in chunk.segments)
+    if frames != want:
+        reasons.append(f"{frames} frames for {chunk.end_s - chunk.start_s:g}s, not {want}")
+    # Held to its own planned start: with its frame count exact, that is continuity across
+    # the boundaries too, and a short chunk is blamed alone instead of it and the next one.
+    expected_time = round(chunk.start_s * fps) * step
+    expected_number = chunk.first_segment
+    for seg in chunk.segments:
+        number = int(seg.name.rsplit("_", 1)[-1].split(".")[0])
+        if number != expected_number:
+            reasons.append(f"segment {seg.name} where segment {expected_number} belongs")
+        if seg.decode_time != expected_time:
+            gap = (seg.decode_time - expected_time) / chunk.timescale
+            what = "a gap" if gap > 0 else "an overlap"
+            reasons.append(f"{what} of {abs(gap):.3f}s before {seg.name}")
+        if not seg.keyframe_first:
+            reasons.append(f"{seg.name} does not start on a keyframe")
+        expected_number = number + 1
+        expected_time = seg.decode_time + seg.frames * step
+    return reasons
+
+
 def check_join(
     chunks: Sequence[ChunkResult], *, fps: Fraction, source_duration: float
 ) -> list[JoinProblem]:
     """Every reason the chunks, in plan order, do not make one stream; [] when they do.
 
-    * each chunk holds exactly the frames of its range at the rendition's constant rate;
-    * each chunk starts at its planned place on the timeline and its decode times run on
-      without a gap or an overlap (each segment starts where the frames before it end),
-      which with the exact frame counts makes the boundaries seamless;
-    * segment numbers follow on, and every segment starts with a keyframe;
-    * every chunk's init segment is byte for byte the first chunk's, the one the playlist
-      names for all of them;
+    * each chunk passes `check_chunk`: exactly the frames of its range at the rendition's
+      constant rate, at its planned place on the timeline, its decode times running on
+      without a gap or an overlap, segment numbers following on, every segment starting
+      with a keyframe; which together make every boundary seamless;
+    * chunks are in plan order and every one's init segment is byte for byte the first
+      chunk's, the one the playlist names for all of them;
     * the whole lasts as long as the source, within one frame.
     """
-    problems: list[JoinProblem] = []
     if not chunks:
         return [JoinProblem(chunk=0, reason="no chunks")]
     first = chunks[0]
-    ticks_per_frame = Fraction(first.timescale) / fps
-    if ticks_per_frame.denominator != 1:
-        return [JoinProblem(chunk=0, reason=f"timescale {first.timescale} cannot time {fps} fps")]
-    step = int(ticks_per_frame)
-    expected_number = first.first_segment
+    problems: list[JoinProblem] = []
     total_frames = 0
     for i, chunk in enumerate(chunks):
-        # Each chunk is held to its own planned start: with its frame count exact, that is
-        # continuity across the boundary too, and a short chunk is blamed alone instead of
-        # it and the next one.
-        expected_time = round(chunk.start_s * fps) * step
-
-        def problem(reason: str, index: int = chunk.index) -> None:
-            problems.append(JoinProblem(chunk=index, reason=reason))
-
+        reasons = check_chunk(chunk, fps=fps)
         if chunk.index != i:
-            problem(f"chunk {chunk.index} is in place {i}")
+            reasons.append(f"chunk {chunk.index} is in place {i}")
         if chunk.init_sha256 != first.init_sha256 or chunk.timescale != first.timescale:
-            problem("its init segment differs from the first chunk's")
-        want = round(chunk.end_s * fps) - round(chunk.start_s * fps)
-        frames = sum(s.frames for s in chunk.segments)
-        if frames != want:
-            problem(f"{frames} frames for {chunk.end_s - chunk.start_s:g}s, not {want}")
-        for seg in chunk.segments:
-            number = int(seg.name.rsplit("_", 1)[-1].split(".")[0])
-            if number != expected_number:
-                problem(f"segment {seg.name} where segment {expected_number} belongs")
-            if seg.decode_time != expected_time:
-                gap = (seg.decode_time - expected_time) / first.timescale
-                what = "a gap" if gap > 0 else "an overlap"
-                problem(f"{what} of {abs(gap):.3f}s before {seg.name}")
-            if not seg.keyframe_first:
-                problem(f"{seg.name} does not start on a keyframe")
-            expected_number = number + 1
-            expected_time = seg.decode_time + seg.frames * step
-        total_frames += frames
+            reasons.append("its init segment differs from the first chunk's")
+        problems += [JoinProblem(chunk=chunk.index, reason=r) for r in reasons]
+        total_frames += sum(s.frames for s in chunk.segments)
     duration = total_frames / fps
     if abs(duration - source_duration) > 1 / fps + 1e-6:
         last = chunks[-1].index
@@ -118,3 +123,28 @@ def media_playlist(chunks: Sequence[ChunkResult], *, prefixes: Sequence[str] = (
         lines += [f"#EXTINF:{seg.seconds:.6f},", f"{prefix}{seg.name}"]
     lines.append("#EXT-X-ENDLIST")
     return "\n".join(lines) + "\n"
+
+
+def joined_result(
+    spec: RenditionSpec, chunks: Sequence[ChunkResult], *, fps: Fraction
+) -> RenditionResult:
+    """What the joined rendition is, as an encode of the whole would describe itself: its
+    playlist, segment count and sizes, duration, average and peak bit rates (measured from
+    the real segments, RFC 8216's way) and codecs."""
+    segments = [s for c in chunks for s in c.segments]
+    frames = sum(s.frames for s in segments)
+    size = sum(s.size for s in segments)
+    duration = float(frames / fps)
+    return RenditionResult(
+        name=spec.name,
+        files=[HLS_PLAYLIST],
+        segments=len(segments),
+        size_bytes=size + sum(c.init_size for c in chunks[:1]),
+        duration=round(duration, 6),
+        avg_bitrate=round(size * 8 / duration) if duration > 0 else 0,
+        peak_bitrate=peak_bitrate([s.seconds for s in segments], [s.size for s in segments]),
+        codecs=chunks[0].codecs,
+        width=spec.width,
+        height=spec.height,
+        fps=spec.fps,
+    )

@@ -2,6 +2,8 @@
 
     <job>/master.m3u8, <job>/poster.jpg              written once, by fan-in
     <job>/<rendition>/attempt-<n>/index.m3u8 ...     one folder per attempt
+    <job>/<rendition>/index.m3u8                     a chunked rendition's, written by fan-in
+    <job>/<rendition>/chunk-<i>/attempt-<n>/...      its chunks' segments, a folder per attempt
 
 Each attempt writes under a folder of its own, so an attempt written off while it ran (its
 worker stalled past the heartbeat limit, or its call was redelivered) can never overwrite the
@@ -32,6 +34,11 @@ def rendition_prefix(job_id: UUID | str, rendition: str) -> str:
 
 def attempt_prefix(job_id: UUID | str, rendition: str, attempt: int) -> str:
     return f"{job_id}/{rendition}/attempt-{attempt}"
+
+
+def chunk_prefix(job_id: UUID | str, rendition: str, chunk: int, attempt: int) -> str:
+    """One attempt of one chunk of a rendition encoded in chunks (vtp.chunks)."""
+    return f"{job_id}/{rendition}/chunk-{chunk}/attempt-{attempt}"
 
 
 def within_job(job_id: UUID | str, prefix: str | None, rendition: str) -> str:

@@ -122,10 +122,12 @@ class Settings(BaseSettings):
     gop_seconds: float = 2.0
     # Segment-parallel encoding (vtp.chunks): a source longer than the threshold is to be
     # encoded as chunks of whole segments, each its own task, so replicas share one
-    # rendition. The chunk encoder and the join checks exist (vtp.encode.encode_chunk,
-    # vtp.join); split does not plan chunks yet, so these settings change nothing so far.
+    # rendition (split plans them, transcode encodes each, fan-in joins them: vtp.join).
     chunk_threshold_seconds: float = Field(default=120.0, ge=0)
     chunk_seconds: float = Field(default=48.0, gt=0)
+    # Off until audio is a rendition of its own (issue: segment-parallel encoding): a
+    # chunked rendition carries video only, so a job planned in chunks today has no sound.
+    chunked_encoding: bool = False
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
     # before the rendition is dead-lettered; they spend no attempt (see vtp.lifecycle).

@@ -13,12 +13,15 @@ names each rendition that did not succeed and why.
 from __future__ import annotations
 
 import builtins
+from typing import Any
 from uuid import UUID
+
+import psycopg2.extras
 
 from vtp.errors import Conflict, NotFound
 from vtp.jobs.models import CallbackStatus, Job
 from vtp.jobs.queries import Queries
-from vtp.jobs.transactions import TERMINAL_TASK, Cursor, audit, one, parse_id
+from vtp.jobs.transactions import RESULT_COLUMNS, TERMINAL_TASK, Cursor, audit, one, parse_id
 from vtp.models import JobState
 
 
@@ -146,6 +149,35 @@ class FanIn(Queries):
 
         self._run(tx)
         return self.get(jid)
+
+    def record_joined(self, job_id: UUID | str, rendition: str, result: dict[str, Any]) -> None:
+        """The result of a rendition encoded in chunks, once fan-in has joined them (its
+        state followed its tasks' already): its playlist, sizes and bit rates."""
+        jid = parse_id(job_id)
+        columns = {k: result.get(k) for k in RESULT_COLUMNS}
+
+        def tx(cur: Cursor) -> None:
+            cur.execute(
+                """
+                UPDATE renditions
+                SET result = %s, output_prefix = %s, size_bytes = %s, avg_bitrate = %s,
+                    peak_bitrate = %s
+                WHERE job_id = %s AND name = %s AND state = 'succeeded'
+                """,
+                (
+                    psycopg2.extras.Json(result),
+                    columns["output_prefix"],
+                    columns["size_bytes"],
+                    columns["avg_bitrate"],
+                    columns["peak_bitrate"],
+                    str(jid),
+                    rendition,
+                ),
+            )
+            if cur.rowcount != 1:
+                raise Conflict(f"rendition {rendition} of job {jid} is not succeeded")
+
+        self._run(tx)
 
     def record_callback(
         self,

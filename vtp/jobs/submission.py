@@ -14,6 +14,7 @@ from uuid import UUID
 
 import psycopg2.extras
 
+from vtp.chunks import ChunkRange
 from vtp.errors import Conflict, InvalidRequest
 from vtp.jobs.models import CallbackStatus, Job, SourceRef
 from vtp.jobs.queries import Queries
@@ -32,12 +33,16 @@ class Submission(Queries):
         *,
         formats: Sequence[str] = ("hls",),
         callback_url: str | None = None,
+        chunks: Sequence[ChunkRange] = (),
     ) -> tuple[Job, bool]:
         """Record a job and its renditions; `(job, True)` if new, `(existing, False)` if not.
 
         MinIO delivers events at least once and a user may also invoke split by hand, so the
         same (bucket, key, etag) must map to one job. ON CONFLICT DO NOTHING waits for a
         concurrent inserter, so two racing calls still produce one job.
+
+        `chunks`: every rendition is encoded as these parts of the source, one task each
+        (vtp.chunks); none: one task per rendition, the whole source.
         """
         if not plan:
             raise InvalidRequest("a job needs at least one rendition")
@@ -80,11 +85,18 @@ class Submission(Queries):
                 ],
                 template="(%s, %s, %s, %s, %s::jsonb)",
             )
-            # Each rendition encoded whole: one task, chunk 0, the whole source.
+            # One task per chunk of each rendition; a rendition encoded whole: chunk 0, no range.
+            parts: list[tuple[int, float | None, float | None]] = [
+                (c.index, c.start_s, c.end_s) for c in chunks
+            ] or [(0, None, None)]
             psycopg2.extras.execute_values(
                 cur,
-                "INSERT INTO tasks (job_id, rendition, chunk, function) VALUES %s",
-                [(str(job_id), spec.name, 0, spec.function) for spec in plan],
+                "INSERT INTO tasks (job_id, rendition, chunk, function, start_s, end_s) VALUES %s",
+                [
+                    (str(job_id), spec.name, index, spec.function, start, end)
+                    for spec in plan
+                    for index, start, end in parts
+                ],
             )
             audit(cur, job_id, None, None, JobState.QUEUED, detail=f"renditions: {names}")
             return job_id, True

@@ -12,10 +12,11 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from vtp import callbacks, layout, workdirs
-from vtp.encode import RenditionResult
+from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.errors import VtpError
-from vtp.jobs import CallbackStatus, Job, SourceRef, summarize_outcome
-from vtp.lifecycle import RetryPolicy
+from vtp.jobs import CallbackStatus, Job, Rendition, SourceRef, summarize_outcome
+from vtp.join import check_join, joined_result, media_playlist
+from vtp.lifecycle import RetryPolicy, TaskState
 from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.views import JobViews
@@ -56,7 +57,11 @@ class FanIn:
         job = self.store.claim_finalization(job_id, claimer)
         if job is None:
             return False
+        refused = self._join_chunked(job)
+        job = self.store.get(job.id)
         state, reason = summarize_outcome(job.renditions)
+        if refused:
+            state, reason = JobState.FAILED, "; ".join([*refused, *([reason] if reason else [])])
         master = None
         done = [r for r in job.renditions if r.state is RenditionState.SUCCEEDED and r.result]
         if done:
@@ -87,11 +92,54 @@ class FanIn:
         self.fire_callback(job)
         return True
 
+    def _join_chunked(self, job: Job) -> list[str]:
+        """Join each rendition encoded in chunks whose chunks all succeeded: prove the join
+        (vtp.join), write its playlist over the chunks' folders, record what it is. Returns
+        why a rendition could not be joined (each chunk checked itself before it succeeded,
+        so only a cross-chunk mismatch is left: an init segment from another encoder build,
+        say), which fails the job with the reason rather than publishing a broken stream."""
+        refused = []
+        for r in job.renditions:
+            if len(r.tasks) < 2 or r.state is not RenditionState.SUCCEEDED or r.result:
+                continue
+            tasks = sorted(r.tasks, key=lambda t: t.chunk)
+            chunks = [ChunkResult.model_validate(t.result) for t in tasks]
+            fps = frame_rate(r.spec.fps)
+            assert job.source_info is not None
+            problems = check_join(chunks, fps=fps, source_duration=job.source_info.duration)
+            if problems:
+                refused += [
+                    f"rendition {r.name} cannot be joined: chunk {p.chunk}: {p.reason}"
+                    for p in problems
+                ]
+                continue
+            folder = layout.rendition_prefix(job.id, r.name)
+            prefixes = [
+                str((t.result or {})["output_prefix"]).removeprefix(folder).strip("/") + "/"
+                for t in tasks
+            ]
+            playlist = media_playlist(chunks, prefixes=prefixes)
+            try:
+                self.storage.put_bytes(
+                    self.settings.outputs_bucket, f"{folder}{HLS_PLAYLIST}", playlist.encode()
+                )
+            except VtpError as exc:
+                refused.append(f"rendition {r.name}: its playlist not written: {exc.reason}")
+                continue
+            joined = joined_result(r.spec, chunks, fps=fps)
+            record = joined.model_dump(mode="json") | {"output_prefix": folder.rstrip("/")}
+            self.store.record_joined(job.id, r.name, record)
+            log.info("job %s: %s joined from %d chunks", job.id, r.name, len(chunks))
+        return refused
+
     def _remove_superseded_attempts(self, job: Job) -> None:
         """The folders of attempts that did not win (vtp.layout): what failed or written-off
         attempts uploaded, which nothing references. Best effort: a zombie may still write
         into its own folder later, where it harms nothing but space."""
         for r in job.renditions:
+            if len(r.tasks) > 1:
+                self._remove_superseded_chunk_attempts(job, r)
+                continue
             winner = r.output_prefix if r.state is RenditionState.SUCCEEDED else None
             if r.attempts == 0 or (winner and r.attempts == 1):
                 continue  # no attempt but the winner ever ran: no listing of the bucket
@@ -110,6 +158,22 @@ class FanIn:
             if removed:
                 log.info("job %s: removed %d files of superseded attempts of %s", job.id,
                          removed, r.name)  # fmt: skip
+
+    def _remove_superseded_chunk_attempts(self, job: Job, r: Rendition) -> None:
+        """The same for each chunk of a rendition encoded in chunks that ran more than once."""
+        for t in r.tasks:
+            if t.attempts < 2:
+                continue
+            won = (t.result or {}).get("output_prefix") if t.state is TaskState.SUCCEEDED else None
+            try:
+                self.storage.remove_prefix(
+                    self.settings.outputs_bucket,
+                    f"{layout.rendition_prefix(job.id, r.name)}chunk-{t.chunk}/attempt-",
+                    keep=f"{str(won).rstrip('/')}/" if won else None,
+                )
+            except VtpError as exc:
+                log.warning("job %s: superseded attempts of %s kept: %s", job.id, t.name,
+                            exc.reason)  # fmt: skip
 
     def _write_poster(self, job: Job) -> None:
         assert job.source_info is not None

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from vtp import callbacks
+from vtp.chunks import plan_chunks
 from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
@@ -94,8 +95,19 @@ class Intake:
                 )
         except InvalidSource as exc:
             return self._reject(ref, exc.reason, callback_url)
+        s = self.settings
+        chunks = (
+            plan_chunks(
+                info.duration,
+                segment_s=s.segment_seconds,
+                chunk_s=s.chunk_seconds,
+                threshold_s=s.chunk_threshold_seconds,
+            )
+            if s.chunked_encoding
+            else []
+        )
         job, created = self.store.create_job(
-            ref, info, plan, formats=formats or ["hls"], callback_url=callback_url
+            ref, info, plan, formats=formats or ["hls"], callback_url=callback_url, chunks=chunks
         )
         if created:
             log.info(

@@ -15,11 +15,20 @@ import redis
 import requests
 
 from vtp import layout, workdirs
-from vtp.encode import encode_rendition
-from vtp.errors import Conflict, FfmpegTimeout, InvalidSource, NotFound, VtpError
+from vtp.chunks import ChunkRange
+from vtp.encode import ChunkResult, RenditionResult, encode_chunk, encode_rendition, frame_rate
+from vtp.errors import (
+    Conflict,
+    FfmpegTimeout,
+    InvalidSource,
+    JoinRefused,
+    NotFound,
+    VtpError,
+)
 from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore, Task
+from vtp.join import check_chunk
 from vtp.models import TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
@@ -68,7 +77,11 @@ class TaskRunner:
         info = job.source_info
         rend = spec_rend
         attempt = began.attempts
-        reporter = ProgressReporter(self.bus, job.id, rend.name, attempt, info.duration)
+        chunk = _chunk_of(began, self.settings)
+        # A chunk reports its own progress over its own length (one bar per chunk is still
+        # to come: the page shows the rendition's latest report).
+        length = chunk.duration if chunk else info.duration
+        reporter = ProgressReporter(self.bus, job.id, rend.name, attempt, length)
         reporter.state(began.rendition_state or began.state)  # as recorded: running
         heartbeat = _Heartbeat(self.store, began, call_id)
 
@@ -76,7 +89,11 @@ class TaskRunner:
             reporter.sample(p.out_time, p.fps, p.speed)
             heartbeat.beat()  # raises Conflict once this attempt was written off
 
-        prefix = layout.attempt_prefix(job.id, rend.name, attempt)
+        prefix = (
+            layout.chunk_prefix(job.id, rend.name, chunk.index, attempt)
+            if chunk
+            else layout.attempt_prefix(job.id, rend.name, attempt)
+        )
         outcome: dict[str, Any]
         try:
             self._check_source_unchanged(job)
@@ -87,17 +104,35 @@ class TaskRunner:
             with workdirs.scratch(rend.name) as tmp:
                 out = Path(tmp)
                 encode_started = time.monotonic()
-                result = encode_rendition(
-                    url,
-                    info,
-                    rend.spec,
-                    out,
-                    formats=job.formats,
-                    settings=self.settings,
-                    on_progress=on_progress,
-                    timeout=budget,
-                    cancel=self.stopping,
-                )
+                result: RenditionResult | ChunkResult
+                if chunk is None:
+                    result = encode_rendition(
+                        url,
+                        info,
+                        rend.spec,
+                        out,
+                        formats=job.formats,
+                        settings=self.settings,
+                        on_progress=on_progress,
+                        timeout=budget,
+                        cancel=self.stopping,
+                    )
+                else:
+                    result = encode_chunk(
+                        url,
+                        info,
+                        rend.spec,
+                        chunk,
+                        out,
+                        settings=self.settings,
+                        on_progress=on_progress,
+                        timeout=budget,
+                        cancel=self.stopping,
+                    )
+                    # Proven to fit its place before it is recorded as done (vtp.join).
+                    problems = check_chunk(result, fps=frame_rate(rend.spec.fps))
+                    if problems:
+                        raise JoinRefused(f"chunk {chunk.index}: " + "; ".join(problems))
                 # Still ours? A zombie stops here instead of uploading (and if it was written
                 # off during the upload, its files are in its own folder, which nothing uses).
                 heartbeat.beat(force=True)
@@ -178,6 +213,19 @@ class TaskRunner:
         except Conflict as exc:
             log.warning("failure of superseded attempt %s not recorded: %s", call_id, exc)
             return None
+
+
+def _chunk_of(task: Task, settings: Settings) -> ChunkRange | None:
+    """The part of the source a task encodes; None for a rendition encoded whole. Its first
+    segment's number follows from the shared segment grid."""
+    if task.start_s is None or task.end_s is None:
+        return None
+    return ChunkRange(
+        index=task.chunk,
+        start_s=task.start_s,
+        end_s=task.end_s,
+        first_segment=round(task.start_s / settings.segment_seconds) + 1,
+    )
 
 
 class _Heartbeat:
