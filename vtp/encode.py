@@ -118,6 +118,99 @@ def encode_rendition(
     return result
 
 
+def encode_audio(
+    source_url: str,
+    source: SourceInfo,
+    spec: RenditionSpec,
+    out_dir: Path,
+    *,
+    settings: Settings,
+    on_progress: Callable[[Progress], None] | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+) -> RenditionResult:
+    """Encode the source's sound alone, whole, as an HLS rendition of fMP4 segments (the
+    audio group every video variant of a chunked job refers to). One encoder for the whole
+    duration: AAC's priming and frame boundaries then fall where one continuous encode puts
+    them, never at a chunk's join."""
+    if not source.has_audio or not spec.audio_bitrate:
+        raise InvalidRequest(f"{spec.name}: the source has no sound to encode")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean(out_dir, None)
+    args = [
+        *untrusted_input(source_url),
+        "-map",
+        "0:a:0",
+        "-vn",
+        "-sn",
+        "-dn",
+        "-map_metadata",
+        "-1",
+        "-c:a",
+        "aac",
+        "-profile:a",
+        "aac_low",
+        "-ac",
+        "2",
+        "-ar",
+        "48000",
+        "-b:a",
+        str(spec.audio_bitrate),
+        "-t",
+        f"{source.duration:.3f}",
+        "-f",
+        "hls",
+        # Segments of about the video's length (cut at the AAC frame after each boundary),
+        # so players fetch audio and video at the same pace.
+        "-hls_time",
+        f"{settings.segment_seconds:g}",
+        "-hls_playlist_type",
+        "vod",
+        "-hls_segment_type",
+        "fmp4",
+        "-hls_fmp4_init_filename",
+        HLS_INIT,
+        "-hls_segment_filename",
+        HLS_SEGMENT_PATTERN,
+        "-start_number",
+        "1",
+        HLS_PLAYLIST,
+    ]
+    run_ffmpeg(
+        args,
+        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
+        on_progress=on_progress,
+        cwd=out_dir,
+        cancel=cancel,
+    )
+    text = (out_dir / HLS_PLAYLIST).read_text() if (out_dir / HLS_PLAYLIST).is_file() else ""
+    init, listed = parse_media_playlist(text)
+    if not listed or "#EXT-X-ENDLIST" not in text:
+        raise FfmpegError("ffmpeg wrote an incomplete audio playlist")
+    sizes = []
+    for name, _ in listed:
+        if not (out_dir / name).is_file():
+            raise FfmpegError(f"HLS segment {name} listed but missing")
+        sizes.append((out_dir / name).stat().st_size)
+    duration = sum(d for _, d in listed)
+    files = [HLS_PLAYLIST, *([init] if init else []), *(name for name, _ in listed)]
+    result = RenditionResult(
+        name=spec.name,
+        files=sorted(files),
+        segments=len(listed),
+        size_bytes=sum((out_dir / f).stat().st_size for f in files),
+        duration=round(duration, 6),
+        avg_bitrate=round(sum(sizes) * 8 / duration) if duration > 0 else 0,
+        peak_bitrate=peak_bitrate([d for _, d in listed], sizes),
+        codecs=AAC_CODEC,
+        width=spec.width,
+        height=spec.height,
+        fps=spec.fps,
+    )
+    _check_complete(result, source)
+    return result
+
+
 class ChunkSegment(BaseModel):
     """One segment of a chunk, as the join checks it: where it sits on the timeline (its
     first fragment's decode time, in the track's ticks), how many frames it holds, and

@@ -130,6 +130,23 @@ def plan_ladder(
     return specs
 
 
+AUDIO_RENDITION = "audio"
+
+
+def with_separate_audio(specs: Sequence[RenditionSpec]) -> list[RenditionSpec]:
+    """The ladder of a job encoded in chunks: the video rungs without sound, and the sound
+    once, as a rendition of its own at the best rung's audio bit rate (encoded per chunk,
+    audio would have a priming gap at every join). Unchanged for a silent source."""
+    rates = [s.audio_bitrate for s in specs if s.audio_bitrate]
+    if not specs or not rates:
+        return list(specs)
+    silent = [s.model_copy(update={"audio_bitrate": None}) for s in specs]
+    audio = specs[0].model_copy(
+        update={"name": AUDIO_RENDITION, "audio_only": True, "audio_bitrate": max(rates)}
+    )
+    return [*silent, audio]
+
+
 def output_fps(source_fps: float) -> float:
     """The frame rate every rendition is encoded at: the source's, within limits.
 

@@ -55,6 +55,10 @@ class RenditionSpec(BaseModel):
     audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
     profile: str = "high"
     level: str = "4.1"
+    # The job's sound alone, encoded once for the whole source (a job encoded in chunks:
+    # vtp.chunks), and referenced by every video variant as an HLS audio group; its video
+    # fields are those of the rung whose function encodes it, and unused.
+    audio_only: bool = False
 
 
 class TranscodeTask(BaseModel):

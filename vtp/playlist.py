@@ -58,27 +58,44 @@ class MasterEntry(BaseModel):
         )
 
 
-def master_playlist(entries: Sequence[MasterEntry]) -> str:
+AUDIO_GROUP = "audio"
+
+
+def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = None) -> str:
     """The master playlist text, variants sorted by bandwidth (lowest first).
 
     Version 7 because the media playlists use fMP4 segments (EXT-X-MAP in a playlist
     without I-frames-only needs version 6+); INDEPENDENT-SEGMENTS because every segment
     starts with an IDR frame on the shared keyframe grid.
+
+    `audio`: the job's sound as a rendition of its own (a job encoded in chunks). It is
+    the one member of an audio group every variant names; each variant's BANDWIDTH and
+    AVERAGE-BANDWIDTH then add the audio's (RFC 8216: the peak of the combination a
+    player plays), and its CODECS name both.
     """
     if not entries:
         raise InvalidRequest("a master playlist needs at least one rendition")
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS", ""]
+    if audio is not None:
+        lines += [
+            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="{audio.name}",'
+            f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="2",URI="{audio.uri}"',
+            "",
+        ]
     for entry in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
-        attributes = ",".join(
-            [
-                f"BANDWIDTH={entry.bandwidth}",
-                f"AVERAGE-BANDWIDTH={entry.average_bandwidth}",
-                f"RESOLUTION={entry.width}x{entry.height}",
-                f'CODECS="{entry.codecs}"',
-                f"FRAME-RATE={entry.fps:.3f}",
-            ]
-        )
-        lines += [f"#EXT-X-STREAM-INF:{attributes}", entry.uri]
+        codecs = entry.codecs + (f",{audio.codecs}" if audio is not None else "")
+        peak = entry.bandwidth + (audio.bandwidth if audio else 0)
+        average = entry.average_bandwidth + (audio.average_bandwidth if audio else 0)
+        attributes = [
+            f"BANDWIDTH={peak}",
+            f"AVERAGE-BANDWIDTH={average}",
+            f"RESOLUTION={entry.width}x{entry.height}",
+            f'CODECS="{codecs}"',
+            f"FRAME-RATE={entry.fps:.3f}",
+        ]
+        if audio is not None:
+            attributes.append(f'AUDIO="{AUDIO_GROUP}"')
+        lines += [f"#EXT-X-STREAM-INF:{','.join(attributes)}", entry.uri]
     return "\n".join(lines) + "\n"
 
 

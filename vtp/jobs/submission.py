@@ -41,8 +41,9 @@ class Submission(Queries):
         same (bucket, key, etag) must map to one job. ON CONFLICT DO NOTHING waits for a
         concurrent inserter, so two racing calls still produce one job.
 
-        `chunks`: every rendition is encoded as these parts of the source, one task each
-        (vtp.chunks); none: one task per rendition, the whole source.
+        `chunks`: every video rendition is encoded as these parts of the source, one task
+        each (vtp.chunks); an audio rendition and, without chunks, every rendition is one
+        task for the whole source.
         """
         if not plan:
             raise InvalidRequest("a job needs at least one rendition")
@@ -89,13 +90,14 @@ class Submission(Queries):
             parts: list[tuple[int, float | None, float | None]] = [
                 (c.index, c.start_s, c.end_s) for c in chunks
             ] or [(0, None, None)]
+            whole: list[tuple[int, float | None, float | None]] = [(0, None, None)]
             psycopg2.extras.execute_values(
                 cur,
                 "INSERT INTO tasks (job_id, rendition, chunk, function, start_s, end_s) VALUES %s",
                 [
                     (str(job_id), spec.name, index, spec.function, start, end)
                     for spec in plan
-                    for index, start, end in parts
+                    for index, start, end in (whole if spec.audio_only else parts)
                 ],
             )
             audit(cur, job_id, None, None, JobState.QUEUED, detail=f"renditions: {names}")

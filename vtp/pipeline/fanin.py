@@ -65,14 +65,18 @@ class FanIn:
         master = None
         done = [r for r in job.renditions if r.state is RenditionState.SUCCEEDED and r.result]
         if done:
-            entries = [
-                MasterEntry.from_result(
+            entries = {
+                r.name: MasterEntry.from_result(
                     RenditionResult.model_validate(r.result),
                     layout.within_job(job.id, r.output_prefix, r.name),
                 )
                 for r in done
-            ]
-            master = master_playlist(entries)
+            }
+            audio = [entries.pop(r.name) for r in done if r.spec.audio_only]
+            video = list(entries.values())
+            if video:
+                master = master_playlist(video, audio=audio[0] if audio else None)
+        if master is not None:
             try:
                 self.storage.put_bytes(
                     self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode()

@@ -13,7 +13,7 @@ from vtp.chunks import plan_chunks
 from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
-from vtp.ladder import plan_ladder
+from vtp.ladder import plan_ladder, with_separate_audio
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn
@@ -103,9 +103,12 @@ class Intake:
                 chunk_s=s.chunk_seconds,
                 threshold_s=s.chunk_threshold_seconds,
             )
-            if s.chunked_encoding
+            # The progressive MP4 is one file from one encoder: such a job is encoded whole.
+            if s.chunked_encoding and "mp4" not in (formats or [])
             else []
         )
+        if chunks:
+            plan = with_separate_audio(plan)
         job, created = self.store.create_job(
             ref, info, plan, formats=formats or ["hls"], callback_url=callback_url, chunks=chunks
         )

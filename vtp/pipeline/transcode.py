@@ -16,7 +16,14 @@ import requests
 
 from vtp import layout, workdirs
 from vtp.chunks import ChunkRange
-from vtp.encode import ChunkResult, RenditionResult, encode_chunk, encode_rendition, frame_rate
+from vtp.encode import (
+    ChunkResult,
+    RenditionResult,
+    encode_audio,
+    encode_chunk,
+    encode_rendition,
+    frame_rate,
+)
 from vtp.errors import (
     Conflict,
     FfmpegTimeout,
@@ -105,7 +112,18 @@ class TaskRunner:
                 out = Path(tmp)
                 encode_started = time.monotonic()
                 result: RenditionResult | ChunkResult
-                if chunk is None:
+                if rend.spec.audio_only:
+                    result = encode_audio(
+                        url,
+                        info,
+                        rend.spec,
+                        out,
+                        settings=self.settings,
+                        on_progress=on_progress,
+                        timeout=budget,
+                        cancel=self.stopping,
+                    )
+                elif chunk is None:
                     result = encode_rendition(
                         url,
                         info,

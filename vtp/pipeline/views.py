@@ -32,10 +32,11 @@ class JobViews:
         for r in job.renditions:
             item: dict[str, Any] = {
                 "name": r.name,
+                "kind": "audio" if r.spec.audio_only else "video",
                 "state": r.state.value,
-                "width": r.spec.width,
-                "height": r.spec.height,
-                "fps": r.spec.fps,
+                "width": None if r.spec.audio_only else r.spec.width,
+                "height": None if r.spec.audio_only else r.spec.height,
+                "fps": None if r.spec.audio_only else r.spec.fps,
                 "attempts": r.attempts,
                 "refusals": r.refusals,
                 "error": r.error,
