@@ -268,8 +268,9 @@ def test_a_rendition_of_several_tasks_follows_them(store: JobStore, dsn: str) ->
             )
             cur.execute(
                 "INSERT INTO tasks (job_id, rendition, chunk, function, start_s, end_s)"
-                " VALUES (%s, '360p', 1, 'transcode-360p', 30, 60)",
-                (str(job.id),),
+                " VALUES (%s, '360p', 1, 'transcode-360p', 30, 60),"
+                "        (%s, '360p', 2, 'transcode-360p', 60, 90)",
+                (str(job.id), str(job.id)),
             )
         conn.commit()
     finally:
@@ -289,7 +290,11 @@ def test_a_rendition_of_several_tasks_follows_them(store: JobStore, dsn: str) ->
     rend = store.get(job.id).rendition("360p")
     assert rend.state is RenditionState.FAILED and rend.error == "bad data"
     assert rend.result is None  # a chunk's result is not the rendition's
-    assert [t.state for t in rend.tasks] == [TaskState.SUCCEEDED, TaskState.FAILED]
+    # Chunk 2 never ran: cancelled rather than encoded for a rendition that cannot succeed.
+    assert [t.state for t in rend.tasks] == [TaskState.SUCCEEDED, *[TaskState.FAILED] * 2]
+    assert "cancelled: rendition 360p is failed" in str(rend.task(2).error)
+    with pytest.raises(Conflict, match="already failed"):
+        store.begin_attempt(job.id, "360p", "c", chunk=2)  # its call, queued before, arrives
     assert store.claim_finalization(job.id, "w") is not None
     trail = [(c.chunk, c.from_state, c.to_state) for c in store.history(job.id) if c.rendition]
     assert trail == [
@@ -299,6 +304,7 @@ def test_a_rendition_of_several_tasks_follows_them(store: JobStore, dsn: str) ->
         (1, "queued", "running"),
         (1, "running", "failed"),
         (None, "running", "failed"),
+        (2, "queued", "failed"),
     ]
 
 

@@ -16,6 +16,8 @@ import requests
 from pydantic import SecretStr
 
 from vtp import db
+from vtp.chunks import plan_chunks
+from vtp.errors import Conflict
 from vtp.events import EventBus
 from vtp.invoker import Invoker
 from vtp.jobs import JobStore, SourceRef
@@ -437,3 +439,43 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     # as one continuous encode gives; audio encoded per chunk would add a priming frame at
     # each of the two joins and fail this.
     assert 0 <= samples - 20 * 48000 < 2048, samples
+
+
+def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: Path) -> None:
+    """Chunk 1's worker dies mid-encode (its attempt written off as silent); its retry is the
+    only re-encode: chunks 0 and 2 keep their first and only attempt, a redelivered call
+    for chunk 0 is skipped as a duplicate, the zombie's late report is refused, and the job
+    finishes joined from three chunks."""
+    from tests.clips import make_clip
+
+    bucket = quiet_bucket(pipeline)
+    clip = make_clip(tmp_path / "silent.mp4", size="640x360", seconds=20, rate=25, audio=False)
+    key = f"chunked/{time.time_ns()}-silent.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    info = SourceInfo(duration=20.0, width=640, height=360, fps=25.0, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
+    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
+    job, _ = pipeline.store.create_job(
+        src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
+    )
+
+    def run(chunk: int, call: str) -> dict[str, object]:
+        task = TranscodeTask(job_id=job.id, rendition="360p", chunk=chunk)
+        return pipeline.run_rendition(task, call)
+
+    assert run(0, "c0")["state"] == "succeeded"
+    pipeline.store.begin_attempt(job.id, "360p", "c1-dies", chunk=1)  # ...and never reports
+    time.sleep(0.2)
+    (reaped,) = pipeline.store.reap_stale(0.1)
+    assert (reaped.chunk, reaped.state) == (1, TaskState.RETRYING)
+    assert "skipped" in run(0, "c0")  # the queue delivered chunk 0's call again
+    assert run(2, "c2")["state"] == "succeeded"
+    assert run(1, "c1-again")["state"] == "succeeded"
+    with pytest.raises(Conflict):
+        pipeline.store.succeed_task(job.id, "360p", {}, call_id="c1-dies", attempt=1, chunk=1)
+    done = pipeline.store.get(job.id)
+    assert done.state.value == "succeeded", done.error
+    assert [(t.chunk, t.attempts) for t in done.rendition("360p").tasks] == [(0, 1), (1, 2), (2, 1)]
+    assert done.rendition("360p").result is not None
+    assert done.rendition("360p").result["segments"] == 5

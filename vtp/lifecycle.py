@@ -107,10 +107,11 @@ _R = RenditionState
 # from -> the states it may go to; None is "not there yet" (the row is being created).
 RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]] = {
     None: frozenset({_R.QUEUED}),
-    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD}),
+    # -> failed before running: cancelled (its tasks' calls never began).
+    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD, _R.FAILED}),
     # -> dead: of several tasks, one waits for its retry while another's call is refused for
     # the last time.
-    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD}),
+    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD, _R.FAILED}),
     _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYING, _R.DEAD}),
     _R.SUCCEEDED: frozenset(),
     _R.FAILED: frozenset(),
@@ -119,8 +120,9 @@ RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]]
 _T = TaskState
 TASK_TRANSITIONS: Mapping[TaskState | None, frozenset[TaskState]] = {
     None: frozenset({_T.QUEUED}),
-    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD}),
-    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING}),
+    # -> failed without running: cancelled, its rendition failed by a sibling chunk.
+    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.FAILED}),
+    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.FAILED}),
     _T.RUNNING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD}),
     _T.SUCCEEDED: frozenset(),
     _T.FAILED: frozenset(),

@@ -224,6 +224,9 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
     tasks = [dict(t) for t in cur.fetchall()]
     old = RenditionState(row["state"])
     if old.terminal:
+        if old is not RenditionState.SUCCEEDED and len(tasks) > 1:
+            # A sibling that was busy (locked) when the rendition failed, now moving.
+            _cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {old}")
         return old
     new = lifecycle.rendition_state([TaskState(t["state"]) for t in tasks])
     if new is old:
@@ -263,7 +266,40 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
         raise Conflict("the row changed under us")
     if len(tasks) > 1:
         _insert_change(cur, jid, name, None, old.value, new.value, None, None, None)
+        if new.terminal and new is not RenditionState.SUCCEEDED:
+            _cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {new} ({error})")
     return new
+
+
+def _cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> None:
+    """The chunks of a rendition that can no longer succeed which have not started: ended
+    (failed, with the reason) instead of encoded for nothing. A call already queued for one
+    is refused when it arrives (the task is finished); chunks running go on to their end.
+
+    SKIP LOCKED: a sibling in the middle of its own transition is not waited for (waiting
+    for a task's lock while holding the rendition's could deadlock with that transition);
+    it meets the failed rendition when its transition syncs, and is cancelled then."""
+    cur.execute(
+        """
+        SELECT chunk, attempts, state FROM tasks
+        WHERE job_id = %s AND rendition = %s AND state IN ('queued', 'retrying')
+        ORDER BY chunk FOR UPDATE SKIP LOCKED
+        """,
+        (str(jid), name),
+    )
+    waiting = [dict(r) for r in cur.fetchall()]
+    for row in waiting:
+        lifecycle.check_task(str(row["state"]), TaskState.FAILED.value)
+        cur.execute(
+            """
+            UPDATE tasks
+            SET state = 'failed', error = %s, finished_at = now(), next_retry_at = NULL
+            WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
+            """,
+            (reason, str(jid), name, row["chunk"], row["state"]),
+        )
+        _insert_change(cur, jid, name, int(row["chunk"]), str(row["state"]), "failed",
+                       int(row["attempts"]), None, reason)  # fmt: skip
 
 
 def audit(
