@@ -247,3 +247,36 @@ def test_keepalive_thread_stops(bus: EventBus) -> None:
     assert len(started) == 1 and started[0].daemon
     reporter.close()
     assert not started[0].is_alive()
+
+
+def test_chunk_reporters_publish_their_rendition_as_a_whole(bus: EventBus) -> None:
+    """Two chunks of one rendition (8 s and 4 s) report at once: each has its own field,
+    and every rendition event weighs their percents by length, sums fps and speed of the
+    chunks running, and gives the ETA of what is left at that speed."""
+    job = f"job-{uuid.uuid4().hex[:8]}"
+    lengths = [8.0, 4.0]
+    first = ProgressReporter(bus, job, "720p", 1, 8.0, chunk=0, chunk_lengths=lengths)
+    second = ProgressReporter(bus, job, "720p", 1, 4.0, chunk=1, chunk_lengths=lengths)
+    first.state("running", rendition="running")
+    second.state("running", rendition="running")
+    first.sample(4.0, fps=50.0, speed=2.0)  # half of chunk 0
+    second.sample(1.0, fps=30.0, speed=1.0)  # a quarter of chunk 1
+    deadline = time.monotonic() + 10
+    while True:
+        now = bus.current(job)
+        rend = now.get("720p")
+        if rend and rend.percent == pytest.approx(100 * (4 + 1) / 12, abs=0.01) and rend.fps:
+            break
+        assert time.monotonic() < deadline, now
+        time.sleep(0.05)
+    assert (now["720p#0"].percent, now["720p#1"].percent) == (50.0, 25.0)
+    assert now["720p#0"].chunk_seconds == 8.0 and now["720p"].chunk is None
+    assert rend.fps == 80.0 and rend.speed == 3.0
+    assert rend.eta_seconds == pytest.approx((4 + 3) / 3.0, abs=0.01)
+    second.state("succeeded", rendition="running")  # one chunk done: the rendition goes on
+    assert bus.current(job)["720p"].state == "running"
+    first.state("succeeded", rendition="succeeded")
+    final = bus.current(job)["720p"]
+    assert (final.state, final.percent) == ("succeeded", 100.0)
+    with pytest.raises(ValueError):
+        ProgressReporter(bus, job, "720p", 1, 4.0, chunk=2, chunk_lengths=lengths)

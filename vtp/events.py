@@ -43,7 +43,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -92,7 +92,20 @@ class ProgressEvent(BaseModel):
     out_time_seconds: float | None = None
     attempt: int | None = None
     error: str | None = None
+    # A chunk's own progress (vtp.chunks): the number of the chunk and its share of the
+    # rendition, in source seconds. Clients draw these as the segments of the rendition's
+    # bar; the rendition's own event (no chunk) carries the aggregate.
+    chunk: int | None = Field(default=None, ge=0)
+    chunk_seconds: float | None = Field(default=None, gt=0)
     ts: float = Field(default_factory=time.time, description="epoch seconds")
+
+    @property
+    def field(self) -> str:
+        """Its field in the job's progress hash: the latest event of each rendition, of
+        each chunk (`360p#3`), and of the job."""
+        if self.rendition is None:
+            return JOB_FIELD
+        return self.rendition if self.chunk is None else f"{self.rendition}#{self.chunk}"
 
     @classmethod
     def of_task(cls, task: Task) -> ProgressEvent:
@@ -185,7 +198,7 @@ class EventBus:
                 self.maxlen,
                 event.job_id,
                 data,
-                event.rendition or JOB_FIELD,
+                event.field,
                 self.progress_ttl_s,
                 self.channel,
             ],
@@ -261,7 +274,19 @@ class ProgressReporter:
         min_interval_s: float = 0.25,
         keepalive_s: float = 0.75,
         clock: Callable[[], float] = time.monotonic,
+        chunk: int | None = None,
+        chunk_lengths: Sequence[float] = (),
     ) -> None:
+        """`chunk`, `chunk_lengths`: this reporter is one chunk's (vtp.chunks), of a rendition
+        whose chunks last `chunk_lengths` seconds each. It publishes its own progress as the
+        chunk's event, then the rendition's, aggregated over the latest event of every
+        chunk: percent weighted by length, fps and speed summed over the chunks running, and
+        the ETA of the work left at that speed."""
+        if chunk is not None and not 0 <= chunk < len(chunk_lengths):
+            raise ValueError(f"chunk {chunk} is not one of {len(chunk_lengths)}")
+        self.chunk = chunk
+        self.chunk_lengths = list(chunk_lengths)
+        self._rendition_state: RenditionState | None = None
         self.bus = bus
         self.job_id = str(job_id)
         self.rendition = rendition
@@ -323,14 +348,23 @@ class ProgressReporter:
         block, self._ffmpeg = self._ffmpeg, {}
         self.sample(_ffmpeg_out_time(block), _number(block.get("fps")), _speed(block))
 
-    def state(self, state: RenditionState | str, *, error: str | None = None) -> None:
+    def state(
+        self,
+        state: RenditionState | str,
+        *,
+        error: str | None = None,
+        rendition: RenditionState | str | None = None,
+    ) -> None:
         """Publish a state change now. `running` starts the keep-alive thread; a terminal
-        state stops it (succeeded also sets percent to 100 and ETA to 0)."""
+        state stops it (succeeded also sets percent to 100 and ETA to 0). A chunk's reporter
+        is given its task's state, and its rendition's as `rendition`."""
         new = RenditionState(state)
         with self._publish_lock:
             with self._cond:
                 self._state = new
                 self._error = error
+                if rendition is not None:
+                    self._rendition_state = RenditionState(rendition)
                 if new is RenditionState.SUCCEEDED:
                     self._percent = 100.0
                     self._eta = 0.0
@@ -422,14 +456,52 @@ class ProgressReporter:
             out_time_seconds=round(self._out_time, 3) if self._out_time is not None else None,
             attempt=self.attempt,
             error=self._error,
+            chunk=self.chunk,
+            chunk_seconds=self.chunk_lengths[self.chunk] if self.chunk is not None else None,
         )
 
     def _send(self, event: ProgressEvent) -> None:
         try:
             self.last_event = self.bus.publish(event)
             self.published += 1
+            if self.chunk is not None:
+                self.bus.publish(self._aggregate(event))
         except redis.RedisError as exc:
             log.warning("could not publish progress of %s/%s: %s", self.job_id, self.rendition, exc)
+
+    def _aggregate(self, own: ProgressEvent) -> ProgressEvent:
+        """The rendition's event from the latest event of each of its chunks (this one's
+        being `own`); chunks not heard from count as not started."""
+        current = self.bus.current(self.job_id)
+        latest = {
+            e.chunk: e
+            for e in current.values()
+            if e.rendition == self.rendition and e.chunk is not None
+        } | {own.chunk: own}
+        total = sum(self.chunk_lengths) or 1.0
+        done = left = fps = speed = 0.0
+        for i, length in enumerate(self.chunk_lengths):
+            e = latest.get(i)
+            share = 100.0 if e is not None and e.state == RenditionState.SUCCEEDED else (
+                e.percent if e is not None else 0.0)  # fmt: skip
+            done += length * share / 100
+            left += length * (1 - share / 100)
+            if e is not None and e.state == RenditionState.RUNNING:
+                fps += e.fps or 0.0
+                speed += e.speed or 0.0
+        state = self._rendition_state or RenditionState.RUNNING
+        percent = 100.0 if state is RenditionState.SUCCEEDED else min(99.9, 100 * done / total)
+        return ProgressEvent(
+            job_id=self.job_id,
+            rendition=self.rendition,
+            state=state.value,
+            percent=round(percent, 2),
+            fps=round(fps, 2) if fps else None,
+            speed=round(speed, 3) if speed else None,
+            eta_seconds=round(left / speed, 2) if speed else None,
+            attempt=self.attempt,
+            error=own.error if state.terminal and state is not RenditionState.SUCCEEDED else None,
+        )
 
 
 def _number(value: str | None) -> float | None:

@@ -112,6 +112,8 @@ class JobProgress:
             return False
         if event.id and event_order(event.id) > event_order(self.last_event_id):
             self.last_event_id = event.id
+        if event.chunk is not None:
+            return False  # one chunk's: the rendition's own event carries the aggregate
         if event.rendition is None or event.rendition == JOB_FIELD:
             if event.id and self.last_id and event_order(event.id) <= event_order(self.last_id):
                 return False

@@ -85,11 +85,27 @@ class TaskRunner:
         rend = spec_rend
         attempt = began.attempts
         chunk = _chunk_of(began, self.settings)
-        # A chunk reports its own progress over its own length (one bar per chunk is still
-        # to come: the page shows the rendition's latest report).
-        length = chunk.duration if chunk else info.duration
-        reporter = ProgressReporter(self.bus, job.id, rend.name, attempt, length)
-        reporter.state(began.rendition_state or began.state)  # as recorded: running
+        # A chunk reports its own progress over its own length, and the rendition's over
+        # all its chunks (vtp.events.ProgressReporter).
+        reporter = ProgressReporter(
+            self.bus,
+            job.id,
+            rend.name,
+            attempt,
+            chunk.duration if chunk else info.duration,
+            chunk=chunk.index if chunk else None,
+            chunk_lengths=[(t.end_s or 0) - (t.start_s or 0) for t in rend.tasks] if chunk else (),
+        )
+
+        def report(t: Task, error: str | None = None) -> None:
+            """The state a transition recorded: the task's and its rendition's for a chunk,
+            the rendition's (the same) for a rendition encoded whole."""
+            if chunk:
+                reporter.state(t.state.value, error=error, rendition=t.rendition_state)
+            else:
+                reporter.state(t.rendition_state or t.state.value, error=error)
+
+        report(began)  # as recorded: running
         heartbeat = _Heartbeat(self.store, began, call_id)
 
         def on_progress(p: Progress) -> None:
@@ -168,7 +184,7 @@ class TaskRunner:
                 ),
                 self.settings.final_write_seconds,
             )
-            reporter.state(done.rendition_state or done.state)
+            report(done)
             outcome = {"state": "succeeded", "result": record}
         except Conflict as exc:
             # Written off while it ran (the sweeper, or the callback of an earlier 504): a
@@ -183,7 +199,7 @@ class TaskRunner:
             failed = self._record_failure(began, reason, retryable, call_id)
             if failed is None:
                 return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
-            reporter.state(failed.rendition_state or failed.state, error=reason)
+            report(failed, reason)
             outcome = {"state": failed.state.value, "error": reason}
         finally:
             reporter.close()

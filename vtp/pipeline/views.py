@@ -55,6 +55,12 @@ class JobViews:
                         "attempts": t.attempts,
                         "refusals": t.refusals,
                         "error": t.error,
+                        # A chunk's live percent, from its own progress events.
+                        "percent": (
+                            progress[f"{r.name}#{t.chunk}"].percent
+                            if f"{r.name}#{t.chunk}" in progress
+                            else None
+                        ),
                     }
                     for t in r.tasks
                 ],

@@ -71,6 +71,33 @@
     return typeof value === "number" && Number.isFinite(value) ? value : null;
   }
 
+  /**
+   * A rendition encoded in chunks: one segment per chunk under its bar, each as wide as its
+   * share of the source and filled as far as that chunk got.
+   */
+  function renderChunks(row, chunks) {
+    const entries = Object.entries(chunks || {}).sort((a, b) => Number(a[0]) - Number(b[0]));
+    let strip = row.querySelector(".chunks");
+    if (!entries.length) {
+      if (strip) strip.remove();
+      return;
+    }
+    if (!strip) {
+      strip = el("div", { class: "chunks", "aria-hidden": "true" });
+      row.querySelector(".bar").after(strip);
+    }
+    strip.replaceChildren(
+      ...entries.map(([n, c]) => {
+        const seg = el("span", { class: "chunk", "data-state": c.state, title: `chunk ${n}: ${c.state}` });
+        seg.style.flexGrow = String(c.seconds);
+        const fill = el("span", { class: "fill" });
+        fill.style.width = `${c.percent}%`;
+        seg.append(fill);
+        return seg;
+      }),
+    );
+  }
+
   function fmtPercent(p) {
     const v = num(p) ?? 0;
     return (v >= 100 ? "100" : v.toFixed(1)) + "%";
@@ -205,6 +232,18 @@
       const job = this.job(ev.job_id);
       if (!job.createdMs && num(ev.ts) != null) job.firstSeenMs = Math.min(job.firstSeenMs, ev.ts * 1000);
       const target = ev.rendition == null || ev.rendition === JOB_FIELD ? job : this.rendition(job, ev.rendition);
+      if (ev.chunk != null && target !== job) {
+        // One chunk's own progress: a segment of its rendition's bar. The rendition's own
+        // event (no chunk) carries the aggregate state and percent.
+        const c = (target.chunks ||= {});
+        const prev = c[ev.chunk];
+        if (prev && ev.id && prev.id && compareIds(ev.id, prev.id) <= 0) return out;
+        if (prev && isTerminal(prev.state) && !isTerminal(ev.state)) return out;
+        const pct = ev.state === "succeeded" ? 100 : num(ev.percent) ?? 0;
+        c[ev.chunk] = { id: ev.id, state: ev.state, percent: pct, seconds: num(ev.chunk_seconds) || 1 };
+        out.applied = true;
+        return out;
+      }
       if (ev.id && target.lastId && compareIds(ev.id, target.lastId) <= 0) return out;
       if (isTerminal(target.state) && !isTerminal(ev.state)) return out;
       const wasTerminal = isTerminal(target.state);
@@ -242,7 +281,7 @@
         if (!fields || typeof fields !== "object") continue;
         for (const [field, ev] of Object.entries(fields)) {
           if (!ev || typeof ev !== "object") continue;
-          const rendition = field === JOB_FIELD ? null : ev.rendition ?? field;
+          const rendition = field === JOB_FIELD ? null : ev.rendition ?? field.split("#")[0];
           results.push(this.applyEvent({ ...ev, job_id: ev.job_id || jobId, rendition }));
         }
       }
@@ -893,6 +932,7 @@
     bar.setAttribute("aria-valuenow", pct.toFixed(1));
     bar.setAttribute("aria-valuetext", `${fmtPercent(pct)}, ${r.state}`);
     bar.querySelector(".fill").style.width = `${pct}%`;
+    renderChunks(row, r.chunks);
     row.querySelector(".pct").textContent = fmtPercent(pct);
     const running = r.state === "running";
     row.querySelector(".fps").textContent = running ? fmtFps(r.fps) : "";
