@@ -1,17 +1,75 @@
-"""ws-relay's app served by uvicorn in the test process (on the stack's real Redis and
-PostgreSQL), for tests that need a relay configured differently from the stack's."""
+"""Parts of the product run in the test process against the stack's real services: a
+Pipeline (for paths hard to reach through uploads), and ws-relay's app served by uvicorn
+(for tests that need a relay configured differently from the stack's)."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import redis
 import uvicorn
 
 from tests.ports import free_port
+from vtp import db
+from vtp.events import EventBus
+from vtp.invoker import Invoker
+from vtp.jobs import JobStore
+from vtp.lifecycle import RetryPolicy
+from vtp.pipeline import Pipeline
+from vtp.settings import Settings
+from vtp.storage import Storage
+
+
+def build_pipeline(stack_env: dict[str, str]) -> Pipeline:
+    """A Pipeline on the stack's PostgreSQL, Redis, S3 and gateway (its calls go to the
+    stack's functions), with a long back-off, so a callback leaves a retry to the sweeper
+    instead of waiting. The caller closes `pipeline.store`."""
+    settings = Settings(
+        s3_endpoint=stack_env["VTP_S3_ENDPOINT"],
+        s3_access_key=stack_env["VTP_S3_ACCESS_KEY"],  # type: ignore[arg-type]
+        s3_secret_key=stack_env["VTP_S3_SECRET_KEY"],  # type: ignore[arg-type]
+        postgres_dsn=stack_env["VTP_POSTGRES_DSN"],  # type: ignore[arg-type]
+        redis_url=stack_env["VTP_REDIS_URL"],  # type: ignore[arg-type]
+        gateway_url=stack_env["VTP_GATEWAY_URL"],
+    )
+    dsn = settings.postgres_dsn.get_secret_value()
+    conn = db.connect(dsn)
+    db.migrate(conn)
+    conn.close()
+    store = JobStore(functools.partial(db.connect, dsn), retry=RetryPolicy(base_s=120, max_s=600))
+    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+    return Pipeline(
+        settings,
+        store,
+        Storage.from_settings(settings),
+        EventBus(client, settings.redis_prefix),
+        Invoker(settings.gateway_url),
+    )
+
+
+def quiet_bucket(pipeline: Pipeline) -> str:
+    """A bucket no event or reconciliation reads: the stack's own split must not make (or
+    share) a job for what these tests encode in-process."""
+    name = "core-sources"
+    if not pipeline.storage.client.bucket_exists(name):
+        pipeline.storage.client.make_bucket(name)
+    return name
+
+
+def chunked_pipeline(pipeline: Pipeline, *, chunk_seconds: float = 8.0) -> Pipeline:
+    """The same, planning every source over 10 s as chunks of `chunk_seconds`, with
+    `quiet_bucket` as its input bucket (the stack's functions encode the chunks: what a
+    chunk is comes with its task, not from their settings)."""
+    settings = pipeline.settings.model_copy(
+        update={"chunked_encoding": True, "chunk_threshold_seconds": 10.0,
+                "chunk_seconds": chunk_seconds, "input_buckets": [quiet_bucket(pipeline)]}
+    )  # fmt: skip
+    return Pipeline(settings, pipeline.store, pipeline.storage, pipeline.bus, pipeline.invoker)
 
 
 @contextlib.contextmanager

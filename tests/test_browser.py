@@ -319,3 +319,56 @@ def test_page_through_a_gateway_that_buffers_streams(
     row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
     row.wait_for()
     assert row.get_attribute("data-state") == "succeeded"
+
+
+def test_a_chunked_stream_plays_across_its_joins(
+    page: Any, relay_url: str, stack_env: dict[str, str], artifacts: Path, tmp_path: Path
+) -> None:
+    """A 20 s source encoded as three chunks (joins at 8 s and 16 s) and its sound as an
+    audio rendition: hls.js plays it through both joins at 4x without waiting for data once
+    started, decodes the audio group, and the page draws the rendition's three chunks."""
+    from tests.inprocess import build_pipeline, chunked_pipeline, quiet_bucket
+    from vtp.webhook import SourceObject
+
+    core = build_pipeline(stack_env)
+    try:
+        bucket = quiet_bucket(core)
+        clip = make_clip(tmp_path / "joins.mp4", size="640x360", seconds=20, rate=25)
+        key = f"browser/{time.time_ns()}-joins.mp4"
+        core.storage.client.fput_object(bucket, key, str(clip))
+        job = chunked_pipeline(core).submit(SourceObject(bucket=bucket, key=key)).job
+        deadline = time.monotonic() + 120
+        while not (job := core.store.get(job.id)).state.terminal:
+            assert time.monotonic() < deadline, job
+            time.sleep(0.3)
+    finally:
+        core.store.close()
+    assert job.state.value == "succeeded", job.error
+    assert len(job.rendition("360p").tasks) == 3
+
+    page.goto(f"{relay_url}#/jobs/{job.id}")
+    page.wait_for_selector("#player[data-manifest-parsed=true]", timeout=30_000)
+    assert page.evaluate(f"MediaSource.isTypeSupported({H264_TYPE!r})"), "no H.264 in Chromium"
+    strip = page.locator('#detail-renditions .rend[data-rendition="360p"] .chunks .chunk')
+    strip.first.wait_for(timeout=15_000)
+    assert strip.evaluate_all("cs => cs.map(c => c.dataset.state)") == ["succeeded"] * 3
+    started = page.evaluate(
+        """() => {
+          const v = document.getElementById('player');
+          window.__waits = [];
+          v.addEventListener('waiting', () => window.__waits.push(v.currentTime));
+          v.muted = true;
+          v.playbackRate = 4;
+          return v.play().then(() => true);
+        }"""
+    )
+    assert started
+    page.wait_for_function(
+        "(() => { const v = document.getElementById('player');"
+        " return v.ended || v.currentTime > 18.5; })()",
+        timeout=60_000,
+    )
+    page.screenshot(path=str(artifacts / "browser-chunked.png"), full_page=True)
+    assert page.evaluate("window.__waits.filter(t => t > 0.5)") == [], "stalled at a join"
+    assert page.evaluate("document.getElementById('player').dataset.error || null") is None
+    assert page.evaluate("document.getElementById('player').webkitAudioDecodedByteCount") > 0

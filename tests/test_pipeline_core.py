@@ -3,7 +3,6 @@ real PostgreSQL, Redis, S3 and gateway."""
 
 from __future__ import annotations
 
-import functools
 import itertools
 import subprocess
 import time
@@ -11,22 +10,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 from pydantic import SecretStr
 
+from tests.inprocess import build_pipeline, chunked_pipeline, quiet_bucket
 from vtp import db
 from vtp.chunks import plan_chunks
 from vtp.errors import Conflict
-from vtp.events import EventBus
-from vtp.invoker import Invoker
-from vtp.jobs import JobStore, SourceRef
+from vtp.jobs import SourceRef
 from vtp.ladder import plan_ladder
-from vtp.lifecycle import RetryPolicy, TaskState
+from vtp.lifecycle import TaskState
 from vtp.models import RenditionState, SourceInfo, TranscodeTask
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
-from vtp.storage import Storage
 
 INFO = SourceInfo(
     duration=2.0, width=1280, height=720, fps=30.0, has_audio=True, video_codec="h264"
@@ -35,39 +31,9 @@ INFO = SourceInfo(
 
 @pytest.fixture(scope="module")
 def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
-    settings = Settings(
-        s3_endpoint=stack_env["VTP_S3_ENDPOINT"],
-        s3_access_key=stack_env["VTP_S3_ACCESS_KEY"],  # type: ignore[arg-type]
-        s3_secret_key=stack_env["VTP_S3_SECRET_KEY"],  # type: ignore[arg-type]
-        postgres_dsn=stack_env["VTP_POSTGRES_DSN"],  # type: ignore[arg-type]
-        redis_url=stack_env["VTP_REDIS_URL"],  # type: ignore[arg-type]
-        gateway_url=stack_env["VTP_GATEWAY_URL"],
-    )
-    dsn = settings.postgres_dsn.get_secret_value()
-    conn = db.connect(dsn)
-    db.migrate(conn)
-    conn.close()
-    # A long back-off, so the callback leaves the retry to the sweeper instead of waiting.
-    store = JobStore(functools.partial(db.connect, dsn), retry=RetryPolicy(base_s=120, max_s=600))
-    client = redis.Redis.from_url(settings.redis_url.get_secret_value())
-    p = Pipeline(
-        settings,
-        store,
-        Storage.from_settings(settings),
-        EventBus(client, settings.redis_prefix),
-        Invoker(settings.gateway_url),
-    )
+    p = build_pipeline(stack_env)
     yield p
-    store.close()
-
-
-def quiet_bucket(pipeline: Pipeline) -> str:
-    """A bucket no event or reconciliation reads: the stack's own split must not make (or
-    share) a job for what these tests encode in-process."""
-    name = "core-sources"
-    if not pipeline.storage.client.bucket_exists(name):
-        pipeline.storage.client.make_bucket(name)
-    return name
+    p.store.close()
 
 
 def test_call_refused_before_the_handler_becomes_a_retry(pipeline: Pipeline) -> None:
@@ -377,11 +343,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     from vtp.webhook import SourceObject
 
     bucket = quiet_bucket(pipeline)
-    settings = pipeline.settings.model_copy(
-        update={"chunked_encoding": True, "chunk_threshold_seconds": 10.0,
-                "chunk_seconds": 8.0, "input_buckets": [bucket]}
-    )  # fmt: skip
-    chunked = Pipeline(settings, pipeline.store, pipeline.storage, pipeline.bus, pipeline.invoker)
+    chunked = chunked_pipeline(pipeline)
     clip = make_clip(tmp_path / "twenty.mp4", size="640x360", seconds=20, rate=25)
     key = f"chunked/{time.time_ns()}.mp4"
     pipeline.storage.client.fput_object(bucket, key, str(clip))

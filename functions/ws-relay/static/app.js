@@ -1113,7 +1113,7 @@
         video.dataset.manifestParsed = "true";
         video.dataset.levels = String(data.levels.length);
         const sizes = data.levels.map((l) => `${l.height}p`).join(", ");
-        note.textContent = `Adaptive stream: ${data.levels.length} renditions (${sizes}), played with hls.js.`;
+        note.textContent = `Adaptive stream: ${data.levels.length} rendition${data.levels.length === 1 ? "" : "s"} (${sizes}), played with hls.js.`;
       });
       let mediaRecoveries = 0;
       hls.on(Hls.Events.ERROR, (_e, data) => {
