@@ -40,6 +40,10 @@ class LocalConfig(BaseSettings):
     # max_inflight any more: parallel async calls need replicas, as `kubectl scale
     # deploy/queue-worker --replicas=N` gives on Kubernetes.
     queue_workers: int = Field(default=3, ge=1, le=32)
+    # Function replicas, by name (e.g. '{"transcode-720p": 2}'); otherwise the function's
+    # `com.openfaas.scale.min` label, else 1. Each replica is a process on a port of its own
+    # and the gateway spreads calls over them, as a Kubernetes Service over its pods.
+    function_replicas: dict[str, int] = Field(default_factory=dict)
     ack_wait: float = 3600.0
     # Gateway timeouts (seconds), as the CE gateway's read/write/upstream timeouts.
     upstream_timeout: float = 3600.0

@@ -167,8 +167,8 @@ class Gateway:
             "envProcess": e.env_process,
             "labels": e.labels,
             "annotations": e.annotations,
-            "replicas": 0 if scaled_to_zero(self.cfg, e.name) else 1,
-            "availableReplicas": 0 if scaled_to_zero(self.cfg, e.name) else 1,
+            "replicas": 0 if scaled_to_zero(self.cfg, e.name) else len(e.urls),
+            "availableReplicas": 0 if scaled_to_zero(self.cfg, e.name) else len(e.urls),
             "invocationCount": self.invocations[e.name],
         }
 
@@ -186,7 +186,7 @@ class Gateway:
         tail = "/" + request.match_info.get("tail", "")
         headers.append(("X-Forwarded-Host", request.host))
         self.invocations[entry.name] += 1
-        url = f"{entry.url}{tail}"
+        url = f"{entry.pick()}{tail}"
         # of-watchdog answers 504 once exec_timeout passes; the gateway's own limit is
         # upstream_timeout. The smaller one decides.
         limit = min(entry.exec_timeout, self.cfg.upstream_timeout)

@@ -7,6 +7,7 @@ function added to stack.yml shows up without restarting the gateway.
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 from pydantic import BaseModel, Field, TypeAdapter
@@ -30,9 +31,23 @@ class FunctionEntry(BaseModel):
     # python3-asgi does not): of-watchdog reads a whole answer before passing it on.
     watchdog: bool = True
 
+    # The ports of its further replicas (`port` is the first's).
+    replica_ports: list[int] = Field(default_factory=list)
+
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def urls(self) -> list[str]:
+        """Every replica's address, the first first."""
+        return [self.url, *(f"http://127.0.0.1:{p}" for p in self.replica_ports)]
+
+    def pick(self) -> str:
+        """A replica for one call. At random, as kube-proxy (iptables) picks a Service's
+        endpoint: two calls at once may well land on the same replica while another idles,
+        which is what a cluster does too."""
+        return random.choice(self.urls)  # noqa: S311 - spreading load, not a secret
 
 
 _ADAPTER = TypeAdapter(list[FunctionEntry])

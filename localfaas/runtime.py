@@ -7,6 +7,7 @@ dead is started, and a function whose build context changed since it started is 
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -92,6 +93,36 @@ class FunctionPlan:
     port: int
     digest: str
     stack_dir: Path
+    replica_ports: tuple[int, ...] = ()
+
+    @property
+    def ports(self) -> list[int]:
+        return [self.port, *self.replica_ports]
+
+    @property
+    def process_names(self) -> list[str]:
+        return replica_names(self.name, len(self.ports))
+
+
+def replica_names(name: str, replicas: int) -> list[str]:
+    """The processes of a function's replicas: `fn-<name>`, then `fn-<name>.1`, ..."""
+    return [FN_PREFIX + name + (f".{i}" if i else "") for i in range(max(1, replicas))]
+
+
+def _recorded_replicas(cfg: LocalConfig, name: str) -> list[str]:
+    """The processes the running stack has for a function (its registry entry's replicas)."""
+    entry = load_registry(cfg).get(name)
+    return replica_names(name, len(entry.urls) if entry else 1)
+
+
+def _replicas(cfg: LocalConfig, name: str, spec: FunctionSpec) -> int:
+    wanted = cfg.function_replicas.get(name)
+    if wanted is None:
+        try:
+            wanted = int(spec.labels.get("com.openfaas.scale.min", "1"))
+        except ValueError:
+            wanted = 1
+    return max(1, min(wanted, 16))
 
 
 # --- secrets ------------------------------------------------------------------------------
@@ -209,10 +240,12 @@ def scale(cfg: LocalConfig, name: str, replicas: int) -> None:
     if name not in load_registry(cfg):
         raise UpError(f"no function {name} in the running stack")
     if replicas not in (0, 1):
-        raise UpError("the local stack runs 0 or 1 replica of a function")
+        raise UpError("scale a function to 0, or to 1 (its configured replicas) again")
     if replicas == 0:
         _scale_path(cfg, name).write_text("0")
-        procs.stop(cfg, FN_PREFIX + name)
+        entry = load_registry(cfg)[name]
+        for pname in replica_names(name, len(entry.urls)):
+            procs.stop(cfg, pname)
         return
     _scale_path(cfg, name).unlink(missing_ok=True)
     start_functions(cfg, load_stacks(cfg), dead_only=True)
@@ -269,16 +302,26 @@ def plan_functions(
                     stack_dir=stack_dir,
                 )
             )
+    # Further replicas take the ports after every function's first.
+    next_port = cfg.function_port_base + len(plans)
+    for i, plan in enumerate(plans):
+        more = _replicas(cfg, plan.name, plan.spec) - 1
+        if more:
+            ports = tuple(range(next_port, next_port + more))
+            plans[i] = dataclasses.replace(plan, replica_ports=ports)
+            next_port += more
     return plans
 
 
-def _function_env(cfg: LocalConfig, plan: FunctionPlan, secrets_dir: Path) -> dict[str, str]:
+def _function_env(
+    cfg: LocalConfig, plan: FunctionPlan, secrets_dir: Path, port: int
+) -> dict[str, str]:
     env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
     env.update(function_environment(plan.stack_dir, plan.spec))
     env.update(_local_overrides(cfg))
     env.update(
         {
-            "UPSTREAM_PORT": str(plan.port),
+            "UPSTREAM_PORT": str(port),
             "VTP_SECRETS_DIR": str(secrets_dir),
             "PYTHONUNBUFFERED": "1",
             "PYTHONDONTWRITEBYTECODE": "1",
@@ -293,6 +336,7 @@ def _entry(cfg: LocalConfig, plan: FunctionPlan) -> FunctionEntry:
         name=plan.name,
         namespace=plan.spec.namespace or cfg.namespace,
         port=plan.port,
+        replica_ports=list(plan.replica_ports),
         image=plan.spec.image,
         env_process=template_fprocess(plan.template),
         labels=plan.spec.labels,
@@ -359,51 +403,52 @@ def _start_functions(
             name
             for _, stack in stacks
             for name in stack.functions
-            if procs.running(cfg, FN_PREFIX + name) is None and not scaled_to_zero(cfg, name)
+            if not scaled_to_zero(cfg, name)
+            and any(procs.running(cfg, p) is None for p in _recorded_replicas(cfg, name))
         }
     plans = plan_functions(cfg, stacks, assemble=dead)
-    wanted = {FN_PREFIX + p.name for p in plans}
+    wanted = {pname for p in plans for pname in p.process_names}
     for rec in procs.records(cfg):
         if rec.name.startswith(FN_PREFIX) and rec.name not in wanted:
             log.info("stopping %s: no longer in stack.yml", rec.name)
             procs.stop(cfg, rec.name)
-    started: list[FunctionPlan] = []
+    started: list[tuple[str, int]] = []
     for plan in plans:
-        pname = FN_PREFIX + plan.name
         digest_file = _digest_path(cfg, plan.name)
         old = digest_file.read_text() if digest_file.exists() else None
-        current = procs.running(cfg, pname)
         if dead is not None and plan.name not in dead:
             continue  # running, or scaled to zero on purpose: the supervisor leaves it be
         _scale_path(cfg, plan.name).unlink(missing_ok=True)  # `up` deploys it again
-        if (
-            current
-            and current.port == plan.port
-            and old == plan.digest
-            and _healthy(f"http://127.0.0.1:{plan.port}/_/health")
-        ):
-            continue
-        if current:
-            log.info("restarting %s (changed or unhealthy)", pname)
-        procs.stop(cfg, pname)
-        secrets_dir = _mount_secrets(cfg, plan.name, plan.spec.secrets)
-        argv = [
-            sys.executable if a in ("python", "python3") else a
-            for a in shlex.split(template_fprocess(plan.context))
-        ]
-        procs.start(
-            cfg,
-            pname,
-            argv,
-            env=_function_env(cfg, plan, secrets_dir),
-            cwd=plan.context,
-            port=plan.port,
-            url=f"{cfg.gateway_url}/function/{plan.name}",
-        )
+        for pname, port in zip(plan.process_names, plan.ports, strict=True):
+            current = procs.running(cfg, pname)
+            if (
+                current
+                and current.port == port
+                and old == plan.digest
+                and _healthy(f"http://127.0.0.1:{port}/_/health")
+            ):
+                continue
+            if current:
+                log.info("restarting %s (changed or unhealthy)", pname)
+            procs.stop(cfg, pname)
+            secrets_dir = _mount_secrets(cfg, plan.name, plan.spec.secrets)
+            argv = [
+                sys.executable if a in ("python", "python3") else a
+                for a in shlex.split(template_fprocess(plan.context))
+            ]
+            procs.start(
+                cfg,
+                pname,
+                argv,
+                env=_function_env(cfg, plan, secrets_dir, port),
+                cwd=plan.context,
+                port=port,
+                url=f"{cfg.gateway_url}/function/{plan.name}",
+            )
+            started.append((pname, port))
         digest_file.write_text(plan.digest)
-        started.append(plan)
-    for plan in started:
-        _wait_healthy(cfg, FN_PREFIX + plan.name, f"http://127.0.0.1:{plan.port}/_/health", 30)
+    for pname, port in started:
+        _wait_healthy(cfg, pname, f"http://127.0.0.1:{port}/_/health", 30)
     entries = [_entry(cfg, p) for p in plans]
     save_registry(cfg, entries)
     return entries
@@ -511,9 +556,9 @@ def status(cfg: LocalConfig) -> list[StatusRow]:
     rows = []
     registry = load_registry(cfg)
     for rec in procs.records(cfg):
-        fn = rec.name.removeprefix(FN_PREFIX)
+        fn = rec.name.removeprefix(FN_PREFIX).partition(".")[0]  # replica 1: fn-<name>.1
         where = rec.url or (f"127.0.0.1:{rec.port}" if rec.port else "")
         if rec.name.startswith(FN_PREFIX) and fn in registry:
-            where = f"{cfg.gateway_url}/function/{fn} (direct :{registry[fn].port})"
+            where = f"{cfg.gateway_url}/function/{fn} (direct :{rec.port or registry[fn].port})"
         rows.append(StatusRow(rec.name, rec.pid, procs.pid_alive(rec.pid), where, rec.log))
     return rows

@@ -28,13 +28,15 @@ class Supervisor:
         self.stopping = asyncio.Event()
 
     def dead_functions(self) -> list[str]:
-        from localfaas.runtime import FN_PREFIX
+        from localfaas.runtime import replica_names
 
         return [
             name
-            for name in self.registry.get()
-            if procs.running(self.cfg, FN_PREFIX + name) is None
-            and not scaled_to_zero(self.cfg, name)
+            for name, entry in self.registry.get().items()
+            if not scaled_to_zero(self.cfg, name)
+            and any(
+                procs.running(self.cfg, p) is None for p in replica_names(name, len(entry.urls))
+            )
         ]
 
     async def run(self) -> None:

@@ -40,6 +40,8 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
         "gateway_port": free_port(),
         "extra_stack_files": [FIXTURES / "stack.yml"],
         "queue_workers": 3,
+        # Replicas, spread over by the gateway: the chunk tests' 360p encodes run in parallel.
+        "function_replicas": {"echo": 2, "transcode-360p": 2},
         # Short back-offs and budgets, so retries and dead letters happen within a test; and
         # a transcode function with a tiny exec_timeout (no test encodes 1080p otherwise).
         "function_env": {

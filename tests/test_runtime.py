@@ -202,3 +202,23 @@ def _header(headers: dict[str, str], name: str) -> str | None:
         if k.lower() == name.lower():
             return v
     return None
+
+
+def test_a_function_runs_as_replicas_the_gateway_spreads_calls_over(
+    gateway: str, stack: LocalConfig
+) -> None:
+    """echo runs two replicas in the test stack (`function_replicas`): two processes on
+    ports of their own, both answering through the gateway, which reports 2 replicas, as
+    `kubectl scale` gives on Kubernetes; calls land on either, at random, as kube-proxy
+    picks a Service's endpoint."""
+    assert procs.running(stack, "fn-echo") is not None
+    assert procs.running(stack, "fn-echo.1") is not None
+    pids = {requests.post(f"{gateway}/function/echo", timeout=10).json()["pid"] for _ in range(40)}
+    assert len(pids) == 2, pids  # 40 calls at random both ways: (1/2)^39 of missing one
+    c = stack.credentials
+    r = requests.get(
+        f"{stack.gateway_url}/system/function/echo",
+        auth=(c["gateway_user"], c["gateway_password"]),
+        timeout=5,
+    )
+    assert r.status_code == 200 and r.json()["replicas"] == 2, r.text
