@@ -1,0 +1,156 @@
+"""Segment-parallel encoding: wall time and CPU time of one long job, encoded whole and in
+chunks, with one worker and with two.
+
+A SECONDS-long 1080p25 source with audio (2 minutes by default; VTP_BENCH_CHUNKED_SECONDS=600
+for the 10-minute case), the default three renditions, every ffmpeg limited to one thread
+(VTP_FFMPEG_THREADS=1) so the machine's cores are the only parallelism. Three stacks of its
+own, one after the other:
+
+- whole: each rendition one call; 1 replica per function, 1 queue-worker;
+- chunked, 1 worker: chunks of CHUNK seconds (and the audio rendition), 1 replica, 1 queue-worker;
+- chunked, 2 workers: the same with 2 replicas of each transcode function and 2 queue-workers.
+
+Wall time runs from the upload to the job's success; CPU time is the sum of every call's
+encode time (one thread each, so about the CPU it used). Median of RUNS runs (min, max).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import psycopg2.extras
+import requests
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from localfaas import runtime  # noqa: E402
+from localfaas.config import LocalConfig  # noqa: E402
+from tests.ports import free_port, free_port_base  # noqa: E402
+from tests.s3 import s3_client  # noqa: E402
+
+SECONDS = int(os.environ.get("VTP_BENCH_CHUNKED_SECONDS", "120"))
+CHUNK = 24  # seconds: 6 segments of 4 s
+RUNS = int(os.environ.get("VTP_BENCH_RUNS", "3"))
+TRANSCODES = ("transcode-360p", "transcode-720p", "transcode-1080p")
+
+
+def make_clip(path: Path, seconds: int) -> None:
+    subprocess.run(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=25:duration={seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
+            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M", "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-shortest", "-movflags", "+faststart", str(path),
+        ],
+        check=True,
+    )  # fmt: skip
+
+
+def run_job(cfg: LocalConfig, clip: Path) -> dict[str, float]:
+    s3 = s3_client(cfg)
+    key = f"bench/{time.time_ns()}/{clip.name}"
+    t0 = time.monotonic()
+    s3.fput_object(cfg.uploads_bucket, key, str(clip))
+    status = f"{cfg.gateway_url}/function/status"
+    job_id = None
+    while time.monotonic() < t0 + 4 * 3600:
+        if job_id is None:
+            found = requests.get(status, params={"bucket": "uploads", "key": key}, timeout=10)
+            jobs = found.json().get("jobs", [])
+            job_id = jobs[0]["id"] if jobs else None
+        if job_id:
+            job = requests.get(status, params={"id": job_id}, timeout=10).json()
+            if job["state"] == "succeeded":
+                wall = time.monotonic() - t0
+                return {"wall": wall, "cpu": _cpu(cfg, job_id), "tasks": _count(cfg, job_id)}
+            if job["state"] == "failed":
+                raise SystemExit(f"job failed: {job['error']}")
+        time.sleep(0.2)
+    raise SystemExit("timed out")
+
+
+def _rows(cfg: LocalConfig, job_id: str) -> list[dict[str, Any]]:
+    conn = psycopg2.connect(cfg.postgres_dsn)
+    with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute("SELECT result FROM tasks WHERE job_id = %s", (job_id,))
+        rows = [dict(r) for r in cur.fetchall()]
+    conn.close()
+    return rows
+
+
+def _cpu(cfg: LocalConfig, job_id: str) -> float:
+    return sum(float((r["result"] or {}).get("timings", {}).get("encode_s", 0))
+               for r in _rows(cfg, job_id))  # fmt: skip
+
+
+def _count(cfg: LocalConfig, job_id: str) -> float:
+    return float(len(_rows(cfg, job_id)))
+
+
+def scenario(name: str, workers: int, chunked: bool, clip: Path) -> list[dict[str, float]]:
+    env = {"VTP_FFMPEG_THREADS": "1"}
+    if chunked:
+        env |= {"VTP_CHUNKED_ENCODING": "true", "VTP_CHUNK_THRESHOLD_SECONDS": "30",
+                "VTP_CHUNK_SECONDS": str(CHUNK)}  # fmt: skip
+    run_dir = REPO / ".run" / f"bench-chunked-{name}"
+    cfg = LocalConfig(
+        run_dir=run_dir,
+        port_base=free_port_base(),
+        gateway_port=free_port(),
+        queue_workers=workers,
+        function_replicas=dict.fromkeys(TRANSCODES, workers),
+        function_env={"*": env},
+    )
+    runtime.down(cfg)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    try:
+        runtime.up(cfg)
+        return [run_job(cfg, clip) for _ in range(RUNS)]
+    finally:
+        runtime.down(cfg)
+
+
+def _figure(values: list[float], unit: str = "s") -> str:
+    return (f"{statistics.median(values):7.1f} {unit} (min {min(values):.1f}, "
+            f"max {max(values):.1f})")  # fmt: skip
+
+
+def main() -> None:
+    work = Path(tempfile.mkdtemp(prefix="vtp-bench-chunked-"))
+    try:
+        clip = work / f"clip-{SECONDS}s-1080p25.mp4"
+        make_clip(clip, SECONDS)
+        print(f"{SECONDS} s 1080p25 + audio, 3 renditions, ffmpeg -threads 1; "
+              f"chunks of {CHUNK} s; median of {RUNS} run(s) (min, max)")  # fmt: skip
+        results = {}
+        for name, workers, chunked in (("whole-1", 1, False), ("chunked-1", 1, True),
+                                       ("chunked-2", 2, True)):  # fmt: skip
+            runs = scenario(name, workers, chunked, clip)
+            results[name] = runs
+            print(f"  {name:<10} wall {_figure([r['wall'] for r in runs])}   "
+                  f"cpu {_figure([r['cpu'] for r in runs])}   "
+                  f"calls {int(runs[0]['tasks'])}")  # fmt: skip
+        wall = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
+        cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in results.items()}
+        two, one = wall["chunked-2"], wall["chunked-1"]
+        print(f"  speed-up, 2 workers against 1 (chunked):   {one / two:.2f}x")
+        print(f"  speed-up, chunked on 2 against whole on 1: {wall['whole-1'] / two:.2f}x")
+        ratio = cpu["chunked-2"] / cpu["whole-1"]
+        print(f"  CPU, chunked on 2 against whole on 1:      {ratio:.2f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
