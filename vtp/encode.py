@@ -138,7 +138,7 @@ def encode_audio(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir, None)
     args = [
-        *untrusted_input(source_url),
+        *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         "-map",
         "0:a:0",
         "-vn",
@@ -270,7 +270,7 @@ def encode_chunk(
     _clean(out_dir, None)
     video_only = source.model_copy(update={"has_audio": False})
     args = [
-        *untrusted_input(source_url, seek=chunk.start_s),
+        *untrusted_input(source_url, seek=chunk.start_s, threads=settings.ffmpeg_threads),
         *encode_args(video_only, spec, settings),
         "-t",
         f"{chunk.duration:.3f}",
@@ -346,7 +346,7 @@ def ffmpeg_command(
     """The arguments after `ffmpeg` for one rendition, run in its output folder (the
     benchmark's bare-ffmpeg baseline runs exactly these)."""
     return [
-        *untrusted_input(source_url),
+        *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         *encode_args(source, spec, settings),
         # Never more than the probed duration: the caps on duration were checked against
         # it, and a header can claim 1 s while the file holds an hour.
@@ -439,7 +439,7 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
         args += ["-an"]
     args += ["-sn", "-dn"]
     if settings.ffmpeg_threads > 0:
-        args += ["-threads", str(settings.ffmpeg_threads)]
+        args += ["-threads", str(settings.ffmpeg_threads)]  # the encoder's (the decoder's: input)
     # Audio and video may start far apart in a badly interleaved upload; let the muxers
     # buffer instead of failing with "Too many packets buffered".
     args += ["-max_muxing_queue_size", "4096"]

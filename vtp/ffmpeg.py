@@ -121,7 +121,7 @@ def redact_args(args: Sequence[str]) -> list[str]:
     return [redact(a) for a in args]
 
 
-def untrusted_input(url: str, *, seek: float | None = None) -> list[str]:
+def untrusted_input(url: str, *, seek: float | None = None, threads: int = 0) -> list[str]:
     """Input options and `-i url` for a source we did not create (a user's upload).
 
     Only http(s) URLs are accepted: a bare path or a `-`-prefixed string would otherwise be
@@ -149,6 +149,8 @@ def untrusted_input(url: str, *, seek: float | None = None) -> list[str]:
     if seek is not None and seek > 0:
         # Input-side seek: jumps by index (a range request) instead of decoding from the start.
         args += ["-ss", f"{seek:.3f}"]
+    if threads > 0:
+        args += ["-threads", str(threads)]  # the decoder's; 0: ffmpeg decides
     return [*args, "-i", url]
 
 
