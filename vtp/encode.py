@@ -106,13 +106,7 @@ def encode_rendition(
     # Relative output names, with the output directory as working directory: the HLS
     # playlist then refers to its init file and segments by bare name, and no path needs
     # escaping for the tee muxer.
-    run_ffmpeg(
-        args,
-        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
-        on_progress=on_progress,
-        cwd=out_dir,
-        cancel=cancel,
-    )
+    _run(args, out_dir, settings, timeout, on_progress, cancel)
     result = _describe(out_dir, source, spec, settings, mp4_name)
     _check_complete(result, source)
     return result
@@ -146,67 +140,17 @@ def encode_audio(
         "-dn",
         "-map_metadata",
         "-1",
-        "-c:a",
-        "aac",
-        "-profile:a",
-        "aac_low",
-        "-ac",
-        "2",
-        "-ar",
-        "48000",
-        "-b:a",
-        str(spec.audio_bitrate),
+        *_aac_args(spec.audio_bitrate),
         "-t",
         f"{source.duration:.3f}",
-        "-f",
-        "hls",
-        # Segments of about the video's length (cut at the AAC frame after each boundary),
-        # so players fetch audio and video at the same pace.
-        "-hls_time",
-        f"{settings.segment_seconds:g}",
-        "-hls_playlist_type",
-        "vod",
-        "-hls_segment_type",
-        "fmp4",
-        "-hls_fmp4_init_filename",
-        HLS_INIT,
-        "-hls_segment_filename",
-        HLS_SEGMENT_PATTERN,
-        "-start_number",
-        "1",
+        # The HLS muxer with a video rendition's options: segments of about the video's
+        # length (cut at the AAC frame after each boundary), so players fetch audio and
+        # video at the same pace.
+        *(arg for key, value in _hls_options(settings).items() for arg in (f"-{key}", value)),
         HLS_PLAYLIST,
     ]
-    run_ffmpeg(
-        args,
-        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
-        on_progress=on_progress,
-        cwd=out_dir,
-        cancel=cancel,
-    )
-    text = (out_dir / HLS_PLAYLIST).read_text() if (out_dir / HLS_PLAYLIST).is_file() else ""
-    init, listed = parse_media_playlist(text)
-    if not listed or "#EXT-X-ENDLIST" not in text:
-        raise FfmpegError("ffmpeg wrote an incomplete audio playlist")
-    sizes = []
-    for name, _ in listed:
-        if not (out_dir / name).is_file():
-            raise FfmpegError(f"HLS segment {name} listed but missing")
-        sizes.append((out_dir / name).stat().st_size)
-    duration = sum(d for _, d in listed)
-    files = [HLS_PLAYLIST, *([init] if init else []), *(name for name, _ in listed)]
-    result = RenditionResult(
-        name=spec.name,
-        files=sorted(files),
-        segments=len(listed),
-        size_bytes=sum((out_dir / f).stat().st_size for f in files),
-        duration=round(duration, 6),
-        avg_bitrate=round(sum(sizes) * 8 / duration) if duration > 0 else 0,
-        peak_bitrate=peak_bitrate([d for _, d in listed], sizes),
-        codecs=AAC_CODEC,
-        width=spec.width,
-        height=spec.height,
-        fps=spec.fps,
-    )
+    _run(args, out_dir, settings, timeout, on_progress, cancel)
+    result = _describe(out_dir, source, spec, settings, None, codecs=AAC_CODEC)
     _check_complete(result, source)
     return result
 
@@ -278,25 +222,16 @@ def encode_chunk(
         "tee",
         _tee_outputs(spec, settings, None, start_number=chunk.first_segment),
     ]
-    run_ffmpeg(
-        args,
-        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
-        on_progress=on_progress,
-        cwd=out_dir,
-        cancel=cancel,
-    )
-    text = (out_dir / HLS_PLAYLIST).read_text() if (out_dir / HLS_PLAYLIST).is_file() else ""
-    init, listed = parse_media_playlist(text)
-    if not listed or "#EXT-X-ENDLIST" not in text or init is None:
-        raise FfmpegError(f"ffmpeg wrote an incomplete playlist for chunk {chunk.index}")
+    _run(args, out_dir, settings, timeout, on_progress, cancel)
+    init, listed = _listed(out_dir, f"playlist of chunk {chunk.index}")
+    if init is None:
+        raise FfmpegError(f"the playlist of chunk {chunk.index} names no init segment")
     init_path = out_dir / init
     timescale = fmp4.track_timescale(init_path)
     ticks = round(chunk.start_s * timescale)
     segments = []
     for name, seconds in listed:
         path = out_dir / name
-        if not path.is_file():
-            raise FfmpegError(f"HLS segment {name} listed but missing")
         fmp4.shift_decode_times(path, ticks)
         parts = fmp4.fragments(path)
         if not parts:
@@ -422,19 +357,8 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
         "-flags",
         "+cgop+global_header",
     ]
-    if with_audio:
-        args += [
-            "-c:a",
-            "aac",
-            "-profile:a",
-            "aac_low",
-            "-ac",
-            "2",
-            "-ar",
-            "48000",
-            "-b:a",
-            str(spec.audio_bitrate),
-        ]
+    if with_audio and spec.audio_bitrate is not None:
+        args += _aac_args(spec.audio_bitrate)
     else:
         args += ["-an"]
     args += ["-sn", "-dn"]
@@ -446,20 +370,65 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
     return args
 
 
+def _aac_args(bitrate: int) -> list[str]:
+    """AAC-LC, stereo, 48 kHz: the one sound every player decodes."""
+    return ["-c:a", "aac", "-profile:a", "aac_low", "-ac", "2", "-ar", "48000",
+            "-b:a", str(bitrate)]  # fmt: skip
+
+
+def _hls_options(settings: Settings, start_number: int = 1) -> dict[str, str]:
+    """The HLS muxer's options: VOD fMP4 segments of `segment_seconds`, numbered from
+    `start_number` (a chunk's first segment keeps its number in the rendition)."""
+    return {
+        "f": "hls",
+        "hls_time": f"{settings.segment_seconds:g}",
+        "hls_playlist_type": "vod",
+        "hls_segment_type": "fmp4",
+        "hls_fmp4_init_filename": HLS_INIT,
+        "hls_segment_filename": HLS_SEGMENT_PATTERN,
+        "start_number": str(start_number),
+    }
+
+
+def _run(
+    args: list[str],
+    out_dir: Path,
+    settings: Settings,
+    timeout: float | None,
+    on_progress: Callable[[Progress], None] | None,
+    cancel: threading.Event | None,
+) -> None:
+    """ffmpeg in the output folder, within `timeout` (`ffmpeg_timeout_seconds` if None)."""
+    run_ffmpeg(
+        args,
+        timeout=settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001),
+        on_progress=on_progress,
+        cwd=out_dir,
+        cancel=cancel,
+    )
+
+
+def _listed(out_dir: Path, what: str) -> tuple[str | None, list[tuple[str, float]]]:
+    """The init segment and (file, seconds) of each segment of the playlist ffmpeg wrote in
+    `out_dir`, every one of them on disk: FfmpegError for a missing or unfinished one."""
+    path = out_dir / HLS_PLAYLIST
+    if not path.is_file():
+        raise FfmpegError(f"ffmpeg finished without writing the {what}")
+    text = path.read_text()
+    init, segments = parse_media_playlist(text)
+    if not segments or "#EXT-X-ENDLIST" not in text:
+        raise FfmpegError(f"ffmpeg wrote an incomplete {what}")
+    for name, _ in segments:
+        if not (out_dir / name).is_file():
+            raise FfmpegError(f"HLS segment {name} listed but missing")
+    return init, segments
+
+
 def _tee_outputs(
     spec: RenditionSpec, settings: Settings, mp4_name: str | None, start_number: int = 1
 ) -> str:
     hls = _tee_slave(
-        {
-            "f": "hls",
-            "hls_time": f"{settings.segment_seconds:g}",
-            "hls_playlist_type": "vod",
-            "hls_segment_type": "fmp4",
-            "hls_fmp4_init_filename": HLS_INIT,
-            "hls_segment_filename": HLS_SEGMENT_PATTERN,
-            "start_number": str(start_number),
-            "hls_flags": "independent_segments",
-        },
+        _hls_options(settings, start_number) | {"hls_flags": "independent_segments"},
         HLS_PLAYLIST,
     )
     slaves = [hls]
@@ -492,20 +461,13 @@ def _describe(
     spec: RenditionSpec,
     settings: Settings,
     mp4_name: str | None,
+    *,
+    codecs: str | None = None,
 ) -> RenditionResult:
-    playlist_path = out_dir / HLS_PLAYLIST
-    if not playlist_path.is_file():
-        raise FfmpegError("ffmpeg finished without writing the HLS playlist")
-    text = playlist_path.read_text()
-    init, segments = parse_media_playlist(text)
-    if not segments or "#EXT-X-ENDLIST" not in text:
-        raise FfmpegError("ffmpeg wrote an incomplete HLS playlist")
-    seg_sizes = []
-    for name, _ in segments:
-        path = out_dir / name
-        if not path.is_file():
-            raise FfmpegError(f"HLS segment {name} listed but missing")
-        seg_sizes.append(path.stat().st_size)
+    """What ffmpeg wrote in `out_dir`, measured; `codecs` when known (the audio rendition's),
+    else read from the init segment and the spec."""
+    init, segments = _listed(out_dir, "HLS playlist")
+    seg_sizes = [(out_dir / name).stat().st_size for name, _ in segments]
     duration = sum(d for _, d in segments)
 
     files = [HLS_PLAYLIST, *([init] if init else []), *(name for name, _ in segments)]
@@ -515,9 +477,10 @@ def _describe(
         files.append(mp4_name)
     size_bytes = sum((out_dir / f).stat().st_size for f in files)
 
-    codecs = _video_codec_string(out_dir / init if init else None, spec)
-    if source.has_audio and spec.audio_bitrate is not None:
-        codecs += "," + AAC_CODEC
+    if codecs is None:
+        codecs = _video_codec_string(out_dir / init if init else None, spec)
+        if source.has_audio and spec.audio_bitrate is not None:
+            codecs += "," + AAC_CODEC
 
     result = RenditionResult(
         name=spec.name,
