@@ -40,6 +40,13 @@ class ChunkRange(BaseModel):
     def duration(self) -> float:
         return self.end_s - self.start_s
 
+    @classmethod
+    def on_grid(cls, index: int, start_s: float, end_s: float, segment_s: float) -> ChunkRange:
+        """The chunk [start_s, end_s) of a rendition cut in `segment_s` segments: its first
+        segment's number follows from where it starts."""
+        first = round(start_s / segment_s) + 1
+        return cls(index=index, start_s=start_s, end_s=end_s, first_segment=first)
+
 
 def plan_chunks(
     duration: float, *, segment_s: float, chunk_s: float, threshold_s: float
@@ -65,5 +72,5 @@ def plan_chunks(
         first = i * per_chunk
         start = first * segment_s
         end = duration if i == count - 1 else min(duration, (first + per_chunk) * segment_s)
-        chunks.append(ChunkRange(index=i, start_s=start, end_s=end, first_segment=first + 1))
+        chunks.append(ChunkRange.on_grid(i, start, end, segment_s))
     return chunks

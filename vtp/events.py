@@ -76,6 +76,11 @@ return id
 """
 
 
+def progress_field(rendition: str, chunk: int | None = None) -> str:
+    """A rendition's field in a job's progress hash, or one chunk's (`360p#3`)."""
+    return rendition if chunk is None else f"{rendition}#{chunk}"
+
+
 class ProgressEvent(BaseModel):
     """One progress or state-change event of a rendition (or of the job when rendition is None)."""
 
@@ -105,7 +110,7 @@ class ProgressEvent(BaseModel):
         each chunk (`360p#3`), and of the job."""
         if self.rendition is None:
             return JOB_FIELD
-        return self.rendition if self.chunk is None else f"{self.rendition}#{self.chunk}"
+        return progress_field(self.rendition, self.chunk)
 
     @classmethod
     def of_task(cls, task: Task) -> ProgressEvent:

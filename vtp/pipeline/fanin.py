@@ -149,19 +149,9 @@ class FanIn:
                 continue  # no attempt but the winner ever ran: no listing of the bucket
             if winner and "/attempt-" not in winner:
                 continue  # the layout from before attempt folders: one folder, all of it used
-            try:
-                removed = self.storage.remove_prefix(
-                    self.settings.outputs_bucket,
-                    layout.rendition_prefix(job.id, r.name) + "attempt-",
-                    keep=f"{winner.rstrip('/')}/" if winner else None,
-                )
-            except VtpError as exc:
-                log.warning("job %s: superseded attempts of %s kept: %s", job.id, r.name,
-                            exc.reason)  # fmt: skip
-                continue
-            if removed:
-                log.info("job %s: removed %d files of superseded attempts of %s", job.id,
-                         removed, r.name)  # fmt: skip
+            self._remove_attempt_folders(
+                job, r.name, layout.rendition_prefix(job.id, r.name) + "attempt-", winner
+            )
 
     def _remove_superseded_chunk_attempts(self, job: Job, r: Rendition) -> None:
         """The same for each chunk of a rendition encoded in chunks that ran more than once."""
@@ -169,15 +159,25 @@ class FanIn:
             if t.attempts < 2:
                 continue
             won = (t.result or {}).get("output_prefix") if t.state is TaskState.SUCCEEDED else None
-            try:
-                self.storage.remove_prefix(
-                    self.settings.outputs_bucket,
-                    f"{layout.rendition_prefix(job.id, r.name)}chunk-{t.chunk}/attempt-",
-                    keep=f"{str(won).rstrip('/')}/" if won else None,
-                )
-            except VtpError as exc:
-                log.warning("job %s: superseded attempts of %s kept: %s", job.id, t.name,
-                            exc.reason)  # fmt: skip
+            folders = f"{layout.rendition_prefix(job.id, r.name)}chunk-{t.chunk}/attempt-"
+            self._remove_attempt_folders(job, t.name, folders, str(won) if won else None)
+
+    def _remove_attempt_folders(
+        self, job: Job, what: str, folders: str, winner: str | None
+    ) -> None:
+        """Every object under the attempt folders `folders` but the winner's folder."""
+        try:
+            removed = self.storage.remove_prefix(
+                self.settings.outputs_bucket,
+                folders,
+                keep=f"{winner.rstrip('/')}/" if winner else None,
+            )
+        except VtpError as exc:
+            log.warning("job %s: superseded attempts of %s kept: %s", job.id, what, exc.reason)
+            return
+        if removed:
+            log.info("job %s: removed %d files of superseded attempts of %s", job.id, removed,
+                     what)  # fmt: skip
 
     def _write_poster(self, job: Job) -> None:
         assert job.source_info is not None

@@ -250,16 +250,10 @@ class TaskRunner:
 
 
 def _chunk_of(task: Task, settings: Settings) -> ChunkRange | None:
-    """The part of the source a task encodes; None for a rendition encoded whole. Its first
-    segment's number follows from the shared segment grid."""
+    """The part of the source a task encodes; None for a rendition encoded whole."""
     if task.start_s is None or task.end_s is None:
         return None
-    return ChunkRange(
-        index=task.chunk,
-        start_s=task.start_s,
-        end_s=task.end_s,
-        first_segment=round(task.start_s / settings.segment_seconds) + 1,
-    )
+    return ChunkRange.on_grid(task.chunk, task.start_s, task.end_s, settings.segment_seconds)
 
 
 class _Heartbeat:

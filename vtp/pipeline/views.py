@@ -7,6 +7,7 @@ from typing import Any
 
 from vtp import callbacks, layout
 from vtp.errors import NotFound
+from vtp.events import progress_field
 from vtp.jobs import Job
 from vtp.models import RenditionState
 from vtp.pipeline.clients import Clients
@@ -57,8 +58,8 @@ class JobViews:
                         "error": t.error,
                         # A chunk's live percent, from its own progress events.
                         "percent": (
-                            progress[f"{r.name}#{t.chunk}"].percent
-                            if f"{r.name}#{t.chunk}" in progress
+                            chunk.percent
+                            if (chunk := progress.get(progress_field(r.name, t.chunk)))
                             else None
                         ),
                     }
