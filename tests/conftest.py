@@ -102,8 +102,12 @@ def stack(tick_file: Path, test_slot: int) -> Iterator[LocalConfig]:
     """The running test stack's config; everything in it is up and healthy."""
     cfg = test_config(test_slot)
     runtime.down(cfg)  # whatever an interrupted earlier run left behind
-    if (cfg.run_dir / "build").exists():
-        shutil.rmtree(cfg.run_dir / "build")
+    # A fresh build, and a fresh S3: the local S3 server restores every kept object at
+    # start, and what earlier runs uploaded (gigabytes after a few dozen) would outlast its
+    # start-up wait. No test reads what another session wrote.
+    for leftover in ("build", "s3-data"):
+        if (cfg.run_dir / leftover).exists():
+            shutil.rmtree(cfg.run_dir / leftover)
     store = runtime.secret_store(cfg)
     store.mkdir(parents=True, exist_ok=True)
     (store / "fixture-secret").write_text("s3cr3t-from-a-file")
