@@ -73,7 +73,8 @@ def run_job(cfg: LocalConfig, clip: Path) -> dict[str, float]:
             job = requests.get(status, params={"id": job_id}, timeout=10).json()
             if job["state"] == "succeeded":
                 wall = time.monotonic() - t0
-                return {"wall": wall, "cpu": _cpu(cfg, job_id), "tasks": _count(cfg, job_id)}
+                rows = _rows(cfg, job_id)
+                return {"wall": wall, "cpu": _cpu(rows), "tasks": float(len(rows))} | _shape(rows)
             if job["state"] == "failed":
                 raise SystemExit(f"job failed: {job['error']}")
         time.sleep(0.2)
@@ -83,19 +84,43 @@ def run_job(cfg: LocalConfig, clip: Path) -> dict[str, float]:
 def _rows(cfg: LocalConfig, job_id: str) -> list[dict[str, Any]]:
     conn = psycopg2.connect(cfg.postgres_dsn)
     with conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
-        cur.execute("SELECT result FROM tasks WHERE job_id = %s", (job_id,))
+        cur.execute(
+            """
+            SELECT t.rendition, t.result, t.start_s, t.end_s,
+                   extract(epoch FROM t.finished_at - t.attempt_started_at) AS call_s,
+                   extract(epoch FROM t.attempt_started_at - j.created_at) AS start_at,
+                   extract(epoch FROM t.finished_at - j.created_at) AS end_at,
+                   extract(epoch FROM j.finished_at - j.created_at) AS job_s
+            FROM tasks t JOIN jobs j ON j.id = t.job_id WHERE t.job_id = %s
+            """,
+            (job_id,),
+        )
         rows = [dict(r) for r in cur.fetchall()]
     conn.close()
     return rows
 
 
-def _cpu(cfg: LocalConfig, job_id: str) -> float:
-    return sum(float((r["result"] or {}).get("timings", {}).get("encode_s", 0))
-               for r in _rows(cfg, job_id))  # fmt: skip
+def _encode_s(row: dict[str, Any]) -> float:
+    return float((row["result"] or {}).get("timings", {}).get("encode_s", 0))
 
 
-def _count(cfg: LocalConfig, job_id: str) -> float:
-    return float(len(_rows(cfg, job_id)))
+def _cpu(rows: list[dict[str, Any]]) -> float:
+    return sum(_encode_s(r) for r in rows)
+
+
+def _shape(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """The terms of the wall-time model: encode seconds per source second for each
+    rendition (its chunks summed), the per-call cost outside the encode (upload, recording),
+    the time from the job's creation to its first call, and from its last call to its end."""
+    out: dict[str, float] = {}
+    for name in sorted({r["rendition"] for r in rows}):
+        mine = [r for r in rows if r["rendition"] == name]
+        out[f"rate:{name}"] = sum(_encode_s(r) for r in mine) / SECONDS
+        out[f"calls:{name}"] = float(len(mine))
+    out["call_overhead"] = statistics.mean(float(r["call_s"]) - _encode_s(r) for r in rows)
+    out["first_call"] = min(float(r["start_at"]) for r in rows)
+    out["fan_in"] = float(rows[0]["job_s"]) - max(float(r["end_at"]) for r in rows)
+    return out
 
 
 def scenario(name: str, workers: int, chunked: bool, clip: Path) -> list[dict[str, float]]:
@@ -141,6 +166,13 @@ def main() -> None:
             print(f"  {name:<10} wall {_figure([r['wall'] for r in runs])}   "
                   f"cpu {_figure([r['cpu'] for r in runs])}   "
                   f"calls {int(runs[0]['tasks'])}")  # fmt: skip
+            shape = {k: statistics.median(r[k] for r in runs) for k in runs[0] if ":" in k or k
+                     in ("call_overhead", "first_call", "fan_in")}  # fmt: skip
+            rates = "  ".join(f"{k[5:]} {v:.3f}" for k, v in shape.items() if k.startswith("rate:"))
+            print(f"             encode s per source s: {rates}")
+            print(f"             per call outside the encode {shape['call_overhead']:.2f} s, "
+                  f"first call after {shape['first_call']:.2f} s, "
+                  f"fan-in {shape['fan_in']:.2f} s")  # fmt: skip
         wall = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
         cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in results.items()}
         two, one = wall["chunked-2"], wall["chunked-1"]
