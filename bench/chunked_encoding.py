@@ -124,10 +124,9 @@ def _shape(rows: list[dict[str, Any]]) -> dict[str, float]:
 
 
 def scenario(name: str, workers: int, chunked: bool, clip: Path) -> list[dict[str, float]]:
-    env = {"VTP_FFMPEG_THREADS": "1"}
+    env = {"VTP_FFMPEG_THREADS": "1", "VTP_CHUNKED_ENCODING": str(chunked).lower()}
     if chunked:
-        env |= {"VTP_CHUNKED_ENCODING": "true", "VTP_CHUNK_THRESHOLD_SECONDS": "30",
-                "VTP_CHUNK_SECONDS": str(CHUNK)}  # fmt: skip
+        env |= {"VTP_CHUNK_THRESHOLD_SECONDS": "30", "VTP_CHUNK_SECONDS": str(CHUNK)}
     run_dir = REPO / ".run" / f"bench-chunked-{name}"
     cfg = LocalConfig(
         run_dir=run_dir,

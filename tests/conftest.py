@@ -14,11 +14,15 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
 import psycopg2
+import psycopg2.errors
+import psycopg2.extensions
 import pytest
 import requests
 
@@ -26,6 +30,9 @@ from localfaas import procs, runtime
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
 from tests.ports import free_port, free_port_base
+from vtp import db as vtp_db
+from vtp.jobs import JobStore
+from vtp.lifecycle import RetryPolicy
 
 TEST_RUN_DIR = REPO_ROOT / ".run" / "test"
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -196,3 +203,76 @@ def buffered_gateway(stack: LocalConfig) -> Iterator[str]:
         yield url
     finally:
         procs.stop(stack, "gateway-buffered")
+
+
+def _admin(dsn: str) -> psycopg2.extensions.connection:
+    conn = vtp_db.connect(dsn, application_name="vtp-test-admin")
+    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
+    return conn
+
+
+# --- a database of its own per test (the job store's tests) --------------------------------
+
+
+@pytest.fixture
+def empty_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A brand-new, empty database, dropped (with any leftover sessions) afterwards.
+
+    A role without CREATEDB (a stack's application role) gets a fresh schema instead, put
+    first on the search_path of every connection made with the returned DSN.
+    """
+    name = f"vtp_test_{uuid.uuid4().hex[:12]}"
+    admin = _admin(postgres_dsn)
+    drop = None
+    try:
+        with admin.cursor() as cur:
+            try:
+                cur.execute(f'CREATE DATABASE "{name}"')
+                drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+                dsn = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name)
+            except psycopg2.errors.InsufficientPrivilege:
+                cur.execute(f'CREATE SCHEMA "{name}"')
+                drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
+                dsn = psycopg2.extensions.make_dsn(postgres_dsn, options=f"-c search_path={name}")
+        yield dsn
+    finally:
+        if drop:
+            with admin.cursor() as cur:
+                cur.execute(drop)
+        admin.close()
+
+
+@pytest.fixture
+def dsn(empty_dsn: str) -> str:
+    conn = vtp_db.connect(empty_dsn)
+    try:
+        vtp_db.migrate(conn)
+    finally:
+        conn.close()
+    return empty_dsn
+
+
+@pytest.fixture
+def app_name() -> str:
+    """application_name of this test's store connections, to find them in pg_stat_activity."""
+    return f"vtp-test-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def make_store(dsn: str, app_name: str) -> Iterator[Callable[..., JobStore]]:
+    stores: list[JobStore] = []
+
+    def make(retry_base_s: float = 10.0, retry_max_s: float = 600.0, **kw: Any) -> JobStore:
+        retry = RetryPolicy(base_s=retry_base_s, max_s=retry_max_s, **kw)
+        store = JobStore(partial(vtp_db.connect, dsn, application_name=app_name), retry=retry)
+        stores.append(store)
+        return store
+
+    yield make
+    for store in stores:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store: Callable[..., JobStore]) -> JobStore:
+    return make_store()

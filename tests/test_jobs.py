@@ -8,20 +8,17 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
-import psycopg2
-import psycopg2.errors
-import psycopg2.extensions
 import pytest
 
 from vtp import db
 from vtp.errors import Conflict, InvalidRequest, NotFound
 from vtp.jobs import CallbackStatus, JobStore, SourceRef, summarize_outcome
-from vtp.lifecycle import RetryPolicy, TaskState
+from vtp.lifecycle import TaskState
 from vtp.models import JobState, RenditionSpec, RenditionState, SourceInfo
 
 INFO = SourceInfo(
@@ -56,76 +53,6 @@ def source(**kw: Any) -> SourceRef:
     }
     fields.update(kw)
     return SourceRef(**fields)
-
-
-def _admin(dsn: str) -> psycopg2.extensions.connection:
-    conn = db.connect(dsn, application_name="vtp-test-admin")
-    conn.autocommit = True  # CREATE/DROP DATABASE cannot run in a transaction
-    return conn
-
-
-@pytest.fixture
-def empty_dsn(postgres_dsn: str) -> Iterator[str]:
-    """A brand-new, empty database, dropped (with any leftover sessions) afterwards.
-
-    A role without CREATEDB (a stack's application role) gets a fresh schema instead, put
-    first on the search_path of every connection made with the returned DSN.
-    """
-    name = f"vtp_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin(postgres_dsn)
-    drop = None
-    try:
-        with admin.cursor() as cur:
-            try:
-                cur.execute(f'CREATE DATABASE "{name}"')
-                drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                dsn = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name)
-            except psycopg2.errors.InsufficientPrivilege:
-                cur.execute(f'CREATE SCHEMA "{name}"')
-                drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
-                dsn = psycopg2.extensions.make_dsn(postgres_dsn, options=f"-c search_path={name}")
-        yield dsn
-    finally:
-        if drop:
-            with admin.cursor() as cur:
-                cur.execute(drop)
-        admin.close()
-
-
-@pytest.fixture
-def dsn(empty_dsn: str) -> str:
-    conn = db.connect(empty_dsn)
-    try:
-        db.migrate(conn)
-    finally:
-        conn.close()
-    return empty_dsn
-
-
-@pytest.fixture
-def app_name() -> str:
-    """application_name of this test's store connections, to find them in pg_stat_activity."""
-    return f"vtp-test-{uuid.uuid4().hex[:8]}"
-
-
-@pytest.fixture
-def make_store(dsn: str, app_name: str) -> Iterator[Callable[..., JobStore]]:
-    stores: list[JobStore] = []
-
-    def make(retry_base_s: float = 10.0, retry_max_s: float = 600.0, **kw: Any) -> JobStore:
-        retry = RetryPolicy(base_s=retry_base_s, max_s=retry_max_s, **kw)
-        store = JobStore(partial(db.connect, dsn, application_name=app_name), retry=retry)
-        stores.append(store)
-        return store
-
-    yield make
-    for store in stores:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store: Callable[..., JobStore]) -> JobStore:
-    return make_store()
 
 
 def run_threads(n: int, target: Callable[[int], Any]) -> list[Any]:
@@ -225,7 +152,8 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
                 (job_id,),
             )
         conn.commit()
-        assert db.migrate(conn) == ["0006_tasks"]
+        assert db.migrate(conn, upto=6) == ["0006_tasks"]
+        assert db.migrate(conn) == ["0007_backup_calls"]
     finally:
         conn.close()
     store = JobStore(partial(db.connect, empty_dsn))

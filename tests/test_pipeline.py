@@ -394,6 +394,7 @@ def test_sweeper_answers_what_it_did(gateway: str) -> None:
     assert set(r.json()) == {
         "confirmed_deaths",
         "reaped",
+        "backups",
         "retried",
         "redispatched",
         "finalized",

@@ -368,13 +368,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
         "chunk-1/attempt-1/seg_00003.m4s", "chunk-1/attempt-1/seg_00004.m4s",
         "chunk-2/attempt-1/seg_00005.m4s",
     ]  # fmt: skip
-    probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "frame=pts_time,key_frame", "-of", "csv=p=0", view["urls"]["master"]],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
-    # ffprobe prints key_frame before pts_time, whatever order they are asked in.
-    frames = [(float(t), k == "1") for k, t, *_ in (line.split(",") for line in probe.split())]
+    frames = _frames(view["urls"]["master"])
     assert len(frames) == 500
     assert {round(b[0] - a[0], 4) for a, b in itertools.pairwise(frames)} == {0.04}
     keys = [t for t, key in frames if key]
@@ -441,3 +435,94 @@ def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: 
     assert [(t.chunk, t.attempts) for t in done.rendition("360p").tasks] == [(0, 1), (1, 2), (2, 1)]
     assert done.rendition("360p").result is not None
     assert done.rendition("360p").result["segments"] == 5
+
+
+def test_a_straggling_chunk_is_raced_by_a_backup_and_counted_once(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Chunk 1's encode stalls (its ffmpeg stopped, as on a starved node) while chunk 0 took
+    a couple of seconds: the sweeper's round sends it a backup call, which the stack's
+    transcode encodes into a folder of its own and records first. The stalled encode, let
+    go, finds itself superseded and uploads nothing; the chunk succeeded once, from the
+    backup, and the joined stream has every frame once."""
+    import os
+    import signal
+    import threading
+
+    from tests.clips import make_clip
+
+    bucket = quiet_bucket(pipeline)
+    settings = pipeline.settings.model_copy(
+        update={"straggler_factor": 2.0, "straggler_min_seconds": 0.0}
+    )
+    racing = Pipeline(settings, pipeline.store, pipeline.storage, pipeline.bus, pipeline.invoker)
+    clip = make_clip(tmp_path / "slow.mp4", size="640x360", seconds=20, rate=25, audio=False)
+    key = f"chunked/{time.time_ns()}-straggler.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    info = SourceInfo(duration=20.0, width=640, height=360, fps=25.0, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
+    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
+    job, _ = pipeline.store.create_job(
+        src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
+    )
+
+    def run(chunk: int, call: str) -> dict[str, object]:
+        return racing.run_rendition(TranscodeTask(job_id=job.id, rendition="360p", chunk=chunk),
+                                    call)  # fmt: skip
+
+    assert run(0, "c0")["state"] == "succeeded"
+    first: dict[str, object] = {}
+    slow = threading.Thread(target=lambda: first.update(run(1, "c1-slow")), daemon=True)
+    slow.start()
+    deadline = time.monotonic() + 30
+    pids: list[int] = []
+    while not pids:
+        assert time.monotonic() < deadline, "chunk 1's ffmpeg never started"
+        found = subprocess.run(["pgrep", "-P", str(os.getpid()), "-x", "ffmpeg"],
+                               capture_output=True, text=True).stdout  # fmt: skip
+        pids = [int(p) for p in found.split()]
+        time.sleep(0.05)
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        while not (swept := racing.sweep())["backups"]:
+            assert time.monotonic() < deadline, "chunk 1 never straggled"
+            time.sleep(0.5)
+        assert swept["backups"] == 1
+        while (task := pipeline.store.get(job.id).rendition("360p").task(1)).state is (
+            TaskState.RUNNING
+        ):
+            assert time.monotonic() < deadline + 60, task
+            time.sleep(0.2)
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    slow.join(60)
+    assert "superseded" in first, first
+    assert task.state is TaskState.SUCCEEDED and task.backups == 1 and task.attempts == 1
+    assert str((task.result or {})["output_prefix"]).endswith("/chunk-1/attempt-1-backup")
+    assert racing.sweep()["backups"] == 0  # once per chunk
+    assert run(2, "c2")["state"] == "succeeded"
+    done = pipeline.store.get(job.id)
+    assert done.state.value == "succeeded", done.error
+    wins = [c for c in pipeline.store.history(job.id) if c.chunk == 1 and c.to_state == "succeeded"]
+    assert len(wins) == 1 and wins[0].detail == "backup call won; c1-slow superseded"
+    stalled = f"{job.id}/360p/chunk-1/attempt-1/"
+    assert not list(pipeline.storage.client.list_objects(
+        pipeline.settings.outputs_bucket, prefix=stalled, recursive=True))  # fmt: skip
+    view = pipeline.describe_job(done, live=False)
+    playlist = requests.get(view["renditions"][0]["urls"]["playlist"], timeout=10).text
+    assert "chunk-1/attempt-1-backup/seg_00003.m4s" in playlist.splitlines()
+    frames = _frames(view["urls"]["master"])
+    assert len(frames) == 500
+    assert {round(b[0] - a[0], 4) for a, b in itertools.pairwise(frames)} == {0.04}
+
+
+def _frames(url: str) -> list[tuple[float, bool]]:
+    """(pts_time, key_frame) of every video frame of a stream, by ffprobe."""
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "frame=pts_time,key_frame", "-of", "csv=p=0", url],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stdout  # fmt: skip
+    # ffprobe prints key_frame before pts_time, whatever order they are asked in.
+    return [(float(t), k == "1") for k, t, *_ in (line.split(",") for line in probe.split())]

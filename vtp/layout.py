@@ -36,9 +36,12 @@ def attempt_prefix(job_id: UUID | str, rendition: str, attempt: int) -> str:
     return f"{job_id}/{rendition}/attempt-{attempt}"
 
 
-def chunk_prefix(job_id: UUID | str, rendition: str, chunk: int, attempt: int) -> str:
-    """One attempt of one chunk of a rendition encoded in chunks (vtp.chunks)."""
-    return f"{job_id}/{rendition}/chunk-{chunk}/attempt-{attempt}"
+def chunk_prefix(
+    job_id: UUID | str, rendition: str, chunk: int, attempt: int, *, backup: bool = False
+) -> str:
+    """One attempt of one chunk of a rendition encoded in chunks (vtp.chunks); a backup
+    call (vtp.jobs.backups) runs the same attempt beside the first, in a folder of its own."""
+    return f"{job_id}/{rendition}/chunk-{chunk}/attempt-{attempt}{'-backup' if backup else ''}"
 
 
 def within_job(job_id: UUID | str, prefix: str | None, rendition: str) -> str:

@@ -123,7 +123,8 @@ TASK_TRANSITIONS: Mapping[TaskState | None, frozenset[TaskState]] = {
     # -> failed without running: cancelled, its rendition failed by a sibling chunk.
     _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.FAILED}),
     _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.FAILED}),
-    _T.RUNNING: frozenset({_T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD}),
+    # -> running: a backup call for a straggler dispatched, begun, dropped or taking over.
+    _T.RUNNING: frozenset({_T.RUNNING, _T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD}),
     _T.SUCCEEDED: frozenset(),
     _T.FAILED: frozenset(),
     _T.DEAD: frozenset(),

@@ -125,9 +125,14 @@ class Settings(BaseSettings):
     # rendition (split plans them, transcode encodes each, fan-in joins them: vtp.join).
     chunk_threshold_seconds: float = Field(default=120.0, ge=0)
     chunk_seconds: float = Field(default=48.0, gt=0)
-    # Off until audio is a rendition of its own (issue: segment-parallel encoding): a
-    # chunked rendition carries video only, so a job planned in chunks today has no sound.
-    chunked_encoding: bool = False
+    # Its sound is then a rendition of its own (an HLS audio group), encoded once whole, so
+    # no join can make a gap in it. Off: every rendition one call, as before chunks.
+    chunked_encoding: bool = True
+    # A chunk running `straggler_factor` times longer than its rendition's finished chunks
+    # took (per second of source, the median), and at least `straggler_min_seconds`, gets a
+    # backup call racing it; the first result wins (vtp.jobs.backups). 0: never.
+    straggler_factor: float = Field(default=2.5, ge=0)
+    straggler_min_seconds: float = Field(default=60.0, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
     # before the rendition is dead-lettered; they spend no attempt (see vtp.lifecycle).

@@ -34,8 +34,8 @@ from uuid import UUID
 import psycopg2.extras
 
 from vtp.errors import Conflict
+from vtp.jobs.backups import CLEAR_BACKUP, Backups
 from vtp.jobs.models import Task
-from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import (
     ConnectionFactory,
     Cursor,
@@ -53,7 +53,7 @@ from vtp.models import JobState
 log = logging.getLogger(__name__)
 
 
-class Attempts(Queries):
+class Attempts(Backups):
     def __init__(self, connect: ConnectionFactory, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(connect)
         self.retry = retry or RetryPolicy()
@@ -76,8 +76,14 @@ class Attempts(Queries):
             what = f"task {rendition}/{chunk} of job {jid}"
             if state.terminal:
                 raise Conflict(f"{what} is already {state}")
+            if (
+                state is TaskState.RUNNING
+                and row["backup_call_id"] == call_id
+                and row["backup_started_at"] is None
+            ):
+                return self._begin_backup(cur, row)  # a straggler's second call
             if state is TaskState.RUNNING:
-                same = row["last_call_id"] == call_id
+                same = call_id in (row["last_call_id"], row["backup_call_id"])
                 raise Conflict(
                     f"{what} is already running under "
                     f"{'this' if same else 'another'} call ({row['last_call_id']}, attempt "
@@ -122,40 +128,41 @@ class Attempts(Queries):
         `call_id`, as `attempt`): the sweeper wrote it off or another attempt took over, so
         stop working."""
         jid = parse_id(job_id)
-        key = {"job": str(jid), "name": rendition, "chunk": chunk}
 
         def tx(cur: Cursor) -> None:
+            row = lock_task(cur, jid, rendition, chunk)
+            try:
+                backup = expect_running(row, call_id, attempt)
+            except Conflict as exc:
+                raise Conflict(
+                    f"{exc.reason} (call {row['last_call_id']}, attempt {row['attempts']}); "
+                    f"this is call {call_id}, attempt {attempt}"
+                ) from None
+            if backup:
+                cur.execute(
+                    """
+                    UPDATE tasks SET backup_heartbeat_at = now()
+                    WHERE job_id = %s AND rendition = %s AND chunk = %s
+                    """,
+                    (str(jid), rendition, chunk),
+                )
+                return
             cur.execute(
                 """
-                UPDATE tasks t
-                SET heartbeat_at = now(), death_reported_at = NULL, death_report = NULL
-                FROM (SELECT death_report FROM tasks
-                      WHERE job_id = %(job)s AND rendition = %(name)s AND chunk = %(chunk)s
-                      FOR UPDATE) AS before
-                WHERE t.job_id = %(job)s AND t.rendition = %(name)s AND t.chunk = %(chunk)s
-                  AND t.state = 'running'
-                  AND (%(call)s::text IS NULL OR t.last_call_id = %(call)s)
-                  AND (%(attempt)s::int IS NULL OR t.attempts = %(attempt)s)
-                RETURNING before.death_report
+                UPDATE tasks SET heartbeat_at = now(), death_reported_at = NULL,
+                                 death_report = NULL
+                WHERE job_id = %s AND rendition = %s AND chunk = %s
                 """,
-                key | {"call": call_id, "attempt": attempt},
+                (str(jid), rendition, chunk),
             )
-            cleared = cur.fetchone()
-            if cleared is not None and cleared["death_report"]:
+            if row["death_report"]:
                 log.warning(
                     "task %s/%s of job %s: its call was reported dead (%s) but the attempt "
                     "is alive; the report is dropped (a forged report, or a confused proxy)",
                     rendition,
                     chunk,
                     jid,
-                    cleared["death_report"],
-                )
-            if cur.rowcount == 0:
-                row = lock_task(cur, jid, rendition, chunk)
-                raise Conflict(
-                    f"task {rendition}/{chunk} of job {jid} is {row['state']} "
-                    f"(call {row['last_call_id']}, attempt {row['attempts']}), not running "
-                    f"under call {call_id} as attempt {attempt}"
+                    row["death_report"],
                 )
 
         self._run(tx)
@@ -177,18 +184,25 @@ class Attempts(Queries):
 
         def tx(cur: Cursor) -> Task:
             row = lock_task(cur, jid, rendition, chunk)
-            expect_running(row, call_id, attempt)
+            backup = expect_running(row, call_id, attempt)
+            # The winner's call is the task's call from now on; a racing one is refused.
+            winner = call_id if backup else row["last_call_id"]
             cur.execute(
-                """
+                f"""
                 UPDATE tasks
                 SET state = 'succeeded', finished_at = now(), error = NULL, next_retry_at = NULL,
-                    result = %s
+                    result = %s, last_call_id = %s, {CLEAR_BACKUP}
                 WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = 'running'
                 RETURNING *
-                """,
-                (psycopg2.extras.Json(result), str(jid), rendition, chunk),
+                """,  # noqa: S608 - CLEAR_BACKUP is a constant
+                (psycopg2.extras.Json(result), winner, str(jid), rendition, chunk),
             )
-            return task_changed(cur, row, one(cur))
+            raced = row["backup_started_at"] is not None
+            detail = None
+            if raced:
+                loser = row["last_call_id"] if backup else row["backup_call_id"]
+                detail = f"{'backup' if backup else 'first'} call won; {loser} superseded"
+            return task_changed(cur, row, one(cur), call_id=winner, detail=detail)
 
         return self._run(tx)
 
@@ -216,7 +230,8 @@ class Attempts(Queries):
 
         def tx(cur: Cursor) -> Task:
             row = lock_task(cur, jid, rendition, chunk)
-            expect_running(row, call_id, attempt)
+            if expect_running(row, call_id, attempt) and retryable:
+                return self._drop_backup(cur, row, reason)  # the first call goes on
             return self._fail_locked(cur, row, reason, retryable, max_attempts)
 
         return self._run(tx)
@@ -229,7 +244,10 @@ class Attempts(Queries):
         retryable: bool,
         max_attempts: int | None,
     ) -> Task:
-        """Apply a failed attempt to a task row the caller has locked and checked."""
+        """Apply a failed attempt to a task row the caller has locked and checked; a
+        passing failure while a backup call runs hands the task to it (vtp.jobs.backups)."""
+        if retryable and row.get("backup_started_at") is not None:
+            return self._promote_backup(cur, row, reason)
         attempts = int(row["attempts"])
         if not retryable:
             new = TaskState.FAILED
@@ -262,9 +280,9 @@ class Attempts(Queries):
     ) -> dict[str, Any]:
         """The guarded UPDATE of a failure: retrying (due after `delay`), failed or dead."""
         cur.execute(
-            """
+            f"""
             UPDATE tasks
-            SET state = %(new)s, error = %(reason)s,
+            SET state = %(new)s, error = %(reason)s, {CLEAR_BACKUP},
                 refusals = COALESCE(%(refusals)s, refusals),
                 finished_at = CASE WHEN %(new)s = 'retrying' THEN NULL ELSE now() END,
                 next_retry_at = CASE WHEN %(new)s = 'retrying'
@@ -272,7 +290,7 @@ class Attempts(Queries):
             WHERE job_id = %(job_id)s AND rendition = %(name)s AND chunk = %(chunk)s
               AND state = %(old)s
             RETURNING *
-            """,
+            """,  # noqa: S608 - CLEAR_BACKUP is a constant
             {
                 "new": new.value,
                 "reason": reason,
@@ -301,7 +319,8 @@ class Attempts(Queries):
 
         def tx(cur: Cursor) -> Task:
             row = lock_task(cur, jid, rendition, chunk)
-            expect_running(row, call_id)
+            if expect_running(row, call_id):
+                return self._drop_backup(cur, row, reason)  # only speculation is lost
             cur.execute(
                 """
                 UPDATE tasks
@@ -379,6 +398,22 @@ class Attempts(Queries):
         """
 
         def tx(cur: Cursor) -> builtins.list[Task]:
+            # A backup call that fell silent is dropped first; its first call goes on (and
+            # a first call that fell silent too is then written off, not handed to it).
+            cur.execute(
+                """
+                SELECT * FROM tasks
+                WHERE state = 'running' AND backup_started_at IS NOT NULL
+                  AND backup_heartbeat_at < now() - make_interval(secs => %s)
+                FOR UPDATE SKIP LOCKED
+                """,
+                (heartbeat_older_than_s,),
+            )
+            why = f"no heartbeat for {heartbeat_older_than_s:g}s"
+            dropped = {
+                (r["job_id"], r["rendition"], r["chunk"]): self._drop_backup(cur, dict(r), why)
+                for r in cur.fetchall()
+            }
             cur.execute(
                 """
                 SELECT * FROM tasks
@@ -390,13 +425,13 @@ class Attempts(Queries):
                 """,
                 (heartbeat_older_than_s,),
             )
-            reaped = []
             for row in cur.fetchall():
                 reason = (
                     f"worker vanished: no heartbeat for {heartbeat_older_than_s:g}s "
                     f"(attempt {row['attempts']}, call {row['last_call_id']})"
                 )
-                reaped.append(self._fail_locked(cur, dict(row), reason, True, max_attempts))
-            return reaped
+                key = (row["job_id"], row["rendition"], row["chunk"])
+                dropped[key] = self._fail_locked(cur, dict(row), reason, True, max_attempts)
+            return list(dropped.values())
 
         return self._run(tx)

@@ -79,12 +79,22 @@ class Task(BaseModel):
     error: str | None = None
     created_at: datetime
     updated_at: datetime
+    # A second call racing a straggler's first (migration 0007, vtp.jobs.backups).
+    backup_call_id: str | None = None
+    backup_dispatched_at: datetime | None = None
+    backup_started_at: datetime | None = None
+    backup_heartbeat_at: datetime | None = None
+    backups: int = 0
     rendition_state: RenditionState | None = None
 
     @property
     def name(self) -> str:
         """`rendition/chunk`, for logs and call descriptions."""
         return f"{self.rendition}/{self.chunk}"
+
+    def is_backup(self, call_id: str | None) -> bool:
+        """Whether `call_id` is this task's backup call (a straggler's second), not its first."""
+        return call_id is not None and call_id == self.backup_call_id
 
 
 class Rendition(BaseModel):

@@ -160,14 +160,20 @@ def lock_task(cur: Cursor, jid: UUID, rendition: str, chunk: int) -> dict[str, A
     return dict(row)
 
 
-def expect_running(row: dict[str, Any], call_id: str | None, attempt: int | None = None) -> None:
-    """The report comes from the attempt of this task running now: same call and, when
-    given, the same attempt number (a redelivered message keeps its call id, so after a
-    write-off the call id alone could name a newer attempt than the zombie reporting)."""
+def expect_running(row: dict[str, Any], call_id: str | None, attempt: int | None = None) -> bool:
+    """The report comes from an attempt of this task running now: its first call or its
+    started backup call (vtp.jobs.backups), and, when given, the same attempt number (a
+    redelivered message keeps its call id, so after a write-off the call id alone could name
+    a newer attempt than the zombie reporting). True if it is the backup call."""
     what = f"task {row['rendition']}/{row['chunk']} of job {row['job_id']}"
     if row["state"] != TaskState.RUNNING.value:
         raise Conflict(f"{what} is {row['state']}, not running")
-    if call_id is not None and row["last_call_id"] != call_id:
+    backup = (
+        call_id is not None
+        and row.get("backup_call_id") == call_id
+        and row.get("backup_started_at") is not None
+    )
+    if call_id is not None and row["last_call_id"] != call_id and not backup:
         raise Conflict(
             f"{what} is running under call {row['last_call_id']}, not {call_id}: "
             "this attempt was written off"
@@ -177,6 +183,7 @@ def expect_running(row: dict[str, Any], call_id: str | None, attempt: int | None
             f"{what} is running attempt {row['attempts']}, not {attempt}: "
             "this attempt was written off"
         )
+    return backup
 
 
 def task_changed(

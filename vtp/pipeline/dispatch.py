@@ -3,6 +3,7 @@ about each: refusals, workers that died, retries with back-off."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from datetime import UTC, datetime
@@ -55,6 +56,38 @@ class Dispatcher:
             log.error("could not dispatch %s of job %s: %s", task.name, job_id, exc.reason)
             self._refused(task, call_id, f"dispatch failed: {exc.reason}")
 
+    def dispatch_backups(self) -> int:
+        """A backup call for each chunk that straggles (vtp.jobs.backups); 0 when
+        `straggler_factor` is 0. A backup the gateway refuses is dropped: the first call
+        goes on as if nothing happened."""
+        factor = self.settings.straggler_factor
+        if factor <= 0:
+            return 0
+        sent = 0
+        for task in self.store.stragglers(
+            factor=factor, min_running_s=self.settings.straggler_min_seconds
+        ):
+            call_id = str(uuid4())
+            job_id, rendition, chunk = task.job_id, task.rendition, task.chunk
+            if self.store.record_backup(job_id, rendition, call_id, chunk=chunk) is None:
+                continue  # it ended meanwhile, or another sweeper sent one
+            log.info("%s of job %s straggles: backup call %s", task.name, job_id, call_id)
+            try:
+                self.invoker.invoke_async(
+                    task.function,
+                    TranscodeTask(job_id=job_id, rendition=rendition, chunk=chunk),
+                    callback_url=self.urls.callback_url(job_id, rendition, call_id, chunk),
+                    call_id=call_id,
+                )
+                sent += 1
+            except VtpError as exc:
+                self._drop_backup(task, call_id, f"dispatch failed: {exc.reason}")
+        return sent
+
+    def _drop_backup(self, task: Task, call_id: str, reason: str) -> None:
+        with contextlib.suppress(Conflict):  # it won, or was dropped already
+            self.store.drop_backup(task.job_id, task.rendition, call_id, reason, chunk=task.chunk)
+
     def dispatch_due_retries(self) -> int:
         due = self.store.due_retries()
         for task in due:
@@ -87,13 +120,21 @@ class Dispatcher:
         * the task still waits for this very call and the status is not 2xx: the call
           never reached the handler (429 from a busy watchdog, 500 "Can't reach service"
           from the provider, 502/503 while the function restarts): a refusal;
+        * the call is a straggler's backup (vtp.jobs.backups) and failed: it is dropped, the
+          first call goes on;
         * anything else (the attempt recorded its own outcome, or the call was superseded):
           nothing to do. A late report never changes a newer attempt.
         """
         task = self.store.get(job_id).rendition(rendition).task(chunk)
         what = _status_text(function_status, body)
         failed = not 200 <= function_status < 300
-        if task.state is TaskState.RUNNING and call_id and task.last_call_id == call_id and failed:
+        if task.state is TaskState.RUNNING and task.is_backup(call_id) and failed:
+            # A straggler's backup call refused, killed or cut off: the first call goes on.
+            assert call_id is not None
+            self._drop_backup(task, call_id, f"{task.function} ended without a result ({what})")
+        elif (
+            task.state is TaskState.RUNNING and call_id and task.last_call_id == call_id and failed
+        ):
             self._report_death(
                 task,
                 f"{task.function} ended without a result ({what}; "

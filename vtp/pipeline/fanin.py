@@ -156,7 +156,7 @@ class FanIn:
     def _remove_superseded_chunk_attempts(self, job: Job, r: Rendition) -> None:
         """The same for each chunk of a rendition encoded in chunks that ran more than once."""
         for t in r.tasks:
-            if t.attempts < 2:
+            if t.attempts < 2 and not t.backups:
                 continue
             won = (t.result or {}).get("output_prefix") if t.state is TaskState.SUCCEEDED else None
             folders = f"{layout.rendition_prefix(job.id, r.name)}chunk-{t.chunk}/attempt-"

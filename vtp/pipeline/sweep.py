@@ -1,5 +1,5 @@
-"""The cron sweeper's round: confirm reported deaths, write off silent workers, dispatch due
-and lost retries, finish stuck finalizations."""
+"""The cron sweeper's round: confirm reported deaths, write off silent workers, back up
+stragglers, dispatch due and lost retries, finish stuck finalizations."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Sweeper:
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for t in reaped:
             self.clients.publish_task(t)
+        backups = self.dispatcher.dispatch_backups()
         retried = self.dispatcher.dispatch_due_retries()
         lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
         for t in lost:
@@ -55,6 +56,7 @@ class Sweeper:
         return {
             "reaped": len(reaped),
             "confirmed_deaths": confirmed,
+            "backups": backups,
             "retried": retried,
             "redispatched": len(lost),
             "finalized": finalized,

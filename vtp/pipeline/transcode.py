@@ -36,7 +36,7 @@ from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore, Task
 from vtp.join import check_chunk
-from vtp.models import TranscodeTask
+from vtp.models import TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
 from vtp.settings import Settings
@@ -108,12 +108,17 @@ class TaskRunner:
         report(began)  # as recorded: running
         heartbeat = _Heartbeat(self.store, began, call_id)
 
+        # A straggler's backup call (vtp.jobs.backups) races the first one quietly: two
+        # copies sampling one chunk's progress would make its bar jump back and forth.
+        backup = began.is_backup(call_id)
+
         def on_progress(p: Progress) -> None:
-            reporter.sample(p.out_time, p.fps, p.speed)
+            if not backup:
+                reporter.sample(p.out_time, p.fps, p.speed)
             heartbeat.beat()  # raises Conflict once this attempt was written off
 
         prefix = (
-            layout.chunk_prefix(job.id, rend.name, chunk.index, attempt)
+            layout.chunk_prefix(job.id, rend.name, chunk.index, attempt, backup=backup)
             if chunk
             else layout.attempt_prefix(job.id, rend.name, attempt)
         )
@@ -199,6 +204,8 @@ class TaskRunner:
             failed = self._record_failure(began, reason, retryable, call_id)
             if failed is None:
                 return {"job_id": str(job.id), "rendition": rend.name, "superseded": reason}
+            if backup and failed.state is TaskState.RUNNING:  # dropped; the first goes on
+                return {"job_id": str(job.id), "rendition": rend.name, "backup_dropped": reason}
             report(failed, reason)
             outcome = {"state": failed.state.value, "error": reason}
         finally:

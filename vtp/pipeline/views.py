@@ -55,6 +55,16 @@ class JobViews:
                         "end_s": t.end_s,
                         "attempts": t.attempts,
                         "refusals": t.refusals,
+                        # A backup call raced it (a straggler); "running" while it does.
+                        "backup": (
+                            "running"
+                            if t.backup_started_at
+                            else "queued"
+                            if t.backup_call_id
+                            else "ran"
+                            if t.backups
+                            else None
+                        ),
                         "error": t.error,
                         # A chunk's live percent, from its own progress events.
                         "percent": (
