@@ -526,3 +526,39 @@ def _frames(url: str) -> list[tuple[float, bool]]:
     ).stdout  # fmt: skip
     # ffprobe prints key_frame before pts_time, whatever order they are asked in.
     return [(float(t), k == "1") for k, t, *_ in (line.split(",") for line in probe.split())]
+
+
+def test_a_job_that_cannot_succeed_encodes_no_more_chunks(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """360p's first chunk is encoded; then the source is deleted and 720p's first chunk fails
+    for good on it. The job cannot succeed, so it ends at once: the other four chunks are
+    cancelled without a call reaching ffmpeg, and one that arrives is skipped."""
+    from tests.clips import make_clip
+
+    bucket = quiet_bucket(pipeline)
+    clip = make_clip(tmp_path / "gone.mp4", size="1280x720", seconds=20, rate=25, audio=False)
+    key = f"chunked/{time.time_ns()}-gone.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    info = SourceInfo(duration=20.0, width=1280, height=720, fps=25.0, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
+    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
+    ladder = plan_ladder(info, pipeline.settings, ["360p", "720p"])
+    job, _ = pipeline.store.create_job(src, info, ladder, chunks=chunks)
+
+    def run(name: str, chunk: int) -> dict[str, object]:
+        return pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition=name, chunk=chunk),
+                                      f"{name}-{chunk}")  # fmt: skip
+
+    assert run("360p", 0)["state"] == "succeeded"
+    pipeline.storage.client.remove_object(bucket, key)
+    assert run("720p", 0)["state"] == "failed"
+    done = pipeline.store.get(job.id)
+    assert done.state.value == "failed"  # finished now, not after four more encodes
+    assert done.error is not None and done.error.startswith("rendition 720p failed: the source")
+    assert [(t.chunk, t.state, t.attempts) for t in done.rendition("360p").tasks] == [
+        (0, TaskState.SUCCEEDED, 1), (1, TaskState.FAILED, 0), (2, TaskState.FAILED, 0),
+    ]  # fmt: skip
+    assert "cannot succeed" in str(done.rendition("360p").task(2).error)
+    assert "skipped" in run("360p", 1)

@@ -35,6 +35,7 @@ import psycopg2.extras
 
 from vtp.errors import Conflict
 from vtp.jobs.backups import CLEAR_BACKUP, Backups
+from vtp.jobs.cancellation import Cancellation
 from vtp.jobs.models import Task
 from vtp.jobs.transactions import (
     ConnectionFactory,
@@ -53,7 +54,7 @@ from vtp.models import JobState
 log = logging.getLogger(__name__)
 
 
-class Attempts(Backups):
+class Attempts(Backups, Cancellation):
     def __init__(self, connect: ConnectionFactory, *, retry: RetryPolicy | None = None) -> None:
         super().__init__(connect)
         self.retry = retry or RetryPolicy()
@@ -89,6 +90,9 @@ class Attempts(Backups):
                     f"{'this' if same else 'another'} call ({row['last_call_id']}, attempt "
                     f"{row['attempts']}): duplicate delivery"
                 )
+            doomed = self._doomed(cur, jid)
+            if doomed:  # its job cannot succeed: ended instead of encoded for nothing
+                return self._cancel_row(cur, row, doomed)
             cur.execute(
                 """
                 UPDATE tasks
@@ -113,7 +117,10 @@ class Attempts(Backups):
                 audit(cur, jid, None, JobState.QUEUED, JobState.RUNNING, detail=rendition)
             return updated
 
-        return self._run(tx)
+        began = self._run(tx)
+        if began.state is TaskState.FAILED:
+            raise Conflict(f"task {rendition}/{chunk} of job {jid}: {began.error}")
+        return began
 
     def heartbeat(
         self,
@@ -125,11 +132,11 @@ class Attempts(Backups):
         chunk: int = 0,
     ) -> None:
         """Record a sign of life. Conflict if the attempt is no longer running (under
-        `call_id`, as `attempt`): the sweeper wrote it off or another attempt took over, so
-        stop working."""
+        `call_id`, as `attempt`): the sweeper wrote it off, another attempt took over, or
+        the job can no longer succeed (vtp.jobs.cancellation), so stop working."""
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> None:
+        def tx(cur: Cursor) -> str | None:
             row = lock_task(cur, jid, rendition, chunk)
             try:
                 backup = expect_running(row, call_id, attempt)
@@ -138,6 +145,9 @@ class Attempts(Backups):
                     f"{exc.reason} (call {row['last_call_id']}, attempt {row['attempts']}); "
                     f"this is call {call_id}, attempt {attempt}"
                 ) from None
+            doomed = self._doomed(cur, jid)
+            if doomed:  # its job cannot succeed: the encode stops (Conflict, below)
+                return str(self._cancel_row(cur, row, doomed).error)
             if backup:
                 cur.execute(
                     """
@@ -146,7 +156,7 @@ class Attempts(Backups):
                     """,
                     (str(jid), rendition, chunk),
                 )
-                return
+                return None
             cur.execute(
                 """
                 UPDATE tasks SET heartbeat_at = now(), death_reported_at = NULL,
@@ -164,8 +174,11 @@ class Attempts(Backups):
                     jid,
                     row["death_report"],
                 )
+            return None
 
-        self._run(tx)
+        cancelled = self._run(tx)
+        if cancelled:
+            raise Conflict(f"task {rendition}/{chunk} of job {jid}: {cancelled}")
 
     def succeed_task(
         self,

@@ -204,6 +204,9 @@ def summarize_outcome(renditions: Sequence[Rendition]) -> tuple[JobState, str | 
             how = "dead, never started"  # every call refused: the error says why
 
         problems.append(f"rendition {r.name} {how}: {r.error}")
+    # The cause first: renditions cancelled because another failed (vtp.jobs.cancellation)
+    # come after the one that did.
+    problems.sort(key=lambda p: ": cancelled: " in p)
     if not renditions:
         return JobState.FAILED, "job has no renditions"
     if problems:

@@ -200,7 +200,7 @@ def task_changed(
     jid = UUID(str(after["job_id"]))
     if old != new or detail is not None:
         lifecycle.check_task(old, new)
-        _insert_change(
+        insert_change(
             cur,
             jid,
             after["rendition"],
@@ -272,7 +272,7 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
     if cur.rowcount != 1:
         raise Conflict("the row changed under us")
     if len(tasks) > 1:
-        _insert_change(cur, jid, name, None, old.value, new.value, None, None, None)
+        insert_change(cur, jid, name, None, old.value, new.value, None, None, None)
         if new.terminal and new is not RenditionState.SUCCEEDED:
             _cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {new} ({error})")
     return new
@@ -305,7 +305,7 @@ def _cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> None:
             """,
             (reason, str(jid), name, row["chunk"], row["state"]),
         )
-        _insert_change(cur, jid, name, int(row["chunk"]), str(row["state"]), "failed",
+        insert_change(cur, jid, name, int(row["chunk"]), str(row["state"]), "failed",
                        int(row["attempts"]), None, reason)  # fmt: skip
 
 
@@ -328,10 +328,10 @@ def audit(
         lifecycle.check_job(old, str(to_state))
     else:
         lifecycle.check_rendition(old, str(to_state))
-    _insert_change(cur, job_id, rendition, None, old, str(to_state), attempt, call_id, detail)
+    insert_change(cur, job_id, rendition, None, old, str(to_state), attempt, call_id, detail)
 
 
-def _insert_change(
+def insert_change(
     cur: Cursor,
     job_id: UUID,
     rendition: str | None,

@@ -53,7 +53,9 @@ class FanIn:
         )
 
     def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
-        """Finish the job if every task has ended and no one else is doing it."""
+        """Finish the job if every task has ended and no one else is doing it; first, if
+        a rendition of it failed, end the tasks not started (vtp.jobs.cancellation)."""
+        self.store.cancel_doomed(job_id)
         job = self.store.claim_finalization(job_id, claimer)
         if job is None:
             return False

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from uuid import UUID
 
 import psycopg2
 import redis
@@ -78,7 +79,8 @@ class TaskRunner:
         try:
             began = self.store.begin_attempt(task.job_id, task.rendition, call_id, chunk=task.chunk)
         except Conflict as exc:
-            log.info("skipping duplicate delivery %s: %s", call_id, exc.reason)
+            log.info("skipping call %s: %s", call_id, exc.reason)
+            self._finalize(task.job_id, call_id)  # it may have been cancelled, the last one open
             return {"skipped": exc.reason, "job_id": str(task.job_id), "rendition": task.rendition}
         assert job.source_info is not None
         info = job.source_info
@@ -195,6 +197,7 @@ class TaskRunner:
             # Written off while it ran (the sweeper, or the callback of an earlier 504): a
             # newer attempt owns the rendition now. Stop, and record nothing.
             log.warning("attempt %s of %s/%s superseded: %s", call_id, job.id, rend.name, exc)
+            self._finalize(job.id, call_id)  # cancelled (its job cannot succeed), maybe last
             return {"job_id": str(job.id), "rendition": rend.name, "superseded": exc.reason}
         except Exception as exc:
             reason, retryable = _failure(exc, self.settings)
@@ -210,12 +213,15 @@ class TaskRunner:
             outcome = {"state": failed.state.value, "error": reason}
         finally:
             reporter.close()
-        try:
-            self.fanin.maybe_finalize(job.id, claimer=call_id)
-        except _TRANSIENT as exc:
-            # The rendition's own outcome is recorded; the sweeper finishes the job.
-            log.warning("job %s not finalized now (%r): the sweeper will", job.id, exc)
+        self._finalize(job.id, call_id)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": attempt} | outcome
+
+    def _finalize(self, job_id: UUID, call_id: str) -> None:
+        try:
+            self.fanin.maybe_finalize(job_id, claimer=call_id)
+        except _TRANSIENT as exc:
+            # The task's own outcome is recorded; the sweeper finishes the job.
+            log.warning("job %s not finalized now (%r): the sweeper will", job_id, exc)
 
     def _check_source_unchanged(self, job: Job) -> None:
         """The job's object version must still be there: a source deleted or replaced since

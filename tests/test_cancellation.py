@@ -1,0 +1,69 @@
+"""A job that can no longer succeed stops its own work, against a real PostgreSQL: once one
+rendition failed, no chunk of any rendition starts, and running ones stop at their next
+heartbeat."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from tests.test_jobs import INFO, PLAN, source
+from vtp.chunks import plan_chunks
+from vtp.errors import Conflict
+from vtp.jobs import JobStore, summarize_outcome
+from vtp.lifecycle import TaskState
+from vtp.models import RenditionState
+
+LONG = INFO.model_copy(update={"duration": 24.0})
+
+
+def two_renditions_in_chunks(store: JobStore) -> uuid.UUID:
+    chunks = plan_chunks(24.0, segment_s=4, chunk_s=8, threshold_s=0)
+    job, _ = store.create_job(source(), LONG, PLAN, chunks=chunks)
+    return job.id
+
+
+def states(store: JobStore, jid: uuid.UUID, name: str) -> list[TaskState]:
+    return [t.state for t in store.get(jid).rendition(name).tasks]
+
+
+def test_a_failed_rendition_stops_the_other_renditions_chunks(store: JobStore) -> None:
+    jid = two_renditions_in_chunks(store)
+    store.begin_attempt(jid, "720p", "r0", chunk=0)  # running
+    store.begin_attempt(jid, "720p", "r1", chunk=1)
+    store.fail_task(jid, "720p", "oom", retryable=True, call_id="r1", chunk=1)  # retrying
+    assert store.cancel_doomed(jid) == 0  # nothing failed yet
+    store.begin_attempt(jid, "360p", "bad", chunk=0)
+    store.fail_task(jid, "360p", "invalid data", retryable=False, call_id="bad", chunk=0)
+    assert store.get(jid).rendition("360p").state is RenditionState.FAILED
+    assert store.cancel_doomed(jid) == 2  # 720p's chunk 1 (retrying) and 2 (queued)
+    assert states(store, jid, "720p") == [TaskState.RUNNING, TaskState.FAILED, TaskState.FAILED]
+    cancelled = store.get(jid).rendition("720p").task(2)
+    assert cancelled.error == "cancelled: rendition 360p is failed, so the job cannot succeed"
+    with pytest.raises(Conflict, match="already failed"):
+        store.begin_attempt(jid, "720p", "queued-call", chunk=2)
+    assert store.claim_finalization(jid, "w") is None  # chunk 0 of 720p still runs...
+    with pytest.raises(Conflict, match="cancelled: rendition 360p"):
+        store.heartbeat(jid, "720p", call_id="r0", attempt=1, chunk=0)  # ...until it beats
+    assert states(store, jid, "720p") == [TaskState.FAILED] * 3
+    job = store.claim_finalization(jid, "w")
+    assert job is not None
+    state, reason = summarize_outcome(job.renditions)
+    assert state.value == "failed" and reason is not None
+    assert reason.startswith("rendition 360p failed: invalid data"), reason
+
+
+def test_a_task_not_cancelled_yet_is_refused_when_its_call_comes(store: JobStore) -> None:
+    """The gate in begin_attempt holds without cancel_doomed having run (its transaction
+    skipped a task that was busy, or the process died between the two)."""
+    jid = two_renditions_in_chunks(store)
+    store.begin_attempt(jid, "360p", "bad", chunk=0)
+    store.fail_task(jid, "360p", "invalid data", retryable=False, call_id="bad", chunk=0)
+    with pytest.raises(Conflict, match="cancelled: rendition 360p is failed"):
+        store.begin_attempt(jid, "720p", "c", chunk=1)
+    task = store.get(jid).rendition("720p").task(1)
+    assert task.state is TaskState.FAILED and task.attempts == 0
+    trail = [(c.chunk, c.from_state, c.to_state) for c in store.history(jid)
+             if c.rendition == "720p"]  # fmt: skip
+    assert (1, "queued", "failed") in trail
