@@ -4,7 +4,7 @@ chunks, with one worker and with two.
 A SECONDS-long 1080p25 source with audio (2 minutes by default; VTP_BENCH_CHUNKED_SECONDS=600
 for the 10-minute case), the default three renditions, every ffmpeg limited to one thread
 (VTP_FFMPEG_THREADS=1) so the machine's cores are the only parallelism. Three stacks of its
-own, one after the other:
+own, one after the other (VTP_BENCH_ONLY=chunked-2 for some of them):
 
 - whole: each rendition one call; 1 replica per function, 1 queue-worker;
 - chunked, 1 worker: chunks of CHUNK seconds (and the audio rendition), 1 replica, 1 queue-worker;
@@ -41,6 +41,8 @@ from tests.s3 import s3_client  # noqa: E402
 SECONDS = int(os.environ.get("VTP_BENCH_CHUNKED_SECONDS", "120"))
 CHUNK = 24  # seconds: 6 segments of 4 s
 RUNS = int(os.environ.get("VTP_BENCH_RUNS", "3"))
+# Some of the scenarios only, e.g. "chunked-2" (comma-separated); all by default.
+ONLY = [s for s in os.environ.get("VTP_BENCH_ONLY", "").split(",") if s]
 TRANSCODES = ("transcode-360p", "transcode-720p", "transcode-1080p")
 
 
@@ -160,6 +162,8 @@ def main() -> None:
         results = {}
         for name, workers, chunked in (("whole-1", 1, False), ("chunked-1", 1, True),
                                        ("chunked-2", 2, True)):  # fmt: skip
+            if ONLY and name not in ONLY:
+                continue
             runs = scenario(name, workers, chunked, clip)
             results[name] = runs
             print(f"  {name:<10} wall {_figure([r['wall'] for r in runs])}   "
@@ -172,6 +176,8 @@ def main() -> None:
             print(f"             per call outside the encode {shape['call_overhead']:.2f} s, "
                   f"first call after {shape['first_call']:.2f} s, "
                   f"fan-in {shape['fan_in']:.2f} s")  # fmt: skip
+        if len(results) < 3:
+            return
         wall = {k: statistics.median(r["wall"] for r in v) for k, v in results.items()}
         cpu = {k: statistics.median(r["cpu"] for r in v) for k, v in results.items()}
         two, one = wall["chunked-2"], wall["chunked-1"]

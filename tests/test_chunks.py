@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from vtp.chunks import plan_chunks
+from vtp.chunks import estimated_cost, longest_first, plan_chunks
 
 
 def test_a_short_source_is_encoded_whole() -> None:
@@ -61,3 +61,23 @@ def test_chunks_tile_the_source_on_the_segment_grid(
     for c in chunks[:-1]:
         assert c.duration == chunk_s
     assert chunk_s / 2 - 1e-6 <= chunks[-1].duration < 1.5 * chunk_s + 1e-6
+
+
+def test_the_costliest_tasks_are_dispatched_first() -> None:
+    """A 10-minute source in 48 s chunks: the sound, one task over all of it, is the longest
+    and goes first, then by expected cost: 1080p's chunks in order, then 720p's..."""
+    sizes = {"360p": (640, 360), "720p": (1280, 720), "1080p": (1920, 1080)}
+    plan = plan_chunks(600, segment_s=4, chunk_s=48, threshold_s=120)
+    tasks = [(estimated_cost(600, width=2, height=2, audio_only=True), ("audio", 0))]
+    for name, (w, h) in sizes.items():
+        tasks += [
+            (estimated_cost(c.duration, width=w, height=h, audio_only=False), (name, c.index))
+            for c in plan
+        ]
+    order = longest_first(tasks)
+    assert len(plan) == 13 and plan[-1].duration == 24  # a half-chunk tail is a chunk
+    cost = dict((t, c) for c, t in tasks)
+    assert order[0] == ("audio", 0)
+    assert [cost[t] for t in order] == sorted(cost.values(), reverse=True)
+    assert order[1:13] == [("1080p", i) for i in range(12)]  # ties keep their order
+    assert order[25] == ("1080p", 12)  # its short tail after 720p's whole chunks

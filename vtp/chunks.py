@@ -12,8 +12,11 @@ A source no longer than the threshold stays one task, encoded whole.
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+T = TypeVar("T")
 
 # Float seconds from a probe: a duration within this of a boundary is on it.
 _EPS = 1e-6
@@ -74,3 +77,27 @@ def plan_chunks(
         end = duration if i == count - 1 else min(duration, (first + per_chunk) * segment_s)
         chunks.append(ChunkRange.on_grid(i, start, end, segment_s))
     return chunks
+
+
+# What a second of source costs a single-threaded encoder, roughly, from the figures of
+# bench/chunked_encoding.py (x264, 1080p25 source): decoding the source is paid by every
+# rendition, then about a quarter second per output megapixel; sound alone is cheap.
+_DECODE_S_PER_S = 0.2
+_ENCODE_S_PER_MPX_S = 0.25
+_AUDIO_S_PER_S = 0.1
+
+
+def estimated_cost(seconds: float, *, width: int, height: int, audio_only: bool) -> float:
+    """Encoder seconds one task is expected to take, to order the dispatch (not a promise)."""
+    if audio_only:
+        return seconds * _AUDIO_S_PER_S
+    return seconds * (_DECODE_S_PER_S + _ENCODE_S_PER_MPX_S * width * height / 1e6)
+
+
+def longest_first(tasks: list[tuple[float, T]]) -> list[T]:
+    """Tasks by expected cost, the costliest first (Graham's LPT rule): the queue hands them
+    out in order, so a long task dispatched last would start when the others are nearly done
+    and end long after them. With chunks, the sound (one task over the whole source) is
+    often the longest: a 10-minute film's takes about three 48-second 1080p chunks. Ties
+    keep their order (chunks in sequence, so playback can start early)."""
+    return [t for _, t in sorted(tasks, key=lambda ct: -ct[0])]

@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from pydantic import BaseModel
 
 from vtp import callbacks
-from vtp.chunks import plan_chunks
+from vtp.chunks import estimated_cost, longest_first, plan_chunks
 from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
-from vtp.jobs import Job, SourceRef
+from vtp.jobs import Job, SourceRef, Task
 from vtp.ladder import plan_ladder, with_separate_audio
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher
@@ -123,8 +123,8 @@ class Intake:
             self.clients.publish_job(job)
             for rend in job.renditions:
                 self.clients.publish(ProgressEvent.of_rendition(rend))
-                for task in rend.tasks:
-                    self.dispatcher.dispatch(task)
+            for task in _costliest_first(job):
+                self.dispatcher.dispatch(task)
         return SubmitResult(job=self.store.get(job.id), created=created)
 
     def _reject(self, ref: SourceRef, reason: str, callback_url: str | None) -> SubmitResult:
@@ -183,3 +183,23 @@ class Intake:
                 continue
             submitted += 1
         return submitted
+
+
+def _costliest_first(job: Job) -> list[Task]:
+    """The job's tasks in dispatch order (vtp.chunks.longest_first)."""
+    assert job.source_info is not None
+    whole = job.source_info.duration
+    return longest_first(
+        [
+            (
+                estimated_cost(
+                    (t.end_s - t.start_s) if t.start_s is not None and t.end_s is not None
+                    else whole,
+                    width=r.spec.width, height=r.spec.height, audio_only=r.spec.audio_only,
+                ),
+                t,
+            )
+            for r in job.renditions
+            for t in r.tasks
+        ]
+    )  # fmt: skip
