@@ -17,6 +17,7 @@ acknowledged: a restart of the s3 service, or of the whole stack, keeps them, as
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import hashlib
 import json
@@ -73,6 +74,8 @@ class _Service:
     launch: Callable[[LocalConfig], None]
     ready: Callable[[LocalConfig], bool]
     configure: Callable[[LocalConfig], None]
+    # Seconds to wait for it beyond READY_TIMEOUT (the S3 server reads its kept data first).
+    extra_wait: Callable[[LocalConfig], float] = lambda cfg: 0.0
 
 
 # --- helpers -------------------------------------------------------------------------------
@@ -509,6 +512,19 @@ def _s3_launch(cfg: LocalConfig) -> None:
     procs.start(cfg, "s3", argv, env=env, cwd=spool, port=cfg.s3_port, url=cfg.s3_endpoint)
 
 
+# The S3 server loads every kept object before it answers (localfaas.s3server): a copy at a
+# pessimistic disk speed, so a stack holding many GB of outputs still starts.
+_RESTORE_BYTES_PER_S = 50 * 1024**2
+
+
+def _s3_restore_wait(cfg: LocalConfig) -> float:
+    kept = 0
+    for path in (cfg.run_dir / "s3-data" / "buckets").glob("*/objects/*.bin"):
+        with contextlib.suppress(OSError):
+            kept += path.stat().st_size
+    return kept / _RESTORE_BYTES_PER_S
+
+
 def _s3_ready(cfg: LocalConfig) -> bool:
     try:
         # An anonymous ListBuckets: moto answers 200 once its WSGI app is up.
@@ -614,7 +630,9 @@ _TABLE: dict[str, _Service] = {
     "nats": _Service(
         "nats", lambda c: [c.nats_port, c.nats_monitor_port], _nats_launch, _nats_ready, _nothing
     ),
-    "s3": _Service("s3", lambda c: [c.s3_port], _s3_launch, _s3_ready, _s3_configure),
+    "s3": _Service(
+        "s3", lambda c: [c.s3_port], _s3_launch, _s3_ready, _s3_configure, _s3_restore_wait
+    ),
 }
 
 
@@ -668,7 +686,7 @@ def start_services(cfg: LocalConfig, only: Collection[str] | None = None) -> lis
         log.info("starting %s", svc.name)
         svc.launch(cfg)
     for svc in to_start:
-        _wait_ready(cfg, svc, READY_TIMEOUT)
+        _wait_ready(cfg, svc, READY_TIMEOUT + svc.extra_wait(cfg))
     for name in names:
         _TABLE[name].configure(cfg)
     return [s.name for s in to_start]

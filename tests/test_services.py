@@ -452,3 +452,16 @@ def test_unknown_service_is_an_error(tmp_path: Path):
         services.start_services(
             LocalConfig(run_dir=tmp_path, port_base=free_port_base()), only=["mysql"]
         )
+
+
+def test_the_s3_server_is_given_time_to_load_what_it_kept(tmp_path: Path) -> None:
+    """It loads every kept object before it answers: 10 GB of outputs from earlier runs
+    must not make `up` give up on it after the usual 30 s."""
+    cfg = LocalConfig(run_dir=tmp_path)
+    assert services._s3_restore_wait(cfg) == 0
+    objects = tmp_path / "s3-data" / "buckets" / "outputs" / "objects"
+    objects.mkdir(parents=True)
+    for i in range(2):
+        with (objects / f"{i}.bin").open("wb") as f:
+            f.truncate(5 * 1024**3)  # sparse: the size is what counts
+    assert services._s3_restore_wait(cfg) == pytest.approx(10 * 1024 / 50)
