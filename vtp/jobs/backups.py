@@ -60,21 +60,23 @@ class Backups(Queries):
         def tx(cur: Cursor) -> builtins.list[Task]:
             cur.execute(
                 """
-                WITH pace AS (
-                    SELECT job_id, rendition,
+                WITH running AS (  -- open tasks only (tasks_open_idx), not all history
+                    SELECT * FROM tasks
+                    WHERE state = 'running' AND start_s IS NOT NULL AND backups = 0
+                      AND now() - attempt_started_at > make_interval(secs => %(min_s)s)
+                ), pace AS (
+                    SELECT d.job_id, d.rendition,
                            percentile_cont(0.5) WITHIN GROUP (ORDER BY
-                               extract(epoch FROM finished_at - attempt_started_at)
-                               / (end_s - start_s)) AS s_per_s
-                    FROM tasks
-                    WHERE state = 'succeeded' AND start_s IS NOT NULL
-                      AND attempt_started_at IS NOT NULL
-                    GROUP BY job_id, rendition
+                               extract(epoch FROM d.finished_at - d.attempt_started_at)
+                               / (d.end_s - d.start_s)) AS s_per_s
+                    FROM tasks d JOIN (SELECT DISTINCT job_id, rendition FROM running) r
+                         USING (job_id, rendition)
+                    WHERE d.state = 'succeeded' AND d.attempt_started_at IS NOT NULL
+                    GROUP BY d.job_id, d.rendition
                 )
-                SELECT t.* FROM tasks t JOIN pace p USING (job_id, rendition)
-                WHERE t.state = 'running' AND t.start_s IS NOT NULL AND t.backups = 0
-                  AND t.backup_call_id IS NULL
-                  AND now() - t.attempt_started_at > make_interval(secs => GREATEST(
-                      %(min_s)s, %(factor)s * p.s_per_s * (t.end_s - t.start_s)))
+                SELECT t.* FROM running t JOIN pace p USING (job_id, rendition)
+                WHERE now() - t.attempt_started_at > make_interval(
+                          secs => %(factor)s * p.s_per_s * (t.end_s - t.start_s))
                 ORDER BY t.attempt_started_at
                 LIMIT %(limit)s
                 """,
