@@ -33,6 +33,8 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import chunk_model  # noqa: E402  (bench/, this script's folder, is on the path)
+
 from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
 from tests.ports import free_port, free_port_base  # noqa: E402
@@ -187,6 +189,18 @@ def main() -> None:
         print(f"  speed-up, chunked on 2 against whole on 1: {wall['whole-1'] / two:.2f}x")
         ratio = cpu["chunked-2"] / cpu["whole-1"]
         print(f"  CPU, chunked on 2 against whole on 1:      {ratio:.2f}")
+        # The wall-time model (bench/chunk_model.py), calibrated on these figures.
+        one_worker = {k: statistics.median(r[k] for r in results["chunked-1"])
+                      for k in results["chunked-1"][0]}  # fmt: skip
+        cal = chunk_model.Calibration.measured(
+            duration=SECONDS, chunk_s=CHUNK, whole_cpu=cpu["whole-1"], chunked=one_worker,
+            chunked_two_cpu=cpu["chunked-2"],
+        )  # fmt: skip
+        model_two = chunk_model.wall(cal, SECONDS, CHUNK, 2)
+        print(f"  model, 2 workers: {model_two:.1f} s predicted, {two:.1f} s measured "
+              f"({(two - model_two) / two:+.1%})")  # fmt: skip
+        for line in chunk_model.predictions(cal, SECONDS, wall["whole-1"] / SECONDS):
+            print(line)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

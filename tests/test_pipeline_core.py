@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,7 +17,7 @@ from tests.inprocess import build_pipeline, chunked_pipeline, quiet_bucket
 from vtp import db
 from vtp.chunks import plan_chunks
 from vtp.errors import Conflict
-from vtp.jobs import SourceRef
+from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.lifecycle import TaskState
 from vtp.models import RenditionState, SourceInfo, TranscodeTask
@@ -402,19 +402,7 @@ def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: 
     only re-encode: chunks 0 and 2 keep their first and only attempt, a redelivered call
     for chunk 0 is skipped as a duplicate, the zombie's late report is refused, and the job
     finishes joined from three chunks."""
-    from tests.clips import make_clip
-
-    bucket = quiet_bucket(pipeline)
-    clip = make_clip(tmp_path / "silent.mp4", size="640x360", seconds=20, rate=25, audio=False)
-    key = f"chunked/{time.time_ns()}-silent.mp4"
-    pipeline.storage.client.fput_object(bucket, key, str(clip))
-    info = SourceInfo(duration=20.0, width=640, height=360, fps=25.0, has_audio=False,
-                      video_codec="h264")  # fmt: skip
-    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
-    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
-    job, _ = pipeline.store.create_job(
-        src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
-    )
+    job = _silent_job_in_chunks(pipeline, tmp_path / "silent.mp4")
 
     def run(chunk: int, call: str) -> dict[str, object]:
         task = TranscodeTask(job_id=job.id, rendition="360p", chunk=chunk)
@@ -449,23 +437,11 @@ def test_a_straggling_chunk_is_raced_by_a_backup_and_counted_once(
     import signal
     import threading
 
-    from tests.clips import make_clip
-
-    bucket = quiet_bucket(pipeline)
     settings = pipeline.settings.model_copy(
         update={"straggler_factor": 2.0, "straggler_min_seconds": 0.0}
     )
     racing = Pipeline(settings, pipeline.store, pipeline.storage, pipeline.bus, pipeline.invoker)
-    clip = make_clip(tmp_path / "slow.mp4", size="640x360", seconds=20, rate=25, audio=False)
-    key = f"chunked/{time.time_ns()}-straggler.mp4"
-    pipeline.storage.client.fput_object(bucket, key, str(clip))
-    info = SourceInfo(duration=20.0, width=640, height=360, fps=25.0, has_audio=False,
-                      video_codec="h264")  # fmt: skip
-    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
-    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
-    job, _ = pipeline.store.create_job(
-        src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
-    )
+    job = _silent_job_in_chunks(pipeline, tmp_path / "slow.mp4")
 
     def run(chunk: int, call: str) -> dict[str, object]:
         return racing.run_rendition(TranscodeTask(job_id=job.id, rendition="360p", chunk=chunk),
@@ -534,18 +510,10 @@ def test_a_job_that_cannot_succeed_encodes_no_more_chunks(
     """360p's first chunk is encoded; then the source is deleted and 720p's first chunk fails
     for good on it. The job cannot succeed, so it ends at once: the other four chunks are
     cancelled without a call reaching ffmpeg, and one that arrives is skipped."""
-    from tests.clips import make_clip
-
-    bucket = quiet_bucket(pipeline)
-    clip = make_clip(tmp_path / "gone.mp4", size="1280x720", seconds=20, rate=25, audio=False)
-    key = f"chunked/{time.time_ns()}-gone.mp4"
-    pipeline.storage.client.fput_object(bucket, key, str(clip))
-    info = SourceInfo(duration=20.0, width=1280, height=720, fps=25.0, has_audio=False,
-                      video_codec="h264")  # fmt: skip
-    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
-    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
-    ladder = plan_ladder(info, pipeline.settings, ["360p", "720p"])
-    job, _ = pipeline.store.create_job(src, info, ladder, chunks=chunks)
+    job = _silent_job_in_chunks(
+        pipeline, tmp_path / "gone.mp4", height=720, ladder=["360p", "720p"]
+    )
+    bucket, key = job.source.bucket, job.source.key
 
     def run(name: str, chunk: int) -> dict[str, object]:
         return pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition=name, chunk=chunk),
@@ -562,3 +530,23 @@ def test_a_job_that_cannot_succeed_encodes_no_more_chunks(
     ]  # fmt: skip
     assert "cannot succeed" in str(done.rendition("360p").task(2).error)
     assert "skipped" in run("360p", 1)
+
+
+def _silent_job_in_chunks(
+    pipeline: Pipeline, clip: Path, *, height: int = 360, ladder: Sequence[str] = ("360p",)
+) -> Job:
+    """A job for a 20 s 25 fps source without sound in `quiet_bucket`, planned as chunks of
+    8, 8 and 4 s, recorded but not dispatched: the test runs its tasks itself."""
+    from tests.clips import make_clip
+
+    width = height * 16 // 9
+    make_clip(clip, size=f"{width}x{height}", seconds=20, rate=25, audio=False)
+    bucket = quiet_bucket(pipeline)
+    key = f"chunked/{time.time_ns()}-{clip.name}"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    info = SourceInfo(duration=20.0, width=width, height=height, fps=25.0, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
+    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
+    plan = plan_ladder(info, pipeline.settings, list(ladder))
+    return pipeline.store.create_job(src, info, plan, chunks=chunks)[0]

@@ -21,7 +21,9 @@ Why the transitions look the way they do:
   nor delay someone else's attempt.
 
 Task life: queued -> running -> succeeded | failed (permanent) | retrying -> queued
-(dispatched again) -> running ... -> dead (budget spent). See `vtp.lifecycle`.
+(dispatched again) -> running ... -> dead (budget spent). See `vtp.lifecycle`. A straggler's
+backup call runs beside the first as the same attempt (`vtp.jobs.backups`); a job that can
+no longer succeed ends its tasks instead of running them (`vtp.jobs.cancellation`).
 """
 
 from __future__ import annotations

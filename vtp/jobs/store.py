@@ -2,7 +2,8 @@
 
 One class for callers, assembled from one part per responsibility, each in its own module:
 reading (`queries`), recording new jobs (`submission`), attempts and their reports
-(`attempts`), dispatched calls and refusals (`dispatches`), and fan-in (`fanin`). Every part
+(`attempts`), backup calls for stragglers (`backups`), stopping a job that cannot succeed
+(`cancellation`), dispatched calls and refusals (`dispatches`), and fan-in (`fanin`). Every part
 runs its statements through `transactions.Transactions`: one connection per thread, one
 transaction per operation, guarded UPDATEs so racing callers get Conflict instead of
 overwriting each other.

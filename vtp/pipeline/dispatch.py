@@ -46,15 +46,20 @@ class Dispatcher:
         if self.store.record_dispatch(job_id, rendition, call_id, chunk=chunk) is None:
             return  # running or finished meanwhile: nothing to dispatch
         try:
-            self.invoker.invoke_async(
-                task.function,
-                TranscodeTask(job_id=job_id, rendition=rendition, chunk=chunk),
-                callback_url=self.urls.callback_url(job_id, rendition, call_id, chunk),
-                call_id=call_id,
-            )
+            self._invoke(task, call_id)
         except VtpError as exc:
             log.error("could not dispatch %s of job %s: %s", task.name, job_id, exc.reason)
             self._refused(task, call_id, f"dispatch failed: {exc.reason}")
+
+    def _invoke(self, task: Task, call_id: str) -> None:
+        """Hand one call for `task` to the gateway's queue, reporting to its callback URL."""
+        job_id, rendition, chunk = task.job_id, task.rendition, task.chunk
+        self.invoker.invoke_async(
+            task.function,
+            TranscodeTask(job_id=job_id, rendition=rendition, chunk=chunk),
+            callback_url=self.urls.callback_url(job_id, rendition, call_id, chunk),
+            call_id=call_id,
+        )
 
     def dispatch_backups(self) -> int:
         """A backup call for each chunk that straggles (vtp.jobs.backups); 0 when
@@ -68,17 +73,12 @@ class Dispatcher:
             factor=factor, min_running_s=self.settings.straggler_min_seconds
         ):
             call_id = str(uuid4())
-            job_id, rendition, chunk = task.job_id, task.rendition, task.chunk
-            if self.store.record_backup(job_id, rendition, call_id, chunk=chunk) is None:
+            job_id = task.job_id
+            if self.store.record_backup(job_id, task.rendition, call_id, chunk=task.chunk) is None:
                 continue  # it ended meanwhile, or another sweeper sent one
             log.info("%s of job %s straggles: backup call %s", task.name, job_id, call_id)
             try:
-                self.invoker.invoke_async(
-                    task.function,
-                    TranscodeTask(job_id=job_id, rendition=rendition, chunk=chunk),
-                    callback_url=self.urls.callback_url(job_id, rendition, call_id, chunk),
-                    call_id=call_id,
-                )
+                self._invoke(task, call_id)
                 sent += 1
             except VtpError as exc:
                 self._drop_backup(task, call_id, f"dispatch failed: {exc.reason}")
