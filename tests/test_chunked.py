@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import itertools
+import shutil
 import threading
 from collections.abc import Iterator
 from fractions import Fraction
@@ -79,6 +80,8 @@ def test_chunks_join_without_a_seam(encoded: dict[str, Any]) -> None:
     out = encoded["out"]
     inits = {(out / f"c{r.index}" / r.init).read_bytes() for r in results}
     assert len(inits) == 1, "every chunk's init segment is byte for byte the first one's"
+    (init,) = inits
+    assert b"Lavf" not in init and b"Lavc" not in init  # nothing of the build that wrote it
     joined = frames(out / "joined" / "index.m3u8")
     assert len(joined) == SECONDS * 25  # no frame lost or doubled
     steps = {round(b[0] - a[0], 4) for a, b in itertools.pairwise(joined)}
@@ -112,3 +115,31 @@ def test_a_chunk_that_does_not_fit_is_named(
     assert [(p.chunk, p.reason) for p in problems] == [
         (2, "its init segment differs from the first chunk's")
     ]
+
+
+def test_two_ffmpeg_builds_write_the_same_init_segment(
+    encoded: dict[str, Any], tmp_path: Path
+) -> None:
+    """A rolling update of the transcode image in the middle of a job: chunks written by
+    another ffmpeg build (here: the whole encode's init with other library versions in it)
+    still share the first chunk's init once the build's marks are dropped, and play."""
+    import re
+
+    from vtp import fmp4
+
+    whole: Path = encoded["out"] / "whole"
+    written = (whole / "init.mp4").read_bytes()
+    assert re.search(rb"Lavf\d+\.\d+\.\d+", written), "ffmpeg names itself in what it writes"
+    other = re.sub(rb"(Lav[fc])\d", rb"\g<1>9", written)
+    assert other != written and len(other) == len(written)
+    a, b = tmp_path / "a.mp4", tmp_path / "b.mp4"
+    a.write_bytes(written)
+    b.write_bytes(other)
+    fmp4.drop_build_marks(a)
+    fmp4.drop_build_marks(b)
+    assert a.read_bytes() == b.read_bytes()
+    assert fmp4.track_timescale(a) == fmp4.track_timescale(whole / "init.mp4")
+    played = tmp_path / "played"
+    shutil.copytree(whole, played)
+    shutil.copy(a, played / "init.mp4")
+    assert len(frames(played / "index.m3u8")) == SECONDS * 25

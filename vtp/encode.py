@@ -227,6 +227,8 @@ def encode_chunk(
     if init is None:
         raise FfmpegError(f"the playlist of chunk {chunk.index} names no init segment")
     init_path = out_dir / init
+    # What the playlist shares between chunks must not depend on which build wrote it.
+    fmp4.drop_build_marks(init_path)
     timescale = fmp4.track_timescale(init_path)
     ticks = round(chunk.start_s * timescale)
     segments = []

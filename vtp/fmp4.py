@@ -39,15 +39,22 @@ def _boxes(
         at += size
 
 
-def _find(data: bytes | bytearray, path: list[str], start: int = 0, end: int | None = None
-          ) -> Iterator[int]:  # fmt: skip
-    """Payload starts of the boxes at `path` (e.g. moof/traf/tfdt)."""
+def _spans(data: bytes | bytearray, path: list[str], start: int = 0, end: int | None = None
+           ) -> Iterator[tuple[int, int]]:  # fmt: skip
+    """(payload start, box end) of the boxes at `path` (e.g. moof/traf/tfdt)."""
     for kind, body, stop in _boxes(data, start, end):
         if kind == path[0]:
             if len(path) == 1:
-                yield body
+                yield body, stop
             else:
-                yield from _find(data, path[1:], body, stop)
+                yield from _spans(data, path[1:], body, stop)
+
+
+def _find(data: bytes | bytearray, path: list[str], start: int = 0, end: int | None = None
+          ) -> Iterator[int]:  # fmt: skip
+    """Payload starts of the boxes at `path`."""
+    for body, _ in _spans(data, path, start, end):
+        yield body
 
 
 def track_timescale(init: Path) -> int:
@@ -138,3 +145,45 @@ def fragments(segment: Path) -> list[tuple[int, int, bool]]:
             flags_of_first = default_flags if first_flags is None else first_flags
             out.append((base, count, not flags_of_first & _NON_SYNC))
     return out
+
+
+# Visual sample entries whose 32-byte compressorname ffmpeg fills with its encoder's name.
+_VISUAL_ENTRIES = {"avc1", "avc3", "hvc1", "hev1"}
+# Offset of compressorname in a visual sample entry's payload (ISO/IEC 14496-12 12.1.3):
+# reserved(6) data_reference_index(2) pre_defined/reserved(16) width height(4)
+# resolutions(8) reserved(4) frame_count(2).
+_COMPRESSORNAME_AT = 42
+
+
+def drop_build_marks(init: Path) -> None:
+    """Remove from an init segment what only says which ffmpeg wrote it, in place.
+
+    ffmpeg puts its library versions in two places: the sample entry's compressorname
+    (`Lavc59.37.100 libx264`) and the movie's user data (`udta/meta/ilst/©too`,
+    `Lavf59.27.100`). Two transcode images with different ffmpeg builds, as during a rolling
+    update in the middle of a long job, would then write init segments that differ only
+    there, and a rendition's chunks could not share one. Without them, the init depends on
+    the codec configuration alone (avcC: what a decoder needs), which is what the join
+    compares. The movie's user data is metadata no player needs; a fragmented init has no
+    sample offsets, so dropping a box from moov moves nothing that is referred to.
+    """
+    data = bytearray(init.read_bytes())
+    for kind, body, end in list(_boxes(data)):
+        if kind != "moov":
+            continue
+        start = body - 8
+        if struct.unpack_from(">I", data, start)[0] != end - start:
+            raise FfmpegError(f"{init.name}: a moov box with a 64-bit size is not handled")
+        for entry, entries_end in _spans(data, ["trak", "mdia", "minf", "stbl", "stsd"], body, end):
+            # version/flags(4) and entry_count(4), then the sample entries
+            for sub, sbody, _ in _boxes(data, entry + 8, entries_end):
+                if sub in _VISUAL_ENTRIES:
+                    at = sbody + _COMPRESSORNAME_AT
+                    data[at : at + 32] = bytes(32)
+        user = [(b - 8, e) for k, b, e in _boxes(data, body, end) if k == "udta"]
+        for ustart, uend in reversed(user):
+            del data[ustart:uend]
+        removed = sum(e - s for s, e in user)
+        struct.pack_into(">I", data, start, end - start - removed)
+        break
+    init.write_bytes(bytes(data))
