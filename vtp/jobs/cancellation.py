@@ -27,7 +27,7 @@ from vtp.jobs.models import Task
 from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import (
     Cursor,
-    insert_change,
+    cancel_waiting,
     lock_rendition,
     one,
     parse_id,
@@ -62,17 +62,7 @@ class Cancellation(Queries):
             # transition does: two of these, or one and a transition, cannot deadlock.
             for name in [r["rendition"] for r in cur.fetchall()]:
                 lock_rendition(cur, jid, name)
-                cur.execute(
-                    """
-                    SELECT * FROM tasks
-                    WHERE job_id = %s AND rendition = %s AND state IN ('queued', 'retrying')
-                    ORDER BY chunk FOR UPDATE SKIP LOCKED
-                    """,
-                    (str(jid), name),
-                )
-                for row in cur.fetchall():
-                    self._cancel_row(cur, dict(row), reason, sync=False)
-                    cancelled += 1
+                cancelled += cancel_waiting(cur, jid, name, reason)
                 sync_rendition(cur, jid, name)
             if cancelled:
                 log.info("job %s: %d tasks not started cancelled: %s", jid, cancelled, reason)
@@ -99,8 +89,9 @@ class Cancellation(Queries):
         return f"cancelled: rendition {row['name']} is {row['state']}, so the job cannot succeed"
 
     @staticmethod
-    def _cancel_row(cur: Cursor, row: dict[str, Any], reason: str, *, sync: bool = True) -> Task:
-        """End a locked task that has not finished: failed, with `reason`."""
+    def _cancel_row(cur: Cursor, row: dict[str, Any], reason: str) -> Task:
+        """End a locked task that has not finished (running, or waiting for its call):
+        failed, with `reason`, and its backup call forgotten."""
         lifecycle.check_task(str(row["state"]), TaskState.FAILED.value)
         cur.execute(
             f"""
@@ -112,9 +103,4 @@ class Cancellation(Queries):
             """,  # noqa: S608 - CLEAR_BACKUP is a constant
             (reason, str(row["job_id"]), row["rendition"], row["chunk"], row["state"]),
         )
-        after = one(cur)
-        if sync:
-            return task_changed(cur, row, after, detail=reason)
-        insert_change(cur, UUID(str(row["job_id"])), row["rendition"], int(row["chunk"]),
-                      str(row["state"]), "failed", int(row["attempts"]), None, reason)  # fmt: skip
-        return Task.model_validate(after)
+        return task_changed(cur, row, one(cur), detail=reason)

@@ -233,7 +233,7 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
     if old.terminal:
         if old is not RenditionState.SUCCEEDED and len(tasks) > 1:
             # A sibling that was busy (locked) when the rendition failed, now moving.
-            _cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {old}")
+            cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {old}")
         return old
     new = lifecycle.rendition_state([TaskState(t["state"]) for t in tasks])
     if new is old:
@@ -274,18 +274,19 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
     if len(tasks) > 1:
         insert_change(cur, jid, name, None, old.value, new.value, None, None, None)
         if new.terminal and new is not RenditionState.SUCCEEDED:
-            _cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {new} ({error})")
+            cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {new} ({error})")
     return new
 
 
-def _cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> None:
+def cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> int:
     """The chunks of a rendition that can no longer succeed which have not started: ended
     (failed, with the reason) instead of encoded for nothing. A call already queued for one
     is refused when it arrives (the task is finished); chunks running go on to their end.
 
     SKIP LOCKED: a sibling in the middle of its own transition is not waited for (waiting
     for a task's lock while holding the rendition's could deadlock with that transition);
-    it meets the failed rendition when its transition syncs, and is cancelled then."""
+    it meets the failed rendition when its transition syncs, and is cancelled then.
+    Returns how many were cancelled; the caller brings the rendition's state in step."""
     cur.execute(
         """
         SELECT chunk, attempts, state FROM tasks
@@ -307,6 +308,7 @@ def _cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> None:
         )
         insert_change(cur, jid, name, int(row["chunk"]), str(row["state"]), "failed",
                        int(row["attempts"]), None, reason)  # fmt: skip
+    return len(waiting)
 
 
 def audit(
