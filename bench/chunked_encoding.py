@@ -28,12 +28,12 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-import requests
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 import chunk_model  # noqa: E402  (bench/, this script's folder, is on the path)
+import stackjobs  # noqa: E402
 
 from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
@@ -68,23 +68,10 @@ def run_job(cfg: LocalConfig, clip: Path) -> dict[str, float]:
     key = f"bench/{time.time_ns()}/{clip.name}"
     t0 = time.monotonic()
     s3.fput_object(cfg.uploads_bucket, key, str(clip))
-    status = f"{cfg.gateway_url}/function/status"
-    job_id = None
-    while time.monotonic() < t0 + 4 * 3600:
-        if job_id is None:
-            found = requests.get(status, params={"bucket": "uploads", "key": key}, timeout=10)
-            jobs = found.json().get("jobs", [])
-            job_id = jobs[0]["id"] if jobs else None
-        if job_id:
-            job = requests.get(status, params={"id": job_id}, timeout=10).json()
-            if job["state"] == "succeeded":
-                wall = time.monotonic() - t0
-                rows = _rows(cfg, job_id)
-                return {"wall": wall, "cpu": _cpu(rows), "tasks": float(len(rows))} | _shape(rows)
-            if job["state"] == "failed":
-                raise SystemExit(f"job failed: {job['error']}")
-        time.sleep(0.2)
-    raise SystemExit("timed out")
+    job_id = stackjobs.wait_for_success(cfg, key, until=t0 + 4 * 3600, poll_s=0.2)
+    wall = time.monotonic() - t0
+    rows = _rows(cfg, job_id)
+    return {"wall": wall, "cpu": _cpu(rows), "tasks": float(len(rows))} | _shape(rows)
 
 
 def _rows(cfg: LocalConfig, job_id: str) -> list[dict[str, Any]]:

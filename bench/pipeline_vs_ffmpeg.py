@@ -31,11 +31,12 @@ from typing import Any
 
 import psycopg2
 import psycopg2.extras
-import requests
 from minio import Minio
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import stackjobs  # noqa: E402  (bench/, this script's folder, is on the path)
 
 from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
@@ -92,24 +93,10 @@ def through_pipeline(cfg: LocalConfig, s3: Minio, clip: Path) -> dict[str, Any]:
     s3.fput_object(cfg.uploads_bucket, key, str(clip))
     uploaded = time.monotonic()
     uploaded_at = datetime.now().astimezone()
-    status = f"{cfg.gateway_url}/function/status"
-    deadline = t0 + 1800
-    job_id = None
-    while time.monotonic() < deadline:
-        if job_id is None:
-            jobs = requests.get(status, params={"bucket": "uploads", "key": key}, timeout=10)
-            found = jobs.json().get("jobs", [])
-            job_id = found[0]["id"] if found else None
-        if job_id:
-            job = requests.get(status, params={"id": job_id}, timeout=10).json()
-            if job["state"] == "succeeded":
-                total = time.monotonic() - t0
-                parts = _parts(cfg, job_id, uploaded_at)
-                return {"key": key, "total": total, "upload": uploaded - t0} | parts
-            if job["state"] == "failed":
-                raise SystemExit(f"job failed: {job['error']}")
-        time.sleep(0.05)
-    raise SystemExit("timed out")
+    job_id = stackjobs.wait_for_success(cfg, key, until=t0 + 1800, poll_s=0.05)
+    total = time.monotonic() - t0
+    parts = _parts(cfg, job_id, uploaded_at)
+    return {"key": key, "total": total, "upload": uploaded - t0} | parts
 
 
 def _parts(cfg: LocalConfig, job_id: str, uploaded_at: datetime) -> dict[str, float]:
