@@ -50,8 +50,11 @@ def test_1080p_source_gets_the_default_ladder(settings):
     assert 2_500_000 <= rates[1] <= 3_500_000
     assert 5_000_000 <= rates[2] <= 7_000_000
     for spec in specs:
-        assert spec.max_bitrate > spec.video_bitrate
-        assert spec.buffer_size >= spec.max_bitrate
+        # Constant quality under the model's figure as VBV cap, two seconds of buffer.
+        assert spec.crf == settings.default_crf and spec.preset == settings.x264_preset
+        assert spec.max_bitrate == spec.video_bitrate
+        assert spec.buffer_size == 2 * spec.max_bitrate
+        assert spec.quality_target == settings.quality_target
         assert spec.profile == "high"
         assert spec.fps == 30.0
         assert spec.audio_bitrate is not None
@@ -173,3 +176,19 @@ def test_custom_default_renditions_change_functions():
 def test_plan_is_deterministic(settings):
     src = source(1366, 768, fps=29.97)
     assert plan_ladder(src, settings) == plan_ladder(src, settings)
+
+
+def test_the_cap_never_exceeds_what_the_source_holds(settings):
+    """A 400 kbit/s 720p upload: the rendition at its own size may spend the source's rate
+    plus the margin, not the model's 3 Mbit/s; a smaller rung gets it scaled by pixels."""
+    low = source(1280, 720).model_copy(update={"video_bit_rate": 400_000})
+    specs = {s.name: s for s in plan_ladder(low, settings)}
+    assert specs["720p"].max_bitrate == round(400_000 * settings.source_bitrate_margin, -3)
+    assert specs["360p"].max_bitrate < specs["720p"].max_bitrate
+    assert specs["360p"].max_bitrate >= 100_000  # the floor
+    # A generous upload leaves the model's cap in place.
+    rich = source(1280, 720).model_copy(update={"video_bit_rate": 50_000_000})
+    assert plan_ladder(rich, settings)[-1].max_bitrate == video_bitrate(1280, 720, 30.0)
+    # A custom target per rung.
+    tuned = Settings(quality_targets={"360p": 0.97})
+    assert [s.quality_target for s in plan_ladder(low, tuned)] == [0.97, tuned.quality_target]

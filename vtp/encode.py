@@ -43,10 +43,8 @@ HLS_INIT = "init.mp4"
 HLS_SEGMENT_PATTERN = "seg_%05d.m4s"
 _SEGMENT_GLOB = "seg_*.m4s"
 
-# x264 speed/quality trade-off. "veryfast" keeps a 1080p encode near real time on one or two
-# cores, which is what a function replica has; slower presets gain ~10-15% bitrate at 2-4x
-# the CPU time.
-X264_PRESET = "veryfast"
+# x264's preset for a spec that names none (planned before presets were part of the plan).
+LEGACY_PRESET = "veryfast"
 
 AAC_CODEC = "mp4a.40.2"  # AAC-LC in an HLS CODECS attribute
 _TEE_OPTION_SPECIALS = ":]['"
@@ -302,19 +300,7 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
     # x264's own keyframe interval is only a backstop: the forced keyframes below come
     # first; twice the GOP keeps it out of the way even for uneven frame timing.
     keyint = max(1, math.ceil(2 * gop * spec.fps))
-    video_filter = ",".join(
-        [
-            # Deinterlace only frames flagged interlaced (DV, broadcast captures); progressive
-            # frames pass through untouched.
-            "bwdif=mode=send_frame:deint=interlaced",
-            # Straight to the planned even size: the plan already keeps the display aspect
-            # ratio, so non-square source pixels are corrected here too (ffmpeg has already
-            # applied any rotation by the time frames reach the filter).
-            f"scale={spec.width}:{spec.height}",
-            "setsar=1",  # square pixels in the output
-            "format=yuv420p",  # 8-bit 4:2:0, what High profile and every player supports
-        ]
-    )
+    video_filter = picture_filters(spec)
     with_audio = source.has_audio and spec.audio_bitrate is not None
     args = [
         "-map",
@@ -335,17 +321,12 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
         "-c:v",
         "libx264",
         "-preset",
-        X264_PRESET,
+        spec.preset or LEGACY_PRESET,
         "-profile:v",
         spec.profile,
         "-level:v",
         spec.level,
-        "-b:v",
-        str(spec.video_bitrate),
-        "-maxrate",
-        str(spec.max_bitrate),
-        "-bufsize",
-        str(spec.buffer_size),
+        *rate_control_args(spec),
         "-g",
         str(keyint),
         "-force_key_frames",
@@ -370,6 +351,46 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
     # buffer instead of failing with "Too many packets buffered".
     args += ["-max_muxing_queue_size", "4096"]
     return args
+
+
+def picture_filters(spec: RenditionSpec) -> str:
+    """The filters from a source frame to a rendition's picture (its frame rate aside): the
+    encode's, and the reference's a quality measurement compares it with (vtp.quality)."""
+    return ",".join(
+        [
+            # Deinterlace only frames flagged interlaced (DV, broadcast captures); progressive
+            # frames pass through untouched.
+            "bwdif=mode=send_frame:deint=interlaced",
+            # Straight to the planned even size: the plan already keeps the display aspect
+            # ratio, so non-square source pixels are corrected here too (ffmpeg has already
+            # applied any rotation by the time frames reach the filter).
+            f"scale={spec.width}:{spec.height}",
+            "setsar=1",  # square pixels in the output
+            "format=yuv420p",  # 8-bit 4:2:0, what High profile and every player supports
+        ]
+    )
+
+
+def reference_filters(spec: RenditionSpec) -> str:
+    """The source as a rendition would show it with nothing lost to coding: its picture
+    filters at its constant frame rate (the `fps` filter picks frames as `-r` does)."""
+    rate = _fraction(spec.fps)
+    return f"{picture_filters(spec)},fps={rate.numerator}/{rate.denominator}"
+
+
+def rate_control_args(spec: RenditionSpec) -> list[str]:
+    """Constant quality under a VBV cap, or (a spec with no `crf`) a bit-rate target.
+
+    With `-crf`, x264 spends what each scene needs for the same quality: a still slide gets
+    a fraction of what a crowd scene gets. `-maxrate`/`-bufsize` bound it: over any stretch
+    of `bufsize / maxrate` seconds (two) the stream never exceeds the cap, which is what
+    players' bandwidth estimates and the H.264 level rely on.
+    """
+    if spec.crf is not None:
+        return ["-crf", f"{spec.crf:g}", "-maxrate", str(spec.max_bitrate),
+                "-bufsize", str(spec.buffer_size)]  # fmt: skip
+    return ["-b:v", str(spec.video_bitrate), "-maxrate", str(spec.max_bitrate),
+            "-bufsize", str(spec.buffer_size)]  # fmt: skip
 
 
 def _aac_args(bitrate: int) -> list[str]:

@@ -121,7 +121,9 @@ def redact_args(args: Sequence[str]) -> list[str]:
     return [redact(a) for a in args]
 
 
-def untrusted_input(url: str, *, seek: float | None = None, threads: int = 0) -> list[str]:
+def untrusted_input(
+    url: str, *, seek: float | None = None, threads: int = 0, duration: float | None = None
+) -> list[str]:
     """Input options and `-i url` for a source we did not create (a user's upload).
 
     Only http(s) URLs are accepted: a bare path or a `-`-prefixed string would otherwise be
@@ -149,6 +151,8 @@ def untrusted_input(url: str, *, seek: float | None = None, threads: int = 0) ->
     if seek is not None and seek > 0:
         # Input-side seek: jumps by index (a range request) instead of decoding from the start.
         args += ["-ss", f"{seek:.3f}"]
+    if duration is not None:
+        args += ["-t", f"{duration:.3f}"]  # read no more of the input than this
     if threads > 0:
         args += ["-threads", str(threads)]  # the decoder's; 0: ffmpeg decides
     return [*args, "-i", url]
@@ -211,6 +215,7 @@ class RunResult:
     stdout: bytes  # empty when stdout carried progress reports
     stderr_tail: str  # redacted
     elapsed: float  # seconds
+    cpu_seconds: float = 0.0  # user + system time of the process, when it was reaped here
 
 
 def run_ffmpeg(
@@ -327,6 +332,7 @@ def _run(
     stderr_reader.start()
     stdout_reader.start()
 
+    cpu: float | None = None
     try:
         while True:
             if cancel is not None and cancel.is_set():
@@ -340,9 +346,8 @@ def _run(
                 if stdout_reader.is_alive() or not reports.empty():
                     continue
                 # stdout is closed: the tool is exiting (or closed it on purpose); wait for it.
-                try:
-                    proc.wait(timeout=min(0.1, max(remaining, 0.001)))
-                except subprocess.TimeoutExpired:
+                cpu = _reap(proc, min(0.1, max(remaining, 0.001)))
+                if cpu is None:
                     continue
                 break
             if on_progress is not None:
@@ -374,6 +379,7 @@ def _run(
         stdout=b"".join(stdout_chunks),
         stderr_tail=reason_tail,
         elapsed=elapsed,
+        cpu_seconds=cpu or 0.0,
     )
     if proc.returncode != 0:
         log.warning(
@@ -391,6 +397,26 @@ def _run(
     else:
         log.info("%s finished in %.1fs", tool, elapsed)
     return result
+
+
+def _reap(proc: subprocess.Popen[bytes], timeout: float) -> float | None:
+    """Wait up to `timeout` for `proc` to exit and reap it here, with wait4, for its CPU
+    time (what the sampler's cost and the benchmarks report); None if it still runs."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.returncode is not None:  # reaped elsewhere: its usage is gone
+            return 0.0
+        try:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        except ChildProcessError:  # reaped by Popen after all
+            proc.wait()
+            return 0.0
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return float(usage.ru_utime + usage.ru_stime)
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _drain_stderr(stream: IO[bytes], tail: deque[str], tool: str) -> None:

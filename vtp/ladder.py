@@ -12,7 +12,13 @@ smallest default rung at or above its height: that function's memory and CPU lim
 for at least that many pixels. Above every default rung, the largest default's function is
 used.
 
-Bitrates follow a bits-per-pixel model fitted to Apple's HLS authoring ladder for H.264
+Rate control is by quality: each rendition is encoded at a constant-rate factor (`crf`,
+chosen per title from samples by vtp.tuning, else `settings.default_crf`) under a VBV cap.
+The cap is the per-resolution bit-rate model below, and never more than the source's own
+video bit rate scaled to the rendition's pixels (by the same model's exponents) with a
+margin: a 400 kbit/s upload is not re-encoded into 600 kbit/s of the same picture.
+
+The model's bitrates follow a bits-per-pixel fit fitted to Apple's HLS authoring ladder for H.264
 (about 3 Mbit/s at 720p30, 6 Mbit/s at 1080p30): bitrate grows with pixel count to the power
 0.85 (small pictures need more bits per pixel), and with frame rate to the power 0.6 (frames at
 60 fps are more alike than at 30 fps, so doubling the rate costs about 1.5x, not 2x).
@@ -67,8 +73,7 @@ REFERENCE_BITRATE = 3_000_000  # 720p at 30 fps
 PIXEL_EXPONENT = 0.85
 FPS_EXPONENT = 0.6
 MIN_VIDEO_BITRATE = 100_000
-MAXRATE_FACTOR = Fraction(3, 2)  # VBV peak: 150% of the target bitrate
-BUFSIZE_FACTOR = 2  # VBV buffer: two seconds at the target bitrate
+BUFSIZE_FACTOR = 2  # VBV buffer: two seconds at the cap
 
 
 class _Level(NamedTuple):
@@ -119,13 +124,16 @@ def plan_ladder(
     default_heights = sorted(
         KNOWN_RUNGS[n] for n in settings.default_renditions if n in KNOWN_RUNGS
     ) or sorted(KNOWN_RUNGS[n] for n in names)
-    specs = [_spec(source, h, fps, default_heights) for h in kept]
+    specs = [_spec(source, h, fps, default_heights, settings) for h in kept]
     log.info(
         "ladder for %dx%d@%.3f: %s",
         source.width,
         source.height,
         source.fps,
-        ", ".join(f"{s.name}={s.width}x{s.height}@{s.video_bitrate // 1000}k" for s in specs),
+        ", ".join(
+            f"{s.name}={s.width}x{s.height} crf {s.crf:g} cap {s.max_bitrate // 1000}k"
+            for s in specs
+        ),
     )
     return specs
 
@@ -223,7 +231,9 @@ def _even(value: Fraction) -> int:
     return max(2, round(value / 2) * 2)
 
 
-def _spec(source: SourceInfo, short: int, fps: float, default_heights: list[int]) -> RenditionSpec:
+def _spec(
+    source: SourceInfo, short: int, fps: float, default_heights: list[int], settings: Settings
+) -> RenditionSpec:
     landscape = source.width >= source.height
     long_src, short_src = (
         (source.width, source.height) if landscape else (source.height, source.width)
@@ -234,22 +244,42 @@ def _spec(source: SourceInfo, short: int, fps: float, default_heights: list[int]
     width, height = (long, short) if landscape else (short, long)
 
     name = f"{short}p"
-    target = video_bitrate(width, height, fps)
-    max_bitrate = int(target * MAXRATE_FACTOR)
-    buffer_size = target * BUFSIZE_FACTOR
+    cap = video_bitrate(width, height, fps)
+    held = source_cap(source, width, height, fps, settings.source_bitrate_margin)
+    if held is not None:
+        cap = min(cap, held)
+    buffer_size = cap * BUFSIZE_FACTOR
     return RenditionSpec(
         name=name,
         function=f"transcode-{_function_rung(short, default_heights)}p",
         width=width,
         height=height,
         fps=fps,
-        video_bitrate=target,
-        max_bitrate=max_bitrate,
+        video_bitrate=cap,
+        max_bitrate=cap,
         buffer_size=buffer_size,
         audio_bitrate=audio_bitrate(short) if source.has_audio else None,
         profile="high",
-        level=h264_level(width, height, fps, max_bitrate, buffer_size),
+        level=h264_level(width, height, fps, cap, buffer_size),
+        crf=settings.default_crf,
+        preset=settings.x264_preset,
+        quality_target=settings.target_for(name),
     )
+
+
+def source_cap(
+    source: SourceInfo, width: int, height: int, fps: float, margin: float
+) -> int | None:
+    """The most bits a `width`x`height` rendition at `fps` can usefully spend: the source's
+    video bit rate scaled to its pixels and frame rate by the model's exponents, times
+    `margin` (an encoder needs a little more than the original's to keep what the original
+    kept). None when the source's bit rate is unknown."""
+    if not source.video_bit_rate:
+        return None
+    pixels = (width * height) / (source.width * source.height)
+    rate = min(fps, MAX_OUTPUT_FPS) / source.fps if source.fps > 0 else 1.0
+    scaled: float = source.video_bit_rate * pixels**PIXEL_EXPONENT * min(1.0, rate) ** FPS_EXPONENT
+    return max(MIN_VIDEO_BITRATE, round(scaled * margin / 1000) * 1000)
 
 
 def _function_rung(short: int, default_heights: list[int]) -> int:

@@ -37,6 +37,25 @@ class SourceInfo(BaseModel):
     size_bytes: int | None = None
     bit_rate: int | None = None
     rotation: int = 0
+    # The video stream's own bit rate, as far as the file tells (vtp.probe.video_bit_rate):
+    # no rendition is given more bits than the source's picture holds (vtp.ladder).
+    video_bit_rate: int | None = None
+
+
+class RenditionEstimate(BaseModel):
+    """What a rendition is predicted to cost and reach, from the samples split encoded
+    (vtp.tuning): the plan a dry run returns, and what the real encode is compared with."""
+
+    model_config = ConfigDict(frozen=True)
+
+    metric: str = Field(description="the quality metric, e.g. 'ssim'")
+    quality: float = Field(description="predicted mean score over the rendition")
+    bitrate: int = Field(ge=0, description="predicted average video bit rate, bit/s")
+    size_bytes: int = Field(ge=0, description="predicted size of the video, bytes")
+    encode_cpu_seconds: float = Field(ge=0, description="predicted encode CPU time, seconds")
+    probes: list[tuple[float, float, int]] = Field(
+        default_factory=list, description="(crf, score, bit/s) of each sample encode"
+    )
 
 
 class RenditionSpec(BaseModel):
@@ -49,9 +68,21 @@ class RenditionSpec(BaseModel):
     width: int = Field(gt=0, multiple_of=2)
     height: int = Field(gt=0, multiple_of=2)
     fps: float = Field(gt=0)
-    video_bitrate: int = Field(gt=0, description="target bits per second")
+    video_bitrate: int = Field(
+        gt=0, description="bits per second: the target (crf None), else the cap (VBV maxrate)"
+    )
     max_bitrate: int = Field(gt=0)
     buffer_size: int = Field(gt=0)
+    # Rate control by quality (vtp.ladder, vtp.tuning): x264's constant-rate factor under
+    # the VBV cap above. None: a bit-rate target (`-b:v`), how jobs planned before were
+    # encoded. The factor and preset are decided once per title, in the plan, so every
+    # chunk of a rendition is encoded alike whichever replica runs it.
+    crf: float | None = Field(default=None, ge=0, le=51)
+    preset: str | None = None
+    # The quality the factor was chosen for (SSIM, vtp.quality), and what the samples
+    # predicted of the whole rendition; None where no samples were taken.
+    quality_target: float | None = Field(default=None, gt=0, le=1)
+    estimate: RenditionEstimate | None = None
     audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
     profile: str = "high"
     level: str = "4.1"

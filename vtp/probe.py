@@ -164,7 +164,31 @@ def source_info_from_probe(
         size_bytes=size,
         bit_rate=_int(fmt.get("bit_rate")),
         rotation=rotation,
+        video_bit_rate=video_bit_rate(stream, audio, fmt, size, duration),
     )
+
+
+# What an audio stream whose bit rate the file does not give is assumed to take.
+_ASSUMED_AUDIO_BITRATE = 128_000
+
+
+def video_bit_rate(
+    stream: dict[str, Any],
+    audio: list[dict[str, Any]],
+    fmt: dict[str, Any],
+    size: int | None,
+    duration: float,
+) -> int | None:
+    """The source's video bit rate: the whole file's (its bytes over its duration, the
+    figure a header cannot inflate without the bytes to back it) less its sound's, else the
+    stream's own figure (MP4 states it; Matroska and WebM do not); None when neither is
+    known. It caps the renditions' bit rates, so an overestimate only loosens the cap."""
+    total = round(size * 8 / duration) if size and duration > 0 else _int(fmt.get("bit_rate"))
+    if total is not None and total > 0:
+        sound = sum(_int(a.get("bit_rate")) or _ASSUMED_AUDIO_BITRATE for a in audio)
+        return max(total - sound, total // 10)
+    declared = _int(stream.get("bit_rate"))
+    return declared if declared and declared > 0 else None
 
 
 def _failure(stderr_tail: str) -> Exception:

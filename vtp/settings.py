@@ -12,7 +12,7 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     AliasChoices,
@@ -133,6 +133,47 @@ class Settings(BaseSettings):
     # backup call racing it; the first result wins (vtp.jobs.backups). 0: never.
     straggler_factor: float = Field(default=2.5, ge=0)
     straggler_min_seconds: float = Field(default=60.0, ge=0)
+    # --- rate control and quality per bit (vtp.ladder, vtp.tuning, vtp.quality) -------------
+    # Every rendition is encoded at a constant-rate factor (x264 `-crf`) under a VBV cap: the
+    # per-resolution bit-rate model's figure, and never more than the source's own video bit
+    # rate scaled to the rendition's pixels, times `source_bitrate_margin`.
+    # x264's preset, chosen by measurement (bench/quality.py; README "Quality per bit"):
+    # "medium" needs 17-25% fewer bits than "veryfast" for the same SSIM at about 1.6x the
+    # CPU time; "slow" saves another 2-3% at 1.5x more.
+    x264_preset: Literal[
+        "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+        "veryslow",
+    ] = "medium"  # fmt: skip
+    source_bitrate_margin: float = Field(default=1.25, ge=1)
+    # The quality each rendition is encoded for: mean SSIM against the source scaled to its
+    # size (vtp.quality); `quality_targets` overrides it per rung, e.g. {"360p": 0.98}.
+    quality_target: float = Field(default=0.985, gt=0, lt=1)
+    quality_targets: dict[str, float] = Field(default_factory=dict)
+    # A rendition measured this far (SSIM dB, -10*log10(1-SSIM)) below its target is flagged.
+    quality_margin_db: float = Field(default=1.0, ge=0)
+    # Per-title choice (vtp.tuning): split encodes `quality_sample_count` samples of
+    # `quality_sample_seconds` spread over the source at a few factors and picks, per rung,
+    # the one that meets the target. Together the samples cover at most
+    # `quality_sample_share` of the source; a source too short for one sample gets
+    # `default_crf`, as does every source with sampling off.
+    quality_sampling: bool = True
+    quality_sample_count: int = Field(default=3, ge=1, le=20)
+    quality_sample_seconds: float = Field(default=2.0, gt=0)
+    quality_sample_share: float = Field(default=0.04, gt=0, le=1)
+    quality_sample_workers: int = Field(default=0, ge=0)  # ffmpeg processes at once; 0: CPUs
+    # All of a title's sampling, bounded: past it the plan keeps the default factors.
+    quality_sample_timeout_seconds: float = Field(default=60.0, gt=0)
+    default_crf: float = Field(default=23.0, ge=0, le=51)
+    crf_min: float = Field(default=16.0, ge=0, le=51)
+    crf_max: float = Field(default=36.0, ge=0, le=51)
+    # A rung whose picture, from the samples, is within `prune_jnd_db` (SSIM dB) of the rung
+    # below's scaled up to its size, at most `prune_bitrate_ratio` times its bits, is dropped:
+    # it costs an encode and storage and shows viewers nothing more.
+    prune_jnd_db: float = Field(default=0.5, ge=0)
+    prune_bitrate_ratio: float = Field(default=1.5, ge=1)
+    # Output segments measured against the source after encoding, per rendition encoded
+    # whole (a chunk measures one): the recorded quality, at a bounded cost.
+    quality_measure_segments: int = Field(default=3, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
     # before the rendition is dead-lettered; they spend no attempt (see vtp.lifecycle).
@@ -225,6 +266,11 @@ class Settings(BaseSettings):
                 f"chunk_seconds ({self.chunk_seconds:g}) must be a whole multiple of "
                 f"segment_seconds ({self.segment_seconds:g}): chunks are runs of whole segments"
             )
+        if self.crf_max < self.crf_min:
+            problems.append(f"crf_max ({self.crf_max:g}) is below crf_min ({self.crf_min:g})")
+        for rung, target in self.quality_targets.items():
+            if not 0 < target < 1:
+                problems.append(f"quality_targets[{rung!r}] ({target:g}) is not an SSIM in (0, 1)")
         for low, high in (
             ("retry_base_seconds", "retry_max_seconds"),
             ("callback_retry_base_seconds", "callback_retry_max_seconds"),
@@ -257,6 +303,10 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def target_for(self, rung: str) -> float:
+        """The quality (SSIM) rung `rung` is encoded for."""
+        return self.quality_targets.get(rung, self.quality_target)
 
     @property
     def public_s3_endpoint(self) -> str:

@@ -1,0 +1,482 @@
+"""Per-title rate control: one constant-rate factor per rung, chosen from sample encodes.
+
+x264's CRF gives roughly the same quality across content, but not the same SSIM: a
+cartoon at CRF 23 scores far above its target and spends bits on nothing visible, a
+detailed crowd scene falls below it. So split encodes a few short samples spread over the
+source at a few factors, measures each against the source (vtp.quality) and picks, per
+rung, the factor that reaches the rung's target at the fewest bits. The decision is part
+of the plan (`RenditionSpec.crf`), so every chunk of a rendition is encoded alike.
+
+How the samples are made, to bound their cost:
+
+* one ffmpeg reads the samples' ranges of the source (input seeks, nothing else fetched),
+  joins them and writes each rung's reference, the source scaled as the encode scales it,
+  losslessly (FFV1) to local disk: the source is decoded once;
+* each probe encodes a rung's reference with the real encode's arguments (preset, VBV cap,
+  keyframe grid, at one CRF) and compares it with that reference. Two probes bracket the
+  default factor, a third lands on the interpolated choice; probes run in parallel,
+  `quality_sample_workers` ffmpeg processes at a time;
+* SSIM in dB is close to linear in CRF and log bit rate too, so the factor is interpolated
+  between the probes that bracket the target, and the prediction of bit rate, quality and
+  encode time with it.
+
+Together the samples cover at most `quality_sample_share` of the source, so their encodes
+cost a small fraction of the real ones (bench/quality.py prints the ratio). A source too
+short for one sample, or whose samples fail to encode, keeps `default_crf`, and the plan
+says why: a sampling failure never refuses a job (the real encode reports what is wrong).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vtp import workdirs
+from vtp.encode import encode_args, reference_filters
+from vtp.errors import FfmpegError
+from vtp.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.models import RenditionEstimate, RenditionSpec, SourceInfo
+from vtp.quality import METRIC, QualityScore, from_db, pooled, ssim_frames, to_db
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# The first two probes' factors, either side of the default: most titles land between.
+_FIRST_PROBES = (-4.0, 4.0)
+# Probing stops once the choice is bracketed this tightly.
+_CLOSE_ENOUGH = 1.0
+# Probes are made in rounds, every rung's at once: two, then up to two more each.
+_ROUNDS = 3
+# Beyond every probe, the next is at most this many factors away.
+_MAX_STEP = 6.0
+# Below this SSIM-dB step between two probes, quality no longer follows the factor (the
+# VBV cap holds the bits): the cheapest of them is as good as the other.
+_FLAT_DB = 0.05
+
+T = TypeVar("T")
+
+
+class PrunedRung(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    reason: str
+
+
+class TitlePlan(BaseModel):
+    """The ladder as tuned for one title, and how the decision was made."""
+
+    model_config = ConfigDict(frozen=True)
+
+    specs: list[RenditionSpec]
+    metric: str = METRIC
+    samples: list[tuple[float, float]] = Field(
+        default_factory=list, description="(start, seconds) of each sample of the source"
+    )
+    pruned: list[PrunedRung] = Field(default_factory=list)
+    sampling_cpu_seconds: float = 0.0
+    sampling_wall_seconds: float = 0.0
+    note: str | None = Field(default=None, description="why the factors are the default ones")
+
+    def summary(self) -> dict[str, object]:
+        """What the job records of its plan (jobs.plan) and status shows."""
+        return {
+            "metric": self.metric,
+            "samples": [list(s) for s in self.samples],
+            "pruned": [p.model_dump() for p in self.pruned],
+            "sampling_cpu_seconds": round(self.sampling_cpu_seconds, 2),
+            "sampling_wall_seconds": round(self.sampling_wall_seconds, 2),
+            "note": self.note,
+        }
+
+
+class Probe(NamedTuple):
+    """One sample encode of a rung at one factor."""
+
+    crf: float
+    score: QualityScore
+    bitrate: int  # bit/s over the samples
+    cpu_seconds: float  # the encode's alone
+    path: Path
+
+
+def sample_positions(duration: float, settings: Settings) -> list[tuple[float, float]]:
+    """Where the samples go: up to `quality_sample_count` of `quality_sample_seconds`
+    (rounded to whole GOPs, so each starts on the encode's keyframe grid) covering at most
+    `quality_sample_share` of the source, each centred in its own equal share of it.
+    Empty when not even one fits the budget."""
+    gop = settings.gop_seconds
+    seconds = max(gop, round(settings.quality_sample_seconds / gop) * gop)
+    budget = settings.quality_sample_share * duration
+    count = min(settings.quality_sample_count, int(budget / seconds + 1e-9))
+    if count < 1 or seconds > duration:
+        return []
+    positions = []
+    for i in range(count):
+        centre = duration * (i + 0.5) / count
+        start = math.floor((centre - seconds / 2) / gop) * gop
+        start = min(max(0.0, start), max(0.0, math.floor((duration - seconds) / gop) * gop))
+        positions.append((round(start, 3), seconds))
+    return sorted(set(positions))
+
+
+def tune(
+    source_url: str,
+    source: SourceInfo,
+    specs: Sequence[RenditionSpec],
+    settings: Settings,
+    *,
+    prune: bool = True,
+    timeout: float | None = None,
+) -> TitlePlan:
+    """The ladder `specs` with each rung's factor chosen from samples (see module doc);
+    `prune` drops rungs that show nothing over the rung below. Never raises for a source
+    that cannot be sampled: the plan keeps the default factors and says why."""
+    default = list(specs)
+    if not settings.quality_sampling:
+        return TitlePlan(specs=default, note="per-title sampling is off (VTP_QUALITY_SAMPLING)")
+    samples = sample_positions(source.duration, settings)
+    if not samples:
+        return TitlePlan(
+            specs=default,
+            note=(
+                f"a {source.duration:.1f} s source is too short to sample within "
+                f"{settings.quality_sample_share:.0%} of it: CRF {settings.default_crf:g}"
+            ),
+        )
+    started = time.monotonic()
+    budget = timeout if timeout is not None else settings.quality_sample_timeout_seconds
+    with workdirs.scratch("tuning") as tmp:
+        tuner = _Tuner(source_url, source, default, settings, samples, Path(tmp), budget)
+        try:
+            tuned, pruned = tuner.run(prune=prune)
+        except (FfmpegError, ValueError) as exc:
+            log.warning("sampling failed, keeping the default factors: %s", exc)
+            return TitlePlan(
+                specs=default,
+                samples=samples,
+                sampling_cpu_seconds=tuner.cpu_seconds,
+                sampling_wall_seconds=time.monotonic() - started,
+                note=f"sampling failed ({exc}): CRF {settings.default_crf:g}",
+            )
+    plan = TitlePlan(
+        specs=tuned,
+        samples=samples,
+        pruned=pruned,
+        sampling_cpu_seconds=tuner.cpu_seconds,
+        sampling_wall_seconds=time.monotonic() - started,
+    )
+    log.info(
+        "tuned %s in %.1fs (%.1fs CPU): %s%s",
+        source_url.split("?", 1)[0],
+        plan.sampling_wall_seconds,
+        plan.sampling_cpu_seconds,
+        ", ".join(
+            f"{s.name} crf {s.crf:g} ~{(s.estimate.bitrate if s.estimate else 0) // 1000}k"
+            for s in tuned
+        ),
+        "".join(f"; dropped {p.name}" for p in pruned),
+    )
+    return plan
+
+
+class _Tuner:
+    def __init__(
+        self,
+        url: str,
+        source: SourceInfo,
+        specs: list[RenditionSpec],
+        settings: Settings,
+        samples: list[tuple[float, float]],
+        workdir: Path,
+        budget: float,
+    ) -> None:
+        self.url = url
+        self.source = source
+        self.specs = specs
+        self.settings = settings
+        self.samples = samples
+        self.dir = workdir
+        self.deadline = time.monotonic() + budget
+        self.cpu_seconds = 0.0
+        self.sampled_seconds = sum(seconds for _, seconds in samples)
+        workers = settings.quality_sample_workers or (_cpus() or 1)
+        self.workers = max(1, workers)
+
+    def _left(self) -> float:
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise FfmpegError("sampling ran out of time")
+        return left
+
+    def run(self, *, prune: bool) -> tuple[list[RenditionSpec], list[PrunedRung]]:
+        refs = self._references()
+        probes: dict[str, list[Probe]] = {s.name: [] for s in self.specs}
+        low, high = self.settings.crf_min, self.settings.crf_max
+        pending = [
+            (spec, _clamp(self.settings.default_crf + step, self.settings))
+            for spec in self.specs
+            for step in _FIRST_PROBES
+        ]
+        for _ in range(_ROUNDS):
+            for (spec, _crf), probe in zip(
+                pending, self._parallel(lambda j: self._probe(*j, refs), pending), strict=True
+            ):
+                probes[spec.name].append(probe)
+            pending = []
+            for spec in self.specs:
+                points = [(p.crf, p.score.db) for p in probes[spec.name]]
+                crf = next_crf(points, self._target_db(spec), low, high)
+                if crf is not None:
+                    pending.append((spec, crf))
+            if not pending:
+                break
+        tuned = [self._tuned(spec, probes[spec.name]) for spec in self.specs]
+        pruned = self._pruned(tuned, probes, refs) if prune else []
+        dropped = {p.name for p in pruned}
+        return [s for s in tuned if s.name not in dropped], pruned
+
+    def _parallel(self, fn: Callable[[T], Probe], jobs: Sequence[T]) -> list[Probe]:
+        if not jobs:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
+            return list(pool.map(fn, jobs))
+
+    def _references(self) -> dict[str, Path]:
+        """Every rung's reference from one read of the samples' ranges (see module doc)."""
+        inputs: list[str] = []
+        for start, seconds in self.samples:
+            inputs += untrusted_input(
+                self.url, seek=start, duration=seconds, threads=self.settings.ffmpeg_threads
+            )
+        joined = "".join(f"[{i}:V:0]" for i in range(len(self.samples)))
+        outputs = [f"[r{i}]" for i in range(len(self.specs))]
+        graph = [f"{joined}concat=n={len(self.samples)}:v=1:a=0,split={len(self.specs)}"
+                 + "".join(outputs)]  # fmt: skip
+        graph += [f"[r{i}]{reference_filters(s)}[o{i}]" for i, s in enumerate(self.specs)]
+        args = [*inputs, "-filter_complex", ";".join(graph)]
+        refs: dict[str, Path] = {}
+        for i, spec in enumerate(self.specs):
+            refs[spec.name] = self.dir / f"ref-{spec.name}.mkv"
+            # FFV1: lossless and quick to decode, so every probe compares with the exact
+            # picture it encoded from.
+            args += ["-map", f"[o{i}]", "-c:v", "ffv1", "-an", refs[spec.name].name]
+        result = run_ffmpeg(args, timeout=self._left(), cwd=self.dir)
+        self.cpu_seconds += result.cpu_seconds
+        return refs
+
+    def _probe(self, spec: RenditionSpec, crf: float, refs: dict[str, Path]) -> Probe:
+        ref = refs[spec.name]
+        out = self.dir / f"probe-{spec.name}-{crf:g}.mp4"
+        video_only = self.source.model_copy(update={"has_audio": False})
+        trial = spec.model_copy(update={"crf": crf})
+        encoded = run_ffmpeg(
+            ["-i", ref.name, *encode_args(video_only, trial, self.settings), "-f", "mp4", out.name],
+            timeout=self._left(),
+            cwd=self.dir,
+        )
+        frames, cpu = ssim_frames(
+            ["-i", out.name, "-i", ref.name],
+            "[0:v]setpts=PTS-STARTPTS",
+            "[1:v]setpts=PTS-STARTPTS",
+            cwd=self.dir,
+            timeout=self._left(),
+            stats_name=f"{out.stem}.ssim",
+        )
+        self.cpu_seconds += encoded.cpu_seconds + cpu
+        per_sample = [max(1, round(seconds * spec.fps)) for _, seconds in self.samples]
+        parts, at = [], 0
+        for count in per_sample:
+            parts.append(frames[at : at + count])
+            at += count
+        score = pooled([p for p in parts if p])
+        bitrate = round(out.stat().st_size * 8 / self.sampled_seconds)
+        log.info(
+            "probe %s crf %g: SSIM %.5f (%.2f dB), %d kbit/s, %.1fs CPU",
+            spec.name, crf, score.score, score.db, bitrate // 1000, encoded.cpu_seconds,
+        )  # fmt: skip
+        return Probe(crf, score, bitrate, encoded.cpu_seconds, out)
+
+    def _target_db(self, spec: RenditionSpec) -> float:
+        return to_db(spec.quality_target or self.settings.target_for(spec.name))
+
+    def _tuned(self, spec: RenditionSpec, probes: Sequence[Probe]) -> RenditionSpec:
+        crf = final_crf([(p.crf, p.score.db) for p in probes], self._target_db(spec))
+        db = interpolate([(p.crf, p.score.db) for p in probes], crf)
+        log_rate = interpolate([(p.crf, math.log(max(p.bitrate, 1))) for p in probes], crf)
+        cpu_per_s = interpolate(
+            [(p.crf, p.cpu_seconds / self.sampled_seconds) for p in probes], crf
+        )
+        bitrate = min(round(math.exp(log_rate)), spec.max_bitrate)
+        estimate = RenditionEstimate(
+            metric=METRIC,
+            quality=round(from_db(db), 6),
+            bitrate=bitrate,
+            size_bytes=round(bitrate * self.source.duration / 8),
+            encode_cpu_seconds=round(max(cpu_per_s, 0.0) * self.source.duration, 1),
+            probes=sorted((p.crf, p.score.score, p.bitrate) for p in probes),
+        )
+        return spec.model_copy(update={"crf": crf, "estimate": estimate})
+
+    def _pruned(
+        self, tuned: list[RenditionSpec], probes: dict[str, list[Probe]], refs: dict[str, Path]
+    ) -> list[PrunedRung]:
+        """Rungs the rung below serves as well: scaled up to their size, its picture is
+        within the just-noticeable difference of theirs, for not many fewer bits."""
+        pairs = []
+        for lower, upper in itertools.pairwise(tuned):
+            if (
+                lower.estimate
+                and upper.estimate
+                and upper.estimate.bitrate
+                <= (self.settings.prune_bitrate_ratio * lower.estimate.bitrate)
+            ):
+                pairs.append((lower, upper))
+        if not pairs or self.settings.prune_jnd_db <= 0:
+            return []
+
+        def compare(pair: tuple[RenditionSpec, RenditionSpec]) -> tuple[float, float]:
+            lower, upper = pair
+            mine = _nearest(probes[upper.name], upper.crf)
+            below = _nearest(probes[lower.name], lower.crf)
+            frames, cpu = ssim_frames(
+                ["-i", below.path.name, "-i", refs[upper.name].name],
+                f"[0:v]scale={upper.width}:{upper.height},setsar=1,format=yuv420p,"
+                "setpts=PTS-STARTPTS",
+                "[1:v]setpts=PTS-STARTPTS",
+                cwd=self.dir,
+                timeout=self._left(),
+                stats_name=f"up-{upper.name}.ssim",
+            )
+            self.cpu_seconds += cpu
+            return mine.score.db, to_db(sum(frames) / len(frames))
+
+        with ThreadPoolExecutor(max_workers=min(self.workers, len(pairs))) as pool:
+            scores = list(pool.map(compare, pairs))
+        pruned = []
+        for (lower, upper), (own, scaled) in zip(pairs, scores, strict=True):
+            if own - scaled < self.settings.prune_jnd_db:
+                assert lower.estimate and upper.estimate
+                pruned.append(
+                    PrunedRung(
+                        name=upper.name,
+                        reason=(
+                            f"{lower.name} scaled up to {upper.width}x{upper.height} is within "
+                            f"{own - scaled:.2f} dB SSIM of {upper.name} (just-noticeable: "
+                            f"{self.settings.prune_jnd_db:g} dB) at "
+                            f"{upper.estimate.bitrate / max(lower.estimate.bitrate, 1):.2f}x "
+                            "its bits: an easy source"
+                        ),
+                    )
+                )
+        return pruned
+
+
+def next_crf(
+    points: Sequence[tuple[float, float]], target_db: float, low: float, high: float
+) -> float | None:
+    """The factor to probe next, from the (crf, SSIM dB) probes so far; None: no probe
+    would change the choice.
+
+    The answer is the highest factor (fewest bits) whose quality still meets the target.
+    Between the highest passing probe and the failing one above it, the next probe is
+    interpolated; beyond every probe it is extended from the nearest two, at most
+    `_MAX_STEP` factors at a time (quality is only roughly linear in the factor). Quality
+    that does not rise as the factor falls means the VBV cap holds the bits: lower
+    factors cannot help, and none is probed.
+    """
+    pts = sorted(points)
+    passing = [p for p in pts if p[1] >= target_db]
+    if passing:
+        best = max(passing)
+        above = [p for p in pts if p[0] > best[0]]
+        if above:
+            fail = min(above)
+            if fail[0] - best[0] <= _CLOSE_ENOUGH:
+                return None
+            guess = _along(best, fail, target_db)
+            return round(min(max(guess, best[0] + 0.5), fail[0] - 0.5), 1)
+        if best[0] >= high:
+            return None
+        lower = [p for p in pts if p[0] < best[0]]
+        step = _MAX_STEP
+        if lower:
+            guess = _along(max(lower), best, target_db)
+            if guess > best[0]:
+                step = min(_MAX_STEP, max(_CLOSE_ENOUGH, guess - best[0]))
+        return round(min(best[0] + step, high), 1)
+    lowest = pts[0]
+    if lowest[0] <= low or (len(pts) > 1 and pts[1][1] >= lowest[1] - _FLAT_DB):
+        return None
+    step = _MAX_STEP
+    if len(pts) > 1:
+        guess = _along(lowest, pts[1], target_db)
+        if guess < lowest[0]:
+            step = min(_MAX_STEP, max(_CLOSE_ENOUGH, lowest[0] - guess))
+    return round(max(lowest[0] - step, low), 1)
+
+
+def final_crf(points: Sequence[tuple[float, float]], target_db: float) -> float:
+    """The factor chosen from the probes: interpolated between the highest passing probe
+    and the failing one just above it; the highest passing probe when none fails above it;
+    when none passes (the cap holds the bits), the highest factor that scores as well as
+    the best."""
+    pts = sorted(points)
+    passing = [p for p in pts if p[1] >= target_db]
+    if passing:
+        best = max(passing)
+        above = [p for p in pts if p[0] > best[0]]
+        if not above:
+            return best[0]
+        fail = min(above)
+        return round(min(max(_along(best, fail, target_db), best[0]), fail[0]), 1)
+    top = max(db for _, db in pts)
+    return max(crf for crf, db in pts if db >= top - _FLAT_DB)
+
+
+def _along(a: tuple[float, float], b: tuple[float, float], target_db: float) -> float:
+    """Where the line through (crf, dB) points a and b reaches `target_db`."""
+    (c0, d0), (c1, d1) = a, b
+    if abs(d1 - d0) < 1e-9:
+        return c1
+    return c0 + (target_db - d0) * (c1 - c0) / (d1 - d0)
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float:
+    """y at `x`, linear between the points around it, else extended from the nearest two."""
+    pts = sorted(points)
+    if len(pts) == 1 or pts[0][0] == pts[-1][0]:
+        return pts[0][1]
+    if x <= pts[0][0]:
+        (x0, y0), (x1, y1) = pts[0], pts[1]
+    elif x >= pts[-1][0]:
+        (x0, y0), (x1, y1) = pts[-2], pts[-1]
+    else:
+        (x0, y0), (x1, y1) = next((a, b) for a, b in itertools.pairwise(pts) if a[0] <= x <= b[0])
+    if x1 == x0:
+        return y0
+    return y0 + (x - x0) * (y1 - y0) / (x1 - x0)
+
+
+def _nearest(probes: Sequence[Probe], crf: float | None) -> Probe:
+    return min(probes, key=lambda p: abs(p.crf - (crf or 0.0)))
+
+
+def _clamp(crf: float, settings: Settings) -> float:
+    return round(min(max(crf, settings.crf_min), settings.crf_max), 1)
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
