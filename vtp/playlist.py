@@ -39,15 +39,20 @@ class MasterEntry(BaseModel):
     fps: float = Field(gt=0)
     # The rendition's folder, relative to the master playlist (vtp.layout): `360p/attempt-2`.
     folder: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
+    # Measured quality at the ladder's largest picture size (vtp.quality): the SCORE.
+    score: float | None = Field(default=None, gt=0, le=1)
 
     @property
     def uri(self) -> str:
         return f"{self.folder or self.name}/{HLS_PLAYLIST}"
 
     @classmethod
-    def from_result(cls, result: RenditionResult, folder: str | None = None) -> MasterEntry:
+    def from_result(
+        cls, result: RenditionResult, folder: str | None = None, *, score: object = None
+    ) -> MasterEntry:
         return cls(
             folder=folder,
+            score=score if isinstance(score, int | float) and 0 < score <= 1 else None,
             name=result.name,
             bandwidth=result.peak_bitrate,
             average_bandwidth=result.avg_bitrate,
@@ -72,6 +77,11 @@ def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = 
     the one member of an audio group every variant names; each variant's BANDWIDTH and
     AVERAGE-BANDWIDTH then add the audio's (RFC 8216: the peak of the combination a
     player plays), and its CODECS name both.
+
+    SCORE (RFC 8216bis, 4.4.6.2) is each variant's measured SSIM at the ladder's largest
+    picture size, so a player preferring by SCORE prefers what looks better on that screen.
+    The draft asks for it on all variants or none, so it is written only when every variant
+    was measured.
     """
     if not entries:
         raise InvalidRequest("a master playlist needs at least one rendition")
@@ -82,6 +92,7 @@ def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = 
             f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="2",URI="{audio.uri}"',
             "",
         ]
+    scored = all(e.score is not None for e in entries)
     for entry in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
         codecs = entry.codecs + (f",{audio.codecs}" if audio is not None else "")
         peak = entry.bandwidth + (audio.bandwidth if audio else 0)
@@ -93,6 +104,8 @@ def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = 
             f'CODECS="{codecs}"',
             f"FRAME-RATE={entry.fps:.3f}",
         ]
+        if scored:
+            attributes.append(f"SCORE={entry.score:.4f}")
         if audio is not None:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         lines += [f"#EXT-X-STREAM-INF:{','.join(attributes)}", entry.uri]

@@ -20,13 +20,19 @@ from __future__ import annotations
 import logging
 import math
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vtp import workdirs
+from vtp.encode import reference_filters
 from vtp.errors import FfmpegError
-from vtp.ffmpeg import run_ffmpeg
+from vtp.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.models import RenditionSpec
+from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -107,3 +113,138 @@ def ssim_frames(
     if not values:
         raise FfmpegError("ffmpeg's ssim filter compared no frame")
     return values, run.cpu_seconds
+
+
+class Segment(NamedTuple):
+    """One output segment to measure: its file, and where it sits on the source's timeline."""
+
+    name: str
+    start_s: float
+    seconds: float
+
+
+def spread(count: int, wanted: int) -> list[int]:
+    """`wanted` indices of `count` items, evenly spread, each in the middle of its share."""
+    if count <= 0 or wanted <= 0:
+        return []
+    if wanted >= count:
+        return list(range(count))
+    return sorted({min(count - 1, int((i + 0.5) * count / wanted)) for i in range(wanted)})
+
+
+def measure_segments(
+    source_url: str,
+    spec: RenditionSpec,
+    out_dir: Path,
+    init: str,
+    segments: Sequence[Segment],
+    *,
+    display: tuple[int, int] | None,
+    settings: Settings,
+    timeout: float,
+) -> tuple[QualityScore, QualityScore | None]:
+    """The encoded `segments` (HLS fMP4, in `out_dir`, each played after `init`) against the
+    source: at the rendition's own size, and, when `display` (the ladder's largest picture)
+    is larger, scaled up to it, how a viewer at that size would see it (the HLS SCORE). The
+    source is read only over each segment's range."""
+    deadline = time.monotonic() + timeout
+    own: list[list[float]] = []
+    shown: list[list[float]] = []
+    up = display if display and display[0] * display[1] > spec.width * spec.height else None
+    with workdirs.scratch("quality") as tmp:
+        work = Path(tmp)
+        for i, seg in enumerate(segments):
+            played = work / f"seg-{i}.mp4"
+            played.write_bytes((out_dir / init).read_bytes() + (out_dir / seg.name).read_bytes())
+            inputs = [
+                "-i",
+                played.name,
+                *untrusted_input(
+                    source_url,
+                    seek=seg.start_s,
+                    duration=seg.seconds,
+                    threads=settings.ffmpeg_threads,
+                ),
+            ]
+            frames, _ = ssim_frames(
+                inputs,
+                "[0:v]setpts=PTS-STARTPTS",
+                f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
+                cwd=work,
+                timeout=_left(deadline),
+                stats_name=f"seg-{i}.ssim",
+            )
+            own.append(frames)
+            if up is not None:
+                big = spec.model_copy(update={"width": up[0], "height": up[1]})
+                frames, _ = ssim_frames(
+                    inputs,
+                    f"[0:v]scale={up[0]}:{up[1]},setsar=1,format=yuv420p,setpts=PTS-STARTPTS",
+                    f"[1:V:0]{reference_filters(big)},setpts=PTS-STARTPTS",
+                    cwd=work,
+                    timeout=_left(deadline),
+                    stats_name=f"seg-{i}-up.ssim",
+                )
+                shown.append(frames)
+    score = pooled(own)
+    return score, pooled(shown) if shown else None
+
+
+def _left(deadline: float) -> float:
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise FfmpegError("measuring the output's quality ran out of time")
+    return left
+
+
+# The keys a rendition's (or chunk's) result carries its measured quality under; the first
+# four are copied into columns of the renditions table (vtp.jobs.transactions).
+def quality_record(
+    own: QualityScore | None,
+    display: QualityScore | None,
+    *,
+    target: float | None,
+    margin_db: float,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """What a result records of its measured quality; flagged when the score is more than
+    `margin_db` below the target."""
+    if own is None:
+        return {"quality_metric": METRIC, "quality_error": error}
+    flagged = target is not None and own.db < to_db(target) - margin_db
+    return {
+        "quality_metric": own.metric,
+        "quality_score": own.score,
+        "quality_worst": own.worst,
+        "quality_flagged": flagged,
+        "quality_target": target,
+        "quality_frames": own.frames,
+        "quality_parts": own.parts,
+        # At the ladder's largest size (what the master playlist's SCORE says); the score
+        # itself for the largest rendition.
+        "quality_display": display.score if display is not None else own.score,
+    }
+
+
+def combined_record(
+    parts: Sequence[Mapping[str, Any]], *, target: float | None, margin_db: float
+) -> dict[str, Any]:
+    """A rendition's quality from its chunks' records: the frame-weighted mean, the worst
+    chunk's worst. Only a rendition whose every chunk was measured gets a score."""
+    measured = [p for p in parts if p.get("quality_score") is not None and p.get("quality_frames")]
+    if not parts or len(measured) < len(parts):
+        missing = len(parts) - len(measured)
+        return {"quality_metric": METRIC, "quality_error": f"{missing} chunk(s) not measured"}
+    frames = sum(int(p["quality_frames"]) for p in measured)
+
+    def mean(key: str) -> float:
+        return sum(float(p[key]) * int(p["quality_frames"]) for p in measured) / frames
+
+    own = QualityScore(
+        score=round(mean("quality_score"), 6),
+        worst=min(float(p["quality_worst"]) for p in measured),
+        frames=frames,
+        parts=sum(int(p.get("quality_parts") or 1) for p in measured),
+    )
+    display = own.model_copy(update={"score": round(mean("quality_display"), 6)})
+    return quality_record(own, display, target=target, margin_db=margin_db)

@@ -170,7 +170,7 @@ class Settings(BaseSettings):
     # below's scaled up to its size, at most `prune_bitrate_ratio` times its bits, is dropped:
     # it costs an encode and storage and shows viewers nothing more.
     prune_jnd_db: float = Field(default=0.5, ge=0)
-    prune_bitrate_ratio: float = Field(default=1.5, ge=1)
+    prune_bitrate_ratio: float = Field(default=2.0, ge=1)
     # Output segments measured against the source after encoding, per rendition encoded
     # whole (a chunk measures one): the recorded quality, at a bounded cost.
     quality_measure_segments: int = Field(default=3, ge=0)

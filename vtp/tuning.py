@@ -331,7 +331,9 @@ class _Tuner:
         self, tuned: list[RenditionSpec], probes: dict[str, list[Probe]], refs: dict[str, Path]
     ) -> list[PrunedRung]:
         """Rungs the rung below serves as well: scaled up to their size, its picture is
-        within the just-noticeable difference of theirs, for not many fewer bits."""
+        within the just-noticeable difference of what they are encoded for (their target,
+        or their probe's score where that is lower), for not many fewer bits: their extra
+        pixels hold nothing the source has (an upscaled or soft upload)."""
         pairs = []
         for lower, upper in itertools.pairwise(tuned):
             if (
@@ -358,12 +360,17 @@ class _Tuner:
                 stats_name=f"up-{upper.name}.ssim",
             )
             self.cpu_seconds += cpu
-            return mine.score.db, to_db(sum(frames) / len(frames))
+            # What the rung is to show: its target, or less where the cap holds it below.
+            return min(mine.score.db, self._target_db(upper)), to_db(sum(frames) / len(frames))
 
         with ThreadPoolExecutor(max_workers=min(self.workers, len(pairs))) as pool:
             scores = list(pool.map(compare, pairs))
         pruned = []
         for (lower, upper), (own, scaled) in zip(pairs, scores, strict=True):
+            log.info(
+                "%s scaled up to %s: %.2f dB SSIM, against %.2f dB at its own size",
+                lower.name, upper.name, scaled, own,
+            )  # fmt: skip
             if own - scaled < self.settings.prune_jnd_db:
                 assert lower.estimate and upper.estimate
                 pruned.append(
@@ -371,10 +378,11 @@ class _Tuner:
                         name=upper.name,
                         reason=(
                             f"{lower.name} scaled up to {upper.width}x{upper.height} is within "
-                            f"{own - scaled:.2f} dB SSIM of {upper.name} (just-noticeable: "
-                            f"{self.settings.prune_jnd_db:g} dB) at "
+                            f"{max(own - scaled, 0):.2f} dB SSIM of what {upper.name} would "
+                            f"show (just-noticeable: {self.settings.prune_jnd_db:g} dB), and "
+                            f"{upper.name} would take "
                             f"{upper.estimate.bitrate / max(lower.estimate.bitrate, 1):.2f}x "
-                            "its bits: an easy source"
+                            f"its bits: the source holds no more detail than {lower.name}"
                         ),
                     )
                 )

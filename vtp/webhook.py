@@ -107,6 +107,9 @@ class JobRequest(BaseModel):
     formats: list[Format] = Field(
         default_factory=lambda: _default_formats(), min_length=1, max_length=4
     )
+    # Only plan: the tuned ladder with each rendition's predicted size, bit rate, quality and
+    # encode time, from the samples; no job is recorded and nothing is encoded.
+    dry_run: bool = False
 
     @field_validator("formats")
     @classmethod

@@ -87,7 +87,8 @@ def _fmt_bitrate(bps: Any) -> str:
 def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table:
     """One row per rendition; URLs are printed apart (`print_urls`) so they stay whole."""
     table = Table(title=title, title_justify="left")
-    for col in ("rendition", "size", "state", "progress", "bitrate", "attempts"):
+    for col in ("rendition", "size", "state", "progress", "bitrate", "crf", "quality",
+                "attempts"):  # fmt: skip
         table.add_column(col, overflow="fold")
     for r in view.get("renditions") or []:
         live = r.get("progress") or {}
@@ -101,9 +102,29 @@ def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table
             _state_markup(state),
             f"{pct:.1f}%",
             _fmt_bitrate(r.get("avg_bitrate")),
+            f"{r['crf']:g}" if isinstance(r.get("crf"), int | float) else "-",
+            _fmt_quality(r.get("quality")),
             str(r.get("attempts") or "-"),
         )
     return table
+
+
+def _fmt_quality(quality: Any) -> str:
+    """`SSIM 0.9861 (target 0.985)`, flagged in red when it fell short; the prediction
+    while the rendition is still encoding."""
+    if not isinstance(quality, Mapping):
+        return "-"
+    metric = str(quality.get("metric") or "ssim").upper()
+    target = quality.get("target")
+    wanted = f" (target {target:.3f})" if isinstance(target, int | float) else ""
+    score = quality.get("score")
+    if isinstance(score, int | float):
+        text = f"{metric} {score:.4f}{wanted}"
+        return f"[red]{text} below target[/]" if quality.get("flagged") else text
+    predicted = quality.get("predicted")
+    if isinstance(predicted, int | float):
+        return f"{metric} ~{predicted:.4f} predicted{wanted}"
+    return f"-{wanted}"
 
 
 def print_urls(console: Console, view: Mapping[str, Any]) -> None:
@@ -134,6 +155,12 @@ def print_job(console: Console, view: Mapping[str, Any]) -> None:
     if view.get("error"):
         console.print(f"[red]{'error:':<17}[/]{escape(str(view['error']))}")
     console.print(renditions_table(view))
+    plan = view.get("plan") or {}
+    for dropped in plan.get("pruned") or []:
+        console.print(f"{'dropped:':<17}{escape(str(dropped.get('name')))}: "
+                      f"{escape(str(dropped.get('reason')))}", soft_wrap=True)  # fmt: skip
+    if plan.get("note"):
+        console.print(f"{'plan:':<17}{escape(str(plan['note']))}", soft_wrap=True)
     print_urls(console, view)
 
 

@@ -91,6 +91,11 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
 def _manual_job(request: JobRequest) -> Response:
     p = pipeline()
     src = SourceObject(bucket=request.bucket, key=request.key)
+    if request.dry_run:
+        planned = p.intake.preview(
+            src, renditions=request.renditions, formats=list(request.formats)
+        )
+        return ok(planned.preview())
     result = p.submit(
         src,
         renditions=request.renditions,
@@ -171,7 +176,12 @@ def _summary(job: Any, created: bool) -> dict[str, Any]:
                 "fps": r.spec.fps,
                 "video_bitrate": r.spec.video_bitrate,
                 "audio_bitrate": r.spec.audio_bitrate,
+                "crf": r.spec.crf,
+                "predicted": r.spec.estimate.model_dump(exclude={"probes"})
+                if r.spec.estimate
+                else None,
             }
             for r in job.renditions
         ],
+        "plan": job.plan,
     }

@@ -21,7 +21,15 @@ import psycopg2.extras
 from vtp.errors import Conflict, NotFound
 from vtp.jobs.models import CallbackStatus, Job
 from vtp.jobs.queries import Queries
-from vtp.jobs.transactions import RESULT_COLUMNS, TERMINAL_TASK, Cursor, audit, one, parse_id
+from vtp.jobs.transactions import (
+    KEPT_RESULT_COLUMNS,
+    RESULT_COLUMNS,
+    TERMINAL_TASK,
+    Cursor,
+    audit,
+    one,
+    parse_id,
+)
 from vtp.models import JobState
 
 
@@ -158,21 +166,17 @@ class FanIn(Queries):
 
         def tx(cur: Cursor) -> None:
             cur.execute(
-                """
+                f"""
                 UPDATE renditions
-                SET result = %s, output_prefix = %s, size_bytes = %s, avg_bitrate = %s,
-                    peak_bitrate = %s
-                WHERE job_id = %s AND name = %s AND state = 'succeeded'
-                """,
-                (
-                    psycopg2.extras.Json(result),
-                    columns["output_prefix"],
-                    columns["size_bytes"],
-                    columns["avg_bitrate"],
-                    columns["peak_bitrate"],
-                    str(jid),
-                    rendition,
-                ),
+                SET result = %(result)s, {KEPT_RESULT_COLUMNS}
+                WHERE job_id = %(job)s AND name = %(name)s AND state = 'succeeded'
+                """,  # noqa: S608 - KEPT_RESULT_COLUMNS is a constant
+                {
+                    "result": psycopg2.extras.Json(result),
+                    **columns,
+                    "job": str(jid),
+                    "name": rendition,
+                },
             )
             if cur.rowcount != 1:
                 raise Conflict(f"rendition {rendition} of job {jid} is not succeeded")

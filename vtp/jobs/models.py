@@ -113,6 +113,11 @@ class Rendition(BaseModel):
     size_bytes: int | None = None
     avg_bitrate: int | None = None
     peak_bitrate: int | None = None
+    # Measured against the source after encoding (migration 0008, vtp.quality).
+    quality_metric: str | None = None
+    quality_score: float | None = None
+    quality_worst: float | None = None
+    quality_flagged: bool | None = None
     result: dict[str, Any] | None = None
     error: str | None = None
     created_at: datetime
@@ -158,6 +163,8 @@ class Job(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # How the ladder was decided (vtp.tuning.TitlePlan.summary); None for older jobs.
+    plan: dict[str, Any] | None = None
     renditions: list[Rendition] = Field(default_factory=list)
 
     def rendition(self, name: str) -> Rendition:

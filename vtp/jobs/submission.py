@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import psycopg2.extras
@@ -34,6 +35,7 @@ class Submission(Queries):
         formats: Sequence[str] = ("hls",),
         callback_url: str | None = None,
         chunks: Sequence[ChunkRange] = (),
+        decision: dict[str, Any] | None = None,
     ) -> tuple[Job, bool]:
         """Record a job and its renditions; `(job, True)` if new, `(existing, False)` if not.
 
@@ -43,7 +45,7 @@ class Submission(Queries):
 
         `chunks`: every video rendition is encoded as these parts of the source, one task
         each (vtp.chunks); an audio rendition and, without chunks, every rendition is one
-        task for the whole source.
+        task for the whole source. `decision`: how the ladder was decided (jobs.plan).
         """
         if not plan:
             raise InvalidRequest("a job needs at least one rendition")
@@ -57,8 +59,8 @@ class Submission(Queries):
             cur.execute(
                 """
                 INSERT INTO jobs (source_bucket, source_key, source_etag, source_size,
-                                  source_info, formats, callback_url, callback_status)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+                                  source_info, formats, callback_url, callback_status, plan)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (source_bucket, source_key, source_etag) DO NOTHING
                 RETURNING id
                 """,
@@ -71,6 +73,7 @@ class Submission(Queries):
                     list(formats),
                     callback_url,
                     (CallbackStatus.PENDING if callback_url else CallbackStatus.NONE).value,
+                    psycopg2.extras.Json(decision) if decision is not None else None,
                 ),
             )
             row = cur.fetchone()

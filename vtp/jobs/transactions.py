@@ -36,7 +36,18 @@ T = TypeVar("T")
 TERMINAL_RENDITION = tuple(s.value for s in RenditionState if s.terminal)
 TERMINAL_TASK = tuple(s.value for s in TaskState if s.terminal)
 # Result keys copied into a rendition's typed columns (the whole dict is kept in `result`).
-RESULT_COLUMNS = ("output_prefix", "size_bytes", "avg_bitrate", "peak_bitrate")
+RESULT_COLUMNS = (
+    "output_prefix",
+    "size_bytes",
+    "avg_bitrate",
+    "peak_bitrate",
+    "quality_metric",
+    "quality_score",
+    "quality_worst",
+    "quality_flagged",
+)
+# SET clauses keeping a column's value where a result leaves it out.
+KEPT_RESULT_COLUMNS = ", ".join(f"{c} = COALESCE(%({c})s, {c})" for c in RESULT_COLUMNS)
 
 
 class Transactions:
@@ -245,19 +256,16 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
     result = whole["result"] if whole is not None and new is RenditionState.SUCCEEDED else None
     columns = {k: (result or {}).get(k) for k in RESULT_COLUMNS}
     cur.execute(
-        """
+        f"""
         UPDATE renditions
         SET state = %(new)s, error = %(error)s,
             started_at = CASE WHEN %(new)s = 'running' THEN COALESCE(started_at, now())
                               ELSE started_at END,
             finished_at = CASE WHEN %(terminal)s THEN now() END,
             result = COALESCE(%(result)s, result),
-            output_prefix = COALESCE(%(output_prefix)s, output_prefix),
-            size_bytes = COALESCE(%(size_bytes)s, size_bytes),
-            avg_bitrate = COALESCE(%(avg_bitrate)s, avg_bitrate),
-            peak_bitrate = COALESCE(%(peak_bitrate)s, peak_bitrate)
+            {KEPT_RESULT_COLUMNS}
         WHERE job_id = %(job)s AND name = %(name)s AND state = %(old)s
-        """,
+        """,  # noqa: S608 - KEPT_RESULT_COLUMNS is a constant
         {
             "new": new.value,
             "old": old.value,

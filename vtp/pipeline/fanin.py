@@ -21,6 +21,7 @@ from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.views import JobViews
 from vtp.playlist import MasterEntry, make_poster, master_playlist
+from vtp.quality import combined_record
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ class JobCallback(BaseModel):
     poster_url: str | None
     renditions: list[dict[str, Any]]
     finished_at: datetime | None
+    plan: dict[str, Any] | None = None  # how the ladder was decided (vtp.tuning)
 
 
 class FanIn:
@@ -71,6 +73,7 @@ class FanIn:
                 r.name: MasterEntry.from_result(
                     RenditionResult.model_validate(r.result),
                     layout.within_job(job.id, r.output_prefix, r.name),
+                    score=(r.result or {}).get("quality_display"),
                 )
                 for r in done
             }
@@ -133,7 +136,14 @@ class FanIn:
                 refused.append(f"rendition {r.name}: its playlist not written: {exc.reason}")
                 continue
             joined = joined_result(r.spec, chunks, fps=fps)
-            record = joined.model_dump(mode="json") | {"output_prefix": folder.rstrip("/")}
+            quality = combined_record(
+                [t.result or {} for t in tasks],
+                target=r.spec.quality_target,
+                margin_db=self.settings.quality_margin_db,
+            )
+            record = (
+                joined.model_dump(mode="json") | quality | {"output_prefix": folder.rstrip("/")}
+            )
             self.store.record_joined(job.id, r.name, record)
             log.info("job %s: %s joined from %d chunks", job.id, r.name, len(chunks))
         return refused
@@ -258,4 +268,5 @@ class FanIn:
             poster_url=view["urls"].get("poster"),
             renditions=view["renditions"],
             finished_at=job.finished_at,
+            plan=job.plan,
         )

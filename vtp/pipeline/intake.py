@@ -5,20 +5,23 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel
 
 from vtp import callbacks
-from vtp.chunks import estimated_cost, longest_first, plan_chunks
+from vtp.chunks import ChunkRange, estimated_cost, longest_first, plan_chunks
 from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef, Task
 from vtp.ladder import plan_ladder, with_separate_audio
+from vtp.models import RenditionSpec, SourceInfo
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn
 from vtp.probe import probe_source
 from vtp.storage import ListedObject
+from vtp.tuning import TitlePlan, tune
 from vtp.webhook import SourceObject, key_problem, storable_key
 
 log = logging.getLogger(__name__)
@@ -27,6 +30,52 @@ log = logging.getLogger(__name__)
 class SubmitResult(BaseModel):
     job: Job
     created: bool
+
+
+class Planned(BaseModel):
+    """A source's plan: what probing found, the tuned ladder, its chunks, the decision."""
+
+    source: SourceInfo
+    specs: list[RenditionSpec]
+    chunks: list[ChunkRange]
+    title: TitlePlan
+
+    def preview(self) -> dict[str, Any]:
+        """The plan as a dry run answers it: per rendition the factor, the cap and what the
+        samples predict; in all, the predicted size and encode time."""
+        rows = []
+        for spec in self.specs:
+            est = spec.estimate
+            rows.append(
+                {
+                    "name": spec.name,
+                    "width": spec.width,
+                    "height": spec.height,
+                    "fps": spec.fps,
+                    "audio_only": spec.audio_only,
+                    "crf": None if spec.audio_only else spec.crf,
+                    "preset": None if spec.audio_only else spec.preset,
+                    "max_bitrate": None if spec.audio_only else spec.max_bitrate,
+                    "audio_bitrate": spec.audio_bitrate,
+                    "quality_target": None if spec.audio_only else spec.quality_target,
+                    "predicted": est.model_dump(exclude={"probes"}) if est else None,
+                    "probes": [list(p) for p in est.probes] if est else [],
+                }
+            )
+        known = [s.estimate for s in self.specs if s.estimate and not s.audio_only]
+        return {
+            "dry_run": True,
+            "source": self.source.model_dump(mode="json"),
+            "renditions": rows,
+            "chunks": len(self.chunks),
+            "plan": self.title.summary(),
+            "predicted": {
+                # Video only, over every rendition the samples could predict.
+                "size_bytes": sum(e.size_bytes for e in known),
+                "encode_cpu_seconds": round(sum(e.encode_cpu_seconds for e in known), 1),
+                "renditions_predicted": len(known),
+            },
+        }
 
 
 class Intake:
@@ -85,32 +134,18 @@ class Intake:
         if existing is not None:
             # MinIO redelivers events (at least once): answer without probing again.
             return SubmitResult(job=existing, created=False)
-        url = self.storage.presigned_get(src.bucket, src.key, expires=600)
         try:
-            info = probe_source(url, self.settings, size_bytes=obj.size)
-            plan = plan_ladder(info, self.settings, renditions)
-            if not plan:
-                raise InvalidSource(
-                    f"no rendition can be made from a {info.width}x{info.height} source"
-                )
+            planned = self._plan(src, obj.size, renditions, formats)
         except InvalidSource as exc:
             return self._reject(ref, exc.reason, callback_url)
-        s = self.settings
-        chunks = (
-            plan_chunks(
-                info.duration,
-                segment_s=s.segment_seconds,
-                chunk_s=s.chunk_seconds,
-                threshold_s=s.chunk_threshold_seconds,
-            )
-            # The progressive MP4 is one file from one encoder: such a job is encoded whole.
-            if s.chunked_encoding and "mp4" not in (formats or [])
-            else []
-        )
-        if chunks:
-            plan = with_separate_audio(plan)
         job, created = self.store.create_job(
-            ref, info, plan, formats=formats or ["hls"], callback_url=callback_url, chunks=chunks
+            ref,
+            planned.source,
+            planned.specs,
+            formats=formats or ["hls"],
+            callback_url=callback_url,
+            chunks=planned.chunks,
+            decision=planned.title.summary(),
         )
         if created:
             log.info(
@@ -126,6 +161,59 @@ class Intake:
             for task in _costliest_first(job):
                 self.dispatcher.dispatch(task)
         return SubmitResult(job=self.store.get(job.id), created=created)
+
+    def preview(
+        self,
+        src: SourceObject,
+        *,
+        renditions: list[str] | None = None,
+        formats: list[str] | None = None,
+    ) -> Planned:
+        """The plan a job for `src` would get, tuned from samples, without recording or
+        encoding anything (a manual job's `"dry_run": true`). InvalidSource says why the
+        source would be refused."""
+        if src.bucket not in self.settings.source_buckets:
+            raise InvalidRequest(f"bucket {src.bucket!r} is not an input bucket")
+        problem = key_problem(src.key)
+        if problem is not None:
+            raise InvalidRequest(problem)
+        obj = self.storage.stat(src.bucket, src.key)
+        return self._plan(src, obj.size, renditions, formats)
+
+    def _plan(
+        self,
+        src: SourceObject,
+        size: int | None,
+        renditions: list[str] | None,
+        formats: list[str] | None,
+    ) -> Planned:
+        """Probe, plan the ladder, tune it per title from samples (vtp.tuning), and cut it
+        into chunks where the job is to be encoded in parts."""
+        s = self.settings
+        url = self.storage.presigned_get(src.bucket, src.key, expires=600)
+        info = probe_source(url, s, size_bytes=size)
+        ladder = plan_ladder(info, s, renditions)
+        if not ladder:
+            raise InvalidSource(
+                f"no rendition can be made from a {info.width}x{info.height} source"
+            )
+        # Sampling must leave split time to record the job within its own call.
+        budget = min(s.quality_sample_timeout_seconds, s.work_deadline_seconds() / 2)
+        # Rungs a user asked for by name are kept even when the samples say they add little.
+        title = tune(url, info, ladder, s, prune=renditions is None, timeout=budget)
+        chunks = (
+            plan_chunks(
+                info.duration,
+                segment_s=s.segment_seconds,
+                chunk_s=s.chunk_seconds,
+                threshold_s=s.chunk_threshold_seconds,
+            )
+            # The progressive MP4 is one file from one encoder: such a job is encoded whole.
+            if s.chunked_encoding and "mp4" not in (formats or [])
+            else []
+        )
+        specs = with_separate_audio(title.specs) if chunks else list(title.specs)
+        return Planned(source=info, specs=specs, chunks=chunks, title=title)
 
     def _reject(self, ref: SourceRef, reason: str, callback_url: str | None) -> SubmitResult:
         """Record a source that cannot be processed as a failed job with its reason."""

@@ -18,15 +18,19 @@ import requests
 from vtp import layout, workdirs
 from vtp.chunks import ChunkRange
 from vtp.encode import (
+    HLS_INIT,
+    HLS_PLAYLIST,
     ChunkResult,
     RenditionResult,
     encode_audio,
     encode_chunk,
     encode_rendition,
     frame_rate,
+    parse_media_playlist,
 )
 from vtp.errors import (
     Conflict,
+    FfmpegError,
     FfmpegTimeout,
     InvalidSource,
     JoinRefused,
@@ -37,9 +41,10 @@ from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore, Task
 from vtp.join import check_chunk
-from vtp.models import TaskState, TranscodeTask
+from vtp.models import RenditionSpec, TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
+from vtp.quality import Segment, measure_segments, quality_record, spread
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -174,6 +179,11 @@ class TaskRunner:
                     problems = check_chunk(result, fps=frame_rate(rend.spec.fps))
                     if problems:
                         raise JoinRefused(f"chunk {chunk.index}: " + "; ".join(problems))
+                measured = (
+                    {}
+                    if rend.spec.audio_only
+                    else self._measure(url, job, rend.spec, out, result, deadline)
+                )
                 # Still ours? A zombie stops here instead of uploading (and if it was written
                 # off during the upload, its files are in its own folder, which nothing uses).
                 heartbeat.beat(force=True)
@@ -184,7 +194,11 @@ class TaskRunner:
                 "encode_s": round(upload_started - encode_started, 3),
                 "upload_s": round(time.monotonic() - upload_started, 3),
             }
-            record = result.model_dump(mode="json") | {"output_prefix": prefix, "timings": timings}
+            record = (
+                result.model_dump(mode="json")
+                | measured
+                | {"output_prefix": prefix, "timings": timings}
+            )
             done = _persist(
                 lambda: self.store.succeed_task(
                     job.id, rend.name, record, call_id=call_id, attempt=attempt, chunk=task.chunk
@@ -215,6 +229,58 @@ class TaskRunner:
             reporter.close()
         self._finalize(job.id, call_id)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": attempt} | outcome
+
+    def _measure(
+        self,
+        url: str,
+        job: Job,
+        spec: RenditionSpec,
+        out: Path,
+        result: RenditionResult | ChunkResult,
+        deadline: float,
+    ) -> dict[str, Any]:
+        """The encode's quality against the source on a few of its segments (a chunk: its
+        middle one), recorded with its result (vtp.quality). A measurement that fails is
+        recorded as such and leaves the encode standing: the output is what it is."""
+        if isinstance(result, ChunkResult):
+            init = result.init
+            segments = [
+                Segment(s.name, s.decode_time / result.timescale, s.seconds)
+                for s in result.segments
+            ]
+            wanted = min(1, self.settings.quality_measure_segments)
+        else:
+            listed_init, listed = parse_media_playlist((out / HLS_PLAYLIST).read_text())
+            init = listed_init or HLS_INIT
+            segments, at = [], 0.0
+            for name, seconds in listed:
+                segments.append(Segment(name, at, seconds))
+                at += seconds
+            wanted = self.settings.quality_measure_segments
+        chosen = [segments[i] for i in spread(len(segments), wanted)]
+        target = spec.quality_target
+        margin = self.settings.quality_margin_db
+        if not chosen:
+            return {}
+        videos = [r.spec for r in job.renditions if not r.spec.audio_only]
+        largest = max(videos, key=lambda v: v.width * v.height, default=spec)
+        budget = min(deadline - time.monotonic(), self.settings.quality_sample_timeout_seconds)
+        try:
+            own, shown = measure_segments(
+                url,
+                spec,
+                out,
+                init,
+                chosen,
+                display=(largest.width, largest.height),
+                settings=self.settings,
+                timeout=max(budget, 1.0),
+            )
+        except (FfmpegError, ValueError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or str(exc)
+            log.warning("quality of %s/%s not measured: %s", job.id, spec.name, reason)
+            return quality_record(None, None, target=target, margin_db=margin, error=reason)
+        return quality_record(own, shown, target=target, margin_db=margin)
 
     def _finalize(self, job_id: UUID, call_id: str) -> None:
         try:

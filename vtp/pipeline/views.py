@@ -8,7 +8,7 @@ from typing import Any
 from vtp import callbacks, layout
 from vtp.errors import NotFound
 from vtp.events import progress_field
-from vtp.jobs import Job
+from vtp.jobs import Job, Rendition
 from vtp.models import RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.urls import Urls
@@ -44,6 +44,11 @@ class JobViews:
                 "size_bytes": r.size_bytes,
                 "avg_bitrate": r.avg_bitrate,
                 "peak_bitrate": r.peak_bitrate,
+                # How it was encoded (vtp.tuning) and what it measured (vtp.quality).
+                "crf": None if r.spec.audio_only else r.spec.crf,
+                "preset": None if r.spec.audio_only else r.spec.preset,
+                "max_bitrate": None if r.spec.audio_only else r.spec.max_bitrate,
+                "quality": None if r.spec.audio_only else _quality(r),
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
                 # Its units of work: one for a rendition encoded whole.
@@ -108,6 +113,8 @@ class JobViews:
             "finished_at": job.finished_at,
             "renditions_done": len(done),
             "renditions": rends,
+            # How the ladder was decided: samples, their cost, rungs dropped and why.
+            "plan": job.plan,
             "urls": urls,
             "callback": self._describe_callback(job, listing=listing),
         }
@@ -135,3 +142,21 @@ class JobViews:
             return self.store.get(self.store.resolve_id(job_id))
         except (ValueError, NotFound) as exc:
             raise NotFound(f"no job {job_id!r}") from exc
+
+
+def _quality(r: Rendition) -> dict[str, Any]:
+    """A video rendition's quality: the target, what the samples predicted, what its
+    encode measured (once it succeeded), and whether that fell short of the target."""
+    est = r.spec.estimate
+    result = r.result or {}
+    return {
+        "metric": r.quality_metric or (est.metric if est else "ssim"),
+        "target": r.spec.quality_target,
+        "predicted": est.quality if est else None,
+        "predicted_bitrate": est.bitrate if est else None,
+        "score": r.quality_score,
+        "worst": r.quality_worst,
+        "display": result.get("quality_display"),
+        "flagged": r.quality_flagged,
+        "error": result.get("quality_error"),
+    }

@@ -308,6 +308,8 @@
         r.width = rv.width ?? r.width;
         r.height = rv.height ?? r.height;
         r.urls = rv.urls || {};
+        r.crf = rv.crf ?? r.crf;
+        r.quality = rv.quality ?? r.quality;
         if (rv.attempts != null && r.attempt == null) r.attempt = rv.attempts;
         if (rv.progress && typeof rv.progress === "object") {
           this.applyEvent({ ...rv.progress, job_id: job.id, rendition: rv.name });
@@ -919,6 +921,7 @@
           el("span", { class: "speed", title: "speed (× realtime)" }),
           el("span", { class: "eta", title: "time left" }),
           el("span", { class: "attempt" }),
+          el("span", { class: "quality" }),
         ),
         el("span", { class: "badge" }),
         el("p", { class: "rerror", role: "alert", hidden: true }),
@@ -939,11 +942,38 @@
     row.querySelector(".speed").textContent = running ? fmtSpeed(r.speed) : "";
     row.querySelector(".eta").textContent = running && r.eta != null ? `ETA ${fmtEta(r.eta)}` : "";
     row.querySelector(".attempt").textContent = r.attempt && r.attempt > 1 ? `attempt ${r.attempt}` : "";
+    const q = row.querySelector(".quality");
+    q.textContent = qualityText(r);
+    q.title = qualityTitle(r);
+    q.classList.toggle("flagged", Boolean(r.quality && r.quality.flagged));
     row.querySelector(".badge").textContent = r.state;
     const err = row.querySelector(".rerror");
     err.hidden = !r.error;
     err.textContent = r.error || "";
     return row;
+  }
+
+  /** "SSIM 0.9861" once measured (the prediction before), with the factor it was encoded at. */
+  function qualityText(r) {
+    const q = r.quality;
+    if (!q) return "";
+    const metric = String(q.metric || "ssim").toUpperCase();
+    const crf = typeof r.crf === "number" ? ` · CRF ${r.crf}` : "";
+    if (typeof q.score === "number") return `${metric} ${q.score.toFixed(4)}${q.flagged ? " ⚠" : ""}${crf}`;
+    if (typeof q.predicted === "number") return `${metric} ~${q.predicted.toFixed(4)}${crf}`;
+    return crf.slice(3);
+  }
+
+  function qualityTitle(r) {
+    const q = r.quality;
+    if (!q) return "";
+    const parts = [];
+    if (typeof q.target === "number") parts.push(`target ${q.target}`);
+    if (typeof q.predicted === "number") parts.push(`predicted ${q.predicted.toFixed(4)}`);
+    if (typeof q.worst === "number") parts.push(`worst segment ${q.worst.toFixed(4)}`);
+    if (q.flagged) parts.push("below its target by more than the margin");
+    if (q.error) parts.push(`not measured: ${q.error}`);
+    return parts.join("; ");
   }
 
   function renderRenditions(container, job) {
