@@ -151,6 +151,25 @@ def test_upload_to_bucket_produces_abr_ladder(
     assert [r[:2] for r in rows] == [("succeeded", "succeeded")] * 2  # one task each
     assert all(r[2] == 1 and r[3] > 0 and r[4] > 0 for r in rows)
 
+    # Constant quality, measured: each rendition's SSIM against the source is in its row,
+    # in status, and (at the largest size, so higher rungs score higher) in the master.
+    with db.cursor() as cur:
+        cur.execute(
+            "SELECT name, quality_metric, quality_score, quality_worst, quality_flagged,"
+            " spec->>'crf' FROM renditions WHERE job_id = %s ORDER BY ordinal",
+            (job["id"],),
+        )
+        measured = cur.fetchall()
+    for name, metric, score, worst, flagged, crf in measured:
+        assert metric == "ssim" and 0.9 < worst <= score <= 1.0, (name, score, worst)
+        assert flagged is False and float(crf) == 23.0  # a 2 s clip is too short to sample
+    shown = {r["name"]: r["quality"] for r in job["renditions"]}
+    assert shown["360p"]["score"] == measured[0][2] and shown["360p"]["target"] == 0.985
+    assert job["plan"]["note"].startswith("a 2.0 s source is too short to sample")
+    scores = [float(line.split("SCORE=")[1].split(",")[0]) for line in text.splitlines()
+              if line.startswith("#EXT-X-STREAM-INF")]  # fmt: skip
+    assert len(scores) == 2 and scores[0] < scores[1] <= 1.0, text
+
 
 @pytest.mark.slow
 def test_portrait_source_keeps_aspect(gateway: str, s3: Minio, clips: dict[str, Path]) -> None:
@@ -225,6 +244,36 @@ def test_manual_job_like_faas_cli_with_callback(
     mp4 = payload["renditions"][0]["urls"]["mp4"]
     info = ffprobe(mp4)
     assert info["format"]["format_name"].startswith("mov,mp4")
+    quality = payload["renditions"][0]["quality"]
+    assert quality["metric"] == "ssim" and 0.9 < quality["score"] <= 1.0
+    assert quality["flagged"] is False and payload["plan"]["metric"] == "ssim"
+
+
+def test_dry_run_returns_the_tuned_plan_and_records_nothing(
+    gateway: str, s3: Minio, tmp_path: Path
+) -> None:
+    """`"dry_run": true`: samples are encoded, the plan comes back with each rendition's
+    factor and predicted size, bit rate, quality and encode time; no job exists after."""
+    clip = make_clip(tmp_path / "long.mp4", size="320x180", seconds=60, rate=25, audio=False)
+    key = f"dry/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    body = {"bucket": MANUAL_BUCKET, "key": key, "dry_run": True}
+    r = requests.post(f"{gateway}/function/split", data=json.dumps(body), timeout=120)
+    assert r.status_code == 200, r.text
+    plan = r.json()
+    assert plan["dry_run"] is True and plan["plan"]["note"] is None, plan
+    assert plan["plan"]["samples"] == [[28.0, 2.0]]  # 4% of 60 s: one 2 s sample, mid-way
+    [rend] = plan["renditions"]
+    assert rend["name"] == "180p" and 16 <= rend["crf"] <= 36
+    predicted = rend["predicted"]
+    assert predicted["metric"] == "ssim" and predicted["bitrate"] > 0
+    assert predicted["size_bytes"] == pytest.approx(predicted["bitrate"] * 60 / 8, rel=0.01)
+    assert predicted["encode_cpu_seconds"] > 0 and len(rend["probes"]) >= 2
+    assert plan["predicted"]["size_bytes"] == predicted["size_bytes"]
+    status = requests.get(
+        f"{gateway}/function/status", params={"bucket": MANUAL_BUCKET, "key": key}, timeout=10
+    )
+    assert status.json()["jobs"] == [], "a dry run records no job"
 
 
 def test_duplicate_event_yields_one_job(

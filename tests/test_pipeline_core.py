@@ -374,6 +374,15 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     keys = [t for t, key in frames if key]
     assert [round(k - keys[0], 3) for k in keys] == [2.0 * i for i in range(10)]
     assert rend.result["segments"] == 5 and rend.result["duration"] == pytest.approx(20.0)
+    # Each chunk measured its middle segment against the source; the rendition's score is
+    # their frame-weighted mean, over all three.
+    chunk_scores = [t.result["quality_score"] for t in rend.tasks if t.result]
+    assert len(chunk_scores) == 3 and all(0.9 < q <= 1 for q in chunk_scores)
+    assert rend.result["quality_parts"] == 3 and rend.quality_metric == "ssim"
+    assert rend.quality_worst is not None and rend.quality_score is not None
+    assert min(chunk_scores) <= rend.quality_score <= max(chunk_scores)
+    assert rend.quality_worst <= min(chunk_scores) and rend.quality_flagged is False
+    assert job.rendition("audio").quality_score is None  # sound has no SSIM
 
     master = requests.get(view["urls"]["master"], timeout=10).text
     media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
@@ -550,3 +559,37 @@ def _silent_job_in_chunks(
     chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
     plan = plan_ladder(info, pipeline.settings, list(ladder))
     return pipeline.store.create_job(src, info, plan, chunks=chunks)[0]
+
+
+def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path: Path) -> None:
+    """A target no encode under the cap can reach (SSIM 0.9999 for grain): the job still
+    succeeds, and the rendition's measured score is flagged in its row and in status."""
+    from tests.clips import make_clip
+    from vtp.webhook import SourceObject
+
+    bucket = quiet_bucket(pipeline)
+    strict = Pipeline(
+        pipeline.settings.model_copy(
+            update={"input_buckets": [bucket], "quality_targets": {"360p": 0.9999}}
+        ),
+        pipeline.store,
+        pipeline.storage,
+        pipeline.bus,
+        pipeline.invoker,
+    )
+    clip = make_clip(tmp_path / "grain.mp4", size="640x360", seconds=2, rate=25,
+                     extra=["-vf", "noise=alls=30:allf=t"])  # fmt: skip
+    key = f"flagged/{time.time_ns()}.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    job = strict.submit(SourceObject(bucket=bucket, key=key), renditions=["360p"]).job
+    assert job.rendition("360p").spec.quality_target == 0.9999
+    deadline = time.monotonic() + 120
+    while not (job := pipeline.store.get(job.id)).state.terminal:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    assert job.state.value == "succeeded", job.error
+    rend = job.rendition("360p")
+    assert rend.quality_flagged is True and rend.quality_score is not None
+    assert rend.quality_score < 0.9999
+    shown = pipeline.describe_job(job, live=False)["renditions"][0]["quality"]
+    assert shown["flagged"] is True and shown["target"] == 0.9999

@@ -1,0 +1,190 @@
+"""Per-title rate control and quality measurement (vtp.tuning, vtp.quality): the search on
+its own, then real samples of lavfi clips served by the stack's S3 server, their choice
+checked against a real encode measured with ffmpeg."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.inprocess import build_pipeline, quiet_bucket
+from vtp.encode import HLS_PLAYLIST, encode_rendition, parse_media_playlist
+from vtp.ladder import plan_ladder
+from vtp.pipeline import Pipeline
+from vtp.probe import probe_source
+from vtp.quality import Segment, measure_segments, quality_record, spread, to_db
+from vtp.settings import Settings
+from vtp.tuning import final_crf, next_crf, sample_positions, tune
+
+
+# --- the search, pure ----------------------------------------------------------------------
+def test_samples_fit_the_budget_and_the_keyframe_grid() -> None:
+    s = Settings(quality_sample_share=0.04)
+    assert sample_positions(30.0, s) == [], "1.2 s of budget: not even one 2 s sample"
+    ten_minutes = sample_positions(600.0, s)
+    assert len(ten_minutes) == 3
+    assert all(start % s.gop_seconds == 0 and seconds == 2.0 for start, seconds in ten_minutes)
+    assert ten_minutes[0][0] < 200 < ten_minutes[1][0] < 400 < ten_minutes[2][0]
+    assert sum(sec for _, sec in ten_minutes) <= 0.04 * 600
+    # Never past the end, even for a source barely longer than one sample.
+    assert sample_positions(2.5, Settings(quality_sample_share=1.0)) == [(0.0, 2.0)]
+
+
+def test_next_probe_brackets_the_target_then_stops() -> None:
+    target = 18.24  # SSIM 0.985
+    # Both first probes pass: go up, at most six factors at a time.
+    up = next_crf([(19, 25.0), (27, 20.0)], target, 16, 36)
+    assert up is not None and 27 < up <= 33
+    # Bracketed between a pass and a fail: in between.
+    mid = next_crf([(19, 25.0), (27, 20.0), (33, 17.0)], target, 16, 36)
+    assert mid is not None and 27.5 <= mid <= 32.5
+    # Bracketed within one factor: done.
+    assert next_crf([(29, 18.3), (30, 18.0)], target, 16, 36) is None
+    # Neither passes and quality does not rise with bits (the VBV cap holds them): done.
+    assert next_crf([(19, 9.0), (27, 9.02)], target, 16, 36) is None
+    # Neither passes but more bits help: go down.
+    assert next_crf([(19, 17.0), (27, 12.0)], target, 16, 36) == 17.0  # along the line
+    assert next_crf([(19, 10.0), (27, 9.0)], target, 16, 36) == 16.0  # at most to crf_min
+    # At the limits: nothing further.
+    assert next_crf([(30, 20.0), (36, 19.0)], target, 16, 36) is None
+
+
+def test_final_choice_is_interpolated_or_a_measured_probe() -> None:
+    target = 18.24
+    chosen = final_crf([(19, 25.0), (27, 20.0), (33, 17.0)], target)
+    assert 27 < chosen < 33
+    assert abs((20.0 + (chosen - 27) * (17.0 - 20.0) / 6) - target) < 0.05
+    assert final_crf([(19, 25.0), (27, 20.0)], target) == 27, "the highest passing probe"
+    # Nothing passes: the highest factor that scores as well as the best (capped bits).
+    assert final_crf([(19, 9.0), (27, 9.02)], target) == 27
+
+
+def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
+    from vtp.quality import QualityScore
+
+    good = QualityScore(score=0.984, worst=0.98, frames=50, parts=1)
+    bad = QualityScore(score=0.95, worst=0.90, frames=50, parts=1)
+    assert quality_record(good, None, target=0.985, margin_db=1.0)["quality_flagged"] is False
+    record = quality_record(bad, None, target=0.985, margin_db=1.0)
+    assert record["quality_flagged"] is True and record["quality_display"] == 0.95
+    assert to_db(0.99) == pytest.approx(20.0)
+    assert spread(10, 3) == [1, 5, 8] and spread(2, 3) == [0, 1] and spread(0, 3) == []
+
+
+# --- on real clips -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
+    p = build_pipeline(stack_env)
+    yield p
+    p.store.close()
+
+
+@pytest.fixture(scope="module")
+def settings(pipeline: Pipeline) -> Settings:
+    """Sampling half of an 8 s clip: two samples of 2 s."""
+    return pipeline.settings.model_copy(update={"quality_sample_share": 0.5, "ffmpeg_threads": 1})
+
+
+def _upload(pipeline: Pipeline, tmp: Path, name: str, source: str, vf: str | None = None) -> str:
+    path = tmp / f"{name}.mp4"
+    args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
+    args += ["-vf", vf] if vf else []
+    args += ["-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", str(path)]
+    subprocess.run(args, check=True)
+    bucket = quiet_bucket(pipeline)
+    key = f"tuning/{time.time_ns()}/{name}.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(path))
+    return pipeline.storage.presigned_get(bucket, key, expires=600)
+
+
+def test_harder_content_gets_more_bits_and_the_prediction_holds(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    """Flat shapes get a higher factor than the same shapes under fine grain; the chosen
+    factor, encoded for real over the whole clip, measures near the prediction."""
+    easy_url = _upload(pipeline, tmp_path, "easy", "testsrc2=s=640x360:r=25:d=8")
+    grain = "noise=alls=8:allf=t"
+    hard_url = _upload(pipeline, tmp_path, "grain", "testsrc2=s=640x360:r=25:d=8", grain)
+    plans = {}
+    for name, url in (("easy", easy_url), ("grain", hard_url)):
+        info = probe_source(url, settings)
+        plan = tune(url, info, plan_ladder(info, settings, ["360p"]), settings)
+        assert plan.note is None, plan.note
+        assert len(plan.samples) == 2 and plan.sampling_cpu_seconds > 0
+        plans[name] = (info, url, plan.specs[0])
+    easy, grain_spec = plans["easy"][2], plans["grain"][2]
+    assert easy.crf is not None and grain_spec.crf is not None
+    assert settings.crf_min <= grain_spec.crf < easy.crf <= settings.crf_max
+    assert easy.estimate and grain_spec.estimate
+    assert easy.estimate.bitrate < grain_spec.estimate.bitrate
+    assert 2 <= len(easy.estimate.probes) <= 4
+
+    info, url, spec = plans["easy"]
+    out = tmp_path / "easy-out"
+    result = encode_rendition(url, info, spec, out, settings=settings)
+    init, listed = parse_media_playlist((out / HLS_PLAYLIST).read_text())
+    assert init is not None
+    segments, at = [], 0.0
+    for name, seconds in listed:
+        segments.append(Segment(name, at, seconds))
+        at += seconds
+    own, shown = measure_segments(
+        url, spec, out, init, segments, display=None, settings=settings, timeout=120
+    )
+    assert shown is None and own.frames == 200 and own.parts == 2
+    assert abs(own.db - to_db(easy.estimate.quality)) < 1.5, (own, easy.estimate)
+    assert 0.6 < result.avg_bitrate / easy.estimate.bitrate < 1.6, (result, easy.estimate)
+
+
+def test_a_rung_with_nothing_more_to_show_is_dropped(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    """A 720p upload that is a 180p picture blown up: 360p scaled up shows the same, so the
+    720p rung is dropped and the plan says why; asked for by name, it is kept."""
+    url = _upload(
+        pipeline,
+        tmp_path,
+        "soft",
+        "testsrc2=s=320x180:r=25:d=8",
+        "scale=1280:720:flags=bilinear",
+    )
+    info = probe_source(url, settings)
+    ladder = plan_ladder(info, settings)
+    assert [s.name for s in ladder] == ["360p", "720p"]
+    plan = tune(url, info, ladder, settings)
+    assert [s.name for s in plan.specs] == ["360p"]
+    assert [p.name for p in plan.pruned] == ["720p"]
+    assert "360p scaled up to 1280x720" in plan.pruned[0].reason
+    kept = tune(url, info, ladder, settings, prune=False)
+    assert [s.name for s in kept.specs] == ["360p", "720p"] and not kept.pruned
+
+
+def test_sharp_detail_keeps_every_rung(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    url = _upload(pipeline, tmp_path, "sharp", "testsrc2=s=1280x720:r=25:d=8")
+    info = probe_source(url, settings)
+    plan = tune(url, info, plan_ladder(info, settings), settings)
+    assert [s.name for s in plan.specs] == ["360p", "720p"] and not plan.pruned
+
+
+def test_a_source_that_cannot_be_sampled_keeps_the_default_factor(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    """Too short, or gone by the time the samples are read: the job is planned all the
+    same, at the default factor, and the plan says why."""
+    url = _upload(pipeline, tmp_path, "short", "testsrc2=s=640x360:r=25:d=8")
+    info = probe_source(url, settings)
+    ladder = plan_ladder(info, settings, ["360p"])
+    short = tune(url, info, ladder, settings.model_copy(update={"quality_sample_share": 0.1}))
+    assert short.note and "too short" in short.note
+    assert short.specs[0].crf == settings.default_crf and short.specs[0].estimate is None
+    broken = tune(url.replace("/tuning/", "/gone/"), info, ladder, settings)
+    assert broken.note and broken.note.startswith("sampling failed")
+    assert broken.specs[0].crf == settings.default_crf
+    off = tune(url, info, ladder, settings.model_copy(update={"quality_sampling": False}))
+    assert off.note and "off" in off.note
