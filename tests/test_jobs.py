@@ -153,7 +153,9 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
             )
         conn.commit()
         assert db.migrate(conn, upto=6) == ["0006_tasks"]
-        assert db.migrate(conn) == ["0007_backup_calls"]
+        assert db.migrate(conn, upto=7) == ["0007_backup_calls"]
+        # 0008: the plan and measured quality start empty for a job from before them.
+        assert db.migrate(conn, upto=8) == ["0008_quality"]
     finally:
         conn.close()
     store = JobStore(partial(db.connect, empty_dsn))
@@ -167,6 +169,7 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
             0, TaskState.SUCCEEDED, 2, "c2",
         )  # fmt: skip
         assert task.start_s is None and task.result == done.result
+        assert job.plan is None and done.quality_score is None and done.quality_flagged is None
         (task,) = waiting.tasks
         assert waiting.state is RenditionState.RETRYING and waiting.error == "HTTP 500"
         assert (task.state, task.attempts, task.refusals, task.dispatch_call_id) == (

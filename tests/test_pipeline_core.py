@@ -29,6 +29,15 @@ INFO = SourceInfo(
 )
 
 
+def _ended(pipeline: Pipeline, job: Job, timeout: float = 120) -> Job:
+    """The job once it has ended (the stack's functions encode it)."""
+    deadline = time.monotonic() + timeout
+    while not (job := pipeline.store.get(job.id)).state.terminal:
+        assert time.monotonic() < deadline, job
+        time.sleep(0.3)
+    return job
+
+
 @pytest.fixture(scope="module")
 def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
     p = build_pipeline(stack_env)
@@ -353,10 +362,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     assert [r.name for r in job.renditions] == ["360p", "audio"]
     assert job.rendition("360p").spec.audio_bitrate is None  # the chunks carry no sound
     assert [(t.chunk, t.start_s) for t in job.rendition("audio").tasks] == [(0, None)]
-    deadline = time.monotonic() + 120
-    while not (job := pipeline.store.get(job.id)).state.terminal:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
+    job = _ended(pipeline, job)
     assert job.state.value == "succeeded", job.error
     rend = job.rendition("360p")
     assert [(t.state, t.attempts) for t in rend.tasks] == [(TaskState.SUCCEEDED, 1)] * 3
@@ -583,10 +589,7 @@ def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path
     pipeline.storage.client.fput_object(bucket, key, str(clip))
     job = strict.submit(SourceObject(bucket=bucket, key=key), renditions=["360p"]).job
     assert job.rendition("360p").spec.quality_target == 0.9999
-    deadline = time.monotonic() + 120
-    while not (job := pipeline.store.get(job.id)).state.terminal:
-        assert time.monotonic() < deadline, job
-        time.sleep(0.3)
+    job = _ended(pipeline, job)
     assert job.state.value == "succeeded", job.error
     rend = job.rendition("360p")
     assert rend.quality_flagged is True and rend.quality_score is not None

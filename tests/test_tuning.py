@@ -75,6 +75,27 @@ def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
     assert spread(10, 3) == [1, 5, 8] and spread(2, 3) == [0, 1] and spread(0, 3) == []
 
 
+def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target() -> None:
+    """Jobs recorded before 0008 have specs without a factor: they are encoded as planned
+    then, at their bit-rate target, with the preset of the time."""
+    from vtp.encode import encode_args, rate_control_args
+    from vtp.models import RenditionSpec, SourceInfo
+
+    old = RenditionSpec.model_validate_json(
+        '{"name": "360p", "function": "transcode-360p", "width": 640, "height": 360,'
+        ' "fps": 30, "video_bitrate": 900000, "max_bitrate": 1350000, "buffer_size": 1800000}'
+    )
+    assert old.crf is None and old.preset is None
+    assert rate_control_args(old) == ["-b:v", "900000", "-maxrate", "1350000",
+                                      "-bufsize", "1800000"]  # fmt: skip
+    info = SourceInfo(duration=2, width=640, height=360, fps=30, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    args = encode_args(info, old, Settings())
+    assert args[args.index("-preset") + 1] == "veryfast"
+    new = old.model_copy(update={"crf": 27.5, "preset": "medium"})
+    assert rate_control_args(new)[:2] == ["-crf", "27.5"] and "-b:v" not in rate_control_args(new)
+
+
 # --- on real clips -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
