@@ -37,30 +37,35 @@ def test_samples_fit_the_budget_and_the_keyframe_grid() -> None:
 def test_next_probe_brackets_the_target_then_stops() -> None:
     target = 18.24  # SSIM 0.985
     # Both first probes pass: go up, at most six factors at a time.
-    up = next_crf([(19, 25.0), (27, 20.0)], target, 16, 36)
+    up = next_crf([(19, 25.0, 900), (27, 20.0, 400)], target, 16, 36)
     assert up is not None and 27 < up <= 33
     # Bracketed between a pass and a fail: in between.
-    mid = next_crf([(19, 25.0), (27, 20.0), (33, 17.0)], target, 16, 36)
+    mid = next_crf([(19, 25.0, 900), (27, 20.0, 400), (33, 17.0, 250)], target, 16, 36)
     assert mid is not None and 27.5 <= mid <= 32.5
     # Bracketed within one factor: done.
-    assert next_crf([(29, 18.3), (30, 18.0)], target, 16, 36) is None
+    assert next_crf([(29, 18.3, 330), (30, 18.0, 300)], target, 16, 36) is None
     # Neither passes and quality does not rise with bits (the VBV cap holds them): done.
-    assert next_crf([(19, 9.0), (27, 9.02)], target, 16, 36) is None
-    # Neither passes but more bits help: go down.
-    assert next_crf([(19, 17.0), (27, 12.0)], target, 16, 36) == 17.0  # along the line
-    assert next_crf([(19, 10.0), (27, 9.0)], target, 16, 36) == 16.0  # at most to crf_min
+    assert next_crf([(19, 9.0, 828), (27, 9.02, 828)], target, 16, 36) is None
+    # Neither passes, and 3.5x the bits buy 0.5 dB (grain): not worth probing further.
+    assert next_crf([(19, 8.2, 393), (27, 7.7, 111)], target, 16, 36) is None
+    # Neither passes but more bits help: go down, along the line, at most to crf_min.
+    assert next_crf([(19, 17.0, 900), (27, 12.0, 400)], target, 16, 36) == 17.0
+    assert next_crf([(19, 9.3, 900), (27, 9.0, 400)], target, 16, 36) is None  # 0.26 dB/2x
+    assert next_crf([(19, 14.0, 900), (27, 9.0, 400)], target, 16, 36) == 16.0
     # At the limits: nothing further.
-    assert next_crf([(30, 20.0), (36, 19.0)], target, 16, 36) is None
+    assert next_crf([(30, 20.0, 300), (36, 19.0, 200)], target, 16, 36) is None
 
 
 def test_final_choice_is_interpolated_or_a_measured_probe() -> None:
     target = 18.24
-    chosen = final_crf([(19, 25.0), (27, 20.0), (33, 17.0)], target)
+    chosen = final_crf([(19, 25.0, 900), (27, 20.0, 400), (33, 17.0, 250)], target)
     assert 27 < chosen < 33
     assert abs((20.0 + (chosen - 27) * (17.0 - 20.0) / 6) - target) < 0.05
-    assert final_crf([(19, 25.0), (27, 20.0)], target) == 27, "the highest passing probe"
-    # Nothing passes: the highest factor that scores as well as the best (capped bits).
-    assert final_crf([(19, 9.0), (27, 9.02)], target) == 27
+    assert final_crf([(19, 25.0, 900), (27, 20.0, 400)], target) == 27, "highest passing"
+    # Nothing passes: as many bits as still buy quality, and no more.
+    assert final_crf([(19, 9.0, 828), (27, 9.02, 828)], target) == 27  # the cap holds them
+    assert final_crf([(19, 8.2, 393), (27, 7.7, 111)], target) == 27  # grain: not worth it
+    assert final_crf([(16, 14.0, 900), (19, 13.0, 700), (27, 9.0, 400)], target) == 16
 
 
 def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:

@@ -54,13 +54,16 @@ log = logging.getLogger(__name__)
 _FIRST_PROBES = (-4.0, 4.0)
 # Probing stops once the choice is bracketed this tightly.
 _CLOSE_ENOUGH = 1.0
-# Probes are made in rounds, every rung's at once: two, then up to two more each.
-_ROUNDS = 3
+# Probes are made in rounds, every rung's at once: two, then one more each where it helps
+# (three encodes of the samples per rung: the sampling's cost is about three times the
+# sampled share of the real encode's).
+_ROUNDS = 2
 # Beyond every probe, the next is at most this many factors away.
 _MAX_STEP = 6.0
-# Below this SSIM-dB step between two probes, quality no longer follows the factor (the
-# VBV cap holds the bits): the cheapest of them is as good as the other.
-_FLAT_DB = 0.05
+# Where no factor reaches the target (grain, noise: what SSIM cannot see kept), more bits
+# are spent only while each doubling of them still buys this much SSIM (dB): past it, the
+# cap or the content holds quality where it is, and the cheaper encode looks the same.
+_MIN_GAIN_PER_DOUBLING_DB = 0.5
 
 T = TypeVar("T")
 
@@ -234,7 +237,7 @@ class _Tuner:
                 probes[spec.name].append(probe)
             pending = []
             for spec in self.specs:
-                points = [(p.crf, p.score.db) for p in probes[spec.name]]
+                points = [(p.crf, p.score.db, p.bitrate) for p in probes[spec.name]]
                 crf = next_crf(points, self._target_db(spec), low, high)
                 if crf is not None:
                     pending.append((spec, crf))
@@ -310,7 +313,7 @@ class _Tuner:
         return to_db(spec.quality_target or self.settings.target_for(spec.name))
 
     def _tuned(self, spec: RenditionSpec, probes: Sequence[Probe]) -> RenditionSpec:
-        crf = final_crf([(p.crf, p.score.db) for p in probes], self._target_db(spec))
+        crf = final_crf([(p.crf, p.score.db, p.bitrate) for p in probes], self._target_db(spec))
         db = interpolate([(p.crf, p.score.db) for p in probes], crf)
         log_rate = interpolate([(p.crf, math.log(max(p.bitrate, 1))) for p in probes], crf)
         cpu_per_s = interpolate(
@@ -389,18 +392,18 @@ class _Tuner:
         return pruned
 
 
-def next_crf(
-    points: Sequence[tuple[float, float]], target_db: float, low: float, high: float
-) -> float | None:
-    """The factor to probe next, from the (crf, SSIM dB) probes so far; None: no probe
-    would change the choice.
+Point = tuple[float, float, int]  # (crf, SSIM dB, bit/s) of one probe
+
+
+def next_crf(points: Sequence[Point], target_db: float, low: float, high: float) -> float | None:
+    """The factor to probe next, from the (crf, SSIM dB, bit/s) probes so far; None: no
+    probe would change the choice.
 
     The answer is the highest factor (fewest bits) whose quality still meets the target.
     Between the highest passing probe and the failing one above it, the next probe is
     interpolated; beyond every probe it is extended from the nearest two, at most
-    `_MAX_STEP` factors at a time (quality is only roughly linear in the factor). Quality
-    that does not rise as the factor falls means the VBV cap holds the bits: lower
-    factors cannot help, and none is probed.
+    `_MAX_STEP` factors at a time (quality is only roughly linear in the factor). Where
+    none passes and more bits no longer buy quality (`_worth_it`), none is probed.
     """
     pts = sorted(points)
     passing = [p for p in pts if p[1] >= target_db]
@@ -423,7 +426,7 @@ def next_crf(
                 step = min(_MAX_STEP, max(_CLOSE_ENOUGH, guess - best[0]))
         return round(min(best[0] + step, high), 1)
     lowest = pts[0]
-    if lowest[0] <= low or (len(pts) > 1 and pts[1][1] >= lowest[1] - _FLAT_DB):
+    if lowest[0] <= low or (len(pts) > 1 and not _worth_it(lowest, pts[1])):
         return None
     step = _MAX_STEP
     if len(pts) > 1:
@@ -433,11 +436,11 @@ def next_crf(
     return round(max(lowest[0] - step, low), 1)
 
 
-def final_crf(points: Sequence[tuple[float, float]], target_db: float) -> float:
+def final_crf(points: Sequence[Point], target_db: float) -> float:
     """The factor chosen from the probes: interpolated between the highest passing probe
-    and the failing one just above it; the highest passing probe when none fails above it;
-    when none passes (the cap holds the bits), the highest factor that scores as well as
-    the best."""
+    and the failing one just above it; the highest passing probe when none fails above it.
+    When none passes, from the cheapest probe down, each lower factor only while its extra
+    bits are `_worth_it`."""
     pts = sorted(points)
     passing = [p for p in pts if p[1] >= target_db]
     if passing:
@@ -447,13 +450,26 @@ def final_crf(points: Sequence[tuple[float, float]], target_db: float) -> float:
             return best[0]
         fail = min(above)
         return round(min(max(_along(best, fail, target_db), best[0]), fail[0]), 1)
-    top = max(db for _, db in pts)
-    return max(crf for crf, db in pts if db >= top - _FLAT_DB)
+    chosen = pts[-1]
+    for richer in reversed(pts[:-1]):
+        if not _worth_it(richer, chosen):
+            break
+        chosen = richer
+    return chosen[0]
 
 
-def _along(a: tuple[float, float], b: tuple[float, float], target_db: float) -> float:
-    """Where the line through (crf, dB) points a and b reaches `target_db`."""
-    (c0, d0), (c1, d1) = a, b
+def _worth_it(richer: Point, cheaper: Point) -> bool:
+    """Whether `richer` (a lower factor) buys at least `_MIN_GAIN_PER_DOUBLING_DB` of SSIM
+    per doubling of bits over `cheaper`."""
+    gained = richer[1] - cheaper[1]
+    if richer[2] <= cheaper[2]:
+        return gained > 0  # no more bits (the cap holds them): only if it is better at all
+    return gained / math.log2(richer[2] / max(cheaper[2], 1)) >= _MIN_GAIN_PER_DOUBLING_DB
+
+
+def _along(a: Point, b: Point, target_db: float) -> float:
+    """Where the line through probes a and b, (crf, dB), reaches `target_db`."""
+    (c0, d0, _), (c1, d1, _) = a, b
     if abs(d1 - d0) < 1e-9:
         return c1
     return c0 + (target_db - d0) * (c1 - c0) / (d1 - d0)
