@@ -254,7 +254,7 @@ def test_dry_run_returns_the_tuned_plan_and_records_nothing(
 ) -> None:
     """`"dry_run": true`: samples are encoded, the plan comes back with each rendition's
     factor and predicted size, bit rate, quality and encode time; no job exists after."""
-    clip = make_clip(tmp_path / "long.mp4", size="320x180", seconds=60, rate=25, audio=False)
+    clip = make_clip(tmp_path / "long.mp4", size="320x180", seconds=100, rate=25, audio=False)
     key = f"dry/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
     body = {"bucket": MANUAL_BUCKET, "key": key, "dry_run": True}
@@ -262,12 +262,12 @@ def test_dry_run_returns_the_tuned_plan_and_records_nothing(
     assert r.status_code == 200, r.text
     plan = r.json()
     assert plan["dry_run"] is True and plan["plan"]["note"] is None, plan
-    assert plan["plan"]["samples"] == [[28.0, 2.0]]  # 4% of 60 s: one 2 s sample, mid-way
+    assert plan["plan"]["samples"] == [[48.0, 2.0]]  # 2% of 100 s: one 2 s sample, mid-way
     [rend] = plan["renditions"]
     assert rend["name"] == "180p" and 16 <= rend["crf"] <= 36
     predicted = rend["predicted"]
     assert predicted["metric"] == "ssim" and predicted["bitrate"] > 0
-    assert predicted["size_bytes"] == pytest.approx(predicted["bitrate"] * 60 / 8, rel=0.01)
+    assert predicted["size_bytes"] == pytest.approx(predicted["bitrate"] * 100 / 8, rel=0.01)
     assert predicted["encode_cpu_seconds"] > 0 and len(rend["probes"]) >= 2
     assert plan["predicted"]["size_bytes"] == predicted["size_bytes"]
     status = requests.get(

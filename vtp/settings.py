@@ -137,9 +137,10 @@ class Settings(BaseSettings):
     # Every rendition is encoded at a constant-rate factor (x264 `-crf`) under a VBV cap: the
     # per-resolution bit-rate model's figure, and never more than the source's own video bit
     # rate scaled to the rendition's pixels, times `source_bitrate_margin`.
-    # x264's preset, chosen by measurement (bench/quality.py; README "Quality per bit"):
-    # "medium" needs 17-25% fewer bits than "veryfast" for the same SSIM at about 1.6x the
-    # CPU time; "slow" saves another 2-3% at 1.5x more.
+    # x264's preset, chosen by measurement (bench/quality.py's corpus; README "Quality per
+    # bit"): at the same SSIM, "veryfast" needs 15% more bits than "medium" for 0.49x its
+    # CPU time, "faster" 7% more for 0.77x, and "slow" saves 1% for 1.49x more. Bits are
+    # paid for on every view; CPU once, and chunks spread it over replicas.
     x264_preset: Literal[
         "ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
         "veryslow",
@@ -159,7 +160,7 @@ class Settings(BaseSettings):
     quality_sampling: bool = True
     quality_sample_count: int = Field(default=3, ge=1, le=20)
     quality_sample_seconds: float = Field(default=2.0, gt=0)
-    quality_sample_share: float = Field(default=0.04, gt=0, le=1)
+    quality_sample_share: float = Field(default=0.02, gt=0, le=1)
     quality_sample_workers: int = Field(default=0, ge=0)  # ffmpeg processes at once; 0: CPUs
     # All of a title's sampling, bounded: past it the plan keeps the default factors.
     quality_sample_timeout_seconds: float = Field(default=60.0, gt=0)
