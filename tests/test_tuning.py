@@ -103,6 +103,20 @@ def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target(
     assert rate_control_args(new)[:2] == ["-crf", "27.5"] and "-b:v" not in rate_control_args(new)
 
 
+def test_the_sound_of_a_chunked_job_has_no_picture_figures() -> None:
+    from vtp.ladder import with_separate_audio
+    from vtp.models import RenditionEstimate, SourceInfo
+
+    info = SourceInfo(duration=600, width=1280, height=720, fps=25, has_audio=True,
+                      video_codec="h264")  # fmt: skip
+    estimate = RenditionEstimate(metric="ssim", quality=0.985, bitrate=1, size_bytes=1,
+                                 encode_cpu_seconds=1)  # fmt: skip
+    tuned = [s.model_copy(update={"estimate": estimate}) for s in plan_ladder(info, Settings())]
+    audio = with_separate_audio(tuned)[-1]
+    assert audio.audio_only and audio.estimate is None and audio.crf is None
+    assert audio.quality_target is None
+
+
 # --- on real clips -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:

@@ -149,9 +149,11 @@ def with_separate_audio(specs: Sequence[RenditionSpec]) -> list[RenditionSpec]:
     if not specs or not rates:
         return list(specs)
     silent = [s.model_copy(update={"audio_bitrate": None}) for s in specs]
+    # No picture: no factor, target or prediction of its own either.
     audio = specs[0].model_copy(
-        update={"name": AUDIO_RENDITION, "audio_only": True, "audio_bitrate": max(rates)}
-    )
+        update={"name": AUDIO_RENDITION, "audio_only": True, "audio_bitrate": max(rates),
+                "crf": None, "quality_target": None, "estimate": None}
+    )  # fmt: skip
     return [*silent, audio]
 
 
