@@ -32,6 +32,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -162,7 +163,7 @@ def tune(
         tuner = _Tuner(source_url, source, default, settings, samples, Path(tmp), budget)
         try:
             tuned, pruned = tuner.run(prune=prune)
-        except (FfmpegError, ValueError) as exc:
+        except (FfmpegError, ValueError, OSError) as exc:  # OSError: a full scratch disk
             log.warning("sampling failed, keeping the default factors: %s", exc)
             return TitlePlan(
                 specs=default,
@@ -210,7 +211,8 @@ class _Tuner:
         self.samples = samples
         self.dir = workdir
         self.deadline = time.monotonic() + budget
-        self.cpu_seconds = 0.0
+        self.cpu_seconds = 0.0  # added to by the probes' threads, under _lock
+        self._lock = threading.Lock()
         self.sampled_seconds = sum(seconds for _, seconds in samples)
         workers = settings.quality_sample_workers or (_cpus() or 1)
         self.workers = max(1, workers)
@@ -274,8 +276,12 @@ class _Tuner:
             # picture it encoded from.
             args += ["-map", f"[o{i}]", "-c:v", "ffv1", "-an", refs[spec.name].name]
         result = run_ffmpeg(args, timeout=self._left(), cwd=self.dir)
-        self.cpu_seconds += result.cpu_seconds
+        self._spent(result.cpu_seconds)
         return refs
+
+    def _spent(self, cpu: float) -> None:
+        with self._lock:
+            self.cpu_seconds += cpu
 
     def _probe(self, spec: RenditionSpec, crf: float, refs: dict[str, Path]) -> Probe:
         ref = refs[spec.name]
@@ -295,7 +301,7 @@ class _Tuner:
             timeout=self._left(),
             stats_name=f"{out.stem}.ssim",
         )
-        self.cpu_seconds += encoded.cpu_seconds + cpu
+        self._spent(encoded.cpu_seconds + cpu)
         per_sample = [max(1, round(seconds * spec.fps)) for _, seconds in self.samples]
         parts, at = [], 0
         for count in per_sample:
@@ -362,7 +368,7 @@ class _Tuner:
                 timeout=self._left(),
                 stats_name=f"up-{upper.name}.ssim",
             )
-            self.cpu_seconds += cpu
+            self._spent(cpu)
             # What the rung is to show: its target, or less where the cap holds it below.
             return min(mine.score.db, self._target_db(upper)), to_db(sum(frames) / len(frames))
 
