@@ -232,6 +232,15 @@ def test_upload_progress_and_playback_over_websocket(
     assert rows == [("360p", "succeeded", 100.0), ("720p", "succeeded", 100.0)]
     assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
     assert "2 of 2 done" in page.text_content("#detail-facts")
+    # Each rendition's measured quality and the factor it was encoded at (a 3 s clip is
+    # too short to sample: CRF 23), with the target in its tooltip.
+    quality = page.eval_on_selector_all(
+        "#detail-renditions .rend .quality", "qs => qs.map(q => [q.textContent, q.title])"
+    )
+    assert len(quality) == 2, quality
+    for text, title in quality:
+        assert text.startswith("SSIM 0.9") and text.endswith("· CRF 23"), text
+        assert "target 0.985" in title and "worst segment" in title, title
     links = page.eval_on_selector_all("#outputs a", "as => as.map(a => a.textContent)")
     assert links[:2] == ["master playlist (HLS)", "poster"]
 
