@@ -70,6 +70,9 @@ def run_job(cfg: LocalConfig, clip: Path) -> dict[str, float]:
     s3.fput_object(cfg.uploads_bucket, key, str(clip))
     job_id = stackjobs.wait_for_success(cfg, key, until=t0 + 4 * 3600, poll_s=0.2)
     wall = time.monotonic() - t0
+    # The job's figures against what split's samples predicted (bench/quality.py has more).
+    for line in stackjobs.prediction_lines(cfg, job_id):
+        print(f"             {line}")
     rows = _rows(cfg, job_id)
     return {"wall": wall, "cpu": _cpu(rows), "tasks": float(len(rows))} | _shape(rows)
 

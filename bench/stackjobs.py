@@ -28,3 +28,30 @@ def wait_for_success(cfg: LocalConfig, key: str, *, until: float, poll_s: float)
                 raise SystemExit(f"job failed: {job['error']}")
         time.sleep(poll_s)
     raise SystemExit("timed out")
+
+
+def prediction_lines(cfg: LocalConfig, job_id: str) -> list[str]:
+    """What the samples predicted of each video rendition (its `estimate`) against what the
+    job's encode measured: bit rate (AVERAGE-BANDWIDTH of its segments, its sound included
+    when it is muxed in), SSIM, and encode CPU (the calls' encode seconds with
+    `-threads 1`)."""
+    job = requests.get(
+        f"{cfg.gateway_url}/function/status", params={"id": job_id}, timeout=10
+    ).json()
+    lines = []
+    for r in job["renditions"]:
+        q = r.get("quality") or {}
+        if r.get("kind") == "audio" or not q.get("predicted_bitrate"):
+            continue
+        lines.append(
+            f"{r['name']:>6} crf {r['crf']:g}: {q['predicted_bitrate'] / 1000:.0f} kbit/s "
+            f"predicted, {r['avg_bitrate'] / 1000:.0f} real; SSIM {q['predicted']:.4f} "
+            f"predicted, {q['score'] or 0:.4f} real"
+        )
+    plan = job.get("plan") or {}
+    if plan.get("note"):
+        lines.append(f"plan: {plan['note']}")
+    elif plan:
+        lines.append(f"sampling: {plan.get('sampling_cpu_seconds')} s CPU, "
+                     f"{plan.get('sampling_wall_seconds')} s wall")  # fmt: skip
+    return lines
