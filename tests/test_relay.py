@@ -945,7 +945,11 @@ def test_all_snapshot_is_consistent_while_events_pour_in(private_bus: EventBus) 
         t.start()
     try:
         snaps = []
-        for _ in range(20):
+        # At least 20 snapshots, and on until one is full: how fast the threads pour depends
+        # on the machine's load, and the bound must be seen reached.
+        deadline = time.monotonic() + 30
+        while len(snaps) < 20 or len(snaps[-1].jobs) < max_jobs:
+            assert time.monotonic() < deadline, "the publishers never reached the bound"
             snaps.append(all_snapshot(private_bus, max_jobs=max_jobs))
             time.sleep(0.01)
     finally:
