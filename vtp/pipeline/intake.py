@@ -104,12 +104,7 @@ class Intake:
         with InvalidRequest for a manual job (the caller is there to read why), and recorded
         as a failed job for a bucket event (nobody is, and the event must leave a trace).
         """
-        buckets = self.settings.source_buckets
-        if src.bucket not in buckets:
-            raise InvalidRequest(
-                f"bucket {src.bucket!r} is not an input bucket: sources come from "
-                f"{', '.join(buckets)} (VTP_INPUT_BUCKETS)"
-            )
+        self._require_input_bucket(src)
         problem = key_problem(src.key)
         if problem is not None:
             if manual:
@@ -172,13 +167,22 @@ class Intake:
         """The plan a job for `src` would get, tuned from samples, without recording or
         encoding anything (a manual job's `"dry_run": true`). InvalidSource says why the
         source would be refused."""
-        if src.bucket not in self.settings.source_buckets:
-            raise InvalidRequest(f"bucket {src.bucket!r} is not an input bucket")
+        self._require_input_bucket(src)
         problem = key_problem(src.key)
         if problem is not None:
             raise InvalidRequest(problem)
         obj = self.storage.stat(src.bucket, src.key)
         return self._plan(src, obj.size, renditions, formats)
+
+    def _require_input_bucket(self, src: SourceObject) -> None:
+        """Sources come from the input buckets only: the outputs are public-read, so a job
+        for another bucket's object would publish it."""
+        buckets = self.settings.source_buckets
+        if src.bucket not in buckets:
+            raise InvalidRequest(
+                f"bucket {src.bucket!r} is not an input bucket: sources come from "
+                f"{', '.join(buckets)} (VTP_INPUT_BUCKETS)"
+            )
 
     def _plan(
         self,
