@@ -171,7 +171,7 @@ def measure_segments(
                 "[0:v]setpts=PTS-STARTPTS",
                 f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
                 cwd=work,
-                timeout=_left(deadline),
+                timeout=time_left(deadline, "measuring the output's quality"),
                 stats_name=f"seg-{i}.ssim",
             )
             own.append(frames)
@@ -179,10 +179,10 @@ def measure_segments(
                 big = spec.model_copy(update={"width": up[0], "height": up[1]})
                 frames, _ = ssim_frames(
                     inputs,
-                    f"[0:v]scale={up[0]}:{up[1]},setsar=1,format=yuv420p,setpts=PTS-STARTPTS",
+                    f"[0:v]{upscaled(*up)},setpts=PTS-STARTPTS",
                     f"[1:V:0]{reference_filters(big)},setpts=PTS-STARTPTS",
                     cwd=work,
-                    timeout=_left(deadline),
+                    timeout=time_left(deadline, "measuring the output's quality"),
                     stats_name=f"seg-{i}-up.ssim",
                 )
                 shown.append(frames)
@@ -190,11 +190,19 @@ def measure_segments(
     return score, pooled(shown) if shown else None
 
 
-def _left(deadline: float) -> float:
+def time_left(deadline: float, what: str) -> float:
+    """Seconds until `deadline` (time.monotonic()), for the next ffmpeg's timeout;
+    FfmpegError once it has passed."""
     left = deadline - time.monotonic()
     if left <= 0:
-        raise FfmpegError("measuring the output's quality ran out of time")
+        raise FfmpegError(f"{what} ran out of time")
     return left
+
+
+def upscaled(width: int, height: int) -> str:
+    """A smaller rendition's picture scaled up to `width`x`height`, as a player shows it on
+    a larger screen, in the pixel format the comparison needs."""
+    return f"scale={width}:{height},setsar=1,format=yuv420p"
 
 
 # The keys a rendition's (or chunk's) result carries its measured quality under; the first

@@ -46,7 +46,16 @@ from vtp.encode import encode_args, reference_filters
 from vtp.errors import FfmpegError
 from vtp.ffmpeg import run_ffmpeg, untrusted_input
 from vtp.models import RenditionEstimate, RenditionSpec, SourceInfo
-from vtp.quality import METRIC, QualityScore, from_db, pooled, ssim_frames, to_db
+from vtp.quality import (
+    METRIC,
+    QualityScore,
+    from_db,
+    pooled,
+    ssim_frames,
+    time_left,
+    to_db,
+    upscaled,
+)
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,6 +76,7 @@ _MAX_STEP = 6.0
 _MIN_GAIN_PER_DOUBLING_DB = 0.5
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 
 class PrunedRung(BaseModel):
@@ -218,10 +228,7 @@ class _Tuner:
         self.workers = max(1, workers)
 
     def _left(self) -> float:
-        left = self.deadline - time.monotonic()
-        if left <= 0:
-            raise FfmpegError("sampling ran out of time")
-        return left
+        return time_left(self.deadline, "sampling")
 
     def run(self, *, prune: bool) -> tuple[list[RenditionSpec], list[PrunedRung]]:
         refs = self._references()
@@ -250,7 +257,7 @@ class _Tuner:
         dropped = {p.name for p in pruned}
         return [s for s in tuned if s.name not in dropped], pruned
 
-    def _parallel(self, fn: Callable[[T], Probe], jobs: Sequence[T]) -> list[Probe]:
+    def _parallel(self, fn: Callable[[T], R], jobs: Sequence[T]) -> list[R]:
         if not jobs:
             return []
         with ThreadPoolExecutor(max_workers=min(self.workers, len(jobs))) as pool:
@@ -361,8 +368,7 @@ class _Tuner:
             below = _nearest(probes[lower.name], lower.crf)
             frames, cpu = ssim_frames(
                 ["-i", below.path.name, "-i", refs[upper.name].name],
-                f"[0:v]scale={upper.width}:{upper.height},setsar=1,format=yuv420p,"
-                "setpts=PTS-STARTPTS",
+                f"[0:v]{upscaled(upper.width, upper.height)},setpts=PTS-STARTPTS",
                 "[1:v]setpts=PTS-STARTPTS",
                 cwd=self.dir,
                 timeout=self._left(),
@@ -372,8 +378,7 @@ class _Tuner:
             # What the rung is to show: its target, or less where the cap holds it below.
             return min(mine.score.db, self._target_db(upper)), to_db(sum(frames) / len(frames))
 
-        with ThreadPoolExecutor(max_workers=min(self.workers, len(pairs))) as pool:
-            scores = list(pool.map(compare, pairs))
+        scores = self._parallel(compare, pairs)
         pruned = []
         for (lower, upper), (own, scaled) in zip(pairs, scores, strict=True):
             log.info(
