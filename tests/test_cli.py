@@ -328,6 +328,26 @@ def test_watch_reports_a_failed_job(stack: LocalConfig, tmp_path: Path) -> None:
     assert job_id.group(1) in status.stdout and "failed" in status.stdout
 
 
+def test_upload_carries_the_jobs_options(stack: LocalConfig, tmp_path: Path) -> None:
+    """`vtp upload --renditions --formats` puts them in the object's metadata, where split
+    reads them; a bad one is refused before anything is uploaded."""
+    clip = make_clip(tmp_path / "opts.mp4", size="640x360", seconds=1, rate=25)
+    bad = run_vtp("upload", str(clip), "--renditions", "999p,360p", "--formats", "webm",
+                  env_file=stack.stack_env_file, timeout=60)  # fmt: skip
+    assert bad.returncode == 2 and "x-amz-meta-vtp-formats" in bad.stderr, bad.stderr
+    assert "uploaded" not in bad.stdout
+    done = run_vtp("upload", str(clip), "--renditions", "360p", "--formats", "hls,mp4",
+                   "--watch", env_file=stack.stack_env_file, timeout=180)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    job_id = re.search(r"job ([0-9a-f-]{36})", done.stdout)
+    assert job_id, done.stdout
+    view = json.loads(
+        run_vtp("status", job_id.group(1), "--json", env_file=stack.stack_env_file).stdout
+    )
+    assert view["options_key"] == "renditions=360p;formats=hls,mp4"
+    assert view["options"]["origin"] == "metadata" and view["formats"] == ["hls", "mp4"]
+
+
 def test_output_is_not_cut_when_piped(stack: LocalConfig) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_") and k != "COLUMNS"}
     done = subprocess.run(

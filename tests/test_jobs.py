@@ -156,6 +156,9 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
         assert db.migrate(conn, upto=7) == ["0007_backup_calls"]
         # 0008: the plan and measured quality start empty for a job from before them.
         assert db.migrate(conn, upto=8) == ["0008_quality"]
+        # 0009: a job from before options were part of its identity is the default
+        # ladder's job of its formats, which a redelivered bucket event finds.
+        assert db.migrate(conn, upto=9) == ["0009_job_options"]
     finally:
         conn.close()
     store = JobStore(partial(db.connect, empty_dsn))
@@ -170,6 +173,8 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
         )  # fmt: skip
         assert task.start_s is None and task.result == done.result
         assert job.plan is None and done.quality_score is None and done.quality_flagged is None
+        assert job.options_key == "renditions=*;formats=hls" and job.options is None
+        assert store.find(job.source, job.options_key) is not None
         (task,) = waiting.tasks
         assert waiting.state is RenditionState.RETRYING and waiting.error == "HTTP 500"
         assert (task.state, task.attempts, task.refusals, task.dispatch_call_id) == (
@@ -829,8 +834,46 @@ def test_lost_dispatches_are_leased_and_only_while_queued(store: JobStore) -> No
 
 def test_find_by_object_version(store: JobStore) -> None:
     src = source()
-    assert store.find(src) is None
+    key = "renditions=*;formats=hls"
+    assert store.find(src, key) is None
     job, _ = store.create_job(src, INFO, PLAN)
-    found = store.find(src.model_copy(update={"etag": f'"{src.etag}"'}))  # quoted, as in headers
+    found = store.find(src.model_copy(update={"etag": f'"{src.etag}"'}), key)  # quoted
     assert found is not None and found.id == job.id and len(found.renditions) == 2
-    assert store.find(src.model_copy(update={"etag": "another-version"})) is None
+    assert store.find(src.model_copy(update={"etag": "another-version"}), key) is None
+    assert store.find(src, "renditions=360p;formats=hls") is None
+
+
+def test_one_version_with_other_options_is_another_job(store: JobStore) -> None:
+    """The idempotency key is the version and its options: the same options are one job
+    however often they are recorded (a redelivered event), other options another."""
+    src = source()
+    first, created = store.create_job(src, INFO, PLAN)
+    again, created_again = store.create_job(src, INFO, PLAN)
+    other, created_other = store.create_job(
+        src, INFO, PLAN[:1], options_key="renditions=360p;formats=hls",
+        options={"renditions": ["360p"], "formats": ["hls"], "origin": "request"},
+    )  # fmt: skip
+    assert (created, created_again, created_other) == (True, False, True)
+    assert again.id == first.id and other.id != first.id
+    assert other.options == {"renditions": ["360p"], "formats": ["hls"], "origin": "request"}
+    assert store.versions_jobs(src) == [
+        (first.id, "renditions=*;formats=hls"), (other.id, "renditions=360p;formats=hls"),
+    ]  # fmt: skip
+    refused, created_refused = store.record_rejected(src, "bad", options_key="invalid-options")
+    assert created_refused and refused.id not in (first.id, other.id)
+    assert store.record_rejected(src, "bad", options_key="invalid-options")[0].id == refused.id
+
+
+def test_a_callback_is_attached_once_and_due_at_once_for_an_ended_job(store: JobStore) -> None:
+    job, _ = store.create_job(source(), INFO, PLAN)
+    running, attached = store.attach_callback(job.id, "https://example.com/a")
+    assert attached and running.callback_url == "https://example.com/a"
+    assert running.callback_status is CallbackStatus.PENDING and running.callback_next_at is None
+    kept, attached_again = store.attach_callback(job.id, "https://example.com/b")
+    assert not attached_again and kept.callback_url == "https://example.com/a"
+    assert [c.detail for c in store.history(job.id)][-1] == "callback URL attached"
+
+    ended, _ = store.record_rejected(source(), "not a video")
+    after, attached = store.attach_callback(ended.id, "https://example.com/c")
+    assert attached and after.callback_next_at is not None  # the sweeper sends it now
+    assert ended.id in [j.id for j in store.due_callbacks(limit=1000)]

@@ -314,6 +314,39 @@ def test_duplicate_event_yields_one_job(
         assert cur.fetchone()[0] == 1
 
 
+def test_an_uploads_metadata_options_and_a_manual_job_with_others(
+    gateway: str, stack_env: dict[str, str], s3: Minio, clips: dict[str, Path], db: Any
+) -> None:
+    """Options ride with the upload (x-amz-meta-vtp-*): the S3 server's notification reaches
+    split, which reads them and makes that job. A manual job for the same object with
+    other options then makes a second job with its own outputs, where it used to be told
+    `duplicate` and lose its options; the same request again is that second job."""
+    key = f"meta/{time.time_ns()}.mp4"
+    s3.fput_object(
+        "uploads", key, str(clips["silent"]), content_type="video/mp4",
+        metadata={"vtp-renditions": "360p", "vtp-formats": "hls,mp4"},
+    )  # fmt: skip
+    job = wait_for_job(gateway, "uploads", key)
+    assert job["state"] == "succeeded", job
+    assert [r["name"] for r in job["renditions"]] == ["360p"] and job["formats"] == ["hls", "mp4"]
+    assert job["options"]["origin"] == "metadata"
+    assert requests.get(job["renditions"][0]["urls"]["mp4"], timeout=10).status_code == 200
+
+    body = {"bucket": "uploads", "key": key, "renditions": ["360p"]}
+    r = requests.post(f"{gateway}/function/split", json=body, timeout=60)
+    assert r.status_code == 200, r.text
+    other = r.json()
+    assert other["created"] is True and other["job_id"] != job["id"]
+    assert other["options_key"] == "renditions=360p;formats=hls"
+    assert other["other_jobs"] == [{"job_id": job["id"], "options_key": job["options_key"]}]
+    again = requests.post(f"{gateway}/function/split", json=body, timeout=60).json()
+    assert again["duplicate"] is True and again["job_id"] == other["job_id"]
+    assert again["reason"].startswith(f"duplicate: job {other['job_id']} has this object")
+    with db.cursor() as cur:
+        cur.execute("SELECT count(*) FROM jobs WHERE source_key = %s", (key,))
+        assert cur.fetchone()[0] == 2
+
+
 def test_non_video_upload_fails_with_reason(gateway: str, s3: Minio, db: Any) -> None:
     import io
 

@@ -11,7 +11,7 @@ import io
 import logging
 import mimetypes
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -62,6 +62,8 @@ class ObjectInfo:
     etag: str
     size: int
     content_type: str | None
+    # The object's user metadata (`x-amz-meta-*`), names lower-case with their prefix.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,11 @@ class Storage:
             etag=(st.etag or "").strip('"'),
             size=st.size or 0,
             content_type=st.content_type,
+            metadata={
+                str(k).lower(): str(v)
+                for k, v in (st.metadata or {}).items()
+                if str(k).lower().startswith("x-amz-meta-")
+            },
         )
 
     def presigned_get(self, bucket: str, key: str, *, expires: float, public: bool = False) -> str:

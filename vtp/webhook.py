@@ -11,20 +11,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from typing import Annotated, Literal
 from urllib.parse import unquote_plus
 
-from pydantic import (
-    AnyHttpUrl,
-    BaseModel,
-    ConfigDict,
-    Field,
-    UrlConstraints,
-    ValidationError,
-    field_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vtp.errors import InvalidRequest
+from vtp.options import JobOptions
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +31,12 @@ CONTENT_EVENTS = frozenset(
     }
 )
 
-Format = Literal["hls", "mp4"]
-
 # Bounds on what split parses: a MinIO event or a job is a few KB. A body nested 100 000 deep
 # would exhaust the parser's recursion (a 500); a list of 50 000 names would be echoed back
 # in the error. Both are refused before they cost anything.
 MAX_BODY_BYTES = 256 * 1024
 MAX_JSON_DEPTH = 32
 MAX_KEY_BYTES = 1024  # S3's own limit
-MAX_RENDITIONS = 8
 
 
 class S3Bucket(BaseModel):
@@ -94,33 +83,23 @@ class MinioEvent(BaseModel):
     records: list[S3Record] = Field(alias="Records")
 
 
-class JobRequest(BaseModel):
-    """A manual job: `faas-cli invoke split` with a JSON body."""
+class JobRequest(JobOptions):
+    """A manual job: `faas-cli invoke split` with a JSON body (its options as JobOptions)."""
 
     model_config = ConfigDict(extra="forbid")
     bucket: str = Field(min_length=3, max_length=63)
     key: str = Field(min_length=1, max_length=MAX_KEY_BYTES)
-    renditions: list[Annotated[str, Field(max_length=16)]] | None = Field(
-        default=None, min_length=1, max_length=MAX_RENDITIONS
-    )
-    callback_url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)] | None = None
-    formats: list[Format] = Field(
-        default_factory=lambda: _default_formats(), min_length=1, max_length=4
-    )
     # Only plan: the tuned ladder with each rendition's predicted size, bit rate, quality and
     # encode time, from the samples; no job is recorded and nothing is encoded.
     dry_run: bool = False
+    # Encode again even when a job with these options exists for this object version: a
+    # new job with its own outputs (the existing one is left as it is).
+    reprocess: bool = False
 
-    @field_validator("formats")
-    @classmethod
-    def _hls_always(cls, value: list[Format]) -> list[Format]:
-        # HLS is what the master playlist and the progress page are built on.
-        unique = list(dict.fromkeys(value))
-        return unique if "hls" in unique else ["hls", *unique]
-
-
-def _default_formats() -> list[Format]:
-    return ["hls"]
+    def options(self) -> JobOptions:
+        return JobOptions.model_validate(
+            self.model_dump(include={"renditions", "formats", "callback_url"})
+        )
 
 
 class SourceObject(BaseModel):
@@ -147,7 +126,7 @@ def parse_body(body: bytes) -> MinioEvent | JobRequest:
         raise InvalidRequest(
             "body must be a JSON object: a MinIO event or "
             '{"bucket": ..., "key": ..., "renditions"?: [...], "callback_url"?: ..., '
-            '"formats"?: ["hls", "mp4"]}'
+            '"formats"?: ["hls", "mp4"], "reprocess"?: true, "dry_run"?: true}'
         )
     try:
         if "Records" in data:

@@ -102,9 +102,12 @@ def default_key(path: Path) -> str:
     return f"cli/{uuid.uuid4().hex[:12]}/{path.name}"
 
 
-def upload_file(config: ClientConfig, path: Path, key: str) -> None:
+def upload_file(
+    config: ClientConfig, path: Path, key: str, metadata: dict[str, str] | None = None
+) -> None:
     """Put the file into the uploads bucket with the minio SDK; its notification starts the
-    job exactly as for any other producer."""
+    job exactly as for any other producer. `metadata`: user metadata without its
+    `x-amz-meta-` prefix (the job's options, vtp.options)."""
     from minio import Minio
 
     parts = urlsplit(config.s3_endpoint)
@@ -117,7 +120,11 @@ def upload_file(config: ClientConfig, path: Path, key: str) -> None:
     )
     try:
         client.fput_object(
-            config.uploads_bucket, key, str(path), content_type=content_type_for(path.name)
+            config.uploads_bucket,
+            key,
+            str(path),
+            content_type=content_type_for(path.name),
+            metadata=dict(metadata) if metadata else None,
         )
     except Exception as exc:  # S3Error, urllib3 connection errors
         raise StorageError(f"cannot upload to s3://{config.uploads_bucket}/{key}: {exc}") from exc

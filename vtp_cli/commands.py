@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from vtp.errors import InvalidRequest, VtpError
 from vtp.lifecycle import JobState
+from vtp.options import from_metadata
 from vtp.settings import Settings
 from vtp_cli.client import StatusClient, default_key, upload_file
 from vtp_cli.config import ClientConfig, load_config
@@ -69,7 +70,17 @@ def cmd_upload(args: argparse.Namespace, config: ClientConfig, console: Console)
     key = args.key or default_key(path)
     if not key.lower().endswith(tuple(_video_suffixes())):
         console.print(f"[yellow]warning: {escape(key)} has no video suffix; no job may start[/]")
-    upload_file(config, path, key)
+    metadata = {
+        f"vtp-{name}": value
+        for name, value in (
+            ("renditions", args.renditions), ("formats", args.formats),
+            ("callback-url", args.callback_url),
+        )
+        if value
+    }  # fmt: skip
+    # The job's options ride with the upload; checked here as split will check them.
+    from_metadata({f"x-amz-meta-{k}": v for k, v in metadata.items()})
+    upload_file(config, path, key, metadata)
     console.print(f"uploaded [bold]s3://{config.uploads_bucket}/{escape(key)}[/]")
     status = StatusClient(config)
     job = status.find_job(config.uploads_bucket, key, timeout=args.find_timeout)
@@ -146,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("upload", parents=[common], help="upload a file to the uploads bucket")
     p.add_argument("file", metavar="FILE")
     p.add_argument("--key", help="object key (default cli/<random>/<file name>)")
+    p.add_argument("--renditions", help="the job's rungs, e.g. 360p,720p (upload metadata)")
+    p.add_argument("--formats", help="hls,mp4 (upload metadata)")
+    p.add_argument("--callback-url", help="where the finished job is posted (upload metadata)")
     p.add_argument("--watch", action="store_true", help="follow the job until it ends")
     p.add_argument("--find-timeout", type=float, default=60.0,
                    help="seconds to wait for the job to appear (default 60)")  # fmt: skip

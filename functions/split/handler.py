@@ -16,6 +16,7 @@ import hmac
 import logging
 from typing import Any
 
+from vtp import callbacks
 from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
 from vtp.http import Response, guarded, header, ok, pipeline, require_read_token
 from vtp.settings import load_at_start
@@ -83,7 +84,7 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
             # Deleted before we got to it: nothing to do, and MinIO must not retry forever.
             ignored.append(exc.reason)
             continue
-        jobs.append(_summary(result.job, result.created))
+        jobs.append(_summary(result))
     # 2xx even when everything was ignored: MinIO's queue would otherwise block on it.
     return ok({"jobs": jobs, "ignored": ignored})
 
@@ -96,14 +97,8 @@ def _manual_job(request: JobRequest) -> Response:
             src, renditions=request.renditions, formats=list(request.formats)
         )
         return ok(planned.preview())
-    result = p.submit(
-        src,
-        renditions=request.renditions,
-        formats=list(request.formats),
-        callback_url=str(request.callback_url) if request.callback_url else None,
-        manual=True,
-    )
-    body = _summary(result.job, result.created)
+    result = p.submit(src, request.options(), reprocess=request.reprocess, manual=True)
+    body = _summary(result)
     if result.job.state == "failed" and not result.job.renditions:
         return ok(body, status=422)  # recorded, but the source is not something we can encode
     # 200 for a new job too, not 202: faas-cli drops the body of any 202 (see the docstring).
@@ -159,14 +154,20 @@ def _redeliver(event: Any) -> Response:
     return ok({"job_id": str(job.id), "callback": p.describe_job(job, live=False)["callback"]})
 
 
-def _summary(job: Any, created: bool) -> dict[str, Any]:
+def _summary(result: Any) -> dict[str, Any]:
+    job = result.job
     return {
         "job_id": str(job.id),
-        "created": created,
-        "duplicate": not created,
+        "created": result.created,
+        "duplicate": not result.created,
+        "reason": result.reason,
         "state": job.state,
         "error": job.error,
         "source": {"bucket": job.source.bucket, "key": job.source.key, "etag": job.source.etag},
+        "options_key": job.options_key,
+        "options": job.options,
+        "callback_url": callbacks.shown_url(job.callback_url) if job.callback_url else None,
+        "other_jobs": [{"job_id": str(i), "options_key": k} for i, k in result.others],
         "renditions": [
             {
                 "name": r.name,

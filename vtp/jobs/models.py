@@ -146,6 +146,10 @@ class Job(BaseModel):
 
     id: UUID
     source: SourceRef
+    # With the source version, the job's identity (vtp.options.JobOptions.identity).
+    options_key: str
+    # The options as asked and where they came from; None for jobs from before 0009.
+    options: dict[str, Any] | None = None
     source_info: SourceInfo | None = None
     state: JobState
     formats: list[str]

@@ -19,20 +19,40 @@ _ID_PREFIX = re.compile(r"^[0-9a-f-]{4,36}$")
 
 
 class Queries(Transactions):
-    def find(self, source: SourceRef) -> Job | None:
-        """The job of this object version, if there is one (the idempotency key's lookup)."""
+    def find(self, source: SourceRef, options_key: str) -> Job | None:
+        """The job of this object version with these options, if there is one (the
+        idempotency key's lookup)."""
 
         def tx(cur: Cursor) -> UUID | None:
             cur.execute(
-                "SELECT id FROM jobs"
-                " WHERE source_bucket = %s AND source_key = %s AND source_etag = %s",
-                (source.bucket, source.key, source.normalized_etag),
+                """
+                SELECT id FROM jobs
+                WHERE source_bucket = %s AND source_key = %s AND source_etag = %s
+                  AND options_key = %s
+                """,
+                (source.bucket, source.key, source.normalized_etag, options_key),
             )
             row = cur.fetchone()
             return UUID(str(row["id"])) if row else None
 
         job_id = self._run(tx)
         return self.get(job_id) if job_id else None
+
+    def versions_jobs(self, source: SourceRef) -> builtins.list[tuple[UUID, str]]:
+        """Every job of this object version, oldest first: (id, options_key)."""
+
+        def tx(cur: Cursor) -> builtins.list[tuple[UUID, str]]:
+            cur.execute(
+                """
+                SELECT id, options_key FROM jobs
+                WHERE source_bucket = %s AND source_key = %s AND source_etag = %s
+                ORDER BY created_at, id
+                """,
+                (source.bucket, source.key, source.normalized_etag),
+            )
+            return [(UUID(str(r["id"])), str(r["options_key"])) for r in cur.fetchall()]
+
+        return self._run(tx)
 
     def get(self, job_id: UUID | str) -> Job:
         """The job with its renditions in plan order; NotFound for an unknown or malformed id."""

@@ -6,16 +6,18 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from pydantic import BaseModel
 
 from vtp import callbacks
 from vtp.chunks import ChunkRange, estimated_cost, longest_first, plan_chunks
-from vtp.errors import InvalidRequest, InvalidSource, NotFound, VtpError
+from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef, Task
 from vtp.ladder import plan_ladder, with_separate_audio
 from vtp.models import RenditionSpec, SourceInfo
+from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn
@@ -30,6 +32,11 @@ log = logging.getLogger(__name__)
 class SubmitResult(BaseModel):
     job: Job
     created: bool
+    # Why this job answers the request: new, or the same source version and options as an
+    # existing job (and what became of the request's callback); for the client to read.
+    reason: str = ""
+    # The source version's other jobs (other options), oldest first: (id, options key).
+    others: list[tuple[UUID, str]] = []
 
 
 class Planned(BaseModel):
@@ -90,72 +97,131 @@ class Intake:
     def submit(
         self,
         src: SourceObject,
+        options: JobOptions | None = None,
         *,
-        renditions: list[str] | None = None,
-        formats: list[str] | None = None,
-        callback_url: str | None = None,
+        reprocess: bool = False,
         manual: bool = False,
     ) -> SubmitResult:
-        """Probe, plan and record a job for one object, then dispatch its renditions.
+        """Probe, plan and record a job for one object with its options, then dispatch its
+        renditions.
 
-        The same object version (bucket, key, ETag) always maps to one job: a duplicate
-        event returns the existing job and dispatches nothing. Sources come from the input
-        buckets only (InvalidRequest otherwise). A key that cannot be processed is refused
-        with InvalidRequest for a manual job (the caller is there to read why), and recorded
-        as a failed job for a bucket event (nobody is, and the event must leave a trace).
+        `options`: a manual job's; None takes them from the object's own `x-amz-meta-vtp-*`
+        metadata (a bucket event, reconciliation), or the defaults when it has none. The
+        same object version with the same options (vtp.options) always maps to one job: a
+        duplicate returns the existing job and dispatches nothing, unless `reprocess`.
+        Sources come from the input buckets only (InvalidRequest otherwise). What cannot be
+        processed (the key, the upload's options, the source) is refused with InvalidRequest
+        for a manual job, whose caller is there to read why, and recorded as a failed job
+        for a bucket event: nobody is there, and the event must leave a trace.
         """
         self._require_input_bucket(src)
+        origin = OptionsOrigin.REQUEST if options is not None else OptionsOrigin.DEFAULTS
         problem = key_problem(src.key)
         if problem is not None:
             if manual:
                 raise InvalidRequest(problem)
-            return self._reject(
-                SourceRef(
-                    bucket=src.bucket,
-                    key=storable_key(src.key),
-                    etag=src.etag or "unknown",
-                    size=src.size,
-                ),
-                f"{problem}: it cannot be processed",
-                callback_url,
-            )
-        if callback_url:
-            callbacks.check_destination(
-                callback_url, allow_private=self.settings.callback_allow_private_networks
-            )
+            ref = SourceRef(
+                bucket=src.bucket, key=storable_key(src.key), etag=src.etag or "unknown",
+                size=src.size,
+            )  # fmt: skip
+            asked = options or JobOptions()
+            return self._reject(ref, f"{problem}: it cannot be processed", asked, origin)
+        if options is not None and options.callback:
+            self._check_callback(options.callback)
         obj = self.storage.stat(src.bucket, src.key)
         ref = SourceRef(bucket=src.bucket, key=src.key, etag=obj.etag or "none", size=obj.size)
-        existing = self.store.find(ref)
-        if existing is not None:
-            # MinIO redelivers events (at least once): answer without probing again.
-            return SubmitResult(job=existing, created=False)
+        if options is None:
+            try:
+                options = from_metadata(obj.metadata)
+                if options is not None and options.callback:
+                    self._check_callback(options.callback)
+            except InvalidRequest as exc:
+                return self._reject(
+                    ref, exc.reason, JobOptions(), OptionsOrigin.METADATA, key=INVALID_OPTIONS_KEY
+                )
+            origin = OptionsOrigin.METADATA if options is not None else OptionsOrigin.DEFAULTS
+            options = options or JobOptions()
+        key = job_key(options, reprocess=reprocess)
+        others = self.store.versions_jobs(ref)
+        if not reprocess:
+            existing = self.store.find(ref, key)
+            if existing is not None:
+                # MinIO redelivers events (at least once): answer without probing again.
+                return self._duplicate(existing, options, others, manual=manual)
         try:
-            planned = self._plan(src, obj.size, renditions, formats)
+            planned = self._plan(src, obj.size, options.renditions, list(options.formats))
         except InvalidSource as exc:
-            return self._reject(ref, exc.reason, callback_url)
+            return self._reject(ref, exc.reason, options, origin, key=key)
+        except InvalidRequest as exc:
+            if manual:
+                raise
+            return self._reject(ref, f"invalid upload options: {exc.reason}", options, origin,
+                                key=INVALID_OPTIONS_KEY)  # fmt: skip
         job, created = self.store.create_job(
             ref,
             planned.source,
             planned.specs,
-            formats=formats or ["hls"],
-            callback_url=callback_url,
+            options_key=key,
+            options=options.recorded(origin, reprocess=reprocess),
+            formats=options.formats,
+            callback_url=options.callback,
             chunks=planned.chunks,
             decision=planned.title.summary(),
         )
-        if created:
-            log.info(
-                "job %s for s3://%s/%s: %s",
-                job.id,
-                src.bucket,
-                src.key,
-                ", ".join(f"{r.name} {r.spec.width}x{r.spec.height}" for r in job.renditions),
-            )
-            self.clients.publish_job(job)
-            for rend in job.renditions:
-                self.clients.publish(ProgressEvent.of_rendition(rend))
-            for task in _costliest_first(job):
-                self.dispatcher.dispatch(task)
-        return SubmitResult(job=self.store.get(job.id), created=created)
+        if not created:  # a concurrent call recorded it first
+            return self._duplicate(job, options, others, manual=manual)
+        log.info(
+            "job %s for s3://%s/%s (%s): %s",
+            job.id,
+            src.bucket,
+            src.key,
+            key,
+            ", ".join(f"{r.name} {r.spec.width}x{r.spec.height}" for r in job.renditions),
+        )
+        self.clients.publish_job(job)
+        for rend in job.renditions:
+            self.clients.publish(ProgressEvent.of_rendition(rend))
+        for task in _costliest_first(job):
+            self.dispatcher.dispatch(task)
+        return SubmitResult(
+            job=self.store.get(job.id), created=True, reason=_new_reason(key, others, reprocess),
+            others=others,
+        )  # fmt: skip
+
+    def _check_callback(self, url: str) -> None:
+        callbacks.check_destination(
+            url, allow_private=self.settings.callback_allow_private_networks
+        )
+
+    def _duplicate(
+        self, job: Job, options: JobOptions, others: list[tuple[UUID, str]], *, manual: bool
+    ) -> SubmitResult:
+        """The answer for a request its job already exists for; a callback URL the job has
+        not got is attached to it (sent at once if the job has ended). A different one is
+        a Conflict for a manual job: sending the callback elsewhere would silently take it
+        from whoever asked for it first."""
+        reason = f"duplicate: job {job.id} has this object version with the same options"
+        wanted = options.callback
+        if wanted and job.callback_url != wanted:
+            if job.callback_url:
+                if manual:
+                    raise Conflict(
+                        f"job {job.id} has this object version with the same options and "
+                        'calls back another URL; send "reprocess": true for a job of its own'
+                    )
+                reason += "; it calls back another URL, which is kept"
+            else:
+                job, attached = self.store.attach_callback(job.id, wanted)
+                if attached:
+                    reason += "; the callback is attached to it"
+                    if job.state.terminal:
+                        self.fanin.fire_callback(job)
+        return SubmitResult(
+            job=self.store.get(job.id),
+            created=False,
+            reason=reason,
+            others=[o for o in others if o[0] != job.id],
+        )
 
     def preview(
         self,
@@ -219,14 +285,30 @@ class Intake:
         specs = with_separate_audio(title.specs) if chunks else list(title.specs)
         return Planned(source=info, specs=specs, chunks=chunks, title=title)
 
-    def _reject(self, ref: SourceRef, reason: str, callback_url: str | None) -> SubmitResult:
+    def _reject(
+        self,
+        ref: SourceRef,
+        reason: str,
+        options: JobOptions,
+        origin: OptionsOrigin,
+        *,
+        key: str | None = None,
+    ) -> SubmitResult:
         """Record a source that cannot be processed as a failed job with its reason."""
-        job, created = self.store.record_rejected(ref, reason, callback_url=callback_url)
+        job, created = self.store.record_rejected(
+            ref,
+            reason,
+            options_key=key or options.identity(),
+            options=options.recorded(origin),
+            callback_url=options.callback if key != INVALID_OPTIONS_KEY else None,
+        )
         if created:
             log.warning("rejected s3://%s/%s: %s", ref.bucket, ref.key, reason)
             self.clients.publish_job(job)
             self.fanin.fire_callback(job)
-        return SubmitResult(job=self.store.get(job.id), created=created)
+        return SubmitResult(
+            job=self.store.get(job.id), created=created, reason=f"refused: {job.error}"
+        )
 
     # --- reconciliation -------------------------------------------------------------------
     def reconcile(self) -> dict[str, int]:
@@ -275,6 +357,17 @@ class Intake:
                 continue
             submitted += 1
         return submitted
+
+
+def _new_reason(key: str, others: list[tuple[UUID, str]], reprocess: bool) -> str:
+    if reprocess:
+        return f"new: encoded again as asked (reprocess), beside {len(others)} earlier job(s)"
+    if not others:
+        return "new: the first job for this object version"
+    return (
+        f"new: this object version's other job(s) ({', '.join(str(i) for i, _ in others)}) "
+        f"have other options than {key}"
+    )
 
 
 def _costliest_first(job: Job) -> list[Task]:

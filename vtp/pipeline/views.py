@@ -108,6 +108,9 @@ class JobViews:
             "source": job.source.model_dump(),
             "source_info": job.source_info.model_dump() if job.source_info else None,
             "formats": job.formats,
+            # With the source version, what makes the job this job (vtp.options).
+            "options_key": job.options_key,
+            "options": job.options,
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,

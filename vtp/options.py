@@ -1,0 +1,154 @@
+"""A job's options, wherever they come from, and what makes two jobs the same job.
+
+Options come from a manual job's body or from the uploaded object's own metadata
+(`x-amz-meta-vtp-renditions`, ...): a platform that uploads through presigned URLs or an S3
+SDK can say per upload what it wants without a second call. Either way they pass the same
+validation (`JobOptions`), so an upload's bad option is refused with the same words as a
+bad request.
+
+A job is one source version with one set of *output* options (which renditions, which
+formats): the same object uploaded or announced twice with the same options is one job,
+and the same object asked for with other options is another job with its own outputs.
+The callback URL is not part of that identity (it says who to tell, not what to make).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from enum import StrEnum
+from typing import Annotated, Literal
+from uuid import uuid4
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+)
+
+from vtp.errors import InvalidRequest
+
+Format = Literal["hls", "mp4"]
+
+MAX_RENDITIONS = 8
+
+# User metadata names as S3 takes them on upload (`x-amz-meta-` + name); MinIO keeps them
+# in Go's canonical form (X-Amz-Meta-Vtp-Renditions), S3 SDKs return them lower-case, so
+# they are compared without case.
+METADATA_PREFIX = "x-amz-meta-vtp-"
+METADATA_FIELDS = {
+    "renditions": "renditions",  # "360p,720p" (commas or spaces)
+    "formats": "formats",  # "hls,mp4"
+    "callback-url": "callback_url",
+}
+
+
+class OptionsOrigin(StrEnum):
+    """Where a job's options came from (shown in status)."""
+
+    DEFAULTS = "defaults"  # a bucket event for an object without vtp metadata
+    METADATA = "metadata"  # the object's x-amz-meta-vtp-* metadata
+    REQUEST = "request"  # a manual job's body
+
+
+class JobOptions(BaseModel):
+    """What a job makes and whom it tells."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    renditions: list[Annotated[str, Field(max_length=16)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_RENDITIONS
+    )
+    callback_url: Annotated[AnyHttpUrl, UrlConstraints(max_length=2048)] | None = None
+    formats: list[Format] = Field(
+        default_factory=lambda: _default_formats(), min_length=1, max_length=4
+    )
+
+    @field_validator("formats")
+    @classmethod
+    def _hls_always(cls, value: list[Format]) -> list[Format]:
+        # HLS is what the master playlist and the progress page are built on.
+        unique = list(dict.fromkeys(value))
+        return unique if "hls" in unique else ["hls", *unique]
+
+    @property
+    def callback(self) -> str | None:
+        return str(self.callback_url) if self.callback_url else None
+
+    def identity(self) -> str:
+        """The options' part of a job's identity, readable: `renditions=*;formats=hls` for
+        the deployment's default ladder (which samples may prune), or the names asked for
+        (`renditions=360p,720p;formats=hls,mp4`). Order and case do not matter."""
+        names = "*" if self.renditions is None else ",".join(sorted(_names(self.renditions)))
+        return f"renditions={names};formats={','.join(sorted(self.formats))}"
+
+    def recorded(self, origin: OptionsOrigin, *, reprocess: bool = False) -> dict[str, object]:
+        """What jobs.options keeps: the options as asked, where they came from."""
+        return {
+            "renditions": self.renditions,
+            "formats": list(self.formats),
+            "origin": origin.value,
+            "reprocess": reprocess,
+        }
+
+
+def _default_formats() -> list[Format]:
+    return ["hls"]
+
+
+def _names(renditions: list[str]) -> list[str]:
+    return list(dict.fromkeys(name.strip().lower() for name in renditions))
+
+
+def job_key(options: JobOptions, *, reprocess: bool = False) -> str:
+    """The options key a new job is recorded under: its options' identity, made unique by a
+    run id when a manual job asks to encode again (`"reprocess": true`), so that it can
+    never be taken for the job it re-does, nor for a redelivered event."""
+    key = options.identity()
+    return f"{key};run={uuid4().hex[:12]}" if reprocess else key
+
+
+# The key of a job with no options asked for (the default ladder, HLS).
+DEFAULT_OPTIONS_KEY = "renditions=*;formats=hls"
+# The key a source refused for its upload options is recorded under.
+INVALID_OPTIONS_KEY = "invalid-options"
+
+
+def from_metadata(metadata: Mapping[str, str]) -> JobOptions | None:
+    """The options an upload carries in its `x-amz-meta-vtp-*` metadata, or None when it
+    carries none. InvalidRequest names the metadata at fault, for the job's recorded error."""
+    fields: dict[str, object] = {}
+    unknown = []
+    for name, value in metadata.items():
+        lower = name.lower()
+        if not lower.startswith(METADATA_PREFIX):
+            continue
+        option = lower.removeprefix(METADATA_PREFIX)
+        field = METADATA_FIELDS.get(option)
+        if field is None:
+            unknown.append(name)
+            continue
+        text = value.strip()
+        if field in ("renditions", "formats"):
+            fields[field] = [part for part in text.replace(",", " ").split() if part]
+        else:
+            fields[field] = text
+    if unknown:
+        known = ", ".join(METADATA_PREFIX + k for k in METADATA_FIELDS)
+        raise InvalidRequest(
+            f"unknown upload option(s) {', '.join(sorted(unknown))[:200]}; known: {known}"
+        )
+    if not fields:
+        return None
+    try:
+        return JobOptions.model_validate(fields)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:3]:
+            where = str(err["loc"][0]) if err["loc"] else "options"
+            header = METADATA_PREFIX + where.replace("_", "-")
+            parts.append(f"{header}: {str(err['msg'])[:200]}")
+        raise InvalidRequest("invalid upload options: " + "; ".join(parts)) from exc
