@@ -10,7 +10,7 @@ import pytest
 
 from tests.test_jobs import INFO, PLAN, source
 from vtp.chunks import plan_chunks
-from vtp.errors import Conflict
+from vtp.errors import Conflict, NotFound
 from vtp.jobs import JobStore, summarize_outcome
 from vtp.lifecycle import TaskState
 from vtp.models import RenditionState
@@ -67,3 +67,48 @@ def test_a_task_not_cancelled_yet_is_refused_when_its_call_comes(store: JobStore
     trail = [(c.chunk, c.from_state, c.to_state) for c in store.history(jid)
              if c.rendition == "720p"]  # fmt: skip
     assert (1, "queued", "failed") in trail
+
+
+def test_a_job_cancelled_on_request_ends_every_open_task_and_itself(store: JobStore) -> None:
+    """Whatever each task was doing: queued, waiting for its retry or running ends
+    `cancelled`; what succeeded stays. The gates then hold: a queued call is refused, a
+    running attempt's heartbeat and result are refused, and a second cancel is a Conflict."""
+    from vtp.models import JobState
+
+    jid = two_renditions_in_chunks(store)
+    store.begin_attempt(jid, "720p", "r0", chunk=0)
+    store.succeed_task(jid, "720p", {"output_prefix": "x"}, call_id="r0", chunk=0)
+    store.begin_attempt(jid, "720p", "r1", chunk=1)
+    store.fail_task(jid, "720p", "oom", retryable=True, call_id="r1", chunk=1)  # retrying
+    store.begin_attempt(jid, "360p", "r2", chunk=0)  # running
+    job, count = store.cancel_job(jid, "cancelled on request")
+    assert count == 5  # 720p chunks 1, 2; 360p chunks 0, 1, 2
+    assert job.state is JobState.CANCELLED and job.error == "cancelled on request"
+    assert job.finished_at is not None
+    assert states(store, jid, "720p") == [TaskState.SUCCEEDED] + [TaskState.CANCELLED] * 2
+    assert states(store, jid, "360p") == [TaskState.CANCELLED] * 3
+    assert {r.state for r in job.renditions} == {RenditionState.CANCELLED}
+    with pytest.raises(Conflict, match="already cancelled"):
+        store.begin_attempt(jid, "360p", "queued-call", chunk=1)
+    with pytest.raises(Conflict, match="cancelled, not running"):
+        store.heartbeat(jid, "360p", call_id="r2", attempt=1, chunk=0)
+    with pytest.raises(Conflict):
+        store.succeed_task(jid, "360p", {"output_prefix": "y"}, call_id="r2", chunk=0)
+    assert store.claim_finalization(jid, "w") is None  # nothing to finish: it has ended
+    with pytest.raises(Conflict, match=r"has ended \(cancelled\)"):
+        store.cancel_job(jid, "again")
+    trail = [(c.rendition, c.to_state, c.detail) for c in store.history(jid)]
+    assert (None, "cancelled", "cancelled on request") == trail[-1]
+
+
+def test_a_job_whose_tasks_all_ended_cannot_be_cancelled(store: JobStore) -> None:
+    """Every task done: fan-in is finishing it (master playlist, callback); a cancel now
+    would race that, so it is refused and changes nothing."""
+    job, _ = store.create_job(source(), INFO, PLAN[:1])
+    store.begin_attempt(job.id, "360p", "c")
+    store.succeed_task(job.id, "360p", {"output_prefix": "x"}, call_id="c")
+    with pytest.raises(Conflict, match="is ending"):
+        store.cancel_job(job.id, "too late")
+    assert store.get(job.id).rendition("360p").state is RenditionState.SUCCEEDED
+    with pytest.raises(NotFound):
+        store.cancel_job(uuid.uuid4(), "no such job")

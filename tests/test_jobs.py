@@ -159,6 +159,7 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
         # 0009: a job from before options were part of its identity is the default
         # ladder's job of its formats, which a redelivered bucket event finds.
         assert db.migrate(conn, upto=9) == ["0009_job_options"]
+        assert db.migrate(conn, upto=10) == ["0010_cancelled"]
     finally:
         conn.close()
     store = JobStore(partial(db.connect, empty_dsn))

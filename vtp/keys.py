@@ -22,12 +22,17 @@ class RedisKeys:
     - `<prefix>:events`             stream: every progress event of every job, in order
     - `<prefix>:progress`           pub/sub channel: the same events, live
     - `<prefix>:job:<id>:progress`  hash: rendition name (or "_job") -> latest event JSON
+    - `<prefix>:job:<id>:cancelled` string: present once the job was cancelled
     """
 
     def __init__(self, prefix: str) -> None:
         if not _PREFIX.match(prefix):
             raise ValueError(f"invalid Redis prefix {prefix!r}")
         self.prefix = prefix
+
+    def job_cancelled(self, job_id: UUID | str) -> str:
+        """string: set once the job is cancelled; running transcodes poll it and stop."""
+        return f"{self.prefix}:job:{job_id}:cancelled"
 
     @property
     def events_stream(self) -> str:

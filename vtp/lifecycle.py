@@ -22,6 +22,10 @@ recorded failed at once; a job whose renditions all died before one ran goes que
 failed. A job's own trail also carries notes (finalization claimed), recorded as a state
 to itself.
 
+Cancelled (`vtp cancel`, split's cancel route): a job not ended yet, and every task and
+rendition of it not ended yet, go to `cancelled` at once, in one transaction; what had
+succeeded keeps its state. `cancelled` is an end, like `failed`, but nobody's fault.
+
 Retry policy: how often, and how far apart, a unit of work is tried again.
 Kept apart from the store so that the numbers are validated once, where they are built (from
 settings or by a test), instead of being found wrong in the middle of a transition.
@@ -49,12 +53,13 @@ from vtp.errors import InvalidTransition
 
 
 class JobState(StrEnum):
-    """Life of a job. `succeeded` and `failed` are terminal."""
+    """Life of a job. `succeeded`, `failed` and `cancelled` are terminal."""
 
     QUEUED = "queued"  # accepted, renditions invoked, none running yet
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELLED = "cancelled"  # stopped on request before it ended
 
     @property
     def terminal(self) -> bool:
@@ -66,7 +71,7 @@ class RenditionState(StrEnum):
 
     `failed` is a permanent failure (bad input); `dead` means retries were exhausted and the
     task was dead-lettered with its reason; `retrying` waits for its back-off and is not an
-    end, whatever error it shows.
+    end, whatever error it shows; `cancelled`: its job was cancelled before it ended.
     """
 
     QUEUED = "queued"
@@ -75,6 +80,7 @@ class RenditionState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
@@ -83,7 +89,7 @@ class RenditionState(StrEnum):
 
 class TaskState(StrEnum):
     """Life of one task (a unit of work one call runs). The same words as a rendition's:
-    `succeeded`, `failed` (permanent) and `dead` (budget spent) are terminal."""
+    `succeeded`, `failed` (permanent), `dead` (budget spent) and `cancelled` are terminal."""
 
     QUEUED = "queued"
     RUNNING = "running"
@@ -91,51 +97,60 @@ class TaskState(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
         return self in TERMINAL_TASK_STATES
 
 
-TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED})
+TERMINAL_JOB_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
 TERMINAL_RENDITION_STATES = frozenset(
-    {RenditionState.SUCCEEDED, RenditionState.FAILED, RenditionState.DEAD}
+    {RenditionState.SUCCEEDED, RenditionState.FAILED, RenditionState.DEAD,
+     RenditionState.CANCELLED}
+)  # fmt: skip
+TERMINAL_TASK_STATES = frozenset(
+    {TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD, TaskState.CANCELLED}
 )
-TERMINAL_TASK_STATES = frozenset({TaskState.SUCCEEDED, TaskState.FAILED, TaskState.DEAD})
 
 _R = RenditionState
 # from -> the states it may go to; None is "not there yet" (the row is being created).
 RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]] = {
     None: frozenset({_R.QUEUED}),
     # -> failed before running: cancelled (its tasks' calls never began).
-    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD, _R.FAILED}),
+    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD, _R.FAILED, _R.CANCELLED}),
     # -> dead: of several tasks, one waits for its retry while another's call is refused for
     # the last time.
-    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD, _R.FAILED}),
-    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYING, _R.DEAD}),
+    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD, _R.FAILED, _R.CANCELLED}),
+    _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYING, _R.DEAD, _R.CANCELLED}),
     _R.SUCCEEDED: frozenset(),
     _R.FAILED: frozenset(),
     _R.DEAD: frozenset(),
+    _R.CANCELLED: frozenset(),
 }
 _T = TaskState
 TASK_TRANSITIONS: Mapping[TaskState | None, frozenset[TaskState]] = {
     None: frozenset({_T.QUEUED}),
     # -> failed without running: cancelled, its rendition failed by a sibling chunk.
-    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.FAILED}),
-    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.FAILED}),
+    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.FAILED, _T.CANCELLED}),
+    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.FAILED, _T.CANCELLED}),
     # -> running: a backup call for a straggler dispatched, begun, dropped or taking over.
-    _T.RUNNING: frozenset({_T.RUNNING, _T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD}),
+    _T.RUNNING: frozenset(
+        {_T.RUNNING, _T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD, _T.CANCELLED}
+    ),
     _T.SUCCEEDED: frozenset(),
     _T.FAILED: frozenset(),
     _T.DEAD: frozenset(),
+    _T.CANCELLED: frozenset(),
 }
 _J = JobState
 JOB_TRANSITIONS: Mapping[JobState | None, frozenset[JobState]] = {
     None: frozenset({_J.QUEUED, _J.FAILED}),
-    _J.QUEUED: frozenset({_J.QUEUED, _J.RUNNING, _J.FAILED}),
-    _J.RUNNING: frozenset({_J.RUNNING, _J.SUCCEEDED, _J.FAILED}),
+    _J.QUEUED: frozenset({_J.QUEUED, _J.RUNNING, _J.FAILED, _J.CANCELLED}),
+    _J.RUNNING: frozenset({_J.RUNNING, _J.SUCCEEDED, _J.FAILED, _J.CANCELLED}),
     _J.SUCCEEDED: frozenset(),
     _J.FAILED: frozenset(),
+    _J.CANCELLED: frozenset(),
 }
 
 
@@ -172,6 +187,8 @@ def rendition_state(tasks: Collection[TaskState]) -> RenditionState:
         return RenditionState.FAILED
     if TaskState.DEAD in states:
         return RenditionState.DEAD
+    if TaskState.CANCELLED in states:
+        return RenditionState.CANCELLED
     if states == {TaskState.SUCCEEDED}:
         return RenditionState.SUCCEEDED
     if states & {TaskState.RUNNING, TaskState.SUCCEEDED}:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import re
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,6 +88,7 @@ def ssim_frames(
     cwd: Path,
     timeout: float,
     stats_name: str = "ssim.log",
+    cancel: threading.Event | None = None,
 ) -> tuple[list[float], float]:
     """Per-frame SSIM of the filter graph's `distorted` against its `reference` branch.
 
@@ -104,7 +106,9 @@ def ssim_frames(
         f"{distorted}[dist];{reference}[ref];"
         f"[dist][ref]ssim=stats_file={stats_name}:shortest=1:repeatlast=0"
     )
-    run = run_ffmpeg([*inputs, "-lavfi", graph, "-f", "null", "-"], timeout=timeout, cwd=cwd)
+    run = run_ffmpeg(
+        [*inputs, "-lavfi", graph, "-f", "null", "-"], timeout=timeout, cwd=cwd, cancel=cancel
+    )
     try:
         text = stats.read_text()
     except OSError as exc:
@@ -142,6 +146,7 @@ def measure_segments(
     display: tuple[int, int] | None,
     settings: Settings,
     timeout: float,
+    cancel: threading.Event | None = None,
 ) -> tuple[QualityScore, QualityScore | None]:
     """The encoded `segments` (HLS fMP4, in `out_dir`, each played after `init`) against the
     source: at the rendition's own size, and, when `display` (the ladder's largest picture)
@@ -173,6 +178,7 @@ def measure_segments(
                 cwd=work,
                 timeout=time_left(deadline, "measuring the output's quality"),
                 stats_name=f"seg-{i}.ssim",
+                cancel=cancel,
             )
             own.append(frames)
             if up is not None:
@@ -184,6 +190,7 @@ def measure_segments(
                     cwd=work,
                     timeout=time_left(deadline, "measuring the output's quality"),
                     stats_name=f"seg-{i}-up.ssim",
+                    cancel=cancel,
                 )
                 shown.append(frames)
     score = pooled(own)

@@ -6,6 +6,7 @@
     vtp status JOB [--json]               one job
     vtp jobs [--state S] [--limit N]      recent jobs
     vtp callbacks redeliver JOB           send a finished job's callback again
+    vtp cancel JOB                        stop a job: running encodes end, its outputs go
 
 Settings come from flags, then the environment (VTP_*), then an env file: `--env-file`, or the
 `.run/stack.env` that `make up` writes, found from the current directory upward.

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import requests
 
-from vtp.errors import NotFound, StorageError, UpstreamError
+from vtp.errors import Conflict, NotFound, StorageError, UpstreamError
 from vtp.storage import content_type_for
 from vtp_cli.config import ClientConfig
 from vtp_cli.transport import describe_error
@@ -48,20 +48,30 @@ class StatusClient:
 
     def redeliver_callback(self, job_id: str) -> dict[str, Any]:
         """Ask split to send a finished job's callback again (`/callbacks/redeliver`)."""
-        url = self.url.rsplit("/", 1)[0] + "/split/callbacks/redeliver"
+        return self._split_post("callbacks/redeliver", job_id)
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Ask split to cancel a job that has not ended (`/jobs/cancel`)."""
+        return self._split_post("jobs/cancel", job_id)
+
+    def _split_post(self, route: str, job_id: str) -> dict[str, Any]:
+        """One of split's operator routes, for one job: its answer, or the error it gave."""
+        url = self.url.rsplit("/", 1)[0] + f"/split/{route}"
         try:
-            resp = self.session.post(url, params={"job": job_id}, timeout=30)
+            resp = self.session.post(url, params={"job": job_id}, timeout=60)
         except requests.RequestException as exc:
             raise UpstreamError(f"split unreachable at {url}: {describe_error(exc)}") from exc
         try:
             body = resp.json()
         except ValueError:
             body = None
+        error = str(body.get("error")) if isinstance(body, dict) else resp.text[:200]
         if resp.status_code == 404 and isinstance(body, dict):
-            raise NotFound(str(body.get("error")))
+            raise NotFound(error)
+        if resp.status_code == 409 and isinstance(body, dict):
+            raise Conflict(error)
         if resp.status_code != 200 or not isinstance(body, dict):
-            detail = body.get("error") if isinstance(body, dict) else resp.text[:200]
-            raise UpstreamError(f"split answered HTTP {resp.status_code}: {detail}")
+            raise UpstreamError(f"split answered HTTP {resp.status_code}: {error}")
         return body
 
     def job(self, job_id: str) -> dict[str, Any]:

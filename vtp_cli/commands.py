@@ -57,7 +57,7 @@ def watch_job(
         return EXIT_ERROR
     if not result.job.succeeded:
         reason = result.job.failure_reason() or "no reason recorded"
-        console.print(f"[red]job failed:[/] {escape(reason)}")
+        console.print(f"[red]job {escape(str(result.job.state))}:[/] {escape(reason)}")
         return EXIT_FAILED
     print_urls(console, view)
     return EXIT_OK
@@ -103,7 +103,7 @@ def cmd_status(args: argparse.Namespace, config: ClientConfig, console: Console)
         print(json.dumps(view, indent=2, sort_keys=True))
     else:
         print_job(console, view)
-    return EXIT_FAILED if view.get("state") == "failed" else EXIT_OK
+    return EXIT_FAILED if view.get("state") in ("failed", "cancelled") else EXIT_OK
 
 
 def cmd_jobs(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
@@ -130,6 +130,22 @@ def cmd_callbacks(args: argparse.Namespace, config: ClientConfig, console: Conso
             f"{cb.get('status')} after {cb.get('attempts')} attempt(s){error}"
         )
     return EXIT_OK if cb.get("status") == "delivered" else EXIT_FAILED
+
+
+def cmd_cancel(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    """`vtp cancel JOB`: 0 once cancelled; a job that has ended is an error (exit 2)."""
+    status = StatusClient(config)
+    job_id = str(status.job(args.job)["id"])  # the full id, from a short one too
+    answer = status.cancel(job_id)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        removed = answer.get("outputs_removed")
+        console.print(
+            f"job {answer['job_id']} cancelled: {answer['tasks_cancelled']} task(s) stopped, "
+            f"{'?' if removed is None else removed} output file(s) removed"
+        )
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,6 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(func=cmd_callbacks)
+
+    p = sub.add_parser("cancel", parents=[common], help="stop a job that has not ended")
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_cancel)
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     p.add_argument("--state", choices=[s.value for s in JobState])

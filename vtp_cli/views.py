@@ -21,6 +21,7 @@ STATE_STYLES = {
     "succeeded": "green",
     "failed": "red",
     "dead": "red",
+    "cancelled": "magenta",
 }
 
 

@@ -13,6 +13,12 @@ each enough on its own, together quick:
 
 A cancelled task ends `failed` with the reason; its rendition fails with it, and the job's
 error names the rendition that failed first and why.
+
+A job cancelled on request (`cancel_job`: `vtp cancel`, split's cancel route) is another
+matter: nothing failed, so its open tasks, its renditions not ended and the job itself end
+`cancelled`, in one transaction. The same gates stop the work: a queued call finds its task
+ended, and a running attempt's next heartbeat is refused (the transcode also watches a
+Redis flag, so that it stops within a second or two rather than a heartbeat interval).
 """
 
 from __future__ import annotations
@@ -22,11 +28,14 @@ from typing import Any
 from uuid import UUID
 
 from vtp import lifecycle
+from vtp.errors import Conflict, NotFound
 from vtp.jobs.backups import CLEAR_BACKUP
-from vtp.jobs.models import Task
+from vtp.jobs.models import Job, Task
 from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import (
+    TERMINAL_TASK,
     Cursor,
+    audit,
     cancel_waiting,
     lock_rendition,
     one,
@@ -34,7 +43,7 @@ from vtp.jobs.transactions import (
     sync_rendition,
     task_changed,
 )
-from vtp.lifecycle import TaskState
+from vtp.lifecycle import JobState, TaskState
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +78,74 @@ class Cancellation(Queries):
             return cancelled
 
         return self._run(tx)
+
+    def cancel_job(self, job_id: UUID | str, reason: str) -> tuple[Job, int]:
+        """End a job that has not ended, on request: every task of it not ended, and every
+        rendition, `cancelled` with `reason`; then the job. Returns the job and how many
+        tasks were cancelled. Conflict for a job that has ended, or is ending (every task
+        done, its finalization under way); NotFound for an unknown one.
+
+        Locks go as in every transition, tasks before their rendition, the job's row last
+        (begin_attempt takes it after its task's), so this cannot deadlock with them. Tasks
+        are waited for, not skipped: a task in the middle of its own transition is
+        cancelled once that commits."""
+        jid = parse_id(job_id)
+
+        def tx(cur: Cursor) -> int:
+            cur.execute("SELECT state FROM jobs WHERE id = %s", (str(jid),))
+            found = cur.fetchone()
+            if found is None:
+                raise NotFound(f"no job {jid}")
+            if JobState(found["state"]).terminal:
+                raise Conflict(f"job {jid} has ended ({found['state']}): nothing to cancel")
+            cur.execute("SELECT name FROM renditions WHERE job_id = %s ORDER BY name", (str(jid),))
+            cancelled = 0
+            for name in [r["name"] for r in cur.fetchall()]:
+                cur.execute(
+                    """
+                    SELECT * FROM tasks
+                    WHERE job_id = %s AND rendition = %s AND state <> ALL(%s)
+                    ORDER BY chunk FOR UPDATE
+                    """,
+                    (str(jid), name, list(TERMINAL_TASK)),
+                )
+                for row in [dict(r) for r in cur.fetchall()]:
+                    lifecycle.check_task(str(row["state"]), TaskState.CANCELLED.value)
+                    cur.execute(
+                        f"""
+                        UPDATE tasks
+                        SET state = 'cancelled', error = %s, finished_at = now(),
+                            next_retry_at = NULL, {CLEAR_BACKUP}
+                        WHERE job_id = %s AND rendition = %s AND chunk = %s
+                        RETURNING *
+                        """,  # noqa: S608 - CLEAR_BACKUP is a constant
+                        (reason, str(jid), name, row["chunk"]),
+                    )
+                    task_changed(cur, row, one(cur), detail=reason)
+                    cancelled += 1
+            cur.execute("SELECT state FROM jobs WHERE id = %s FOR UPDATE", (str(jid),))
+            state = JobState(one(cur)["state"])
+            if state.terminal or cancelled == 0:
+                # Ended meanwhile, or every task had: the job is being finished (fan-in).
+                raise Conflict(
+                    f"job {jid} is {'ending' if not state.terminal else state.value}: "
+                    "every task of it has ended, nothing to cancel"
+                )
+            cur.execute(
+                """
+                UPDATE jobs
+                SET state = 'cancelled', error = %s, finished_at = now(),
+                    finalize_claimed_by = NULL, finalize_claimed_at = NULL
+                WHERE id = %s
+                """,
+                (reason, str(jid)),
+            )
+            audit(cur, jid, None, state, JobState.CANCELLED, detail=reason)
+            return cancelled
+
+        count = self._run(tx)
+        log.info("job %s cancelled (%d tasks not ended): %s", jid, count, reason)
+        return self.get(jid), count
 
     # --- inside the attempts' own transactions ---------------------------------------------
 

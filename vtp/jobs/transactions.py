@@ -242,7 +242,8 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
     tasks = [dict(t) for t in cur.fetchall()]
     old = RenditionState(row["state"])
     if old.terminal:
-        if old is not RenditionState.SUCCEEDED and len(tasks) > 1:
+        # A cancelled job's tasks are all ended by its cancel, in the same transaction.
+        if old not in (RenditionState.SUCCEEDED, RenditionState.CANCELLED) and len(tasks) > 1:
             # A sibling that was busy (locked) when the rendition failed, now moving.
             cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {old}")
         return old
@@ -281,7 +282,7 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
         raise Conflict("the row changed under us")
     if len(tasks) > 1:
         insert_change(cur, jid, name, None, old.value, new.value, None, None, None)
-        if new.terminal and new is not RenditionState.SUCCEEDED:
+        if new.terminal and new not in (RenditionState.SUCCEEDED, RenditionState.CANCELLED):
             cancel_waiting(cur, jid, name, f"cancelled: rendition {name} is {new} ({error})")
     return new
 

@@ -16,8 +16,8 @@ One module per responsibility, each part built with the parts it calls (no part 
 another through a global or a base class): `clients` (the shared clients and events),
 `urls`, `views` (the job as clients see it), `fanin` (finishing a job, its callback),
 `dispatch` (calls on the gateway's queue and the queue-worker's reports), `transcode`
-(running one task), `intake` (submission and reconciliation), `sweep`. `Pipeline` wires them
-together and is what handlers hold.
+(running one task), `intake` (submission and reconciliation), `sweep`, `operations` (what an
+operator does to a job: cancel). `Pipeline` wires them together and is what handlers hold.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn, JobCallback
 from vtp.pipeline.intake import Intake, SubmitResult
+from vtp.pipeline.operations import Operations
 from vtp.pipeline.sweep import Sweeper
 from vtp.pipeline.transcode import TaskRunner
 from vtp.pipeline.urls import Urls
@@ -63,6 +64,7 @@ class Pipeline:
         self.runner = TaskRunner(self.clients, self.fanin, self.stopping)
         self.intake = Intake(self.clients, self.dispatcher, self.fanin)
         self.sweeper = Sweeper(self.clients, self.dispatcher, self.fanin, self.intake)
+        self.operations = Operations(self.clients, self.fanin)
         # The entry points handlers use, by name.
         self.submit = self.intake.submit
         self.on_rendition_callback = self.dispatcher.on_rendition_callback
@@ -72,6 +74,7 @@ class Pipeline:
         self.describe_job = self.views.describe_job
         self.find_job = self.views.find_job
         self.redeliver_callback = self.fanin.redeliver_callback
+        self.cancel_job = self.operations.cancel
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from uuid import UUID
 
 import redis
 
@@ -65,6 +66,25 @@ class Clients:
 
     def publish_job(self, job: Job) -> None:
         self.publish(ProgressEvent.of_job(job))
+
+    # --- cancel flags ----------------------------------------------------------------------
+    CANCEL_FLAG_TTL_S = 7 * 24 * 3600  # longer than any job runs
+
+    def flag_cancelled(self, job_id: UUID) -> None:
+        """Tell the job's running transcodes to stop now (they poll it, `cancelled`). Best
+        effort: without Redis they stop at their next heartbeat, which the database
+        refuses."""
+        try:
+            self.bus.redis.set(self.bus.keys.job_cancelled(job_id), b"1", ex=self.CANCEL_FLAG_TTL_S)
+        except redis.RedisError as exc:
+            log.warning("cancel flag of job %s not set: %s", job_id, exc)
+
+    def cancelled(self, job_id: UUID) -> bool:
+        """Whether the job's cancel flag is set (False when Redis cannot say)."""
+        try:
+            return bool(self.bus.redis.exists(self.bus.keys.job_cancelled(job_id)))
+        except redis.RedisError:
+            return False
 
     def publish_task(self, task: Task) -> None:
         """After a transition of `task` (the row the store returned, with its rendition's

@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class JobCallback(BaseModel):
-    """The body POSTed to a job's callback URL when the job ends."""
+    """The body POSTed to a job's callback URL when the job ends (`job.finished`), or is
+    cancelled (`job.cancelled`)."""
 
     event: str = "job.finished"
     job_id: UUID
@@ -218,11 +219,12 @@ class FanIn:
         except VtpError as exc:
             self.store.record_callback(job.id, CallbackStatus.FAILED, exc.reason)
             return
+        body = self.callback_body(job)
         delivery = callbacks.deliver(
             job.callback_url,
-            self.callback_body(job),
+            body,
             delivery_id=str(job.id),
-            event="job.finished",
+            event=body.event,
             secret=secret.get_secret_value() if secret else None,
             attempts=1,
         )
@@ -260,6 +262,7 @@ class FanIn:
     def callback_body(self, job: Job) -> JobCallback:
         view = self.views.describe_job(job, live=False)
         return JobCallback(
+            event="job.cancelled" if job.state is JobState.CANCELLED else "job.finished",
             job_id=job.id,
             state=job.state,
             error=job.error,

@@ -41,7 +41,7 @@ from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore, Task
 from vtp.join import check_chunk
-from vtp.models import RenditionSpec, TaskState, TranscodeTask
+from vtp.models import JobState, RenditionSpec, TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
 from vtp.quality import Segment, measure_segments, quality_record, spread
@@ -53,10 +53,41 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 10.0
 
 
+class _StopWatch:
+    """One event for all that must stop a call's ffmpeg processes (the encode, the quality
+    measurement): the process asked to stop (SIGTERM), or the job cancelled, whose Redis
+    flag is polled every POLL_S. A heartbeat would also learn of the cancel, but only every
+    HEARTBEAT_EVERY_S, and not during the measurement."""
+
+    POLL_S = 0.5
+
+    def __init__(self, clients: Clients, job_id: UUID, stopping: threading.Event) -> None:
+        self.event = threading.Event()
+        self.cancelled = False
+        self._clients, self._job_id, self._stopping = clients, job_id, stopping
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="stop-watch", daemon=True)
+        self._thread.start()
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            if self._stopping.wait(self.POLL_S):
+                self.event.set()
+                return
+            if not self._done.is_set() and self._clients.cancelled(self._job_id):
+                self.cancelled = True
+                self.event.set()
+                return
+
+    def close(self) -> None:
+        self._done.set()
+
+
 class TaskRunner:
     """What a transcode function does with the call it was given."""
 
     def __init__(self, clients: Clients, fanin: FanIn, stopping: threading.Event) -> None:
+        self.clients = clients
         self.settings = clients.settings
         self.store = clients.store
         self.storage = clients.storage
@@ -130,6 +161,9 @@ class TaskRunner:
             else layout.attempt_prefix(job.id, rend.name, attempt)
         )
         outcome: dict[str, Any]
+        # What stops this call's ffmpeg: the process stopping, or the job cancelled.
+        watch = _StopWatch(self.clients, job.id, self.stopping)
+        uploading = False
         try:
             self._check_source_unchanged(job)
             budget = deadline - time.monotonic()
@@ -149,7 +183,7 @@ class TaskRunner:
                         settings=self.settings,
                         on_progress=on_progress,
                         timeout=budget,
-                        cancel=self.stopping,
+                        cancel=watch.event,
                     )
                 elif chunk is None:
                     result = encode_rendition(
@@ -161,7 +195,7 @@ class TaskRunner:
                         settings=self.settings,
                         on_progress=on_progress,
                         timeout=budget,
-                        cancel=self.stopping,
+                        cancel=watch.event,
                     )
                 else:
                     result = encode_chunk(
@@ -173,7 +207,7 @@ class TaskRunner:
                         settings=self.settings,
                         on_progress=on_progress,
                         timeout=budget,
-                        cancel=self.stopping,
+                        cancel=watch.event,
                     )
                     # Proven to fit its place before it is recorded as done (vtp.join).
                     problems = check_chunk(result, fps=frame_rate(rend.spec.fps))
@@ -183,13 +217,14 @@ class TaskRunner:
                 measured = (
                     {}
                     if rend.spec.audio_only
-                    else self._measure(url, job, rend.spec, out, result, deadline)
+                    else self._measure(url, job, rend.spec, out, result, deadline, watch.event)
                 )
                 # Still ours? A zombie stops here instead of uploading (and if it was written
                 # off during the upload, its files are in its own folder, which nothing uses).
                 heartbeat.beat(force=True)
                 measure_s = time.monotonic() - measure_started
                 upload_started = time.monotonic()
+                uploading = True
                 self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
             # Where the call's time went, kept with the result (operators, the benchmark).
             timings = {
@@ -214,9 +249,16 @@ class TaskRunner:
             # Written off while it ran (the sweeper, or the callback of an earlier 504): a
             # newer attempt owns the rendition now. Stop, and record nothing.
             log.warning("attempt %s of %s/%s superseded: %s", call_id, job.id, rend.name, exc)
+            if uploading and self._job_cancelled(job.id, watch):
+                self._remove_own(prefix)  # written after the cancel removed the job's files
             self._finalize(job.id, call_id)  # cancelled (its job cannot succeed), maybe last
             return {"job_id": str(job.id), "rendition": rend.name, "superseded": exc.reason}
         except Exception as exc:
+            if watch.cancelled:  # the job was cancelled: ffmpeg was stopped for it
+                log.info("attempt %s of %s/%s stopped: job cancelled", call_id, job.id, rend.name)
+                if uploading:
+                    self._remove_own(prefix)
+                return {"job_id": str(job.id), "rendition": rend.name, "cancelled": True}
             reason, retryable = _failure(exc, self.settings)
             if self.stopping.is_set():
                 reason = f"interrupted: the function was stopped ({reason})"
@@ -229,6 +271,7 @@ class TaskRunner:
             report(failed, reason)
             outcome = {"state": failed.state.value, "error": reason}
         finally:
+            watch.close()
             reporter.close()
         self._finalize(job.id, call_id)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": attempt} | outcome
@@ -241,6 +284,7 @@ class TaskRunner:
         out: Path,
         result: RenditionResult | ChunkResult,
         deadline: float,
+        cancel: threading.Event,
     ) -> dict[str, Any]:
         """The encode's quality against the source on a few of its segments (a chunk: its
         middle one), recorded with its result (vtp.quality). A measurement that fails is
@@ -278,12 +322,31 @@ class TaskRunner:
                 display=(largest.width, largest.height),
                 settings=self.settings,
                 timeout=max(budget, 1.0),
+                cancel=cancel,
             )
         except (FfmpegError, ValueError, OSError) as exc:
+            if cancel.is_set():
+                raise  # stopped, not failed: the caller tells which
             reason = getattr(exc, "reason", None) or str(exc)
             log.warning("quality of %s/%s not measured: %s", job.id, spec.name, reason)
             return quality_record(None, None, target=target, margin_db=margin, error=reason)
         return quality_record(own, shown, target=target, margin_db=margin)
+
+    def _job_cancelled(self, job_id: UUID, watch: _StopWatch) -> bool:
+        if watch.cancelled:
+            return True
+        try:
+            return self.store.get(job_id).state is JobState.CANCELLED
+        except _TRANSIENT:
+            return False
+
+    def _remove_own(self, prefix: str) -> None:
+        """An attempt of a cancelled job removes what it uploaded: the cancel removed the
+        job's files before these were written."""
+        try:
+            self.storage.remove_prefix(self.settings.outputs_bucket, prefix.rstrip("/") + "/")
+        except VtpError as exc:
+            log.warning("files of cancelled attempt under %s not removed: %s", prefix, exc.reason)
 
     def _finalize(self, job_id: UUID, call_id: str) -> None:
         try:

@@ -5,9 +5,11 @@ window.VTP_LIFECYCLE = Object.freeze({
       "queued",
       "running",
       "succeeded",
-      "failed"
+      "failed",
+      "cancelled"
     ],
     "terminal": [
+      "cancelled",
       "failed",
       "succeeded"
     ]
@@ -22,9 +24,11 @@ window.VTP_LIFECYCLE = Object.freeze({
       "retrying",
       "succeeded",
       "failed",
-      "dead"
+      "dead",
+      "cancelled"
     ],
     "terminal": [
+      "cancelled",
       "dead",
       "failed",
       "succeeded"

@@ -1,0 +1,123 @@
+"""What an operator does to jobs, through the local stack's gateway and functions: cancel a
+job in the middle of a real encode."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from minio import Minio
+
+from tests.clips import make_clip
+from tests.manual import submit
+from tests.receiver import Receiver
+from tests.test_pipeline import MANUAL_BUCKET, _ffmpeg_reading
+
+
+@pytest.fixture(scope="module")
+def s3(stack_env: dict[str, str]) -> Minio:
+    client = Minio(
+        stack_env["VTP_S3_ENDPOINT"].split("://", 1)[1],
+        access_key=stack_env["VTP_S3_ACCESS_KEY"],
+        secret_key=stack_env["VTP_S3_SECRET_KEY"],
+        secure=False,
+        region="us-east-1",
+    )
+    if not client.bucket_exists(MANUAL_BUCKET):
+        client.make_bucket(MANUAL_BUCKET)
+    return client
+
+
+def _job(gateway: str, job_id: str) -> dict[str, Any]:
+    r = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def _outputs(s3: Minio, stack_env: dict[str, str], job_id: str) -> list[str]:
+    return [
+        str(o.object_name)
+        for o in s3.list_objects(stack_env["VTP_OUTPUTS_BUCKET"], prefix=f"{job_id}/",
+                                 recursive=True)
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_running_encode_at_once_and_leaves_nothing(
+    gateway: str, stack_env: dict[str, str], s3: Minio, tmp_path: Path
+) -> None:
+    """A job of two renditions, one encoding (ffmpeg running) and one whose call waits in
+    the queue: cancelled, the ffmpeg is gone within 2 s (the transcode watches the flag),
+    the waiting call is skipped when it arrives, every rendition and the job end
+    `cancelled`, nothing is left in the outputs bucket, and the callback says so."""
+    clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=30)
+    key = f"cancel/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    with Receiver() as rx:
+        job_id = submit(gateway, MANUAL_BUCKET, key, ["360p", "720p"], callback_url=rx.url)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            running = [
+                r for r in _job(gateway, job_id)["renditions"]
+                if r["state"] == "running" and (r.get("progress") or {}).get("percent", 0) > 0
+            ]  # fmt: skip
+            if running and _ffmpeg_reading(key):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"no rendition started encoding: {_job(gateway, job_id)}")
+        encoders = _ffmpeg_reading(key)
+
+        r = requests.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
+                          timeout=30)  # fmt: skip
+        cancelled_at = time.monotonic()
+        assert r.status_code == 200, r.text
+        answer = r.json()
+        assert answer["state"] == "cancelled" and answer["tasks_cancelled"] >= 1
+        while any(Path(f"/proc/{p}").exists() for p in encoders):
+            assert time.monotonic() - cancelled_at < 2.0, "ffmpeg still runs 2 s after the cancel"
+            time.sleep(0.05)
+
+        job = _job(gateway, job_id)
+        assert job["state"] == "cancelled" and job["error"] == "cancelled on request"
+        assert {r["state"] for r in job["renditions"]} == {"cancelled"}, job["renditions"]
+
+        callback = rx.get(timeout=30)
+        body = json.loads(callback.body)
+        assert body["event"] == "job.cancelled" and body["state"] == "cancelled"
+        assert callback.headers["X-VTP-Event"] == "job.cancelled"
+
+        # Whatever the attempts had written is gone, and stays gone once they have stopped.
+        time.sleep(3)
+        assert _outputs(s3, stack_env, job_id) == []
+        assert not _ffmpeg_reading(key), "no encode of the cancelled job runs"
+
+    again = requests.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
+                          timeout=30)  # fmt: skip
+    assert again.status_code == 409 and "has ended (cancelled)" in again.json()["error"]
+    unknown = requests.post(f"{gateway}/function/split/jobs/cancel",
+                            params={"job": "00000000-0000-4000-8000-000000000000"}, timeout=30)
+    assert unknown.status_code == 404
+
+
+def test_vtp_cancel(gateway: str, stack: Any, s3: Minio, tmp_path: Path) -> None:
+    """`vtp cancel` takes the short id the page shows; a job that has ended is refused with
+    split's reason (exit 2)."""
+    from tests.test_cli import run_vtp
+
+    clip = make_clip(tmp_path / "ten.mp4", size="1280x720", seconds=10)
+    key = f"cancel-cli/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["720p"])
+    done = run_vtp("cancel", job_id[:8], env_file=stack.stack_env_file, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"job {job_id} cancelled: 1 task(s) stopped" in done.stdout
+    assert _job(gateway, job_id)["state"] == "cancelled"
+    again = run_vtp("cancel", job_id, env_file=stack.stack_env_file, timeout=60)
+    assert again.returncode == 2 and "has ended (cancelled)" in again.stderr, again.stderr
+    shown = run_vtp("status", job_id, env_file=stack.stack_env_file, timeout=60)
+    assert shown.returncode == 1 and "cancelled" in shown.stdout

@@ -1,0 +1,61 @@
+"""What an operator does to a job once it exists: cancel it.
+
+Each action is a transaction in the store (vtp.jobs) followed by what lives outside the
+database: the Redis flag running transcodes watch, the outputs in the bucket, the job's
+events and its callback.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from vtp import layout
+from vtp.errors import VtpError
+from vtp.events import ProgressEvent
+from vtp.jobs import Job
+from vtp.pipeline.clients import Clients
+from vtp.pipeline.fanin import FanIn
+
+log = logging.getLogger(__name__)
+
+CANCEL_REASON = "cancelled on request"
+
+
+class Operations:
+    def __init__(self, clients: Clients, fanin: FanIn) -> None:
+        self.clients = clients
+        self.settings = clients.settings
+        self.store = clients.store
+        self.storage = clients.storage
+        self.fanin = fanin
+
+    def cancel(self, job_id: str, *, reason: str = CANCEL_REASON) -> dict[str, Any]:
+        """Cancel a job that has not ended: its open tasks and the job end `cancelled` at
+        once (queued calls are skipped when they arrive), running encodes stop within a
+        second or two (the flag), what was written is removed, and the callback says so.
+        Conflict for a job that has ended; NotFound for an unknown one."""
+        job, tasks = self.store.cancel_job(self.store.resolve_id(job_id), reason)
+        self.clients.flag_cancelled(job.id)
+        self.clients.publish_job(job)
+        for rend in job.renditions:
+            self.clients.publish(ProgressEvent.of_rendition(rend))
+        removed = self._remove_outputs(job)
+        self.fanin.fire_callback(job)
+        return {
+            "job_id": str(job.id),
+            "state": job.state.value,
+            "tasks_cancelled": tasks,
+            "outputs_removed": removed,
+        }
+
+    def _remove_outputs(self, job: Job) -> int | None:
+        """Everything the job wrote so far; None when the storage refused (said in the log:
+        a running attempt that uploads after this removes its own folder)."""
+        try:
+            return self.storage.remove_prefix(
+                self.settings.outputs_bucket, layout.job_prefix(job.id)
+            )
+        except VtpError as exc:
+            log.warning("outputs of cancelled job %s not removed: %s", job.id, exc.reason)
+            return None
