@@ -185,11 +185,26 @@ def test_page_model_orders_dedupes_and_keeps_endings(browser: Any, tmp_path: Pat
       s.applyEvent(ev('8-0', '360p', 'succeeded', 99.9));
       const late = s.applyEvent(ev('9-0', '360p', 'running', 99.9));
       s.applyEvent(ev('10-0', '720p', 'retrying', 0, {error: 'killed', attempt: 1}));
+      // A redrive: a failed job, its dead chunk and rendition queued again ("reopened").
+      const K = 'job-2';
+      const ek = (id, rendition, state, extra) => ({...ev(id, rendition, state, 0, extra), job_id: K});
+      s.applyEvent(ek('11-0', '720p', 'running', {chunk: 1}));
+      s.applyEvent(ek('11-1', '720p', 'dead', {chunk: 1}));
+      s.applyEvent(ek('11-2', '720p', 'dead', {error: 'oom'}));
+      s.applyEvent(ek('11-3', null, 'failed', {error: 'rendition 720p dead'}));
+      const stale = s.applyEvent(ek('12-0', '720p', 'running'));
+      s.applyEvent(ek('13-0', null, 'queued', {reopened: true}));
+      s.applyEvent(ek('13-1', '720p', 'queued', {reopened: true}));
+      s.applyEvent(ek('13-2', '720p', 'queued', {chunk: 1, reopened: true}));
+      s.applyEvent(ek('14-0', '720p', 'running', {chunk: 1}));
+      const k = s.jobs.get(K);
+      const reopened = {stale: stale.applied, job: k.state, r720: k.renditions.get('720p').state,
+                        chunk: k.renditions.get('720p').chunks[1].state};
       const job = s.jobs.get(J);
       return {
         order: [...job.renditions.keys()],
         r360: job.renditions.get('360p'), r720: job.renditions.get('720p'),
-        replay: replay.applied, dup: dup.applied, late: late.applied,
+        replay: replay.applied, dup: dup.applied, late: late.applied, reopened,
         last: s.lastEventId, jobPct: s.jobPercent(job),
         cmp: [window.vtp.compareIds('10-0', '9-5'), window.vtp.compareIds('9-5', '9-10'),
               window.vtp.compareIds(null, '1-0')],
@@ -207,7 +222,10 @@ def test_page_model_orders_dedupes_and_keeps_endings(browser: Any, tmp_path: Pat
         "a failure without a percent keeps how far the attempt got"
     )
     assert result["r720"]["error"] == "killed"
-    assert result["last"] == "10-0"
+    assert result["reopened"] == {
+        "stale": False, "job": "queued", "r720": "queued", "chunk": "running",
+    }  # fmt: skip
+    assert result["last"] == "14-0"
     assert result["jobPct"] == 70
     assert result["cmp"] == [1, -1, -1]
     assert result["fmt"] == ["1:15", "1:02:03", "42.5%", "1.23\u00d7", "30 fps"]

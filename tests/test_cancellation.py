@@ -98,7 +98,7 @@ def test_a_job_cancelled_on_request_ends_every_open_task_and_itself(store: JobSt
     with pytest.raises(Conflict, match=r"has ended \(cancelled\)"):
         store.cancel_job(jid, "again")
     trail = [(c.rendition, c.to_state, c.detail) for c in store.history(jid)]
-    assert (None, "cancelled", "cancelled on request") == trail[-1]
+    assert trail[-1] == (None, "cancelled", "cancelled on request")
 
 
 def test_a_job_whose_tasks_all_ended_cannot_be_cancelled(store: JobStore) -> None:

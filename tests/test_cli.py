@@ -78,6 +78,20 @@ def test_terminal_states_stick_and_succeeded_is_full() -> None:
     assert not job.apply_event(ev("9-0", None, "running"))
 
 
+def test_a_redrive_reopens_what_had_ended() -> None:
+    """`vtp redrive` takes a failed job and its dead rendition back to queued: those events
+    say `reopened`, and only they leave an end."""
+    job = JobProgress(JOB)
+    job.apply_event(ev("1-0", "360p", "dead", error="oom"))
+    job.apply_event(ev("2-0", None, "failed", error="rendition 360p dead: oom"))
+    assert not job.apply_event(ev("3-0", "360p", "running", 5.0))  # a late event: ignored
+    assert job.apply_event(ev("4-0", None, "queued", reopened=True))
+    assert job.apply_event(ev("4-1", "360p", "queued", reopened=True))
+    assert (job.state, job.error, job.renditions["360p"].state) == ("queued", None, "queued")
+    assert job.apply_event(ev("5-0", "360p", "running", 10.0))
+    assert not job.finished and bar_rows(job)[0].state == "running"
+
+
 def test_retry_then_failure_has_a_reason() -> None:
     job = JobProgress(JOB)
     job.apply_event(ev("1-0", "720p", "running", 40.0, attempt=1))

@@ -99,8 +99,11 @@ def test_cancel_stops_a_running_encode_at_once_and_leaves_nothing(
     again = requests.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
                           timeout=30)  # fmt: skip
     assert again.status_code == 409 and "has ended (cancelled)" in again.json()["error"]
-    unknown = requests.post(f"{gateway}/function/split/jobs/cancel",
-                            params={"job": "00000000-0000-4000-8000-000000000000"}, timeout=30)
+    unknown = requests.post(
+        f"{gateway}/function/split/jobs/cancel",
+        params={"job": "00000000-0000-4000-8000-000000000000"},
+        timeout=30,
+    )
     assert unknown.status_code == 404
 
 
@@ -121,3 +124,60 @@ def test_vtp_cancel(gateway: str, stack: Any, s3: Minio, tmp_path: Path) -> None
     assert again.returncode == 2 and "has ended (cancelled)" in again.stderr, again.stderr
     shown = run_vtp("status", job_id, env_file=stack.stack_env_file, timeout=60)
     assert shown.returncode == 1 and "cancelled" in shown.stdout
+
+
+@pytest.mark.slow
+def test_a_dead_letter_is_shown_with_its_reason_and_redriven_to_success(
+    gateway: str, stack: Any, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """A rendition dead after its budget (forced: three attempts that crashed, recorded
+    in-process on the stack's database), its job failed. `vtp jobs --state failed` says
+    which rendition and why; `vtp redrive` queues it again through split, the stack's
+    transcode encodes it, and the job succeeds with a playable output."""
+    from tests.inprocess import build_pipeline, quiet_bucket
+    from tests.test_cli import run_vtp
+    from tests.test_pipeline import ffprobe
+    from vtp.ladder import plan_ladder
+    from vtp.probe import probe_source
+
+    p = build_pipeline(stack_env)
+    try:
+        bucket = quiet_bucket(p)
+        clip = make_clip(tmp_path / "redrive.mp4", size="640x360", seconds=2, rate=25)
+        key = f"redrive/{time.time_ns()}.mp4"
+        p.storage.client.fput_object(bucket, key, str(clip))
+        obj = p.storage.stat(bucket, key)
+        from vtp.jobs import SourceRef
+
+        ref = SourceRef(bucket=bucket, key=key, etag=obj.etag, size=obj.size)
+        info = probe_source(p.storage.presigned_get(bucket, key, expires=600), p.settings)
+        job, _ = p.store.create_job(ref, info, plan_ladder(info, p.settings, ["360p"]))
+        for i in range(3):
+            p.store.begin_attempt(job.id, "360p", f"crash-{i}")
+            p.store.fail_task(job.id, "360p", "worker died: signal 9 (out of memory?)",
+                              retryable=True, call_id=f"crash-{i}")  # fmt: skip
+        p.fanin.maybe_finalize(job.id, claimer="test")
+        assert p.store.get(job.id).state.value == "failed"
+    finally:
+        p.store.close()
+    job_id = str(job.id)
+
+    listing = run_vtp("jobs", "--state", "failed", "--limit", "100",
+                      env_file=stack.stack_env_file, timeout=60)  # fmt: skip
+    assert listing.returncode == 0, listing.stderr
+    block = listing.stdout[listing.stdout.index(job_id) :][:1500]
+    assert "360p dead after 3 attempts: worker died: signal 9" in " ".join(block.split()), block
+
+    done = run_vtp("redrive", job_id[:8], "--watch", env_file=stack.stack_env_file, timeout=180)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "360p: queued again (was: worker died: signal 9" in done.stdout, done.stdout
+    view = _job(gateway, job_id)
+    assert view["state"] == "succeeded" and view["redrives"] == 1
+    (rend,) = view["renditions"]
+    assert rend["attempts"] == 4 and rend["state"] == "succeeded"
+    info = ffprobe(rend["urls"]["playlist"])
+    video = [s for s in info["streams"] if s["codec_type"] == "video"]
+    assert (video[0]["width"], video[0]["height"]) == (640, 360)
+    again = requests.post(f"{gateway}/function/split/jobs/redrive", params={"job": job_id},
+                          timeout=30)  # fmt: skip
+    assert again.status_code == 409 and "only a failed job" in again.json()["error"]

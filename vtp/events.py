@@ -52,7 +52,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from vtp.errors import InvalidRequest
 from vtp.keys import RedisKeys
-from vtp.models import JobState, RenditionState
+from vtp.models import JobState, RenditionState, TaskState
 
 if TYPE_CHECKING:
     from vtp.jobs.models import Job, Rendition, Task
@@ -102,6 +102,9 @@ class ProgressEvent(BaseModel):
     # bar; the rendition's own event (no chunk) carries the aggregate.
     chunk: int | None = Field(default=None, ge=0)
     chunk_seconds: float | None = Field(default=None, gt=0)
+    # Taken out of its end by an operator's redrive: clients, which never leave an end
+    # otherwise (late or replayed events), take this one.
+    reopened: bool = False
     ts: float = Field(default_factory=time.time, description="epoch seconds")
 
     @property
@@ -127,7 +130,7 @@ class ProgressEvent(BaseModel):
         )
 
     @classmethod
-    def of_rendition(cls, rend: Rendition) -> ProgressEvent:
+    def of_rendition(cls, rend: Rendition, *, reopened: bool = False) -> ProgressEvent:
         """The event of a rendition as it is (a job's start announces each one)."""
         return cls(
             job_id=str(rend.job_id),
@@ -136,16 +139,35 @@ class ProgressEvent(BaseModel):
             percent=100.0 if rend.state is RenditionState.SUCCEEDED else 0.0,
             attempt=rend.attempts or None,
             error=rend.error,
+            reopened=reopened,
         )
 
     @classmethod
-    def of_job(cls, job: Job) -> ProgressEvent:
+    def of_chunk(cls, task: Task, *, reopened: bool = False) -> ProgressEvent:
+        """The event of one chunk as it is (a redrive announces each one it queued)."""
+        return cls(
+            job_id=str(task.job_id),
+            rendition=task.rendition,
+            chunk=task.chunk,
+            chunk_seconds=(task.end_s - task.start_s)
+            if task.start_s is not None and task.end_s is not None
+            else None,
+            state=task.state.value,
+            percent=100.0 if task.state is TaskState.SUCCEEDED else 0.0,
+            attempt=task.attempts or None,
+            error=task.error,
+            reopened=reopened,
+        )
+
+    @classmethod
+    def of_job(cls, job: Job, *, reopened: bool = False) -> ProgressEvent:
         """The event a job's transition publishes."""
         return cls(
             job_id=str(job.id),
             state=job.state.value,
             percent=100.0 if job.state is JobState.SUCCEEDED else 0.0,
             error=job.error,
+            reopened=reopened,
         )
 
     @field_validator("job_id", mode="before")

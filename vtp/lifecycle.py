@@ -22,6 +22,11 @@ recorded failed at once; a job whose renditions all died before one ran goes que
 failed. A job's own trail also carries notes (finalization claimed), recorded as a state
 to itself.
 
+Redriven (`vtp redrive`, split's redrive route): a failed job goes back to queued, with its
+failed and dead renditions and tasks, each with a fresh budget. It is the one way out of an
+end, an operator's act rather than a move of the work, so it has a table of its own
+(`REDRIVABLE`, `check_redrive`) and the transition tables keep "an end leads nowhere".
+
 Cancelled (`vtp cancel`, split's cancel route): a job not ended yet, and every task and
 rendition of it not ended yet, go to `cancelled` at once, in one transaction; what had
 succeeded keeps its state. `cancelled` is an end, like `failed`, but nobody's fault.
@@ -152,6 +157,21 @@ JOB_TRANSITIONS: Mapping[JobState | None, frozenset[JobState]] = {
     _J.FAILED: frozenset(),
     _J.CANCELLED: frozenset(),
 }
+
+
+# What an operator's redrive may reopen, back to queued: a failed job, and of it the
+# renditions and tasks that failed or died (what succeeded is kept).
+REDRIVABLE: Mapping[str, frozenset[str]] = {
+    "job": frozenset({JobState.FAILED.value}),
+    "rendition": frozenset({RenditionState.FAILED.value, RenditionState.DEAD.value}),
+    "task": frozenset({TaskState.FAILED.value, TaskState.DEAD.value}),
+}
+
+
+def check_redrive(kind: str, old: str) -> None:
+    """InvalidTransition unless a redrive may take a `kind` in state `old` back to queued."""
+    if old not in REDRIVABLE[kind]:
+        raise InvalidTransition(f"a redrive cannot reopen a {kind} that is {old}")
 
 
 def check_rendition(old: str | None, new: str) -> RenditionState:

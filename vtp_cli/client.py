@@ -54,6 +54,10 @@ class StatusClient:
         """Ask split to cancel a job that has not ended (`/jobs/cancel`)."""
         return self._split_post("jobs/cancel", job_id)
 
+    def redrive(self, job_id: str) -> dict[str, Any]:
+        """Ask split to queue a failed job's dead letters again (`/jobs/redrive`)."""
+        return self._split_post("jobs/redrive", job_id)
+
     def _split_post(self, route: str, job_id: str) -> dict[str, Any]:
         """One of split's operator routes, for one job: its answer, or the error it gave."""
         url = self.url.rsplit("/", 1)[0] + f"/split/{route}"

@@ -148,6 +148,26 @@ def cmd_cancel(args: argparse.Namespace, config: ClientConfig, console: Console)
     return EXIT_OK
 
 
+def cmd_redrive(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    """`vtp redrive JOB [--watch]`: 0 once queued again (with --watch: once it succeeded)."""
+    status = StatusClient(config)
+    job_id = str(status.job(args.job)["id"])
+    answer = status.redrive(job_id)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        for rend in answer["renditions"]:
+            was = f" (was: {escape(str(rend['was']))})" if rend.get("was") else ""
+            console.print(f"{rend['name']}: queued again{was}", soft_wrap=True)
+        kept = ", ".join(answer["kept"]) or "none"
+        console.print(
+            f"job {answer['job_id']} redriven ({answer['tasks_queued']} task(s)); kept: {kept}"
+        )
+    if not args.watch:
+        return EXIT_OK
+    return watch_job(config, job_id, console, timeout=args.timeout, status=status)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Shared flags are accepted before or after the command; SUPPRESS keeps a subcommand's
     # absent flag from overwriting one given before it.
@@ -202,6 +222,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(func=cmd_cancel)
+
+    p = sub.add_parser("redrive", parents=[common],
+                       help="queue a failed job's failed and dead renditions again")  # fmt: skip
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
+    p.add_argument("--watch", action="store_true", help="follow the job until it ends")
+    p.add_argument("--timeout", type=float, default=3600.0, help="watch at most this long")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_redrive)
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     p.add_argument("--state", choices=[s.value for s in JobState])

@@ -117,16 +117,17 @@ class JobProgress:
         if event.rendition is None or event.rendition == JOB_FIELD:
             if event.id and self.last_id and event_order(event.id) <= event_order(self.last_id):
                 return False
-            if self.finished and event.state not in JOB_TERMINAL_STATES:
+            # An end is not left again, but for a redrive (`reopened`).
+            if self.finished and event.state not in JOB_TERMINAL_STATES and not event.reopened:
                 return False
             self.last_id = event.id or self.last_id
             self.state = event.state
-            self.error = event.error or self.error
+            self.error = None if event.reopened else event.error or self.error
             return True
         rend = self.rendition(event.rendition)
         if event.id and rend.last_id and event_order(event.id) <= event_order(rend.last_id):
             return False
-        if rend.finished and event.state not in TERMINAL_STATES:
+        if rend.finished and event.state not in TERMINAL_STATES and not event.reopened:
             return False
         rend.last_id = event.id or rend.last_id
         rend.state = event.state

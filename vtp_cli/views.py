@@ -165,6 +165,11 @@ def print_job(console: Console, view: Mapping[str, Any]) -> None:
     print_urls(console, view)
 
 
+def _after(rendition: Mapping[str, Any]) -> str:
+    attempts = rendition.get("attempts") or 0
+    return f" after {attempts} attempt{'s' if attempts != 1 else ''}" if attempts else ""
+
+
 def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
     """Compact enough for 80 columns: the id stays whole (it is for copying), the source key
     goes under it, renditions are counted as done/total."""
@@ -177,8 +182,18 @@ def jobs_table(jobs: Sequence[Mapping[str, Any]]) -> Table:
         rends = j.get("renditions") or []
         done = sum(1 for r in rends if r.get("state") in TERMINAL_STATES)
         key = escape(str((j.get("source") or {}).get("key", "")))
+        # Dead letters, each with its reason (what `vtp redrive` would queue again); a
+        # source refused before any rendition: the job's own reason.
+        why = [
+            f"[red]{escape(str(r.get('name')))} {escape(str(r.get('state')))}"
+            f"{_after(r)}:[/] {escape(str(r.get('error')))}"
+            for r in rends
+            if r.get("state") in ("failed", "dead") and r.get("error")
+        ]
+        if not rends and j.get("state") == "failed" and j.get("error"):
+            why.append(f"[red]refused:[/] {escape(str(j['error']))}")
         table.add_row(
-            f"{j.get('id')}\n[dim]{key}[/]",
+            "\n".join([f"{j.get('id')}", f"[dim]{key}[/]", *why]),
             _state_markup(str(j.get("state"))),
             _when(j.get("created_at")),
             f"{done}/{len(rends)}",

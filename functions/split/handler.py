@@ -1,9 +1,9 @@
 """split: a MinIO bucket notification or a manual job in; a job with its ladder out.
 
 Also receives the queue-worker's callbacks for transcode calls on `/callback`, sends a
-finished job's callback again on `POST /callbacks/redeliver?job=<id>`, and cancels a job on
-`POST /jobs/cancel?job=<id>` (the operator's routes need the read token, when the deployment
-has one: see `vtp.access`).
+finished job's callback again on `POST /callbacks/redeliver?job=<id>`, and acts on a job on
+`POST /jobs/cancel?job=<id>` and `POST /jobs/redrive?job=<id>` (the operator's routes need
+the read token, when the deployment has one: see `vtp.access`).
 
 A sync call answers 200 with the job, new or not (`created` says which): `faas-cli invoke`
 prints the body of a 200 or 201 only, and reports any 202 as "Function submitted
@@ -54,8 +54,8 @@ def handle(event: Any, context: Any) -> Response:
         return _callback(event)
     if event.path.rstrip("/") == "/callbacks/redeliver":
         return _redeliver(event)
-    if event.path.rstrip("/") == "/jobs/cancel":
-        return _cancel(event)
+    if event.path.rstrip("/") in OPERATOR_ROUTES:
+        return _operate(event, event.path.rstrip("/"))
     if event.method != "POST":
         return {"statusCode": 405, "body": {"error": "POST a MinIO event or a job"}}
     request = parse_body(event.body)
@@ -157,16 +157,23 @@ def _redeliver(event: Any) -> Response:
     return ok({"job_id": str(job.id), "callback": p.describe_job(job, live=False)["callback"]})
 
 
-def _cancel(event: Any) -> Response:
-    """`POST /jobs/cancel?job=<id>`: stop a job that has not ended (409 if it has)."""
+# The operator's routes, one job each (`?job=<id>`): what they do, in vtp.pipeline.operations.
+OPERATOR_ROUTES = {
+    "/jobs/cancel": "cancel_job",  # stop a job that has not ended (409 if it has)
+    "/jobs/redrive": "redrive_job",  # queue a failed job's dead letters again
+}
+
+
+def _operate(event: Any, route: str) -> Response:
     if event.method != "POST":
-        return {"statusCode": 405, "body": {"error": "POST /jobs/cancel?job=<id>"}}
+        return {"statusCode": 405, "body": {"error": f"POST {route}?job=<id>"}}
     job_id = event.query.get("job")
     if not job_id:
-        raise InvalidRequest("cancel needs ?job=<id>")
+        raise InvalidRequest(f"{route} needs ?job=<id>")
     p = pipeline()
     require_read_token(event, p.settings)
-    return ok(p.cancel_job(job_id))
+    action = getattr(p, OPERATOR_ROUTES[route])
+    return ok(action(job_id))
 
 
 def _summary(result: Any) -> dict[str, Any]:

@@ -264,13 +264,14 @@ class Attempts(Backups, Cancellation):
         if retryable and row.get("backup_started_at") is not None:
             return self._promote_backup(cur, row, reason)
         attempts = int(row["attempts"])
+        spent = attempts - int(row.get("budget_from") or 0)  # a redrive gives a fresh budget
         if not retryable:
             new = TaskState.FAILED
-        elif attempts >= (max_attempts or self.retry.max_attempts):
+        elif spent >= (max_attempts or self.retry.max_attempts):
             new = TaskState.DEAD
         else:
             new = TaskState.RETRYING
-        updated = self._set_failed(cur, row, new, reason, self.retry.delay(attempts))
+        updated = self._set_failed(cur, row, new, reason, self.retry.delay(spent))
         log.info(
             "task %s/%s of job %s: %s -> %s after attempt %d: %s",
             row["rendition"],

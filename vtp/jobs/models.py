@@ -62,6 +62,10 @@ class Task(BaseModel):
     end_s: float | None = None
     state: TaskState
     attempts: int
+    # Attempts made before the last redrive (they no longer count against the budget), and
+    # how often it was redriven (migration 0011).
+    budget_from: int = 0
+    redrives: int = 0
     last_call_id: str | None = None
     # The X-Call-Id of the latest queued call, and refused calls in a row (migration 0003).
     dispatch_call_id: str | None = None
@@ -150,6 +154,7 @@ class Job(BaseModel):
     options_key: str
     # The options as asked and where they came from; None for jobs from before 0009.
     options: dict[str, Any] | None = None
+    redrives: int = 0  # how often an operator queued its failures again (migration 0011)
     source_info: SourceInfo | None = None
     state: JobState
     formats: list[str]

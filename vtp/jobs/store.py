@@ -3,7 +3,8 @@
 One class for callers, assembled from one part per responsibility, each in its own module:
 reading (`queries`), recording new jobs (`submission`), attempts and their reports
 (`attempts`), backup calls for stragglers (`backups`), stopping a job that cannot succeed
-(`cancellation`), dispatched calls and refusals (`dispatches`), and fan-in (`fanin`). Every part
+(`cancellation`), dispatched calls and refusals (`dispatches`), fan-in (`fanin`), and
+queueing a failed job's dead letters again (`redrive`). Every part
 runs its statements through `transactions.Transactions`: one connection per thread, one
 transaction per operation, guarded UPDATEs so racing callers get Conflict instead of
 overwriting each other.
@@ -13,10 +14,11 @@ from __future__ import annotations
 
 from vtp.jobs.dispatches import Dispatches
 from vtp.jobs.fanin import FanIn
+from vtp.jobs.redrive import Redrive
 from vtp.jobs.submission import Submission
 
 
-class JobStore(Submission, Dispatches, FanIn):
+class JobStore(Submission, Dispatches, FanIn, Redrive):
     """Jobs and renditions in PostgreSQL. Safe to share between threads.
 
     `JobStore(connect, retry=RetryPolicy(...))`: `connect` returns a new connection (e.g.

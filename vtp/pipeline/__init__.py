@@ -17,7 +17,7 @@ another through a global or a base class): `clients` (the shared clients and eve
 `urls`, `views` (the job as clients see it), `fanin` (finishing a job, its callback),
 `dispatch` (calls on the gateway's queue and the queue-worker's reports), `transcode`
 (running one task), `intake` (submission and reconciliation), `sweep`, `operations` (what an
-operator does to a job: cancel). `Pipeline` wires them together and is what handlers hold.
+operator does to a job: cancel, redrive). `Pipeline` wires them together and is what handlers hold.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ class Pipeline:
         self.runner = TaskRunner(self.clients, self.fanin, self.stopping)
         self.intake = Intake(self.clients, self.dispatcher, self.fanin)
         self.sweeper = Sweeper(self.clients, self.dispatcher, self.fanin, self.intake)
-        self.operations = Operations(self.clients, self.fanin)
+        self.operations = Operations(self.clients, self.dispatcher, self.fanin)
         # The entry points handlers use, by name.
         self.submit = self.intake.submit
         self.on_rendition_callback = self.dispatcher.on_rendition_callback
@@ -75,6 +75,7 @@ class Pipeline:
         self.find_job = self.views.find_job
         self.redeliver_callback = self.fanin.redeliver_callback
         self.cancel_job = self.operations.cancel
+        self.redrive_job = self.operations.redrive
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+from vtp.chunks import estimated_cost, longest_first
 from vtp.errors import Conflict, VtpError
-from vtp.jobs import Task
+from vtp.jobs import Job, Task
 from vtp.models import TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
@@ -237,3 +239,24 @@ def _status_text(status: int, body: bytes) -> str:
     if first.startswith("{"):  # our own JSON answers: the caller has them elsewhere
         first = ""
     return f"HTTP {status}" + (f": {first}" if first else "")
+
+
+def costliest_first(job: Job, tasks: Sequence[Task]) -> list[Task]:
+    """`tasks` of `job` in dispatch order (vtp.chunks.longest_first): the costliest first,
+    so the longest is not left to run alone at the end."""
+    assert job.source_info is not None
+    whole = job.source_info.duration
+    return longest_first(
+        [
+            (
+                estimated_cost(
+                    (t.end_s - t.start_s) if t.start_s is not None and t.end_s is not None
+                    else whole,
+                    width=r.spec.width, height=r.spec.height, audio_only=r.spec.audio_only,
+                ),
+                t,
+            )
+            for t in tasks
+            for r in [job.rendition(t.rendition)]
+        ]
+    )  # fmt: skip

@@ -11,15 +11,15 @@ from uuid import UUID
 from pydantic import BaseModel
 
 from vtp import callbacks
-from vtp.chunks import ChunkRange, estimated_cost, longest_first, plan_chunks
+from vtp.chunks import ChunkRange, plan_chunks
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.events import ProgressEvent
-from vtp.jobs import Job, SourceRef, Task
+from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder, with_separate_audio
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.pipeline.clients import Clients
-from vtp.pipeline.dispatch import Dispatcher
+from vtp.pipeline.dispatch import Dispatcher, costliest_first
 from vtp.pipeline.fanin import FanIn
 from vtp.probe import probe_source
 from vtp.storage import ListedObject
@@ -181,7 +181,7 @@ class Intake:
         self.clients.publish_job(job)
         for rend in job.renditions:
             self.clients.publish(ProgressEvent.of_rendition(rend))
-        for task in _costliest_first(job):
+        for task in costliest_first(job, [t for r in job.renditions for t in r.tasks]):
             self.dispatcher.dispatch(task)
         return SubmitResult(
             job=self.store.get(job.id), created=True, reason=_new_reason(key, others, reprocess),
@@ -368,23 +368,3 @@ def _new_reason(key: str, others: list[tuple[UUID, str]], reprocess: bool) -> st
         f"new: this object version's other job(s) ({', '.join(str(i) for i, _ in others)}) "
         f"have other options than {key}"
     )
-
-
-def _costliest_first(job: Job) -> list[Task]:
-    """The job's tasks in dispatch order (vtp.chunks.longest_first)."""
-    assert job.source_info is not None
-    whole = job.source_info.duration
-    return longest_first(
-        [
-            (
-                estimated_cost(
-                    (t.end_s - t.start_s) if t.start_s is not None and t.end_s is not None
-                    else whole,
-                    width=r.spec.width, height=r.spec.height, audio_only=r.spec.audio_only,
-                ),
-                t,
-            )
-            for r in job.renditions
-            for t in r.tasks
-        ]
-    )  # fmt: skip

@@ -1,4 +1,4 @@
-"""What an operator does to a job once it exists: cancel it.
+"""What an operator does to a job once it exists: cancel it, redrive its dead letters.
 
 Each action is a transaction in the store (vtp.jobs) followed by what lives outside the
 database: the Redis flag running transcodes watch, the outputs in the bucket, the job's
@@ -15,6 +15,7 @@ from vtp.errors import VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job
 from vtp.pipeline.clients import Clients
+from vtp.pipeline.dispatch import Dispatcher, costliest_first
 from vtp.pipeline.fanin import FanIn
 
 log = logging.getLogger(__name__)
@@ -23,12 +24,39 @@ CANCEL_REASON = "cancelled on request"
 
 
 class Operations:
-    def __init__(self, clients: Clients, fanin: FanIn) -> None:
+    def __init__(self, clients: Clients, dispatcher: Dispatcher, fanin: FanIn) -> None:
         self.clients = clients
         self.settings = clients.settings
         self.store = clients.store
         self.storage = clients.storage
+        self.dispatcher = dispatcher
         self.fanin = fanin
+
+    def redrive(self, job_id: str) -> dict[str, Any]:
+        """Queue a failed job's failed and dead renditions again with a fresh budget,
+        keeping what succeeded, and dispatch them (costliest first). Conflict for a job
+        that is not failed, or has nothing to redrive."""
+        before = self.store.get(self.store.resolve_id(job_id))
+        broken = {r.name: r.error for r in before.renditions if r.state.terminal and r.error}
+        job, tasks = self.store.redrive_job(before.id)
+        # Out of their ends: the page and the CLI take these after a failed state.
+        self.clients.publish(ProgressEvent.of_job(job, reopened=True))
+        redriven = sorted({t.rendition for t in tasks})
+        for name in redriven:
+            self.clients.publish(ProgressEvent.of_rendition(job.rendition(name), reopened=True))
+        for task in tasks:
+            if task.start_s is not None:  # a chunk: its own segment of the bar
+                self.clients.publish(ProgressEvent.of_chunk(task, reopened=True))
+        for task in costliest_first(job, tasks):
+            self.dispatcher.dispatch(task)
+        return {
+            "job_id": str(job.id),
+            "state": job.state.value,
+            "redrives": job.redrives,
+            "renditions": [{"name": n, "was": broken.get(n)} for n in redriven],
+            "tasks_queued": len(tasks),
+            "kept": [r.name for r in job.renditions if r.name not in redriven],
+        }
 
     def cancel(self, job_id: str, *, reason: str = CANCEL_REASON) -> dict[str, Any]:
         """Cancel a job that has not ended: its open tasks and the job end `cancelled` at

@@ -111,6 +111,7 @@ class JobViews:
             # With the source version, what makes the job this job (vtp.options).
             "options_key": job.options_key,
             "options": job.options,
+            "redrives": job.redrives,
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,

@@ -221,7 +221,7 @@
      * Apply one ProgressEvent. Returns what changed, for the caller to decide what to fetch:
      * {applied, jobId, isNew, jobEnded, renditionEnded}. Events older than the last one applied
      * to the same rendition (a replay after a snapshot, a duplicate) are ignored; a terminal
-     * state is never left again.
+     * state is never left again, but by an operator's redrive (`reopened` events).
      */
     applyEvent(ev) {
       const out = { applied: false, jobId: null, isNew: false, jobEnded: false, renditionEnded: false };
@@ -238,14 +238,14 @@
         const c = (target.chunks ||= {});
         const prev = c[ev.chunk];
         if (prev && ev.id && prev.id && compareIds(ev.id, prev.id) <= 0) return out;
-        if (prev && isTerminal(prev.state) && !isTerminal(ev.state)) return out;
+        if (prev && isTerminal(prev.state) && !isTerminal(ev.state) && !ev.reopened) return out;
         const pct = ev.state === "succeeded" ? 100 : num(ev.percent) ?? 0;
         c[ev.chunk] = { id: ev.id, state: ev.state, percent: pct, seconds: num(ev.chunk_seconds) || 1 };
         out.applied = true;
         return out;
       }
       if (ev.id && target.lastId && compareIds(ev.id, target.lastId) <= 0) return out;
-      if (isTerminal(target.state) && !isTerminal(ev.state)) return out;
+      if (isTerminal(target.state) && !isTerminal(ev.state) && !ev.reopened) return out;
       const wasTerminal = isTerminal(target.state);
       if (ev.id) target.lastId = ev.id;
       target.state = ev.state;
