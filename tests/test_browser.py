@@ -187,7 +187,8 @@ def test_page_model_orders_dedupes_and_keeps_endings(browser: Any, tmp_path: Pat
       s.applyEvent(ev('10-0', '720p', 'retrying', 0, {error: 'killed', attempt: 1}));
       // A redrive: a failed job, its dead chunk and rendition queued again ("reopened").
       const K = 'job-2';
-      const ek = (id, rendition, state, extra) => ({...ev(id, rendition, state, 0, extra), job_id: K});
+      const ek = (id, rendition, state, extra) =>
+        ({...ev(id, rendition, state, 0, extra), job_id: K});
       s.applyEvent(ek('11-0', '720p', 'running', {chunk: 1}));
       s.applyEvent(ek('11-1', '720p', 'dead', {chunk: 1}));
       s.applyEvent(ek('11-2', '720p', 'dead', {error: 'oom'}));

@@ -181,3 +181,73 @@ def test_a_dead_letter_is_shown_with_its_reason_and_redriven_to_success(
     again = requests.post(f"{gateway}/function/split/jobs/redrive", params={"job": job_id},
                           timeout=30)  # fmt: skip
     assert again.status_code == 409 and "only a failed job" in again.json()["error"]
+
+
+def test_delete_removes_outputs_rows_and_asked_for_the_source(
+    gateway: str, stack: Any, stack_env: dict[str, str], s3: Minio, tmp_path: Path
+) -> None:
+    from tests.test_cli import run_vtp
+    from tests.test_pipeline import wait_for_job
+
+    clip = make_clip(tmp_path / "del.mp4", size="640x360", seconds=1, rate=25)
+    keep_key, drop_key = (f"delete/{time.time_ns()}-{n}.mp4" for n in ("keep", "drop"))
+    for key in (keep_key, drop_key):
+        s3.fput_object(MANUAL_BUCKET, key, str(clip))
+        submit(gateway, MANUAL_BUCKET, key, ["360p"])
+    kept = wait_for_job(gateway, MANUAL_BUCKET, keep_key)
+    dropped = wait_for_job(gateway, MANUAL_BUCKET, drop_key)
+    assert kept["state"] == dropped["state"] == "succeeded"
+    assert _outputs(s3, stack_env, kept["id"])
+
+    done = run_vtp("delete", kept["id"][:8], env_file=stack.stack_env_file, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "source kept" in done.stdout
+    assert _outputs(s3, stack_env, kept["id"]) == []
+    r = requests.get(f"{gateway}/function/status", params={"id": kept["id"]}, timeout=10)
+    assert r.status_code == 404
+    assert s3.stat_object(MANUAL_BUCKET, keep_key).size > 0  # the source stays
+
+    r = requests.post(f"{gateway}/function/split/jobs/delete",
+                      params={"job": dropped["id"], "source": "true"}, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert r.json()["source_removed"] is True and r.json()["outputs_removed"] > 0
+    assert [o.object_name for o in s3.list_objects(MANUAL_BUCKET, prefix=drop_key)] == []
+    assert _outputs(s3, stack_env, dropped["id"]) == []
+
+
+def test_retention_expires_old_outputs_and_keeps_the_rows(
+    gateway: str, stack_env: dict[str, str], s3: Minio, tmp_path: Path
+) -> None:
+    """A job that ended longer ago than VTP_RETENTION_DAYS loses its outputs at the next
+    sweep (in-process here, with that setting, on the stack's services); its row stays,
+    marked, and status offers no URLs. A recent job keeps its outputs."""
+    from tests.inprocess import build_pipeline
+    from tests.test_pipeline import wait_for_job
+    from vtp.pipeline import Pipeline
+
+    clip = make_clip(tmp_path / "old.mp4", size="640x360", seconds=1, rate=25)
+    old_key, new_key = (f"retention/{time.time_ns()}-{n}.mp4" for n in ("old", "new"))
+    for key in (old_key, new_key):
+        s3.fput_object(MANUAL_BUCKET, key, str(clip))
+        submit(gateway, MANUAL_BUCKET, key, ["360p"])
+    old = wait_for_job(gateway, MANUAL_BUCKET, old_key)
+    new = wait_for_job(gateway, MANUAL_BUCKET, new_key)
+    base = build_pipeline(stack_env)
+    try:
+        base.store._run(
+            lambda cur: cur.execute(
+                "UPDATE jobs SET finished_at = now() - interval '40 days' WHERE id = %s",
+                (old["id"],),
+            )
+        )
+        settings = base.settings.model_copy(update={"retention_days": 30.0})
+        p = Pipeline(settings, base.store, base.storage, base.bus, base.invoker)
+        swept = p.sweep()
+        assert swept["expired"] >= 1
+    finally:
+        base.store.close()
+    assert _outputs(s3, stack_env, old["id"]) == []
+    assert _outputs(s3, stack_env, new["id"]) != []
+    view = _job(gateway, old["id"])
+    assert view["state"] == "succeeded" and view["outputs_deleted_at"] is not None
+    assert view["urls"] == {} and view["renditions"][0]["urls"] == {}

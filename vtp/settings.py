@@ -199,6 +199,12 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=300.0, ge=0)
     reconcile_window_seconds: float = Field(default=86400.0, ge=0)
     reconcile_max_per_run: int = Field(default=100, ge=1)
+    # Retention: the sweeper removes the outputs of jobs that ended more than this many days
+    # ago (their rows stay, marked), checking every `retention_every_seconds`, at most
+    # `retention_max_per_run` jobs a time. 0: outputs are kept for ever.
+    retention_days: float = Field(default=0.0, ge=0)
+    retention_every_seconds: float = Field(default=3600.0, ge=1)
+    retention_max_per_run: int = Field(default=100, ge=1)
     # A rendition still queued this long after its dispatch is dispatched again by the sweeper
     # (its queued call may have been lost); generous, since a long queue is not a lost call.
     redispatch_after_seconds: float = 2 * 3600

@@ -188,6 +188,13 @@ class Storage:
             raise StorageError(f"cannot remove s3://{bucket}/{prefix}: {errors[0]}")
         return len(doomed)
 
+    def remove_object(self, bucket: str, key: str) -> None:
+        """Delete one object (no error when it is gone already)."""
+        try:
+            self.client.remove_object(bucket, key)
+        except Exception as exc:
+            raise StorageError(f"cannot remove s3://{bucket}/{key}: {exc}") from exc
+
     def get_bytes(self, bucket: str, key: str) -> bytes:
         try:
             resp = self.client.get_object(bucket, key)

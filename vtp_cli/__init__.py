@@ -8,6 +8,7 @@
     vtp callbacks redeliver JOB           send a finished job's callback again
     vtp cancel JOB                        stop a job: running encodes end, its outputs go
     vtp redrive JOB [--watch]             queue a failed job's failed and dead renditions again
+    vtp delete JOB [--source]             an ended job's outputs and records (and its source)
 
 Settings come from flags, then the environment (VTP_*), then an env file: `--env-file`, or the
 `.run/stack.env` that `make up` writes, found from the current directory upward.

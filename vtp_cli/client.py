@@ -58,11 +58,15 @@ class StatusClient:
         """Ask split to queue a failed job's dead letters again (`/jobs/redrive`)."""
         return self._split_post("jobs/redrive", job_id)
 
-    def _split_post(self, route: str, job_id: str) -> dict[str, Any]:
+    def delete(self, job_id: str, *, source: bool = False) -> dict[str, Any]:
+        """Ask split to delete an ended job (`/jobs/delete`), with its source if asked."""
+        return self._split_post("jobs/delete", job_id, source="true" if source else "false")
+
+    def _split_post(self, route: str, job_id: str, **params: str) -> dict[str, Any]:
         """One of split's operator routes, for one job: its answer, or the error it gave."""
         url = self.url.rsplit("/", 1)[0] + f"/split/{route}"
         try:
-            resp = self.session.post(url, params={"job": job_id}, timeout=60)
+            resp = self.session.post(url, params={"job": job_id, **params}, timeout=60)
         except requests.RequestException as exc:
             raise UpstreamError(f"split unreachable at {url}: {describe_error(exc)}") from exc
         try:

@@ -168,6 +168,22 @@ def cmd_redrive(args: argparse.Namespace, config: ClientConfig, console: Console
     return watch_job(config, job_id, console, timeout=args.timeout, status=status)
 
 
+def cmd_delete(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    """`vtp delete JOB [--source]`: 0 once deleted; a job at work is an error (exit 2)."""
+    status = StatusClient(config)
+    job_id = str(status.job(args.job)["id"])
+    answer = status.delete(job_id, source=args.source)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        kept = "removed" if answer.get("source_removed") else "kept"
+        console.print(
+            f"job {answer['job_id']} deleted: {answer['outputs_removed']} output file(s) "
+            f"removed, source {kept}"
+        )
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Shared flags are accepted before or after the command; SUPPRESS keeps a subcommand's
     # absent flag from overwriting one given before it.
@@ -230,6 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=3600.0, help="watch at most this long")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(func=cmd_redrive)
+
+    p = sub.add_parser("delete", parents=[common],
+                       help="delete an ended job's outputs and records")  # fmt: skip
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
+    p.add_argument("--source", action="store_true", help="delete its source object too")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_delete)
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     p.add_argument("--state", choices=[s.value for s in JobState])

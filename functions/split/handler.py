@@ -2,8 +2,8 @@
 
 Also receives the queue-worker's callbacks for transcode calls on `/callback`, sends a
 finished job's callback again on `POST /callbacks/redeliver?job=<id>`, and acts on a job on
-`POST /jobs/cancel?job=<id>` and `POST /jobs/redrive?job=<id>` (the operator's routes need
-the read token, when the deployment has one: see `vtp.access`).
+`POST /jobs/cancel`, `/jobs/redrive` and `/jobs/delete` `?job=<id>` (the operator's routes
+need the read token, when the deployment has one: see `vtp.access`).
 
 A sync call answers 200 with the job, new or not (`created` says which): `faas-cli invoke`
 prints the body of a 200 or 201 only, and reports any 202 as "Function submitted
@@ -161,6 +161,7 @@ def _redeliver(event: Any) -> Response:
 OPERATOR_ROUTES = {
     "/jobs/cancel": "cancel_job",  # stop a job that has not ended (409 if it has)
     "/jobs/redrive": "redrive_job",  # queue a failed job's dead letters again
+    "/jobs/delete": "delete_job",  # an ended job's outputs and rows (&source=true: its source)
 }
 
 
@@ -172,8 +173,10 @@ def _operate(event: Any, route: str) -> Response:
         raise InvalidRequest(f"{route} needs ?job=<id>")
     p = pipeline()
     require_read_token(event, p.settings)
-    action = getattr(p, OPERATOR_ROUTES[route])
-    return ok(action(job_id))
+    if route == "/jobs/delete":
+        source = (event.query.get("source") or "").lower() in ("1", "true", "yes")
+        return ok(p.delete_job(job_id, source=source))
+    return ok(getattr(p, OPERATOR_ROUTES[route])(job_id))
 
 
 def _summary(result: Any) -> dict[str, Any]:

@@ -155,6 +155,7 @@ class Job(BaseModel):
     # The options as asked and where they came from; None for jobs from before 0009.
     options: dict[str, Any] | None = None
     redrives: int = 0  # how often an operator queued its failures again (migration 0011)
+    outputs_deleted_at: datetime | None = None  # removed by retention (migration 0012)
     source_info: SourceInfo | None = None
     state: JobState
     formats: list[str]

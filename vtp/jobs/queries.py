@@ -168,7 +168,8 @@ class Queries(Transactions):
     def known_versions(
         self, bucket: str, versions: builtins.list[tuple[str, str]]
     ) -> set[tuple[str, str]]:
-        """Which of these (key, etag) object versions of `bucket` have a job."""
+        """Which of these (key, etag) object versions of `bucket` have a job, or had one
+        that an operator deleted (its source kept: not a lost event)."""
         if not versions:
             return set()
 
@@ -176,11 +177,20 @@ class Queries(Transactions):
             cur.execute(
                 """
                 SELECT j.source_key, j.source_etag FROM jobs j
-                JOIN unnest(%s::text[], %s::text[]) AS v(key, etag)
+                JOIN unnest(%(keys)s::text[], %(etags)s::text[]) AS v(key, etag)
                   ON j.source_key = v.key AND j.source_etag = v.etag
-                WHERE j.source_bucket = %s
+                WHERE j.source_bucket = %(bucket)s
+                UNION
+                SELECT d.source_key, d.source_etag FROM deleted_jobs d
+                JOIN unnest(%(keys)s::text[], %(etags)s::text[]) AS v(key, etag)
+                  ON d.source_key = v.key AND d.source_etag = v.etag
+                WHERE d.source_bucket = %(bucket)s
                 """,
-                ([k for k, _ in versions], [e.strip('"') for _, e in versions], bucket),
+                {
+                    "keys": [k for k, _ in versions],
+                    "etags": [e.strip('"') for _, e in versions],
+                    "bucket": bucket,
+                },
             )
             return {(str(r["source_key"]), str(r["source_etag"])) for r in cur.fetchall()}
 

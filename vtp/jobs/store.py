@@ -4,7 +4,8 @@ One class for callers, assembled from one part per responsibility, each in its o
 reading (`queries`), recording new jobs (`submission`), attempts and their reports
 (`attempts`), backup calls for stragglers (`backups`), stopping a job that cannot succeed
 (`cancellation`), dispatched calls and refusals (`dispatches`), fan-in (`fanin`), and
-queueing a failed job's dead letters again (`redrive`). Every part
+queueing a failed job's dead letters again (`redrive`), and deleting jobs and expiring
+their outputs (`deletion`). Every part
 runs its statements through `transactions.Transactions`: one connection per thread, one
 transaction per operation, guarded UPDATEs so racing callers get Conflict instead of
 overwriting each other.
@@ -12,13 +13,14 @@ overwriting each other.
 
 from __future__ import annotations
 
+from vtp.jobs.deletion import Deletion
 from vtp.jobs.dispatches import Dispatches
 from vtp.jobs.fanin import FanIn
 from vtp.jobs.redrive import Redrive
 from vtp.jobs.submission import Submission
 
 
-class JobStore(Submission, Dispatches, FanIn, Redrive):
+class JobStore(Submission, Dispatches, FanIn, Redrive, Deletion):
     """Jobs and renditions in PostgreSQL. Safe to share between threads.
 
     `JobStore(connect, retry=RetryPolicy(...))`: `connect` returns a new connection (e.g.

@@ -17,7 +17,8 @@ another through a global or a base class): `clients` (the shared clients and eve
 `urls`, `views` (the job as clients see it), `fanin` (finishing a job, its callback),
 `dispatch` (calls on the gateway's queue and the queue-worker's reports), `transcode`
 (running one task), `intake` (submission and reconciliation), `sweep`, `operations` (what an
-operator does to a job: cancel, redrive). `Pipeline` wires them together and is what handlers hold.
+operator does to a job: cancel, redrive, delete; retention). `Pipeline` wires them together
+and is what handlers hold.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ class Pipeline:
         self.dispatcher = Dispatcher(self.clients, self.urls, self.fanin)
         self.runner = TaskRunner(self.clients, self.fanin, self.stopping)
         self.intake = Intake(self.clients, self.dispatcher, self.fanin)
-        self.sweeper = Sweeper(self.clients, self.dispatcher, self.fanin, self.intake)
         self.operations = Operations(self.clients, self.dispatcher, self.fanin)
+        self.sweeper = Sweeper(
+            self.clients, self.dispatcher, self.fanin, self.intake, self.operations
+        )
         # The entry points handlers use, by name.
         self.submit = self.intake.submit
         self.on_rendition_callback = self.dispatcher.on_rendition_callback
@@ -76,6 +79,7 @@ class Pipeline:
         self.redeliver_callback = self.fanin.redeliver_callback
         self.cancel_job = self.operations.cancel
         self.redrive_job = self.operations.redrive
+        self.delete_job = self.operations.delete
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:

@@ -1,4 +1,5 @@
-"""What an operator does to a job once it exists: cancel it, redrive its dead letters.
+"""What an operator does to a job once it exists: cancel it, redrive its dead letters,
+delete it; and the retention sweep, which expires old jobs' outputs.
 
 Each action is a transaction in the store (vtp.jobs) followed by what lives outside the
 database: the Redis flag running transcodes watch, the outputs in the bucket, the job's
@@ -10,8 +11,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import redis
+
 from vtp import layout
-from vtp.errors import VtpError
+from vtp.errors import Conflict, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job
 from vtp.pipeline.clients import Clients
@@ -76,6 +79,76 @@ class Operations:
             "tasks_cancelled": tasks,
             "outputs_removed": removed,
         }
+
+    def delete(self, job_id: str, *, source: bool = False) -> dict[str, Any]:
+        """Delete an ended job: its outputs, then its rows (a failure removing the outputs
+        keeps the rows, to try again with); with `source`, the source object too, if it is
+        still the job's version and no other job at work reads it. Conflict for a job at
+        work (cancel it first)."""
+        job = self.store.get(self.store.resolve_id(job_id))
+        if not job.state.terminal:
+            raise Conflict(f"job {job.id} is {job.state.value}: cancel it first (vtp cancel)")
+        if source:
+            readers = self.store.source_in_use(job)
+            if readers:
+                raise Conflict(
+                    f"the source of job {job.id} is read by job(s) at work: "
+                    f"{', '.join(str(r) for r in readers)}; delete without the source"
+                )
+        bucket = self.settings.outputs_bucket
+        removed = self.storage.remove_prefix(bucket, layout.job_prefix(job.id))
+        self.store.delete_job(job.id)
+        self._forget_progress(job)
+        source_removed = False
+        if source:
+            source_removed = self._remove_source(job)
+        return {
+            "job_id": str(job.id),
+            "deleted": True,
+            "outputs_removed": removed,
+            "source_removed": source_removed,
+        }
+
+    def expire_outputs(self) -> int:
+        """The sweeper's retention pass: the outputs of jobs that ended more than
+        `retention_days` ago removed, their rows marked; how many jobs."""
+        days = self.settings.retention_days
+        if days <= 0:
+            return 0
+        expired = 0
+        for job in self.store.expired(days, limit=self.settings.retention_max_per_run):
+            try:
+                self.storage.remove_prefix(self.settings.outputs_bucket, layout.job_prefix(job.id))
+            except VtpError as exc:
+                log.warning("outputs of job %s not expired: %s", job.id, exc.reason)
+                continue
+            self.store.mark_outputs_deleted(job.id)
+            expired += 1
+        if expired:
+            log.info("retention: outputs of %d job(s) older than %g days removed", expired, days)
+        return expired
+
+    def _remove_source(self, job: Job) -> bool:
+        """The job's source object, if it is still the job's version (a newer upload of the
+        key is another job's, and stays)."""
+        src = job.source
+        try:
+            now = self.storage.stat(src.bucket, src.key)
+        except NotFound:
+            return False
+        if now.etag != src.normalized_etag:
+            log.info("source of job %s not removed: s3://%s/%s is a newer version",
+                     job.id, src.bucket, src.key)  # fmt: skip
+            return False
+        self.storage.remove_object(src.bucket, src.key)
+        return True
+
+    def _forget_progress(self, job: Job) -> None:
+        keys = self.clients.bus.keys
+        try:
+            self.clients.bus.redis.delete(keys.job_progress(job.id), keys.job_cancelled(job.id))
+        except redis.RedisError as exc:
+            log.warning("progress of deleted job %s not removed: %s", job.id, exc)
 
     def _remove_outputs(self, job: Job) -> int | None:
         """Everything the job wrote so far; None when the storage refused (said in the log:

@@ -1,5 +1,6 @@
 """The cron sweeper's round: confirm reported deaths, write off silent workers, back up
-stragglers, dispatch due and lost retries, finish stuck finalizations."""
+stragglers, dispatch due and lost retries, finish stuck finalizations; now and then,
+reconcile the input buckets and expire old outputs."""
 
 from __future__ import annotations
 
@@ -11,15 +12,22 @@ from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn
 from vtp.pipeline.intake import Intake
+from vtp.pipeline.operations import Operations
 
 log = logging.getLogger(__name__)
 
 
 class Sweeper:
     def __init__(
-        self, clients: Clients, dispatcher: Dispatcher, fanin: FanIn, intake: Intake
+        self,
+        clients: Clients,
+        dispatcher: Dispatcher,
+        fanin: FanIn,
+        intake: Intake,
+        operations: Operations,
     ) -> None:
         self.clients = clients
+        self.operations = operations
         self.settings = clients.settings
         self.store = clients.store
         self.dispatcher = dispatcher
@@ -53,6 +61,11 @@ class Sweeper:
                 reconciled = self.intake.reconcile()["submitted"]
             except VtpError as exc:
                 log.error("reconciliation failed: %s", exc.reason)
+        expired = 0
+        if self.settings.retention_days > 0 and self.store.claim_periodic(
+            "retention", self.settings.retention_every_seconds
+        ):
+            expired = self.operations.expire_outputs()
         return {
             "reaped": len(reaped),
             "confirmed_deaths": confirmed,
@@ -62,4 +75,5 @@ class Sweeper:
             "finalized": finalized,
             "callbacks": callbacks_sent,
             "reconciled": reconciled,
+            "expired": expired,
         }

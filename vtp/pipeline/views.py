@@ -82,7 +82,7 @@ class JobViews:
                 ],
                 "urls": {},
             }
-            if r.state is RenditionState.SUCCEEDED and r.result:
+            if r.state is RenditionState.SUCCEEDED and r.result and not job.outputs_deleted_at:
                 folder = layout.within_job(job.id, r.output_prefix, r.name)
                 item["urls"]["playlist"] = self.urls.output_url(
                     job.id, f"{folder}/{r.result['playlist']}"
@@ -97,7 +97,7 @@ class JobViews:
                 )
             rends.append(item)
         urls: dict[str, str] = {}
-        if job.master_playlist:
+        if job.master_playlist and not job.outputs_deleted_at:
             urls["master"] = self.urls.output_url(job.id, layout.MASTER)
             urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
         done = [r for r in job.renditions if r.state.terminal]
@@ -112,6 +112,8 @@ class JobViews:
             "options_key": job.options_key,
             "options": job.options,
             "redrives": job.redrives,
+            # The retention sweep removed its outputs (VTP_RETENTION_DAYS): no URLs.
+            "outputs_deleted_at": job.outputs_deleted_at,
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
