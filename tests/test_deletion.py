@@ -4,6 +4,7 @@ the source version stays known to reconciliation, and old jobs are found by thei
 from __future__ import annotations
 
 import uuid
+
 import pytest
 
 from tests.test_jobs import INFO, PLAN, source
