@@ -67,6 +67,8 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
                 "VTP_DEATH_CONFIRM_SECONDS": "12",
             },
             "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
+            # One function logs JSON lines (vtp.logs), for the test that reads them.
+            "transcode-720p": {"VTP_LOG_FORMAT": "json"},
         },
     }
     values.update(overrides)

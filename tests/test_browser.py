@@ -400,3 +400,35 @@ def test_a_chunked_stream_plays_across_its_joins(
     assert page.evaluate("window.__waits.filter(t => t > 0.5)") == [], "stalled at a join"
     assert page.evaluate("document.getElementById('player').dataset.error || null") is None
     assert page.evaluate("document.getElementById('player').webkitAudioDecodedByteCount") > 0
+
+
+@pytest.mark.slow
+def test_a_player_starts_on_the_early_master(
+    page: Any, relay_url: str, artifacts: Path, tmp_path: Path
+) -> None:
+    """360p is done long before 720p: the page's player starts on the master that lists
+    360p alone (playable early, the row says so), plays it, and once the job has succeeded
+    loads the final master with both renditions where playback was."""
+    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=20)
+    page.goto(relay_url)
+    job_id = upload_through_form(page, clip)
+    page.wait_for_selector("#player[data-early=true][data-manifest-parsed=true]",
+                           timeout=150_000)  # fmt: skip
+    state = page.evaluate("document.getElementById('detail-view').dataset.state")
+    assert state in ("queued", "running"), "early means before the job ended"
+    assert page.get_attribute("#player", "data-levels") == "1"
+    ready = page.eval_on_selector_all(
+        "#detail-renditions .rend[data-ready=true]", "rs => rs.map(r => r.dataset.rendition)"
+    )
+    assert ready == ["360p"], ready
+    assert "Playable early: 360p ready so far" in page.text_content("#player-note")
+    assert page.evaluate("document.getElementById('player').play().then(() => true)")
+    page.wait_for_function("document.getElementById('player').currentTime > 0.5", timeout=30_000)
+    assert page.evaluate("document.getElementById('player').videoWidth") == 640
+    page.screenshot(path=str(artifacts / "browser-early-player.png"), full_page=True)
+
+    assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
+    page.wait_for_selector("#player[data-early=false][data-manifest-parsed=true]",
+                           timeout=30_000)  # fmt: skip
+    assert page.get_attribute("#player", "data-levels") == "2"
+    assert job_id

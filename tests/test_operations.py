@@ -1,5 +1,6 @@
-"""What an operator does to jobs, through the local stack's gateway and functions: cancel a
-job in the middle of a real encode."""
+"""What an operator does to jobs, and what a job shows while it runs, through the local
+stack's gateway and functions: cancel in the middle of a real encode, redrive a dead
+letter, delete, retention, and the master playlist playable before the job ends."""
 
 from __future__ import annotations
 
@@ -251,3 +252,66 @@ def test_retention_expires_old_outputs_and_keeps_the_rows(
     view = _job(gateway, old["id"])
     assert view["state"] == "succeeded" and view["outputs_deleted_at"] is not None
     assert view["urls"] == {} and view["renditions"][0]["urls"] == {}
+
+
+@pytest.mark.slow
+def test_the_master_is_playable_as_each_rendition_finishes(
+    gateway: str, stack_env: dict[str, str], s3: Minio, tmp_path: Path
+) -> None:
+    """While 720p still encodes, 360p's success rewrites the master with 360p alone: status
+    says it is ready and gives the master's URL, a `rendition.ready` event says so, and
+    ffprobe reads the early master. The final master lists both, smallest first, as it
+    always did."""
+    import redis
+
+    from tests.test_pipeline import ffprobe
+    from vtp.events import ProgressEvent
+    from vtp.settings import Settings
+
+    prefix = Settings.model_fields["redis_prefix"].get_default()
+    bus = redis.Redis.from_url(stack_env["VTP_REDIS_URL"])
+    sub = bus.pubsub()
+    sub.subscribe(f"{stack_env.get('VTP_REDIS_PREFIX', prefix)}:progress")
+    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=20)
+    key = f"early/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["360p", "720p"])
+    deadline = time.monotonic() + 150
+    early: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        view = _job(gateway, job_id)
+        assert view["state"] != "succeeded", "the job ended before anything was seen early"
+        if view["ready"]:
+            early = view
+            break
+        time.sleep(0.1)
+    assert early, "nothing became ready"
+    assert early["ready"] == ["360p"] and early["state"] in ("queued", "running")
+    assert [r["ready"] for r in early["renditions"]] == [True, False]
+    assert "poster" not in early["urls"]  # written at the end, with the final master
+    master = requests.get(early["urls"]["master"], timeout=10).text
+    assert master.count("#EXT-X-STREAM-INF") == 1 and "RESOLUTION=640x360" in master
+    probed = ffprobe(early["urls"]["master"])
+    assert [s["height"] for s in probed["streams"] if s["codec_type"] == "video"] == [360]
+
+    seen = []
+    until = time.monotonic() + 10
+    while time.monotonic() < until and not seen:
+        message = sub.get_message(timeout=1.0)
+        if message and message["type"] == "message":
+            ev = ProgressEvent.model_validate_json(message["data"])
+            if ev.job_id == job_id and ev.kind == "rendition.ready":
+                seen.append(ev)
+    sub.close()
+    assert seen and seen[0].ready == ["360p"], seen
+
+    done = _job(gateway, job_id)
+    deadline = time.monotonic() + 150
+    while done["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        done = _job(gateway, job_id)
+    assert done["state"] == "succeeded", done
+    assert done["ready"] == ["360p", "720p"]
+    final = requests.get(done["urls"]["master"], timeout=10).text
+    assert final.count("#EXT-X-STREAM-INF") == 2
+    assert final.index("RESOLUTION=640x360") < final.index("RESOLUTION=1280x720")

@@ -485,6 +485,7 @@ def test_sweeper_answers_what_it_did(gateway: str) -> None:
         "finalized",
         "callbacks",
         "reconciled",
+        "expired",
     }
     assert all(isinstance(v, int) and v >= 0 for v in r.json().values())
 

@@ -21,6 +21,7 @@ from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder
 from vtp.lifecycle import TaskState
 from vtp.models import RenditionState, SourceInfo, TranscodeTask
+from vtp.options import JobOptions
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
 
@@ -356,7 +357,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     clip = make_clip(tmp_path / "twenty.mp4", size="640x360", seconds=20, rate=25)
     key = f"chunked/{time.time_ns()}.mp4"
     pipeline.storage.client.fput_object(bucket, key, str(clip))
-    job = chunked.submit(SourceObject(bucket=bucket, key=key), renditions=["360p"]).job
+    job = chunked.submit(SourceObject(bucket=bucket, key=key), JobOptions(renditions=["360p"])).job
     tasks = job.rendition("360p").tasks
     assert [(t.chunk, t.start_s, t.end_s) for t in tasks] == [(0, 0, 8), (1, 8, 16), (2, 16, 20)]
     assert [r.name for r in job.renditions] == ["360p", "audio"]
@@ -587,7 +588,7 @@ def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path
                      extra=["-vf", "noise=alls=30:allf=t"])  # fmt: skip
     key = f"flagged/{time.time_ns()}.mp4"
     pipeline.storage.client.fput_object(bucket, key, str(clip))
-    job = strict.submit(SourceObject(bucket=bucket, key=key), renditions=["360p"]).job
+    job = strict.submit(SourceObject(bucket=bucket, key=key), JobOptions(renditions=["360p"])).job
     assert job.rendition("360p").spec.quality_target == 0.9999
     job = _ended(pipeline, job)
     assert job.state.value == "succeeded", job.error

@@ -105,6 +105,10 @@ class ProgressEvent(BaseModel):
     # Taken out of its end by an operator's redrive: clients, which never leave an end
     # otherwise (late or replayed events), take this one.
     reopened: bool = False
+    # A job event that is not a transition: "rendition.ready" when the master playlist was
+    # rewritten with more renditions (`ready`: all it lists) while the job runs.
+    kind: str | None = None
+    ready: list[str] | None = None
     ts: float = Field(default_factory=time.time, description="epoch seconds")
 
     @property

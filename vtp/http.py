@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from vtp import access
+from vtp import access, logs
 from vtp.errors import Unauthorized, VtpError, http_status
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
@@ -32,7 +32,9 @@ def pipeline() -> Pipeline:
     global _pipeline
     with _lock:
         if _pipeline is None:
-            _pipeline = Pipeline.from_settings(Settings())
+            settings = Settings()
+            logs.configure(settings.log_format)
+            _pipeline = Pipeline.from_settings(settings)
         return _pipeline
 
 

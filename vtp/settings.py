@@ -199,6 +199,9 @@ class Settings(BaseSettings):
     reconcile_grace_seconds: float = Field(default=300.0, ge=0)
     reconcile_window_seconds: float = Field(default=86400.0, ge=0)
     reconcile_max_per_run: int = Field(default=100, ge=1)
+    # `json`: one JSON object a log line, with the job, rendition, chunk, attempt and call
+    # id of the work it is about (vtp.logs); `text`: the same fields after the message.
+    log_format: Literal["text", "json"] = "text"
     # Retention: the sweeper removes the outputs of jobs that ended more than this many days
     # ago (their rows stay, marked), checking every `retention_every_seconds`, at most
     # `retention_max_per_run` jobs a time. 0: outputs are kept for ever.
@@ -351,12 +354,16 @@ def load_at_start() -> Settings:
     """The settings, read when a function starts; a bad value or combination stops the start
     with one readable line (in the function's log) instead of failing every call."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise SystemExit(f"vtp: invalid settings, not starting: {problems}") from None
+    from vtp import logs
+
+    logs.configure(settings.log_format)
+    return settings
 
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")

@@ -13,13 +13,14 @@ names each rendition that did not succeed and why.
 from __future__ import annotations
 
 import builtins
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 import psycopg2.extras
 
 from vtp.errors import Conflict, NotFound
-from vtp.jobs.models import CallbackStatus, Job
+from vtp.jobs.models import CallbackStatus, Job, Rendition
 from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import (
     KEPT_RESULT_COLUMNS,
@@ -29,6 +30,7 @@ from vtp.jobs.transactions import (
     audit,
     one,
     parse_id,
+    row_to_rendition,
 )
 from vtp.models import JobState
 
@@ -118,6 +120,7 @@ class FanIn(Queries):
         *,
         claimer: str | None = None,
         master_playlist: str | None = None,
+        ready: builtins.list[str] | None = None,
     ) -> Job:
         """Finish the job (succeeded, or failed with `reason`).
 
@@ -148,10 +151,11 @@ class FanIn(Queries):
                 )
             cur.execute(
                 """
-                UPDATE jobs SET state = %s, error = %s, master_playlist = %s, finished_at = now()
+                UPDATE jobs SET state = %s, error = %s, master_playlist = %s, finished_at = now(),
+                                ready = COALESCE(%s, ready)
                 WHERE id = %s AND state = %s
                 """,
-                (state.value, reason, master_playlist, str(jid), row["state"]),
+                (state.value, reason, master_playlist, ready, str(jid), row["state"]),
             )
             audit(cur, jid, None, row["state"], state, detail=reason)
 
@@ -212,6 +216,41 @@ class FanIn(Queries):
 
         self._run(tx)
         return self.get(jid)
+
+    def record_ready(
+        self,
+        job_id: UUID | str,
+        publish: Callable[[builtins.list[Rendition]], builtins.list[str] | None],
+    ) -> builtins.list[str] | None:
+        """While the job is open (not ended, its finalization not claimed), under its row
+        lock: `publish` gets its renditions, writes what they make playable (the master
+        playlist) and returns the names it lists, which are recorded. None when the job is
+        not open or nothing is playable yet.
+
+        The lock orders two renditions finishing at once: the second writes after the first,
+        with both, so the master never loses a rendition it had. The finalization's claim
+        waits for it, and its master (the final one) comes after."""
+        jid = parse_id(job_id)
+
+        def tx(cur: Cursor) -> builtins.list[str] | None:
+            cur.execute(
+                "SELECT state, finalize_claimed_by FROM jobs WHERE id = %s FOR UPDATE",
+                (str(jid),),
+            )
+            row = cur.fetchone()
+            if row is None:
+                raise NotFound(f"no job {jid}")
+            if JobState(row["state"]).terminal or row["finalize_claimed_by"] is not None:
+                return None
+            cur.execute("SELECT * FROM renditions WHERE job_id = %s ORDER BY ordinal", (str(jid),))
+            renditions = [row_to_rendition(dict(r)) for r in cur.fetchall()]
+            ready = publish(renditions)
+            if ready is None:
+                return None
+            cur.execute("UPDATE jobs SET ready = %s WHERE id = %s", (ready, str(jid)))
+            return ready
+
+        return self._run(tx)
 
     def due_callbacks(self, *, limit: int = 20, lease_s: float = 300.0) -> builtins.list[Job]:
         """Claim finished jobs whose pending callback is due again, pushing the next try out

@@ -156,6 +156,8 @@ class Job(BaseModel):
     options: dict[str, Any] | None = None
     redrives: int = 0  # how often an operator queued its failures again (migration 0011)
     outputs_deleted_at: datetime | None = None  # removed by retention (migration 0012)
+    # The renditions the master playlist lists so far (migration 0013): playable early.
+    ready: list[str] = Field(default_factory=list)
     source_info: SourceInfo | None = None
     state: JobState
     formats: list[str]

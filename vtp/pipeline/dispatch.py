@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
+from vtp import logs
 from vtp.chunks import estimated_cost, longest_first
 from vtp.errors import Conflict, VtpError
 from vtp.jobs import Job, Task
@@ -43,7 +44,12 @@ class Dispatcher:
         (which keeps an X-Call-Id it is given), so the queue-worker's report on it, however
         fast, is always matched to this dispatch.
         """
+        with logs.context(job_id=task.job_id, rendition=task.rendition, chunk=task.chunk):
+            self._dispatch(task)
+
+    def _dispatch(self, task: Task) -> None:
         call_id = str(uuid4())
+        logs.bind(call_id=call_id)
         job_id, rendition, chunk = task.job_id, task.rendition, task.chunk
         if self.store.record_dispatch(job_id, rendition, call_id, chunk=chunk) is None:
             return  # running or finished meanwhile: nothing to dispatch
@@ -127,6 +133,22 @@ class Dispatcher:
         * anything else (the attempt recorded its own outcome, or the call was superseded):
           nothing to do. A late report never changes a newer attempt.
         """
+        with logs.context(job_id=job_id, rendition=rendition, chunk=chunk, call_id=call_id):
+            return self._on_rendition_callback(
+                job_id, rendition, function_status=function_status, call_id=call_id,
+                body=body, chunk=chunk,
+            )  # fmt: skip
+
+    def _on_rendition_callback(
+        self,
+        job_id: str,
+        rendition: str,
+        *,
+        function_status: int,
+        call_id: str | None,
+        body: bytes,
+        chunk: int,
+    ) -> dict[str, Any]:
         task = self.store.get(job_id).rendition(rendition).task(chunk)
         what = _status_text(function_status, body)
         failed = not 200 <= function_status < 300

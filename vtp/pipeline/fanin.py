@@ -11,9 +11,10 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, layout, workdirs
+from vtp import callbacks, layout, logs, workdirs
 from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.errors import VtpError
+from vtp.events import ProgressEvent
 from vtp.jobs import CallbackStatus, Job, Rendition, SourceRef, summarize_outcome
 from vtp.join import check_join, joined_result, media_playlist
 from vtp.lifecycle import RetryPolicy, TaskState
@@ -58,6 +59,10 @@ class FanIn:
     def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
         """Finish the job if every task has ended and no one else is doing it; first, if
         a rendition of it failed, end the tasks not started (vtp.jobs.cancellation)."""
+        with logs.context(job_id=job_id):
+            return self._maybe_finalize(job_id, claimer)
+
+    def _maybe_finalize(self, job_id: UUID | str, claimer: str) -> bool:
         self.store.cancel_doomed(job_id)
         job = self.store.claim_finalization(job_id, claimer)
         if job is None:
@@ -67,21 +72,8 @@ class FanIn:
         state, reason = summarize_outcome(job.renditions)
         if refused:
             state, reason = JobState.FAILED, "; ".join([*refused, *([reason] if reason else [])])
-        master = None
-        done = [r for r in job.renditions if r.state is RenditionState.SUCCEEDED and r.result]
-        if done:
-            entries = {
-                r.name: MasterEntry.from_result(
-                    RenditionResult.model_validate(r.result),
-                    layout.within_job(job.id, r.output_prefix, r.name),
-                    score=(r.result or {}).get("quality_display"),
-                )
-                for r in done
-            }
-            audio = [entries.pop(r.name) for r in done if r.spec.audio_only]
-            video = list(entries.values())
-            if video:
-                master = master_playlist(video, audio=audio[0] if audio else None)
+        built = self._master(job.id, job.renditions, early=False)
+        master, ready = built if built else (None, None)
         if master is not None:
             try:
                 self.storage.put_bytes(
@@ -94,7 +86,7 @@ class FanIn:
                     f"could not write the master playlist: {exc.reason}",
                 )
         job = self.store.complete_job(
-            job.id, state, reason, claimer=claimer, master_playlist=master
+            job.id, state, reason, claimer=claimer, master_playlist=master, ready=ready
         )
         log.info("job %s %s%s", job.id, job.state, f": {reason}" if reason else "")
         self._remove_superseded_attempts(job)
@@ -102,52 +94,119 @@ class FanIn:
         self.fire_callback(job)
         return True
 
+    def rendition_ready(self, job_id: UUID | str, name: str) -> list[str] | None:
+        """After a task of rendition `name` succeeded: once the rendition is whole (its
+        chunks joined), rewrite the master playlist with every rendition ready so far, so
+        that playback can start before the job ends, and say so (`rendition.ready`).
+        Returns the renditions the master now lists; None when nothing changed (the
+        rendition is not whole yet, the job is ending, or a variant's sound is not ready).
+        The final master, at the job's end, is written as before."""
+        job = self.store.get(job_id)
+        rend = job.rendition(name)
+        if job.state.terminal or rend.state is not RenditionState.SUCCEEDED:
+            return None
+        if len(rend.tasks) > 1 and not rend.result and self._join(job, rend) is not None:
+            return None  # refused: the job's end says why
+        written: list[str] = []
+
+        def publish(renditions: list[Rendition]) -> list[str] | None:
+            built = self._master(job.id, renditions, early=True)
+            if built is None:
+                return None
+            master, ready = built
+            self.storage.put_bytes(
+                self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode()
+            )
+            written[:] = ready
+            return ready
+
+        if self.store.record_ready(job.id, publish) is None:
+            return None
+        log.info("job %s: playable early with %s", job.id, ", ".join(written))
+        self.clients.publish(
+            ProgressEvent(job_id=str(job.id), state=job.state.value, kind="rendition.ready",
+                          ready=written)
+        )  # fmt: skip
+        return written
+
+    def _master(
+        self, job_id: UUID, renditions: list[Rendition], *, early: bool
+    ) -> tuple[str, list[str]] | None:
+        """The master playlist over the renditions that succeeded, and their names; None
+        when no video rendition did. `early`: while the job runs, not before the sound
+        every variant names (a job encoded in chunks) is ready too."""
+        done = [r for r in renditions if r.state is RenditionState.SUCCEEDED and r.result]
+        sound_pending = any(
+            r.spec.audio_only and r.state is not RenditionState.SUCCEEDED for r in renditions
+        )
+        if early and sound_pending:
+            return None
+        entries = {
+            r.name: MasterEntry.from_result(
+                RenditionResult.model_validate(r.result),
+                layout.within_job(job_id, r.output_prefix, r.name),
+                score=(r.result or {}).get("quality_display"),
+            )
+            for r in done
+        }
+        audio = [entries.pop(r.name) for r in done if r.spec.audio_only]
+        video = list(entries.values())
+        if not video:
+            return None
+        master = master_playlist(video, audio=audio[0] if audio else None)
+        return master, [r.name for r in done]
+
     def _join_chunked(self, job: Job) -> list[str]:
-        """Join each rendition encoded in chunks whose chunks all succeeded: prove the join
-        (vtp.join), write its playlist over the chunks' folders, record what it is. Returns
-        why a rendition could not be joined (each chunk checked itself before it succeeded,
-        so only a cross-chunk mismatch is left: an init segment from another encoder build,
-        say), which fails the job with the reason rather than publishing a broken stream."""
+        """Join each rendition encoded in chunks whose chunks all succeeded and that is not
+        joined yet (`rendition_ready` joins each as it finishes); why any could not be."""
         refused = []
         for r in job.renditions:
             if len(r.tasks) < 2 or r.state is not RenditionState.SUCCEEDED or r.result:
                 continue
-            tasks = sorted(r.tasks, key=lambda t: t.chunk)
-            chunks = [ChunkResult.model_validate(t.result) for t in tasks]
-            fps = frame_rate(r.spec.fps)
-            assert job.source_info is not None
-            problems = check_join(chunks, fps=fps, source_duration=job.source_info.duration)
-            if problems:
-                refused += [
-                    f"rendition {r.name} cannot be joined: chunk {p.chunk}: {p.reason}"
-                    for p in problems
-                ]
-                continue
-            folder = layout.rendition_prefix(job.id, r.name)
-            prefixes = [
-                str((t.result or {})["output_prefix"]).removeprefix(folder).strip("/") + "/"
-                for t in tasks
-            ]
-            playlist = media_playlist(chunks, prefixes=prefixes)
-            try:
-                self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{folder}{HLS_PLAYLIST}", playlist.encode()
-                )
-            except VtpError as exc:
-                refused.append(f"rendition {r.name}: its playlist not written: {exc.reason}")
-                continue
-            joined = joined_result(r.spec, chunks, fps=fps)
-            quality = combined_record(
-                [t.result or {} for t in tasks],
-                target=r.spec.quality_target,
-                margin_db=self.settings.quality_margin_db,
-            )
-            record = (
-                joined.model_dump(mode="json") | quality | {"output_prefix": folder.rstrip("/")}
-            )
-            self.store.record_joined(job.id, r.name, record)
-            log.info("job %s: %s joined from %d chunks", job.id, r.name, len(chunks))
+            problems = self._join(job, r)
+            if problems is not None:
+                refused += problems
         return refused
+
+    def _join(self, job: Job, r: Rendition) -> list[str] | None:
+        """Join a rendition encoded in chunks whose chunks all succeeded: prove the join
+        (vtp.join), write its playlist over the chunks' folders, record what it is. Returns
+        why it could not be joined (each chunk checked itself before it succeeded, so only
+        a cross-chunk mismatch is left: an init segment from another encoder build, say),
+        which fails the job with the reason rather than publishing a broken stream; None
+        once joined."""
+        tasks = sorted(r.tasks, key=lambda t: t.chunk)
+        chunks = [ChunkResult.model_validate(t.result) for t in tasks]
+        fps = frame_rate(r.spec.fps)
+        assert job.source_info is not None
+        problems = check_join(chunks, fps=fps, source_duration=job.source_info.duration)
+        if problems:
+            return [
+                f"rendition {r.name} cannot be joined: chunk {p.chunk}: {p.reason}"
+                for p in problems
+            ]
+        folder = layout.rendition_prefix(job.id, r.name)
+        prefixes = [
+            str((t.result or {})["output_prefix"]).removeprefix(folder).strip("/") + "/"
+            for t in tasks
+        ]
+        playlist = media_playlist(chunks, prefixes=prefixes)
+        try:
+            self.storage.put_bytes(
+                self.settings.outputs_bucket, f"{folder}{HLS_PLAYLIST}", playlist.encode()
+            )
+        except VtpError as exc:
+            return [f"rendition {r.name}: its playlist not written: {exc.reason}"]
+        joined = joined_result(r.spec, chunks, fps=fps)
+        quality = combined_record(
+            [t.result or {} for t in tasks],
+            target=r.spec.quality_target,
+            margin_db=self.settings.quality_margin_db,
+        )
+        record = joined.model_dump(mode="json") | quality | {"output_prefix": folder.rstrip("/")}
+        self.store.record_joined(job.id, r.name, record)
+        log.info("job %s: %s joined from %d chunks", job.id, r.name, len(chunks))
+        return None
 
     def _remove_superseded_attempts(self, job: Job) -> None:
         """The folders of attempts that did not win (vtp.layout): what failed or written-off

@@ -13,7 +13,7 @@ from typing import Any
 
 import redis
 
-from vtp import layout
+from vtp import layout, logs
 from vtp.errors import Conflict, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job
@@ -35,6 +35,7 @@ class Operations:
         self.dispatcher = dispatcher
         self.fanin = fanin
 
+    @logs.about_job
     def redrive(self, job_id: str) -> dict[str, Any]:
         """Queue a failed job's failed and dead renditions again with a fresh budget,
         keeping what succeeded, and dispatch them (costliest first). Conflict for a job
@@ -61,6 +62,7 @@ class Operations:
             "kept": [r.name for r in job.renditions if r.name not in redriven],
         }
 
+    @logs.about_job
     def cancel(self, job_id: str, *, reason: str = CANCEL_REASON) -> dict[str, Any]:
         """Cancel a job that has not ended: its open tasks and the job end `cancelled` at
         once (queued calls are skipped when they arrive), running encodes stop within a
@@ -80,6 +82,7 @@ class Operations:
             "outputs_removed": removed,
         }
 
+    @logs.about_job
     def delete(self, job_id: str, *, source: bool = False) -> dict[str, Any]:
         """Delete an ended job: its outputs, then its rows (a failure removing the outputs
         keeps the rows, to try again with); with `source`, the source object too, if it is

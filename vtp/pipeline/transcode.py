@@ -15,7 +15,7 @@ import psycopg2
 import redis
 import requests
 
-from vtp import layout, workdirs
+from vtp import layout, logs, workdirs
 from vtp.chunks import ChunkRange
 from vtp.encode import (
     HLS_INIT,
@@ -41,7 +41,7 @@ from vtp.events import ProgressReporter
 from vtp.ffmpeg import Progress
 from vtp.jobs import Job, JobStore, Task
 from vtp.join import check_chunk
-from vtp.models import JobState, RenditionSpec, TaskState, TranscodeTask
+from vtp.models import JobState, RenditionSpec, RenditionState, TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
 from vtp.quality import Segment, measure_segments, quality_record, spread
@@ -103,8 +103,15 @@ class TaskRunner:
 
         `started` (time.monotonic() when the call reached the handler) anchors the call's
         deadline: the work ends, recorded, before the function's exec_timeout, since
-        of-watchdog would answer 504 then and let it run on unrecorded.
+        of-watchdog would answer 504 then and let it run on unrecorded. Every line logged
+        meanwhile names the task and the call (vtp.logs).
         """
+        with logs.context(
+            job_id=task.job_id, rendition=task.rendition, chunk=task.chunk, call_id=call_id
+        ):
+            return self._run(task, call_id, started)
+
+    def _run(self, task: TranscodeTask, call_id: str, started: float | None) -> dict[str, Any]:
         started = time.monotonic() if started is None else started
         deadline = started + self.settings.work_deadline_seconds()
         job = self.store.get(task.job_id)
@@ -122,6 +129,7 @@ class TaskRunner:
         info = job.source_info
         rend = spec_rend
         attempt = began.attempts
+        logs.bind(attempt=attempt)
         chunk = _chunk_of(began, self.settings)
         # A chunk reports its own progress over its own length, and the rendition's over
         # all its chunks (vtp.events.ProgressReporter).
@@ -245,6 +253,8 @@ class TaskRunner:
             )
             report(done)
             outcome = {"state": "succeeded", "result": record}
+            if done.rendition_state is RenditionState.SUCCEEDED:
+                self._ready(job.id, rend.name)
         except Conflict as exc:
             # Written off while it ran (the sweeper, or the callback of an earlier 504): a
             # newer attempt owns the rendition now. Stop, and record nothing.
@@ -347,6 +357,14 @@ class TaskRunner:
             self.storage.remove_prefix(self.settings.outputs_bucket, prefix.rstrip("/") + "/")
         except VtpError as exc:
             log.warning("files of cancelled attempt under %s not removed: %s", prefix, exc.reason)
+
+    def _ready(self, job_id: UUID, name: str) -> None:
+        """The rendition is whole: the master playlist gets it (playable early). Best
+        effort: the job's end writes the final master whatever happens here."""
+        try:
+            self.fanin.rendition_ready(job_id, name)
+        except (VtpError, *_TRANSIENT) as exc:
+            log.warning("job %s: %s not published early: %r", job_id, name, exc)
 
     def _finalize(self, job_id: UUID, call_id: str) -> None:
         try:

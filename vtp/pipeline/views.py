@@ -51,6 +51,8 @@ class JobViews:
                 "quality": None if r.spec.audio_only else _quality(r),
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
+                # In the master playlist already: playable before the job ends.
+                "ready": r.name in job.ready,
                 # Its units of work: one for a rendition encoded whole.
                 "tasks": [
                     {
@@ -97,9 +99,12 @@ class JobViews:
                 )
             rends.append(item)
         urls: dict[str, str] = {}
-        if job.master_playlist and not job.outputs_deleted_at:
-            urls["master"] = self.urls.output_url(job.id, layout.MASTER)
-            urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
+        if not job.outputs_deleted_at:
+            if job.master_playlist or (job.ready and not job.state.terminal):
+                # Early, the master lists the renditions ready so far (`ready`).
+                urls["master"] = self.urls.output_url(job.id, layout.MASTER)
+            if job.master_playlist:
+                urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
         done = [r for r in job.renditions if r.state.terminal]
         return {
             "id": str(job.id),
@@ -112,6 +117,9 @@ class JobViews:
             "options_key": job.options_key,
             "options": job.options,
             "redrives": job.redrives,
+            # The renditions the master playlist lists so far (all that succeeded, once the
+            # job has ended): playback can start as soon as there is one.
+            "ready": job.ready,
             # The retention sweep removed its outputs (VTP_RETENTION_DAYS): no URLs.
             "outputs_deleted_at": job.outputs_deleted_at,
             "created_at": job.created_at,

@@ -224,7 +224,7 @@
      * state is never left again, but by an operator's redrive (`reopened` events).
      */
     applyEvent(ev) {
-      const out = { applied: false, jobId: null, isNew: false, jobEnded: false, renditionEnded: false };
+      const out = { applied: false, jobId: null, isNew: false, jobEnded: false, renditionEnded: false, ready: false };
       if (!ev || typeof ev !== "object" || !ev.job_id || !ev.state) return out;
       out.jobId = ev.job_id;
       out.isNew = !this.jobs.has(ev.job_id);
@@ -251,6 +251,12 @@
       target.state = ev.state;
       if (target === job) {
         if (ev.error !== undefined) job.error = ev.error;
+        if (ev.reopened) job.error = null;
+        // "rendition.ready": the master playlist lists more renditions (playable early).
+        if (Array.isArray(ev.ready)) {
+          job.ready = ev.ready.slice();
+          out.ready = true;
+        }
         out.jobEnded = !wasTerminal && isTerminal(ev.state);
       } else {
         const pct = num(ev.percent);
@@ -295,6 +301,7 @@
       job.hasView = true;
       job.source = view.source || job.source;
       job.urls = view.urls || {};
+      if (Array.isArray(view.ready)) job.ready = view.ready.slice();
       job.createdMs = parseTime(view.created_at) ?? job.createdMs;
       job.finishedMs = parseTime(view.finished_at) ?? job.finishedMs;
       if (isTerminal(view.state) || !isTerminal(job.state)) {
@@ -766,7 +773,9 @@
   function afterApply(result) {
     if (!result.applied || !result.jobId) return;
     const job = store.jobs.get(result.jobId);
-    if (result.isNew || !job.hasView || result.jobEnded || result.renditionEnded) ensureView(result.jobId);
+    if (result.isNew || !job.hasView || result.jobEnded || result.renditionEnded || result.ready) {
+      ensureView(result.jobId);
+    }
     if (result.jobEnded) {
       announcer().textContent =
         `Job ${shortId(job.id)} ${job.state}` + (job.error ? `: ${job.error}` : "");
@@ -894,7 +903,8 @@
   }
 
   /** One rendition row: created once, then only its text and attributes change. */
-  function renditionRow(container, jobId, r) {
+  function renditionRow(container, job, r) {
+    const jobId = job.id;
     let row = container.querySelector(`:scope > [data-rendition="${CSS.escape(r.name)}"]`);
     if (!row) {
       const bar = el(
@@ -946,7 +956,10 @@
     q.textContent = qualityText(r);
     q.title = qualityTitle(r);
     q.classList.toggle("flagged", Boolean(r.quality && r.quality.flagged));
-    row.querySelector(".badge").textContent = r.state;
+    // In the master while the job runs: playable before the others are done.
+    const playable = Boolean(job && !isTerminal(job.state) && (job.ready || []).includes(r.name));
+    row.dataset.ready = playable ? "true" : "false";
+    row.querySelector(".badge").textContent = playable ? `${r.state} · playable` : r.state;
     const err = row.querySelector(".rerror");
     err.hidden = !r.error;
     err.textContent = r.error || "";
@@ -977,7 +990,7 @@
   }
 
   function renderRenditions(container, job) {
-    const rows = [...job.renditions.values()].map((r) => renditionRow(container, job.id, r));
+    const rows = [...job.renditions.values()].map((r) => renditionRow(container, job, r));
     rows.forEach((row, i) => {
       if (container.children[i] !== row) container.insertBefore(row, container.children[i] || null);
     });
@@ -1061,7 +1074,9 @@
     $("detail-error").textContent = job.error || "";
     renderRenditions($("detail-renditions"), job);
     renderOutputs(job);
-    if (job.state === "succeeded" && job.urls && job.urls.master) setupPlayer(job);
+    // Playable early: the master lists the renditions ready so far while the job runs.
+    const early = !isTerminal(job.state) && (job.ready || []).length > 0;
+    if ((job.state === "succeeded" || early) && job.urls && job.urls.master) setupPlayer(job);
     else if (job.state === "failed") $("player-note").textContent = "The job failed: nothing to play.";
   }
 
@@ -1093,7 +1108,7 @@
 
   // --- player -------------------------------------------------------------------------------
 
-  const player = { jobId: null, hls: null };
+  const player = { jobId: null, key: null, hls: null };
   let hlsLoading = null;
 
   /** hls.js from static/hls.min.js, loaded once and only when a player is needed. */
@@ -1116,6 +1131,7 @@
     if (player.hls) player.hls.destroy();
     player.hls = null;
     player.jobId = null;
+    player.key = null;
     video.removeAttribute("src");
     video.removeAttribute("poster");
     for (const k of ["engine", "manifestParsed", "levels", "error"]) delete video.dataset[k];
@@ -1123,18 +1139,29 @@
     $("player-note").textContent = "The player appears when the job has succeeded.";
   }
 
+  /** Which master the player plays: the job's, with the renditions ready when it was set
+   * up (early), or final. A new one (more renditions ready) is loaded where playback was. */
+  function playerKey(job) {
+    return `${job.id}|${job.state === "succeeded" ? "final" : (job.ready || []).join(",")}`;
+  }
+
   async function setupPlayer(job) {
-    if (player.jobId === job.id) return;
+    const key = playerKey(job);
+    if (player.key === key) return;
+    const video = $("player");
+    const resume = player.jobId === job.id ? { at: video.currentTime, playing: !video.paused } : null;
     teardownPlayer();
     player.jobId = job.id;
-    const video = $("player");
+    player.key = key;
     const note = $("player-note");
+    const early = job.state !== "succeeded";
+    video.dataset.early = early ? "true" : "false";
     const master = job.urls.master;
     if (job.urls.poster) video.poster = job.urls.poster;
     video.setAttribute("aria-label", `Transcoded video of job ${shortId(job.id)}`);
     note.textContent = "Loading the stream…";
     const Hls = await loadHls();
-    if (player.jobId !== job.id) return; // the route changed while loading
+    if (player.key !== key) return; // the route or the master changed while loading
     if (Hls && Hls.isSupported()) {
       const hls = new Hls({ enableWorker: true });
       player.hls = hls;
@@ -1143,7 +1170,11 @@
         video.dataset.manifestParsed = "true";
         video.dataset.levels = String(data.levels.length);
         const sizes = data.levels.map((l) => `${l.height}p`).join(", ");
-        note.textContent = `Adaptive stream: ${data.levels.length} rendition${data.levels.length === 1 ? "" : "s"} (${sizes}), played with hls.js.`;
+        note.textContent = early
+          ? `Playable early: ${sizes} ready so far, the others are still encoding (played with hls.js).`
+          : `Adaptive stream: ${data.levels.length} rendition${data.levels.length === 1 ? "" : "s"} (${sizes}), played with hls.js.`;
+        if (resume && resume.at > 0) video.currentTime = resume.at;
+        if (resume && resume.playing) video.play().catch(() => {});
       });
       let mediaRecoveries = 0;
       hls.on(Hls.Events.ERROR, (_e, data) => {
