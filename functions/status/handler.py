@@ -1,4 +1,5 @@
-"""status: one job (`id`), or recent jobs (`state`, `limit`, `bucket` and `key`).
+"""status: one job (`id`), or recent jobs (`state`, `limit`, `bucket` and `key`); and the
+pipeline's figures for Prometheus on `GET /metrics` (vtp.metrics).
 
 The query comes from the query string or a JSON body, and GET and POST both work:
 `curl .../function/status?id=...` and `faas-cli invoke status --query id=...` (which POSTs,
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vtp import access
+from vtp import access, metrics
 from vtp.http import Response, guarded, ok, pipeline, require_read_token
 from vtp.models import StatusQuery
 from vtp.settings import load_at_start
@@ -28,6 +29,12 @@ def handle(event: Any, context: Any) -> Response:
         return {"statusCode": 405, "body": {"error": "use GET or POST"}}
     p = pipeline()
     require_read_token(event, p.settings)
+    if event.path.rstrip("/") == "/metrics":
+        return {
+            "statusCode": 200,
+            "body": metrics.exposition(p.store),
+            "headers": {"Content-Type": metrics.CONTENT_TYPE_LATEST},
+        }
     params = {k: v for k, v in event.query.items() if k != access.QUERY_PARAM}
     query = StatusQuery.parse(params, event.body if event.method == "POST" else b"")
     if query.id:
