@@ -17,20 +17,7 @@ from tests.clips import make_clip
 from tests.manual import submit
 from tests.receiver import Receiver
 from tests.test_pipeline import MANUAL_BUCKET, _ffmpeg_reading
-
-
-@pytest.fixture(scope="module")
-def s3(stack_env: dict[str, str]) -> Minio:
-    client = Minio(
-        stack_env["VTP_S3_ENDPOINT"].split("://", 1)[1],
-        access_key=stack_env["VTP_S3_ACCESS_KEY"],
-        secret_key=stack_env["VTP_S3_SECRET_KEY"],
-        secure=False,
-        region="us-east-1",
-    )
-    if not client.bucket_exists(MANUAL_BUCKET):
-        client.make_bucket(MANUAL_BUCKET)
-    return client
+from tests.test_pipeline import s3 as s3  # the same fixture: a client with MANUAL_BUCKET made
 
 
 def _job(gateway: str, job_id: str) -> dict[str, Any]:
