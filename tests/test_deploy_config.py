@@ -355,6 +355,14 @@ def test_environment_is_known_to_settings_and_loads(
 
 
 @pytest.mark.parametrize("name", function_names())
+def test_log_lines_reach_the_platform_as_written(name: str) -> None:
+    """of-watchdog prefixes each line with its date and stream unless `prefix_logs` is
+    false; a JSON log line (VTP_LOG_FORMAT=json) would then no longer be JSON."""
+    env = fn_env(name)
+    assert env.get("prefix_logs") == "false", f"{name}: prefix_logs is {env.get('prefix_logs')!r}"
+
+
+@pytest.mark.parametrize("name", function_names())
 def test_declared_secrets_are_created_by_secrets_sh(name: str) -> None:
     created = secrets_sh_table()
     for secret in functions()[name].secrets:
