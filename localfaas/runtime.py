@@ -22,7 +22,7 @@ from pathlib import Path
 
 import requests
 
-from localfaas import procs, services
+from localfaas import logprefix, procs, services
 from localfaas.build import assemble_context
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import (
@@ -436,11 +436,15 @@ def _start_functions(
                 sys.executable if a in ("python", "python3") else a
                 for a in shlex.split(template_fprocess(plan.context))
             ]
+            env = _function_env(cfg, plan, secrets_dir, port)
+            if template_uses_watchdog(plan.template) and logprefix.enabled(env.get("prefix_logs")):
+                # of-watchdog's own line prefix, on unless the function turns it off.
+                argv = [sys.executable, "-m", "localfaas.logprefix", "--", *argv]
             procs.start(
                 cfg,
                 pname,
                 argv,
-                env=_function_env(cfg, plan, secrets_dir, port),
+                env=env,
                 cwd=plan.context,
                 port=port,
                 url=f"{cfg.gateway_url}/function/{plan.name}",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 
 from vtp import logs
 
@@ -114,3 +115,28 @@ def test_a_transcode_function_logs_json_lines_naming_its_work(
     loggers = {e["logger"] for e in entries if "attempt" in e}
     assert {"vtp.ffmpeg", "vtp.storage", "vtp.pipeline.fanin"} <= loggers, loggers
     assert all(e["attempt"] == 1 for e in entries if "attempt" in e)
+
+
+def test_the_local_runtime_prefixes_lines_as_of_watchdog_does(stack: Any) -> None:
+    """of-watchdog starts each line with the date and the stream unless `prefix_logs` is
+    false: localfaas does the same. The fixture functions keep the default; the pipeline's
+    turn it off (config/pipeline.yml), so their lines, JSON ones too, arrive as written."""
+    import re
+
+    requests.get(f"{stack.gateway_url}/function/shapes", timeout=30)
+    fixture = (stack.logs_dir / "fn-shapes.log").read_text().splitlines()
+    prefixed = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (stdout|stderr): ")
+    started = [line for line in fixture if "serving on" in line]  # the log spans runs
+    assert started and prefixed.match(started[-1]), started[-3:]
+    ours = (stack.logs_dir / "fn-status.log").read_text().splitlines()
+    assert any("serving on" in line for line in ours)
+    assert not any(prefixed.match(line) for line in ours), [
+        line for line in ours if prefixed.match(line)
+    ][:3]
+
+
+def test_prefix_logs_is_read_as_go_reads_a_bool() -> None:
+    from localfaas.logprefix import enabled
+
+    assert [enabled(v) for v in ("false", "0", "F", "False", "FALSE")] == [False] * 5
+    assert [enabled(v) for v in (None, "true", "1", "yes", "")] == [True] * 5
