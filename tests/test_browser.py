@@ -409,7 +409,7 @@ def test_a_player_starts_on_the_early_master(
     """360p is done long before 720p: the page's player starts on the master that lists
     360p alone (playable early, the row says so), plays it, and once the job has succeeded
     loads the final master with both renditions where playback was."""
-    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=20)
+    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=12)
     page.goto(relay_url)
     job_id = upload_through_form(page, clip)
     page.wait_for_selector("#player[data-early=true][data-manifest-parsed=true]",

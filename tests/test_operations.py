@@ -259,7 +259,7 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     bus = redis.Redis.from_url(stack_env["VTP_REDIS_URL"])
     sub = bus.pubsub()
     sub.subscribe(f"{stack_env.get('VTP_REDIS_PREFIX', prefix)}:progress")
-    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=20)
+    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=12)
     key = f"early/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
     job_id = submit(gateway, MANUAL_BUCKET, key, ["360p", "720p"])
