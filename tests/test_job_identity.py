@@ -165,3 +165,21 @@ def _ended(pipeline: Pipeline, job_id: object, timeout: float = 180) -> JobState
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
     return job.state
+
+
+def test_an_uploads_callback_to_a_private_address_is_refused_and_recorded(
+    pipeline: Pipeline, clip: Path
+) -> None:
+    """The metadata is the uploader's word, like a manual job's body: a callback into the
+    cluster's own network is refused (unless the deployment allows it), recorded as the
+    job's reason, and nothing is encoded or called."""
+    strict = Pipeline(
+        pipeline.settings.model_copy(update={"callback_allow_private_networks": False}),
+        pipeline.store, pipeline.storage, pipeline.bus, pipeline.invoker,
+    )  # fmt: skip
+    key = _upload(pipeline, clip, {"vtp-callback-url": "http://169.254.169.254/latest/"})
+    refused = strict.submit(_src(strict, key))
+    job = refused.job
+    assert job.state is JobState.FAILED and not job.renditions
+    assert job.error is not None and "non-public address 169.254.169.254" in job.error
+    assert job.callback_url is None, "a refused callback is not kept to be called later"
