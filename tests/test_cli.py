@@ -396,3 +396,15 @@ def test_watch_through_a_gateway_that_buffers_streams(
     assert "live updates: polling" in out and "holds the event stream back" in out, out
     assert "live updates: sse" not in out, out
     assert re.search(r"360p.*succeeded", out) and re.search(r"720p.*succeeded", out), out
+
+
+def test_playable_early_follows_the_ready_event_and_the_view() -> None:
+    job = JobProgress(JOB)
+    job.apply_event(ev("1-0", "360p", "succeeded", 100.0))
+    assert job.apply_event(ev("1-1", None, "running", kind="rendition.ready", ready=["360p"]))
+    assert job.ready == ["360p"] and not job.finished
+    job.apply_view({"id": JOB, "state": "running", "ready": ["360p"],
+                    "urls": {"master": "http://s3/outputs/j/master.m3u8"}})  # fmt: skip
+    assert job.master_url and job.ready == ["360p"]
+    job.apply_view({"id": JOB, "state": "running", "ready": []})  # an older view: kept
+    assert job.ready == ["360p"]

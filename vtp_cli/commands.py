@@ -20,6 +20,7 @@ from vtp.options import from_metadata
 from vtp.settings import Settings
 from vtp_cli.client import StatusClient, default_key, upload_file
 from vtp_cli.config import ClientConfig, load_config
+from vtp_cli.progress import JobProgress
 from vtp_cli.views import BarsView, jobs_table, print_job, print_urls, renditions_table
 from vtp_cli.watch import Watcher
 
@@ -40,11 +41,22 @@ def watch_job(
     config: ClientConfig, job_id: str, console: Console, *, timeout: float, status: StatusClient
 ) -> int:
     with BarsView(console) as bars:
+        told: list[str] = []
+
+        def changed(job: JobProgress) -> None:
+            bars.update(job)
+            # Playable early: said once per new set, with the master that lists it.
+            if job.ready and job.ready != told and not job.finished and job.master_url:
+                told[:] = job.ready
+                bars.progress.console.print(
+                    f"playable early: {', '.join(job.ready)} — {job.master_url}", soft_wrap=True
+                )
+
         watcher = Watcher(
             config,
             job_id,
             status=status,
-            on_change=bars.update,
+            on_change=changed,
             on_transport=lambda name: bars.progress.console.print(f"[dim]live updates: {name}[/]"),
             timeout=timeout,
         )

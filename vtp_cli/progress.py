@@ -82,6 +82,8 @@ class JobProgress:
     last_id: str | None = None  # last job-level event applied
     last_event_id: str | None = None  # newest event id seen: where a reconnect resumes
     viewed: bool = False
+    # The renditions the master playlist lists while the job runs (playable early).
+    ready: list[str] = field(default_factory=list)
 
     @property
     def finished(self) -> bool:
@@ -123,6 +125,8 @@ class JobProgress:
             self.last_id = event.id or self.last_id
             self.state = event.state
             self.error = None if event.reopened else event.error or self.error
+            if event.ready is not None:  # "rendition.ready"
+                self.ready = list(event.ready)
             return True
         rend = self.rendition(event.rendition)
         if event.id and rend.last_id and event_order(event.id) <= event_order(rend.last_id):
@@ -179,6 +183,8 @@ class JobProgress:
                 self.state = state
         self.error = view.get("error") or self.error
         self.master_url = (view.get("urls") or {}).get("master") or self.master_url
+        if isinstance(view.get("ready"), list) and len(view["ready"]) >= len(self.ready):
+            self.ready = [str(name) for name in view["ready"]]
         self.source_key = (view.get("source") or {}).get("key") or self.source_key
         for item in view.get("renditions") or []:
             rend = self.rendition(str(item["name"]))

@@ -199,7 +199,8 @@ class Watcher:
         elif isinstance(message, Event):
             self._stream_saw([message.event.id])
             changed = self.job.apply_event(message.event)
-            if changed and message.event.rendition is None and self.job.finished:
+            ready = message.event.kind == "rendition.ready"
+            if changed and message.event.rendition is None and (self.job.finished or ready):
                 self.poll()  # the view carries the master URL and sizes
         if changed:
             self.on_change(self.job)
