@@ -79,16 +79,12 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "vtp_retries", "Tasks sent back to wait for a retry (failed attempts and refused calls).",
         labels=["rendition"],
     )  # fmt: skip
-    for name, n in sorted(snap.retries.items()):
-        retries.add_metric([name], n)
-    yield retries
+    yield _per_rendition(retries, snap.retries)
 
     dead = CounterMetricFamily(
         "vtp_dead_letters", "Tasks dead-lettered (their budget spent).", labels=["rendition"]
     )
-    for name, n in sorted(snap.dead_letters.items()):
-        dead.add_metric([name], n)
-    yield dead
+    yield _per_rendition(dead, snap.dead_letters)
 
     callbacks = GaugeMetricFamily(
         "vtp_callbacks", "Jobs with a callback URL, by the callback's status.", labels=["status"]
@@ -107,9 +103,13 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
         "vtp_output_bytes", "Bytes of the renditions that succeeded, by rendition.",
         labels=["rendition"],
     )  # fmt: skip
-    for name, n in sorted(snap.bytes_written.items()):
-        written.add_metric([name], n)
-    yield written
+    yield _per_rendition(written, snap.bytes_written)
+
+
+def _per_rendition(family: CounterMetricFamily, values: dict[str, int]) -> Metric:
+    for rendition, n in sorted(values.items()):
+        family.add_metric([rendition], n)
+    return family
 
 
 def _histogram(name: str, documentation: str, by_rendition: dict[str, Histogram]) -> Metric:

@@ -67,6 +67,13 @@ class Clients:
     def publish_job(self, job: Job) -> None:
         self.publish(ProgressEvent.of_job(job))
 
+    def announce(self, job: Job) -> None:
+        """The job and each of its renditions as they are: what a new job, or one that
+        ended all at once (cancelled), tells the page and the CLI."""
+        self.publish_job(job)
+        for rend in job.renditions:
+            self.publish(ProgressEvent.of_rendition(rend))
+
     # --- cancel flags ----------------------------------------------------------------------
     CANCEL_FLAG_TTL_S = 7 * 24 * 3600  # longer than any job runs
 
@@ -78,6 +85,15 @@ class Clients:
             self.bus.redis.set(self.bus.keys.job_cancelled(job_id), b"1", ex=self.CANCEL_FLAG_TTL_S)
         except redis.RedisError as exc:
             log.warning("cancel flag of job %s not set: %s", job_id, exc)
+
+    def forget_job(self, job_id: UUID) -> None:
+        """A deleted job's Redis keys (its latest progress, its cancel flag). Best effort:
+        the progress hash expires by itself."""
+        keys = self.bus.keys
+        try:
+            self.bus.redis.delete(keys.job_progress(job_id), keys.job_cancelled(job_id))
+        except redis.RedisError as exc:
+            log.warning("Redis keys of deleted job %s not removed: %s", job_id, exc)
 
     def cancelled(self, job_id: UUID) -> bool:
         """Whether the job's cancel flag is set (False when Redis cannot say)."""

@@ -13,7 +13,6 @@ from pydantic import BaseModel
 from vtp import callbacks
 from vtp.chunks import ChunkRange, plan_chunks
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
-from vtp.events import ProgressEvent
 from vtp.jobs import Job, SourceRef
 from vtp.ladder import plan_ladder, with_separate_audio
 from vtp.models import RenditionSpec, SourceInfo
@@ -178,9 +177,7 @@ class Intake:
             key,
             ", ".join(f"{r.name} {r.spec.width}x{r.spec.height}" for r in job.renditions),
         )
-        self.clients.publish_job(job)
-        for rend in job.renditions:
-            self.clients.publish(ProgressEvent.of_rendition(rend))
+        self.clients.announce(job)
         for task in costliest_first(job, [t for r in job.renditions for t in r.tasks]):
             self.dispatcher.dispatch(task)
         return SubmitResult(

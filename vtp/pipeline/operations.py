@@ -11,8 +11,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import redis
-
 from vtp import layout, logs
 from vtp.errors import Conflict, NotFound, VtpError
 from vtp.events import ProgressEvent
@@ -70,9 +68,7 @@ class Operations:
         Conflict for a job that has ended; NotFound for an unknown one."""
         job, tasks = self.store.cancel_job(self.store.resolve_id(job_id), reason)
         self.clients.flag_cancelled(job.id)
-        self.clients.publish_job(job)
-        for rend in job.renditions:
-            self.clients.publish(ProgressEvent.of_rendition(rend))
+        self.clients.announce(job)
         removed = self._remove_outputs(job)
         self.fanin.fire_callback(job)
         return {
@@ -98,10 +94,9 @@ class Operations:
                     f"the source of job {job.id} is read by job(s) at work: "
                     f"{', '.join(str(r) for r in readers)}; delete without the source"
                 )
-        bucket = self.settings.outputs_bucket
-        removed = self.storage.remove_prefix(bucket, layout.job_prefix(job.id))
+        removed = self._remove_job_outputs(job)
         self.store.delete_job(job.id)
-        self._forget_progress(job)
+        self.clients.forget_job(job.id)
         source_removed = False
         if source:
             source_removed = self._remove_source(job)
@@ -121,7 +116,7 @@ class Operations:
         expired = 0
         for job in self.store.expired(days, limit=self.settings.retention_max_per_run):
             try:
-                self.storage.remove_prefix(self.settings.outputs_bucket, layout.job_prefix(job.id))
+                self._remove_job_outputs(job)
             except VtpError as exc:
                 log.warning("outputs of job %s not expired: %s", job.id, exc.reason)
                 continue
@@ -146,20 +141,16 @@ class Operations:
         self.storage.remove_object(src.bucket, src.key)
         return True
 
-    def _forget_progress(self, job: Job) -> None:
-        keys = self.clients.bus.keys
-        try:
-            self.clients.bus.redis.delete(keys.job_progress(job.id), keys.job_cancelled(job.id))
-        except redis.RedisError as exc:
-            log.warning("progress of deleted job %s not removed: %s", job.id, exc)
+    def _remove_job_outputs(self, job: Job) -> int:
+        """Every object the job wrote to the outputs bucket; how many. StorageError when
+        the storage refuses."""
+        return self.storage.remove_prefix(self.settings.outputs_bucket, layout.job_prefix(job.id))
 
     def _remove_outputs(self, job: Job) -> int | None:
-        """Everything the job wrote so far; None when the storage refused (said in the log:
-        a running attempt that uploads after this removes its own folder)."""
+        """Everything a cancelled job wrote so far; None when the storage refused (said in
+        the log: a running attempt that uploads after this removes its own folder)."""
         try:
-            return self.storage.remove_prefix(
-                self.settings.outputs_bucket, layout.job_prefix(job.id)
-            )
+            return self._remove_job_outputs(job)
         except VtpError as exc:
             log.warning("outputs of cancelled job %s not removed: %s", job.id, exc.reason)
             return None
