@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from vtp import callbacks
@@ -52,8 +53,6 @@ def _bearer_token(p: Any) -> str | None:
 def handle(event: Any, context: Any) -> Response:
     if event.path.rstrip("/") == "/callback":
         return _callback(event)
-    if event.path.rstrip("/") == "/callbacks/redeliver":
-        return _redeliver(event)
     if event.path.rstrip("/") in OPERATOR_ROUTES:
         return _operate(event, event.path.rstrip("/"))
     if event.method != "POST":
@@ -144,24 +143,24 @@ def _callback(event: Any) -> Response:
     return ok(out)
 
 
-def _redeliver(event: Any) -> Response:
-    """`POST /callbacks/redeliver?job=<id>`: send a finished job's callback again, now."""
-    if event.method != "POST":
-        return {"statusCode": 405, "body": {"error": "POST /callbacks/redeliver?job=<id>"}}
-    job_id = event.query.get("job")
-    if not job_id:
-        raise InvalidRequest("redeliver needs ?job=<id>")
-    p = pipeline()
-    require_read_token(event, p.settings)
+def _redeliver(p: Any, job_id: str, query: Any) -> dict[str, Any]:
+    """Send a finished job's callback again, now."""
     job = p.redeliver_callback(job_id)
-    return ok({"job_id": str(job.id), "callback": p.describe_job(job, live=False)["callback"]})
+    return {"job_id": str(job.id), "callback": p.describe_job(job, live=False)["callback"]}
 
 
-# The operator's routes, one job each (`?job=<id>`): what they do, in vtp.pipeline.operations.
-OPERATOR_ROUTES = {
-    "/jobs/cancel": "cancel_job",  # stop a job that has not ended (409 if it has)
-    "/jobs/redrive": "redrive_job",  # queue a failed job's dead letters again
-    "/jobs/delete": "delete_job",  # an ended job's outputs and rows (&source=true: its source)
+def _delete(p: Any, job_id: str, query: Any) -> dict[str, Any]:
+    source = (query.get("source") or "").lower() in ("1", "true", "yes")
+    return dict(p.delete_job(job_id, source=source))
+
+
+# The operator's routes, one job each (`POST <route>?job=<id>`), behind the read token:
+# what they do is in vtp.pipeline.operations and vtp.pipeline.fanin.
+OPERATOR_ROUTES: dict[str, Callable[[Any, str, Any], dict[str, Any]]] = {
+    "/callbacks/redeliver": _redeliver,
+    "/jobs/cancel": lambda p, job_id, _q: p.cancel_job(job_id),  # 409 if it has ended
+    "/jobs/redrive": lambda p, job_id, _q: p.redrive_job(job_id),  # a failed job's dead letters
+    "/jobs/delete": _delete,  # an ended job's outputs and rows (&source=true: its source)
 }
 
 
@@ -173,10 +172,7 @@ def _operate(event: Any, route: str) -> Response:
         raise InvalidRequest(f"{route} needs ?job=<id>")
     p = pipeline()
     require_read_token(event, p.settings)
-    if route == "/jobs/delete":
-        source = (event.query.get("source") or "").lower() in ("1", "true", "yes")
-        return ok(p.delete_job(job_id, source=source))
-    return ok(getattr(p, OPERATOR_ROUTES[route])(job_id))
+    return ok(OPERATOR_ROUTES[route](p, job_id, event.query))
 
 
 def _summary(result: Any) -> dict[str, Any]:
