@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from tests.clips import make_clip
+from tests.test_pipeline import s3 as s3  # the same fixture: a client with MANUAL_BUCKET made
 
 pytestmark = pytest.mark.slow
 
@@ -248,16 +249,17 @@ def test_upload_progress_and_playback_over_websocket(
     assert conn_mode(page) == "websocket", "the WebSocket stayed up the whole time"
 
     rows = detail_rows(page)
-    assert rows == [("360p", "succeeded", 100.0), ("720p", "succeeded", 100.0)]
-    assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
-    assert "2 of 2 done" in page.text_content("#detail-facts")
+    assert rows == [("360p", "succeeded", 100.0), ("720p", "succeeded", 100.0),
+                    ("audio", "succeeded", 100.0)]  # fmt: skip
+    assert_bars_moved(bar_history(page, job_id), ["360p", "720p", "audio"])
+    assert "3 of 3 done" in page.text_content("#detail-facts")
     # Each rendition's measured quality and the factor it was encoded at (a 3 s clip is
     # too short to sample: CRF 23), with the target in its tooltip.
     quality = page.eval_on_selector_all(
         "#detail-renditions .rend .quality", "qs => qs.map(q => [q.textContent, q.title])"
     )
-    assert len(quality) == 2, quality
-    for text, title in quality:
+    assert len(quality) == 3 and quality[2][0] == "Audio · default", quality  # the sound
+    for text, title in quality[:2]:
         assert text.startswith("SSIM 0.9") and text.endswith("· CRF 23"), text
         assert "target 0.985" in title and "worst segment" in title, title
     links = page.eval_on_selector_all("#outputs a", "as => as.map(a => a.textContent)")
@@ -306,7 +308,7 @@ def test_gateway_route_falls_back_to_sse(
     page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
     assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
     assert conn_mode(page) == "sse", "progress came over SSE, not by polling"
-    assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
+    assert_bars_moved(bar_history(page, job_id), ["360p", "720p", "audio"])
     assert time.monotonic() - started < 180
     page.screenshot(path=str(artifacts / "browser-gateway-sse.png"), full_page=True)
 
@@ -341,7 +343,7 @@ def test_page_through_a_gateway_that_buffers_streams(
     page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
     assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
     assert conn_mode(page) == "poll"
-    assert_bars_moved(bar_history(page, job_id), ["360p", "720p"])
+    assert_bars_moved(bar_history(page, job_id), ["360p", "720p", "audio"])
     page.screenshot(path=str(artifacts / "browser-buffered-gateway.png"), full_page=True)
     page.click("a.back")
     row = page.locator(f'#jobs > li[data-job-id="{job_id}"]')
@@ -420,7 +422,7 @@ def test_a_player_starts_on_the_early_master(
     ready = page.eval_on_selector_all(
         "#detail-renditions .rend[data-ready=true]", "rs => rs.map(r => r.dataset.rendition)"
     )
-    assert ready == ["360p"], ready
+    assert ready == ["360p", "audio"], ready
     assert "Playable early: 360p ready so far" in page.text_content("#player-note")
     assert page.evaluate("document.getElementById('player').play().then(() => true)")
     page.wait_for_function("document.getElementById('player').currentTime > 0.5", timeout=30_000)
@@ -432,3 +434,42 @@ def test_a_player_starts_on_the_early_master(
                            timeout=30_000)  # fmt: skip
     assert page.get_attribute("#player", "data-levels") == "2"
     assert job_id
+
+
+def test_dash_and_hls_play_the_same_job(
+    page: Any, relay_url: str, gateway: str, s3: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """A job asked for with DASH: the page offers both; dash.js (vendored) plays the MPD
+    over the segments hls.js plays, with its sound, and back to HLS."""
+    from tests.manual import submit
+    from tests.test_pipeline import MANUAL_BUCKET, wait_for_job
+
+    clip = make_clip(tmp_path / "dash.mp4", size="640x360", seconds=4, rate=25)
+    key = f"browser-dash/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"])
+    assert wait_for_job(gateway, MANUAL_BUCKET, key)["state"] == "succeeded"
+    page.goto(f"{relay_url}#/jobs/{job_id}")
+    page.wait_for_selector("#player[data-engine='hls.js'][data-manifest-parsed=true]",
+                           timeout=30_000)  # fmt: skip
+    links = page.eval_on_selector_all("#outputs a", "as => as.map(a => a.textContent)")
+    assert "manifest (DASH)" in links
+    page.click("#player-formats button[data-format=dash]")
+    page.wait_for_selector("#player[data-engine='dash.js'][data-manifest-parsed=true]",
+                           timeout=30_000)  # fmt: skip
+    assert page.get_attribute("#player", "data-levels") == "1"
+    assert "played with dash.js" in page.text_content("#player-note")
+    assert page.evaluate("document.getElementById('player').play().then(() => true)")
+    page.wait_for_function("document.getElementById('player').currentTime > 1.0", timeout=30_000)
+    assert page.get_attribute("#player", "data-error") is None
+    assert page.evaluate("document.getElementById('player').videoWidth") == 640
+    # dash.js found the sound as its own adaptation set, and is playing it.
+    tracks = page.evaluate(
+        "(() => { const d = window.vtp.player.dash; const now = d.getCurrentTrackFor('audio');"
+        " return [d.getTracksFor('audio').length, Boolean(now), now && now.codec]; })()"
+    )
+    assert tracks[:2] == [1, True] and "mp4a.40.2" in tracks[2], tracks
+    page.screenshot(path=str(artifacts / "browser-dash.png"), full_page=True)
+    page.click("#player-formats button[data-format=hls]")
+    page.wait_for_selector("#player[data-engine='hls.js'][data-manifest-parsed=true]",
+                           timeout=30_000)  # fmt: skip

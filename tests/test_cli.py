@@ -306,7 +306,7 @@ def test_upload_and_watch_end_to_end(stack: LocalConfig, tmp_path: Path) -> None
     view = json.loads(status.stdout)
     assert view["id"] == job_id_s and view["state"] == "succeeded"
     assert view["source"]["key"] == key
-    assert [r["name"] for r in view["renditions"]] == ["360p", "720p"]
+    assert [r["name"] for r in view["renditions"]] == ["360p", "720p", "audio"]
     assert all(r["state"] == "succeeded" for r in view["renditions"])
 
     table = run_vtp("status", job_id_s, env_file=env_file, timeout=60)

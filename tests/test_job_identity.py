@@ -60,7 +60,7 @@ def test_an_uploads_metadata_gives_its_job_options(pipeline: Pipeline, clip: Pat
     first = pipeline.submit(_src(pipeline, key))
     job = first.job
     assert first.created and first.reason == "new: the first job for this object version"
-    assert [r.name for r in job.renditions] == ["360p"] and job.formats == ["hls", "mp4"]
+    assert [r.name for r in job.renditions] == ["360p", "audio"] and job.formats == ["hls", "mp4"]
     assert job.callback_url == HOOK
     assert job.options_key == "renditions=360p;formats=hls,mp4"
     assert job.options == {

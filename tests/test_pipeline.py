@@ -113,13 +113,15 @@ def test_upload_to_bucket_produces_abr_ladder(
     job = wait_for_job(gateway, "uploads", key)
     assert job["state"] == "succeeded", job
     names = [r["name"] for r in job["renditions"]]
-    assert names == ["360p", "720p"], "a 720p source: no 1080p (never upscale)"
+    assert names == ["360p", "720p", "audio"], "a 720p source: no 1080p (never upscale)"
 
     master = requests.get(job["urls"]["master"], timeout=10)
     assert master.status_code == 200
     text = master.text
     assert text.startswith("#EXTM3U")
     assert text.count("#EXT-X-STREAM-INF") == 2
+    # The sound is a rendition of its own, stored once, which both variants name.
+    assert text.count("#EXT-X-MEDIA:TYPE=AUDIO") == 1 and text.count('AUDIO="audio"') == 2
     for attr in ("BANDWIDTH=", "AVERAGE-BANDWIDTH=", "RESOLUTION=", "CODECS=", "FRAME-RATE="):
         assert attr in text
     poster = requests.get(job["urls"]["poster"], timeout=10)
@@ -128,17 +130,20 @@ def test_upload_to_bucket_produces_abr_ladder(
     source = ffprobe(str(clips["landscape"]))
     src_duration = float(source["format"]["duration"])
     grids = []
-    for rend, (w, h) in zip(job["renditions"], [(640, 360), (1280, 720)], strict=True):
+    for rend, (w, h) in zip(job["renditions"][:2], [(640, 360), (1280, 720)], strict=True):
         url = rend["urls"]["playlist"]
         info = ffprobe(url)
         video = [s for s in info["streams"] if s["codec_type"] == "video"]
-        audio = [s for s in info["streams"] if s["codec_type"] == "audio"]
+        assert [s["codec_type"] for s in info["streams"]] == ["video"]
         assert (video[0]["width"], video[0]["height"]) == (w, h)
-        assert len(audio) == 1
         assert abs(float(info["format"]["duration"]) - src_duration) <= 0.1
         grids.append(keyframe_times(url))
     assert grids[0] == grids[1], "keyframes must sit on the same grid in every rendition"
     assert len(grids[0]) >= 1
+    sound = ffprobe(job["renditions"][2]["urls"]["playlist"])
+    (audio,) = sound["streams"]
+    assert (audio["codec_name"], audio["channels"], audio["sample_rate"]) == ("aac", 2, "48000")
+    assert abs(float(sound["format"]["duration"]) - src_duration) <= 0.1
 
     with db.cursor() as cur:
         cur.execute(
@@ -148,7 +153,7 @@ def test_upload_to_bucket_produces_abr_ladder(
             (job["id"],),
         )
         rows = cur.fetchall()
-    assert [r[:2] for r in rows] == [("succeeded", "succeeded")] * 2  # one task each
+    assert [r[:2] for r in rows] == [("succeeded", "succeeded")] * 3  # one task each
     assert all(r[2] == 1 and r[3] > 0 and r[4] > 0 for r in rows)
 
     # Constant quality, measured: each rendition's SSIM against the source is in its row,
@@ -156,7 +161,8 @@ def test_upload_to_bucket_produces_abr_ladder(
     with db.cursor() as cur:
         cur.execute(
             "SELECT name, quality_metric, quality_score, quality_worst, quality_flagged,"
-            " spec->>'crf' FROM renditions WHERE job_id = %s ORDER BY ordinal",
+            " spec->>'crf' FROM renditions WHERE job_id = %s AND NOT (spec->>'audio_only')::bool"
+            " ORDER BY ordinal",
             (job["id"],),
         )
         measured = cur.fetchall()
@@ -177,7 +183,9 @@ def test_portrait_source_keeps_aspect(gateway: str, s3: Minio, clips: dict[str, 
     s3.fput_object("uploads", key, str(clips["portrait"]))
     job = wait_for_job(gateway, "uploads", key)
     assert job["state"] == "succeeded", job
-    assert [(r["name"], r["width"], r["height"]) for r in job["renditions"]] == [("360p", 360, 640)]
+    assert [(r["name"], r["width"], r["height"]) for r in job["renditions"]] == [
+        ("360p", 360, 640), ("audio", None, None)
+    ]  # fmt: skip
     info = ffprobe(job["renditions"][0]["urls"]["playlist"])
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     assert (video["width"], video["height"]) == (360, 640)

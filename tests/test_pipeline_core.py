@@ -4,6 +4,7 @@ real PostgreSQL, Redis, S3 and gateway."""
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
@@ -357,7 +358,8 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     clip = make_clip(tmp_path / "twenty.mp4", size="640x360", seconds=20, rate=25)
     key = f"chunked/{time.time_ns()}.mp4"
     pipeline.storage.client.fput_object(bucket, key, str(clip))
-    job = chunked.submit(SourceObject(bucket=bucket, key=key), JobOptions(renditions=["360p"])).job
+    options = JobOptions(renditions=["360p"], formats=["hls", "dash"])
+    job = chunked.submit(SourceObject(bucket=bucket, key=key), options).job
     tasks = job.rendition("360p").tasks
     assert [(t.chunk, t.start_s, t.end_s) for t in tasks] == [(0, 0, 8), (1, 8, 16), (2, 16, 20)]
     assert [r.name for r in job.renditions] == ["360p", "audio"]
@@ -411,6 +413,18 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     # as one continuous encode gives; audio encoded per chunk would add a priming frame at
     # each of the two joins and fail this.
     assert 0 <= samples - 20 * 48000 < 2048, samples
+
+    # DASH over the same files: the chunks' segments, one SegmentURL each, in order, timed
+    # by the join's own figures (five segments of 4 s at 12800 ticks a second).
+    from tests.mpd_schema import schema_problems
+
+    mpd = requests.get(view["urls"]["dash"], timeout=10).text
+    assert schema_problems(mpd) == []
+    assert 'profiles="urn:mpeg:dash:profile:isoff-main:2011"' in mpd
+    listed = [f"360p/{name}" for name in playlist.splitlines() if name.endswith(".m4s")]
+    assert re.findall(r'<SegmentURL media="([^"]+)"', mpd)[:5] == listed
+    assert '<Initialization sourceURL="360p/chunk-0/attempt-1/init.mp4"' in mpd
+    assert re.findall(r'<S (?:t="0" )?d="(\d+)"', mpd)[:5] == ["51200"] * 5
 
 
 def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -104,7 +104,7 @@ def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target(
 
 
 def test_the_sound_of_a_chunked_job_has_no_picture_figures() -> None:
-    from vtp.ladder import with_separate_audio
+    from vtp.ladder import audio_renditions
     from vtp.models import RenditionEstimate, SourceInfo
 
     info = SourceInfo(duration=600, width=1280, height=720, fps=25, has_audio=True,
@@ -112,7 +112,7 @@ def test_the_sound_of_a_chunked_job_has_no_picture_figures() -> None:
     estimate = RenditionEstimate(metric="ssim", quality=0.985, bitrate=1, size_bytes=1,
                                  encode_cpu_seconds=1)  # fmt: skip
     tuned = [s.model_copy(update={"estimate": estimate}) for s in plan_ladder(info, Settings())]
-    audio = with_separate_audio(tuned)[-1]
+    audio = audio_renditions(tuned, info, max_tracks=8)[-1]
     assert audio.audio_only and audio.estimate is None and audio.crf is None
     assert audio.quality_target is None
 

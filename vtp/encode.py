@@ -22,22 +22,24 @@ import logging
 import math
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp import fmp4
+from vtp import fmp4, loudness
 from vtp.chunks import ChunkRange
 from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
 from vtp.ffmpeg import Progress, run_ffmpeg, untrusted_input
+from vtp.loudness import Loudness
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("hls", "mp4")
+FORMATS = ("hls", "dash", "mp4")  # DASH: a second index of the same segments (vtp.dash)
 HLS_PLAYLIST = "index.m3u8"
 HLS_INIT = "init.mp4"
 HLS_SEGMENT_PATTERN = "seg_%05d.m4s"
@@ -70,6 +72,13 @@ class RenditionResult(BaseModel):
     width: int
     height: int
     fps: float
+    # The track's media timescale (ticks a second), from its init segment: a DASH
+    # manifest's durations are in it (vtp.dash). None in results from before.
+    timescale: int | None = None
+    # An audio rendition normalised to a loudness target: what its source track measured
+    # first (vtp.loudness), and the target.
+    loudness: Loudness | None = None
+    loudness_target: float | None = None
 
 
 def encode_rendition(
@@ -121,18 +130,35 @@ def encode_audio(
     timeout: float | None = None,
     cancel: threading.Event | None = None,
 ) -> RenditionResult:
-    """Encode the source's sound alone, whole, as an HLS rendition of fMP4 segments (the
-    audio group every video variant of a chunked job refers to). One encoder for the whole
-    duration: AAC's priming and frame boundaries then fall where one continuous encode puts
-    them, never at a chunk's join."""
+    """Encode one sound track of the source alone, whole, as an HLS rendition of fMP4
+    segments (a member of the audio group every video variant refers to). One encoder for
+    the whole duration: AAC's priming and frame boundaries then fall where one continuous
+    encode puts them, never at a chunk's join.
+
+    With `spec.loudness`, the track is measured first and then normalised to it
+    (vtp.loudness); the measurement is part of the result."""
     if not source.has_audio or not spec.audio_bitrate:
         raise InvalidRequest(f"{spec.name}: the source has no sound to encode")
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir, None)
+    timeout = settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001)
+    started = time.monotonic()
+    measured: Loudness | None = None
+    normalise: list[str] = []
+    if spec.loudness is not None:
+        measured = loudness.measure(
+            source_url, spec.audio_track, duration=source.duration, timeout=timeout,
+            target=spec.loudness, cancel=cancel,
+        )  # fmt: skip
+        normalise = ["-af", loudness.normalise_filter(spec.loudness, measured)]
+        log.info("%s: track %d measures %.1f LUFS, %.1f dBTP; normalising to %g LUFS",
+                 spec.name, spec.audio_track, measured.integrated, measured.true_peak,
+                 spec.loudness)  # fmt: skip
     args = [
         *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         "-map",
-        "0:a:0",
+        f"0:a:{spec.audio_track}",
+        *normalise,
         "-vn",
         "-sn",
         "-dn",
@@ -147,10 +173,12 @@ def encode_audio(
         *(arg for key, value in _hls_options(settings).items() for arg in (f"-{key}", value)),
         HLS_PLAYLIST,
     ]
-    _run(args, out_dir, settings, timeout, on_progress, cancel)
+    _run(args, out_dir, settings, timeout - (time.monotonic() - started), on_progress, cancel)
     result = _describe(out_dir, source, spec, settings, None, codecs=AAC_CODEC)
     _check_complete(result, source)
-    return result
+    if measured is None:
+        return result
+    return result.model_copy(update={"loudness": measured, "loudness_target": spec.loudness})
 
 
 class ChunkSegment(BaseModel):
@@ -279,7 +307,10 @@ def ffmpeg_command(
     mp4_name: str | None = None,
 ) -> list[str]:
     """The arguments after `ffmpeg` for one rendition, run in its output folder (the
-    benchmark's bare-ffmpeg baseline runs exactly these)."""
+    benchmark's bare-ffmpeg baseline runs exactly these). A rung whose sound is a rendition
+    of its own encodes sound only for its progressive MP4."""
+    if not spec.audio_in_segments and mp4_name is None:
+        source = source.model_copy(update={"has_audio": False})
     return [
         *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         *encode_args(source, spec, settings),
@@ -450,8 +481,11 @@ def _listed(out_dir: Path, what: str) -> tuple[str | None, list[tuple[str, float
 def _tee_outputs(
     spec: RenditionSpec, settings: Settings, mp4_name: str | None, start_number: int = 1
 ) -> str:
+    # A rung whose sound is a rendition of its own: the segments get the picture alone
+    # (the tee muxer's `select`), the MP4 both.
+    only_video = {} if spec.audio_in_segments else {"select": "v"}
     hls = _tee_slave(
-        _hls_options(settings, start_number) | {"hls_flags": "independent_segments"},
+        only_video | _hls_options(settings, start_number) | {"hls_flags": "independent_segments"},
         HLS_PLAYLIST,
     )
     slaves = [hls]
@@ -500,9 +534,10 @@ def _describe(
         files.append(mp4_name)
     size_bytes = sum((out_dir / f).stat().st_size for f in files)
 
+    timescale = fmp4.track_timescale(out_dir / init) if init else None
     if codecs is None:
         codecs = _video_codec_string(out_dir / init if init else None, spec)
-        if source.has_audio and spec.audio_bitrate is not None:
+        if source.has_audio and spec.audio_bitrate is not None and spec.audio_in_segments:
             codecs += "," + AAC_CODEC
 
     result = RenditionResult(
@@ -518,6 +553,7 @@ def _describe(
         width=spec.width,
         height=spec.height,
         fps=spec.fps,
+        timescale=timescale,
     )
     log.info(
         "rendition %s: %d segments, %.2fs, avg %d bit/s, peak %d bit/s, %s",

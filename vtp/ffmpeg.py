@@ -226,8 +226,12 @@ def run_ffmpeg(
     cancel: threading.Event | None = None,
     cwd: Path | None = None,
     check: bool = True,
+    loglevel: str = "error",
 ) -> RunResult:
     """Run `ffmpeg <args>` with progress reporting; `args` excludes the global flags added here.
+
+    `loglevel` "info" for a run whose result a filter logs (loudnorm's measurement): the
+    last STDERR_TAIL_LINES lines are in the result's `stderr_tail`.
 
     Raises FfmpegTimeout past `timeout` seconds, FfmpegError on a non-zero exit (when `check`)
     or when `cancel` is set; an exception from `on_progress` is re-raised after the kill.
@@ -238,7 +242,7 @@ def run_ffmpeg(
         "-hide_banner",
         "-nostdin",  # never read the terminal; ffmpeg otherwise treats stdin as commands
         "-loglevel",
-        "error",
+        loglevel,
         "-nostats",  # no carriage-return status line on stderr; -progress replaces it
         "-progress",
         "pipe:1",

@@ -147,4 +147,5 @@ def joined_result(
         width=spec.width,
         height=spec.height,
         fps=spec.fps,
+        timescale=chunks[0].timescale,
     )

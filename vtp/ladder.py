@@ -32,8 +32,10 @@ from collections.abc import Sequence
 from fractions import Fraction
 from typing import NamedTuple
 
+import langcodes
+
 from vtp.errors import InvalidRequest, InvalidSource
-from vtp.models import RenditionSpec, SourceInfo
+from vtp.models import AudioTrack, RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -141,20 +143,79 @@ def plan_ladder(
 AUDIO_RENDITION = "audio"
 
 
-def with_separate_audio(specs: Sequence[RenditionSpec]) -> list[RenditionSpec]:
-    """The ladder of a job encoded in chunks: the video rungs without sound, and the sound
-    once, as a rendition of its own at the best rung's audio bit rate (encoded per chunk,
-    audio would have a priming gap at every join). Unchanged for a silent source."""
+def audio_renditions(
+    specs: Sequence[RenditionSpec],
+    source: SourceInfo,
+    *,
+    max_tracks: int,
+    loudness: float | None = None,
+    muxed_mp4: bool = False,
+) -> list[RenditionSpec]:
+    """The ladder with its sound as renditions of their own: the video rungs without sound,
+    and one audio rendition per sound track of the source (up to `max_tracks`), each
+    encoded once for the whole duration, which every video variant refers to (an HLS audio
+    group, a DASH audio adaptation set). That is what DASH players need (dash.js plays no
+    muxed representations), what lets a player offer the languages, and it stores and
+    encodes the sound once instead of once per rung; a chunked job needs it besides
+    (encoded per chunk, audio would have a priming gap at every join).
+
+    `muxed_mp4`: the job also asked for progressive MP4s, files a browser plays on their
+    own: each video rung keeps its sound for its MP4 (`audio_in_segments` False).
+    Unchanged for a silent source.
+    """
     rates = [s.audio_bitrate for s in specs if s.audio_bitrate]
-    if not specs or not rates:
+    if not specs or not rates or not source.has_audio:
         return list(specs)
-    silent = [s.model_copy(update={"audio_bitrate": None}) for s in specs]
-    # No picture: no factor, target or prediction of its own either.
-    audio = specs[0].model_copy(
-        update={"name": AUDIO_RENDITION, "audio_only": True, "audio_bitrate": max(rates),
-                "crf": None, "quality_target": None, "estimate": None}
-    )  # fmt: skip
-    return [*silent, audio]
+    video = [
+        s.model_copy(update={"audio_in_segments": False} if muxed_mp4 else {"audio_bitrate": None})
+        for s in specs
+    ]
+    tracks = source.audio_tracks[:max_tracks] or [AudioTrack(index=0, codec="unknown")]
+    default = next((t.index for t in tracks if t.default), tracks[0].index)
+    labels = _track_labels(tracks)
+    # No picture: no factor, target or prediction of its own either; the video fields are
+    # those of the rung whose function encodes it, and unused.
+    audio = [
+        specs[0].model_copy(
+            update={
+                "name": AUDIO_RENDITION if i == 0 else f"{AUDIO_RENDITION}-{i + 1}",
+                "audio_only": True,
+                "audio_bitrate": max(rates),
+                "crf": None,
+                "quality_target": None,
+                "estimate": None,
+                "audio_track": track.index,
+                "language": track.language,
+                "label": labels[i],
+                "default_track": track.index == default,
+                "loudness": loudness,
+            }
+        )
+        for i, track in enumerate(tracks)
+    ]
+    return [*video, *audio]
+
+
+def _track_labels(tracks: Sequence[AudioTrack]) -> list[str]:
+    """What a player's menu shows for each track: its title, else its language's name,
+    else `Audio N`; made unique (two untitled English tracks: `English`, `English 2`)."""
+    labels: list[str] = []
+    for n, track in enumerate(tracks, start=1):
+        base = track.title or (_language_name(track.language) if track.language else None)
+        base = base or ("Audio" if len(tracks) == 1 else f"Audio {n}")
+        label, k = base, 1
+        while label in labels:
+            k += 1
+            label = f"{base} {k}"
+        labels.append(label[:64])
+    return labels
+
+
+def _language_name(tag: str) -> str:
+    try:
+        return str(langcodes.Language.get(tag).display_name())
+    except (ValueError, LookupError, ImportError):
+        return tag
 
 
 def output_fps(source_fps: float) -> float:

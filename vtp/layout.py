@@ -1,6 +1,7 @@
 """Where a job's outputs live in the outputs bucket.
 
     <job>/master.m3u8, <job>/poster.jpg              written once, by fan-in
+    <job>/manifest.mpd                               the same, for a job with DASH
     <job>/<rendition>/attempt-<n>/index.m3u8 ...     one folder per attempt
     <job>/<rendition>/index.m3u8                     a chunked rendition's, written by fan-in
     <job>/<rendition>/chunk-<i>/attempt-<n>/...      its chunks' segments, a folder per attempt
@@ -20,6 +21,7 @@ from __future__ import annotations
 from uuid import UUID
 
 MASTER = "master.m3u8"
+MANIFEST = "manifest.mpd"  # DASH, over the same segments (vtp.dash), when asked for
 POSTER = "poster.jpg"
 
 

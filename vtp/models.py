@@ -21,6 +21,33 @@ from vtp.lifecycle import RenditionState as RenditionState
 from vtp.lifecycle import TaskState as TaskState
 
 
+class AudioTrack(BaseModel):
+    """One sound track of a source, as a player's audio menu will show it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0, description="among the source's audio streams: `-map 0:a:<index>`")
+    codec: str
+    channels: int | None = None
+    language: str | None = Field(default=None, description="BCP 47 (`en`, `pt-BR`), if tagged")
+    title: str | None = None
+    default: bool = False
+
+
+class TextTrack(BaseModel):
+    """One subtitle stream of a source; only text ones can become WebVTT."""
+
+    model_config = ConfigDict(frozen=True)
+
+    index: int = Field(ge=0, description="among the source's subtitle streams: `0:s:<index>`")
+    codec: str
+    language: str | None = None
+    title: str | None = None
+    default: bool = False
+    forced: bool = False
+    text: bool = Field(description="a text format (not bitmaps such as PGS or DVD subtitles)")
+
+
 class SourceInfo(BaseModel):
     """What ffprobe found in a source, after sanity checks."""
 
@@ -40,6 +67,10 @@ class SourceInfo(BaseModel):
     # The video stream's own bit rate, as far as the file tells (vtp.probe.video_bit_rate):
     # no rendition is given more bits than the source's picture holds (vtp.ladder).
     video_bit_rate: int | None = None
+    # Every sound track and subtitle stream, in the file's order (empty in jobs probed before
+    # tracks were: their one sound is `-map 0:a:0`).
+    audio_tracks: list[AudioTrack] = Field(default_factory=list)
+    text_tracks: list[TextTrack] = Field(default_factory=list)
 
 
 class RenditionEstimate(BaseModel):
@@ -90,6 +121,17 @@ class RenditionSpec(BaseModel):
     # vtp.chunks), and referenced by every video variant as an HLS audio group; its video
     # fields are those of the rung whose function encodes it, and unused.
     audio_only: bool = False
+    # An audio rendition's track (vtp.ladder.audio_renditions): which of the source's sound
+    # streams, and how the master playlist and the MPD name it.
+    audio_track: int = Field(default=0, ge=0)
+    language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    label: str | None = Field(default=None, max_length=64)
+    default_track: bool = False
+    # EBU R128 integrated loudness to normalise the sound to (LUFS), two-pass; None: as is.
+    loudness: float | None = Field(default=None, ge=-70, le=-5)
+    # Whether the HLS segments carry the rendition's sound. False when the sound is a
+    # rendition of its own and `audio_bitrate` is the progressive MP4's alone.
+    audio_in_segments: bool = True
 
 
 class TranscodeTask(BaseModel):

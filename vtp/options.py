@@ -31,7 +31,7 @@ from pydantic import (
 
 from vtp.errors import InvalidRequest
 
-Format = Literal["hls", "mp4"]
+Format = Literal["hls", "dash", "mp4"]
 
 MAX_RENDITIONS = 8
 
@@ -43,6 +43,7 @@ METADATA_FIELDS = {
     "renditions": "renditions",  # "360p,720p" (commas or spaces)
     "formats": "formats",  # "hls,mp4"
     "callback-url": "callback_url",
+    "loudness": "loudness",  # "-16" (LUFS)
 }
 
 
@@ -66,6 +67,9 @@ class JobOptions(BaseModel):
     formats: list[Format] = Field(
         default_factory=lambda: _default_formats(), min_length=1, max_length=4
     )
+    # EBU R128 integrated loudness every sound track is normalised to, in LUFS (-23 is
+    # broadcast, -16 to -14 what streaming services play at); None leaves the sound as is.
+    loudness: float | None = Field(default=None, ge=-70, le=-5)
 
     @field_validator("formats")
     @classmethod
@@ -83,16 +87,22 @@ class JobOptions(BaseModel):
         the deployment's default ladder (which samples may prune), or the names asked for
         (`renditions=360p,720p;formats=hls,mp4`). Order and case do not matter."""
         names = "*" if self.renditions is None else ",".join(sorted(_names(self.renditions)))
-        return f"renditions={names};formats={','.join(sorted(self.formats))}"
+        key = f"renditions={names};formats={','.join(sorted(self.formats))}"
+        if self.loudness is not None:
+            key += f";loudness={self.loudness:g}"
+        return key
 
     def recorded(self, origin: OptionsOrigin, *, reprocess: bool = False) -> dict[str, object]:
         """What jobs.options keeps: the options as asked, where they came from."""
-        return {
+        recorded: dict[str, object] = {
             "renditions": self.renditions,
             "formats": list(self.formats),
             "origin": origin.value,
             "reprocess": reprocess,
         }
+        if self.loudness is not None:
+            recorded["loudness"] = self.loudness
+        return recorded
 
 
 def _default_formats() -> list[Format]:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from vtp.encode import HLS_PLAYLIST, RenditionResult
 from vtp.errors import FfmpegError, InvalidRequest
 from vtp.ffmpeg import run_ffmpeg, untrusted_input
-from vtp.models import SourceInfo
+from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,11 @@ class MasterEntry(BaseModel):
     folder: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     # Measured quality at the ladder's largest picture size (vtp.quality): the SCORE.
     score: float | None = Field(default=None, gt=0, le=1)
+    # An audio rendition's track: its language (BCP 47), the name players show, and
+    # whether it is the one to play when the viewer's language is none of the group's.
+    language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    label: str | None = Field(default=None, pattern=r'^[^"\n\r]{1,64}$')
+    default: bool = False
 
     @property
     def uri(self) -> str:
@@ -48,10 +53,19 @@ class MasterEntry(BaseModel):
 
     @classmethod
     def from_result(
-        cls, result: RenditionResult, folder: str | None = None, *, score: object = None
+        cls,
+        result: RenditionResult,
+        folder: str | None = None,
+        *,
+        score: object = None,
+        spec: RenditionSpec | None = None,
     ) -> MasterEntry:
+        """`spec`: the rendition's, for an audio track's language, name and default."""
         return cls(
             folder=folder,
+            language=spec.language if spec else None,
+            label=spec.label if spec else None,
+            default=spec.default_track if spec else False,
             score=score if isinstance(score, int | float) and 0 < score <= 1 else None,
             name=result.name,
             bandwidth=result.peak_bitrate,
@@ -66,17 +80,18 @@ class MasterEntry(BaseModel):
 AUDIO_GROUP = "audio"
 
 
-def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = None) -> str:
+def master_playlist(entries: Sequence[MasterEntry], audio: Sequence[MasterEntry] = ()) -> str:
     """The master playlist text, variants sorted by bandwidth (lowest first).
 
     Version 7 because the media playlists use fMP4 segments (EXT-X-MAP in a playlist
     without I-frames-only needs version 6+); INDEPENDENT-SEGMENTS because every segment
     starts with an IDR frame on the shared keyframe grid.
 
-    `audio`: the job's sound as a rendition of its own (a job encoded in chunks). It is
-    the one member of an audio group every variant names; each variant's BANDWIDTH and
-    AVERAGE-BANDWIDTH then add the audio's (RFC 8216: the peak of the combination a
-    player plays), and its CODECS name both.
+    `audio`: the job's sound tracks as renditions of their own, the members of the one
+    audio group every variant names (a player offers them by LANGUAGE and NAME, and plays
+    the DEFAULT one unless the viewer's language is another of them). Each variant's
+    BANDWIDTH and AVERAGE-BANDWIDTH add the largest track's (RFC 8216: the peak of any
+    combination a player may play), and its CODECS name both.
 
     SCORE (RFC 8216bis, 4.4.6.2) is each variant's measured SSIM at the ladder's largest
     picture size, so a player preferring by SCORE prefers what looks better on that screen.
@@ -86,17 +101,13 @@ def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = 
     if not entries:
         raise InvalidRequest("a master playlist needs at least one rendition")
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS", ""]
-    if audio is not None:
-        lines += [
-            f'#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID="{AUDIO_GROUP}",NAME="{audio.name}",'
-            f'DEFAULT=YES,AUTOSELECT=YES,CHANNELS="2",URI="{audio.uri}"',
-            "",
-        ]
+    lines += _audio_media(audio)
     scored = all(e.score is not None for e in entries)
+    sound = max(audio, key=lambda a: a.bandwidth, default=None)
     for entry in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
-        codecs = entry.codecs + (f",{audio.codecs}" if audio is not None else "")
-        peak = entry.bandwidth + (audio.bandwidth if audio else 0)
-        average = entry.average_bandwidth + (audio.average_bandwidth if audio else 0)
+        codecs = entry.codecs + (f",{sound.codecs}" if sound is not None else "")
+        peak = entry.bandwidth + (sound.bandwidth if sound else 0)
+        average = entry.average_bandwidth + max((a.average_bandwidth for a in audio), default=0)
         attributes = [
             f"BANDWIDTH={peak}",
             f"AVERAGE-BANDWIDTH={average}",
@@ -106,10 +117,33 @@ def master_playlist(entries: Sequence[MasterEntry], audio: MasterEntry | None = 
         ]
         if scored:
             attributes.append(f"SCORE={entry.score:.4f}")
-        if audio is not None:
+        if audio:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         lines += [f"#EXT-X-STREAM-INF:{','.join(attributes)}", entry.uri]
     return "\n".join(lines) + "\n"
+
+
+def _audio_media(audio: Sequence[MasterEntry]) -> list[str]:
+    """The EXT-X-MEDIA lines of the audio group: exactly one DEFAULT=YES (the source's
+    default track, else the first); every track AUTOSELECT=YES, so a player may pick one
+    in the viewer's language."""
+    if not audio:
+        return []
+    default = next((a for a in audio if a.default), audio[0])
+    lines = []
+    for a in audio:
+        attributes = [
+            "TYPE=AUDIO",
+            f'GROUP-ID="{AUDIO_GROUP}"',
+            f'NAME="{a.label or a.name}"',
+            *([f'LANGUAGE="{a.language}"'] if a.language else []),
+            f"DEFAULT={'YES' if a is default else 'NO'}",
+            "AUTOSELECT=YES",
+            'CHANNELS="2"',  # every track is encoded stereo (vtp.encode)
+            f'URI="{a.uri}"',
+        ]
+        lines.append(f"#EXT-X-MEDIA:{','.join(attributes)}")
+    return [*lines, ""]
 
 
 def make_poster(source_url: str, source: SourceInfo, out_path: Path, settings: Settings) -> Path:

@@ -16,9 +16,11 @@ import re
 from fractions import Fraction
 from typing import Any
 
+import langcodes
+
 from vtp.errors import FfmpegError, InvalidSource, StorageError
 from vtp.ffmpeg import FORMAT_WHITELIST, run_ffprobe, untrusted_input
-from vtp.models import SourceInfo
+from vtp.models import AudioTrack, SourceInfo, TextTrack
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,97 @@ def source_info_from_probe(
         bit_rate=_int(fmt.get("bit_rate")),
         rotation=rotation,
         video_bit_rate=video_bit_rate(stream, audio, fmt, size, duration),
+        audio_tracks=[_audio_track(i, a) for i, a in enumerate(audio)],
+        text_tracks=[
+            _text_track(i, t)
+            for i, t in enumerate(s for s in streams if s.get("codec_type") == "subtitle")
+        ],
+    )
+
+
+# Subtitle codecs ffmpeg can turn into WebVTT: text with timing. The others are pictures
+# (Blu-ray PGS, DVD and DVB bitmaps), which would need OCR.
+TEXT_SUBTITLE_CODECS = frozenset(
+    {"subrip", "srt", "ass", "ssa", "mov_text", "webvtt", "text", "microdvd", "subviewer",
+     "subviewer1", "jacosub", "sami", "realtext", "mpl2", "pjs", "stl", "vplayer"}
+)  # fmt: skip
+
+
+def language_tag(raw: object) -> str | None:
+    """A stream's language tag as BCP 47, which HLS's LANGUAGE and DASH's `lang` want:
+    containers store ISO 639-2 (`eng`, `fre`), players expect `en`, `fr`. None for an
+    absent, undetermined (`und`) or unreadable tag: no language is better than a wrong one."""
+    text = str(raw or "").strip()
+    if not text or len(text) > 35:
+        return None
+    try:
+        tag = str(langcodes.standardize_tag(text))
+    except (ValueError, langcodes.tag_parser.LanguageTagError):
+        return None
+    if tag in ("und", "zxx", "mul", "mis") or not langcodes.tag_is_valid(tag):
+        return None
+    return tag if _SAFE_TAG.fullmatch(tag) else None
+
+
+_SAFE_TAG = re.compile(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*")
+
+
+def display_title(raw: object) -> str | None:
+    """A track title fit for a player's menu and a playlist's quoted attribute: printable,
+    without quotes, at most 64 characters (a title is the uploader's text, not ours)."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(raw or ""))
+    text = " ".join(text.replace('"', "'").split())[:64].strip()
+    return text or None
+
+
+def _tags(stream: dict[str, Any]) -> dict[str, Any]:
+    tags = stream.get("tags")
+    return {str(k).lower(): v for k, v in tags.items()} if isinstance(tags, dict) else {}
+
+
+def _disposition(stream: dict[str, Any], name: str) -> bool:
+    flags = stream.get("disposition")
+    return isinstance(flags, dict) and bool(_int(flags.get(name)))
+
+
+def _audio_track(index: int, stream: dict[str, Any]) -> AudioTrack:
+    tags = _tags(stream)
+    channels = _int(stream.get("channels"))
+    return AudioTrack(
+        index=index,
+        codec=str(stream.get("codec_name") or "unknown"),
+        channels=channels if channels and channels > 0 else None,
+        language=language_tag(tags.get("language")),
+        title=_track_title(tags),
+        default=_disposition(stream, "default"),
+    )
+
+
+# Handler names tools write when nobody named the track: not a title.
+_GENERIC_HANDLER = re.compile(
+    r"handler|core media|iso media|^\s*(sound|audio|video|text)\s*$", re.I
+)
+
+
+def _track_title(tags: dict[str, Any]) -> str | None:
+    """A track's name: Matroska's `title`; MP4 keeps it as the track's handler name, unless
+    that is a tool's generic one (`SoundHandler`, `Core Media Audio`)."""
+    handler = str(tags.get("handler_name") or "")
+    named = handler if handler and not _GENERIC_HANDLER.search(handler) else None
+    return display_title(tags.get("title") or named)
+
+
+def _text_track(index: int, stream: dict[str, Any]) -> TextTrack:
+    tags = _tags(stream)
+    codec = str(stream.get("codec_name") or "unknown")
+    return TextTrack(
+        index=index,
+        codec=codec,
+        language=language_tag(tags.get("language")),
+        title=_track_title(tags),
+        default=_disposition(stream, "default"),
+        forced=_disposition(stream, "forced"),
+        text=codec in TEXT_SUBTITLE_CODECS,
     )
 
 

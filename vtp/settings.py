@@ -120,6 +120,9 @@ class Settings(BaseSettings):
     )
     segment_seconds: float = 4.0
     gop_seconds: float = 2.0
+    # Sound tracks of a source made into audio renditions (languages, commentary); the
+    # rest are left out, and the plan says so.
+    max_audio_tracks: int = Field(default=8, ge=1, le=32)
     # Segment-parallel encoding (vtp.chunks): a source longer than the threshold is to be
     # encoded as chunks of whole segments, each its own task, so replicas share one
     # rendition (split plans them, transcode encodes each, fan-in joins them: vtp.join).

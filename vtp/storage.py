@@ -33,6 +33,8 @@ _CONTENT_TYPES = {
     ".ts": "video/mp2t",
     ".jpg": "image/jpeg",
     ".json": "application/json",
+    ".mpd": "application/dash+xml",
+    ".vtt": "text/vtt",
 }
 
 

@@ -97,9 +97,7 @@ class JobRequest(JobOptions):
     reprocess: bool = False
 
     def options(self) -> JobOptions:
-        return JobOptions.model_validate(
-            self.model_dump(include={"renditions", "formats", "callback_url"})
-        )
+        return JobOptions.model_validate(self.model_dump(include=set(JobOptions.model_fields)))
 
 
 class SourceObject(BaseModel):
@@ -126,7 +124,8 @@ def parse_body(body: bytes) -> MinioEvent | JobRequest:
         raise InvalidRequest(
             "body must be a JSON object: a MinIO event or "
             '{"bucket": ..., "key": ..., "renditions"?: [...], "callback_url"?: ..., '
-            '"formats"?: ["hls", "mp4"], "reprocess"?: true, "dry_run"?: true}'
+            '"formats"?: ["hls", "dash", "mp4"], "loudness"?: -16, "reprocess"?: true, '
+            '"dry_run"?: true}'
         )
     try:
         if "Records" in data:

@@ -95,9 +95,7 @@ def _manual_job(request: JobRequest) -> Response:
     p = pipeline()
     src = SourceObject(bucket=request.bucket, key=request.key)
     if request.dry_run:
-        planned = p.intake.preview(
-            src, renditions=request.renditions, formats=list(request.formats)
-        )
+        planned = p.intake.preview(src, request.options())
         return ok(planned.preview())
     result = p.submit(src, request.options(), reprocess=request.reprocess, manual=True)
     body = _summary(result)

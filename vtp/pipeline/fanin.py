@@ -11,7 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, layout, logs, workdirs
+from vtp import callbacks, dash, layout, logs, workdirs
 from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.errors import VtpError
 from vtp.events import ProgressEvent
@@ -38,6 +38,7 @@ class JobCallback(BaseModel):
     source: SourceRef
     master_url: str | None
     poster_url: str | None
+    dash_url: str | None = None  # the DASH manifest, for a job that asked for it
     renditions: list[dict[str, Any]]
     finished_at: datetime | None
     plan: dict[str, Any] | None = None  # how the ladder was decided (vtp.tuning)
@@ -85,6 +86,10 @@ class FanIn:
                     JobState.FAILED,
                     f"could not write the master playlist: {exc.reason}",
                 )
+            if state is JobState.SUCCEEDED and "dash" in job.formats:
+                problem = self._write_manifest(job)
+                if problem:
+                    state, reason = JobState.FAILED, problem
         job = self.store.complete_job(
             job.id, state, reason, claimer=claimer, master_playlist=master, ready=ready
         )
@@ -146,6 +151,7 @@ class FanIn:
                 RenditionResult.model_validate(r.result),
                 layout.within_job(job_id, r.output_prefix, r.name),
                 score=(r.result or {}).get("quality_display"),
+                spec=r.spec,
             )
             for r in done
         }
@@ -153,8 +159,47 @@ class FanIn:
         video = list(entries.values())
         if not video:
             return None
-        master = master_playlist(video, audio=audio[0] if audio else None)
+        master = master_playlist(video, audio=audio)
         return master, [r.name for r in done]
+
+    def _write_manifest(self, job: Job) -> str | None:
+        """The DASH manifest over the renditions' own segments (vtp.dash), from their media
+        playlists as stored; why it could not be written, else None."""
+        bucket = self.settings.outputs_bucket
+        tracks = []
+        try:
+            for r in job.renditions:
+                if r.state is not RenditionState.SUCCEEDED or not r.result:
+                    continue
+                result = RenditionResult.model_validate(r.result)
+                if result.timescale is None:
+                    return f"rendition {r.name} was encoded before DASH could index it"
+                folder = layout.within_job(job.id, r.output_prefix, r.name)
+                playlist = self.storage.get_bytes(bucket, f"{job.id}/{folder}/{result.playlist}")
+                tracks.append(
+                    dash.track_from_playlist(
+                        playlist.decode(),
+                        folder,
+                        timescale=result.timescale,
+                        id=r.name,
+                        kind="audio" if r.spec.audio_only else "video",
+                        bandwidth=result.peak_bitrate,
+                        codecs=result.codecs,
+                        width=None if r.spec.audio_only else result.width,
+                        height=None if r.spec.audio_only else result.height,
+                        fps=None if r.spec.audio_only else result.fps,
+                        language=r.spec.language,
+                        label=r.spec.label,
+                        default=r.spec.default_track,
+                    )
+                )
+            text = dash.manifest(tracks, title=job.source.key.rsplit("/", 1)[-1])
+            self.storage.put_bytes(bucket, f"{job.id}/{layout.MANIFEST}", text.encode())
+        except VtpError as exc:
+            return f"could not write the DASH manifest: {exc.reason}"
+        except (ValueError, UnicodeDecodeError) as exc:
+            return f"could not write the DASH manifest: {exc}"
+        return None
 
     def _join_chunked(self, job: Job) -> list[str]:
         """Join each rendition encoded in chunks whose chunks all succeeded and that is not
@@ -328,6 +373,7 @@ class FanIn:
             source=job.source,
             master_url=view["urls"].get("master"),
             poster_url=view["urls"].get("poster"),
+            dash_url=view["urls"].get("dash"),
             renditions=view["renditions"],
             finished_at=job.finished_at,
             plan=job.plan,

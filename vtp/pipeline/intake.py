@@ -14,7 +14,7 @@ from vtp import callbacks
 from vtp.chunks import ChunkRange, plan_chunks
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.jobs import Job, SourceRef
-from vtp.ladder import plan_ladder, with_separate_audio
+from vtp.ladder import audio_renditions, plan_ladder
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.pipeline.clients import Clients
@@ -148,7 +148,7 @@ class Intake:
                 # MinIO redelivers events (at least once): answer without probing again.
                 return self._duplicate(existing, options, others, manual=manual)
         try:
-            planned = self._plan(src, obj.size, options.renditions, list(options.formats))
+            planned = self._plan(src, obj.size, options)
         except InvalidSource as exc:
             return self._reject(ref, exc.reason, options, origin, key=key)
         except InvalidRequest as exc:
@@ -220,13 +220,7 @@ class Intake:
             others=[o for o in others if o[0] != job.id],
         )
 
-    def preview(
-        self,
-        src: SourceObject,
-        *,
-        renditions: list[str] | None = None,
-        formats: list[str] | None = None,
-    ) -> Planned:
+    def preview(self, src: SourceObject, options: JobOptions | None = None) -> Planned:
         """The plan a job for `src` would get, tuned from samples, without recording or
         encoding anything (a manual job's `"dry_run": true`). InvalidSource says why the
         source would be refused."""
@@ -235,7 +229,7 @@ class Intake:
         if problem is not None:
             raise InvalidRequest(problem)
         obj = self.storage.stat(src.bucket, src.key)
-        return self._plan(src, obj.size, renditions, formats)
+        return self._plan(src, obj.size, options or JobOptions())
 
     def _require_input_bucket(self, src: SourceObject) -> None:
         """Sources come from the input buckets only: the outputs are public-read, so a job
@@ -247,18 +241,13 @@ class Intake:
                 f"{', '.join(buckets)} (VTP_INPUT_BUCKETS)"
             )
 
-    def _plan(
-        self,
-        src: SourceObject,
-        size: int | None,
-        renditions: list[str] | None,
-        formats: list[str] | None,
-    ) -> Planned:
+    def _plan(self, src: SourceObject, size: int | None, options: JobOptions) -> Planned:
         """Probe, plan the ladder, tune it per title from samples (vtp.tuning), and cut it
         into chunks where the job is to be encoded in parts."""
         s = self.settings
         url = self.storage.presigned_get(src.bucket, src.key, expires=600)
         info = probe_source(url, s, size_bytes=size)
+        renditions, mp4 = options.renditions, "mp4" in options.formats
         ladder = plan_ladder(info, s, renditions)
         if not ladder:
             raise InvalidSource(
@@ -276,10 +265,13 @@ class Intake:
                 threshold_s=s.chunk_threshold_seconds,
             )
             # The progressive MP4 is one file from one encoder: such a job is encoded whole.
-            if s.chunked_encoding and "mp4" not in (formats or [])
+            if s.chunked_encoding and not mp4
             else []
         )
-        specs = with_separate_audio(title.specs) if chunks else list(title.specs)
+        specs = audio_renditions(
+            title.specs, info, max_tracks=s.max_audio_tracks, loudness=options.loudness,
+            muxed_mp4=mp4,
+        )  # fmt: skip
         return Planned(source=info, specs=specs, chunks=chunks, title=title)
 
     def _reject(

@@ -9,7 +9,7 @@ from vtp import callbacks, layout
 from vtp.errors import NotFound
 from vtp.events import progress_field
 from vtp.jobs import Job, Rendition
-from vtp.models import RenditionState
+from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.urls import Urls
 
@@ -49,6 +49,7 @@ class JobViews:
                 "preset": None if r.spec.audio_only else r.spec.preset,
                 "max_bitrate": None if r.spec.audio_only else r.spec.max_bitrate,
                 "quality": None if r.spec.audio_only else _quality(r),
+                **(_track(r) if r.spec.audio_only else {}),
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
                 # In the master playlist already: playable before the job ends.
@@ -105,6 +106,8 @@ class JobViews:
                 urls["master"] = self.urls.output_url(job.id, layout.MASTER)
             if job.master_playlist:
                 urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
+                if "dash" in job.formats and job.state is JobState.SUCCEEDED:
+                    urls["dash"] = self.urls.output_url(job.id, layout.MANIFEST)
         done = [r for r in job.renditions if r.state.terminal]
         return {
             "id": str(job.id),
@@ -173,4 +176,21 @@ def _quality(r: Rendition) -> dict[str, Any]:
         "display": result.get("quality_display"),
         "flagged": r.quality_flagged,
         "error": result.get("quality_error"),
+    }
+
+
+def _track(r: Rendition) -> dict[str, Any]:
+    """An audio rendition's track: which of the source's, as players name it, and the
+    loudness it measured when the job asked for one (vtp.loudness)."""
+    result = r.result or {}
+    return {
+        "track": r.spec.audio_track,
+        "language": r.spec.language,
+        "label": r.spec.label,
+        "default": r.spec.default_track,
+        "loudness": (
+            {"target": r.spec.loudness, "measured": result.get("loudness")}
+            if r.spec.loudness is not None
+            else None
+        ),
     }

@@ -317,6 +317,9 @@
         r.urls = rv.urls || {};
         r.crf = rv.crf ?? r.crf;
         r.quality = rv.quality ?? r.quality;
+        if (rv.kind === "audio") {
+          r.track = { label: rv.label, language: rv.language, isDefault: rv.default, loudness: rv.loudness };
+        }
         if (rv.attempts != null && r.attempt == null) r.attempt = rv.attempts;
         if (rv.progress && typeof rv.progress === "object") {
           this.applyEvent({ ...rv.progress, job_id: job.id, rendition: rv.name });
@@ -968,6 +971,7 @@
 
   /** "SSIM 0.9861" once measured (the prediction before), with the factor it was encoded at. */
   function qualityText(r) {
+    if (r.track) return trackText(r.track);
     const q = r.quality;
     if (!q) return "";
     const metric = String(q.metric || "ssim").toUpperCase();
@@ -977,7 +981,22 @@
     return crf.slice(3);
   }
 
+  /** A sound track: "English (en) · default · −16 LUFS, was −23.1". */
+  function trackText(t) {
+    const parts = [t.label || "Audio"];
+    if (t.language) parts[0] += ` (${t.language})`;
+    if (t.isDefault) parts.push("default");
+    const loud = t.loudness;
+    if (loud && typeof loud.target === "number") {
+      const was = loud.measured && typeof loud.measured.integrated === "number"
+        ? `, was ${loud.measured.integrated.toFixed(1)}` : "";
+      parts.push(`${loud.target} LUFS${was}`);
+    }
+    return parts.join(" · ");
+  }
+
   function qualityTitle(r) {
+    if (r.track) return "a sound track of the source, encoded once for every video rendition";
     const q = r.quality;
     if (!q) return "";
     const parts = [];
@@ -1099,6 +1118,7 @@
     const link = (href, text) =>
       el("li", {}, el("a", { href, target: "_blank", rel: "noopener noreferrer", text }));
     if (job.urls.master) ul.append(link(job.urls.master, "master playlist (HLS)"));
+    if (job.urls.dash) ul.append(link(job.urls.dash, "manifest (DASH)"));
     if (job.urls.poster) ul.append(link(job.urls.poster, "poster"));
     for (const r of job.renditions.values()) {
       if (r.urls.playlist) ul.append(link(r.urls.playlist, `${r.name} playlist`));
@@ -1108,28 +1128,32 @@
 
   // --- player -------------------------------------------------------------------------------
 
-  const player = { jobId: null, key: null, hls: null };
-  let hlsLoading = null;
+  // `format`: what the viewer chose to play a job that has both (HLS or DASH).
+  const player = { jobId: null, key: null, hls: null, dash: null, format: "hls" };
+  const scripts = {};
 
-  /** hls.js from static/hls.min.js, loaded once and only when a player is needed. */
-  function loadHls() {
-    if (window.Hls) return Promise.resolve(window.Hls);
-    if (!hlsLoading) {
-      hlsLoading = new Promise((resolve) => {
+  /** A vendored player library (static/hls.min.js, static/dash.all.min.js), loaded once
+   * and only when a player needs it; resolves to its global, or null. */
+  function loadScript(file, global) {
+    if (window[global]) return Promise.resolve(window[global]);
+    if (!scripts[file]) {
+      scripts[file] = new Promise((resolve) => {
         const s = document.createElement("script");
-        s.src = new URL("static/hls.min.js", BASE).toString();
-        s.onload = () => resolve(window.Hls || null);
+        s.src = new URL(`static/${file}`, BASE).toString();
+        s.onload = () => resolve(window[global] || null);
         s.onerror = () => resolve(null);
         document.head.append(s);
       });
     }
-    return hlsLoading;
+    return scripts[file];
   }
 
   function teardownPlayer() {
     const video = $("player");
     if (player.hls) player.hls.destroy();
+    if (player.dash) player.dash.destroy();
     player.hls = null;
+    player.dash = null;
     player.jobId = null;
     player.key = null;
     video.removeAttribute("src");
@@ -1142,7 +1166,53 @@
   /** Which master the player plays: the job's, with the renditions ready when it was set
    * up (early), or final. A new one (more renditions ready) is loaded where playback was. */
   function playerKey(job) {
-    return `${job.id}|${job.state === "succeeded" ? "final" : (job.ready || []).join(",")}`;
+    const format = wantsDash(job) ? "dash" : "hls";
+    return `${job.id}|${job.state === "succeeded" ? "final" : (job.ready || []).join(",")}|${format}`;
+  }
+
+  /** DASH when the job has a manifest (it is written at the job's end) and the viewer
+   * chose it; HLS otherwise, early playback included. */
+  function wantsDash(job) {
+    return player.format === "dash" && Boolean(job.urls.dash);
+  }
+
+  function showFormats(job) {
+    const box = $("player-formats");
+    box.hidden = !job.urls.dash;
+    for (const b of box.querySelectorAll("button")) {
+      b.setAttribute("aria-pressed", String(b.dataset.format === (wantsDash(job) ? "dash" : "hls")));
+    }
+  }
+
+  /** dash.js on the job's manifest: the same segments as the HLS playlists list. */
+  async function setupDash(job, key, video, note, resume) {
+    const dashjs = await loadScript("dash.all.min.js", "dashjs");
+    if (player.key !== key) return;
+    if (!dashjs || !dashjs.supportsMediaSource()) {
+      video.dataset.engine = "none";
+      note.textContent = "This browser cannot play DASH here.";
+      return;
+    }
+    const dash = dashjs.MediaPlayer().create();
+    player.dash = dash;
+    video.dataset.engine = "dash.js";
+    const events = dashjs.MediaPlayer.events;
+    dash.on(events.STREAM_INITIALIZED, () => {
+      const reps = dash.getRepresentationsByType("video");
+      video.dataset.manifestParsed = "true";
+      video.dataset.levels = String(reps.length);
+      const sizes = reps.map((r) => `${r.height}p`).join(", ");
+      note.textContent = `Adaptive stream: ${reps.length} rendition${reps.length === 1 ? "" : "s"} (${sizes}), played with dash.js.`;
+      if (resume && resume.at > 0) video.currentTime = resume.at;
+      if (resume && resume.playing) video.play().catch(() => {});
+    });
+    dash.on(events.ERROR, (e) => {
+      const what = (e && e.error && (e.error.message || e.error.code)) || "fatal";
+      video.dataset.error = String(what);
+      note.textContent = `The player failed: ${what}.`;
+    });
+    dash.initialize(video, job.urls.dash, false);
+    video.hidden = false;
   }
 
   async function setupPlayer(job) {
@@ -1160,7 +1230,9 @@
     if (job.urls.poster) video.poster = job.urls.poster;
     video.setAttribute("aria-label", `Transcoded video of job ${shortId(job.id)}`);
     note.textContent = "Loading the stream…";
-    const Hls = await loadHls();
+    showFormats(job);
+    if (wantsDash(job)) return setupDash(job, key, video, note, resume);
+    const Hls = await loadScript("hls.min.js", "Hls");
     if (player.key !== key) return; // the route or the master changed while loading
     if (Hls && Hls.isSupported()) {
       const hls = new Hls({ enableWorker: true });
@@ -1309,7 +1381,7 @@
 
   window.vtp = {
     JobStore, LiveClient, compareIds, fmtPercent, fmtFps, fmtSpeed, fmtEta, fmtBytes, store, live,
-    base: BASE.toString(),
+    player, base: BASE.toString(),
   };
 
   function start() {
@@ -1319,6 +1391,13 @@
       schedule();
     });
     window.addEventListener("hashchange", onRoute);
+    for (const b of $("player-formats").querySelectorAll("button")) {
+      b.addEventListener("click", () => {
+        player.format = b.dataset.format;
+        const job = store.jobs.get(route.jobId);
+        if (job) renderDetail();
+      });
+    }
     onRoute();
     if (location.protocol === "file:") {
       setMode("offline");

@@ -1,0 +1,181 @@
+"""One job, every viewer: its sound tracks as renditions with their languages, loudness
+normalised, and a DASH manifest over the very segments the HLS playlists list. Encoded by
+the stack's real functions; checked with ffprobe, ffmpeg's own loudness meter and the DASH
+schema."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+import requests
+from minio import Minio
+
+from tests.manual import submit
+from tests.mpd_schema import schema_problems
+from tests.test_pipeline import MANUAL_BUCKET, ffprobe
+from tests.test_pipeline import s3 as s3  # the same fixture: a client with MANUAL_BUCKET made
+from vtp import loudness
+from vtp.encode import parse_media_playlist
+
+NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
+TARGET = -16.0
+
+
+def _two_track_clip(path: Path) -> Path:
+    """6 s of picture with two sound tracks: English, quiet (about -52 LUFS), and French,
+    louder (about -28), titled; and an English mov_text subtitle stream."""
+    srt = path.with_suffix(".srt")
+    srt.write_text("1\n00:00:01,000 --> 00:00:03,000\nHello\n\n2\n00:00:04,000 --> "
+                   "00:00:05,500\nWorld\n")  # fmt: skip
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y",
+         "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25:duration=6",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=6,volume=0.03",
+         "-f", "lavfi", "-i", "sine=frequency=660:sample_rate=48000:duration=6,volume=0.5",
+         "-i", str(srt),
+         "-map", "0", "-map", "1", "-map", "2", "-map", "3",
+         "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+         "-c:a", "aac", "-c:s", "mov_text",
+         "-metadata:s:a:0", "language=eng", "-metadata:s:a:1", "language=fre",
+         "-metadata:s:a:1", "handler_name=Version française", "-metadata:s:s:0", "language=eng",
+         "-disposition:a:0", "default", "-disposition:a:1", "0",
+         str(path)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return path
+
+
+@pytest.fixture(scope="module")
+def packaged(gateway: str, s3: Minio, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The job's view through status, once it has ended: asked for by a manual job."""
+    clip = _two_track_clip(tmp_path_factory.mktemp("packaging") / "tracks.mp4")
+    key = f"packaging/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"],
+                    loudness=TARGET)  # fmt: skip
+    deadline = time.monotonic() + 180
+    while True:
+        view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
+        job: dict[str, Any] = view.json()
+        if job["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.3)
+
+
+@pytest.mark.slow
+def test_every_sound_track_is_a_rendition_with_its_language(packaged: dict[str, Any]) -> None:
+    assert packaged["state"] == "succeeded", packaged["error"]
+    tracks = [r for r in packaged["renditions"] if r["kind"] == "audio"]
+    assert [(r["name"], r["track"], r["language"], r["label"], r["default"]) for r in tracks] == [
+        ("audio", 0, "en", "English", True),
+        ("audio-2", 1, "fr", "Version française", False),
+    ]
+    master = requests.get(packaged["urls"]["master"], timeout=10).text
+    media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    assert len(media) == 2, master
+    assert 'NAME="English",LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES' in media[0]
+    assert 'NAME="Version française",LANGUAGE="fr",DEFAULT=NO,AUTOSELECT=YES' in media[1]
+    (variant,) = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
+    assert 'AUDIO="audio"' in variant and ',mp4a.40.2"' in variant
+    # Each track holds its own sound: the French one is a 660 Hz tone, the English 440 Hz.
+    for r in tracks:
+        (stream,) = ffprobe(r["urls"]["playlist"])["streams"]
+        assert (stream["codec_type"], stream["channels"], stream["sample_rate"]) == (
+            "audio", 2, "48000"
+        )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_loudness_is_normalised_to_the_target_and_the_measurement_recorded(
+    packaged: dict[str, Any],
+) -> None:
+    for r in (r for r in packaged["renditions"] if r["kind"] == "audio"):
+        recorded = r["loudness"]
+        assert recorded["target"] == TARGET
+        before = recorded["measured"]["integrated"]
+        # What the player gets, measured with the same EBU R128 meter.
+        after = _measured(r["urls"]["playlist"])
+        assert abs(after.integrated - TARGET) <= 1.0, (r["name"], before, after)
+        assert after.true_peak <= loudness.TRUE_PEAK_DBTP + 0.5
+    quiet, loud = (r["loudness"]["measured"]["integrated"] for r in packaged["renditions"][1:])
+    assert quiet < -45 < -30 < loud, "the two tracks differed before, by more than 15 LU"
+
+
+def _measured(url: str) -> loudness.Loudness:
+    log = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostats", "-i", url, "-af",
+         "loudnorm=I=-16:print_format=json", "-f", "null", "-"],
+        capture_output=True, text=True, check=True, timeout=60,
+    ).stderr  # fmt: skip
+    return loudness.parse(log)
+
+
+def _hls_keys(view: dict[str, Any]) -> set[str]:
+    """Every media object the HLS playlists refer to: init segments and segments."""
+    keys = set()
+    for r in view["renditions"]:
+        url = r["urls"]["playlist"]
+        init, segments = parse_media_playlist(requests.get(url, timeout=10).text)
+        for uri in [init, *(name for name, _ in segments)]:
+            assert uri
+            keys.add(urlsplit(urljoin(url, uri)).path)
+    return keys
+
+
+def _mpd_keys(url: str, mpd: ET.Element) -> set[str]:
+    """Every media object the MPD refers to, SegmentTemplate expanded over its timeline."""
+    keys = set()
+    for rep in mpd.iterfind(".//d:Representation", NS):
+        template = rep.find("d:SegmentTemplate", NS)
+        if template is not None:
+            keys.add(urlsplit(urljoin(url, template.attrib["initialization"])).path)
+            count = sum(1 + int(s.get("r", "0")) for s in template.iterfind(".//d:S", NS))
+            first = int(template.attrib["startNumber"])
+            media = template.attrib["media"]
+            for n in range(first, first + count):
+                name = media.replace("$Number%05d$", f"{n:05d}")
+                keys.add(urlsplit(urljoin(url, name)).path)
+            continue
+        segments = rep.find("d:SegmentList", NS)
+        assert segments is not None, ET.tostring(rep)
+        init = segments.find("d:Initialization", NS)
+        assert init is not None
+        keys.add(urlsplit(urljoin(url, init.attrib["sourceURL"])).path)
+        for s in segments.iterfind("d:SegmentURL", NS):
+            keys.add(urlsplit(urljoin(url, s.attrib["media"])).path)
+    return keys
+
+
+@pytest.mark.slow
+def test_dash_indexes_the_same_segments_as_hls(packaged: dict[str, Any]) -> None:
+    """One stored copy: every object the MPD names is one the HLS playlists name, and the
+    other way round; the MPD is valid against the DASH schema, with the tracks' languages."""
+    url = packaged["urls"]["dash"]
+    response = requests.get(url, timeout=10)
+    assert response.status_code == 200
+    assert response.headers["Content-Type"].startswith("application/dash+xml")
+    assert schema_problems(response.text) == []
+    mpd = ET.fromstring(response.content)  # noqa: S314 (our own output, just validated)
+    assert _mpd_keys(url, mpd) == _hls_keys(packaged)
+    sets = mpd.findall(".//d:AdaptationSet", NS)
+    assert [(a.get("contentType"), a.get("lang")) for a in sets] == [
+        ("video", None), ("audio", "en"), ("audio", "fr")
+    ]  # fmt: skip
+    roles = [a.find("d:Role", NS) for a in sets[1:]]
+    assert [r.get("value") for r in roles if r is not None] == ["main", "alternate"]
+    # The durations the MPD gives are the segments' own, to the tick.
+    video = sets[0].find(".//d:SegmentTemplate", NS)
+    assert video is not None
+    ticks = sum(
+        int(s.attrib["d"]) * (1 + int(s.get("r", "0"))) for s in video.iterfind(".//d:S", NS)
+    )
+    assert ticks / int(video.attrib["timescale"]) == pytest.approx(6.0, abs=0.001)
+    for key in _mpd_keys(url, mpd):
+        got = requests.get(urljoin(url, key), timeout=10)
+        assert got.status_code == 200 and got.content, key
