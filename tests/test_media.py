@@ -372,6 +372,7 @@ def test_segments_last_segment_seconds(encoded):
             "init.mp4",
             "seg_00001.m4s",
             "seg_00002.m4s",
+            "iframes.m3u8",  # trick play: byte ranges of the segments above
             *([f"{name}.mp4"] if name == "540p" else []),
         }
         on_disk = sorted(p.name for p in (encoded.out / name).iterdir())

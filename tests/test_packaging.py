@@ -5,6 +5,7 @@ schema."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -179,3 +180,36 @@ def test_dash_indexes_the_same_segments_as_hls(packaged: dict[str, Any]) -> None
     for key in _mpd_keys(url, mpd):
         got = requests.get(urljoin(url, key), timeout=10)
         assert got.status_code == 200 and got.content, key
+
+
+@pytest.mark.slow
+def test_each_iframe_byte_range_decodes_to_one_keyframe(
+    packaged: dict[str, Any], tmp_path: Path
+) -> None:
+    """Trick play from the segments themselves: the master names the I-frame playlist, and
+    each of its byte ranges, behind the init segment, is exactly one keyframe, at the time
+    its segment starts."""
+    master = requests.get(packaged["urls"]["master"], timeout=10).text
+    (line,) = [x for x in master.splitlines() if x.startswith("#EXT-X-I-FRAME-STREAM-INF:")]
+    assert 'RESOLUTION=640x360,CODECS="avc1.' in line and "mp4a" not in line
+    video = packaged["renditions"][0]
+    url = video["urls"]["iframes"]
+    assert line.endswith(f'URI="{url.rsplit("/", 3)[-3]}/{url.rsplit("/", 3)[-2]}/iframes.m3u8"')
+    text = requests.get(url, timeout=10).text
+    assert "#EXT-X-I-FRAMES-ONLY" in text
+    init = requests.get(urljoin(url, parse_media_playlist(text)[0] or ""), timeout=10).content
+    entries = re.findall(r"#EXTINF:([\d.]+),\n#EXT-X-BYTERANGE:(\d+)@(\d+)\n(\S+)", text)
+    assert len(entries) == 2  # 6 s: segments of 4 and 2 s
+    at = 0.0
+    for seconds, length, offset, uri in entries:
+        start, size = int(offset), int(length)
+        got = requests.get(urljoin(url, uri), timeout=10,
+                           headers={"Range": f"bytes={start}-{start + size - 1}"})  # fmt: skip
+        assert got.status_code == 206 and len(got.content) == size
+        probe = tmp_path / f"{uri}.mp4"
+        probe.write_bytes(init + got.content)
+        frames = ffprobe(str(probe), "-count_frames", "-show_frames", "-select_streams", "v:0")
+        (frame,) = frames["frames"]
+        assert frame["key_frame"] == 1 and frame["pict_type"] == "I"
+        assert abs(float(frame["pts_time"]) - at) < 0.2
+        at += float(seconds)

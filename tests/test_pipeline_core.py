@@ -414,6 +414,13 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     # each of the two joins and fail this.
     assert 0 <= samples - 20 * 48000 < 2048, samples
 
+    # Trick play over the chunks' segments: one byte range, the keyframe, of each of them.
+    trick = requests.get(view["renditions"][0]["urls"]["iframes"], timeout=10).text
+    assert [line for line in trick.splitlines() if line.endswith(".m4s")] == [
+        name for name in playlist.splitlines() if name.endswith(".m4s")
+    ]
+    assert trick.count("#EXT-X-BYTERANGE:") == 5 and "chunk-0/attempt-1/init.mp4" in trick
+
     # DASH over the same files: the chunks' segments, one SegmentURL each, in order, timed
     # by the join's own figures (five segments of 4 s at 12800 ticks a second).
     from tests.mpd_schema import schema_problems

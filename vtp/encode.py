@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp import fmp4, loudness
+from vtp import fmp4, iframes, loudness
 from vtp.chunks import ChunkRange
 from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
 from vtp.ffmpeg import Progress, run_ffmpeg, untrusted_input
@@ -75,6 +75,11 @@ class RenditionResult(BaseModel):
     # The track's media timescale (ticks a second), from its init segment: a DASH
     # manifest's durations are in it (vtp.dash). None in results from before.
     timescale: int | None = None
+    # Trick play (vtp.iframes): the I-frame playlist beside the media playlist, and its
+    # peak and average bit rates; None for sound, and in results from before.
+    iframes: str | None = None
+    iframe_bandwidth: int | None = None
+    iframe_average_bandwidth: int | None = None
     # An audio rendition normalised to a loudness target: what its source track measured
     # first (vtp.loudness), and the target.
     loudness: Loudness | None = None
@@ -194,6 +199,9 @@ class ChunkSegment(BaseModel):
     decode_time: int = Field(ge=0)
     frames: int = Field(ge=0)
     keyframe_first: bool
+    # Its first picture's bytes (vtp.iframes): the I-frame playlist's byte range.
+    keyframe_offset: int | None = None
+    keyframe_length: int | None = None
 
 
 class ChunkResult(BaseModel):
@@ -264,6 +272,7 @@ def encode_chunk(
         parts = fmp4.fragments(path)
         if not parts:
             raise FfmpegError(f"HLS segment {name} holds no fragment")
+        offset, length = fmp4.keyframe_range(path) if parts[0][2] else (None, None)
         segments.append(
             ChunkSegment(
                 name=name,
@@ -272,6 +281,8 @@ def encode_chunk(
                 decode_time=parts[0][0],
                 frames=sum(count for _, count, _ in parts),
                 keyframe_first=parts[0][2],
+                keyframe_offset=offset,
+                keyframe_length=length,
             )
         )
     init_bytes = init_path.read_bytes()
@@ -535,8 +546,17 @@ def _describe(
     size_bytes = sum((out_dir / f).stat().st_size for f in files)
 
     timescale = fmp4.track_timescale(out_dir / init) if init else None
+    trick: dict[str, object] = {}
     if codecs is None:
         codecs = _video_codec_string(out_dir / init if init else None, spec)
+        if init:
+            frames = iframes.scan(out_dir, segments)
+            (out_dir / iframes.IFRAME_PLAYLIST).write_text(iframes.playlist(frames, init=init))
+            files.append(iframes.IFRAME_PLAYLIST)
+            size_bytes += (out_dir / iframes.IFRAME_PLAYLIST).stat().st_size
+            peak, average = iframes.bandwidths(frames)
+            trick = {"iframes": iframes.IFRAME_PLAYLIST, "iframe_bandwidth": peak,
+                     "iframe_average_bandwidth": average}  # fmt: skip
         if source.has_audio and spec.audio_bitrate is not None and spec.audio_in_segments:
             codecs += "," + AAC_CODEC
 
@@ -554,7 +574,7 @@ def _describe(
         height=spec.height,
         fps=spec.fps,
         timescale=timescale,
-    )
+    ).model_copy(update=trick)
     log.info(
         "rendition %s: %d segments, %.2fs, avg %d bit/s, peak %d bit/s, %s",
         result.name,
@@ -654,7 +674,8 @@ def _check_grid(segment_seconds: float, gop_seconds: float) -> None:
 
 
 def _clean(out_dir: Path, mp4_name: str | None) -> None:
-    stale = [out_dir / HLS_PLAYLIST, out_dir / HLS_INIT, *out_dir.glob(_SEGMENT_GLOB)]
+    stale = [out_dir / HLS_PLAYLIST, out_dir / HLS_INIT, out_dir / iframes.IFRAME_PLAYLIST,
+             *out_dir.glob(_SEGMENT_GLOB)]  # fmt: skip
     if mp4_name:
         stale.append(out_dir / mp4_name)
     for path in stale:

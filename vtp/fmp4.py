@@ -187,3 +187,50 @@ def drop_build_marks(init: Path) -> None:
         struct.pack_into(">I", data, start, end - start - removed)
         break
     init.write_bytes(bytes(data))
+
+
+_TFHD_BASE_DATA_OFFSET = 0x01
+_TFHD_DEFAULT_SAMPLE_SIZE = 0x10
+
+
+def keyframe_range(segment: Path) -> tuple[int, int]:
+    """(offset, length) of the bytes from a segment's first `moof` to the end of its first
+    sample: the movie fragment header and the keyframe it starts with, which is what an
+    HLS I-frame playlist's EXT-X-BYTERANGE addresses (with the init segment, those bytes
+    decode to that one picture). FfmpegError when the segment has no fragment, or the
+    first sample is not a keyframe."""
+    data = segment.read_bytes()
+    for kind, body, end in _boxes(data):
+        if kind != "moof":
+            continue
+        moof = body - 8
+        for traf, stop in _spans(data, ["traf"], body, end):
+            base, default_size, size = moof, None, None
+            for sub, sbody, _ in _boxes(data, traf, stop):
+                flags = struct.unpack_from(">I", data, sbody)[0] & 0xFFFFFF
+                if sub == "tfhd":
+                    at = sbody + 8  # version/flags, track_ID
+                    if flags & _TFHD_BASE_DATA_OFFSET:
+                        (base,) = struct.unpack_from(">Q", data, at)
+                    for bit, width in ((0x01, 8), (0x02, 4), (0x08, 4)):
+                        at += width if flags & bit else 0
+                    if flags & _TFHD_DEFAULT_SAMPLE_SIZE:
+                        (default_size,) = struct.unpack_from(">I", data, at)
+                elif sub == "trun":
+                    if not flags & _TRUN_DATA_OFFSET:
+                        raise FfmpegError(f"{segment.name}: a trun without a data offset")
+                    (offset,) = struct.unpack_from(">i", data, sbody + 8)
+                    at = sbody + 12 + (4 if flags & _TRUN_FIRST_SAMPLE_FLAGS else 0)
+                    at += 4 if flags & _TRUN_SAMPLE_DURATION else 0
+                    if flags & _TRUN_SAMPLE_SIZE:
+                        (size,) = struct.unpack_from(">I", data, at)
+                    else:
+                        size = default_size
+                    if size is None:
+                        raise FfmpegError(f"{segment.name}: the first sample has no size")
+                    start = base + offset
+                    if not fragments(segment)[0][2]:
+                        raise FfmpegError(f"{segment.name} does not start with a keyframe")
+                    return moof, start + size - moof
+        break
+    raise FfmpegError(f"{segment.name} holds no movie fragment")

@@ -16,10 +16,15 @@ from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict
 
+from vtp import iframes
 from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, peak_bitrate
+from vtp.iframes import IFrame
 from vtp.models import RenditionSpec
 
-__all__ = ["JoinProblem", "check_chunk", "check_join", "joined_result", "media_playlist"]
+__all__ = [
+    "JoinProblem", "check_chunk", "check_join", "iframe_playlist", "joined_result",
+    "media_playlist",
+]  # fmt: skip
 
 
 class JoinProblem(BaseModel):
@@ -125,6 +130,24 @@ def media_playlist(chunks: Sequence[ChunkResult], *, prefixes: Sequence[str] = (
     return "\n".join(lines) + "\n"
 
 
+def iframe_playlist(chunks: Sequence[ChunkResult], *, prefixes: Sequence[str] = ()) -> str | None:
+    """The rendition's I-frame playlist (vtp.iframes) over its chunks' segments, as
+    `media_playlist` lists them; None when a chunk was encoded before its keyframes'
+    byte ranges were recorded."""
+    where = list(prefixes) or [""] * len(chunks)
+    frames = []
+    for i, c in enumerate(chunks):
+        for s in c.segments:
+            if s.keyframe_offset is None or not s.keyframe_length:
+                return None
+            frames.append(
+                IFrame(uri=f"{where[i]}{s.name}", offset=s.keyframe_offset,
+                       length=s.keyframe_length, seconds=s.seconds)
+            )  # fmt: skip
+    return iframes.playlist(frames, init=f"{where[0]}{chunks[0].init}",
+                            first_number=chunks[0].first_segment)  # fmt: skip
+
+
 def joined_result(
     spec: RenditionSpec, chunks: Sequence[ChunkResult], *, fps: Fraction
 ) -> RenditionResult:
@@ -135,6 +158,14 @@ def joined_result(
     frames = sum(s.frames for s in segments)
     size = sum(s.size for s in segments)
     duration = float(frames / fps)
+    trick: dict[str, object] = {}
+    if all(s.keyframe_offset is not None and s.keyframe_length for s in segments):
+        peak, average = iframes.bandwidths(
+            [IFrame(uri=s.name, offset=s.keyframe_offset or 0, length=s.keyframe_length or 1,
+                    seconds=s.seconds) for s in segments]
+        )  # fmt: skip
+        trick = {"iframes": iframes.IFRAME_PLAYLIST, "iframe_bandwidth": peak,
+                 "iframe_average_bandwidth": average}  # fmt: skip
     return RenditionResult(
         name=spec.name,
         files=[HLS_PLAYLIST],
@@ -148,4 +179,4 @@ def joined_result(
         height=spec.height,
         fps=spec.fps,
         timescale=chunks[0].timescale,
-    )
+    ).model_copy(update=trick)

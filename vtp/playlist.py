@@ -46,6 +46,10 @@ class MasterEntry(BaseModel):
     language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
     label: str | None = Field(default=None, pattern=r'^[^"\n\r]{1,64}$')
     default: bool = False
+    # A video rendition's I-frame playlist (vtp.iframes), in its folder, and its rates.
+    iframes: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
+    iframe_bandwidth: int | None = Field(default=None, gt=0)
+    iframe_average_bandwidth: int | None = Field(default=None, gt=0)
 
     @property
     def uri(self) -> str:
@@ -66,6 +70,9 @@ class MasterEntry(BaseModel):
             language=spec.language if spec else None,
             label=spec.label if spec else None,
             default=spec.default_track if spec else False,
+            iframes=result.iframes,
+            iframe_bandwidth=result.iframe_bandwidth,
+            iframe_average_bandwidth=result.iframe_average_bandwidth,
             score=score if isinstance(score, int | float) and 0 < score <= 1 else None,
             name=result.name,
             bandwidth=result.peak_bitrate,
@@ -120,7 +127,27 @@ def master_playlist(entries: Sequence[MasterEntry], audio: Sequence[MasterEntry]
         if audio:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         lines += [f"#EXT-X-STREAM-INF:{','.join(attributes)}", entry.uri]
+    lines += _iframe_streams(entries)
     return "\n".join(lines) + "\n"
+
+
+def _iframe_streams(entries: Sequence[MasterEntry]) -> list[str]:
+    """An EXT-X-I-FRAME-STREAM-INF per video rendition with an I-frame playlist (trick
+    play: vtp.iframes), lowest first; its CODECS are the video's alone."""
+    lines = []
+    for e in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
+        if not e.iframes or not e.iframe_bandwidth:
+            continue
+        attributes = [
+            f"BANDWIDTH={e.iframe_bandwidth}",
+            *([f"AVERAGE-BANDWIDTH={e.iframe_average_bandwidth}"]
+              if e.iframe_average_bandwidth else []),
+            f"RESOLUTION={e.width}x{e.height}",
+            f'CODECS="{e.codecs.split(",")[0]}"',
+            f'URI="{e.folder or e.name}/{e.iframes}"',
+        ]  # fmt: skip
+        lines.append(f"#EXT-X-I-FRAME-STREAM-INF:{','.join(attributes)}")
+    return ["", *lines] if lines else []
 
 
 def _audio_media(audio: Sequence[MasterEntry]) -> list[str]:

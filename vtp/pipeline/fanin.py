@@ -15,8 +15,9 @@ from vtp import callbacks, dash, layout, logs, workdirs
 from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.errors import VtpError
 from vtp.events import ProgressEvent
+from vtp.iframes import IFRAME_PLAYLIST
 from vtp.jobs import CallbackStatus, Job, Rendition, SourceRef, summarize_outcome
-from vtp.join import check_join, joined_result, media_playlist
+from vtp.join import check_join, iframe_playlist, joined_result, media_playlist
 from vtp.lifecycle import RetryPolicy, TaskState
 from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
@@ -236,10 +237,15 @@ class FanIn:
             for t in tasks
         ]
         playlist = media_playlist(chunks, prefixes=prefixes)
+        trick = iframe_playlist(chunks, prefixes=prefixes)
         try:
             self.storage.put_bytes(
                 self.settings.outputs_bucket, f"{folder}{HLS_PLAYLIST}", playlist.encode()
             )
+            if trick is not None:
+                self.storage.put_bytes(
+                    self.settings.outputs_bucket, f"{folder}{IFRAME_PLAYLIST}", trick.encode()
+                )
         except VtpError as exc:
             return [f"rendition {r.name}: its playlist not written: {exc.reason}"]
         joined = joined_result(r.spec, chunks, fps=fps)

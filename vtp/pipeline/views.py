@@ -90,6 +90,10 @@ class JobViews:
                 item["urls"]["playlist"] = self.urls.output_url(
                     job.id, f"{folder}/{r.result['playlist']}"
                 )
+                if r.result.get("iframes"):  # trick play (vtp.iframes)
+                    item["urls"]["iframes"] = self.urls.output_url(
+                        job.id, f"{folder}/{r.result['iframes']}"
+                    )
                 if r.result.get("mp4"):
                     mp4 = f"{folder}/{r.result['mp4']}"
                     item["urls"]["mp4"] = self.urls.output_url(job.id, mp4)
