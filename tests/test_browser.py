@@ -469,7 +469,18 @@ def test_dash_and_hls_play_the_same_job(
         " return [d.getTracksFor('audio').length, Boolean(now), now && now.codec]; })()"
     )
     assert tracks[:2] == [1, True] and "mp4a.40.2" in tracks[2], tracks
+    # The storyboard on seek-bar hover: over the controls at three quarters of the 4 s
+    # clip, the thumbnail of 3 s, the first cue (0-4 s), from the sprite sheet.
+    player = page.locator("#player")
+    box = player.bounding_box()
+    player.hover(position={"x": box["width"] * 0.75, "y": box["height"] - 20})  # scrolls to it
+    page.wait_for_selector("#storyboard-preview:not([hidden])", timeout=10_000)
+    assert page.get_attribute("#storyboard-preview", "data-cue") == "0"
+    thumb = page.eval_on_selector("#storyboard-preview .thumb", "t => t.style.backgroundImage")
+    assert "storyboard/sheet-001.jpg" in thumb
     page.screenshot(path=str(artifacts / "browser-dash.png"), full_page=True)
+    player.hover(position={"x": 5, "y": 5})  # over the picture: no preview
+    page.wait_for_selector("#storyboard-preview[hidden]", state="attached", timeout=5_000)
     page.click("#player-formats button[data-format=hls]")
     page.wait_for_selector("#player[data-engine='hls.js'][data-manifest-parsed=true]",
                            timeout=30_000)  # fmt: skip

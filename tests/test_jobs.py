@@ -161,6 +161,7 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
         assert db.migrate(conn, upto=9) == ["0009_job_options"]
         assert db.migrate(conn, upto=10) == ["0010_cancelled"]
         assert db.migrate(conn, upto=13) == ["0011_redrive", "0012_deletion", "0013_ready"]
+        assert db.migrate(conn, upto=14) == ["0014_job_outputs"]
     finally:
         conn.close()
     store = JobStore(partial(db.connect, empty_dsn))
@@ -176,7 +177,7 @@ def test_tasks_migration_keeps_the_runs_of_existing_jobs(empty_dsn: str) -> None
         assert task.start_s is None and task.result == done.result
         assert job.plan is None and done.quality_score is None and done.quality_flagged is None
         assert job.options_key == "renditions=*;formats=hls" and job.options is None
-        assert (job.redrives, job.outputs_deleted_at, job.ready) == (0, None, [])
+        assert (job.redrives, job.outputs_deleted_at, job.ready, job.outputs) == (0, None, [], {})
         assert (done.tasks[0].budget_from, done.tasks[0].redrives) == (0, 0)
         assert store.find(job.source, job.options_key) is not None
         (task,) = waiting.tasks

@@ -213,3 +213,45 @@ def test_each_iframe_byte_range_decodes_to_one_keyframe(
         assert frame["key_frame"] == 1 and frame["pict_type"] == "I"
         assert abs(float(frame["pts_time"]) - at) < 0.2
         at += float(seconds)
+
+
+@pytest.mark.slow
+def test_the_storyboard_covers_the_duration_on_sprite_sheets(
+    packaged: dict[str, Any], tmp_path: Path
+) -> None:
+    """A thumbnail every 4 s (the segment grid), 160 px wide, on a 10x10 sheet: the cues
+    run back to back from 0 to the end, each pointing into the sheet, and each thumbnail
+    is that moment's picture (testsrc2 draws a moving pattern: they differ)."""
+    url = packaged["urls"]["storyboard"]
+    text = requests.get(url, timeout=10).text
+    assert text.startswith("WEBVTT\n")
+    cues = re.findall(
+        r"(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})\n"
+        r"(\S+)#xywh=(\d+),(\d+),(\d+),(\d+)",
+        text,
+    )
+    times = [
+        (int(c[0]) * 3600 + int(c[1]) * 60 + int(c[2]) + int(c[3]) / 1000,
+         int(c[4]) * 3600 + int(c[5]) * 60 + int(c[6]) + int(c[7]) / 1000)
+        for c in cues
+    ]  # fmt: skip
+    assert [round(s, 3) for s, _ in times] == [0.0, 4.0]
+    assert times[0][1] == times[1][0] and times[-1][1] == pytest.approx(6.0, abs=0.05)
+    sheet_url = urljoin(url, cues[0][8])
+    assert {c[8] for c in cues} == {"storyboard/sheet-001.jpg"}
+    sheet = tmp_path / "sheet.jpg"
+    sheet.write_bytes(requests.get(sheet_url, timeout=10).content)
+    (stream,) = ffprobe(str(sheet))["streams"]
+    assert (stream["width"], stream["height"]) == (1600, 900)
+    boxes = [tuple(int(v) for v in c[9:]) for c in cues]
+    assert boxes == [(0, 0, 160, 90), (160, 0, 160, 90)]
+    # The two thumbnails are different pictures: crop each and compare their pixels.
+    crops = []
+    for x, y, w, h in boxes:
+        crops.append(subprocess.run(
+            ["ffmpeg", "-v", "error", "-i", str(sheet), "-vf", f"crop={w}:{h}:{x}:{y}",
+             "-f", "rawvideo", "-pix_fmt", "gray", "-"],
+            capture_output=True, check=True, timeout=30,
+        ).stdout)  # fmt: skip
+    assert len(crops[0]) == 160 * 90 and crops[0] != crops[1]
+    assert max(crops[1]) > 64, "a picture, not the black padding of an empty cell"

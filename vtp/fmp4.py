@@ -234,3 +234,26 @@ def keyframe_range(segment: Path) -> tuple[int, int]:
                     return moof, start + size - moof
         break
     raise FfmpegError(f"{segment.name} holds no movie fragment")
+
+
+def single_sample_fragment(data: bytes) -> bytes:
+    """A keyframe's byte range (`keyframe_range`: a moof and the start of its mdat, up to
+    the end of the first sample) made a complete fragment of that one sample: its trun
+    counts one sample and its mdat ends where the bytes do. Init segment plus such
+    fragments is a valid fragmented MP4 of those pictures alone (a storyboard's source)."""
+    out = bytearray(data)
+    boxes = list(_boxes(out, 0, _first_box_end(out)))
+    if not boxes or boxes[0][0] != "moof":
+        raise FfmpegError("a keyframe range must start with its moof")
+    _, body, moof_end = boxes[0]
+    for trun in _find(out, ["traf", "trun"], body, moof_end):
+        struct.pack_into(">I", out, trun + 4, 1)  # sample_count: the entries after it stay
+    if len(out) < moof_end + 8 or out[moof_end + 4 : moof_end + 8] != b"mdat":
+        raise FfmpegError("a keyframe range must go on with its mdat")
+    struct.pack_into(">I", out, moof_end, len(out) - moof_end)
+    return bytes(out)
+
+
+def _first_box_end(data: bytes | bytearray) -> int:
+    (size,) = struct.unpack_from(">I", data, 0)
+    return min(int(size), len(data))

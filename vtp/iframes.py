@@ -67,3 +67,24 @@ def bandwidths(frames: Sequence[IFrame]) -> tuple[int, int]:
     peak = max(round(f.length * 8 / f.seconds) for f in frames)
     total = sum(f.seconds for f in frames)
     return peak, round(sum(f.length for f in frames) * 8 / total)
+
+
+def parse(text: str) -> tuple[str | None, list[IFrame]]:
+    """The init segment and the frames of an I-frame playlist `playlist` wrote."""
+    init: str | None = None
+    frames: list[IFrame] = []
+    seconds: float | None = None
+    span: tuple[int, int] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line.startswith('#EXT-X-MAP:URI="'):
+            init = line[len('#EXT-X-MAP:URI="') :].split('"', 1)[0]
+        elif line.startswith("#EXTINF:"):
+            seconds = float(line[len("#EXTINF:") :].split(",", 1)[0])
+        elif line.startswith("#EXT-X-BYTERANGE:"):
+            length, _, offset = line[len("#EXT-X-BYTERANGE:") :].partition("@")
+            span = (int(offset), int(length))
+        elif line and not line.startswith("#") and seconds is not None and span is not None:
+            frames.append(IFrame(uri=line, offset=span[0], length=span[1], seconds=seconds))
+            seconds = span = None
+    return init, frames

@@ -197,9 +197,12 @@ class Storage:
         except Exception as exc:
             raise StorageError(f"cannot remove s3://{bucket}/{key}: {exc}") from exc
 
-    def get_bytes(self, bucket: str, key: str) -> bytes:
+    def get_bytes(
+        self, bucket: str, key: str, *, offset: int = 0, length: int | None = None
+    ) -> bytes:
+        """The object, or `length` bytes of it from `offset` (a ranged GET)."""
         try:
-            resp = self.client.get_object(bucket, key)
+            resp = self.client.get_object(bucket, key, offset=offset, length=length or 0)
         except S3Error as exc:
             if exc.code in ("NoSuchKey", "NoSuchBucket"):
                 raise NotFound(f"object s3://{bucket}/{key} does not exist") from exc

@@ -121,6 +121,7 @@ class FanIn(Queries):
         claimer: str | None = None,
         master_playlist: str | None = None,
         ready: builtins.list[str] | None = None,
+        outputs: dict[str, Any] | None = None,
     ) -> Job:
         """Finish the job (succeeded, or failed with `reason`).
 
@@ -152,10 +153,18 @@ class FanIn(Queries):
             cur.execute(
                 """
                 UPDATE jobs SET state = %s, error = %s, master_playlist = %s, finished_at = now(),
-                                ready = COALESCE(%s, ready)
+                                ready = COALESCE(%s, ready), outputs = COALESCE(%s, outputs)
                 WHERE id = %s AND state = %s
                 """,
-                (state.value, reason, master_playlist, ready, str(jid), row["state"]),
+                (
+                    state.value,
+                    reason,
+                    master_playlist,
+                    ready,
+                    psycopg2.extras.Json(outputs) if outputs is not None else None,
+                    str(jid),
+                    row["state"],
+                ),
             )
             audit(cur, jid, None, row["state"], state, detail=reason)
 

@@ -158,6 +158,8 @@ class Job(BaseModel):
     outputs_deleted_at: datetime | None = None  # removed by retention (migration 0012)
     # The renditions the master playlist lists so far (migration 0013): playable early.
     ready: list[str] = Field(default_factory=list)
+    # Job-level files beside the master (vtp.layout): "dash", "storyboard", "subtitles".
+    outputs: dict[str, Any] = Field(default_factory=dict)
     source_info: SourceInfo | None = None
     state: JobState
     formats: list[str]

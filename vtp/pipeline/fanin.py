@@ -11,7 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, dash, layout, logs, workdirs
+from vtp import callbacks, dash, iframes, layout, logs, storyboard, workdirs
 from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.errors import VtpError
 from vtp.events import ProgressEvent
@@ -76,12 +76,15 @@ class FanIn:
             state, reason = JobState.FAILED, "; ".join([*refused, *([reason] if reason else [])])
         built = self._master(job.id, job.renditions, early=False)
         master, ready = built if built else (None, None)
+        outputs: dict[str, Any] = {}
         if master is not None:
             try:
                 self.storage.put_bytes(
                     self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode()
                 )
                 self._write_poster(job)
+                if self._write_storyboard(job):
+                    outputs["storyboard"] = storyboard.VTT
             except VtpError as exc:
                 state, reason = (
                     JobState.FAILED,
@@ -91,9 +94,12 @@ class FanIn:
                 problem = self._write_manifest(job)
                 if problem:
                     state, reason = JobState.FAILED, problem
+                else:
+                    outputs["dash"] = layout.MANIFEST
         job = self.store.complete_job(
-            job.id, state, reason, claimer=claimer, master_playlist=master, ready=ready
-        )
+            job.id, state, reason, claimer=claimer, master_playlist=master, ready=ready,
+            outputs=outputs,
+        )  # fmt: skip
         log.info("job %s %s%s", job.id, job.state, f": {reason}" if reason else "")
         self._remove_superseded_attempts(job)
         self.clients.publish_job(job)
@@ -314,6 +320,52 @@ class FanIn:
         except VtpError as exc:
             # A missing poster is cosmetic; the renditions are what the job is for.
             log.warning("job %s: no poster: %s", job.id, exc.reason)
+
+    def _write_storyboard(self, job: Job) -> bool:
+        """Thumbnails on sprite sheets with their WebVTT index (vtp.storyboard), from the
+        I-frames of the smallest video rendition. Like the poster, cosmetic: a failure is
+        logged and the job stands."""
+        every = self.settings.storyboard_seconds
+        videos = [
+            r for r in job.renditions
+            if r.state is RenditionState.SUCCEEDED and not r.spec.audio_only
+            and (r.result or {}).get("iframes")
+        ]  # fmt: skip
+        if not every or not videos:
+            return False
+        smallest = min(videos, key=lambda r: r.spec.width * r.spec.height)
+        bucket = self.settings.outputs_bucket
+        folder = f"{job.id}/{layout.within_job(job.id, smallest.output_prefix, smallest.name)}/"
+        try:
+            text = self.storage.get_bytes(bucket, folder + str((smallest.result or {})["iframes"]))
+            init_uri, frames = iframes.parse(text.decode())
+            chosen = storyboard.pick(frames, every)
+            if init_uri is None or not chosen:
+                raise ValueError("the I-frame playlist names no init segment or no frames")
+            init = self.storage.get_bytes(bucket, folder + init_uri)
+            ranges = [
+                self.storage.get_bytes(bucket, folder + f.uri, offset=f.offset, length=f.length)
+                for _, _, f in chosen
+            ]
+            with workdirs.scratch("storyboard") as tmp:
+                out = Path(tmp)
+                thumbs = storyboard.build(
+                    init, ranges, [(s, e) for s, e, _ in chosen], out,
+                    source_size=(smallest.spec.width, smallest.spec.height),
+                    width=self.settings.storyboard_width,
+                    timeout=self.settings.ffprobe_timeout_seconds,
+                )  # fmt: skip
+                for sheet in sorted({t.sheet for t in thumbs}):
+                    self.storage.put_bytes(bucket, f"{job.id}/{storyboard.FOLDER}/{sheet}",
+                                           (out / sheet).read_bytes())  # fmt: skip
+            self.storage.put_bytes(bucket, f"{job.id}/{storyboard.VTT}",
+                                   storyboard.webvtt(thumbs).encode())  # fmt: skip
+            log.info("job %s: storyboard of %d thumbnails from %s", job.id, len(thumbs),
+                     smallest.name)  # fmt: skip
+            return True
+        except (VtpError, ValueError, KeyError, UnicodeDecodeError) as exc:
+            log.warning("job %s: no storyboard: %s", job.id, getattr(exc, "reason", exc))
+            return False
 
     def fire_callback(self, job: Job) -> None:
         """One try at the job's callback; a failure is tried again by the sweeper, with

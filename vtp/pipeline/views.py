@@ -9,7 +9,7 @@ from vtp import callbacks, layout
 from vtp.errors import NotFound
 from vtp.events import progress_field
 from vtp.jobs import Job, Rendition
-from vtp.models import JobState, RenditionState
+from vtp.models import RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.urls import Urls
 
@@ -110,8 +110,10 @@ class JobViews:
                 urls["master"] = self.urls.output_url(job.id, layout.MASTER)
             if job.master_playlist:
                 urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
-                if "dash" in job.formats and job.state is JobState.SUCCEEDED:
-                    urls["dash"] = self.urls.output_url(job.id, layout.MANIFEST)
+                # The DASH manifest, the storyboard's index... (vtp.layout), as written.
+                for name, path in sorted(job.outputs.items()):
+                    if isinstance(path, str):
+                        urls[name] = self.urls.output_url(job.id, path)
         done = [r for r in job.renditions if r.state.terminal]
         return {
             "id": str(job.id),

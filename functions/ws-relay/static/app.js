@@ -1120,6 +1120,7 @@
     if (job.urls.master) ul.append(link(job.urls.master, "master playlist (HLS)"));
     if (job.urls.dash) ul.append(link(job.urls.dash, "manifest (DASH)"));
     if (job.urls.poster) ul.append(link(job.urls.poster, "poster"));
+    if (job.urls.storyboard) ul.append(link(job.urls.storyboard, "storyboard (WebVTT)"));
     for (const r of job.renditions.values()) {
       if (r.urls.playlist) ul.append(link(r.urls.playlist, `${r.name} playlist`));
       if (r.urls.mp4) ul.append(link(r.urls.mp4, `${r.name} MP4`));
@@ -1148,8 +1149,66 @@
     return scripts[file];
   }
 
+  // --- storyboard: thumbnails on seek-bar hover -------------------------------------------
+
+  const storyboard = { url: null, cues: [] };
+
+  /** The storyboard's WebVTT index: cues of `sheet.jpg#xywh=x,y,w,h`, resolved to URLs. */
+  async function loadStoryboard(url) {
+    if (storyboard.url === url) return;
+    storyboard.url = url;
+    storyboard.cues = [];
+    try {
+      const r = await fetch(url);
+      if (!r.ok) return;
+      const text = await r.text();
+      const stamp = (t) => t.split(":").reduce((acc, part) => acc * 60 + parseFloat(part), 0);
+      const cues = [];
+      for (const block of text.split(/\n\n+/)) {
+        const m = /([\d:.]+)\s+-->\s+([\d:.]+)\s*\n(\S+)#xywh=(\d+),(\d+),(\d+),(\d+)/.exec(block);
+        if (!m) continue;
+        cues.push({ start: stamp(m[1]), end: stamp(m[2]), src: new URL(m[3], url).toString(),
+          x: +m[4], y: +m[5], w: +m[6], h: +m[7] });
+      }
+      if (storyboard.url === url) storyboard.cues = cues;
+    } catch (_e) {
+      /* no preview: the player works without it */
+    }
+  }
+
+  /** Over the controls' strip at the bottom of the player: the thumbnail for the time
+   * under the pointer, above it. */
+  function onPlayerHover(e) {
+    const video = $("player");
+    const preview = $("storyboard-preview");
+    const rect = video.getBoundingClientRect();
+    const overBar = e.clientY >= rect.bottom - 48 && e.clientY <= rect.bottom;
+    if (!overBar || !storyboard.cues.length || !(video.duration > 0)) {
+      preview.hidden = true;
+      return;
+    }
+    const frac = Math.min(1, Math.max(0, (e.clientX - rect.left) / rect.width));
+    const at = frac * video.duration;
+    const cue = storyboard.cues.find((c) => at >= c.start && at < c.end) || storyboard.cues[storyboard.cues.length - 1];
+    const thumb = preview.querySelector(".thumb");
+    thumb.style.width = `${cue.w}px`;
+    thumb.style.height = `${cue.h}px`;
+    thumb.style.backgroundImage = `url("${cue.src}")`;
+    thumb.style.backgroundPosition = `-${cue.x}px -${cue.y}px`;
+    preview.querySelector(".at").textContent = fmtClock(at);
+    preview.style.left = `${e.clientX - rect.left}px`;
+    preview.dataset.cue = String(storyboard.cues.indexOf(cue));
+    preview.hidden = false;
+  }
+
+  function fmtClock(seconds) {
+    const s = Math.floor(seconds);
+    return `${Math.floor(s / 60)}:${String(s % 60).padStart(2, "0")}`;
+  }
+
   function teardownPlayer() {
     const video = $("player");
+    $("storyboard-preview").hidden = true;
     if (player.hls) player.hls.destroy();
     if (player.dash) player.dash.destroy();
     player.hls = null;
@@ -1231,6 +1290,7 @@
     video.setAttribute("aria-label", `Transcoded video of job ${shortId(job.id)}`);
     note.textContent = "Loading the stream…";
     showFormats(job);
+    if (job.urls.storyboard) loadStoryboard(job.urls.storyboard);
     if (wantsDash(job)) return setupDash(job, key, video, note, resume);
     const Hls = await loadScript("hls.min.js", "Hls");
     if (player.key !== key) return; // the route or the master changed while loading
@@ -1381,7 +1441,7 @@
 
   window.vtp = {
     JobStore, LiveClient, compareIds, fmtPercent, fmtFps, fmtSpeed, fmtEta, fmtBytes, store, live,
-    player, base: BASE.toString(),
+    player, storyboard, base: BASE.toString(),
   };
 
   function start() {
@@ -1391,6 +1451,11 @@
       schedule();
     });
     window.addEventListener("hashchange", onRoute);
+    // On the player's frame, in the capture phase: the native controls may keep the
+    // pointer's events to themselves once they reach them.
+    const stage = $("player").parentElement;
+    stage.addEventListener("pointermove", onPlayerHover, true);
+    stage.addEventListener("pointerleave", () => ($("storyboard-preview").hidden = true));
     for (const b of $("player-formats").querySelectorAll("button")) {
       b.addEventListener("click", () => {
         player.format = b.dataset.format;
