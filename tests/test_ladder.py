@@ -192,3 +192,59 @@ def test_the_cap_never_exceeds_what_the_source_holds(settings):
     # A custom target per rung.
     tuned = Settings(quality_targets={"360p": 0.97})
     assert [s.quality_target for s in plan_ladder(low, tuned)] == [0.97, tuned.quality_target]
+
+
+# --- sound and subtitle tracks ------------------------------------------------------------
+def _tracked_source() -> SourceInfo:
+    from vtp.models import AudioTrack, TextTrack
+
+    return SourceInfo(
+        duration=60, width=1280, height=720, fps=25, has_audio=True, video_codec="h264",
+        audio_tracks=[
+            AudioTrack(index=0, codec="aac", language="en"),
+            AudioTrack(index=1, codec="ac3", language="en", title="Commentary", default=True),
+            AudioTrack(index=2, codec="aac", language="en"),
+        ],
+        text_tracks=[
+            TextTrack(index=0, codec="hdmv_pgs_subtitle", language="en", text=False),
+            TextTrack(index=1, codec="subrip", language="fr", text=True),
+        ],
+    )  # fmt: skip
+
+
+def test_every_sound_track_is_an_audio_rendition_named_for_a_menu(settings):
+    from vtp.ladder import audio_renditions
+
+    source = _tracked_source()
+    specs = audio_renditions(plan_ladder(source, settings), source, max_tracks=8, loudness=-16)
+    audio = [s for s in specs if s.audio_only]
+    assert [(s.name, s.audio_track, s.label, s.default_track) for s in audio] == [
+        ("audio", 0, "English", False),
+        ("audio-2", 1, "Commentary", True),  # the source's default disposition
+        ("audio-3", 2, "English 2", False),  # names are unique in a menu
+    ]
+    assert all(s.loudness == -16 and s.audio_bitrate for s in audio)
+    assert all(s.audio_bitrate is None for s in specs if not s.audio_only)
+    capped = audio_renditions(plan_ladder(source, settings), source, max_tracks=1)
+    assert [s.name for s in capped if s.audio_only] == ["audio"]
+
+
+def test_bitmap_subtitles_are_skipped_with_the_reason_and_text_ones_kept(settings):
+    from vtp.ladder import text_renditions
+    from vtp.options import CaptionFile
+
+    source = _tracked_source()
+    captions = [CaptionFile(key="talk.de.srt", language="de")]
+    specs, skipped = text_renditions(plan_ladder(source, settings), source, captions,
+                                     max_tracks=8)  # fmt: skip
+    assert [(s.name, s.text_track, s.caption_key, s.language, s.label) for s in specs] == [
+        ("text-1", 1, None, "fr", "French"),
+        ("text-2", None, "talk.de.srt", "de", "German"),
+    ]
+    assert all(s.text_only and s.kind == "text" and s.function == "transcode-360p" for s in specs)
+    assert skipped == [
+        "subtitle stream 0 (hdmv_pgs_subtitle, en) is a bitmap format: only text subtitles "
+        "become WebVTT"
+    ]
+    _, over = text_renditions(plan_ladder(source, settings), source, captions, max_tracks=1)
+    assert over[-1] == "caption file talk.de.srt: more than the 1 subtitle tracks a job gets"

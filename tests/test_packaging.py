@@ -58,8 +58,14 @@ def packaged(gateway: str, s3: Minio, tmp_path_factory: pytest.TempPathFactory) 
     clip = _two_track_clip(tmp_path_factory.mktemp("packaging") / "tracks.mp4")
     key = f"packaging/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    # A caption file beside it: German, SubRip.
+    srt = clip.with_name("de.srt")
+    srt.write_text("1\n00:00:00,500 --> 00:00:02,000\nHallo\n\n2\n00:00:04,000 --> "
+                   "00:00:05,000\nWelt\n", encoding="utf-8")  # fmt: skip
+    s3.fput_object(MANUAL_BUCKET, f"{key}.de.srt", str(srt))
     job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"],
-                    loudness=TARGET)  # fmt: skip
+                    loudness=TARGET,
+                    captions=[{"key": f"{key}.de.srt", "language": "de"}])  # fmt: skip
     deadline = time.monotonic() + 180
     while True:
         view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
@@ -78,7 +84,7 @@ def test_every_sound_track_is_a_rendition_with_its_language(packaged: dict[str, 
         ("audio-2", 1, "fr", "Version française", False),
     ]
     master = requests.get(packaged["urls"]["master"], timeout=10).text
-    media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
+    media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:TYPE=AUDIO")]
     assert len(media) == 2, master
     assert 'NAME="English",LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES' in media[0]
     assert 'NAME="Version française",LANGUAGE="fr",DEFAULT=NO,AUTOSELECT=YES' in media[1]
@@ -104,7 +110,11 @@ def test_loudness_is_normalised_to_the_target_and_the_measurement_recorded(
         after = _measured(r["urls"]["playlist"])
         assert abs(after.integrated - TARGET) <= 1.0, (r["name"], before, after)
         assert after.true_peak <= loudness.TRUE_PEAK_DBTP + 0.5
-    quiet, loud = (r["loudness"]["measured"]["integrated"] for r in packaged["renditions"][1:])
+    quiet, loud = (
+        r["loudness"]["measured"]["integrated"]
+        for r in packaged["renditions"]
+        if r["kind"] == "audio"
+    )
     assert quiet < -45 < -30 < loud, "the two tracks differed before, by more than 15 LU"
 
 
@@ -123,8 +133,8 @@ def _hls_keys(view: dict[str, Any]) -> set[str]:
     for r in view["renditions"]:
         url = r["urls"]["playlist"]
         init, segments = parse_media_playlist(requests.get(url, timeout=10).text)
-        for uri in [init, *(name for name, _ in segments)]:
-            assert uri
+        assert init or r["kind"] == "text", r  # WebVTT: one file, no init segment
+        for uri in [*([init] if init else []), *(name for name, _ in segments)]:
             keys.add(urlsplit(urljoin(url, uri)).path)
     return keys
 
@@ -133,6 +143,10 @@ def _mpd_keys(url: str, mpd: ET.Element) -> set[str]:
     """Every media object the MPD refers to, SegmentTemplate expanded over its timeline."""
     keys = set()
     for rep in mpd.iterfind(".//d:Representation", NS):
+        base = rep.find("d:BaseURL", NS)
+        if base is not None and base.text:  # a subtitle track: its whole WebVTT file
+            keys.add(urlsplit(urljoin(url, base.text)).path)
+            continue
         template = rep.find("d:SegmentTemplate", NS)
         if template is not None:
             keys.add(urlsplit(urljoin(url, template.attrib["initialization"])).path)
@@ -166,10 +180,12 @@ def test_dash_indexes_the_same_segments_as_hls(packaged: dict[str, Any]) -> None
     assert _mpd_keys(url, mpd) == _hls_keys(packaged)
     sets = mpd.findall(".//d:AdaptationSet", NS)
     assert [(a.get("contentType"), a.get("lang")) for a in sets] == [
-        ("video", None), ("audio", "en"), ("audio", "fr")
+        ("video", None), ("audio", "en"), ("audio", "fr"), ("text", "en"), ("text", "de")
     ]  # fmt: skip
     roles = [a.find("d:Role", NS) for a in sets[1:]]
-    assert [r.get("value") for r in roles if r is not None] == ["main", "alternate"]
+    assert [r.get("value") for r in roles if r is not None] == [
+        "main", "alternate", "subtitle", "subtitle"
+    ]  # fmt: skip
     # The durations the MPD gives are the segments' own, to the tick.
     video = sets[0].find(".//d:SegmentTemplate", NS)
     assert video is not None
@@ -255,3 +271,87 @@ def test_the_storyboard_covers_the_duration_on_sprite_sheets(
         ).stdout)  # fmt: skip
     assert len(crops[0]) == 160 * 90 and crops[0] != crops[1]
     assert max(crops[1]) > 64, "a picture, not the black padding of an empty cell"
+
+
+@pytest.mark.slow
+def test_subtitles_become_webvtt_renditions_with_their_languages(
+    packaged: dict[str, Any],
+) -> None:
+    """The source's mov_text stream and the job's SubRip file: two WebVTT renditions in the
+    master's SUBTITLES group, with their languages, none forced on the viewer, and their
+    cues at the source's times."""
+    texts = [r for r in packaged["renditions"] if r["kind"] == "text"]
+    assert [
+        (r["name"], r["track"], r["caption_key"], r["language"], r["label"]) for r in texts
+    ] == [
+        ("text-1", 0, None, "en", "English"),
+        ("text-2", None, packaged["source"]["key"] + ".de.srt", "de", "German"),
+    ]
+    master = requests.get(packaged["urls"]["master"], timeout=10).text
+    subs = [x for x in master.splitlines() if x.startswith("#EXT-X-MEDIA:TYPE=SUBTITLES")]
+    assert len(subs) == 2, master
+    assert 'NAME="English",LANGUAGE="en",DEFAULT=NO,AUTOSELECT=YES,FORCED=NO' in subs[0]
+    assert 'LANGUAGE="de"' in subs[1]
+    (variant,) = [x for x in master.splitlines() if x.startswith("#EXT-X-STREAM-INF:")]
+    assert 'SUBTITLES="subs"' in variant
+    english = requests.get(texts[0]["urls"]["subtitles"], timeout=10).text
+    german = requests.get(texts[1]["urls"]["subtitles"], timeout=10).text
+    assert english.startswith("WEBVTT") and german.startswith("WEBVTT")
+    assert "00:01.000 --> 00:03.000\nHello" in english and "World" in english
+    assert "00:00.500 --> 00:02.000\nHallo" in german and "Welt" in german
+    playlist = requests.get(texts[0]["urls"]["playlist"], timeout=10).text
+    assert "#EXTINF:6.0" in playlist and "subtitles.vtt" in playlist
+    assert packaged["plan"].get("skipped_tracks") is None  # nothing was left out
+
+
+@pytest.mark.slow
+def test_hevc_and_av1_ladders_beside_h264(gateway: str, s3: Minio, tmp_path: Path) -> None:
+    """A job asking for HEVC and AV1 as well: the same rung in each codec, on the same
+    keyframe grid, each with the CODECS its decoder configuration says, in the master and
+    in one DASH adaptation set per codec; each measured, each encode timed."""
+    from tests.clips import make_clip
+
+    clip = make_clip(tmp_path / "codecs.mp4", size="640x360", seconds=4, rate=25)
+    key = f"packaging/codecs-{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"],
+                    codecs=["hevc", "av1"])  # fmt: skip
+    deadline = time.monotonic() + 240
+    while (
+        job := requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
+    )["state"] not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline
+        time.sleep(0.5)  # fmt: skip
+    assert job["state"] == "succeeded", job["error"]
+    assert job["options_key"] == "renditions=360p;formats=dash,hls;codecs=av1,h264,hevc"
+    videos = [r for r in job["renditions"] if r["kind"] == "video"]
+    assert [(r["name"], r["codec"]) for r in videos] == [
+        ("360p", "h264"), ("360p-hevc", "hevc"), ("360p-av1", "av1")
+    ]  # fmt: skip
+    master = requests.get(job["urls"]["master"], timeout=10).text
+    for r, (name, tag, prefix) in zip(
+        videos, [("h264", "avc1", "avc1.64"), ("hevc", "hvc1", "hvc1.1.6.L"),
+                 ("av1", "av01", "av01.0.")], strict=True
+    ):  # fmt: skip
+        (stream,) = ffprobe(r["urls"]["playlist"])["streams"]
+        assert (stream["codec_name"], stream["codec_tag_string"]) == (name, tag)
+        assert (stream["width"], stream["height"]) == (640, 360)
+        packets = subprocess.run(
+            ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+             "packet=pts_time,flags", "-of", "csv=p=0", r["urls"]["playlist"]],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout.split()  # fmt: skip
+        keys = [round(float(p.split(",")[0]), 2) for p in packets if ",K" in p]
+        assert [round(k - keys[0], 2) for k in keys] == [0.0, 2.0], (name, keys)
+        (variant,) = [line for line in master.splitlines()
+                      if line.startswith("#EXT-X-STREAM-INF") and "RESOLUTION=640x360" in line
+                      and f'CODECS="{prefix}' in line]  # fmt: skip
+        assert ',mp4a.40.2"' in variant
+        assert r["quality"]["score"] > 0.9, r["quality"]
+    assert set(job["encode_seconds"]) == {"h264", "hevc", "av1"}
+    assert all(v > 0 for v in job["encode_seconds"].values())
+    mpd = requests.get(job["urls"]["dash"], timeout=10).text
+    assert schema_problems(mpd) == []
+    families = re.findall(r'<Representation id="360p[^"]*"[^>]* codecs="([a-z0-9]+)\.', mpd)
+    assert families == ["avc1", "hvc1", "av01"]
+    assert mpd.count('contentType="video"') == 3  # one adaptation set per codec

@@ -486,7 +486,7 @@ def test_live_events_of_a_real_transcode(followed_job: FollowedJob, bus: EventBu
     for e in stored:
         if e["rendition"] is not None:
             by_rendition.setdefault(e["rendition"], []).append(e)
-    assert set(by_rendition) == {"360p", "720p"}
+    assert set(by_rendition) == {"360p", "720p", "audio"}
     for name, events in by_rendition.items():
         percents = [e["percent"] for e in events]
         assert percents == sorted(percents), f"{name}: percent went down: {percents}"
@@ -502,7 +502,7 @@ def test_late_join_gets_the_whole_state_at_once(
 ) -> None:
     job = followed_job.job_id
     current = {k: v.model_dump(mode="json") for k, v in bus.current(job).items()}
-    assert set(current) == {"360p", "720p", "_job"}
+    assert set(current) == {"360p", "720p", "audio", "_job"}
 
     async def ws_snapshot() -> dict[str, Any]:
         async with connect(f"{ws_base}?job={job}") as ws:
@@ -564,7 +564,7 @@ def test_api_describes_the_job(followed_job: FollowedJob, via_gateway: str) -> N
     view = r.json()
     assert view["id"] == followed_job.job_id and view["state"] == "succeeded"
     assert view["source"]["key"] == followed_job.key
-    assert [x["name"] for x in view["renditions"]] == ["360p", "720p"]
+    assert [x["name"] for x in view["renditions"]] == ["360p", "720p", "audio"]
     for rend in view["renditions"]:
         assert rend["progress"]["percent"] == 100.0 and rend["progress"]["state"] == "succeeded"
         assert rend["urls"]["playlist"].endswith(".m3u8")

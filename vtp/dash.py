@@ -72,6 +72,19 @@ class Track(BaseModel):
         return sum(s.duration for s in self.segments) / self.timescale
 
 
+class Subtitles(BaseModel):
+    """A WebVTT subtitle track: one file, a text AdaptationSet of its own."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_-]+$")
+    url: str = Field(description="the .vtt file, relative to the manifest")
+    bandwidth: int = Field(gt=0)
+    language: str | None = None
+    label: str | None = None
+    forced: bool = False
+
+
 def track_from_playlist(playlist: str, folder: str, *, timescale: int, **fields: object) -> Track:
     """A Track over the segments of an HLS media playlist found in `folder` (relative to
     the manifest); `fields` are the Track's other fields."""
@@ -88,10 +101,13 @@ def track_from_playlist(playlist: str, folder: str, *, timescale: int, **fields:
     )
 
 
-def manifest(tracks: Sequence[Track], *, title: str | None = None) -> str:
+def manifest(
+    tracks: Sequence[Track], subtitles: Sequence[Subtitles] = (), *, title: str | None = None
+) -> str:
     """The static MPD over `tracks`: one video AdaptationSet per codec family (players
     switch within one, and pick the family they decode), one audio AdaptationSet per
-    sound track (its language, its name, `main` for the default one)."""
+    sound track (its language, its name, `main` for the default one), one text
+    AdaptationSet per subtitle track (the whole WebVTT file, as its BaseURL)."""
     video = [t for t in tracks if t.kind == "video"]
     audio = [t for t in tracks if t.kind == "audio"]
     if not video:
@@ -145,6 +161,18 @@ def manifest(tracks: Sequence[Track], *, title: str | None = None) -> str:
         ET.SubElement(rep, "AudioChannelConfiguration", {"schemeIdUri": CHANNELS_SCHEME,
                                                          "value": "2"})  # fmt: skip
         _segments(rep, t)
+    for s in subtitles:
+        attrs = {"id": str(next_id), "contentType": "text", "mimeType": "text/vtt"}
+        if s.language:
+            attrs["lang"] = s.language
+        aset = ET.SubElement(period, "AdaptationSet", attrs)
+        next_id += 1
+        if s.label:
+            ET.SubElement(aset, "Label").text = s.label
+        role = "forced-subtitle" if s.forced else "subtitle"
+        ET.SubElement(aset, "Role", {"schemeIdUri": ROLE_SCHEME, "value": role})
+        rep = ET.SubElement(aset, "Representation", {"id": s.id, "bandwidth": str(s.bandwidth)})
+        ET.SubElement(rep, "BaseURL").text = s.url
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 

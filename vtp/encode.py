@@ -31,8 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vtp import fmp4, iframes, loudness
 from vtp.chunks import ChunkRange
+
+# rate_control_args is re-exported: what a spec's x264 rate control is.
+from vtp.codecs import codec_string, encoder_args, forces_keyframes
+from vtp.codecs import rate_control_args as rate_control_args
 from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
-from vtp.ffmpeg import Progress, run_ffmpeg, untrusted_input
+from vtp.ffmpeg import CAPTION_FORMATS, Progress, run_ffmpeg, untrusted_input
 from vtp.loudness import Loudness
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
@@ -45,13 +49,9 @@ HLS_INIT = "init.mp4"
 HLS_SEGMENT_PATTERN = "seg_%05d.m4s"
 _SEGMENT_GLOB = "seg_*.m4s"
 
-# x264's preset for a spec that names none (planned before presets were part of the plan).
-LEGACY_PRESET = "veryfast"
-
 AAC_CODEC = "mp4a.40.2"  # AAC-LC in an HLS CODECS attribute
 _TEE_OPTION_SPECIALS = ":]['"
 _TEE_SLAVE_SPECIALS = "|'"
-_PROFILE_IDC = {"baseline": (66, 0xC0), "main": (77, 0x40), "high": (100, 0x00)}
 
 
 class RenditionResult(BaseModel):
@@ -80,6 +80,8 @@ class RenditionResult(BaseModel):
     iframes: str | None = None
     iframe_bandwidth: int | None = None
     iframe_average_bandwidth: int | None = None
+    # A subtitle rendition's WebVTT file (its playlist's one segment).
+    subtitles: str | None = None
     # An audio rendition normalised to a loudness target: what its source track measured
     # first (vtp.loudness), and the target.
     loudness: Loudness | None = None
@@ -184,6 +186,84 @@ def encode_audio(
     if measured is None:
         return result
     return result.model_copy(update={"loudness": measured, "loudness_target": spec.loudness})
+
+
+SUBTITLES = "subtitles.vtt"
+WEBVTT_CODEC = "wvtt"  # WebVTT in RFC 6381 terms (HLS lists no CODECS for it)
+
+
+def encode_text(
+    source_url: str,
+    source: SourceInfo,
+    spec: RenditionSpec,
+    out_dir: Path,
+    *,
+    settings: Settings,
+    caption_url: str | None = None,
+    timeout: float | None = None,
+    cancel: threading.Event | None = None,
+) -> RenditionResult:
+    """One subtitle track as WebVTT (`subtitles.vtt`) and an HLS media playlist naming it
+    as its one segment, the length of the video: the source's text stream
+    `spec.text_track`, or the job's caption file at `caption_url` (SRT, ASS or WebVTT
+    only). Styling ASS carries beyond text and position is dropped: WebVTT has none."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in (out_dir / SUBTITLES, out_dir / HLS_PLAYLIST):
+        stale.unlink(missing_ok=True)
+    if caption_url is not None:
+        source_args = [*untrusted_input(caption_url, formats=CAPTION_FORMATS), "-map", "0:s:0"]
+    elif spec.text_track is not None:
+        source_args = [*untrusted_input(source_url), "-map", f"0:s:{spec.text_track}"]
+    else:
+        raise InvalidRequest(f"{spec.name}: neither a subtitle stream nor a caption file")
+    args = [
+        *source_args,
+        "-vn",
+        "-an",
+        "-dn",
+        "-map_metadata",
+        "-1",
+        "-c:s",
+        "webvtt",
+        "-t",
+        f"{source.duration:.3f}",
+        "-f",
+        "webvtt",
+        SUBTITLES,
+    ]
+    try:
+        _run(args, out_dir, settings, timeout, None, cancel)
+    except FfmpegError as exc:
+        if caption_url is not None and not exc.retryable:
+            raise InvalidRequest(f"the caption file {spec.caption_key} is unreadable: "
+                                 f"{exc.reason}") from exc  # fmt: skip
+        raise
+    path = out_dir / SUBTITLES
+    if not path.is_file():
+        raise FfmpegError("ffmpeg finished without writing the WebVTT file")
+    playlist = "\n".join([
+        "#EXTM3U", "#EXT-X-VERSION:7",
+        f"#EXT-X-TARGETDURATION:{max(1, math.ceil(source.duration))}",
+        "#EXT-X-MEDIA-SEQUENCE:1", "#EXT-X-PLAYLIST-TYPE:VOD",
+        f"#EXTINF:{source.duration:.6f},", SUBTITLES, "#EXT-X-ENDLIST", "",
+    ])  # fmt: skip
+    (out_dir / HLS_PLAYLIST).write_text(playlist)
+    size = path.stat().st_size
+    rate = max(1, round(size * 8 / source.duration))
+    return RenditionResult(
+        name=spec.name,
+        files=sorted([HLS_PLAYLIST, SUBTITLES]),
+        segments=1,
+        size_bytes=size + len(playlist),
+        duration=round(source.duration, 6),
+        avg_bitrate=rate,
+        peak_bitrate=rate,
+        codecs=WEBVTT_CODEC,
+        width=spec.width,
+        height=spec.height,
+        fps=spec.fps,
+        subtitles=SUBTITLES,
+    )
 
 
 class ChunkSegment(BaseModel):
@@ -294,7 +374,7 @@ def encode_chunk(
         segments=segments,
         timescale=timescale,
         init=init,
-        codecs=_video_codec_string(init_path, spec),
+        codecs=codec_string(init_path, spec),
         init_sha256=hashlib.sha256(init_bytes).hexdigest(),
         init_size=len(init_bytes),
     )
@@ -339,9 +419,6 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
     """Stream mapping, filters and codec options (everything between input and output)."""
     rate = _fraction(spec.fps)
     gop = settings.gop_seconds
-    # x264's own keyframe interval is only a backstop: the forced keyframes below come
-    # first; twice the GOP keeps it out of the way even for uneven frame timing.
-    keyint = max(1, math.ceil(2 * gop * spec.fps))
     video_filter = picture_filters(spec)
     with_audio = source.has_audio and spec.audio_bitrate is not None
     args = [
@@ -360,23 +437,10 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
         f"{rate.numerator}/{rate.denominator}",
         "-fps_mode",
         "cfr",
-        "-c:v",
-        "libx264",
-        "-preset",
-        spec.preset or LEGACY_PRESET,
-        "-profile:v",
-        spec.profile,
-        "-level:v",
-        spec.level,
-        *rate_control_args(spec),
-        "-g",
-        str(keyint),
-        "-force_key_frames",
-        f"expr:gte(t,n_forced*{gop:g})",
-        "-forced-idr",
-        "1",  # forced keyframes as IDR frames: each segment starts decodable on its own
-        "-sc_threshold",
-        "0",  # no extra keyframes on scene cuts: they would differ between renditions
+        # The codec's encoder, its rate control and its part of the keyframe grid
+        # (vtp.codecs); forced at each multiple of the GOP where the encoder honours it.
+        *encoder_args(spec, settings),
+        *(_forced_keyframes(gop) if forces_keyframes(spec.codec) else []),
         # +cgop: closed GOPs (no frame refers across a keyframe). +global_header: codec
         # headers in the init segment / moov; the tee muxer cannot ask for it by itself.
         "-flags",
@@ -393,6 +457,10 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
     # buffer instead of failing with "Too many packets buffered".
     args += ["-max_muxing_queue_size", "4096"]
     return args
+
+
+def _forced_keyframes(gop: float) -> list[str]:
+    return ["-force_key_frames", f"expr:gte(t,n_forced*{gop:g})"]
 
 
 def picture_filters(spec: RenditionSpec) -> str:
@@ -418,21 +486,6 @@ def reference_filters(spec: RenditionSpec) -> str:
     filters at its constant frame rate (the `fps` filter picks frames as `-r` does)."""
     rate = _fraction(spec.fps)
     return f"{picture_filters(spec)},fps={rate.numerator}/{rate.denominator}"
-
-
-def rate_control_args(spec: RenditionSpec) -> list[str]:
-    """Constant quality under a VBV cap, or (a spec with no `crf`) a bit-rate target.
-
-    With `-crf`, x264 spends what each scene needs for the same quality: a still slide gets
-    a fraction of what a crowd scene gets. `-maxrate`/`-bufsize` bound it: over any stretch
-    of `bufsize / maxrate` seconds (two) the stream never exceeds the cap, which is what
-    players' bandwidth estimates and the H.264 level rely on.
-    """
-    if spec.crf is not None:
-        return ["-crf", f"{spec.crf:g}", "-maxrate", str(spec.max_bitrate),
-                "-bufsize", str(spec.buffer_size)]  # fmt: skip
-    return ["-b:v", str(spec.video_bitrate), "-maxrate", str(spec.max_bitrate),
-            "-bufsize", str(spec.buffer_size)]  # fmt: skip
 
 
 def _aac_args(bitrate: int) -> list[str]:
@@ -548,7 +601,7 @@ def _describe(
     timescale = fmp4.track_timescale(out_dir / init) if init else None
     trick: dict[str, object] = {}
     if codecs is None:
-        codecs = _video_codec_string(out_dir / init if init else None, spec)
+        codecs = codec_string(out_dir / init if init else None, spec)
         if init:
             frames = iframes.scan(out_dir, segments)
             (out_dir / iframes.IFRAME_PLAYLIST).write_text(iframes.playlist(frames, init=init))
@@ -634,21 +687,6 @@ def peak_bitrate(durations: list[float], sizes: list[int]) -> int:
     if best == 0.0:  # shorter than half a target duration, whole
         best = sum(s for _, s in pairs) * 8 / sum(d for d, _ in pairs)
     return round(best)
-
-
-def _video_codec_string(init_path: Path | None, spec: RenditionSpec) -> str:
-    """`avc1.PPCCLL` read from the avcC box the encoder actually wrote, else from the spec."""
-    if init_path is not None and init_path.is_file():
-        data = init_path.read_bytes()
-        at = data.find(b"avcC")
-        # avcC payload: configurationVersion, AVCProfileIndication, profile_compatibility,
-        # AVCLevelIndication: exactly the three bytes of the codecs string.
-        if at >= 0 and len(data) >= at + 8:
-            profile, compat, level = data[at + 5], data[at + 6], data[at + 7]
-            return f"avc1.{profile:02x}{compat:02x}{level:02x}"
-    profile_idc, constraints = _PROFILE_IDC.get(spec.profile, _PROFILE_IDC["high"])
-    level_idc = round(float(spec.level) * 10)
-    return f"avc1.{profile_idc:02x}{constraints:02x}{level_idc:02x}"
 
 
 def _validated_formats(formats: Sequence[str]) -> list[str]:

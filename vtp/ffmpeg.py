@@ -56,6 +56,8 @@ PROTOCOL_WHITELIST = "http,https,tls,tcp"
 # Deliberately absent: hls and dash (playlists that open further URLs), concat (lists of
 # files), image2 (image sequences), tty/lavfi and raw elementary streams.
 FORMAT_WHITELIST = "mov,mp4,matroska,webm,avi,mpegts,mpeg"
+# A job's caption files: SubRip, ASS/SSA and WebVTT, nothing else.
+CAPTION_FORMATS = "srt,ass,webvtt"
 
 # Give up on a stalled network read after this long instead of waiting for the wall-time
 # budget; ffmpeg wants microseconds.
@@ -122,12 +124,18 @@ def redact_args(args: Sequence[str]) -> list[str]:
 
 
 def untrusted_input(
-    url: str, *, seek: float | None = None, threads: int = 0, duration: float | None = None
+    url: str,
+    *,
+    seek: float | None = None,
+    threads: int = 0,
+    duration: float | None = None,
+    formats: str | None = None,
 ) -> list[str]:
     """Input options and `-i url` for a source we did not create (a user's upload).
 
     Only http(s) URLs are accepted: a bare path or a `-`-prefixed string would otherwise be
-    read as a local file or an option.
+    read as a local file or an option. `formats`: the demuxers allowed, for an input that
+    is not a video (CAPTION_FORMATS).
     """
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -136,7 +144,7 @@ def untrusted_input(
         "-protocol_whitelist",
         PROTOCOL_WHITELIST,
         "-format_whitelist",
-        FORMAT_WHITELIST,
+        formats or FORMAT_WHITELIST,
         "-rw_timeout",
         str(RW_TIMEOUT_US),
         # A long encode reads the object over one HTTP connection for a long time; if it

@@ -34,8 +34,10 @@ from typing import NamedTuple
 
 import langcodes
 
+from vtp.codecs import CAP_FACTOR, crf_for
 from vtp.errors import InvalidRequest, InvalidSource
-from vtp.models import AudioTrack, RenditionSpec, SourceInfo
+from vtp.models import AudioTrack, RenditionSpec, SourceInfo, TextTrack
+from vtp.options import CaptionFile
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,34 @@ def plan_ladder(
 AUDIO_RENDITION = "audio"
 
 
+def codec_ladders(specs: Sequence[RenditionSpec], codecs: Sequence[str]) -> list[RenditionSpec]:
+    """The H.264 ladder and, for each other codec asked for, the same rungs in it
+    (`720p-hevc`): the factor chosen for x264 carried over to the codec's scale, and the
+    cap scaled by what the codec saves (vtp.codecs). Same sizes, same frame rate, same
+    function: the rung's pixels are what its replicas were sized for."""
+    out = list(specs)
+    for codec in codecs:
+        if codec == "h264":
+            continue
+        factor = CAP_FACTOR[codec]
+        out += [
+            s.model_copy(
+                update={
+                    "name": f"{s.name}-{codec}",
+                    "codec": codec,
+                    "crf": crf_for(codec, s.crf) if s.crf is not None else None,
+                    "preset": None,  # the codec's own (settings.hevc_preset, av1_preset)
+                    "max_bitrate": max(MIN_VIDEO_BITRATE, round(s.max_bitrate * factor)),
+                    "video_bitrate": max(MIN_VIDEO_BITRATE, round(s.video_bitrate * factor)),
+                    "buffer_size": max(MIN_VIDEO_BITRATE, round(s.buffer_size * factor)),
+                    "estimate": None,  # the samples were x264's
+                }
+            )
+            for s in specs
+        ]
+    return out
+
+
 def audio_renditions(
     specs: Sequence[RenditionSpec],
     source: SourceInfo,
@@ -196,13 +226,80 @@ def audio_renditions(
     return [*video, *audio]
 
 
-def _track_labels(tracks: Sequence[AudioTrack]) -> list[str]:
+TEXT_RENDITION = "text"
+
+
+def text_renditions(
+    specs: Sequence[RenditionSpec],
+    source: SourceInfo,
+    captions: Sequence[CaptionFile] = (),
+    *,
+    max_tracks: int,
+) -> tuple[list[RenditionSpec], list[str]]:
+    """The subtitle renditions of a job (WebVTT, an HLS SUBTITLES group, DASH text
+    adaptation sets): each text subtitle stream of the source, then each caption file the
+    job names; and why any track is left out (bitmap subtitles need OCR, which is not
+    done; past `max_tracks`). The video fields are those of the smallest rung, whose
+    function extracts them, and unused."""
+    if not specs:
+        return [], []
+    skipped = []
+    wanted: list[tuple[TextTrack | None, CaptionFile | None]] = []
+    for stream in source.text_tracks:
+        if not stream.text:
+            skipped.append(
+                f"subtitle stream {stream.index} ({stream.codec}"
+                f"{', ' + stream.language if stream.language else ''}) is a bitmap format: "
+                "only text subtitles become WebVTT"
+            )
+            continue
+        wanted.append((stream, None))
+    wanted += [(None, c) for c in captions]
+    for track, caption in wanted[max_tracks:]:
+        what = (
+            f"subtitle stream {track.index}"
+            if track
+            else f"caption file {caption.key if caption else ''}"
+        )
+        skipped.append(f"{what}: more than the {max_tracks} subtitle tracks a job gets")
+    labels = _track_labels(
+        [AudioTrack(index=i, codec="text", language=t.language if t else c.language if c else None,
+                    title=(t.title if t else c.label if c else None))
+         for i, (t, c) in enumerate(wanted[:max_tracks])],
+        fallback="Subtitles",
+    )  # fmt: skip
+    base = min(specs, key=lambda s: s.width * s.height)
+    out = []
+    for i, (track, caption) in enumerate(wanted[:max_tracks]):
+        out.append(
+            base.model_copy(
+                update={
+                    "name": f"{TEXT_RENDITION}-{i + 1}",
+                    "text_only": True,
+                    "audio_only": False,
+                    "audio_bitrate": None,
+                    "crf": None,
+                    "quality_target": None,
+                    "estimate": None,
+                    "text_track": track.index if track else None,
+                    "caption_key": caption.key if caption else None,
+                    "language": track.language if track else caption.language if caption else None,
+                    "label": labels[i],
+                    "default_track": bool(track and track.default and track.forced),
+                    "forced": bool(track and track.forced),
+                }
+            )
+        )
+    return out, skipped
+
+
+def _track_labels(tracks: Sequence[AudioTrack], *, fallback: str = "Audio") -> list[str]:
     """What a player's menu shows for each track: its title, else its language's name,
     else `Audio N`; made unique (two untitled English tracks: `English`, `English 2`)."""
     labels: list[str] = []
     for n, track in enumerate(tracks, start=1):
         base = track.title or (_language_name(track.language) if track.language else None)
-        base = base or ("Audio" if len(tracks) == 1 else f"Audio {n}")
+        base = base or (fallback if len(tracks) == 1 else f"{fallback} {n}")
         label, k = base, 1
         while label in labels:
             k += 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -117,6 +117,9 @@ class RenditionSpec(BaseModel):
     audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
     profile: str = "high"
     level: str = "4.1"
+    # Which video codec (vtp.codecs): every job's ladder is H.264; a job may add HEVC
+    # and AV1 ladders beside it (`720p-hevc`, `720p-av1`).
+    codec: Literal["h264", "hevc", "av1"] = "h264"
     # The job's sound alone, encoded once for the whole source (a job encoded in chunks:
     # vtp.chunks), and referenced by every video variant as an HLS audio group; its video
     # fields are those of the rung whose function encodes it, and unused.
@@ -129,9 +132,20 @@ class RenditionSpec(BaseModel):
     default_track: bool = False
     # EBU R128 integrated loudness to normalise the sound to (LUFS), two-pass; None: as is.
     loudness: float | None = Field(default=None, ge=-70, le=-5)
+    # A subtitle rendition (vtp.ladder.text_renditions): WebVTT from the source's text track
+    # `text_track`, or from the caption file `caption_key` in the source's bucket.
+    text_only: bool = False
+    text_track: int | None = Field(default=None, ge=0)
+    caption_key: str | None = Field(default=None, max_length=1024)
+    forced: bool = False
     # Whether the HLS segments carry the rendition's sound. False when the sound is a
     # rendition of its own and `audio_bitrate` is the progressive MP4's alone.
     audio_in_segments: bool = True
+
+    @property
+    def kind(self) -> str:
+        """ "video", "audio" or "text": what the rendition carries."""
+        return "audio" if self.audio_only else "text" if self.text_only else "video"
 
 
 class TranscodeTask(BaseModel):

@@ -14,6 +14,7 @@ The callback URL is not part of that identity (it says who to tell, not what to 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -32,6 +33,7 @@ from pydantic import (
 from vtp.errors import InvalidRequest
 
 Format = Literal["hls", "dash", "mp4"]
+VideoCodec = Literal["h264", "hevc", "av1"]
 
 MAX_RENDITIONS = 8
 
@@ -44,7 +46,18 @@ METADATA_FIELDS = {
     "formats": "formats",  # "hls,mp4"
     "callback-url": "callback_url",
     "loudness": "loudness",  # "-16" (LUFS)
+    "codecs": "codecs",  # "h264,hevc,av1"
 }
+
+
+class CaptionFile(BaseModel):
+    """A subtitle file to publish with the job: SRT, ASS or WebVTT, in the source's bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key: str = Field(min_length=1, max_length=1024)
+    language: str = Field(pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+    label: str | None = Field(default=None, max_length=64, pattern=r'^[^"\n\r]+$')
 
 
 class OptionsOrigin(StrEnum):
@@ -70,6 +83,12 @@ class JobOptions(BaseModel):
     # EBU R128 integrated loudness every sound track is normalised to, in LUFS (-23 is
     # broadcast, -16 to -14 what streaming services play at); None leaves the sound as is.
     loudness: float | None = Field(default=None, ge=-70, le=-5)
+    # Video codecs: H.264 always (every player's), and HEVC and/or AV1 beside it.
+    codecs: list[VideoCodec] = Field(
+        default_factory=lambda: _default_codecs(), min_length=1, max_length=3
+    )
+    # Subtitle files beside the source, made WebVTT renditions with their languages.
+    captions: list[CaptionFile] = Field(default_factory=list, max_length=16)
 
     @field_validator("formats")
     @classmethod
@@ -77,6 +96,13 @@ class JobOptions(BaseModel):
         # HLS is what the master playlist and the progress page are built on.
         unique = list(dict.fromkeys(value))
         return unique if "hls" in unique else ["hls", *unique]
+
+    @field_validator("codecs")
+    @classmethod
+    def _h264_always(cls, value: list[VideoCodec]) -> list[VideoCodec]:
+        # H.264 is what every player decodes: the fallback beside any other codec.
+        unique = list(dict.fromkeys(value))
+        return unique if "h264" in unique else ["h264", *unique]
 
     @property
     def callback(self) -> str | None:
@@ -90,6 +116,11 @@ class JobOptions(BaseModel):
         key = f"renditions={names};formats={','.join(sorted(self.formats))}"
         if self.loudness is not None:
             key += f";loudness={self.loudness:g}"
+        if self.codecs != ["h264"]:
+            key += f";codecs={','.join(sorted(self.codecs))}"
+        if self.captions:
+            listed = sorted(f"{c.language}:{c.label or ''}:{c.key}" for c in self.captions)
+            key += ";captions=" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:12]
         return key
 
     def recorded(self, origin: OptionsOrigin, *, reprocess: bool = False) -> dict[str, object]:
@@ -102,11 +133,19 @@ class JobOptions(BaseModel):
         }
         if self.loudness is not None:
             recorded["loudness"] = self.loudness
+        if self.codecs != ["h264"]:
+            recorded["codecs"] = list(self.codecs)
+        if self.captions:
+            recorded["captions"] = [c.model_dump() for c in self.captions]
         return recorded
 
 
 def _default_formats() -> list[Format]:
     return ["hls"]
+
+
+def _default_codecs() -> list[VideoCodec]:
+    return ["h264"]
 
 
 def _names(renditions: list[str]) -> list[str]:
@@ -142,7 +181,7 @@ def from_metadata(metadata: Mapping[str, str]) -> JobOptions | None:
             unknown.append(name)
             continue
         text = value.strip()
-        if field in ("renditions", "formats"):
+        if field in ("renditions", "formats", "codecs"):
             fields[field] = [part for part in text.replace(",", " ").split() if part]
         else:
             fields[field] = text

@@ -46,6 +46,7 @@ class MasterEntry(BaseModel):
     language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
     label: str | None = Field(default=None, pattern=r'^[^"\n\r]{1,64}$')
     default: bool = False
+    forced: bool = False
     # A video rendition's I-frame playlist (vtp.iframes), in its folder, and its rates.
     iframes: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     iframe_bandwidth: int | None = Field(default=None, gt=0)
@@ -70,6 +71,7 @@ class MasterEntry(BaseModel):
             language=spec.language if spec else None,
             label=spec.label if spec else None,
             default=spec.default_track if spec else False,
+            forced=spec.forced if spec else False,
             iframes=result.iframes,
             iframe_bandwidth=result.iframe_bandwidth,
             iframe_average_bandwidth=result.iframe_average_bandwidth,
@@ -85,9 +87,14 @@ class MasterEntry(BaseModel):
 
 
 AUDIO_GROUP = "audio"
+SUBTITLES_GROUP = "subs"
 
 
-def master_playlist(entries: Sequence[MasterEntry], audio: Sequence[MasterEntry] = ()) -> str:
+def master_playlist(
+    entries: Sequence[MasterEntry],
+    audio: Sequence[MasterEntry] = (),
+    subtitles: Sequence[MasterEntry] = (),
+) -> str:
     """The master playlist text, variants sorted by bandwidth (lowest first).
 
     Version 7 because the media playlists use fMP4 segments (EXT-X-MAP in a playlist
@@ -109,6 +116,7 @@ def master_playlist(entries: Sequence[MasterEntry], audio: Sequence[MasterEntry]
         raise InvalidRequest("a master playlist needs at least one rendition")
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS", ""]
     lines += _audio_media(audio)
+    lines += _subtitle_media(subtitles)
     scored = all(e.score is not None for e in entries)
     sound = max(audio, key=lambda a: a.bandwidth, default=None)
     for entry in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
@@ -126,6 +134,8 @@ def master_playlist(entries: Sequence[MasterEntry], audio: Sequence[MasterEntry]
             attributes.append(f"SCORE={entry.score:.4f}")
         if audio:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
+        if subtitles:
+            attributes.append(f'SUBTITLES="{SUBTITLES_GROUP}"')
         lines += [f"#EXT-X-STREAM-INF:{','.join(attributes)}", entry.uri]
     lines += _iframe_streams(entries)
     return "\n".join(lines) + "\n"
@@ -171,6 +181,25 @@ def _audio_media(audio: Sequence[MasterEntry]) -> list[str]:
         ]
         lines.append(f"#EXT-X-MEDIA:{','.join(attributes)}")
     return [*lines, ""]
+
+
+def _subtitle_media(subtitles: Sequence[MasterEntry]) -> list[str]:
+    """The EXT-X-MEDIA lines of the SUBTITLES group: none is DEFAULT (captions are the
+    viewer's choice) unless it is forced, and a player may pick one by language."""
+    lines = []
+    for t in subtitles:
+        attributes = [
+            "TYPE=SUBTITLES",
+            f'GROUP-ID="{SUBTITLES_GROUP}"',
+            f'NAME="{t.label or t.name}"',
+            *([f'LANGUAGE="{t.language}"'] if t.language else []),
+            f"DEFAULT={'YES' if t.default else 'NO'}",
+            "AUTOSELECT=YES",
+            f"FORCED={'YES' if t.forced else 'NO'}",
+            f'URI="{t.uri}"',
+        ]
+        lines.append(f"#EXT-X-MEDIA:{','.join(attributes)}")
+    return [*lines, ""] if lines else []
 
 
 def make_poster(source_url: str, source: SourceInfo, out_path: Path, settings: Settings) -> Path:

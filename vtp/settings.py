@@ -123,8 +123,15 @@ class Settings(BaseSettings):
     # Sound tracks of a source made into audio renditions (languages, commentary); the
     # rest are left out, and the plan says so.
     max_audio_tracks: int = Field(default=8, ge=1, le=32)
-    # The storyboard (vtp.storyboard): a thumbnail every `storyboard_seconds` (a whole
-    # multiple of segment_seconds: thumbnails are the segments' own keyframes; 0: none),
+    # The encoders' speed for the ladders a job may add beside H.264 (vtp.codecs): x265's
+    # preset names, SVT-AV1's 0 (slowest) .. 13.
+    hevc_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
+                         "slow"] = "fast"  # fmt: skip
+    av1_preset: int = Field(default=8, ge=0, le=13)
+    # Subtitle tracks (the source's text streams, then the job's caption files) made WebVTT.
+    max_text_tracks: int = Field(default=16, ge=0, le=64)
+    # The storyboard (vtp.storyboard): a thumbnail every `storyboard_seconds`, rounded up
+    # to whole segments (thumbnails are the segments' own first pictures; 0: none),
     # `storyboard_width` pixels wide.
     storyboard_seconds: float = Field(default=4.0, ge=0)
     storyboard_width: int = Field(default=160, ge=32, le=640, multiple_of=2)
@@ -278,14 +285,6 @@ class Settings(BaseSettings):
             problems.append(
                 f"segment_seconds ({self.segment_seconds:g}) must be a whole multiple of "
                 f"gop_seconds ({self.gop_seconds:g}): every segment starts on a keyframe"
-            )
-        elif self.storyboard_seconds and not _whole_multiple(
-            self.storyboard_seconds, self.segment_seconds
-        ):
-            problems.append(
-                f"storyboard_seconds ({self.storyboard_seconds:g}) must be a whole multiple of "
-                f"segment_seconds ({self.segment_seconds:g}): thumbnails are the segments' "
-                "first pictures"
             )
         elif not _whole_multiple(self.chunk_seconds, self.segment_seconds):
             problems.append(

@@ -274,7 +274,7 @@ def costliest_first(job: Job, tasks: Sequence[Task]) -> list[Task]:
                 estimated_cost(
                     (t.end_s - t.start_s) if t.start_s is not None and t.end_s is not None
                     else whole,
-                    width=r.spec.width, height=r.spec.height, audio_only=r.spec.audio_only,
+                    width=r.spec.width, height=r.spec.height, audio_only=r.spec.kind != "video",
                 ),
                 t,
             )

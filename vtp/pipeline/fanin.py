@@ -40,6 +40,7 @@ class JobCallback(BaseModel):
     master_url: str | None
     poster_url: str | None
     dash_url: str | None = None  # the DASH manifest, for a job that asked for it
+    storyboard_url: str | None = None  # the thumbnails' WebVTT index (vtp.storyboard)
     renditions: list[dict[str, Any]]
     finished_at: datetime | None
     plan: dict[str, Any] | None = None  # how the ladder was decided (vtp.tuning)
@@ -163,10 +164,11 @@ class FanIn:
             for r in done
         }
         audio = [entries.pop(r.name) for r in done if r.spec.audio_only]
+        text = [entries.pop(r.name) for r in done if r.spec.text_only]
         video = list(entries.values())
         if not video:
             return None
-        master = master_playlist(video, audio=audio)
+        master = master_playlist(video, audio=audio, subtitles=text)
         return master, [r.name for r in done]
 
     def _write_manifest(self, job: Job) -> str | None:
@@ -174,14 +176,23 @@ class FanIn:
         playlists as stored; why it could not be written, else None."""
         bucket = self.settings.outputs_bucket
         tracks = []
+        subtitles = []
         try:
             for r in job.renditions:
                 if r.state is not RenditionState.SUCCEEDED or not r.result:
                     continue
                 result = RenditionResult.model_validate(r.result)
+                folder = layout.within_job(job.id, r.output_prefix, r.name)
+                if r.spec.text_only and result.subtitles:
+                    subtitles.append(
+                        dash.Subtitles(id=r.name, url=f"{folder}/{result.subtitles}",
+                                       bandwidth=max(1, result.peak_bitrate),
+                                       language=r.spec.language, label=r.spec.label,
+                                       forced=r.spec.forced)
+                    )  # fmt: skip
+                    continue
                 if result.timescale is None:
                     return f"rendition {r.name} was encoded before DASH could index it"
-                folder = layout.within_job(job.id, r.output_prefix, r.name)
                 playlist = self.storage.get_bytes(bucket, f"{job.id}/{folder}/{result.playlist}")
                 tracks.append(
                     dash.track_from_playlist(
@@ -189,18 +200,18 @@ class FanIn:
                         folder,
                         timescale=result.timescale,
                         id=r.name,
-                        kind="audio" if r.spec.audio_only else "video",
+                        kind=r.spec.kind,
                         bandwidth=result.peak_bitrate,
                         codecs=result.codecs,
-                        width=None if r.spec.audio_only else result.width,
-                        height=None if r.spec.audio_only else result.height,
-                        fps=None if r.spec.audio_only else result.fps,
+                        width=result.width if r.spec.kind == "video" else None,
+                        height=result.height if r.spec.kind == "video" else None,
+                        fps=result.fps if r.spec.kind == "video" else None,
                         language=r.spec.language,
                         label=r.spec.label,
                         default=r.spec.default_track,
                     )
                 )
-            text = dash.manifest(tracks, title=job.source.key.rsplit("/", 1)[-1])
+            text = dash.manifest(tracks, subtitles, title=job.source.key.rsplit("/", 1)[-1])
             self.storage.put_bytes(bucket, f"{job.id}/{layout.MANIFEST}", text.encode())
         except VtpError as exc:
             return f"could not write the DASH manifest: {exc.reason}"
@@ -328,7 +339,7 @@ class FanIn:
         every = self.settings.storyboard_seconds
         videos = [
             r for r in job.renditions
-            if r.state is RenditionState.SUCCEEDED and not r.spec.audio_only
+            if r.state is RenditionState.SUCCEEDED and r.spec.kind == "video"
             and (r.result or {}).get("iframes")
         ]  # fmt: skip
         if not every or not videos:
@@ -432,6 +443,7 @@ class FanIn:
             master_url=view["urls"].get("master"),
             poster_url=view["urls"].get("poster"),
             dash_url=view["urls"].get("dash"),
+            storyboard_url=view["urls"].get("storyboard"),
             renditions=view["renditions"],
             finished_at=job.finished_at,
             plan=job.plan,

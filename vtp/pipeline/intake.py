@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from vtp import callbacks
 from vtp.chunks import ChunkRange, plan_chunks
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.jobs import Job, SourceRef
-from vtp.ladder import audio_renditions, plan_ladder
+from vtp.ladder import audio_renditions, codec_ladders, plan_ladder, text_renditions
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.pipeline.clients import Clients
@@ -45,6 +45,12 @@ class Planned(BaseModel):
     specs: list[RenditionSpec]
     chunks: list[ChunkRange]
     title: TitlePlan
+    # Tracks of the source (or caption files) left out, and why: bitmap subtitles, say.
+    skipped: list[str] = Field(default_factory=list)
+
+    def decision(self) -> dict[str, Any]:
+        """What the job records of its plan (jobs.plan)."""
+        return self.title.summary() | ({"skipped_tracks": self.skipped} if self.skipped else {})
 
     def preview(self) -> dict[str, Any]:
         """The plan as a dry run answers it: per rendition the factor, the cap and what the
@@ -52,29 +58,31 @@ class Planned(BaseModel):
         rows = []
         for spec in self.specs:
             est = spec.estimate
+            video = spec.kind == "video"
             rows.append(
                 {
                     "name": spec.name,
+                    "kind": spec.kind,
                     "width": spec.width,
                     "height": spec.height,
                     "fps": spec.fps,
                     "audio_only": spec.audio_only,
-                    "crf": None if spec.audio_only else spec.crf,
-                    "preset": None if spec.audio_only else spec.preset,
-                    "max_bitrate": None if spec.audio_only else spec.max_bitrate,
+                    "crf": spec.crf if video else None,
+                    "preset": spec.preset if video else None,
+                    "max_bitrate": spec.max_bitrate if video else None,
                     "audio_bitrate": spec.audio_bitrate,
-                    "quality_target": None if spec.audio_only else spec.quality_target,
+                    "quality_target": spec.quality_target if video else None,
                     "predicted": est.model_dump(exclude={"probes"}) if est else None,
                     "probes": [list(p) for p in est.probes] if est else [],
                 }
             )
-        known = [s.estimate for s in self.specs if s.estimate and not s.audio_only]
+        known = [s.estimate for s in self.specs if s.estimate and s.kind == "video"]
         return {
             "dry_run": True,
             "source": self.source.model_dump(mode="json"),
             "renditions": rows,
             "chunks": len(self.chunks),
-            "plan": self.title.summary(),
+            "plan": self.decision(),
             "predicted": {
                 # Video only, over every rendition the samples could predict.
                 "size_bytes": sum(e.size_bytes for e in known),
@@ -165,7 +173,7 @@ class Intake:
             formats=options.formats,
             callback_url=options.callback,
             chunks=planned.chunks,
-            decision=planned.title.summary(),
+            decision=planned.decision(),
         )
         if not created:  # a concurrent call recorded it first
             return self._duplicate(job, options, others, manual=manual)
@@ -269,10 +277,18 @@ class Intake:
             else []
         )
         specs = audio_renditions(
-            title.specs, info, max_tracks=s.max_audio_tracks, loudness=options.loudness,
-            muxed_mp4=mp4,
+            codec_ladders(title.specs, options.codecs), info, max_tracks=s.max_audio_tracks,
+            loudness=options.loudness, muxed_mp4=mp4,
         )  # fmt: skip
-        return Planned(source=info, specs=specs, chunks=chunks, title=title)
+        skipped = [
+            f"sound track {t.index}: more than the {s.max_audio_tracks} sound tracks a job gets"
+            for t in info.audio_tracks[s.max_audio_tracks :]
+        ]
+        text, left_out = text_renditions(
+            title.specs, info, options.captions, max_tracks=s.max_text_tracks
+        )
+        return Planned(source=info, specs=[*specs, *text], chunks=chunks, title=title,
+                       skipped=skipped + left_out)  # fmt: skip
 
     def _reject(
         self,

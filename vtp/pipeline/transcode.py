@@ -25,6 +25,7 @@ from vtp.encode import (
     encode_audio,
     encode_chunk,
     encode_rendition,
+    encode_text,
     frame_rate,
     parse_media_playlist,
 )
@@ -182,7 +183,21 @@ class TaskRunner:
                 out = Path(tmp)
                 encode_started = time.monotonic()
                 result: RenditionResult | ChunkResult
-                if rend.spec.audio_only:
+                if rend.spec.text_only:
+                    caption = rend.spec.caption_key
+                    result = encode_text(
+                        url,
+                        info,
+                        rend.spec,
+                        out,
+                        settings=self.settings,
+                        caption_url=self.storage.presigned_get(
+                            job.source.bucket, caption, expires=int(budget) + 600
+                        ) if caption else None,
+                        timeout=budget,
+                        cancel=watch.event,
+                    )  # fmt: skip
+                elif rend.spec.audio_only:
                     result = encode_audio(
                         url,
                         info,
@@ -224,7 +239,7 @@ class TaskRunner:
                 measure_started = time.monotonic()
                 measured = (
                     {}
-                    if rend.spec.audio_only
+                    if rend.spec.kind != "video"
                     else self._measure(url, job, rend.spec, out, result, deadline, watch.event)
                 )
                 # Still ours? A zombie stops here instead of uploading (and if it was written
@@ -319,7 +334,7 @@ class TaskRunner:
         margin = self.settings.quality_margin_db
         if not chosen:
             return {}
-        videos = [r.spec for r in job.renditions if not r.spec.audio_only]
+        videos = [r.spec for r in job.renditions if r.spec.kind == "video"]
         largest = max(videos, key=lambda v: v.width * v.height, default=spec)
         budget = min(deadline - time.monotonic(), self.settings.quality_sample_timeout_seconds)
         try:

@@ -31,13 +31,15 @@ class JobViews:
         progress = self.bus.current(job.id) if live else {}
         rends = []
         for r in job.renditions:
+            video = r.spec.kind == "video"
             item: dict[str, Any] = {
                 "name": r.name,
-                "kind": "audio" if r.spec.audio_only else "video",
+                "kind": r.spec.kind,
                 "state": r.state.value,
-                "width": None if r.spec.audio_only else r.spec.width,
-                "height": None if r.spec.audio_only else r.spec.height,
-                "fps": None if r.spec.audio_only else r.spec.fps,
+                "width": r.spec.width if video else None,
+                "height": r.spec.height if video else None,
+                "fps": r.spec.fps if video else None,
+                "codec": r.spec.codec if video else None,
                 "attempts": r.attempts,
                 "refusals": r.refusals,
                 "error": r.error,
@@ -45,11 +47,11 @@ class JobViews:
                 "avg_bitrate": r.avg_bitrate,
                 "peak_bitrate": r.peak_bitrate,
                 # How it was encoded (vtp.tuning) and what it measured (vtp.quality).
-                "crf": None if r.spec.audio_only else r.spec.crf,
-                "preset": None if r.spec.audio_only else r.spec.preset,
-                "max_bitrate": None if r.spec.audio_only else r.spec.max_bitrate,
-                "quality": None if r.spec.audio_only else _quality(r),
-                **(_track(r) if r.spec.audio_only else {}),
+                "crf": r.spec.crf if video else None,
+                "preset": r.spec.preset if video else None,
+                "max_bitrate": r.spec.max_bitrate if video else None,
+                "quality": _quality(r) if video else None,
+                **({} if video else _track(r)),
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
                 # In the master playlist already: playable before the job ends.
@@ -90,6 +92,10 @@ class JobViews:
                 item["urls"]["playlist"] = self.urls.output_url(
                     job.id, f"{folder}/{r.result['playlist']}"
                 )
+                if r.result.get("subtitles"):  # the WebVTT file itself
+                    item["urls"]["subtitles"] = self.urls.output_url(
+                        job.id, f"{folder}/{r.result['subtitles']}"
+                    )
                 if r.result.get("iframes"):  # trick play (vtp.iframes)
                     item["urls"]["iframes"] = self.urls.output_url(
                         job.id, f"{folder}/{r.result['iframes']}"
@@ -135,6 +141,8 @@ class JobViews:
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "renditions_done": len(done),
+            # Encoder time per video codec, summed over its renditions' calls (vtp.codecs).
+            "encode_seconds": _encode_seconds(job),
             "renditions": rends,
             # How the ladder was decided: samples, their cost, rungs dropped and why.
             "plan": job.plan,
@@ -186,9 +194,18 @@ def _quality(r: Rendition) -> dict[str, Any]:
 
 
 def _track(r: Rendition) -> dict[str, Any]:
-    """An audio rendition's track: which of the source's, as players name it, and the
-    loudness it measured when the job asked for one (vtp.loudness)."""
+    """A sound or subtitle rendition's track: which of the source's (or the caption file),
+    as players name it, and for sound the loudness it measured when the job asked for one
+    (vtp.loudness)."""
     result = r.result or {}
+    if r.spec.text_only:
+        return {
+            "track": r.spec.text_track,
+            "caption_key": r.spec.caption_key,
+            "language": r.spec.language,
+            "label": r.spec.label,
+            "forced": r.spec.forced,
+        }
     return {
         "track": r.spec.audio_track,
         "language": r.spec.language,
@@ -200,3 +217,19 @@ def _track(r: Rendition) -> dict[str, Any]:
             else None
         ),
     }
+
+
+def _encode_seconds(job: Job) -> dict[str, float]:
+    """Seconds the encoder ran per video codec: each whole rendition's `timings.encode_s`,
+    each chunk's for a rendition encoded in chunks."""
+    out: dict[str, float] = {}
+    for r in job.renditions:
+        if r.spec.kind != "video":
+            continue
+        results = [t.result for t in r.tasks if t.result] if len(r.tasks) > 1 else [r.result]
+        for result in results:
+            timings = (result or {}).get("timings") or {}
+            seconds = timings.get("encode_s") if isinstance(timings, dict) else None
+            if isinstance(seconds, int | float):
+                out[r.spec.codec] = round(out.get(r.spec.codec, 0.0) + float(seconds), 3)
+    return out

@@ -316,8 +316,9 @@
         r.height = rv.height ?? r.height;
         r.urls = rv.urls || {};
         r.crf = rv.crf ?? r.crf;
+        r.codec = rv.codec ?? r.codec;
         r.quality = rv.quality ?? r.quality;
-        if (rv.kind === "audio") {
+        if (rv.kind === "audio" || rv.kind === "text") {
           r.track = { label: rv.label, language: rv.language, isDefault: rv.default, loudness: rv.loudness };
         }
         if (rv.attempts != null && r.attempt == null) r.attempt = rv.attempts;
@@ -943,7 +944,8 @@
     }
     const pct = r.state === "succeeded" ? 100 : r.percent || 0;
     row.dataset.state = r.state;
-    row.querySelector(".dims").textContent = r.width && r.height ? ` ${r.width}×${r.height}` : "";
+    const codec = r.codec && r.codec !== "h264" ? ` · ${r.codec.toUpperCase()}` : "";
+    row.querySelector(".dims").textContent = r.width && r.height ? ` ${r.width}×${r.height}${codec}` : "";
     const bar = row.querySelector(".bar");
     bar.setAttribute("aria-valuenow", pct.toFixed(1));
     bar.setAttribute("aria-valuetext", `${fmtPercent(pct)}, ${r.state}`);

@@ -1,0 +1,140 @@
+"""HEVC and AV1 beside H.264: bits and encode time at equal quality, on the quality
+benchmark's corpus (bench/quality.py: six 8 s 720p25 lavfi clips, easy to hard).
+
+Per clip, the 720p rung as a job plans it (vtp.ladder), encoded whole with the real encode
+arguments (vtp.encode.encode_args, video only, the product's presets: x264
+`settings.x264_preset`, x265 `settings.hevc_preset`, SVT-AV1 `settings.av1_preset`):
+
+- H.264 at the default factor: its SSIM against the source is the quality to match;
+- HEVC and AV1 each at the factor vtp.codecs carries that to, and a step either side;
+  their bit rate and encode CPU time at H.264's SSIM, interpolated (log bit rate linear
+  in SSIM dB, as bench/quality.py; `*`: extrapolated beyond the points).
+
+The ratios are HEVC (AV1) over H.264 at the same SSIM; the geometric mean over the corpus
+is the figure. No VBV cap in these encodes: the comparison is of the encoders, and a cap
+would bind differently on each. Every ffmpeg `-threads 1`; WORKERS at a time.
+Knobs: VTP_BENCH_QUALITY_ONLY, VTP_BENCH_QUALITY_SECONDS, VTP_BENCH_QUALITY_SIZE (shared
+with bench/quality.py), VTP_BENCH_CODECS_STEP (4: the factor step either side).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quality import (  # the benchmark folder's own module
+    CLIPS,
+    ONLY,
+    SECONDS,
+    WORKERS,
+    Clip,
+    Measured,
+    bits_at,
+    encode_and_measure,
+    make_clip,
+    serve,
+)
+
+from vtp.codecs import crf_for
+from vtp.ladder import plan_ladder
+from vtp.probe import probe_source
+from vtp.settings import Settings
+
+STEP = float(os.environ.get("VTP_BENCH_CODECS_STEP", "4"))
+RUNG = "720p"
+
+
+def _interpolated(points: list[Measured], target_db: float, value: str) -> float:
+    """`value` ("cpu") at `target_db`, linear in dB between the points that bracket it."""
+    pts = sorted((m.db, getattr(m, value)) for m in points)
+    for (d0, y0), (d1, y1) in itertools.pairwise(pts):
+        if d0 <= target_db <= d1 and d1 > d0:
+            return float(y0 + (target_db - d0) * (y1 - y0) / (d1 - d0))
+    return float(min(pts, key=lambda p: abs(p[0] - target_db))[1])
+
+
+def main() -> None:
+    started = time.monotonic()
+    names = [c for c in CLIPS if not ONLY or c in ONLY]
+    settings = Settings(ffmpeg_threads=1)
+    print(f"corpus: {', '.join(names)}; {SECONDS:g} s each, the {RUNG} rung; presets: x264 "
+          f"{settings.x264_preset}, x265 {settings.hevc_preset}, SVT-AV1 {settings.av1_preset}; "
+          f"no VBV; -threads 1, {WORKERS} at a time")  # fmt: skip
+    root = Path(tempfile.mkdtemp(prefix="vtp-bench-codecs-"))
+    corpus = root / "corpus"
+    corpus.mkdir()
+    server, base_url = serve(corpus)
+    pool = ThreadPoolExecutor(max_workers=WORKERS)
+    rows = []
+    try:
+        for name in names:
+            path = make_clip(corpus, name)
+            url = f"{base_url}/{path.name}"
+            info = probe_source(url, settings)
+            work = root / f"work-{name}"
+            work.mkdir()
+            clip = Clip(name=name, url=url, info=info, work=work)
+            (spec,) = [s for s in plan_ladder(info, settings, [RUNG])]
+            base = spec.model_copy(update={"crf": settings.default_crf})
+            jobs = {("h264", base.crf): base}
+            for codec in ("hevc", "av1"):
+                mid = crf_for(codec, settings.default_crf)
+                for crf in (mid - STEP, mid, mid + STEP):
+                    jobs[(codec, crf)] = base.model_copy(
+                        update={"codec": codec, "crf": crf, "preset": None,
+                                "name": f"{RUNG}-{codec}"}
+                    )  # fmt: skip
+            futures = {
+                k: pool.submit(encode_and_measure, clip, s, settings, vbv=False)
+                for k, s in jobs.items()
+            }
+            measured = {k: f.result() for k, f in futures.items()}
+            shutil.rmtree(work, ignore_errors=True)
+            h264 = measured[("h264", base.crf)]
+            row = {"clip": name, "h264": h264}
+            for codec in ("hevc", "av1"):
+                points = [m for (c, _), m in measured.items() if c == codec]
+                bits, extrapolated = bits_at(points, h264.db)
+                cpu = _interpolated(points, h264.db, "cpu")
+                row[codec] = (bits / h264.bitrate, cpu / h264.cpu, extrapolated)
+            rows.append(row)
+            print(f"[{time.monotonic() - started:5.0f} s] {name}: h264 {h264.bitrate // 1000} "
+                  f"kbit/s SSIM {h264.ssim:.4f} ({h264.db:.2f} dB) {h264.cpu:.1f} s CPU; "
+                  + "; ".join(f"{c} bits {row[c][0]:.2f}x cpu {row[c][1]:.2f}x"
+                              f"{'*' if row[c][2] else ''}" for c in ("hevc", "av1")),
+                  flush=True)  # fmt: skip
+    finally:
+        pool.shutdown(cancel_futures=True)
+        server.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    print()
+    print(f"{'clip':<12}{'h264 kbit/s':>12}{'SSIM':>8}{'hevc bits':>11}{'hevc cpu':>10}"
+          f"{'av1 bits':>10}{'av1 cpu':>9}")  # fmt: skip
+    for row in rows:
+        h = row["h264"]
+        hv, av = row["hevc"], row["av1"]
+        print(f"{row['clip']:<12}{h.bitrate // 1000:>12}{h.ssim:>8.4f}"
+              f"{hv[0]:>10.2f}{'*' if hv[2] else ' '}{hv[1]:>9.2f}x"
+              f"{av[0]:>9.2f}{'*' if av[2] else ' '}{av[1]:>8.2f}x")  # fmt: skip
+    for codec in ("hevc", "av1"):
+        bits = math.exp(sum(math.log(r[codec][0]) for r in rows) / len(rows))
+        cpu = math.exp(sum(math.log(r[codec][1]) for r in rows) / len(rows))
+        print(
+            f"{codec}: geometric mean {bits:.2f}x the bits of H.264 at equal SSIM, "
+            f"{cpu:.2f}x its encode CPU time"
+        )
+    print(f"({time.monotonic() - started:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
