@@ -6,9 +6,10 @@ arguments (vtp.encode.encode_args, video only, the product's presets: x264
 `settings.x264_preset`, x265 `settings.hevc_preset`, SVT-AV1 `settings.av1_preset`):
 
 - H.264 at the default factor: its SSIM against the source is the quality to match;
-- HEVC and AV1 each at the factor vtp.codecs carries that to, and a step either side;
-  their bit rate and encode CPU time at H.264's SSIM, interpolated (log bit rate linear
-  in SSIM dB, as bench/quality.py; `*`: extrapolated beyond the points).
+- HEVC and AV1 each at the factor vtp.codecs carries that to and a step either side, and
+  more steps until two encodes bracket H.264's SSIM; their bit rate and encode CPU time at
+  H.264's SSIM, interpolated (log bit rate linear in SSIM dB, as bench/quality.py; `*`:
+  extrapolated beyond the points, when no step brackets it).
 
 The ratios are HEVC (AV1) over H.264 at the same SSIM; the geometric mean over the corpus
 is the figure. No VBV cap in these encodes: the comparison is of the encoders, and a cap
@@ -26,8 +27,9 @@ import shutil
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -47,11 +49,13 @@ from quality import (  # the benchmark folder's own module
 
 from vtp.codecs import crf_for
 from vtp.ladder import plan_ladder
+from vtp.models import RenditionSpec
 from vtp.probe import probe_source
 from vtp.settings import Settings
 
 STEP = float(os.environ.get("VTP_BENCH_CODECS_STEP", "4"))
 RUNG = "720p"
+MAX_EXTRA = 3
 
 
 def _interpolated(points: list[Measured], target_db: float, value: str) -> float:
@@ -61,6 +65,41 @@ def _interpolated(points: list[Measured], target_db: float, value: str) -> float
         if d0 <= target_db <= d1 and d1 > d0:
             return float(y0 + (target_db - d0) * (y1 - y0) / (d1 - d0))
     return float(min(pts, key=lambda p: abs(p[0] - target_db))[1])
+
+
+def bracket(
+    pool: ThreadPoolExecutor,
+    clip: Clip,
+    base: RenditionSpec,
+    codec: str,
+    settings: Settings,
+    target_db: float,
+) -> list[Measured]:
+    """Encodes of `clip` in `codec` at its carried-over factor and a step either side, then
+    further steps on the side the target lies until two points bracket H.264's quality
+    (at most MAX_EXTRA more), so the figure is read between measurements."""
+
+    def at(crf: float) -> Future[Measured]:
+        spec = base.model_copy(
+            update={"codec": codec, "crf": crf, "preset": None, "name": f"{RUNG}-{codec}"}
+        )
+        return pool.submit(encode_and_measure, clip, spec, settings, vbv=False)
+
+    mid = crf_for(codec, base.crf or settings.default_crf)
+    crfs = [mid - STEP, mid, mid + STEP]
+    points = dict(zip(crfs, [f.result() for f in [at(c) for c in crfs]], strict=True))
+    for _ in range(MAX_EXTRA):
+        best, worst = (
+            max(points.values(), key=lambda m: m.db),
+            min(points.values(), key=lambda m: m.db),
+        )
+        if worst.db <= target_db <= best.db:
+            break
+        crf = min(points) - STEP if target_db > best.db else max(points) + STEP
+        if not 0 < crf <= (51 if codec == "hevc" else 63):
+            break
+        points[crf] = at(crf).result()
+    return list(points.values())
 
 
 def main() -> None:
@@ -86,24 +125,14 @@ def main() -> None:
             clip = Clip(name=name, url=url, info=info, work=work)
             (spec,) = [s for s in plan_ladder(info, settings, [RUNG])]
             base = spec.model_copy(update={"crf": settings.default_crf})
-            jobs = {("h264", base.crf): base}
+            h264 = encode_and_measure(clip, base, settings, vbv=False)
+            measured: dict[str, list[Measured]] = {}
             for codec in ("hevc", "av1"):
-                mid = crf_for(codec, settings.default_crf)
-                for crf in (mid - STEP, mid, mid + STEP):
-                    jobs[(codec, crf)] = base.model_copy(
-                        update={"codec": codec, "crf": crf, "preset": None,
-                                "name": f"{RUNG}-{codec}"}
-                    )  # fmt: skip
-            futures = {
-                k: pool.submit(encode_and_measure, clip, s, settings, vbv=False)
-                for k, s in jobs.items()
-            }
-            measured = {k: f.result() for k, f in futures.items()}
+                measured[codec] = bracket(pool, clip, base, codec, settings, h264.db)
             shutil.rmtree(work, ignore_errors=True)
-            h264 = measured[("h264", base.crf)]
-            row = {"clip": name, "h264": h264}
+            row: dict[str, Any] = {"clip": name, "h264": h264}
             for codec in ("hevc", "av1"):
-                points = [m for (c, _), m in measured.items() if c == codec]
+                points = measured[codec]
                 bits, extrapolated = bits_at(points, h264.db)
                 cpu = _interpolated(points, h264.db, "cpu")
                 row[codec] = (bits / h264.bitrate, cpu / h264.cpu, extrapolated)

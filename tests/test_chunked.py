@@ -143,3 +143,22 @@ def test_two_ffmpeg_builds_write_the_same_init_segment(
     shutil.copytree(whole, played)
     shutil.copy(a, played / "init.mp4")
     assert len(frames(played / "index.m3u8")) == SECONDS * 25
+
+
+def test_hevc_chunks_join_as_h264_ones_do(
+    encoded: dict[str, Any], source_url: str, tmp_path: Path
+) -> None:
+    """x265 takes the same forced IDR keyframes: an HEVC rendition encoded in chunks joins
+    without a seam, every chunk writing the one init segment (hvcC) the playlist names."""
+    spec = encoded["spec"].model_copy(
+        update={"codec": "hevc", "crf": 30.0, "preset": "ultrafast", "name": "360p-hevc"}
+    )
+    info = encoded["info"]
+    results = [
+        encode_chunk(source_url, info, spec, c, tmp_path / f"h{c.index}", settings=GRID)
+        for c in encoded["plan"]
+    ]
+    assert check_join(results, fps=FPS, source_duration=info.duration) == []
+    assert len({r.init_sha256 for r in results}) == 1
+    assert results[0].codecs.startswith("hvc1.1.6.L")
+    assert all(s.keyframe_first and s.keyframe_length for r in results for s in r.segments)

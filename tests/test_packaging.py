@@ -52,6 +52,22 @@ def _two_track_clip(path: Path) -> Path:
     return path
 
 
+def _master_lines(view: dict[str, Any], prefix: str) -> list[str]:
+    master = requests.get(view["urls"]["master"], timeout=10).text
+    return [line for line in master.splitlines() if line.startswith(prefix)]
+
+
+def _ended(gateway: str, job_id: str, timeout: float = 180) -> dict[str, Any]:
+    """The job's view through status once it has ended (or as it is at `timeout`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
+        job: dict[str, Any] = view.json()
+        if job["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
+            return job
+        time.sleep(0.3)
+
+
 @pytest.fixture(scope="module")
 def packaged(gateway: str, s3: Minio, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The job's view through status, once it has ended: asked for by a manual job."""
@@ -66,13 +82,7 @@ def packaged(gateway: str, s3: Minio, tmp_path_factory: pytest.TempPathFactory) 
     job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"],
                     loudness=TARGET,
                     captions=[{"key": f"{key}.de.srt", "language": "de"}])  # fmt: skip
-    deadline = time.monotonic() + 180
-    while True:
-        view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
-        job: dict[str, Any] = view.json()
-        if job["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
-            return job
-        time.sleep(0.3)
+    return _ended(gateway, job_id)
 
 
 @pytest.mark.slow
@@ -83,14 +93,13 @@ def test_every_sound_track_is_a_rendition_with_its_language(packaged: dict[str, 
         ("audio", 0, "en", "English", True),
         ("audio-2", 1, "fr", "Version française", False),
     ]
-    master = requests.get(packaged["urls"]["master"], timeout=10).text
-    media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:TYPE=AUDIO")]
-    assert len(media) == 2, master
+    media = _master_lines(packaged, "#EXT-X-MEDIA:TYPE=AUDIO")
+    assert len(media) == 2, media
     assert 'NAME="English",LANGUAGE="en",DEFAULT=YES,AUTOSELECT=YES' in media[0]
     assert 'NAME="Version française",LANGUAGE="fr",DEFAULT=NO,AUTOSELECT=YES' in media[1]
-    (variant,) = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
+    (variant,) = _master_lines(packaged, "#EXT-X-STREAM-INF:")
     assert 'AUDIO="audio"' in variant and ',mp4a.40.2"' in variant
-    # Each track holds its own sound: the French one is a 660 Hz tone, the English 440 Hz.
+    # Each track is a sound stream of its own, in the one format every player decodes.
     for r in tracks:
         (stream,) = ffprobe(r["urls"]["playlist"])["streams"]
         assert (stream["codec_type"], stream["channels"], stream["sample_rate"]) == (
@@ -205,8 +214,7 @@ def test_each_iframe_byte_range_decodes_to_one_keyframe(
     """Trick play from the segments themselves: the master names the I-frame playlist, and
     each of its byte ranges, behind the init segment, is exactly one keyframe, at the time
     its segment starts."""
-    master = requests.get(packaged["urls"]["master"], timeout=10).text
-    (line,) = [x for x in master.splitlines() if x.startswith("#EXT-X-I-FRAME-STREAM-INF:")]
+    (line,) = _master_lines(packaged, "#EXT-X-I-FRAME-STREAM-INF:")
     assert 'RESOLUTION=640x360,CODECS="avc1.' in line and "mp4a" not in line
     video = packaged["renditions"][0]
     url = video["urls"]["iframes"]
@@ -287,12 +295,11 @@ def test_subtitles_become_webvtt_renditions_with_their_languages(
         ("text-1", 0, None, "en", "English"),
         ("text-2", None, packaged["source"]["key"] + ".de.srt", "de", "German"),
     ]
-    master = requests.get(packaged["urls"]["master"], timeout=10).text
-    subs = [x for x in master.splitlines() if x.startswith("#EXT-X-MEDIA:TYPE=SUBTITLES")]
-    assert len(subs) == 2, master
+    subs = _master_lines(packaged, "#EXT-X-MEDIA:TYPE=SUBTITLES")
+    assert len(subs) == 2, subs
     assert 'NAME="English",LANGUAGE="en",DEFAULT=NO,AUTOSELECT=YES,FORCED=NO' in subs[0]
     assert 'LANGUAGE="de"' in subs[1]
-    (variant,) = [x for x in master.splitlines() if x.startswith("#EXT-X-STREAM-INF:")]
+    (variant,) = _master_lines(packaged, "#EXT-X-STREAM-INF:")
     assert 'SUBTITLES="subs"' in variant
     english = requests.get(texts[0]["urls"]["subtitles"], timeout=10).text
     german = requests.get(texts[1]["urls"]["subtitles"], timeout=10).text

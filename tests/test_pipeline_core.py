@@ -301,7 +301,7 @@ def test_a_forged_death_report_does_not_stop_a_live_encode(
     monkeypatch.setattr(transcode_module, "HEARTBEAT_EVERY_S", 0.3)  # beats sooner, same logic
     caplog.set_level("WARNING", logger="vtp.jobs.attempts")
     # Long enough that the encode runs for seconds after the report on any machine.
-    clip = make_clip(tmp_path / "live.mp4", size="1280x720", seconds=60, audio=False)
+    clip = make_clip(tmp_path / "live.mp4", size="1280x720", seconds=20, audio=False)
     key = f"core/{time.time_ns()}-live.mp4"
     bucket = quiet_bucket(pipeline)
     pipeline.storage.client.fput_object(bucket, key, str(clip))

@@ -86,7 +86,7 @@ def wait(what: str, check: Any, timeout: float) -> Any:
 def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     cfg = own_stack
     client = s3_client(cfg, "restart-sources")
-    long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=40, audio=False)
+    long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=20, audio=False)
     jobs = []
     tag = uuid.uuid4().hex[:8]  # keys of this run only, whatever an earlier one left
     for i in range(2):

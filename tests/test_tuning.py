@@ -4,6 +4,7 @@ checked against a real encode measured with ffmpeg."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from collections.abc import Iterator
@@ -230,3 +231,28 @@ def test_a_source_that_cannot_be_sampled_keeps_the_default_factor(
     assert broken.specs[0].crf == settings.default_crf
     off = tune(url, info, ladder, settings.model_copy(update={"quality_sampling": False}))
     assert off.note and "off" in off.note
+
+
+def test_each_codec_gets_its_own_factor_from_the_samples(
+    pipeline: Pipeline, settings: Settings, tmp_path: Path
+) -> None:
+    """HEVC and AV1 rungs are searched with their own encoders on the same samples: each
+    lands on a factor of its own scale whose prediction meets the target."""
+    from vtp.codecs import crf_for
+    from vtp.ladder import codec_ladders
+
+    url = _upload(pipeline, tmp_path, "codecs", "testsrc2=s=640x360:r=25:d=8")
+    info = probe_source(url, settings)
+    h264 = tune(url, info, plan_ladder(info, settings, ["360p"]), settings).specs
+    target = to_db(settings.target_for("360p"))
+    for codec, scale in (("hevc", 51), ("av1", 63)):
+        (rung,) = codec_ladders(h264, ["h264", codec])[1:]
+        (spec,) = tune(url, info, [rung], settings, prune=False).specs
+        assert spec.codec == codec and spec.estimate is not None
+        assert spec.crf is not None and 0 < spec.crf <= scale
+        # On x264's scale in the probes (what the search runs on), the encoder's own here.
+        assert spec.crf in {crf_for(codec, p[0]) for p in spec.estimate.probes} or any(
+            crf_for(codec, lo) <= spec.crf <= crf_for(codec, hi)
+            for lo, hi in itertools.pairwise(sorted(p[0] for p in spec.estimate.probes))
+        )
+        assert to_db(spec.estimate.quality) >= target - 0.5, (codec, spec.estimate)

@@ -42,6 +42,7 @@ from typing import NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from vtp import workdirs
+from vtp.codecs import crf_for
 from vtp.encode import encode_args, reference_filters
 from vtp.errors import FfmpegError
 from vtp.ffmpeg import run_ffmpeg, untrusted_input
@@ -294,7 +295,8 @@ class _Tuner:
         ref = refs[spec.name]
         out = self.dir / f"probe-{spec.name}-{crf:g}.mp4"
         video_only = self.source.model_copy(update={"has_audio": False})
-        trial = spec.model_copy(update={"crf": crf})
+        # The search is on x264's scale; another codec's encoder gets its equivalent.
+        trial = spec.model_copy(update={"crf": crf_for(spec.codec, crf)})
         encoded = run_ffmpeg(
             ["-i", ref.name, *encode_args(video_only, trial, self.settings), "-f", "mp4", out.name],
             timeout=self._left(),
@@ -341,7 +343,7 @@ class _Tuner:
             encode_cpu_seconds=round(max(cpu_per_s, 0.0) * self.source.duration, 1),
             probes=sorted((p.crf, p.score.score, p.bitrate) for p in probes),
         )
-        return spec.model_copy(update={"crf": crf, "estimate": estimate})
+        return spec.model_copy(update={"crf": crf_for(spec.codec, crf), "estimate": estimate})
 
     def _pruned(
         self, tuned: list[RenditionSpec], probes: dict[str, list[Probe]], refs: dict[str, Path]

@@ -47,10 +47,15 @@ class Planned(BaseModel):
     title: TitlePlan
     # Tracks of the source (or caption files) left out, and why: bitmap subtitles, say.
     skipped: list[str] = Field(default_factory=list)
+    # How each codec beside H.264 had its factors chosen (its own samples' summary).
+    codecs: dict[str, dict[str, object]] = Field(default_factory=dict)
 
     def decision(self) -> dict[str, Any]:
         """What the job records of its plan (jobs.plan)."""
-        return self.title.summary() | ({"skipped_tracks": self.skipped} if self.skipped else {})
+        extra: dict[str, Any] = {"skipped_tracks": self.skipped} if self.skipped else {}
+        if self.codecs:
+            extra["codecs"] = self.codecs
+        return self.title.summary() | extra
 
     def preview(self) -> dict[str, Any]:
         """The plan as a dry run answers it: per rendition the factor, the cap and what the
@@ -265,6 +270,7 @@ class Intake:
         budget = min(s.quality_sample_timeout_seconds, s.work_deadline_seconds() / 2)
         # Rungs a user asked for by name are kept even when the samples say they add little.
         title = tune(url, info, ladder, s, prune=renditions is None, timeout=budget)
+        videos, per_codec = self._codec_ladders(url, info, title, options, budget)
         chunks = (
             plan_chunks(
                 info.duration,
@@ -277,8 +283,8 @@ class Intake:
             else []
         )
         specs = audio_renditions(
-            codec_ladders(title.specs, options.codecs), info, max_tracks=s.max_audio_tracks,
-            loudness=options.loudness, muxed_mp4=mp4,
+            videos, info, max_tracks=s.max_audio_tracks, loudness=options.loudness,
+            muxed_mp4=mp4,
         )  # fmt: skip
         skipped = [
             f"sound track {t.index}: more than the {s.max_audio_tracks} sound tracks a job gets"
@@ -288,7 +294,36 @@ class Intake:
             title.specs, info, options.captions, max_tracks=s.max_text_tracks
         )
         return Planned(source=info, specs=[*specs, *text], chunks=chunks, title=title,
-                       skipped=skipped + left_out)  # fmt: skip
+                       skipped=skipped + left_out, codecs=per_codec)  # fmt: skip
+
+    def _codec_ladders(
+        self, url: str, info: SourceInfo, title: TitlePlan, options: JobOptions, budget: float
+    ) -> tuple[list[RenditionSpec], dict[str, dict[str, object]]]:
+        """The H.264 ladder and the other codecs' (vtp.ladder.codec_ladders), each codec's
+        factors searched from the same samples with its own encoder (the search runs on
+        x264's scale, vtp.codecs.crf_for), in what is left of the sampling budget shared
+        among them; a codec left without time keeps the factors carried over from x264."""
+        videos = codec_ladders(title.specs, options.codecs)
+        extra = videos[len(title.specs) :]
+        codecs = list(dict.fromkeys(s.codec for s in extra))
+        if not codecs:
+            return videos, {}
+        plans: dict[str, dict[str, object]] = {}
+        tuned: list[RenditionSpec] = []
+        left = budget - title.sampling_wall_seconds
+        for i, codec in enumerate(codecs):
+            group = [s for s in extra if s.codec == codec]
+            share = left / (len(codecs) - i)
+            if share < 5.0 or not title.samples:
+                tuned += group
+                plans[codec] = {"note": f"factors carried over from x264's ({share:.0f} s left "
+                                        "to sample)" if title.samples else title.note}  # fmt: skip
+                continue
+            plan = tune(url, info, group, self.settings, prune=False, timeout=share)
+            left -= plan.sampling_wall_seconds
+            tuned += plan.specs
+            plans[codec] = plan.summary()
+        return [*title.specs, *tuned], plans
 
     def _reject(
         self,
