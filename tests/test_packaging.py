@@ -362,3 +362,24 @@ def test_hevc_and_av1_ladders_beside_h264(gateway: str, s3: Minio, tmp_path: Pat
     families = re.findall(r'<Representation id="360p[^"]*"[^>]* codecs="([a-z0-9]+)\.', mpd)
     assert families == ["avc1", "hvc1", "av01"]
     assert mpd.count('contentType="video"') == 3  # one adaptation set per codec
+
+
+def test_a_missing_caption_file_is_refused_with_its_key(
+    gateway: str, s3: Minio, tmp_path: Path
+) -> None:
+    from tests.clips import make_clip
+
+    clip = make_clip(tmp_path / "c.mp4", size="320x180", seconds=1)
+    key = f"packaging/missing-{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    body = {
+        "bucket": MANUAL_BUCKET,
+        "key": key,
+        "captions": [{"key": "nope.srt", "language": "en"}],
+    }
+    r = requests.post(f"{gateway}/function/split", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    assert f"caption file s3://{MANUAL_BUCKET}/nope.srt does not exist" in r.json()["error"]
+    bad = requests.post(f"{gateway}/function/split", timeout=60, json=body | {
+        "captions": [{"key": "x.srt", "language": "not a language"}]})  # fmt: skip
+    assert bad.status_code == 400 and "captions" in bad.json()["error"], bad.text

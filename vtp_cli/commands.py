@@ -86,7 +86,8 @@ def cmd_upload(args: argparse.Namespace, config: ClientConfig, console: Console)
         f"vtp-{name}": value
         for name, value in (
             ("renditions", args.renditions), ("formats", args.formats),
-            ("callback-url", args.callback_url),
+            ("callback-url", args.callback_url), ("loudness", args.loudness),
+            ("codecs", args.codecs),
         )
         if value
     }  # fmt: skip
@@ -222,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE")
     p.add_argument("--key", help="object key (default cli/<random>/<file name>)")
     p.add_argument("--renditions", help="the job's rungs, e.g. 360p,720p (upload metadata)")
-    p.add_argument("--formats", help="hls,mp4 (upload metadata)")
+    p.add_argument("--formats", help="hls,dash,mp4 (upload metadata)")
+    p.add_argument("--codecs", help="video codecs beside H.264: hevc,av1 (upload metadata)")
+    p.add_argument("--loudness", help="EBU R128 target in LUFS, e.g. -16 (upload metadata)")
     p.add_argument("--callback-url", help="where the finished job is posted (upload metadata)")
     p.add_argument("--watch", action="store_true", help="follow the job until it ends")
     p.add_argument("--find-timeout", type=float, default=60.0,

@@ -131,9 +131,10 @@ def _fmt_quality(quality: Any) -> str:
 def print_urls(console: Console, view: Mapping[str, Any]) -> None:
     """Output URLs one per line, never wrapped, so that they can be copied."""
     urls = view.get("urls") or {}
-    rows = [("master playlist", urls.get("master")), ("poster", urls.get("poster"))]
+    rows = [("master playlist", urls.get("master")), ("DASH manifest", urls.get("dash")),
+            ("storyboard", urls.get("storyboard")), ("poster", urls.get("poster"))]  # fmt: skip
     for r in view.get("renditions") or []:
-        for kind in ("playlist", "mp4"):
+        for kind in ("playlist", "iframes", "subtitles", "mp4"):
             rows.append((f"{r.get('name')} {kind}", (r.get("urls") or {}).get(kind)))
     for label, url in rows:
         if url:

@@ -374,7 +374,7 @@ class FanIn:
             log.info("job %s: storyboard of %d thumbnails from %s", job.id, len(thumbs),
                      smallest.name)  # fmt: skip
             return True
-        except (VtpError, ValueError, KeyError, UnicodeDecodeError) as exc:
+        except (VtpError, ValueError, KeyError, UnicodeDecodeError, OSError) as exc:
             log.warning("job %s: no storyboard: %s", job.id, getattr(exc, "reason", exc))
             return False
 

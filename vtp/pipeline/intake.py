@@ -27,6 +27,9 @@ from vtp.webhook import SourceObject, key_problem, storable_key
 
 log = logging.getLogger(__name__)
 
+# A subtitle file is text: hours of dialogue are a few hundred kilobytes.
+MAX_CAPTION_BYTES = 10 * 1024 * 1024
+
 
 class SubmitResult(BaseModel):
     job: Job
@@ -258,6 +261,7 @@ class Intake:
         """Probe, plan the ladder, tune it per title from samples (vtp.tuning), and cut it
         into chunks where the job is to be encoded in parts."""
         s = self.settings
+        self._check_captions(src.bucket, options)
         url = self.storage.presigned_get(src.bucket, src.key, expires=600)
         info = probe_source(url, s, size_bytes=size)
         renditions, mp4 = options.renditions, "mp4" in options.formats
@@ -295,6 +299,22 @@ class Intake:
         )
         return Planned(source=info, specs=[*specs, *text], chunks=chunks, title=title,
                        skipped=skipped + left_out, codecs=per_codec)  # fmt: skip
+
+    def _check_captions(self, bucket: str, options: JobOptions) -> None:
+        """A job's caption files must be there, beside the source, and small: a missing one
+        is refused now with its key, not found out by a transcode call later."""
+        for caption in options.captions:
+            try:
+                found = self.storage.stat(bucket, caption.key)
+            except NotFound:
+                raise InvalidRequest(
+                    f"caption file s3://{bucket}/{caption.key} does not exist"
+                ) from None
+            if found.size > MAX_CAPTION_BYTES:
+                raise InvalidRequest(
+                    f"caption file {caption.key} is {found.size} bytes; at most "
+                    f"{MAX_CAPTION_BYTES} are read"
+                )
 
     def _codec_ladders(
         self, url: str, info: SourceInfo, title: TitlePlan, options: JobOptions, budget: float
