@@ -28,7 +28,7 @@ from typing import Any
 from uuid import UUID
 
 from vtp import lifecycle
-from vtp.errors import Conflict, NotFound
+from vtp.errors import Conflict
 from vtp.jobs.backups import CLEAR_BACKUP
 from vtp.jobs.models import Job, Task
 from vtp.jobs.queries import Queries
@@ -37,6 +37,7 @@ from vtp.jobs.transactions import (
     Cursor,
     audit,
     cancel_waiting,
+    job_row,
     lock_rendition,
     one,
     parse_id,
@@ -92,10 +93,7 @@ class Cancellation(Queries):
         jid = parse_id(job_id)
 
         def tx(cur: Cursor) -> int:
-            cur.execute("SELECT state FROM jobs WHERE id = %s", (str(jid),))
-            found = cur.fetchone()
-            if found is None:
-                raise NotFound(f"no job {jid}")
+            found = job_row(cur, jid)
             if JobState(found["state"]).terminal:
                 raise Conflict(f"job {jid} has ended ({found['state']}): nothing to cancel")
             cur.execute("SELECT name FROM renditions WHERE job_id = %s ORDER BY name", (str(jid),))

@@ -28,6 +28,7 @@ from vtp.jobs.transactions import (
     TERMINAL_TASK,
     Cursor,
     audit,
+    job_row,
     one,
     parse_id,
     row_to_rendition,
@@ -136,13 +137,7 @@ class FanIn(Queries):
         jid = parse_id(job_id)
 
         def tx(cur: Cursor) -> None:
-            cur.execute(
-                "SELECT state, finalize_claimed_by FROM jobs WHERE id = %s FOR NO KEY UPDATE",
-                (str(jid),),
-            )
-            row = cur.fetchone()
-            if row is None:
-                raise NotFound(f"no job {jid}")
+            row = job_row(cur, jid, "FOR NO KEY UPDATE")
             if JobState(row["state"]).terminal:
                 raise Conflict(f"job {jid} is already {row['state']}")
             if claimer is not None and row["finalize_claimed_by"] != claimer:
@@ -242,13 +237,7 @@ class FanIn(Queries):
         jid = parse_id(job_id)
 
         def tx(cur: Cursor) -> builtins.list[str] | None:
-            cur.execute(
-                "SELECT state, finalize_claimed_by FROM jobs WHERE id = %s FOR UPDATE",
-                (str(jid),),
-            )
-            row = cur.fetchone()
-            if row is None:
-                raise NotFound(f"no job {jid}")
+            row = job_row(cur, jid, "FOR UPDATE")
             if JobState(row["state"]).terminal or row["finalize_claimed_by"] is not None:
                 return None
             cur.execute("SELECT * FROM renditions WHERE job_id = %s ORDER BY ordinal", (str(jid),))

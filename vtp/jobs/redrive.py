@@ -17,13 +17,14 @@ import logging
 from uuid import UUID
 
 from vtp import lifecycle
-from vtp.errors import Conflict, NotFound
+from vtp.errors import Conflict
 from vtp.jobs.backups import CLEAR_BACKUP
 from vtp.jobs.models import Job, Task
 from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import (
     Cursor,
     insert_change,
+    job_row,
     lock_rendition,
     one,
     parse_id,
@@ -46,11 +47,7 @@ class Redrive(Queries):
         jid = parse_id(job_id)
 
         def tx(cur: Cursor) -> list[Task]:
-            cur.execute("SELECT state FROM jobs WHERE id = %s", (str(jid),))
-            found = cur.fetchone()
-            if found is None:
-                raise NotFound(f"no job {jid}")
-            state = str(found["state"])
+            state = str(job_row(cur, jid)["state"])
             if state not in lifecycle.REDRIVABLE["job"]:
                 raise Conflict(f"job {jid} is {state}: only a failed job can be redriven")
             cur.execute(

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from uuid import UUID
 
 import psycopg2
@@ -146,6 +146,19 @@ def one(cur: Cursor) -> dict[str, Any]:
     row = cur.fetchone()
     if row is None:
         raise Conflict("the row changed under us")  # guarded UPDATE lost a race
+    return dict(row)
+
+
+def job_row(
+    cur: Cursor, jid: UUID, lock: Literal["", "FOR UPDATE", "FOR NO KEY UPDATE"] = ""
+) -> dict[str, Any]:
+    """The job's state and finalization claim, with the row lock asked for; NotFound for
+    an unknown job."""
+    query = f"SELECT state, finalize_claimed_by FROM jobs WHERE id = %s {lock}"  # noqa: S608 - a literal lock clause
+    cur.execute(query, (str(jid),))
+    row = cur.fetchone()
+    if row is None:
+        raise NotFound(f"no job {jid}")
     return dict(row)
 
 
