@@ -607,9 +607,7 @@ def _describe(
             (out_dir / iframes.IFRAME_PLAYLIST).write_text(iframes.playlist(frames, init=init))
             files.append(iframes.IFRAME_PLAYLIST)
             size_bytes += (out_dir / iframes.IFRAME_PLAYLIST).stat().st_size
-            peak, average = iframes.bandwidths(frames)
-            trick = {"iframes": iframes.IFRAME_PLAYLIST, "iframe_bandwidth": peak,
-                     "iframe_average_bandwidth": average}  # fmt: skip
+            trick = iframes.result_fields(frames)
         if source.has_audio and spec.audio_bitrate is not None and spec.audio_in_segments:
             codecs += "," + AAC_CODEC
 

@@ -109,7 +109,10 @@ _NON_SYNC = 0x00010000
 
 def fragments(segment: Path) -> list[tuple[int, int, bool]]:
     """(base decode time, sample count, first sample is a keyframe) of each fragment."""
-    data = segment.read_bytes()
+    return _fragments(segment.read_bytes())
+
+
+def _fragments(data: bytes) -> list[tuple[int, int, bool]]:
     out = []
     for traf_kind, traf, traf_end in _boxes(data):
         if traf_kind != "moof":
@@ -229,7 +232,7 @@ def keyframe_range(segment: Path) -> tuple[int, int]:
                     if size is None:
                         raise FfmpegError(f"{segment.name}: the first sample has no size")
                     start = base + offset
-                    if not fragments(segment)[0][2]:
+                    if not _fragments(data)[0][2]:
                         raise FfmpegError(f"{segment.name} does not start with a keyframe")
                     return moof, start + size - moof
         break

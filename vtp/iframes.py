@@ -61,12 +61,15 @@ def playlist(frames: Sequence[IFrame], *, init: str, first_number: int = 1) -> s
     return "\n".join(lines) + "\n"
 
 
-def bandwidths(frames: Sequence[IFrame]) -> tuple[int, int]:
-    """(peak, average) bit/s of the I-frame stream, its EXT-X-I-FRAME-STREAM-INF BANDWIDTH
-    and AVERAGE-BANDWIDTH: each picture's bytes over the time it stands for."""
+def result_fields(frames: Sequence[IFrame]) -> dict[str, object]:
+    """What a rendition's result records of its I-frame playlist: its name, and the peak
+    and average bit/s of the I-frame stream (EXT-X-I-FRAME-STREAM-INF BANDWIDTH and
+    AVERAGE-BANDWIDTH): each picture's bytes over the time it stands for."""
     peak = max(round(f.length * 8 / f.seconds) for f in frames)
     total = sum(f.seconds for f in frames)
-    return peak, round(sum(f.length for f in frames) * 8 / total)
+    average = round(sum(f.length for f in frames) * 8 / total)
+    return {"iframes": IFRAME_PLAYLIST, "iframe_bandwidth": peak,
+            "iframe_average_bandwidth": average}  # fmt: skip
 
 
 def parse(text: str) -> tuple[str | None, list[IFrame]]:

@@ -135,17 +135,26 @@ def iframe_playlist(chunks: Sequence[ChunkResult], *, prefixes: Sequence[str] = 
     `media_playlist` lists them; None when a chunk was encoded before its keyframes'
     byte ranges were recorded."""
     where = list(prefixes) or [""] * len(chunks)
+    frames = _iframes(chunks, where)
+    if frames is None:
+        return None
+    return iframes.playlist(frames, init=f"{where[0]}{chunks[0].init}",
+                            first_number=chunks[0].first_segment)  # fmt: skip
+
+
+def _iframes(chunks: Sequence[ChunkResult], where: Sequence[str]) -> list[IFrame] | None:
+    """Each segment's keyframe as an I-frame, `where[i]` before chunk i's names; None when
+    a chunk was encoded before its keyframes' byte ranges were recorded."""
     frames = []
-    for i, c in enumerate(chunks):
+    for prefix, c in zip(where, chunks, strict=True):
         for s in c.segments:
             if s.keyframe_offset is None or not s.keyframe_length:
                 return None
             frames.append(
-                IFrame(uri=f"{where[i]}{s.name}", offset=s.keyframe_offset,
+                IFrame(uri=f"{prefix}{s.name}", offset=s.keyframe_offset,
                        length=s.keyframe_length, seconds=s.seconds)
             )  # fmt: skip
-    return iframes.playlist(frames, init=f"{where[0]}{chunks[0].init}",
-                            first_number=chunks[0].first_segment)  # fmt: skip
+    return frames
 
 
 def joined_result(
@@ -158,14 +167,8 @@ def joined_result(
     frames = sum(s.frames for s in segments)
     size = sum(s.size for s in segments)
     duration = float(frames / fps)
-    trick: dict[str, object] = {}
-    if all(s.keyframe_offset is not None and s.keyframe_length for s in segments):
-        peak, average = iframes.bandwidths(
-            [IFrame(uri=s.name, offset=s.keyframe_offset or 0, length=s.keyframe_length or 1,
-                    seconds=s.seconds) for s in segments]
-        )  # fmt: skip
-        trick = {"iframes": iframes.IFRAME_PLAYLIST, "iframe_bandwidth": peak,
-                 "iframe_average_bandwidth": average}  # fmt: skip
+    keyframes = _iframes(chunks, [""] * len(chunks))
+    trick = iframes.result_fields(keyframes) if keyframes else {}
     return RenditionResult(
         name=spec.name,
         files=[HLS_PLAYLIST],
