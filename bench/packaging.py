@@ -122,19 +122,11 @@ def main() -> None:
         loud_cpu = _children_cpu() - before
         loudness_cpu = max(0.0, loud_cpu - plain_cpu)
         # DASH over the same files.
-        tracks = []
-        for spec in specs:
-            r = results[spec.name]
-            tracks.append(
-                dash.track_from_playlist(
-                    (out / spec.name / HLS_PLAYLIST).read_text(), spec.name,
-                    timescale=r.timescale or 1, id=spec.name,
-                    kind="audio" if spec.audio_only else "video", bandwidth=r.peak_bitrate,
-                    codecs=r.codecs, width=None if spec.audio_only else r.width,
-                    height=None if spec.audio_only else r.height,
-                    fps=None if spec.audio_only else r.fps,
-                )
-            )  # fmt: skip
+        tracks = [
+            dash.rendition_track((out / s.name / HLS_PLAYLIST).read_text(), s.name,
+                                 results[s.name], s)
+            for s in specs
+        ]  # fmt: skip
         mpd = dash.manifest(tracks).encode()
         stored = _bytes(out)
         server.shutdown()

@@ -30,7 +30,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp.encode import parse_media_playlist
+from vtp.encode import RenditionResult, parse_media_playlist
+from vtp.models import RenditionSpec
 
 MPD_NAMESPACE = "urn:mpeg:dash:schema:mpd:2011"
 PROFILE_LIVE = "urn:mpeg:dash:profile:isoff-live:2011"  # SegmentTemplate everywhere
@@ -98,6 +99,32 @@ def track_from_playlist(playlist: str, folder: str, *, timescale: int, **fields:
     ]
     return Track.model_validate(
         fields | {"timescale": timescale, "init": prefix + init, "segments": segments}
+    )
+
+
+def rendition_track(
+    playlist: str, folder: str, result: RenditionResult, spec: RenditionSpec
+) -> Track:
+    """The Track of a video or sound rendition, from its stored media playlist (found in
+    `folder`, relative to the manifest), what its encode recorded and its spec. ValueError
+    for a result from before timescales were recorded."""
+    if result.timescale is None:
+        raise ValueError(f"rendition {spec.name} was encoded before DASH could index it")
+    video = spec.kind == "video"
+    return track_from_playlist(
+        playlist,
+        folder,
+        timescale=result.timescale,
+        id=spec.name,
+        kind=spec.kind,
+        bandwidth=result.peak_bitrate,
+        codecs=result.codecs,
+        width=result.width if video else None,
+        height=result.height if video else None,
+        fps=result.fps if video else None,
+        language=spec.language,
+        label=spec.label,
+        default=spec.default_track,
     )
 
 

@@ -194,23 +194,7 @@ class FanIn:
                 if result.timescale is None:
                     return f"rendition {r.name} was encoded before DASH could index it"
                 playlist = self.storage.get_bytes(bucket, f"{job.id}/{folder}/{result.playlist}")
-                tracks.append(
-                    dash.track_from_playlist(
-                        playlist.decode(),
-                        folder,
-                        timescale=result.timescale,
-                        id=r.name,
-                        kind=r.spec.kind,
-                        bandwidth=result.peak_bitrate,
-                        codecs=result.codecs,
-                        width=result.width if r.spec.kind == "video" else None,
-                        height=result.height if r.spec.kind == "video" else None,
-                        fps=result.fps if r.spec.kind == "video" else None,
-                        language=r.spec.language,
-                        label=r.spec.label,
-                        default=r.spec.default_track,
-                    )
-                )
+                tracks.append(dash.rendition_track(playlist.decode(), folder, result, r.spec))
             text = dash.manifest(tracks, subtitles, title=job.source.key.rsplit("/", 1)[-1])
             self.storage.put_bytes(bucket, f"{job.id}/{layout.MANIFEST}", text.encode())
         except VtpError as exc:
