@@ -36,7 +36,7 @@ import langcodes
 
 from vtp.codecs import CAP_FACTOR, crf_for
 from vtp.errors import InvalidRequest, InvalidSource
-from vtp.models import AudioTrack, RenditionSpec, SourceInfo, TextTrack
+from vtp.models import AudioTrack, RenditionSpec, SourceInfo
 from vtp.options import CaptionFile
 from vtp.settings import Settings
 
@@ -202,7 +202,7 @@ def audio_renditions(
     ]
     tracks = source.audio_tracks[:max_tracks] or [AudioTrack(index=0, codec="unknown")]
     default = next((t.index for t in tracks if t.default), tracks[0].index)
-    labels = _track_labels(tracks)
+    labels = _track_labels([(t.title, t.language) for t in tracks])
     # No picture: no factor, target or prediction of its own either; the video fields are
     # those of the rung whose function encodes it, and unused.
     audio = [
@@ -244,7 +244,7 @@ def text_renditions(
     if not specs:
         return [], []
     skipped = []
-    wanted: list[tuple[TextTrack | None, CaptionFile | None]] = []
+    wanted: list[_Text] = []
     for stream in source.text_tracks:
         if not stream.text:
             skipped.append(
@@ -253,52 +253,65 @@ def text_renditions(
                 "only text subtitles become WebVTT"
             )
             continue
-        wanted.append((stream, None))
-    wanted += [(None, c) for c in captions]
-    for track, caption in wanted[max_tracks:]:
-        what = (
-            f"subtitle stream {track.index}"
-            if track
-            else f"caption file {caption.key if caption else ''}"
-        )
-        skipped.append(f"{what}: more than the {max_tracks} subtitle tracks a job gets")
-    labels = _track_labels(
-        [AudioTrack(index=i, codec="text", language=t.language if t else c.language if c else None,
-                    title=(t.title if t else c.label if c else None))
-         for i, (t, c) in enumerate(wanted[:max_tracks])],
-        fallback="Subtitles",
-    )  # fmt: skip
+        wanted.append(_Text(f"subtitle stream {stream.index}", stream.index, None,
+                            stream.language, stream.title, stream.forced,
+                            stream.default and stream.forced))  # fmt: skip
+    wanted += [
+        _Text(f"caption file {c.key}", None, c.key, c.language, c.label, False, False)
+        for c in captions
+    ]
+    skipped += [
+        f"{t.what}: more than the {max_tracks} subtitle tracks a job gets"
+        for t in wanted[max_tracks:]
+    ]
+    kept = wanted[:max_tracks]
+    labels = _track_labels([(t.title, t.language) for t in kept], fallback="Subtitles")
     base = min(specs, key=lambda s: s.width * s.height)
-    out = []
-    for i, (track, caption) in enumerate(wanted[:max_tracks]):
-        out.append(
-            base.model_copy(
-                update={
-                    "name": f"{TEXT_RENDITION}-{i + 1}",
-                    "text_only": True,
-                    "audio_only": False,
-                    "audio_bitrate": None,
-                    "crf": None,
-                    "quality_target": None,
-                    "estimate": None,
-                    "text_track": track.index if track else None,
-                    "caption_key": caption.key if caption else None,
-                    "language": track.language if track else caption.language if caption else None,
-                    "label": labels[i],
-                    "default_track": bool(track and track.default and track.forced),
-                    "forced": bool(track and track.forced),
-                }
-            )
+    out = [
+        base.model_copy(
+            update={
+                "name": f"{TEXT_RENDITION}-{i + 1}",
+                "text_only": True,
+                "audio_only": False,
+                "audio_bitrate": None,
+                "crf": None,
+                "quality_target": None,
+                "estimate": None,
+                "text_track": t.stream,
+                "caption_key": t.key,
+                "language": t.language,
+                "label": labels[i],
+                # Shown unasked only when the source both forces it and makes it default.
+                "default_track": t.default,
+                "forced": t.forced,
+            }
         )
+        for i, t in enumerate(kept)
+    ]
     return out, skipped
 
 
-def _track_labels(tracks: Sequence[AudioTrack], *, fallback: str = "Audio") -> list[str]:
-    """What a player's menu shows for each track: its title, else its language's name,
-    else `Audio N`; made unique (two untitled English tracks: `English`, `English 2`)."""
+class _Text(NamedTuple):
+    """A subtitle track to make, from a stream of the source or a caption file."""
+
+    what: str
+    stream: int | None
+    key: str | None
+    language: str | None
+    title: str | None
+    forced: bool
+    default: bool
+
+
+def _track_labels(
+    tracks: Sequence[tuple[str | None, str | None]], *, fallback: str = "Audio"
+) -> list[str]:
+    """What a player's menu shows for each (title, language) track: its title, else its
+    language's name, else `Audio N`; made unique (two untitled English tracks: `English`,
+    `English 2`)."""
     labels: list[str] = []
-    for n, track in enumerate(tracks, start=1):
-        base = track.title or (_language_name(track.language) if track.language else None)
+    for n, (title, language) in enumerate(tracks, start=1):
+        base = title or (_language_name(language) if language else None)
         base = base or (fallback if len(tracks) == 1 else f"{fallback} {n}")
         label, k = base, 1
         while label in labels:
