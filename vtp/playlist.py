@@ -119,7 +119,7 @@ def master_playlist(
     lines += _subtitle_media(subtitles)
     scored = all(e.score is not None for e in entries)
     sound = max(audio, key=lambda a: a.bandwidth, default=None)
-    for entry in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
+    for entry in sorted(entries, key=_variant_order):
         codecs = entry.codecs + (f",{sound.codecs}" if sound is not None else "")
         peak = entry.bandwidth + (sound.bandwidth if sound else 0)
         average = entry.average_bandwidth + max((a.average_bandwidth for a in audio), default=0)
@@ -141,11 +141,16 @@ def master_playlist(
     return "\n".join(lines) + "\n"
 
 
+def _variant_order(e: MasterEntry) -> tuple[int, int, str]:
+    """Lowest bandwidth first, then the smaller picture: the order players start from."""
+    return e.bandwidth, e.width * e.height, e.name
+
+
 def _iframe_streams(entries: Sequence[MasterEntry]) -> list[str]:
     """An EXT-X-I-FRAME-STREAM-INF per video rendition with an I-frame playlist (trick
     play: vtp.iframes), lowest first; its CODECS are the video's alone."""
     lines = []
-    for e in sorted(entries, key=lambda e: (e.bandwidth, e.width * e.height, e.name)):
+    for e in sorted(entries, key=_variant_order):
         if not e.iframes or not e.iframe_bandwidth:
             continue
         attributes = [
