@@ -25,7 +25,6 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -42,9 +41,9 @@ from quality import (  # the benchmark folder's own module
     Clip,
     Measured,
     bits_at,
+    corpus_folder,
     encode_and_measure,
     make_clip,
-    serve,
 )
 
 from vtp.codecs import crf_for
@@ -113,10 +112,7 @@ def main() -> None:
     print(f"corpus: {', '.join(names)}; {SECONDS:g} s each, the {RUNG} rung; presets: x264 "
           f"{settings.x264_preset}, x265 {settings.hevc_preset}, SVT-AV1 {settings.av1_preset}; "
           f"no VBV; -threads 1, {WORKERS} at a time")  # fmt: skip
-    root = Path(tempfile.mkdtemp(prefix="vtp-bench-codecs-"))
-    corpus = root / "corpus"
-    corpus.mkdir()
-    server, base_url = serve(corpus)
+    root, corpus, server, base_url = corpus_folder("vtp-bench-codecs-")
     pool = ThreadPoolExecutor(max_workers=WORKERS)
     rows = []
     try:

@@ -179,6 +179,16 @@ class _Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def corpus_folder(prefix: str) -> tuple[Path, Path, _Server, str]:
+    """A scratch folder named `prefix...`, its `corpus/` folder for the clips, and an HTTP
+    server of that folder with its base URL."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    corpus = root / "corpus"
+    corpus.mkdir()
+    server, base_url = serve(corpus)
+    return root, corpus, server, base_url
+
+
 def serve(root: Path) -> tuple[_Server, str]:
     """An HTTP server of `root` on 127.0.0.1, running on a thread; and its base URL."""
     handler = type("Handler", (_RangeHandler,), {"root": root})
@@ -797,10 +807,7 @@ def main() -> None:
     print(f"today: {TODAY_PRESET}, -b:v at the model's figure, maxrate {TODAY_MAXRATE:g}x, "
           f"bufsize {TODAY_BUFSIZE:g}x; seed: {SEED_PRESET}, one-pass -b:v, no VBV; "
           f"every ffmpeg -threads 1, {WORKERS} at a time")  # fmt: skip
-    root = Path(tempfile.mkdtemp(prefix="vtp-bench-quality-"))
-    corpus = root / "corpus"
-    corpus.mkdir()
-    server, base_url = serve(corpus)
+    root, corpus, server, base_url = corpus_folder("vtp-bench-quality-")
     pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="encode")
     try:
         for name in names:
