@@ -105,19 +105,27 @@ def start(
 
 def stop(cfg: LocalConfig, name: str, timeout: float = 10.0) -> bool:
     """Stop a recorded process group: SIGTERM, then SIGKILL after `timeout`. True if it ran."""
-    rec = load(cfg, name)
-    if rec is None:
-        return False
-    was_running = pid_alive(rec.pid)
-    if was_running:
+    return bool(stop_all(cfg, [name], timeout))
+
+
+def stop_all(cfg: LocalConfig, names: Sequence[str], timeout: float = 10.0) -> list[str]:
+    """Stop several recorded process groups at once: SIGTERM to all, then SIGKILL to what is
+    left after `timeout`, so replicas that each take a moment to wind down (a transcode
+    recording its interruption) take that moment together, not one after another. Returns
+    the names that were running."""
+    recs = [rec for name in names if (rec := load(cfg, name)) is not None]
+    running = [rec for rec in recs if pid_alive(rec.pid)]
+    for rec in running:
         _signal_group(rec.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while pid_alive(rec.pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
+    deadline = time.monotonic() + timeout
+    while any(pid_alive(rec.pid) for rec in running) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for rec in running:
         # Kill the group whether or not the leader is gone: children may outlive it.
         _signal_group(rec.pid, signal.SIGKILL)
-    _record_path(cfg, name).unlink(missing_ok=True)
-    return was_running
+    for rec in recs:
+        _record_path(cfg, rec.name).unlink(missing_ok=True)
+    return [rec.name for rec in running]
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

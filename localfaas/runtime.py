@@ -529,18 +529,18 @@ def down(cfg: LocalConfig) -> list[str]:
     services included, in the order it was stopped."""
     stopped = []
     # Components in reverse start order (the supervisor, which would restart functions,
-    # goes first; every queue-worker replica, whatever the count now), then the functions.
-    names = [c.name for c in reversed(components(cfg))]
+    # goes first; the queue-workers, which hand their calls back to the queue, before the
+    # gateway those calls go through), then the functions. Replicas of one kind (every
+    # queue-worker, whatever the count now; the functions) stop together.
     replicas = [r.name for r in procs.records(cfg) if r.name.startswith(QUEUE_WORKER + "-")]
-    names += [name for name in replicas if name not in names]
-    for name in names:
-        if procs.stop(cfg, name):
-            stopped.append(name)
-    for rec in procs.records(cfg):
-        if rec.name in services.SERVICES:
-            continue
-        if procs.stop(cfg, rec.name):
-            stopped.append(rec.name)
+    for comp in reversed(components(cfg)):
+        if comp.name.startswith(QUEUE_WORKER + "-"):
+            group, replicas = replicas, []
+        else:
+            group = [comp.name]
+        stopped += procs.stop_all(cfg, group)
+    rest = [r.name for r in procs.records(cfg) if r.name not in services.SERVICES]
+    stopped += procs.stop_all(cfg, rest)
     stopped += services.stop_services(cfg)
     for p in cfg.state_dir.glob(f"{FN_PREFIX}*.digest") if cfg.state_dir.exists() else []:
         p.unlink()
