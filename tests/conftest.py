@@ -63,8 +63,10 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
                 "VTP_CALLBACK_RETRY_MAX_SECONDS": "2",
                 "VTP_RECONCILE_GRACE_SECONDS": "2",
                 "VTP_RECONCILE_EVERY_SECONDS": "1",
-                # A reported death believed after 12 s of silence (heartbeats: every 10 s).
-                "VTP_DEATH_CONFIRM_SECONDS": "12",
+                # Heartbeats every second, a reported death believed after 4 s of silence:
+                # the same logic as production's 10 s and 25 s, within a test's patience.
+                "VTP_HEARTBEAT_SECONDS": "1",
+                "VTP_DEATH_CONFIRM_SECONDS": "4",
             },
             "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
             # One function logs JSON lines (vtp.logs), for the test that reads them.

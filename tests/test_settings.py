@@ -46,6 +46,13 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
          "gateway_upstream_timeout (7200s) must be below queue_ack_wait (5400s)"),
         ({"reconcile_grace_seconds": 600, "reconcile_window_seconds": 300},
          "reconcile_window_seconds must exceed"),
+        # A live attempt must be able to refute a forged death report with its next beat,
+        # and must not be written off as silent between two beats.
+        ({"heartbeat_seconds": 10, "death_confirm_seconds": 11},
+         "death_confirm_seconds (11) must exceed heartbeat_seconds (10) by at least 2s"),
+        ({"heartbeat_seconds": 1, "death_confirm_seconds": 2.5},
+         "death_confirm_seconds (2.5) must exceed heartbeat_seconds (1)"),
+        ({"heartbeat_seconds": 60}, "stale_after_seconds (120) must be at least three heartbeats"),
     ],
 )  # fmt: skip
 def test_inconsistent_settings_are_refused(fields: dict[str, object], words: str) -> None:
@@ -61,6 +68,9 @@ def test_consistent_settings_pass() -> None:
     )  # fmt: skip
     assert s.exec_timeout_seconds == 3600
     assert Settings(exec_timeout="0", write_timeout="30s").exec_timeout_seconds is None
+    # The test stack's windows: the same rules at a tenth of production's.
+    fast = Settings(heartbeat_seconds=1, death_confirm_seconds=4, stale_after_seconds=10)
+    assert (fast.heartbeat_seconds, fast.death_confirm_seconds) == (1, 4)
 
 
 def test_a_function_with_bad_settings_does_not_start(tmp_path: Path) -> None:

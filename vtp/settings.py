@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SECRETS_DIR = Path("/var/openfaas/secrets")
 SECRET_PREFIX = "vtp-"  # noqa: S105 (a file-name prefix, not a password)
+# How late a heartbeat may come (a busy machine, a slow database write) and still count as
+# on time: the margin death_confirm_seconds keeps over heartbeat_seconds.
+HEARTBEAT_SLACK_S = 2.0
 
 
 class OpenFaaSSecretsSource(PydanticBaseSettingsSource):
@@ -197,13 +200,17 @@ class Settings(BaseSettings):
     # Back-off between tries: base * 2**(n-1) seconds, capped.
     retry_base_seconds: float = Field(default=10.0, gt=0)
     retry_max_seconds: float = Field(default=600.0, gt=0)
-    # A running attempt with no heartbeat (every 10 s) for this long has lost its worker (killed,
-    # its node gone): the sweeper writes it off and retries it.
-    stale_after_seconds: float = Field(default=120.0, ge=30)
+    # A running attempt records a sign of life this often (vtp.pipeline.transcode), so that
+    # the two windows below can tell a live encode from one whose worker is gone.
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # A running attempt with no heartbeat for this long (at least three intervals) has lost
+    # its worker (killed, its node gone): the sweeper writes it off and retries it.
+    stale_after_seconds: float = Field(default=120.0, gt=0)
     # A call reported dead (the queue-worker's callback) is written off once its attempt has
-    # been silent this long after the report: more than one heartbeat interval, so a live
-    # attempt can refute a forged report (vtp.jobs.attempts.report_death).
-    death_confirm_seconds: float = Field(default=25.0, ge=12)
+    # been silent this long after the report: more than one heartbeat interval (by at least
+    # HEARTBEAT_SLACK_S), so a live attempt can refute a forged report
+    # (vtp.jobs.attempts.report_death).
+    death_confirm_seconds: float = Field(default=25.0, gt=0)
     # How long a transcode keeps trying to record its outcome through a database outage.
     final_write_seconds: float = Field(default=300.0, ge=0)
     # The sweeper lists the input buckets against the jobs every this many seconds, and
@@ -302,6 +309,17 @@ class Settings(BaseSettings):
         ):
             if getattr(self, high) < getattr(self, low):
                 problems.append(f"{high} ({getattr(self, high):g}) is below {low}")
+        if self.stale_after_seconds < 3 * self.heartbeat_seconds:
+            problems.append(
+                f"stale_after_seconds ({self.stale_after_seconds:g}) must be at least three "
+                f"heartbeats ({3 * self.heartbeat_seconds:g}s): a live encode would be written off"
+            )
+        if self.death_confirm_seconds < self.heartbeat_seconds + HEARTBEAT_SLACK_S:
+            problems.append(
+                f"death_confirm_seconds ({self.death_confirm_seconds:g}) must exceed "
+                f"heartbeat_seconds ({self.heartbeat_seconds:g}) by at least "
+                f"{HEARTBEAT_SLACK_S:g}s: a live attempt must be able to refute a forged report"
+            )
         if 0 < self.reconcile_window_seconds <= self.reconcile_grace_seconds:
             problems.append("reconcile_window_seconds must exceed reconcile_grace_seconds")
         timeouts: dict[str, float | None] = {}

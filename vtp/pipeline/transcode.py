@@ -51,14 +51,11 @@ from vtp.settings import Settings
 log = logging.getLogger(__name__)
 
 
-HEARTBEAT_EVERY_S = 10.0
-
-
 class _StopWatch:
     """One event for all that must stop a call's ffmpeg processes (the encode, the quality
     measurement): the process asked to stop (SIGTERM), or the job cancelled, whose Redis
     flag is polled every POLL_S. A heartbeat would also learn of the cancel, but only every
-    HEARTBEAT_EVERY_S, and not during the measurement."""
+    `heartbeat_seconds`, and not during the measurement."""
 
     POLL_S = 0.5
 
@@ -153,7 +150,7 @@ class TaskRunner:
                 reporter.state(t.rendition_state or t.state.value, error=error)
 
         report(began)  # as recorded: running
-        heartbeat = _Heartbeat(self.store, began, call_id)
+        heartbeat = _Heartbeat(self.store, began, call_id, self.settings.heartbeat_seconds)
 
         # A straggler's backup call (vtp.jobs.backups) races the first one quietly: two
         # copies sampling one chunk's progress would make its bar jump back and forth.
@@ -435,7 +432,7 @@ def _chunk_of(task: Task, settings: Settings) -> ChunkRange | None:
 
 
 class _Heartbeat:
-    """A running attempt's sign of life, at most every HEARTBEAT_EVERY_S.
+    """A running attempt's sign of life, at most every `every_s` (`heartbeat_seconds`).
 
     A database hiccup must not kill an hour-long encode, so errors other than Conflict are
     logged and the encode goes on (the sweeper only writes an attempt off after
@@ -443,15 +440,16 @@ class _Heartbeat:
     propagates and stops the encode.
     """
 
-    def __init__(self, store: JobStore, task: Task, call_id: str) -> None:
+    def __init__(self, store: JobStore, task: Task, call_id: str, every_s: float) -> None:
         self.store = store
         self.task = task
         self.call_id = call_id
+        self.every_s = every_s
         self.last = time.monotonic()
 
     def beat(self, *, force: bool = False) -> None:
         """`force`: now, whenever the last one was (before the upload: is it still ours?)."""
-        if not force and time.monotonic() - self.last < HEARTBEAT_EVERY_S:
+        if not force and time.monotonic() - self.last < self.every_s:
             return
         self.last = time.monotonic()
         t = self.task
