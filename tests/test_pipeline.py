@@ -434,7 +434,7 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
     from localfaas import procs
 
     # Long enough (several seconds of encoding) that the kill lands mid-encode on any machine.
-    clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=16)
+    clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=10)
     key = f"retry/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
     job_id = submit(gateway, MANUAL_BUCKET, key, ["720p"])
