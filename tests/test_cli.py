@@ -386,10 +386,12 @@ def test_watch_through_a_gateway_that_buffers_streams(
     env = read_env_file(stack.stack_env_file)
     env.pop("VTP_WS_URL", None)
     env["VTP_GATEWAY_URL"] = buffered_gateway
+    # The stall detection after 1.5 s without the stream's snapshot (5 s by default).
+    env["VTP_STALL_SECONDS"] = "1.5"
     env_file = tmp_path / "buffered.env"
     env_file.write_text("".join(f"{k}={shlex.quote(v)}\n" for k, v in env.items()))
-    # Long enough to outlast the stall detection (5 s without the stream's snapshot).
-    clip = make_clip(tmp_path / "buffered.mp4", seconds=30)
+    # Long enough to outlast the stall detection.
+    clip = make_clip(tmp_path / "buffered.mp4", seconds=8)
     done = run_vtp("upload", str(clip), "--watch", env_file=env_file, timeout=300)
     out = done.stdout + done.stderr
     assert done.returncode == 0, out

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validator
 
 from vtp.errors import InvalidRequest
 
@@ -33,6 +33,9 @@ class ClientConfig(BaseModel):
     uploads_bucket: str = "uploads"
     # The deployment's read token (vtp.access), sent as a bearer token on every read.
     read_token: SecretStr | None = None
+    # An event stream whose snapshot has not come this long after asking is not live (a
+    # gateway that buffers it): `vtp watch` polls instead (vtp_cli.watch).
+    stall_seconds: float = Field(default=5.0, gt=0)
 
     @property
     def auth_headers(self) -> dict[str, str]:

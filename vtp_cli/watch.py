@@ -4,8 +4,9 @@ final word (`Watcher`, `WatchResult`).
 
 A stream that opens is not necessarily live: a CE gateway before 2024 buffers
 `text/event-stream` and delivers minutes late, in bursts. So a stream counts as stalled, and
-gives way to polling, when its snapshot has not come `STALL_S` after it was asked for, or
-when a status poll shows events that it still has not delivered by the next poll.
+gives way to polling, when its snapshot has not come `stall_seconds` (VTP_STALL_SECONDS, 5 s)
+after it was asked for, or when a status poll shows events that it still has not delivered
+by the next poll.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ log = logging.getLogger(__name__)
 WS_RETRIES = 4  # reopen attempts of a WebSocket that worked, before falling back to SSE
 WS_STABLE_S = 30.0  # a WebSocket cut after this long was working: reopen it
 ABNORMAL_CLOSE = frozenset({1002, 1006, 1011, 1015})
-STALL_S = 5.0  # a stream whose snapshot has not come this long after asking is not live
 STALLED = "the gateway holds the event stream back"
 
 
@@ -163,12 +163,12 @@ class Watcher:
         self._lag_mark = newest if ahead else None
 
     def _stalled(self) -> bool:
-        """Opened, yet not live: no snapshot STALL_S after asking, or still behind events a
+        """Opened, yet not live: no snapshot `stall_seconds` after asking, or behind events a
         status poll showed a whole poll interval ago."""
         if self._stream_kind != "sse":
             return False  # a WebSocket is never buffered; polling is live by construction
         if not self._stream_snapshot:
-            return time.monotonic() - self._stream_asked > STALL_S
+            return time.monotonic() - self._stream_asked > self.config.stall_seconds
         return self._lagging
 
     def _stream_stalled(self) -> None:

@@ -39,8 +39,12 @@
   const STABLE_MS = 30000; // a WebSocket cut after this long was working: reopen it
   const ABNORMAL = new Set([1002, 1006, 1015]);
   const SILENCE_LIMIT_MS = 45000; // the server pings every 15 s of silence
-  const STALL_MS = 5000; // an SSE stream whose snapshot has not come by then is not live
-  const LAG_CHECK_MS = 5000; // how often a live SSE stream is checked against ./poll
+  // The two windows that tell a live SSE stream from a buffered one, settable before this
+  // script loads (`window.VTP_PAGE_TUNING = {stallMs, lagCheckMs}`) by a page that embeds
+  // it, or by a test that would rather not wait 5 s.
+  const TUNING = window.VTP_PAGE_TUNING || {};
+  const STALL_MS = TUNING.stallMs ?? 5000; // an SSE stream whose snapshot has not come by then is not live
+  const LAG_CHECK_MS = TUNING.lagCheckMs ?? 5000; // how often a live SSE stream is checked against ./poll
   const LIVE_POLL_MS = 1000; // ./poll interval once the stream gave way to it
   const POLL_FAILURES = 3; // failed ./poll calls in a row before settling for ./api polling
   const STALLED = "the gateway buffers the event stream";
