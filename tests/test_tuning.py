@@ -132,6 +132,13 @@ def settings(pipeline: Pipeline) -> Settings:
     return pipeline.settings.model_copy(update={"quality_sample_share": 0.5, "ffmpeg_threads": 1})
 
 
+@pytest.fixture(scope="module")
+def one_sample(settings: Settings) -> Settings:
+    """One sample of 2 s from an 8 s clip: what a test of the choice between rungs needs,
+    at half the encodes."""
+    return settings.model_copy(update={"quality_sample_share": 0.25})
+
+
 def _upload(pipeline: Pipeline, tmp: Path, name: str, source: str, vf: str | None = None) -> str:
     path = tmp / f"{name}.mp4"
     args = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", source]
@@ -184,7 +191,7 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
 
 
 def test_a_rung_with_nothing_more_to_show_is_dropped(
-    pipeline: Pipeline, settings: Settings, tmp_path: Path
+    pipeline: Pipeline, one_sample: Settings, tmp_path: Path
 ) -> None:
     """A 720p upload that is a 180p picture blown up: 360p scaled up shows the same, so the
     720p rung is dropped and the plan says why; asked for by name, it is kept."""
@@ -195,10 +202,12 @@ def test_a_rung_with_nothing_more_to_show_is_dropped(
         "testsrc2=s=320x180:r=25:d=8",
         "scale=1280:720:flags=bilinear",
     )
+    settings = one_sample
     info = probe_source(url, settings)
     ladder = plan_ladder(info, settings)
     assert [s.name for s in ladder] == ["360p", "720p"]
     plan = tune(url, info, ladder, settings)
+    assert len(plan.samples) == 1
     assert [s.name for s in plan.specs] == ["360p"]
     assert [p.name for p in plan.pruned] == ["720p"]
     assert "360p scaled up to 1280x720" in plan.pruned[0].reason
@@ -207,11 +216,12 @@ def test_a_rung_with_nothing_more_to_show_is_dropped(
 
 
 def test_sharp_detail_keeps_every_rung(
-    pipeline: Pipeline, settings: Settings, tmp_path: Path
+    pipeline: Pipeline, one_sample: Settings, tmp_path: Path
 ) -> None:
     url = _upload(pipeline, tmp_path, "sharp", "testsrc2=s=1280x720:r=25:d=8")
-    info = probe_source(url, settings)
-    plan = tune(url, info, plan_ladder(info, settings), settings)
+    info = probe_source(url, one_sample)
+    plan = tune(url, info, plan_ladder(info, one_sample), one_sample)
+    assert len(plan.samples) == 1
     assert [s.name for s in plan.specs] == ["360p", "720p"] and not plan.pruned
 
 
@@ -234,13 +244,14 @@ def test_a_source_that_cannot_be_sampled_keeps_the_default_factor(
 
 
 def test_each_codec_gets_its_own_factor_from_the_samples(
-    pipeline: Pipeline, settings: Settings, tmp_path: Path
+    pipeline: Pipeline, one_sample: Settings, tmp_path: Path
 ) -> None:
     """HEVC and AV1 rungs are searched with their own encoders on the same samples: each
     lands on a factor of its own scale whose prediction meets the target."""
     from vtp.codecs import crf_for
     from vtp.ladder import codec_ladders
 
+    settings = one_sample
     url = _upload(pipeline, tmp_path, "codecs", "testsrc2=s=640x360:r=25:d=8")
     info = probe_source(url, settings)
     h264 = tune(url, info, plan_ladder(info, settings, ["360p"]), settings).specs
