@@ -1,8 +1,10 @@
 """The main job, end to end on the local stack: upload a sample clip straight to the bucket,
 watch it transcode live, and print where the outputs are.
 
-Run by `make demo` after `make up`; reads the stack's settings from .run/stack.env. The
-uploading and watching are `vtp upload --watch` (vtp_cli/), the same client anyone can use.
+Run by `make demo` after `make up`; reads the stack's settings from its stack.env
+(`.run/stack.env`, or under `LOCALFAAS_RUN_DIR` for a stack of its own, as the tests run
+it). The uploading and watching are `vtp upload --watch` (vtp_cli/), the same client anyone
+can use. tests/test_demo.py runs `make demo` itself, so this script cannot break unseen.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from rich.console import Console
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vtp import cli  # noqa: E402 (the repo root must be importable first)
+import vtp_cli as cli  # noqa: E402 (the repo root must be importable first)
+from localfaas.config import LocalConfig  # noqa: E402
 
 console = Console()
 
@@ -41,12 +44,13 @@ def make_clip(path: Path, seconds: int = 12) -> None:
 
 
 def main() -> int:
-    env_file = REPO / ".run" / "stack.env"
+    stack = LocalConfig()
+    env_file = stack.stack_env_file
     if not env_file.is_file():
-        console.print("[red]no .run/stack.env: start the stack first (make up)[/red]")
+        console.print(f"[red]no {env_file}: start the stack first (make up)[/red]")
         return 2
     env = cli.read_env_file(env_file)
-    clip = REPO / ".run" / "demo" / "sample-1080p.mp4"
+    clip = stack.run_dir / "demo" / "sample-1080p.mp4"
     if not clip.exists():
         console.print("generating a 12 s 1080p30 sample clip with ffmpeg…")
         make_clip(clip)
@@ -56,11 +60,11 @@ def main() -> int:
         console.print(f"  (through the gateway: {env['VTP_GATEWAY_URL']}/function/ws-relay/)")
     key = f"demo/sample {time.strftime('%Y%m%d-%H%M%S')}.mp4"
     code = cli.main(["upload", str(clip), "--watch", "--key", key, "--env-file", str(env_file)])
-    next_steps(env, key)
+    next_steps(env, key, env_file)
     return code
 
 
-def next_steps(env: dict[str, str], key: str) -> None:
+def next_steps(env: dict[str, str], key: str, env_file: Path) -> None:
     """What to try next, with this run's own key, job and addresses filled in."""
     gateway = env["VTP_GATEWAY_URL"]
     vtp = "vtp" if shutil.which("vtp") else str(REPO / ".venv" / "bin" / "vtp")
@@ -72,7 +76,8 @@ def next_steps(env: dict[str, str], key: str) -> None:
         "   # the same object: its job, duplicate",
         f"  curl -s --data-binary {shlex.quote(job)} {gateway}/function/split   # without faas-cli",
     ]
-    console.print("\n[bold]next[/bold] (the settings: [dim]set -a; . .run/stack.env; set +a[/dim])")
+    where = env_file.relative_to(REPO) if env_file.is_relative_to(REPO) else env_file
+    console.print(f"\n[bold]next[/bold] (the settings: [dim]set -a; . {where}; set +a[/dim])")
     for line in lines:
         # Whole lines, whatever the terminal's width: they are meant to be copied.
         console.print(line, soft_wrap=True, markup=False, highlight=False)
