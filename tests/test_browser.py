@@ -10,6 +10,7 @@ notification starts the job exactly as for any producer. Screenshots land in tes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -253,6 +254,13 @@ def test_upload_progress_and_playback_over_websocket(
                     ("audio", "succeeded", 100.0)]  # fmt: skip
     assert_bars_moved(bar_history(page, job_id), ["360p", "720p", "audio"])
     assert "3 of 3 done" in page.text_content("#detail-facts")
+    # What each rendition is, after its name: a picture's size, a sound track's channels.
+    dims = page.eval_on_selector_all(
+        "#detail-renditions .rend .dims", "ds => ds.map(d => d.textContent)"
+    )
+    assert dims == [" 640\u00d7360", " 1280\u00d7720", " stereo"], dims
+    shown = page.text_content("#detail-view")
+    assert not re.search(r"\b(null|undefined|NaN|None)\b", shown), shown
     # Each rendition's measured quality and the factor it was encoded at (a 3 s clip is
     # too short to sample: CRF 23), with the target in its tooltip.
     quality = page.eval_on_selector_all(

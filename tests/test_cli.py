@@ -158,6 +158,33 @@ def test_job_view_is_the_authority_on_endings_and_urls() -> None:
     assert job.succeeded
 
 
+def test_the_renditions_table_shows_each_kind_as_what_it_is() -> None:
+    """A picture by its size, a sound track by its channels, a subtitle track by a dash:
+    nothing a reader sees says None (a sound track's size once read `NonexNone`)."""
+    from rich.console import Console
+
+    from vtp_cli.views import renditions_table
+
+    view = {"id": JOB, "state": "succeeded", "renditions": [
+        {"name": "360p", "kind": "video", "state": "succeeded", "width": 640, "height": 360,
+         "crf": 24.5, "avg_bitrate": 800_000, "attempts": 1},
+        {"name": "audio", "kind": "audio", "state": "succeeded", "codec": "aac", "channels": 2,
+         "avg_bitrate": 128_000, "attempts": 1},
+        {"name": "audio-2", "kind": "audio", "state": "failed", "channels": 1,
+         "error": "bad data", "attempts": 3},
+        {"name": "text", "kind": "text", "state": "succeeded", "language": "en"},
+    ]}  # fmt: skip
+    console = Console(record=True, width=200, color_system=None)
+    console.print(renditions_table(view))
+    lines = {line.split()[1]: line for line in console.export_text().splitlines()
+             if line.startswith("│ ")}  # fmt: skip
+    assert "640x360" in lines["360p"] and "24.5" in lines["360p"]
+    assert "stereo" in lines["audio"] and "128 kb/s" in lines["audio"]
+    assert "mono" in lines["audio-2"] and "bad data" in lines["audio-2"]
+    assert lines["text"].split("│")[2].strip() == "-"
+    assert "None" not in console.export_text()
+
+
 def test_format_eta() -> None:
     assert format_eta(None) == "-"
     assert format_eta(5.4) == "0:05"

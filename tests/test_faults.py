@@ -121,7 +121,12 @@ def test_a_job_callback_survives_a_receiver_outage(
         secret = stack.credentials["callback_secret"].encode()
         signature = "sha256=" + hmac.new(secret, delivered.body, hashlib.sha256).hexdigest()
         assert delivered.headers["X-VTP-Signature"] == signature
-        assert json.loads(delivered.body)["state"] == "succeeded"
+        payload = json.loads(delivered.body)
+        assert payload["state"] == "succeeded"
+        # Each rendition with the fields of its kind: the sound's channels, no null size.
+        sound = {r["name"]: r for r in payload["renditions"]}["audio"]
+        assert (sound["kind"], sound["codec"], sound["channels"]) == ("audio", "aac", 2)
+        assert "width" not in sound and "crf" not in sound, sound
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("VTP_")}
         again = subprocess.run(

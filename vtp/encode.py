@@ -50,6 +50,9 @@ HLS_SEGMENT_PATTERN = "seg_%05d.m4s"
 _SEGMENT_GLOB = "seg_*.m4s"
 
 AAC_CODEC = "mp4a.40.2"  # AAC-LC in an HLS CODECS attribute
+# Every sound rendition is AAC-LC stereo at 48 kHz, whatever the source had (`_aac_args`).
+AUDIO_CHANNELS = 2
+AUDIO_SAMPLE_RATE = 48000
 _TEE_OPTION_SPECIALS = ":]['"
 _TEE_SLAVE_SPECIALS = "|'"
 
@@ -490,8 +493,8 @@ def reference_filters(spec: RenditionSpec) -> str:
 
 def _aac_args(bitrate: int) -> list[str]:
     """AAC-LC, stereo, 48 kHz: the one sound every player decodes."""
-    return ["-c:a", "aac", "-profile:a", "aac_low", "-ac", "2", "-ar", "48000",
-            "-b:a", str(bitrate)]  # fmt: skip
+    return ["-c:a", "aac", "-profile:a", "aac_low", "-ac", str(AUDIO_CHANNELS),
+            "-ar", str(AUDIO_SAMPLE_RATE), "-b:a", str(bitrate)]  # fmt: skip
 
 
 def _hls_options(settings: Settings, start_number: int = 1) -> dict[str, str]:

@@ -85,6 +85,18 @@ def _fmt_bitrate(bps: Any) -> str:
     return f"{bps / 1000:.0f} kb/s" if isinstance(bps, int | float) and bps else "-"
 
 
+def _fmt_size(rendition: Mapping[str, Any]) -> str:
+    """What a rendition is, in a word: `1280x720` for a picture, `stereo` for a sound track,
+    `-` for what has neither (a subtitle track)."""
+    width, height = rendition.get("width"), rendition.get("height")
+    if isinstance(width, int) and isinstance(height, int):
+        return f"{width}x{height}"
+    channels = rendition.get("channels")
+    if isinstance(channels, int) and channels > 0:
+        return {1: "mono", 2: "stereo"}.get(channels, f"{channels} ch")
+    return "-"
+
+
 def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table:
     """One row per rendition; URLs are printed apart (`print_urls`) so they stay whole."""
     table = Table(title=title, title_justify="left")
@@ -99,7 +111,7 @@ def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table
             state += f" ({r['error']})"
         table.add_row(
             str(r.get("name")),
-            f"{r.get('width')}x{r.get('height')}",
+            _fmt_size(r),
             _state_markup(state),
             f"{pct:.1f}%",
             _fmt_bitrate(r.get("avg_bitrate")),

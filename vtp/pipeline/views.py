@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from vtp import callbacks, layout
+from vtp.encode import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE
 from vtp.errors import NotFound
 from vtp.events import progress_field
 from vtp.jobs import Job, Rendition
@@ -36,22 +37,16 @@ class JobViews:
                 "name": r.name,
                 "kind": r.spec.kind,
                 "state": r.state.value,
-                "width": r.spec.width if video else None,
-                "height": r.spec.height if video else None,
-                "fps": r.spec.fps if video else None,
-                "codec": r.spec.codec if video else None,
+                # What each kind is (a picture's size and factor, a sound's channels, a
+                # subtitle track's language): fields of one kind only, never nulls for the
+                # others', so no reader shows a sound track as "NonexNone".
+                **(_picture(r) if video else _track(r)),
                 "attempts": r.attempts,
                 "refusals": r.refusals,
                 "error": r.error,
                 "size_bytes": r.size_bytes,
                 "avg_bitrate": r.avg_bitrate,
                 "peak_bitrate": r.peak_bitrate,
-                # How it was encoded (vtp.tuning) and what it measured (vtp.quality).
-                "crf": r.spec.crf if video else None,
-                "preset": r.spec.preset if video else None,
-                "max_bitrate": r.spec.max_bitrate if video else None,
-                "quality": _quality(r) if video else None,
-                **({} if video else _track(r)),
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
                 # In the master playlist already: playable before the job ends.
@@ -175,6 +170,21 @@ class JobViews:
             raise NotFound(f"no job {job_id!r}") from exc
 
 
+def _picture(r: Rendition) -> dict[str, Any]:
+    """A video rendition: its picture, how it was encoded (vtp.tuning) and what it measured
+    (vtp.quality)."""
+    return {
+        "width": r.spec.width,
+        "height": r.spec.height,
+        "fps": r.spec.fps,
+        "codec": r.spec.codec,
+        "crf": r.spec.crf,
+        "preset": r.spec.preset,
+        "max_bitrate": r.spec.max_bitrate,
+        "quality": _quality(r),
+    }
+
+
 def _quality(r: Rendition) -> dict[str, Any]:
     """A video rendition's quality: the target, what the samples predicted, what its
     encode measured (once it succeeded), and whether that fell short of the target."""
@@ -207,6 +217,9 @@ def _track(r: Rendition) -> dict[str, Any]:
             "forced": r.spec.forced,
         }
     return {
+        "codec": "aac",
+        "channels": AUDIO_CHANNELS,
+        "sample_rate": AUDIO_SAMPLE_RATE,
         "track": r.spec.audio_track,
         "language": r.spec.language,
         "label": r.spec.label,

@@ -321,6 +321,7 @@
         r.urls = rv.urls || {};
         r.crf = rv.crf ?? r.crf;
         r.codec = rv.codec ?? r.codec;
+        r.channels = rv.channels ?? r.channels;
         r.quality = rv.quality ?? r.quality;
         if (rv.kind === "audio" || rv.kind === "text") {
           r.track = { label: rv.label, language: rv.language, isDefault: rv.default, loudness: rv.loudness };
@@ -948,8 +949,7 @@
     }
     const pct = r.state === "succeeded" ? 100 : r.percent || 0;
     row.dataset.state = r.state;
-    const codec = r.codec && r.codec !== "h264" ? ` · ${r.codec.toUpperCase()}` : "";
-    row.querySelector(".dims").textContent = r.width && r.height ? ` ${r.width}×${r.height}${codec}` : "";
+    row.querySelector(".dims").textContent = dimsText(r);
     const bar = row.querySelector(".bar");
     bar.setAttribute("aria-valuenow", pct.toFixed(1));
     bar.setAttribute("aria-valuetext", `${fmtPercent(pct)}, ${r.state}`);
@@ -973,6 +973,17 @@
     err.hidden = !r.error;
     err.textContent = r.error || "";
     return row;
+  }
+
+  /** What a rendition is, after its name: " 1280×720" (" · HEVC" beside H.264), " stereo"
+   *  for a sound track; nothing for what has neither, never "null". */
+  function dimsText(r) {
+    if (r.width && r.height) {
+      const codec = r.codec && r.codec !== "h264" ? ` · ${r.codec.toUpperCase()}` : "";
+      return ` ${r.width}×${r.height}${codec}`;
+    }
+    if (r.channels > 0) return ` ${{ 1: "mono", 2: "stereo" }[r.channels] || `${r.channels} ch`}`;
+    return "";
   }
 
   /** "SSIM 0.9861" once measured (the prediction before), with the factor it was encoded at. */
