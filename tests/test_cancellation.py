@@ -38,20 +38,28 @@ def test_a_failed_rendition_stops_the_other_renditions_chunks(store: JobStore) -
     store.fail_task(jid, "360p", "invalid data", retryable=False, call_id="bad", chunk=0)
     assert store.get(jid).rendition("360p").state is RenditionState.FAILED
     assert store.cancel_doomed(jid) == 2  # 720p's chunk 1 (retrying) and 2 (queued)
-    assert states(store, jid, "720p") == [TaskState.RUNNING, TaskState.FAILED, TaskState.FAILED]
+    assert states(store, jid, "720p") == [
+        TaskState.RUNNING, TaskState.CANCELLED, TaskState.CANCELLED,
+    ]  # fmt: skip
+    # Cancelled, not failed: nothing was wrong with 720p; 360p's failure stopped it.
+    assert store.get(jid).rendition("720p").state is RenditionState.CANCELLED
     cancelled = store.get(jid).rendition("720p").task(2)
     assert cancelled.error == "cancelled: rendition 360p is failed, so the job cannot succeed"
-    with pytest.raises(Conflict, match="already failed"):
+    with pytest.raises(Conflict, match="already cancelled"):
         store.begin_attempt(jid, "720p", "queued-call", chunk=2)
     assert store.claim_finalization(jid, "w") is None  # chunk 0 of 720p still runs...
     with pytest.raises(Conflict, match="cancelled: rendition 360p"):
         store.heartbeat(jid, "720p", call_id="r0", attempt=1, chunk=0)  # ...until it beats
-    assert states(store, jid, "720p") == [TaskState.FAILED] * 3
+    assert states(store, jid, "720p") == [TaskState.CANCELLED] * 3
     job = store.claim_finalization(jid, "w")
     assert job is not None
     state, reason = summarize_outcome(job.renditions)
     assert state.value == "failed" and reason is not None
-    assert reason.startswith("rendition 360p failed: invalid data"), reason
+    # The cause first, then what it stopped, each said once.
+    assert reason == (
+        "rendition 360p failed: invalid data; "
+        "rendition 720p cancelled: rendition 360p is failed, so the job cannot succeed"
+    ), reason
 
 
 def test_a_task_not_cancelled_yet_is_refused_when_its_call_comes(store: JobStore) -> None:
@@ -63,10 +71,10 @@ def test_a_task_not_cancelled_yet_is_refused_when_its_call_comes(store: JobStore
     with pytest.raises(Conflict, match="cancelled: rendition 360p is failed"):
         store.begin_attempt(jid, "720p", "c", chunk=1)
     task = store.get(jid).rendition("720p").task(1)
-    assert task.state is TaskState.FAILED and task.attempts == 0
+    assert task.state is TaskState.CANCELLED and task.attempts == 0
     trail = [(c.chunk, c.from_state, c.to_state) for c in store.history(jid)
              if c.rendition == "720p"]  # fmt: skip
-    assert (1, "queued", "failed") in trail
+    assert (1, "queued", "cancelled") in trail
 
 
 def test_a_job_cancelled_on_request_ends_every_open_task_and_itself(store: JobStore) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
 import uuid
 from pathlib import Path
@@ -119,7 +120,12 @@ def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
 ) -> None:
     """The provider answers 500 "Can't reach service for: <fn>." for every call; each
     refusal is counted, retried after a growing back-off, and the budget (4 in the test
-    stack) ends in a dead letter with the provider's words: the job ends."""
+    stack) ends in a dead letter with the provider's words: the job ends.
+
+    The picture and the sound are both transcode-360p's, so both renditions' calls are
+    refused, and they race to spend their budgets: the first to spend it is dead, and the
+    other is then cancelled, naming it (it used to end `failed`, which says its input was
+    bad); both are dead when they spend their budgets at the same moment."""
     runtime.scale(stack, "transcode-360p", 0)
     try:
         r = requests.get(f"{gateway}/function/transcode-360p", timeout=10)
@@ -129,15 +135,30 @@ def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
     finally:
         runtime.scale(stack, "transcode-360p", 1)
     assert view["state"] == "failed"
-    rend = view["renditions"][0]
-    assert rend["state"] == "dead" and rend["attempts"] == 0 and rend["refusals"] == 4
-    assert "Can't reach service for: transcode-360p." in rend["error"]
-    assert "rendition 360p dead" in view["error"]
-    steps = changes(db, job_id, "360p")
-    refusals = [s for s in steps if s[0] == "queued" and s[1] in ("retrying", "dead")]
-    assert [s[1] for s in refusals] == ["retrying", "retrying", "retrying", "dead"]
-    gaps = [b[3] - a[3] for a, b in itertools.pairwise(refusals)]
-    assert gaps[0] >= 0.9 and gaps[1] >= 1.9 and gaps[2] >= 3.9, gaps  # 1 s, 2 s, 4 s
+    rends = {r["name"]: r for r in view["renditions"]}
+    assert set(rends) == {"360p", "audio"}
+    dead = sorted(name for name, r in rends.items() if r["state"] == "dead")
+    assert dead, view
+    for name in dead:
+        rend = rends[name]
+        assert rend["attempts"] == 0 and rend["refusals"] == 4, rend
+        assert "Can't reach service for: transcode-360p." in rend["error"]
+        steps = changes(db, job_id, name)
+        refusals = [s for s in steps if s[0] == "queued" and s[1] in ("retrying", "dead")]
+        assert [s[1] for s in refusals] == ["retrying", "retrying", "retrying", "dead"]
+        gaps = [b[3] - a[3] for a, b in itertools.pairwise(refusals)]
+        assert gaps[0] >= 0.9 and gaps[1] >= 1.9 and gaps[2] >= 3.9, gaps  # 1 s, 2 s, 4 s
+    for name, rend in rends.items():
+        if name not in dead:
+            assert rend["state"] == "cancelled" and rend["attempts"] == 0, rend
+            assert re.fullmatch(
+                rf"cancelled: rendition ({'|'.join(dead)}) is dead, so the job cannot succeed",
+                rend["error"],
+            ), rend
+    assert view["error"].startswith(
+        f"rendition {dead[0]} dead, never started: transcode-360p did not take the call "
+        "(HTTP 500: Can't reach service for: transcode-360p.)"
+    ), view["error"]
 
 
 # --- 6: the sweeper's re-dispatches are signed ----------------------------------------------------

@@ -47,7 +47,8 @@ def test_a_redrive_queues_the_dead_letters_again_and_keeps_what_succeeded(
     _end(store, jid)
     failed = store.get(jid)
     assert failed.state is JobState.FAILED and "dead after 3 attempts" in (failed.error or "")
-    assert states(store, jid, "720p") == [TaskState.SUCCEEDED, TaskState.DEAD, TaskState.FAILED]
+    assert states(store, jid, "720p") == [TaskState.SUCCEEDED, TaskState.DEAD, TaskState.CANCELLED]
+    assert failed.rendition("720p").state is RenditionState.DEAD  # its own chunk died
 
     job, tasks = store.redrive_job(jid)
     assert job.state is JobState.QUEUED and job.error is None and job.finished_at is None
@@ -80,6 +81,30 @@ def test_a_redrive_queues_the_dead_letters_again_and_keeps_what_succeeded(
     store.succeed_task(jid, "720p", {"output_prefix": "q2"}, call_id="after-3", chunk=2)
     _end(store, jid)
     assert store.get(jid).state is JobState.SUCCEEDED
+
+
+def test_a_redrive_reopens_what_a_dead_letter_cancelled(store: JobStore) -> None:
+    """One rendition dead stops the other, which ends cancelled (nothing was wrong with it)
+    and names the cause; a redrive reopens both, or the job could never succeed."""
+    jid = two_renditions_in_chunks(store)
+    _fail_for_good(store, jid, "360p", 0)
+    _end(store, jid)
+    job = store.get(jid)
+    assert job.state is JobState.FAILED
+    assert job.rendition("360p").state is RenditionState.DEAD
+    assert job.rendition("720p").state is RenditionState.CANCELLED
+    assert states(store, jid, "720p") == [TaskState.CANCELLED] * 3
+    assert job.error == (
+        "rendition 360p dead after 3 attempts: oom 2; "
+        "rendition 720p cancelled: rendition 360p is dead, so the job cannot succeed"
+    ), job.error
+
+    job, tasks = store.redrive_job(jid)
+    assert sorted((t.rendition, t.chunk) for t in tasks) == [
+        (name, chunk) for name in ("360p", "720p") for chunk in range(3)
+    ]
+    assert {r.state for r in job.renditions} == {RenditionState.QUEUED}
+    assert job.state is JobState.QUEUED
 
 
 def test_only_a_failed_job_with_renditions_is_redriven(store: JobStore) -> None:

@@ -29,7 +29,9 @@ end, an operator's act rather than a move of the work, so it has a table of its 
 
 Cancelled (`vtp cancel`, split's cancel route): a job not ended yet, and every task and
 rendition of it not ended yet, go to `cancelled` at once, in one transaction; what had
-succeeded keeps its state. `cancelled` is an end, like `failed`, but nobody's fault.
+succeeded keeps its state. `cancelled` is an end, like `failed`, but nobody's fault: it is
+also how a task ends that was stopped because another rendition of its job failed or died
+(`vtp.jobs.cancellation`), its error naming that rendition; the job then ends `failed`.
 
 Retry policy: how often, and how far apart, a unit of work is tried again.
 Kept apart from the store so that the numbers are validated once, where they are built (from
@@ -122,7 +124,7 @@ _R = RenditionState
 # from -> the states it may go to; None is "not there yet" (the row is being created).
 RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]] = {
     None: frozenset({_R.QUEUED}),
-    # -> failed before running: cancelled (its tasks' calls never began).
+    # -> cancelled before running: its job cancelled, or doomed by another rendition.
     _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD, _R.FAILED, _R.CANCELLED}),
     # -> dead: of several tasks, one waits for its retry while another's call is refused for
     # the last time.
@@ -136,7 +138,7 @@ RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]]
 _T = TaskState
 TASK_TRANSITIONS: Mapping[TaskState | None, frozenset[TaskState]] = {
     None: frozenset({_T.QUEUED}),
-    # -> failed without running: cancelled, its rendition failed by a sibling chunk.
+    # -> cancelled without running: its job cancelled, or doomed by a failed sibling.
     _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.FAILED, _T.CANCELLED}),
     _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.FAILED, _T.CANCELLED}),
     # -> running: a backup call for a straggler dispatched, begun, dropped or taking over.
@@ -160,11 +162,14 @@ JOB_TRANSITIONS: Mapping[JobState | None, frozenset[JobState]] = {
 
 
 # What an operator's redrive may reopen, back to queued: a failed job, and of it the
-# renditions and tasks that failed or died (what succeeded is kept).
+# renditions and tasks that failed, died or were cancelled because of those (what
+# succeeded is kept; a job cancelled on request is not redriven at all).
 REDRIVABLE: Mapping[str, frozenset[str]] = {
     "job": frozenset({JobState.FAILED.value}),
-    "rendition": frozenset({RenditionState.FAILED.value, RenditionState.DEAD.value}),
-    "task": frozenset({TaskState.FAILED.value, TaskState.DEAD.value}),
+    "rendition": frozenset(
+        {RenditionState.FAILED.value, RenditionState.DEAD.value, RenditionState.CANCELLED.value}
+    ),
+    "task": frozenset({TaskState.FAILED.value, TaskState.DEAD.value, TaskState.CANCELLED.value}),
 }
 
 

@@ -120,7 +120,7 @@ class Attempts(Backups, Cancellation):
             return updated
 
         began = self._run(tx)
-        if began.state is TaskState.FAILED:
+        if began.state is TaskState.CANCELLED:
             raise Conflict(f"task {rendition}/{chunk} of job {jid}: {began.error}")
         return began
 

@@ -6,13 +6,17 @@ nothing: a 2-hour film in 48-second chunks is hundreds of calls. Three gates sto
 each enough on its own, together quick:
 
 * `cancel_doomed`, after every task outcome (fan-in's `maybe_finalize`): the tasks not
-  started are ended (failed, "cancelled: ..."), so the job finishes as soon as the running
-  ones have;
+  started are ended (cancelled, "cancelled: ..."), so the job finishes as soon as the
+  running ones have;
 * `begin_attempt` refuses to start one (a call already queued for it, a retry due);
 * a running one's next heartbeat ends it (within a heartbeat interval), and the encode stops.
 
-A cancelled task ends `failed` with the reason; its rendition fails with it, and the job's
-error names the rendition that failed first and why.
+A task stopped so ends `cancelled` with the reason (nobody's fault: not `failed`, which
+says its input was bad), its rendition too unless one of its own tasks failed or died, and
+the job's error names the rendition that failed or died first and why, the cancelled ones
+after it. (Two renditions of one function that stays down race to spend their refusal
+budgets: the first to die is `dead`, the other `cancelled`, naming it.) A redrive reopens
+cancelled renditions with the failed and dead ones.
 
 A job cancelled on request (`cancel_job`: `vtp cancel`, split's cancel route) is another
 matter: nothing failed, so its open tasks, its renditions not ended and the job itself end
@@ -166,12 +170,12 @@ class Cancellation(Queries):
     @staticmethod
     def _cancel_row(cur: Cursor, row: dict[str, Any], reason: str) -> Task:
         """End a locked task that has not finished (running, or waiting for its call):
-        failed, with `reason`, and its backup call forgotten."""
-        lifecycle.check_task(str(row["state"]), TaskState.FAILED.value)
+        cancelled, with `reason`, and its backup call forgotten."""
+        lifecycle.check_task(str(row["state"]), TaskState.CANCELLED.value)
         cur.execute(
             f"""
             UPDATE tasks
-            SET state = 'failed', error = %s, finished_at = now(), next_retry_at = NULL,
+            SET state = 'cancelled', error = %s, finished_at = now(), next_retry_at = NULL,
                 {CLEAR_BACKUP}
             WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
             RETURNING *

@@ -211,12 +211,18 @@ def summarize_outcome(renditions: Sequence[Rendition]) -> tuple[JobState, str | 
     The reason names every rendition that did not succeed, so a client reading the job (or
     its callback) learns which rung broke and why without digging through logs.
     """
-    problems = []
+    problems: list[str] = []
+    cancelled: list[str] = []
     for r in renditions:
         if r.state is RenditionState.SUCCEEDED:
             continue
         if not r.state.terminal:
             raise ValueError(f"rendition {r.name} is still {r.state}")
+        if r.state is RenditionState.CANCELLED:
+            # Stopped because another failed (vtp.jobs.cancellation): its error says which.
+            why = (r.error or "").removeprefix("cancelled: ")
+            cancelled.append(f"rendition {r.name} cancelled" + (f": {why}" if why else ""))
+            continue
         if r.state is not RenditionState.DEAD:
             how = "failed"
         elif r.attempts:
@@ -225,9 +231,9 @@ def summarize_outcome(renditions: Sequence[Rendition]) -> tuple[JobState, str | 
             how = "dead, never started"  # every call refused: the error says why
 
         problems.append(f"rendition {r.name} {how}: {r.error}")
-    # The cause first: renditions cancelled because another failed (vtp.jobs.cancellation)
-    # come after the one that did.
-    problems.sort(key=lambda p: ": cancelled: " in p)
+    # The cause first: renditions cancelled because another failed come after the one
+    # that did.
+    problems += cancelled
     if not renditions:
         return JobState.FAILED, "job has no renditions"
     if problems:

@@ -302,7 +302,7 @@ def sync_rendition(cur: Cursor, jid: UUID, name: str) -> RenditionState:
 
 def cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> int:
     """The chunks of a rendition that can no longer succeed which have not started: ended
-    (failed, with the reason) instead of encoded for nothing. A call already queued for one
+    (cancelled, with the reason) instead of encoded for nothing. A call already queued for one
     is refused when it arrives (the task is finished); chunks running go on to their end.
 
     SKIP LOCKED: a sibling in the middle of its own transition is not waited for (waiting
@@ -319,16 +319,16 @@ def cancel_waiting(cur: Cursor, jid: UUID, name: str, reason: str) -> int:
     )
     waiting = [dict(r) for r in cur.fetchall()]
     for row in waiting:
-        lifecycle.check_task(str(row["state"]), TaskState.FAILED.value)
+        lifecycle.check_task(str(row["state"]), TaskState.CANCELLED.value)
         cur.execute(
             """
             UPDATE tasks
-            SET state = 'failed', error = %s, finished_at = now(), next_retry_at = NULL
+            SET state = 'cancelled', error = %s, finished_at = now(), next_retry_at = NULL
             WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
             """,
             (reason, str(jid), name, row["chunk"], row["state"]),
         )
-        insert_change(cur, jid, name, int(row["chunk"]), str(row["state"]), "failed",
+        insert_change(cur, jid, name, int(row["chunk"]), str(row["state"]), "cancelled",
                        int(row["attempts"]), None, reason)  # fmt: skip
     return len(waiting)
 
