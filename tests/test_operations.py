@@ -279,8 +279,11 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     assert early["ready"] == ["360p", "audio"] and early["state"] in ("queued", "running")
     assert [r["ready"] for r in early["renditions"]] == [True, False, True]
     assert "poster" not in early["urls"]  # written at the end, with the final master
-    master = requests.get(early["urls"]["master"], timeout=10).text
+    got = requests.get(early["urls"]["master"], timeout=10)
+    master = got.text
     assert master.count("#EXT-X-STREAM-INF") == 1 and "RESOLUTION=640x360" in master
+    # Kept by no browser or CDN: the final master replaces it under the same key.
+    assert got.headers.get("Cache-Control") == "no-store", got.headers
     probed = ffprobe(early["urls"]["master"])
     assert [s["height"] for s in probed["streams"] if s["codec_type"] == "video"] == [360]
 
@@ -302,6 +305,8 @@ def test_the_master_is_playable_as_each_rendition_finishes(
         done = _job(gateway, job_id)
     assert done["state"] == "succeeded", done
     assert done["ready"] == ["360p", "720p", "audio"]
-    final = requests.get(done["urls"]["master"], timeout=10).text
+    got = requests.get(done["urls"]["master"], timeout=10)
+    final = got.text
+    assert got.headers.get("Cache-Control") == "no-cache", got.headers
     assert final.count("#EXT-X-STREAM-INF") == 2
     assert final.index("RESOLUTION=640x360") < final.index("RESOLUTION=1280x720")

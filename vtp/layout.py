@@ -1,6 +1,8 @@
 """Where a job's outputs live in the outputs bucket.
 
-    <job>/master.m3u8, <job>/poster.jpg              written once, by fan-in
+    <job>/master.m3u8                                by fan-in: early (the renditions ready
+                                                     so far), then final
+    <job>/poster.jpg                                 written once, by fan-in
     <job>/manifest.mpd                               the same, for a job with DASH
     <job>/<rendition>/attempt-<n>/index.m3u8 ...     one folder per attempt
     <job>/<rendition>/index.m3u8                     a chunked rendition's, written by fan-in
@@ -23,6 +25,15 @@ from uuid import UUID
 MASTER = "master.m3u8"
 MANIFEST = "manifest.mpd"  # DASH, over the same segments (vtp.dash), when asked for
 POSTER = "poster.jpg"
+
+# The master is written again as renditions become ready (playable early), then once more at
+# the job's end, under one key. A copy a browser or CDN kept of an early one would be
+# revalidated with If-Modified-Since, which S3 servers answer 304 for a rewrite within the
+# same second (MinIO even within a second after it), leaving the viewer on the early ladder
+# for good. So an early master is never kept, and the final one is checked on each use (a
+# redrive writes it again).
+EARLY_MASTER_CACHE = "no-store"
+FINAL_MASTER_CACHE = "no-cache"
 
 
 def job_prefix(job_id: UUID | str) -> str:

@@ -125,8 +125,16 @@ class Storage:
         )
 
     def put_bytes(
-        self, bucket: str, key: str, data: bytes, content_type: str | None = None
+        self,
+        bucket: str,
+        key: str,
+        data: bytes,
+        content_type: str | None = None,
+        *,
+        cache_control: str | None = None,
     ) -> None:
+        """Write `data`; `cache_control` is served with it (an object that will be written
+        again says so, or browsers and CDNs keep the old one)."""
         try:
             self.client.put_object(
                 bucket,
@@ -134,6 +142,7 @@ class Storage:
                 io.BytesIO(data),
                 len(data),
                 content_type=content_type or content_type_for(key),
+                metadata={"Cache-Control": cache_control} if cache_control else None,
             )
         except Exception as exc:
             raise StorageError(f"cannot write s3://{bucket}/{key}: {exc}") from exc

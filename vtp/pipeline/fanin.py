@@ -81,8 +81,9 @@ class FanIn:
         if master is not None:
             try:
                 self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode()
-                )
+                    self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode(),
+                    cache_control=layout.FINAL_MASTER_CACHE,
+                )  # fmt: skip
                 self._write_poster(job)
                 if self._write_storyboard(job):
                     outputs["storyboard"] = storyboard.VTT
@@ -128,8 +129,9 @@ class FanIn:
                 return None
             master, ready = built
             self.storage.put_bytes(
-                self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode()
-            )
+                self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode(),
+                cache_control=layout.EARLY_MASTER_CACHE,
+            )  # fmt: skip
             written[:] = ready
             return ready
 
