@@ -88,9 +88,7 @@ def test_make_demo_transcodes_the_sample_and_prints_a_playable_master(
     assert f"faas-cli invoke split -g {cfg.gateway_url}" in out, out
 
 
-@pytest.mark.parametrize(
-    "script", sorted((REPO_ROOT / "bench").glob("*.py")), ids=lambda p: p.name
-)
+@pytest.mark.parametrize("script", sorted((REPO_ROOT / "bench").glob("*.py")), ids=lambda p: p.name)
 def test_every_benchmark_loads(script: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """`make bench` runs them all; an import that broke would only show there, which no
     submission runs. Loaded as `python bench/<name>.py` loads it (its folder first on the
