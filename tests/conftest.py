@@ -8,6 +8,7 @@ that `make up` runs on port 8080.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -218,12 +219,13 @@ def _admin(dsn: str) -> psycopg2.extensions.connection:
 # --- a database of its own per test (the job store's tests) --------------------------------
 
 
-@pytest.fixture
-def empty_dsn(postgres_dsn: str) -> Iterator[str]:
-    """A brand-new, empty database, dropped (with any leftover sessions) afterwards.
+@contextlib.contextmanager
+def _own_database(postgres_dsn: str, template: str | None = None) -> Iterator[tuple[str, bool]]:
+    """A brand-new database (a copy of `template`, if given), dropped (with any leftover
+    sessions) afterwards; yields its DSN and whether it is a database of its own.
 
-    A role without CREATEDB (a stack's application role) gets a fresh schema instead, put
-    first on the search_path of every connection made with the returned DSN.
+    A role without CREATEDB (a stack's application role) gets a fresh, empty schema instead,
+    put first on the search_path of every connection made with the DSN: no template then.
     """
     name = f"vtp_test_{uuid.uuid4().hex[:12]}"
     admin = _admin(postgres_dsn)
@@ -231,14 +233,16 @@ def empty_dsn(postgres_dsn: str) -> Iterator[str]:
     try:
         with admin.cursor() as cur:
             try:
-                cur.execute(f'CREATE DATABASE "{name}"')
+                copy = f' TEMPLATE "{template}"' if template else ""
+                cur.execute(f'CREATE DATABASE "{name}"{copy}')
                 drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                dsn = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name)
+                dsn, own = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name), True
             except psycopg2.errors.InsufficientPrivilege:
                 cur.execute(f'CREATE SCHEMA "{name}"')
                 drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
-                dsn = psycopg2.extensions.make_dsn(postgres_dsn, options=f"-c search_path={name}")
-        yield dsn
+                options = f"-c search_path={name}"
+                dsn, own = psycopg2.extensions.make_dsn(postgres_dsn, options=options), False
+        yield dsn, own
     finally:
         if drop:
             with admin.cursor() as cur:
@@ -246,14 +250,42 @@ def empty_dsn(postgres_dsn: str) -> Iterator[str]:
         admin.close()
 
 
-@pytest.fixture
-def dsn(empty_dsn: str) -> str:
-    conn = vtp_db.connect(empty_dsn)
+def _migrate(dsn: str) -> None:
+    conn = vtp_db.connect(dsn)
     try:
         vtp_db.migrate(conn)
     finally:
         conn.close()
-    return empty_dsn
+
+
+@pytest.fixture
+def empty_dsn(postgres_dsn: str) -> Iterator[str]:
+    """A brand-new, empty database of this test's own (the migrations' own tests)."""
+    with _own_database(postgres_dsn) as (dsn, _):
+        yield dsn
+
+
+@pytest.fixture(scope="session")
+def migrated_template(postgres_dsn: str) -> Iterator[str | None]:
+    """A database migrated once per session, which each store test's database copies
+    (CREATE DATABASE ... TEMPLATE: a file copy, instead of every migration per test); None
+    where the role cannot create databases (each test then migrates a schema of its own).
+    No session may be connected to it while it is copied: it is closed once migrated."""
+    with _own_database(postgres_dsn) as (dsn, own):
+        if not own:
+            yield None
+            return
+        _migrate(dsn)
+        yield psycopg2.extensions.parse_dsn(dsn)["dbname"]
+
+
+@pytest.fixture
+def dsn(postgres_dsn: str, migrated_template: str | None) -> Iterator[str]:
+    """A migrated database of this test's own."""
+    with _own_database(postgres_dsn, migrated_template) as (dsn, _):
+        if migrated_template is None:
+            _migrate(dsn)
+        yield dsn
 
 
 @pytest.fixture
