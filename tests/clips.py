@@ -1,9 +1,22 @@
-"""Small test clips generated with ffmpeg's lavfi sources: nothing committed, any size."""
+"""Small test clips generated with ffmpeg's lavfi sources: nothing committed, any size.
+
+Each distinct clip is encoded once per test session and copied wherever a test asks for
+it: many tests want the same few seconds of 640x360, and a copy costs nothing next to an
+encode. A copy, not a link, so a test that truncates or corrupts its clip on purpose
+cannot spoil another's.
+"""
 
 from __future__ import annotations
 
+import atexit
+import hashlib
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
+
+_CACHE = Path(tempfile.mkdtemp(prefix="vtp-test-clips-"))
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 
 def make_clip(
@@ -23,6 +36,13 @@ def make_clip(
     args += extra or []
     if audio:
         args += ["-c:a", "aac", "-shortest"]
-    args.append(str(path))
-    subprocess.run(args, check=True)
+    # The same arguments make the same clip; the suffix picks the container.
+    name = hashlib.sha256("\0".join(args).encode()).hexdigest()[:20] + path.suffix
+    cached = _CACHE / name
+    if not cached.exists():
+        partial = cached.with_name(f".{cached.name}")  # the same suffix: the same muxer
+        subprocess.run([*args, str(partial)], check=True)
+        partial.replace(cached)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(cached, path)
     return path
