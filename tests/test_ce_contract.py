@@ -87,6 +87,10 @@ def test_faas_cli_invoke_split_and_status_show_the_job(gateway: str, s3: Minio, 
     assert "asynchronously" not in first.stderr
     answer = json.loads(first.stdout)
     assert answer["created"] is True and answer["duplicate"] is False
+    # Each rendition by what it is: the sound's channels, not the picture's size it rides on.
+    picture, sound = answer["renditions"]
+    assert (picture["kind"], picture["width"], picture["height"]) == ("video", 640, 360)
+    assert (sound["kind"], sound["channels"], "width" in sound) == ("audio", 2, False), sound
     job_id = answer["job_id"]
     again = faascli.invoke(gateway, "split", job)
     assert again.exit_code == 0 and json.loads(again.stdout)["job_id"] == job_id

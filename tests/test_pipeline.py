@@ -169,8 +169,9 @@ def test_upload_to_bucket_produces_abr_ladder(
     for name, metric, score, worst, flagged, crf in measured:
         assert metric == "ssim" and 0.9 < worst <= score <= 1.0, (name, score, worst)
         assert flagged is False and float(crf) == 23.0  # a 2 s clip is too short to sample
-    shown = {r["name"]: r["quality"] for r in job["renditions"]}
+    shown = {r["name"]: r.get("quality") for r in job["renditions"]}
     assert shown["360p"]["score"] == measured[0][2] and shown["360p"]["target"] == 0.985
+    assert shown["audio"] is None, "a sound track has no picture quality"
     assert job["plan"]["note"].startswith("a 2.0 s source is too short to sample")
     scores = [float(line.split("SCORE=")[1].split(",")[0]) for line in text.splitlines()
               if line.startswith("#EXT-X-STREAM-INF")]  # fmt: skip
@@ -183,9 +184,10 @@ def test_portrait_source_keeps_aspect(gateway: str, s3: Minio, clips: dict[str, 
     s3.fput_object("uploads", key, str(clips["portrait"]))
     job = wait_for_job(gateway, "uploads", key)
     assert job["state"] == "succeeded", job
-    assert [(r["name"], r["width"], r["height"]) for r in job["renditions"]] == [
+    assert [(r["name"], r.get("width"), r.get("height")) for r in job["renditions"]] == [
         ("360p", 360, 640), ("audio", None, None)
     ]  # fmt: skip
+    assert job["renditions"][1]["channels"] == 2
     info = ffprobe(job["renditions"][0]["urls"]["playlist"])
     video = next(s for s in info["streams"] if s["codec_type"] == "video")
     assert (video["width"], video["height"]) == (360, 640)

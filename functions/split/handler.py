@@ -21,6 +21,7 @@ from typing import Any
 from vtp import callbacks
 from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
 from vtp.http import Response, guarded, header, ok, pipeline, require_read_token
+from vtp.pipeline.views import kind_fields
 from vtp.settings import load_at_start
 from vtp.webhook import JobRequest, MinioEvent, SourceObject, parse_body, sources_from_event
 
@@ -190,11 +191,10 @@ def _summary(result: Any) -> dict[str, Any]:
         "renditions": [
             {
                 "name": r.name,
+                "kind": r.spec.kind,
                 "function": r.function,
-                "width": r.spec.width,
-                "height": r.spec.height,
-                "fps": r.spec.fps,
-                "video_bitrate": r.spec.video_bitrate,
+                **kind_fields(r.spec),
+                "video_bitrate": r.spec.video_bitrate if r.spec.kind == "video" else None,
                 "audio_bitrate": r.spec.audio_bitrate,
                 "crf": r.spec.crf,
                 "predicted": r.spec.estimate.model_dump(exclude={"probes"})

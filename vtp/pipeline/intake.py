@@ -20,6 +20,7 @@ from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_met
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher, costliest_first
 from vtp.pipeline.fanin import FanIn
+from vtp.pipeline.views import kind_fields
 from vtp.probe import probe_source
 from vtp.storage import ListedObject
 from vtp.tuning import TitlePlan, tune
@@ -71,9 +72,7 @@ class Planned(BaseModel):
                 {
                     "name": spec.name,
                     "kind": spec.kind,
-                    "width": spec.width,
-                    "height": spec.height,
-                    "fps": spec.fps,
+                    **kind_fields(spec),
                     "audio_only": spec.audio_only,
                     "crf": spec.crf if video else None,
                     "preset": spec.preset if video else None,

@@ -10,7 +10,7 @@ from vtp.encode import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE
 from vtp.errors import NotFound
 from vtp.events import progress_field
 from vtp.jobs import Job, Rendition
-from vtp.models import RenditionState
+from vtp.models import RenditionSpec, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.urls import Urls
 
@@ -170,14 +170,23 @@ class JobViews:
             raise NotFound(f"no job {job_id!r}") from exc
 
 
+def kind_fields(spec: RenditionSpec) -> dict[str, Any]:
+    """What a rendition of `spec` is, by its kind: a picture's size, rate and codec, a sound
+    track's codec and channels, nothing for a subtitle track. A sound rendition's spec
+    carries the video fields of the rung whose function encodes it, unused: shown, they
+    would tell a reader the sound is 640x360."""
+    if spec.kind == "video":
+        return {"width": spec.width, "height": spec.height, "fps": spec.fps, "codec": spec.codec}
+    if spec.kind == "audio":
+        return {"codec": "aac", "channels": AUDIO_CHANNELS, "sample_rate": AUDIO_SAMPLE_RATE}
+    return {}
+
+
 def _picture(r: Rendition) -> dict[str, Any]:
     """A video rendition: its picture, how it was encoded (vtp.tuning) and what it measured
     (vtp.quality)."""
     return {
-        "width": r.spec.width,
-        "height": r.spec.height,
-        "fps": r.spec.fps,
-        "codec": r.spec.codec,
+        **kind_fields(r.spec),
         "crf": r.spec.crf,
         "preset": r.spec.preset,
         "max_bitrate": r.spec.max_bitrate,
@@ -217,9 +226,7 @@ def _track(r: Rendition) -> dict[str, Any]:
             "forced": r.spec.forced,
         }
     return {
-        "codec": "aac",
-        "channels": AUDIO_CHANNELS,
-        "sample_rate": AUDIO_SAMPLE_RATE,
+        **kind_fields(r.spec),
         "track": r.spec.audio_track,
         "language": r.spec.language,
         "label": r.spec.label,
