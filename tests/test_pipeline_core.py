@@ -565,8 +565,9 @@ def test_a_job_that_cannot_succeed_encodes_no_more_chunks(
     assert done.state.value == "failed"  # finished now, not after four more encodes
     assert done.error is not None and done.error.startswith("rendition 720p failed: the source")
     assert [(t.chunk, t.state, t.attempts) for t in done.rendition("360p").tasks] == [
-        (0, TaskState.SUCCEEDED, 1), (1, TaskState.FAILED, 0), (2, TaskState.FAILED, 0),
+        (0, TaskState.SUCCEEDED, 1), (1, TaskState.CANCELLED, 0), (2, TaskState.CANCELLED, 0),
     ]  # fmt: skip
+    assert done.rendition("360p").state is RenditionState.CANCELLED
     assert "cannot succeed" in str(done.rendition("360p").task(2).error)
     assert "skipped" in run("360p", 1)
 
