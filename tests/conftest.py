@@ -228,26 +228,23 @@ def _own_database(postgres_dsn: str, template: str | None = None) -> Iterator[tu
     put first on the search_path of every connection made with the DSN: no template then.
     """
     name = f"vtp_test_{uuid.uuid4().hex[:12]}"
-    admin = _admin(postgres_dsn)
-    drop = None
+    # A connection for each end, none held in between: a test may restart PostgreSQL.
+    with contextlib.closing(_admin(postgres_dsn)) as admin, admin.cursor() as cur:
+        try:
+            copy = f' TEMPLATE "{template}"' if template else ""
+            cur.execute(f'CREATE DATABASE "{name}"{copy}')
+            drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+            dsn, own = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name), True
+        except psycopg2.errors.InsufficientPrivilege:
+            cur.execute(f'CREATE SCHEMA "{name}"')
+            drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
+            options = f"-c search_path={name}"
+            dsn, own = psycopg2.extensions.make_dsn(postgres_dsn, options=options), False
     try:
-        with admin.cursor() as cur:
-            try:
-                copy = f' TEMPLATE "{template}"' if template else ""
-                cur.execute(f'CREATE DATABASE "{name}"{copy}')
-                drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-                dsn, own = psycopg2.extensions.make_dsn(postgres_dsn, dbname=name), True
-            except psycopg2.errors.InsufficientPrivilege:
-                cur.execute(f'CREATE SCHEMA "{name}"')
-                drop = f'DROP SCHEMA IF EXISTS "{name}" CASCADE'
-                options = f"-c search_path={name}"
-                dsn, own = psycopg2.extensions.make_dsn(postgres_dsn, options=options), False
         yield dsn, own
     finally:
-        if drop:
-            with admin.cursor() as cur:
-                cur.execute(drop)
-        admin.close()
+        with contextlib.closing(_admin(postgres_dsn)) as admin, admin.cursor() as cur:
+            cur.execute(drop)
 
 
 def _migrate(dsn: str) -> None:
