@@ -64,6 +64,10 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
                 "VTP_CALLBACK_RETRY_MAX_SECONDS": "2",
                 "VTP_RECONCILE_GRACE_SECONDS": "2",
                 "VTP_RECONCILE_EVERY_SECONDS": "1",
+                # x264's fastest preset that keeps B-frames (and so the timestamps and edit
+                # lists they bring): half of medium's CPU for every encode of the suite.
+                # Compression per bit is the benchmarks' business (bench/quality.py).
+                "VTP_X264_PRESET": "veryfast",
                 # Heartbeats every second, a reported death believed after 4 s of silence:
                 # the same logic as production's 10 s and 25 s, within a test's patience.
                 "VTP_HEARTBEAT_SECONDS": "1",
