@@ -5,6 +5,7 @@ letter, delete, retention, and the master playlist playable before the job ends.
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,7 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     bus = redis.Redis.from_url(stack_env["VTP_REDIS_URL"])
     sub = bus.pubsub()
     sub.subscribe(f"{stack_env.get('VTP_REDIS_PREFIX', prefix)}:progress")
-    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=8)
+    clip = make_clip(tmp_path / "early.mp4", size="1280x720", seconds=12)
     key = f"early/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
     job_id = submit(gateway, MANUAL_BUCKET, key, ["360p", "720p"])
@@ -298,7 +299,13 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     assert master.count("#EXT-X-STREAM-INF") == 1 and "RESOLUTION=640x360" in master
     # Kept by no browser or CDN: the final master replaces it under the same key.
     assert got.headers.get("Cache-Control") == "no-store", got.headers
-    probed = ffprobe(early["urls"]["master"])
+    # ffprobe reads the early master as it was fetched (the URL may hold the final one by
+    # now): a local copy, its relative URIs made absolute.
+    base = early["urls"]["master"].rsplit("/", 1)[0]
+    local = tmp_path / "early-master.m3u8"
+    absolute = re.sub(r'URI="([^"]+)"', rf'URI="{base}/\1"', master)
+    local.write_text(re.sub(r"(?m)^(?!#)(\S+)$", rf"{base}/\1", absolute))
+    probed = ffprobe(str(local), "-protocol_whitelist", "file,http,tcp")
     assert [s["height"] for s in probed["streams"] if s["codec_type"] == "video"] == [360]
 
     seen = []
