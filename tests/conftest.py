@@ -30,6 +30,7 @@ import requests
 from localfaas import procs, runtime
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
+from tests import ports
 from tests.ports import free_port, free_port_base
 from vtp import db as vtp_db
 from vtp.jobs import JobStore
@@ -87,12 +88,15 @@ def tick_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cron") / "ticks.log"
 
 
+SLOTS = 4
+
+
 def _claim_slot() -> tuple[int, IO[bytes]]:
-    """Two test runs at once (two developers, or a run beside a benchmark) each get a stack of
-    their own instead of tearing down each other's: the first free slot's lock is held for
-    the whole session."""
+    """Test runs at once (the workers of one `make test`, two developers, a run beside a
+    benchmark) each get a stack of their own instead of tearing down each other's: the first
+    free slot's lock is held for the whole session."""
     # The ports are the machine's, so the locks are too: two checkouts share them.
-    for slot in range(4):
+    for slot in range(SLOTS):
         fh = (Path(tempfile.gettempdir()) / f"vtp-test-slot-{slot}.lock").open("wb")
         try:
             fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -100,13 +104,15 @@ def _claim_slot() -> tuple[int, IO[bytes]]:
             fh.close()
             continue
         return slot, fh
-    raise RuntimeError("four test runs are already using the test stacks")
+    raise RuntimeError(f"{SLOTS} test runs are already using the test stacks")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="session", autouse=True)
 def test_slot() -> Iterator[int]:
-    """This run's slot: which ports and run dirs its stacks use."""
+    """This run's slot: which ports and run dirs its stacks use. Claimed before any test,
+    so that even a test that starts a server of its own takes a port from its slot's share."""
     slot, lock = _claim_slot()
+    ports.use_slot(slot, SLOTS)
     try:
         yield slot
     finally:

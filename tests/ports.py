@@ -15,6 +15,17 @@ import socket
 SPAN = 40
 _LOW, _HIGH = 10000, 32000
 _taken: set[int] = set()
+# This run's share of the range (`use_slot`): the whole of it until a test run claims a slot.
+_range = (_LOW, _HIGH)
+
+
+def use_slot(slot: int, slots: int) -> None:
+    """Take ports only from this run's share of the range, so that runs at once (the workers
+    of one `make test`, two developers, a benchmark) never pick the same free block between
+    one's check and its use."""
+    global _range
+    share = (_HIGH - _LOW) // slots
+    _range = (_LOW + slot * share, _LOW + (slot + 1) * share)
 
 
 def _free(port: int) -> bool:
@@ -31,13 +42,14 @@ def _free(port: int) -> bool:
 def free_port_base(span: int = SPAN) -> int:
     """The first port of `span` consecutive free ones, at a random place (two runs at once are
     unlikely to pick the same block, and each checks before it takes it)."""
-    blocks = list(range(_LOW, _HIGH - span, span))
+    low, high = _range
+    blocks = list(range(low, high - span, span))
     random.shuffle(blocks)
     for base in blocks:
         if all(_free(p) for p in range(base, base + span)):
             _taken.update(range(base, base + span))
             return base
-    raise RuntimeError(f"no {span} consecutive free ports between {_LOW} and {_HIGH}")
+    raise RuntimeError(f"no {span} consecutive free ports between {low} and {high}")
 
 
 def free_port() -> int:
