@@ -2,6 +2,10 @@
 # nothing is missing), so a fresh Debian/Ubuntu machine needs nothing done by hand.
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# Test workers (pytest-xdist), each with a stack of its own: the suite mostly waits on
+# encodes and services, so two share two cores well. TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest $(if $(filter-out 0,$(TEST_WORKERS)),-n $(TEST_WORKERS) --dist loadfile)
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 .PHONY: setup up down status demo test test-fast lint bench clean
@@ -35,10 +39,10 @@ test:
 	@$(VENV)/bin/ruff format --check .
 	@$(VENV)/bin/mypy vtp vtp_cli localfaas functions/ws-relay/vtp_relay
 	@for f in functions/*/handler.py; do $(VENV)/bin/mypy --no-error-summary $$f || exit 1; done
-	@$(PY) -m pytest
+	@$(PYTEST)
 
 test-fast: setup
-	@$(PY) -m pytest -m "not slow"
+	@$(PYTEST) -m "not slow"
 
 # Each benchmark starts a stack of its own, so `make up` is neither needed nor disturbed.
 bench: setup
