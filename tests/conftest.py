@@ -168,7 +168,10 @@ def postgres_dsn(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def db(postgres_dsn: str) -> Iterator[Any]:
-    """An autocommit connection to the stack's PostgreSQL, to read the rows themselves."""
+    """An autocommit connection to the stack's PostgreSQL, to read the rows themselves; its
+    schema is brought up to date first, as the first function called would (a test that
+    reads rows before any function ran must not depend on one having run earlier)."""
+    _migrate(postgres_dsn)
     conn = psycopg2.connect(postgres_dsn)
     conn.autocommit = True
     yield conn
