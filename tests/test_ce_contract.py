@@ -119,6 +119,7 @@ def test_faas_cli_invoke_split_and_status_show_the_job(gateway: str, s3: Minio, 
 # --- 5: a function that stays down ----------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
     gateway: str, stack: LocalConfig, s3: Minio, clip: Path, db: Any
 ) -> None:
@@ -168,6 +169,7 @@ def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
 # --- 6: the sweeper's re-dispatches are signed ----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweeper_redispatch_is_accepted_by_split(
     gateway: str, stack: LocalConfig, s3: Minio, clip: Path, db: Any
 ) -> None:
@@ -234,6 +236,7 @@ def test_transcode_ends_its_work_before_exec_timeout(
 # --- 4, 9: the queue and the gateway's routes -----------------------------------------------------
 
 
+@pytest.mark.slow
 def test_each_queue_worker_runs_one_call_at_a_time(gateway: str, stack: LocalConfig) -> None:
     """CE's queue-worker 0.14.0 has concurrency 1: N replicas give N calls at once, never
     more (max_inflight is not read)."""
@@ -304,6 +307,7 @@ def first_bytes(url: str, headers: dict[str, str], wait: float) -> bytes:
     return bytes(got)
 
 
+@pytest.mark.slow
 def test_event_stream_through_the_gateways(gateway: str, buffered_gateway: str) -> None:
     """A current CE gateway streams only requests that say Accept: text/event-stream; 0.25.4
     buffers every response, so a quiet stream shows nothing at all. The relay's /poll

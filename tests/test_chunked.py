@@ -145,6 +145,7 @@ def test_two_ffmpeg_builds_write_the_same_init_segment(
     assert len(frames(played / "index.m3u8")) == SECONDS * 25
 
 
+@pytest.mark.slow
 def test_hevc_chunks_join_as_h264_ones_do(
     encoded: dict[str, Any], source_url: str, tmp_path: Path
 ) -> None:

@@ -369,6 +369,7 @@ def test_watch_reports_a_failed_job(stack: LocalConfig, tmp_path: Path) -> None:
     assert job_id.group(1) in status.stdout and "failed" in status.stdout
 
 
+@pytest.mark.slow
 def test_upload_carries_the_jobs_options(stack: LocalConfig, tmp_path: Path) -> None:
     """`vtp upload --renditions --formats` puts them in the object's metadata, where split
     reads them; a bad one is refused before anything is uploaded."""

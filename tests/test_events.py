@@ -134,6 +134,7 @@ def test_bus_works_without_decode_responses(redis_url: str, prefix: str) -> None
         raw.close()
 
 
+@pytest.mark.slow
 def test_reporter_is_monotonic_rate_limited_and_keeps_alive(bus: EventBus) -> None:
     job = str(uuid.uuid4())
     reporter = ProgressReporter(bus, job, "720p", attempt=2, duration_s=10.0)
@@ -175,6 +176,7 @@ def test_reporter_is_monotonic_rate_limited_and_keeps_alive(bus: EventBus) -> No
     assert reporter.published == len(events)
 
 
+@pytest.mark.slow
 def test_reporter_follows_real_ffmpeg_progress(bus: EventBus) -> None:
     """Feed the reporter the `-progress` output of a real (fast) ffmpeg run."""
     job = str(uuid.uuid4())

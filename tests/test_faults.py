@@ -65,6 +65,7 @@ def sweep(gateway: str) -> dict[str, int]:
     return r.json()  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 def test_an_object_whose_event_never_came_gets_its_job(gateway: str, s3: Minio, clip: Path) -> None:
     """An upload whose event was lost (split down when an old MinIO sent it, the async
     route's single call lost): the sweeper's reconciliation finds the object without a job
@@ -88,6 +89,7 @@ def test_an_object_whose_event_never_came_gets_its_job(gateway: str, s3: Minio, 
     assert len(jobs) == 1, "the object was submitted once"
 
 
+@pytest.mark.slow
 def test_a_job_callback_survives_a_receiver_outage(
     gateway: str, s3: Minio, clip: Path, stack: LocalConfig
 ) -> None:

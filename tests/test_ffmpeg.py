@@ -182,6 +182,7 @@ def test_timeout_kills_ffmpeg():
     assert "time limit" in caught.value.reason
 
 
+@pytest.mark.slow
 def test_timeout_kills_the_whole_process_group(tmp_path):
     """Grandchildren go too: the group is signalled, not just the direct child."""
     pid_file = tmp_path / "grandchild.pid"

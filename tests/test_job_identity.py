@@ -74,6 +74,7 @@ def test_an_uploads_metadata_gives_its_job_options(pipeline: Pipeline, clip: Pat
     assert pipeline.describe_job(job, live=False)["options_key"] == job.options_key
 
 
+@pytest.mark.slow
 def test_other_options_make_another_job_and_the_same_options_do_not(
     pipeline: Pipeline, clip: Path
 ) -> None:

@@ -654,6 +654,7 @@ def test_short_job_ids_resolve(store: JobStore) -> None:
 STALE_S = 1.0  # heartbeat age that counts as vanished in these tests; margins for slow CI
 
 
+@pytest.mark.slow
 def test_stale_renditions_are_reaped(store: JobStore) -> None:
     job, _ = store.create_job(source(), INFO, PLAN)
     store.begin_attempt(job.id, "360p", "call-1")

@@ -68,6 +68,7 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@pytest.mark.slow
 def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
     run_dir = Path(mini_env["LOCALFAAS_RUN_DIR"])
     base = int(mini_env["LOCALFAAS_PORT_BASE"])

@@ -96,6 +96,7 @@ def test_cancel_stops_a_running_encode_at_once_and_leaves_nothing(
     assert unknown.status_code == 404
 
 
+@pytest.mark.slow
 def test_vtp_cancel(gateway: str, stack: Any, stack_env: dict[str, str], tmp_path: Path) -> None:
     """`vtp cancel` takes the short id the page shows; a job that has ended is refused with
     split's reason (exit 2). The job is made in-process and never dispatched, so what the
@@ -186,6 +187,7 @@ def test_a_dead_letter_is_shown_with_its_reason_and_redriven_to_success(
     assert again.status_code == 409 and "only a failed job" in again.json()["error"]
 
 
+@pytest.mark.slow
 def test_delete_removes_outputs_rows_and_asked_for_the_source(
     gateway: str, stack: Any, stack_env: dict[str, str], s3: Minio, tmp_path: Path
 ) -> None:
@@ -218,6 +220,7 @@ def test_delete_removes_outputs_rows_and_asked_for_the_source(
     assert _outputs(s3, stack_env, dropped["id"]) == []
 
 
+@pytest.mark.slow
 def test_retention_expires_old_outputs_and_keeps_the_rows(
     gateway: str, stack_env: dict[str, str], s3: Minio, tmp_path: Path
 ) -> None:

@@ -225,6 +225,7 @@ def test_multipart_upload_is_transcoded(gateway: str, s3: Minio, tmp_path: Path)
     assert job["state"] == "succeeded", job
 
 
+@pytest.mark.slow
 def test_manual_job_like_faas_cli_with_callback(
     gateway: str, s3: Minio, clips: dict[str, Path], stack: LocalConfig
 ) -> None:
@@ -259,6 +260,7 @@ def test_manual_job_like_faas_cli_with_callback(
     assert quality["flagged"] is False and payload["plan"]["metric"] == "ssim"
 
 
+@pytest.mark.slow
 def test_dry_run_returns_the_tuned_plan_and_records_nothing(
     gateway: str, s3: Minio, tmp_path: Path
 ) -> None:
@@ -289,6 +291,7 @@ def test_dry_run_returns_the_tuned_plan_and_records_nothing(
     s3.remove_object(MANUAL_BUCKET, key)
 
 
+@pytest.mark.slow
 def test_duplicate_event_yields_one_job(
     gateway: str, s3: Minio, clips: dict[str, Path], stack: LocalConfig, db: Any
 ) -> None:
@@ -528,6 +531,7 @@ def _ffmpeg_reading(key: str) -> list[int]:
     return found
 
 
+@pytest.mark.slow
 def test_progress_events_follow_the_recorded_transitions(
     gateway: str, s3: Minio, clips: dict[str, Path], db: Any, stack: LocalConfig
 ) -> None:

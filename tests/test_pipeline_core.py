@@ -200,6 +200,7 @@ def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
     assert confirmed.state is TaskState.RETRYING and "without a result" in str(confirmed.error)
 
 
+@pytest.mark.slow
 def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
     pipeline: Pipeline, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -283,6 +284,7 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
     assert (1, "running", "succeeded") not in [tuple(c) for c in changes], changes
 
 
+@pytest.mark.slow
 def test_a_forged_death_report_does_not_stop_a_live_encode(
     pipeline: Pipeline,
     tmp_path: Path,
@@ -342,6 +344,7 @@ def test_a_forged_death_report_does_not_stop_a_live_encode(
     assert outcome.get("state") == "succeeded" and outcome.get("attempt") == 1, outcome
 
 
+@pytest.mark.slow
 def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -436,6 +439,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     assert re.findall(r'<S (?:t="0" )?d="(\d+)"', mpd)[:5] == ["51200"] * 5
 
 
+@pytest.mark.slow
 def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: Path) -> None:
     """Chunk 1's worker dies mid-encode (its attempt written off as silent); its retry is the
     only re-encode: chunks 0 and 2 keep their first and only attempt, a redelivered call
@@ -464,6 +468,7 @@ def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: 
     assert done.rendition("360p").result["segments"] == 5
 
 
+@pytest.mark.slow
 def test_a_straggling_chunk_is_raced_by_a_backup_and_counted_once(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -543,6 +548,7 @@ def _frames(url: str) -> list[tuple[float, bool]]:
     return [(float(t), k == "1") for k, t, *_ in (line.split(",") for line in probe.split())]
 
 
+@pytest.mark.slow
 def test_a_job_that_cannot_succeed_encodes_no_more_chunks(
     pipeline: Pipeline, tmp_path: Path
 ) -> None:
@@ -592,6 +598,7 @@ def _silent_job_in_chunks(
     return pipeline.store.create_job(src, info, plan, chunks=chunks)[0]
 
 
+@pytest.mark.slow
 def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path: Path) -> None:
     """A target no encode under the cap can reach (SSIM 0.9999 for grain): the job still
     succeeds, and the rendition's measured score is flagged in its row and in status."""

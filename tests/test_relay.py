@@ -633,6 +633,7 @@ def test_unknown_job_gets_an_empty_snapshot_then_its_events(ws_base: str, bus: E
     asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_websocket_resume_under_live_publishing_misses_nothing(ws_base: str, bus: EventBus) -> None:
     job = str(uuid.uuid4())
     start = stream_tail(bus)

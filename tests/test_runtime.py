@@ -76,6 +76,7 @@ def test_template_shapes_through_gateway(gateway: str) -> None:
     assert r.json()["error"]
 
 
+@pytest.mark.slow
 def test_exec_timeout_gives_504(gateway: str) -> None:
     t0 = time.monotonic()
     r = requests.get(f"{gateway}/function/sleepy", params={"seconds": "10"}, timeout=30)

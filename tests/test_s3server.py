@@ -67,6 +67,7 @@ def listing(client: Any, bucket: str) -> dict[str, tuple[str, int]]:
     return {o["Key"]: (o["ETag"], o["Size"]) for p in pages for o in p.get("Contents", [])}
 
 
+@pytest.mark.slow
 def test_objects_outlive_the_server(server: Callable[[], Any], tmp_path: Path) -> None:
     s3 = server()
     s3.create_bucket(Bucket="outs")

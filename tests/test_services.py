@@ -272,6 +272,7 @@ def test_multipart_upload_is_one_complete_event(s3_stack: S3Stack):
     assert obj["key"] == "nested%2Fdeeper%2Fbig+one.mp4"
 
 
+@pytest.mark.slow
 def test_failed_delivery_is_retried_and_blocks_later_events(s3_stack: S3Stack):
     bucket = s3_stack.cfg.uploads_bucket
     first, second = "retry/first.mp4", "retry/second.mp4"
@@ -412,6 +413,7 @@ def test_all_services_answer_then_stop_cleanly(all_services: LocalConfig):
     assert not any(port_open(p) for p in ports)
 
 
+@pytest.mark.slow
 def test_sigterm_stops_notifier_promptly(tmp_path: Path):
     """The notifier exits on SIGTERM even when the S3 server is not there at all."""
     # Free ports: nothing listens on this config's S3 port.

@@ -151,6 +151,7 @@ def _upload(pipeline: Pipeline, tmp: Path, name: str, source: str, vf: str | Non
     return pipeline.storage.presigned_get(bucket, key, expires=600)
 
 
+@pytest.mark.slow
 def test_harder_content_gets_more_bits_and_the_prediction_holds(
     pipeline: Pipeline, settings: Settings, tmp_path: Path
 ) -> None:
@@ -190,6 +191,7 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     assert 0.6 < result.avg_bitrate / easy.estimate.bitrate < 1.6, (result, easy.estimate)
 
 
+@pytest.mark.slow
 def test_a_rung_with_nothing_more_to_show_is_dropped(
     pipeline: Pipeline, one_sample: Settings, tmp_path: Path
 ) -> None:
@@ -215,6 +217,7 @@ def test_a_rung_with_nothing_more_to_show_is_dropped(
     assert [s.name for s in kept.specs] == ["360p", "720p"] and not kept.pruned
 
 
+@pytest.mark.slow
 def test_sharp_detail_keeps_every_rung(
     pipeline: Pipeline, one_sample: Settings, tmp_path: Path
 ) -> None:
@@ -243,6 +246,7 @@ def test_a_source_that_cannot_be_sampled_keeps_the_default_factor(
     assert off.note and "off" in off.note
 
 
+@pytest.mark.slow
 def test_each_codec_gets_its_own_factor_from_the_samples(
     pipeline: Pipeline, one_sample: Settings, tmp_path: Path
 ) -> None:
