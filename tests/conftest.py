@@ -32,6 +32,7 @@ from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
 from tests import ports
 from tests.ports import free_port, free_port_base
+from tests.stackenv import FAST
 from vtp import db as vtp_db
 from vtp.jobs import JobStore
 from vtp.lifecycle import RetryPolicy
@@ -51,28 +52,13 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
         "queue_workers": 3,
         # Replicas, spread over by the gateway: the chunk tests' 360p encodes run in parallel.
         "function_replicas": {"echo": 2, "transcode-360p": 2},
-        # Short back-offs and budgets, so retries and dead letters happen within a test; and
-        # a transcode function with a tiny exec_timeout (no test encodes 1080p otherwise).
+        # The shortened settings of every test stack (tests/stackenv.py); a transcode
+        # function with a tiny exec_timeout (no test encodes 1080p otherwise).
         "function_env": {
-            "*": {
-                "VTP_RETRY_BASE_SECONDS": "1",
-                "VTP_RETRY_MAX_SECONDS": "4",
-                "VTP_MAX_REFUSALS": "4",
+            "*": FAST
+            | {
                 # The tests' manual jobs read from buckets without a notification rule.
                 "VTP_INPUT_BUCKETS": '["uploads", "manual-sources", "ce-sources"]',
-                # Callbacks retried and lost events reconciled within a test's patience.
-                "VTP_CALLBACK_RETRY_BASE_SECONDS": "1",
-                "VTP_CALLBACK_RETRY_MAX_SECONDS": "2",
-                "VTP_RECONCILE_GRACE_SECONDS": "2",
-                "VTP_RECONCILE_EVERY_SECONDS": "1",
-                # x264's fastest preset that keeps B-frames (and so the timestamps and edit
-                # lists they bring): half of medium's CPU for every encode of the suite.
-                # Compression per bit is the benchmarks' business (bench/quality.py).
-                "VTP_X264_PRESET": "veryfast",
-                # Heartbeats every second, a reported death believed after 4 s of silence:
-                # the same logic as production's 10 s and 25 s, within a test's patience.
-                "VTP_HEARTBEAT_SECONDS": "1",
-                "VTP_DEATH_CONFIRM_SECONDS": "4",
             },
             "transcode-1080p": {"exec_timeout": "6s", "read_timeout": "6s", "write_timeout": "6s"},
             # One function logs JSON lines (vtp.logs), for the test that reads them.

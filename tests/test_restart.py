@@ -32,6 +32,7 @@ from tests.clips import make_clip
 from tests.manual import submit
 from tests.ports import free_port, free_port_base
 from tests.s3 import s3_client
+from tests.stackenv import FAST
 
 
 @pytest.fixture
@@ -41,15 +42,7 @@ def own_stack(test_slot: int) -> Iterator[LocalConfig]:
         port_base=free_port_base(),
         gateway_port=free_port(),
         queue_workers=2,
-        function_env={
-            "*": {
-                "VTP_RETRY_BASE_SECONDS": "1",
-                "VTP_RETRY_MAX_SECONDS": "4",
-                "VTP_HEARTBEAT_SECONDS": "1",
-                "VTP_DEATH_CONFIRM_SECONDS": "4",
-                "VTP_INPUT_BUCKETS": '["uploads", "restart-sources"]',
-            }
-        },
+        function_env={"*": FAST | {"VTP_INPUT_BUCKETS": '["uploads", "restart-sources"]'}},
     )
 
     def wipe() -> None:
