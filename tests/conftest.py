@@ -69,17 +69,6 @@ def test_config(slot: int = 0, **overrides: object) -> LocalConfig:
     return LocalConfig(**values)  # type: ignore[arg-type]
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """The files with the most slow tests first, the order within a file kept: the workers
-    (pytest-xdist, a file at a time) then start on the longest work and finish together,
-    rather than one of them starting a minute of encodes while the other is idle."""
-    weight: dict[str, int] = {}
-    for item in items:
-        slow = item.get_closest_marker("slow") is not None
-        weight[item.nodeid.split("::")[0]] = weight.get(item.nodeid.split("::")[0], 0) + slow
-    items.sort(key=lambda item: -weight[item.nodeid.split("::")[0]])
-
-
 @pytest.fixture(scope="session")
 def tick_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("cron") / "ticks.log"
