@@ -51,6 +51,10 @@ def test_events_move_bars_in_ladder_order() -> None:
     )  # fmt: skip
     assert rows[0].fps == rows[0].speed == rows[0].eta == "", "no rates before it runs"
     assert job.last_event_id == "3-0"
+    # A sound track's encode reports 0 fps: it has no frames, so no rate is shown.
+    assert job.apply_event(ev("4-0", "audio", "running", 40.0, fps=0.0, speed=9.5))
+    sound = next(r for r in bar_rows(job) if r.name == "audio")
+    assert (sound.fps, sound.speed) == ("", "9.50x")
 
 
 def test_old_and_duplicate_events_are_ignored() -> None:

@@ -246,7 +246,8 @@ def bar_rows(job: JobProgress) -> list[BarRow]:
                 name=r.name,
                 percent=100.0 if r.state == "succeeded" else max(0.0, min(100.0, r.percent)),
                 state=state,
-                fps=f"{fps:.0f} fps" if running and fps is not None else "",
+                # A sound track's encode reports 0 fps (it has no frames): none shown.
+                fps=f"{fps:.0f} fps" if running and fps else "",
                 speed=f"{speed:.2f}x" if running and speed is not None else "",
                 eta=f"ETA {format_eta(r.eta_seconds)}"
                 if running and r.eta_seconds is not None

@@ -957,7 +957,8 @@
     renderChunks(row, r.chunks);
     row.querySelector(".pct").textContent = fmtPercent(pct);
     const running = r.state === "running";
-    row.querySelector(".fps").textContent = running ? fmtFps(r.fps) : "";
+    // A sound track's encode reports 0 fps (it has no frames): no rate shown for it.
+    row.querySelector(".fps").textContent = running && num(r.fps) > 0 ? fmtFps(r.fps) : "";
     row.querySelector(".speed").textContent = running ? fmtSpeed(r.speed) : "";
     row.querySelector(".eta").textContent = running && r.eta != null ? `ETA ${fmtEta(r.eta)}` : "";
     row.querySelector(".attempt").textContent = r.attempt && r.attempt > 1 ? `attempt ${r.attempt}` : "";
