@@ -9,6 +9,7 @@ import functools
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -18,9 +19,11 @@ from tests.ports import free_port
 from vtp import db
 from vtp.events import EventBus
 from vtp.invoker import Invoker
-from vtp.jobs import JobStore
+from vtp.jobs import Job, JobStore, SourceRef
+from vtp.ladder import plan_ladder
 from vtp.lifecycle import RetryPolicy
 from vtp.pipeline import Pipeline
+from vtp.probe import probe_source
 from vtp.settings import Settings
 from vtp.storage import Storage
 
@@ -59,6 +62,19 @@ def quiet_bucket(pipeline: Pipeline) -> str:
     if not pipeline.storage.client.bucket_exists(name):
         pipeline.storage.client.make_bucket(name)
     return name
+
+
+def job_for_clip(pipeline: Pipeline, clip: Path, renditions: list[str]) -> Job:
+    """A job recorded for `clip` (uploaded to `quiet_bucket`, probed as split would) and not
+    dispatched: the test runs or ends its tasks itself, whatever the stack is doing."""
+    bucket = quiet_bucket(pipeline)
+    key = f"inprocess/{time.time_ns()}-{clip.name}"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    stat = pipeline.storage.stat(bucket, key)
+    info = probe_source(pipeline.storage.presigned_get(bucket, key, expires=600), pipeline.settings)
+    ref = SourceRef(bucket=bucket, key=key, etag=stat.etag, size=stat.size)
+    job, _ = pipeline.store.create_job(ref, info, plan_ladder(info, pipeline.settings, renditions))
+    return job
 
 
 def chunked_pipeline(pipeline: Pipeline, *, chunk_seconds: float = 8.0) -> Pipeline:

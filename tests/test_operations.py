@@ -101,22 +101,13 @@ def test_vtp_cancel(gateway: str, stack: Any, stack_env: dict[str, str], tmp_pat
     """`vtp cancel` takes the short id the page shows; a job that has ended is refused with
     split's reason (exit 2). The job is made in-process and never dispatched, so what the
     cancel stops does not depend on how far an encode got."""
-    from tests.inprocess import build_pipeline, quiet_bucket
+    from tests.inprocess import build_pipeline, job_for_clip
     from tests.test_cli import run_vtp
-    from vtp.jobs import SourceRef
-    from vtp.ladder import plan_ladder
-    from vtp.probe import probe_source
 
     p = build_pipeline(stack_env)
     try:
-        bucket = quiet_bucket(p)
         clip = make_clip(tmp_path / "two.mp4", size="640x360", seconds=2, audio=False)
-        key = f"cancel-cli/{time.time_ns()}.mp4"
-        p.storage.client.fput_object(bucket, key, str(clip))
-        obj = p.storage.stat(bucket, key)
-        ref = SourceRef(bucket=bucket, key=key, etag=obj.etag, size=obj.size)
-        info = probe_source(p.storage.presigned_get(bucket, key, expires=600), p.settings)
-        job, _ = p.store.create_job(ref, info, plan_ladder(info, p.settings, ["360p"]))
+        job = job_for_clip(p, clip, ["360p"])
     finally:
         p.store.close()
     job_id = str(job.id)
@@ -138,24 +129,14 @@ def test_a_dead_letter_is_shown_with_its_reason_and_redriven_to_success(
     in-process on the stack's database), its job failed. `vtp jobs --state failed` says
     which rendition and why; `vtp redrive` queues it again through split, the stack's
     transcode encodes it, and the job succeeds with a playable output."""
-    from tests.inprocess import build_pipeline, quiet_bucket
+    from tests.inprocess import build_pipeline, job_for_clip
     from tests.test_cli import run_vtp
     from tests.test_pipeline import ffprobe
-    from vtp.ladder import plan_ladder
-    from vtp.probe import probe_source
 
     p = build_pipeline(stack_env)
     try:
-        bucket = quiet_bucket(p)
         clip = make_clip(tmp_path / "redrive.mp4", size="640x360", seconds=2, rate=25)
-        key = f"redrive/{time.time_ns()}.mp4"
-        p.storage.client.fput_object(bucket, key, str(clip))
-        obj = p.storage.stat(bucket, key)
-        from vtp.jobs import SourceRef
-
-        ref = SourceRef(bucket=bucket, key=key, etag=obj.etag, size=obj.size)
-        info = probe_source(p.storage.presigned_get(bucket, key, expires=600), p.settings)
-        job, _ = p.store.create_job(ref, info, plan_ladder(info, p.settings, ["360p"]))
+        job = job_for_clip(p, clip, ["360p"])
         for i in range(3):
             p.store.begin_attempt(job.id, "360p", f"crash-{i}")
             p.store.fail_task(job.id, "360p", "worker died: signal 9 (out of memory?)",

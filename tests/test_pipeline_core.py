@@ -14,7 +14,7 @@ import pytest
 import requests
 from pydantic import SecretStr
 
-from tests.inprocess import build_pipeline, chunked_pipeline, quiet_bucket
+from tests.inprocess import build_pipeline, chunked_pipeline, job_for_clip, quiet_bucket
 from vtp import db
 from vtp.chunks import plan_chunks
 from vtp.errors import Conflict
@@ -296,7 +296,6 @@ def test_a_forged_death_report_does_not_stop_a_live_encode(
     import threading
 
     from tests.clips import make_clip
-    from vtp.probe import probe_source
 
     # Beats sooner than production's 10 s: the same logic, within a test's patience.
     settings = pipeline.settings.model_copy(
@@ -306,16 +305,7 @@ def test_a_forged_death_report_does_not_stop_a_live_encode(
     caplog.set_level("WARNING", logger="vtp.jobs.attempts")
     # Long enough that the encode runs for seconds after the report on any machine.
     clip = make_clip(tmp_path / "live.mp4", size="1280x720", seconds=8, audio=False)
-    key = f"core/{time.time_ns()}-live.mp4"
-    bucket = quiet_bucket(pipeline)
-    pipeline.storage.client.fput_object(bucket, key, str(clip))
-    stat = pipeline.storage.stat(bucket, key)
-    info = probe_source(pipeline.storage.presigned_get(bucket, key, expires=600), pipeline.settings)
-    job, _ = pipeline.store.create_job(
-        SourceRef(bucket=bucket, key=key, etag=stat.etag, size=stat.size),
-        info,
-        plan_ladder(info, pipeline.settings, ["720p"]),
-    )
+    job = job_for_clip(pipeline, clip, ["720p"])
     outcome: dict[str, object] = {}
     worker = threading.Thread(
         target=lambda: outcome.update(
