@@ -28,10 +28,10 @@ POSTER = "poster.jpg"
 
 # The master is written again as renditions become ready (playable early), then once more at
 # the job's end, under one key. A copy a browser or CDN kept of an early one would be
-# revalidated with If-Modified-Since, which S3 servers answer 304 for a rewrite within the
-# same second (MinIO even within a second after it), leaving the viewer on the early ladder
-# for good. So an early master is never kept, and the final one is checked on each use (a
-# redrive writes it again).
+# revalidated with If-Modified-Since, which S3 servers (moto; MinIO's checkPreconditions)
+# answer 304, whatever the ETag, for a rewrite within the same second as the copy's
+# Last-Modified, leaving the viewer on the early ladder for good. So an early master is
+# never kept, and the final one is checked on each use (a redrive writes it again).
 EARLY_MASTER_CACHE = "no-store"
 FINAL_MASTER_CACHE = "no-cache"
 
