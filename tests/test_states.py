@@ -28,7 +28,8 @@ def test_the_tables_cover_every_state_and_terminal_states_lead_nowhere() -> None
 @pytest.mark.parametrize(
     ("old", "new"),
     [(R.RETRYING, R.RETRYING), (R.SUCCEEDED, R.RUNNING), (R.DEAD, R.QUEUED), (None, R.RUNNING),
-     (R.FAILED, R.RETRYING), (R.QUEUED, R.SUCCEEDED)],
+     (R.FAILED, R.RETRYING), (R.QUEUED, R.SUCCEEDED), (R.QUEUED, R.FAILED),
+     (R.RETRYING, R.FAILED)],
 )  # fmt: skip
 def test_moves_the_lifecycle_does_not_have_are_refused(old: R | None, new: R) -> None:
     with pytest.raises(InvalidTransition, match="is not a transition"):

@@ -124,11 +124,12 @@ _R = RenditionState
 # from -> the states it may go to; None is "not there yet" (the row is being created).
 RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]] = {
     None: frozenset({_R.QUEUED}),
-    # -> cancelled before running: its job cancelled, or doomed by another rendition.
-    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD, _R.FAILED, _R.CANCELLED}),
+    # -> cancelled before running: its job cancelled, or doomed by another rendition. Never
+    # -> failed: only an attempt that ran fails, and its rendition was running by then.
+    _R.QUEUED: frozenset({_R.RUNNING, _R.RETRYING, _R.DEAD, _R.CANCELLED}),
     # -> dead: of several tasks, one waits for its retry while another's call is refused for
     # the last time.
-    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD, _R.FAILED, _R.CANCELLED}),
+    _R.RETRYING: frozenset({_R.QUEUED, _R.RUNNING, _R.DEAD, _R.CANCELLED}),
     _R.RUNNING: frozenset({_R.SUCCEEDED, _R.FAILED, _R.RETRYING, _R.DEAD, _R.CANCELLED}),
     _R.SUCCEEDED: frozenset(),
     _R.FAILED: frozenset(),
@@ -138,9 +139,10 @@ RENDITION_TRANSITIONS: Mapping[RenditionState | None, frozenset[RenditionState]]
 _T = TaskState
 TASK_TRANSITIONS: Mapping[TaskState | None, frozenset[TaskState]] = {
     None: frozenset({_T.QUEUED}),
-    # -> cancelled without running: its job cancelled, or doomed by a failed sibling.
-    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.FAILED, _T.CANCELLED}),
-    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.FAILED, _T.CANCELLED}),
+    # -> cancelled without running: its job cancelled, or doomed by a failed sibling; only
+    # a running attempt fails.
+    _T.QUEUED: frozenset({_T.RUNNING, _T.RETRYING, _T.DEAD, _T.CANCELLED}),
+    _T.RETRYING: frozenset({_T.QUEUED, _T.RUNNING, _T.CANCELLED}),
     # -> running: a backup call for a straggler dispatched, begun, dropped or taking over.
     _T.RUNNING: frozenset(
         {_T.RUNNING, _T.SUCCEEDED, _T.FAILED, _T.RETRYING, _T.DEAD, _T.CANCELLED}
