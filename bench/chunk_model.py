@@ -1,7 +1,7 @@
 """The wall-time model of segment-parallel encoding, calibrated by bench/chunked_encoding.py.
 
 A job is a list of tasks that the queue hands out, in dispatch order (costliest first,
-vtp.chunks.longest_first), to W workers, each running one single-threaded encode at a time.
+vtp.media.chunks.longest_first), to W workers, each running one single-threaded encode at a time.
 A task costs
 
     its encode:   rate(rendition) x seconds of source, plus, for a chunk, a fixed cost
@@ -68,7 +68,7 @@ class Calibration:
 
 
 def _chunks(duration: float, chunk_s: float) -> int:
-    """As vtp.chunks.plan_chunks: whole chunks, the last absorbing a tail under half one."""
+    """As vtp.media.chunks.plan_chunks: whole chunks, the last absorbing a tail under half one."""
     whole = math.floor(duration / chunk_s)
     return max(1, whole + (1 if duration - whole * chunk_s >= chunk_s / 2 else 0))
 

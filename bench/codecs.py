@@ -1,12 +1,12 @@
 """HEVC and AV1 beside H.264: bits and encode time at equal quality, on the quality
 benchmark's corpus (bench/quality.py: six 8 s 720p25 lavfi clips, easy to hard).
 
-Per clip, the 720p rung as a job plans it (vtp.ladder), encoded whole with the real encode
-arguments (vtp.encode.encode_args, video only, the product's presets: x264
+Per clip, the 720p rung as a job plans it (vtp.media.ladder), encoded whole with the real encode
+arguments (vtp.media.encode.encode_args, video only, the product's presets: x264
 `settings.x264_preset`, x265 `settings.hevc_preset`, SVT-AV1 `settings.av1_preset`):
 
 - H.264 at the default factor: its SSIM against the source is the quality to match;
-- HEVC and AV1 each at the factor vtp.codecs carries that to and a step either side, and
+- HEVC and AV1 each at the factor vtp.media.codecs carries that to and a step either side, and
   more steps until two encodes bracket H.264's SSIM; their bit rate and encode CPU time at
   H.264's SSIM, interpolated (log bit rate linear in SSIM dB, as bench/quality.py; `*`:
   extrapolated beyond the points, when no step brackets it).
@@ -46,10 +46,10 @@ from quality import (  # the benchmark folder's own module
     make_clip,
 )
 
-from vtp.codecs import crf_for
-from vtp.ladder import plan_ladder
+from vtp.media.codecs import crf_for
+from vtp.media.ladder import plan_ladder
+from vtp.media.probe import probe_source
 from vtp.models import RenditionSpec
-from vtp.probe import probe_source
 from vtp.settings import Settings
 
 STEP = float(os.environ.get("VTP_BENCH_CODECS_STEP", "4"))

@@ -3,20 +3,20 @@ CPU time of the I-frame playlists, the storyboard and loudness normalisation aga
 encode's.
 
 A SECONDS-long 1280x720 25 fps lavfi clip with a tone (served over HTTP on 127.0.0.1: the
-encoders read sources by URL only) is encoded as a job's default ladder would be (vtp.ladder
+encoders read sources by URL only) is encoded as a job's default ladder would be (vtp.media.ladder
 at the default factor: 360p and 720p, and the sound as its own rendition), each rendition
-with the real functions (vtp.encode.encode_rendition / encode_audio), every ffmpeg
+with the real functions (vtp.media.encode.encode_rendition / encode_audio), every ffmpeg
 `-threads 1`. Then, on those very files:
 
-- DASH: the manifest vtp.dash writes over the renditions' playlists; its bytes against
+- DASH: the manifest vtp.media.dash writes over the renditions' playlists; its bytes against
   everything the job stores (segments, init segments, playlists, I-frame playlists);
-- I-frame playlists: the byte-range scan of every segment (vtp.iframes.scan), CPU time of
+- I-frame playlists: the byte-range scan of every segment (vtp.media.iframes.scan), CPU time of
   this process;
-- storyboard: vtp.storyboard.build on the 360p rendition's keyframes (ffmpeg's CPU time);
+- storyboard: vtp.media.storyboard.build on the 360p rendition's keyframes (ffmpeg's CPU time);
 - loudness: the audio rendition encoded again with a -16 LUFS target; the CPU time it
   takes over the plain one (the measuring pass and the filter).
 
-CPU times of ffmpeg are its own (user + system, as vtp.ffmpeg reaps them). Goal: HLS+DASH
+CPU times of ffmpeg are its own (user + system, as vtp.media.ffmpeg reaps them). Goal: HLS+DASH
 under 1% more storage than HLS; the three extras together under 5% of the encode's CPU.
 Knobs: VTP_BENCH_PACKAGING_SECONDS (60).
 """
@@ -37,10 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from quality import serve  # the benchmark folder's own module
 
-from vtp import dash, iframes, storyboard
-from vtp.encode import HLS_PLAYLIST, encode_audio, encode_rendition, parse_media_playlist
-from vtp.ladder import audio_renditions, plan_ladder
-from vtp.probe import probe_source
+from vtp.media import dash, iframes, storyboard
+from vtp.media.encode import HLS_PLAYLIST, encode_audio, encode_rendition, parse_media_playlist
+from vtp.media.ladder import audio_renditions, plan_ladder
+from vtp.media.probe import probe_source
 from vtp.settings import Settings
 
 SECONDS = float(os.environ.get("VTP_BENCH_PACKAGING_SECONDS", "60"))

@@ -10,7 +10,7 @@ For a 2 s and a 30 s 1080p30 clip with audio, RUNS times each (after one warm-up
   slowest rendition's, as its transcode measured them), fan-in (last rendition done until
   the job succeeded);
 - bare ffmpeg: one process per rendition in parallel, running the very command a
-  transcode runs (`vtp.encode.ffmpeg_command`), reading the same object through the same
+  transcode runs (`vtp.media.encode.ffmpeg_command`), reading the same object through the same
   kind of presigned URL, writing to a local folder.
 
 Every figure is the median of the runs, with min and max. Runs a stack of its own.
@@ -42,9 +42,9 @@ from localfaas import runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
 from tests.ports import free_port, free_port_base  # noqa: E402
 from tests.s3 import s3_client  # noqa: E402
-from vtp.encode import ffmpeg_command  # noqa: E402
-from vtp.ladder import plan_ladder  # noqa: E402
-from vtp.probe import probe_source  # noqa: E402
+from vtp.media.encode import ffmpeg_command  # noqa: E402
+from vtp.media.ladder import plan_ladder  # noqa: E402
+from vtp.media.probe import probe_source  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
 from vtp.storage import Storage  # noqa: E402
 

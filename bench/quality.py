@@ -1,4 +1,4 @@
-"""Quality per bit: the product's rate control (per-title CRF under a VBV cap, vtp.tuning)
+"""Quality per bit: the product's rate control (per-title CRF under a VBV cap, vtp.media.tuning)
 against today's fixed ladder and against x264's own one-pass rate control, and the choice of
 the x264 preset.
 
@@ -15,15 +15,15 @@ sine tone, from easy to hard:
   what the upload had.
 
 Each clip is served over HTTP with Range requests on 127.0.0.1 (ffprobe and ffmpeg read
-sources by URL only), probed and planned like a job (vtp.probe, vtp.ladder). Per rung:
+sources by URL only), probed and planned like a job (vtp.media.probe, vtp.media.ladder). Per rung:
 
 - ours: `tune()` chooses the factor from samples, then the real encode arguments
-  (vtp.encode.encode_args, video only) encode the whole clip; its bit rate (the video
+  (vtp.media.encode.encode_args, video only) encode the whole clip; its bit rate (the video
   stream's packets), SSIM against the source as the rendition shows it
-  (vtp.encode.reference_filters) and encode CPU time, next to what the samples predicted;
+  (vtp.media.encode.reference_filters) and encode CPU time, next to what the samples predicted;
   the sampling's CPU time against the real encodes';
 - today: the same rung as jobs were encoded before per-title rate control: `veryfast`,
-  `-b:v` at the model's figure (vtp.ladder.video_bitrate), maxrate 1.5x, bufsize 2x;
+  `-b:v` at the model's figure (vtp.media.ladder.video_bitrate), maxrate 1.5x, bufsize 2x;
 - seed: x264 `medium` one-pass `-b:v` with no VBV at several bit rates spanning both (same
   keyframe grid and filters), and the seed's bit rate at ours' and at today's quality,
   interpolated (log bit rate linear in SSIM dB; `*`: extrapolated beyond the points).
@@ -65,14 +65,14 @@ from urllib.parse import unquote, urlsplit
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from vtp.encode import encode_args, reference_filters  # noqa: E402
-from vtp.ffmpeg import run_ffmpeg, run_ffprobe, untrusted_input  # noqa: E402
-from vtp.ladder import h264_level, plan_ladder, video_bitrate  # noqa: E402
+from vtp.media.encode import encode_args, reference_filters  # noqa: E402
+from vtp.media.ffmpeg import run_ffmpeg, run_ffprobe, untrusted_input  # noqa: E402
+from vtp.media.ladder import h264_level, plan_ladder, video_bitrate  # noqa: E402
+from vtp.media.probe import probe_source  # noqa: E402
+from vtp.media.quality import ssim_frames, to_db  # noqa: E402
+from vtp.media.tuning import TitlePlan, tune  # noqa: E402
 from vtp.models import RenditionSpec, SourceInfo  # noqa: E402
-from vtp.probe import probe_source  # noqa: E402
-from vtp.quality import ssim_frames, to_db  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
-from vtp.tuning import TitlePlan, tune  # noqa: E402
 
 CLIPS = ("static", "animation", "motion", "noise", "scenes", "low-upload")
 SECONDS = float(os.environ.get("VTP_BENCH_QUALITY_SECONDS", "8"))

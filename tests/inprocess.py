@@ -20,10 +20,10 @@ from vtp import db
 from vtp.events import EventBus
 from vtp.invoker import Invoker
 from vtp.jobs import Job, JobStore, SourceRef
-from vtp.ladder import plan_ladder
 from vtp.lifecycle import RetryPolicy
+from vtp.media.ladder import plan_ladder
+from vtp.media.probe import probe_source
 from vtp.pipeline import Pipeline
-from vtp.probe import probe_source
 from vtp.settings import Settings
 from vtp.storage import Storage
 

@@ -10,10 +10,10 @@ import uuid
 import pytest
 
 from tests.test_jobs import INFO, PLAN, source
-from vtp.chunks import plan_chunks
 from vtp.errors import Conflict
 from vtp.jobs import JobStore
 from vtp.lifecycle import TaskState
+from vtp.media.chunks import plan_chunks
 from vtp.models import RenditionState
 
 LONG = INFO.model_copy(update={"duration": 24.0})

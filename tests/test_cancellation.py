@@ -9,10 +9,10 @@ import uuid
 import pytest
 
 from tests.test_jobs import INFO, PLAN, source
-from vtp.chunks import plan_chunks
 from vtp.errors import Conflict, NotFound
 from vtp.jobs import JobStore, summarize_outcome
 from vtp.lifecycle import TaskState
+from vtp.media.chunks import plan_chunks
 from vtp.models import RenditionState
 
 LONG = INFO.model_copy(update={"duration": 24.0})

@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 
 from tests.test_media import H264, _av, _bind_directory, _ffmpeg, _RangeHandler, ffprobe
-from vtp.chunks import ChunkRange, plan_chunks
-from vtp.encode import ChunkResult, encode_chunk, encode_rendition
-from vtp.join import check_join, media_playlist
-from vtp.ladder import plan_ladder
-from vtp.probe import probe_source
+from vtp.media.chunks import ChunkRange, plan_chunks
+from vtp.media.encode import ChunkResult, encode_chunk, encode_rendition
+from vtp.media.join import check_join, media_playlist
+from vtp.media.ladder import plan_ladder
+from vtp.media.probe import probe_source
 from vtp.settings import Settings
 
 GRID = Settings(segment_seconds=4.0, gop_seconds=2.0, chunk_seconds=8.0, ffprobe_timeout_seconds=30)
@@ -125,7 +125,7 @@ def test_two_ffmpeg_builds_write_the_same_init_segment(
     still share the first chunk's init once the build's marks are dropped, and play."""
     import re
 
-    from vtp import fmp4
+    from vtp.media import fmp4
 
     whole: Path = encoded["out"] / "whole"
     written = (whole / "init.mp4").read_bytes()

@@ -1,4 +1,4 @@
-"""Chunk planning (vtp.chunks): whole segments, nothing lost or doubled, tails absorbed."""
+"""Chunk planning (vtp.media.chunks): whole segments, nothing lost or doubled, tails absorbed."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from vtp.chunks import estimated_cost, longest_first, plan_chunks
+from vtp.media.chunks import estimated_cost, longest_first, plan_chunks
 
 
 def test_a_short_source_is_encoded_whole() -> None:

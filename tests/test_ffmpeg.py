@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from vtp.errors import FfmpegError, FfmpegTimeout, InvalidRequest
-from vtp.ffmpeg import (
+from vtp.media.ffmpeg import (
     Progress,
     _run,
     parse_progress,
@@ -236,7 +236,7 @@ def test_exception_in_progress_callback_kills_ffmpeg_and_propagates():
 
 
 def test_failure_reason_is_the_redacted_stderr_tail(caplog):
-    caplog.set_level(logging.DEBUG, logger="vtp.ffmpeg")
+    caplog.set_level(logging.DEBUG, logger="vtp.media.ffmpeg")
     # Port 9 (discard) is closed here: the connection is refused at once.
     url = "http://127.0.0.1:9/uploads/clip.mp4?X-Amz-Signature=topsecret"
     with pytest.raises(FfmpegError) as caught:
@@ -285,7 +285,7 @@ def test_ffmpeg_dies_with_the_process_that_started_it(tmp_path):
         "import os, sys\n"
         f"sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})\n"
         f"open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
-        "from vtp.ffmpeg import run_ffmpeg\n"
+        "from vtp.media.ffmpeg import run_ffmpeg\n"
         f"run_ffmpeg({ENDLESS!r}, timeout=300)\n"
     )
     parent = subprocess.Popen([sys.executable, "-c", script])
@@ -342,7 +342,7 @@ def _comm(pid: int) -> str:
     ],
 )
 def test_failures_tell_the_input_from_its_surroundings(returncode, output, transient):
-    from vtp.ffmpeg import transient_failure
+    from vtp.media.ffmpeg import transient_failure
 
     assert transient_failure(returncode, output) is transient
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vtp.errors import InvalidRequest
-from vtp.ladder import KNOWN_RUNGS, h264_level, output_fps, plan_ladder, video_bitrate
+from vtp.media.ladder import KNOWN_RUNGS, h264_level, output_fps, plan_ladder, video_bitrate
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
@@ -213,7 +213,7 @@ def _tracked_source() -> SourceInfo:
 
 
 def test_every_sound_track_is_an_audio_rendition_named_for_a_menu(settings):
-    from vtp.ladder import audio_renditions
+    from vtp.media.ladder import audio_renditions
 
     source = _tracked_source()
     specs = audio_renditions(plan_ladder(source, settings), source, max_tracks=8, loudness=-16)
@@ -230,7 +230,7 @@ def test_every_sound_track_is_an_audio_rendition_named_for_a_menu(settings):
 
 
 def test_bitmap_subtitles_are_skipped_with_the_reason_and_text_ones_kept(settings):
-    from vtp.ladder import text_renditions
+    from vtp.media.ladder import text_renditions
     from vtp.options import CaptionFile
 
     source = _tracked_source()

@@ -114,7 +114,7 @@ def test_a_transcode_function_logs_json_lines_naming_its_work(
         # 720p and its sound, which the same function encodes.
         assert entry["rendition"] in ("720p", "audio") and entry["call_id"], entry
     loggers = {e["logger"] for e in entries if "attempt" in e}
-    assert {"vtp.ffmpeg", "vtp.storage", "vtp.pipeline.fanin"} <= loggers, loggers
+    assert {"vtp.media.ffmpeg", "vtp.storage", "vtp.pipeline.fanin"} <= loggers, loggers
     assert all(e["attempt"] == 1 for e in entries if "attempt" in e)
 
 

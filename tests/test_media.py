@@ -24,13 +24,13 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from vtp.encode import RenditionResult, encode_rendition, parse_media_playlist, peak_bitrate
 from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, StorageError
-from vtp.ffmpeg import Progress
-from vtp.ladder import plan_ladder
+from vtp.media.encode import RenditionResult, encode_rendition, parse_media_playlist, peak_bitrate
+from vtp.media.ffmpeg import Progress
+from vtp.media.ladder import plan_ladder
+from vtp.media.playlist import MasterEntry, make_poster, master_playlist
+from vtp.media.probe import probe_source
 from vtp.models import SourceInfo
-from vtp.playlist import MasterEntry, make_poster, master_playlist
-from vtp.probe import probe_source
 from vtp.settings import Settings
 
 # Short GOPs and segments so a 4 s clip has several of each.

@@ -21,8 +21,8 @@ from tests.manual import submit
 from tests.mpd_schema import schema_problems
 from tests.test_pipeline import MANUAL_BUCKET, ffprobe
 from tests.test_pipeline import s3 as s3  # the same fixture: a client with MANUAL_BUCKET made
-from vtp import loudness
-from vtp.encode import parse_media_playlist
+from vtp.media import loudness
+from vtp.media.encode import parse_media_playlist
 
 NS = {"d": "urn:mpeg:dash:schema:mpd:2011"}
 TARGET = -16.0

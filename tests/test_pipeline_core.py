@@ -16,11 +16,11 @@ from pydantic import SecretStr
 
 from tests.inprocess import build_pipeline, chunked_pipeline, job_for_clip, quiet_bucket
 from vtp import db
-from vtp.chunks import plan_chunks
 from vtp.errors import Conflict
 from vtp.jobs import Job, SourceRef
-from vtp.ladder import plan_ladder
 from vtp.lifecycle import TaskState
+from vtp.media.chunks import plan_chunks
+from vtp.media.ladder import plan_ladder
 from vtp.models import RenditionState, SourceInfo, TranscodeTask
 from vtp.options import JobOptions
 from vtp.pipeline import Pipeline
@@ -213,7 +213,7 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
 
     import vtp.pipeline.transcode as transcode_module
     from tests.clips import make_clip
-    from vtp.probe import probe_source
+    from vtp.media.probe import probe_source
 
     clip = make_clip(tmp_path / "zombie.mp4", size="640x360", seconds=3)
     key = f"core/{time.time_ns()}-zombie.mp4"

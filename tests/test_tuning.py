@@ -1,4 +1,4 @@
-"""Per-title rate control and quality measurement (vtp.tuning, vtp.quality): the search on
+"""Per-title rate control and quality measurement (vtp.media: tuning, quality): the search on
 its own, then real samples of lavfi clips served by the stack's S3 server, their choice
 checked against a real encode measured with ffmpeg."""
 
@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 
 from tests.inprocess import build_pipeline, quiet_bucket
-from vtp.encode import HLS_PLAYLIST, encode_rendition, parse_media_playlist
-from vtp.ladder import plan_ladder
+from vtp.media.encode import HLS_PLAYLIST, encode_rendition, parse_media_playlist
+from vtp.media.ladder import plan_ladder
+from vtp.media.probe import probe_source
+from vtp.media.quality import Segment, measure_segments, quality_record, spread, to_db
+from vtp.media.tuning import final_crf, next_crf, sample_positions, tune
 from vtp.pipeline import Pipeline
-from vtp.probe import probe_source
-from vtp.quality import Segment, measure_segments, quality_record, spread, to_db
 from vtp.settings import Settings
-from vtp.tuning import final_crf, next_crf, sample_positions, tune
 
 
 # --- the search, pure ----------------------------------------------------------------------
@@ -72,7 +72,7 @@ def test_final_choice_is_interpolated_or_a_measured_probe() -> None:
 
 
 def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
-    from vtp.quality import QualityScore
+    from vtp.media.quality import QualityScore
 
     good = QualityScore(score=0.984, worst=0.98, frames=50, parts=1)
     bad = QualityScore(score=0.95, worst=0.90, frames=50, parts=1)
@@ -86,7 +86,7 @@ def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
 def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target() -> None:
     """Jobs recorded before 0008 have specs without a factor: they are encoded as planned
     then, at their bit-rate target, with the preset of the time."""
-    from vtp.encode import encode_args, rate_control_args
+    from vtp.media.encode import encode_args, rate_control_args
     from vtp.models import RenditionSpec, SourceInfo
 
     old = RenditionSpec.model_validate_json(
@@ -105,7 +105,7 @@ def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target(
 
 
 def test_the_sound_of_a_chunked_job_has_no_picture_figures() -> None:
-    from vtp.ladder import audio_renditions
+    from vtp.media.ladder import audio_renditions
     from vtp.models import RenditionEstimate, SourceInfo
 
     info = SourceInfo(duration=600, width=1280, height=720, fps=25, has_audio=True,
@@ -255,8 +255,8 @@ def test_each_codec_gets_its_own_factor_from_the_samples(
 ) -> None:
     """HEVC and AV1 rungs are searched with their own encoders on the same samples: each
     lands on a factor of its own scale whose prediction meets the target."""
-    from vtp.codecs import crf_for
-    from vtp.ladder import codec_ladders
+    from vtp.media.codecs import crf_for
+    from vtp.media.ladder import codec_ladders
 
     settings = one_sample
     url = _upload(pipeline, tmp_path, "codecs", "testsrc2=s=640x360:r=25:d=8")

@@ -97,7 +97,7 @@ class FfmpegTimeout(FfmpegError):
 
 class JoinRefused(VtpError):
     """A chunk's encode does not fit its rendition (a frame missing or extra, a gap, a
-    segment without a keyframe, another init segment: vtp.join). Encoding that chunk again
+    segment without a keyframe, another init segment: vtp.media.join). Encoding that chunk again
     is the remedy, so it is retried, alone."""
 
     http_status = 500

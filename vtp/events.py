@@ -97,7 +97,7 @@ class ProgressEvent(BaseModel):
     out_time_seconds: float | None = None
     attempt: int | None = None
     error: str | None = None
-    # A chunk's own progress (vtp.chunks): the number of the chunk and its share of the
+    # A chunk's own progress (vtp.media.chunks): the number of the chunk and its share of the
     # rendition, in source seconds. Clients draw these as the segments of the rendition's
     # bar; the rendition's own event (no chunk) carries the aggregate.
     chunk: int | None = Field(default=None, ge=0)
@@ -308,7 +308,7 @@ class ProgressReporter:
         chunk: int | None = None,
         chunk_lengths: Sequence[float] = (),
     ) -> None:
-        """`chunk`, `chunk_lengths`: this reporter is one chunk's (vtp.chunks), of a rendition
+        """`chunk`, `chunk_lengths`: this reporter is one chunk's (vtp.media.chunks), of a rendition
         whose chunks last `chunk_lengths` seconds each. It publishes its own progress as the
         chunk's event, then the rendition's, aggregated over the latest event of every
         chunk: percent weighted by length, fps and speed summed over the chunks running, and

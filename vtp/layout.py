@@ -23,7 +23,7 @@ from __future__ import annotations
 from uuid import UUID
 
 MASTER = "master.m3u8"
-MANIFEST = "manifest.mpd"  # DASH, over the same segments (vtp.dash), when asked for
+MANIFEST = "manifest.mpd"  # DASH, over the same segments (vtp.media.dash), when asked for
 POSTER = "poster.jpg"
 
 # The master is written again as renditions become ready (playable early), then once more at
@@ -52,7 +52,7 @@ def attempt_prefix(job_id: UUID | str, rendition: str, attempt: int) -> str:
 def chunk_prefix(
     job_id: UUID | str, rendition: str, chunk: int, attempt: int, *, backup: bool = False
 ) -> str:
-    """One attempt of one chunk of a rendition encoded in chunks (vtp.chunks); a backup
+    """One attempt of one chunk of a rendition encoded in chunks (vtp.media.chunks); a backup
     call (vtp.jobs.backups) runs the same attempt beside the first, in a folder of its own."""
     return f"{job_id}/{rendition}/chunk-{chunk}/attempt-{attempt}{'-backup' if backup else ''}"
 

@@ -64,8 +64,8 @@ class SourceInfo(BaseModel):
     size_bytes: int | None = None
     bit_rate: int | None = None
     rotation: int = 0
-    # The video stream's own bit rate, as far as the file tells (vtp.probe.video_bit_rate):
-    # no rendition is given more bits than the source's picture holds (vtp.ladder).
+    # The video stream's own bit rate, as far as the file tells (vtp.media.probe.video_bit_rate):
+    # no rendition is given more bits than the source's picture holds (vtp.media.ladder).
     video_bit_rate: int | None = None
     # Every sound track and subtitle stream, in the file's order (empty in jobs probed before
     # tracks were: their one sound is `-map 0:a:0`).
@@ -75,7 +75,7 @@ class SourceInfo(BaseModel):
 
 class RenditionEstimate(BaseModel):
     """What a rendition is predicted to cost and reach, from the samples split encoded
-    (vtp.tuning): the plan a dry run returns, and what the real encode is compared with."""
+    (vtp.media.tuning): the plan a dry run returns, and what the real encode is compared with."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -104,27 +104,27 @@ class RenditionSpec(BaseModel):
     )
     max_bitrate: int = Field(gt=0)
     buffer_size: int = Field(gt=0)
-    # Rate control by quality (vtp.ladder, vtp.tuning): x264's constant-rate factor under
+    # Rate control by quality (vtp.media: ladder, tuning): x264's constant-rate factor under
     # the VBV cap above. None: a bit-rate target (`-b:v`), how jobs planned before were
     # encoded. The factor and preset are decided once per title, in the plan, so every
     # chunk of a rendition is encoded alike whichever replica runs it.
     crf: float | None = Field(default=None, ge=0, le=51)
     preset: str | None = None
-    # The quality the factor was chosen for (SSIM, vtp.quality), and what the samples
+    # The quality the factor was chosen for (SSIM, vtp.media.quality), and what the samples
     # predicted of the whole rendition; None where no samples were taken.
     quality_target: float | None = Field(default=None, gt=0, le=1)
     estimate: RenditionEstimate | None = None
     audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
     profile: str = "high"
     level: str = "4.1"
-    # Which video codec (vtp.codecs): every job's ladder is H.264; a job may add HEVC
+    # Which video codec (vtp.media.codecs): every job's ladder is H.264; a job may add HEVC
     # and AV1 ladders beside it (`720p-hevc`, `720p-av1`).
     codec: Literal["h264", "hevc", "av1"] = "h264"
     # The job's sound alone, encoded once for the whole source (a job encoded in chunks:
-    # vtp.chunks), and referenced by every video variant as an HLS audio group; its video
+    # vtp.media.chunks), and referenced by every video variant as an HLS audio group; its video
     # fields are those of the rung whose function encodes it, and unused.
     audio_only: bool = False
-    # An audio rendition's track (vtp.ladder.audio_renditions): which of the source's sound
+    # An audio rendition's track (vtp.media.ladder.audio_renditions): which of the source's sound
     # streams, and how the master playlist and the MPD name it.
     audio_track: int = Field(default=0, ge=0)
     language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
@@ -132,7 +132,7 @@ class RenditionSpec(BaseModel):
     default_track: bool = False
     # EBU R128 integrated loudness to normalise the sound to (LUFS), two-pass; None: as is.
     loudness: float | None = Field(default=None, ge=-70, le=-5)
-    # A subtitle rendition (vtp.ladder.text_renditions): WebVTT from the source's text track
+    # A subtitle rendition (vtp.media.ladder.text_renditions): WebVTT from the source's text track
     # `text_track`, or from the caption file `caption_key` in the source's bucket.
     text_only: bool = False
     text_track: int | None = Field(default=None, ge=0)

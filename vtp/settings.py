@@ -126,21 +126,21 @@ class Settings(BaseSettings):
     # Sound tracks of a source made into audio renditions (languages, commentary); the
     # rest are left out, and the plan says so.
     max_audio_tracks: int = Field(default=8, ge=1, le=32)
-    # The encoders' speed for the ladders a job may add beside H.264 (vtp.codecs): x265's
+    # The encoders' speed for the ladders a job may add beside H.264 (vtp.media.codecs): x265's
     # preset names, SVT-AV1's 0 (slowest) .. 13.
     hevc_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                          "slow"] = "fast"  # fmt: skip
     av1_preset: int = Field(default=8, ge=0, le=13)
     # Subtitle tracks (the source's text streams, then the job's caption files) made WebVTT.
     max_text_tracks: int = Field(default=16, ge=0, le=64)
-    # The storyboard (vtp.storyboard): a thumbnail every `storyboard_seconds`, rounded up
+    # The storyboard (vtp.media.storyboard): a thumbnail every `storyboard_seconds`, rounded up
     # to whole segments (thumbnails are the segments' own first pictures; 0: none),
     # `storyboard_width` pixels wide.
     storyboard_seconds: float = Field(default=4.0, ge=0)
     storyboard_width: int = Field(default=160, ge=32, le=640, multiple_of=2)
-    # Segment-parallel encoding (vtp.chunks): a source longer than the threshold is to be
+    # Segment-parallel encoding (vtp.media.chunks): a source longer than the threshold is to be
     # encoded as chunks of whole segments, each its own task, so replicas share one
-    # rendition (split plans them, transcode encodes each, fan-in joins them: vtp.join).
+    # rendition (split plans them, transcode encodes each, fan-in joins them: vtp.media.join).
     chunk_threshold_seconds: float = Field(default=120.0, ge=0)
     chunk_seconds: float = Field(default=48.0, gt=0)
     # Its sound is then a rendition of its own (an HLS audio group), encoded once whole, so
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     # backup call racing it; the first result wins (vtp.jobs.backups). 0: never.
     straggler_factor: float = Field(default=2.5, ge=0)
     straggler_min_seconds: float = Field(default=60.0, ge=0)
-    # --- rate control and quality per bit (vtp.ladder, vtp.tuning, vtp.quality) -------------
+    # --- rate control and quality per bit (vtp.media: ladder, tuning, quality) -------------
     # Every rendition is encoded at a constant-rate factor (x264 `-crf`) under a VBV cap: the
     # per-resolution bit-rate model's figure, and never more than the source's own video bit
     # rate scaled to the rendition's pixels, times `source_bitrate_margin`.
@@ -165,12 +165,12 @@ class Settings(BaseSettings):
     ] = "medium"  # fmt: skip
     source_bitrate_margin: float = Field(default=1.25, ge=1)
     # The quality each rendition is encoded for: mean SSIM against the source scaled to its
-    # size (vtp.quality); `quality_targets` overrides it per rung, e.g. {"360p": 0.98}.
+    # size (vtp.media.quality); `quality_targets` overrides it per rung, e.g. {"360p": 0.98}.
     quality_target: float = Field(default=0.985, gt=0, lt=1)
     quality_targets: dict[str, float] = Field(default_factory=dict)
     # A rendition measured this far (SSIM dB, -10*log10(1-SSIM)) below its target is flagged.
     quality_margin_db: float = Field(default=1.0, ge=0)
-    # Per-title choice (vtp.tuning): split encodes `quality_sample_count` samples of
+    # Per-title choice (vtp.media.tuning): split encodes `quality_sample_count` samples of
     # `quality_sample_seconds` spread over the source at a few factors and picks, per rung,
     # the one that meets the target. Together the samples cover at most
     # `quality_sample_share` of the source; a source too short for one sample gets

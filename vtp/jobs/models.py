@@ -117,7 +117,7 @@ class Rendition(BaseModel):
     size_bytes: int | None = None
     avg_bitrate: int | None = None
     peak_bitrate: int | None = None
-    # Measured against the source after encoding (migration 0008, vtp.quality).
+    # Measured against the source after encoding (migration 0008, vtp.media.quality).
     quality_metric: str | None = None
     quality_score: float | None = None
     quality_worst: float | None = None
@@ -177,7 +177,7 @@ class Job(BaseModel):
     updated_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    # How the ladder was decided (vtp.tuning.TitlePlan.summary); None for older jobs.
+    # How the ladder was decided (vtp.media.tuning.TitlePlan.summary); None for older jobs.
     plan: dict[str, Any] | None = None
     renditions: list[Rendition] = Field(default_factory=list)
 

@@ -16,11 +16,11 @@ from uuid import UUID
 
 import psycopg2.extras
 
-from vtp.chunks import ChunkRange
 from vtp.errors import Conflict, InvalidRequest
 from vtp.jobs.models import CallbackStatus, Job, SourceRef
 from vtp.jobs.queries import Queries
 from vtp.jobs.transactions import Cursor, audit, insert_change, parse_id
+from vtp.media.chunks import ChunkRange
 from vtp.models import JobState, RenditionSpec, SourceInfo
 from vtp.options import DEFAULT_OPTIONS_KEY
 
@@ -48,7 +48,7 @@ class Submission(Queries):
         waits for a concurrent inserter, so two racing calls still produce one job.
 
         `chunks`: every video rendition is encoded as these parts of the source, one task
-        each (vtp.chunks); an audio rendition and, without chunks, every rendition is one
+        each (vtp.media.chunks); an audio rendition and, without chunks, every rendition is one
         task for the whole source. `decision`: how the ladder was decided (jobs.plan).
         """
         if not plan:

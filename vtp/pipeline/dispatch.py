@@ -12,9 +12,9 @@ from typing import Any
 from uuid import uuid4
 
 from vtp import logs
-from vtp.chunks import estimated_cost, longest_first
 from vtp.errors import Conflict, VtpError
 from vtp.jobs import Job, Task
+from vtp.media.chunks import estimated_cost, longest_first
 from vtp.models import TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
@@ -264,7 +264,7 @@ def _status_text(status: int, body: bytes) -> str:
 
 
 def costliest_first(job: Job, tasks: Sequence[Task]) -> list[Task]:
-    """`tasks` of `job` in dispatch order (vtp.chunks.longest_first): the costliest first,
+    """`tasks` of `job` in dispatch order (vtp.media.chunks.longest_first): the costliest first,
     so the longest is not left to run alone at the end."""
     assert job.source_info is not None
     whole = job.source_info.duration

@@ -11,19 +11,20 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, dash, iframes, layout, logs, storyboard, workdirs
-from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
+from vtp import callbacks, layout, logs, workdirs
 from vtp.errors import VtpError
 from vtp.events import ProgressEvent
-from vtp.iframes import IFRAME_PLAYLIST
 from vtp.jobs import CallbackStatus, Job, Rendition, SourceRef, summarize_outcome
-from vtp.join import check_join, iframe_playlist, joined_result, media_playlist
 from vtp.lifecycle import RetryPolicy, TaskState
+from vtp.media import dash, iframes, storyboard
+from vtp.media.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
+from vtp.media.iframes import IFRAME_PLAYLIST
+from vtp.media.join import check_join, iframe_playlist, joined_result, media_playlist
+from vtp.media.playlist import MasterEntry, make_poster, master_playlist
+from vtp.media.quality import combined_record
 from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.views import JobViews
-from vtp.playlist import MasterEntry, make_poster, master_playlist
-from vtp.quality import combined_record
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +41,10 @@ class JobCallback(BaseModel):
     master_url: str | None
     poster_url: str | None
     dash_url: str | None = None  # the DASH manifest, for a job that asked for it
-    storyboard_url: str | None = None  # the thumbnails' WebVTT index (vtp.storyboard)
+    storyboard_url: str | None = None  # the thumbnails' WebVTT index (vtp.media.storyboard)
     renditions: list[dict[str, Any]]
     finished_at: datetime | None
-    plan: dict[str, Any] | None = None  # how the ladder was decided (vtp.tuning)
+    plan: dict[str, Any] | None = None  # how the ladder was decided (vtp.media.tuning)
 
 
 class FanIn:
@@ -174,7 +175,7 @@ class FanIn:
         return master, [r.name for r in done]
 
     def _write_manifest(self, job: Job) -> str | None:
-        """The DASH manifest over the renditions' own segments (vtp.dash), from their media
+        """The DASH manifest over the renditions' own segments (vtp.media.dash), from their media
         playlists as stored; why it could not be written, else None."""
         bucket = self.settings.outputs_bucket
         tracks = []
@@ -219,7 +220,7 @@ class FanIn:
 
     def _join(self, job: Job, r: Rendition) -> list[str] | None:
         """Join a rendition encoded in chunks whose chunks all succeeded: prove the join
-        (vtp.join), write its playlist over the chunks' folders, record what it is. Returns
+        (vtp.media.join), write its playlist over the chunks' folders, record what it is. Returns
         why it could not be joined (each chunk checked itself before it succeeded, so only
         a cross-chunk mismatch is left: an init segment from another encoder build, say),
         which fails the job with the reason rather than publishing a broken stream; None
@@ -319,7 +320,7 @@ class FanIn:
             log.warning("job %s: no poster: %s", job.id, exc.reason)
 
     def _write_storyboard(self, job: Job) -> bool:
-        """Thumbnails on sprite sheets with their WebVTT index (vtp.storyboard), from the
+        """Thumbnails on sprite sheets with their WebVTT index (vtp.media.storyboard), from the
         I-frames of the smallest video rendition. Like the poster, cosmetic: a failure is
         logged and the job stands."""
         every = self.settings.storyboard_seconds

@@ -11,19 +11,19 @@ from uuid import UUID
 from pydantic import BaseModel, Field
 
 from vtp import callbacks
-from vtp.chunks import ChunkRange, plan_chunks
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.jobs import Job, SourceRef
-from vtp.ladder import audio_renditions, codec_ladders, plan_ladder, text_renditions
+from vtp.media.chunks import ChunkRange, plan_chunks
+from vtp.media.ladder import audio_renditions, codec_ladders, plan_ladder, text_renditions
+from vtp.media.probe import probe_source
+from vtp.media.tuning import TitlePlan, tune
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.dispatch import Dispatcher, costliest_first
 from vtp.pipeline.fanin import FanIn
 from vtp.pipeline.views import kind_fields
-from vtp.probe import probe_source
 from vtp.storage import ListedObject
-from vtp.tuning import TitlePlan, tune
 from vtp.webhook import SourceObject, key_problem, storable_key
 
 log = logging.getLogger(__name__)
@@ -257,7 +257,7 @@ class Intake:
             )
 
     def _plan(self, src: SourceObject, size: int | None, options: JobOptions) -> Planned:
-        """Probe, plan the ladder, tune it per title from samples (vtp.tuning), and cut it
+        """Probe, plan the ladder, tune it per title from samples (vtp.media.tuning), and cut it
         into chunks where the job is to be encoded in parts."""
         s = self.settings
         self._check_captions(src.bucket, options)
@@ -318,9 +318,9 @@ class Intake:
     def _codec_ladders(
         self, url: str, info: SourceInfo, title: TitlePlan, options: JobOptions, budget: float
     ) -> tuple[list[RenditionSpec], dict[str, dict[str, object]]]:
-        """The H.264 ladder and the other codecs' (vtp.ladder.codec_ladders), each codec's
+        """The H.264 ladder and the other codecs' (vtp.media.ladder.codec_ladders), each codec's
         factors searched from the same samples with its own encoder (the search runs on
-        x264's scale, vtp.codecs.crf_for), in what is left of the sampling budget shared
+        x264's scale, vtp.media.codecs.crf_for), in what is left of the sampling budget shared
         among them; a codec left without time keeps the factors carried over from x264."""
         videos = codec_ladders(title.specs, options.codecs)
         extra = videos[len(title.specs) :]

@@ -16,8 +16,19 @@ import redis
 import requests
 
 from vtp import layout, logs, workdirs
-from vtp.chunks import ChunkRange
-from vtp.encode import (
+from vtp.errors import (
+    Conflict,
+    FfmpegError,
+    FfmpegTimeout,
+    InvalidSource,
+    JoinRefused,
+    NotFound,
+    VtpError,
+)
+from vtp.events import ProgressReporter
+from vtp.jobs import Job, JobStore, Task
+from vtp.media.chunks import ChunkRange
+from vtp.media.encode import (
     HLS_INIT,
     HLS_PLAYLIST,
     ChunkResult,
@@ -29,23 +40,12 @@ from vtp.encode import (
     frame_rate,
     parse_media_playlist,
 )
-from vtp.errors import (
-    Conflict,
-    FfmpegError,
-    FfmpegTimeout,
-    InvalidSource,
-    JoinRefused,
-    NotFound,
-    VtpError,
-)
-from vtp.events import ProgressReporter
-from vtp.ffmpeg import Progress
-from vtp.jobs import Job, JobStore, Task
-from vtp.join import check_chunk
+from vtp.media.ffmpeg import Progress
+from vtp.media.join import check_chunk
+from vtp.media.quality import Segment, measure_segments, quality_record, spread
 from vtp.models import JobState, RenditionSpec, RenditionState, TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
-from vtp.quality import Segment, measure_segments, quality_record, spread
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ class TaskRunner:
                         timeout=budget,
                         cancel=watch.event,
                     )
-                    # Proven to fit its place before it is recorded as done (vtp.join).
+                    # Proven to fit its place before it is recorded as done (vtp.media.join).
                     problems = check_chunk(result, fps=frame_rate(rend.spec.fps))
                     if problems:
                         raise JoinRefused(f"chunk {chunk.index}: " + "; ".join(problems))
@@ -309,7 +309,7 @@ class TaskRunner:
         cancel: threading.Event,
     ) -> dict[str, Any]:
         """The encode's quality against the source on a few of its segments (a chunk: its
-        middle one), recorded with its result (vtp.quality). A measurement that fails is
+        middle one), recorded with its result (vtp.media.quality). A measurement that fails is
         recorded as such and leaves the encode standing: the output is what it is."""
         if isinstance(result, ChunkResult):
             init = result.init

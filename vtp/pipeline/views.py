@@ -6,10 +6,10 @@ import logging
 from typing import Any
 
 from vtp import callbacks, layout
-from vtp.encode import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE
 from vtp.errors import NotFound
 from vtp.events import progress_field
 from vtp.jobs import Job, Rendition
+from vtp.media.encode import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE
 from vtp.models import RenditionSpec, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.urls import Urls
@@ -91,7 +91,7 @@ class JobViews:
                     item["urls"]["subtitles"] = self.urls.output_url(
                         job.id, f"{folder}/{r.result['subtitles']}"
                     )
-                if r.result.get("iframes"):  # trick play (vtp.iframes)
+                if r.result.get("iframes"):  # trick play (vtp.media.iframes)
                     item["urls"]["iframes"] = self.urls.output_url(
                         job.id, f"{folder}/{r.result['iframes']}"
                     )
@@ -136,7 +136,7 @@ class JobViews:
             "started_at": job.started_at,
             "finished_at": job.finished_at,
             "renditions_done": len(done),
-            # Encoder time per video codec, summed over its renditions' calls (vtp.codecs).
+            # Encoder time per video codec, summed over its renditions' calls (vtp.media.codecs).
             "encode_seconds": _encode_seconds(job),
             "renditions": rends,
             # How the ladder was decided: samples, their cost, rungs dropped and why.
@@ -183,8 +183,8 @@ def kind_fields(spec: RenditionSpec) -> dict[str, Any]:
 
 
 def _picture(r: Rendition) -> dict[str, Any]:
-    """A video rendition: its picture, how it was encoded (vtp.tuning) and what it measured
-    (vtp.quality)."""
+    """A video rendition: its picture, how it was encoded (vtp.media.tuning) and what it measured
+    (vtp.media.quality)."""
     return {
         **kind_fields(r.spec),
         "crf": r.spec.crf,
@@ -215,7 +215,7 @@ def _quality(r: Rendition) -> dict[str, Any]:
 def _track(r: Rendition) -> dict[str, Any]:
     """A sound or subtitle rendition's track: which of the source's (or the caption file),
     as players name it, and for sound the loudness it measured when the job asked for one
-    (vtp.loudness)."""
+    (vtp.media.loudness)."""
     result = r.result or {}
     if r.spec.text_only:
         return {

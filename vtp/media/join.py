@@ -1,10 +1,10 @@
-"""Joining a chunked rendition (vtp.chunks): proof that its chunks make one seamless stream,
+"""Joining a chunked rendition (vtp.media.chunks): proof that its chunks make one seamless stream,
 then its playlist.
 
 The defects distributed encoders are known for sit at the joins: chunks out of order, a
 missing or doubled frame, a gap or an overlap in the timestamps, a segment that does not
 start on a keyframe, segments that need another init segment than the playlist names. Each
-is checked here from the segments themselves (vtp.fmp4: decode times, sample counts,
+is checked here from the segments themselves (vtp.media.fmp4: decode times, sample counts,
 keyframe flags), before any playlist names them; a problem names its chunk, so that chunk
 alone is encoded again.
 """
@@ -16,9 +16,9 @@ from fractions import Fraction
 
 from pydantic import BaseModel, ConfigDict
 
-from vtp import iframes
-from vtp.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, peak_bitrate
-from vtp.iframes import IFrame
+from vtp.media import iframes
+from vtp.media.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, peak_bitrate
+from vtp.media.iframes import IFrame
 from vtp.models import RenditionSpec
 
 __all__ = [
@@ -131,7 +131,7 @@ def media_playlist(chunks: Sequence[ChunkResult], *, prefixes: Sequence[str] = (
 
 
 def iframe_playlist(chunks: Sequence[ChunkResult], *, prefixes: Sequence[str] = ()) -> str | None:
-    """The rendition's I-frame playlist (vtp.iframes) over its chunks' segments, as
+    """The rendition's I-frame playlist (vtp.media.iframes) over its chunks' segments, as
     `media_playlist` lists them; None when a chunk was encoded before its keyframes'
     byte ranges were recorded."""
     where = list(prefixes) or [""] * len(chunks)

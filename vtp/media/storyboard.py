@@ -2,8 +2,8 @@
 of `#xywh=` cues (the convention players' seek-bar previews read: JW Player, Video.js,
 Mux, Vidstack).
 
-It is made from the I-frames the smallest video rendition already has (vtp.iframes): their
-byte ranges, turned into one-sample fragments behind its init segment (vtp.fmp4), are a
+It is made from the I-frames the smallest video rendition already has (vtp.media.iframes): their
+byte ranges, turned into one-sample fragments behind its init segment (vtp.media.fmp4), are a
 small fragmented MP4 of exactly the pictures wanted, already decodable on their own. So
 no source is decoded again and nothing but those keyframes is read: a few percent of one
 small rendition's bytes, and one ffmpeg run that decodes a picture per thumbnail.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp import fmp4
-from vtp.ffmpeg import run_ffmpeg
-from vtp.iframes import IFrame
+from vtp.media import fmp4
+from vtp.media.ffmpeg import run_ffmpeg
+from vtp.media.iframes import IFrame
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The job's DASH manifest (`manifest.mpd`) over the very segments its HLS playlists list.
 
 The renditions are CMAF-style already: fMP4 segments, one track each (the sound is a
-rendition of its own: vtp.ladder.audio_renditions), every segment starting with an IDR frame
+rendition of its own: vtp.media.ladder.audio_renditions), every segment starting with an IDR frame
 on the shared keyframe grid. So DASH needs no second copy of the media, only a second index
 of it: each Representation points at the rendition's init segment and segments where the
 HLS media playlist points, with the same durations. The media playlists are the source of
@@ -30,7 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp.encode import RenditionResult, parse_media_playlist
+from vtp.media.encode import RenditionResult, parse_media_playlist
 from vtp.models import RenditionSpec
 
 MPD_NAMESPACE = "urn:mpeg:dash:schema:mpd:2011"
@@ -209,7 +209,7 @@ def _video_set(index: int, members: Sequence[Track]) -> dict[str, str]:
         "id": str(index),
         "contentType": "video",
         "mimeType": "video/mp4",
-        "segmentAlignment": "true",  # one keyframe grid for all (vtp.encode)
+        "segmentAlignment": "true",  # one keyframe grid for all (vtp.media.encode)
         "startWithSAP": "1",  # every segment starts with an IDR frame
         "maxWidth": str(max(t.width or 0 for t in members)),
         "maxHeight": str(max(t.height or 0 for t in members)),

@@ -3,9 +3,9 @@
 H.264 (x264) plays everywhere and is every job's ladder. A job may add HEVC (x265, tagged
 `hvc1` so Apple players accept it in fMP4) and AV1 (SVT-AV1): fewer bits at the same
 quality, for the players that decode them; the master playlist lists every variant with
-its CODECS and a player keeps to what it can play (vtp.playlist, vtp.dash).
+its CODECS and a player keeps to what it can play (vtp.media.playlist, vtp.media.dash).
 
-Every codec keeps the one keyframe grid (vtp.encode): x264 and x265 take forced keyframes
+Every codec keeps the one keyframe grid (vtp.media.encode): x264 and x265 take forced keyframes
 at each multiple of `gop_seconds` as IDR frames, scene cuts off, closed GOPs. The SVT-AV1
 wrapper of ffmpeg 5.1 ignores forced keyframes, so AV1 gets a fixed intra period of
 `gop_seconds` worth of frames instead (closed, scene detection off): exactly the grid at
@@ -13,9 +13,9 @@ whole frame rates; at 30000/1001 a frame's worth longer every 2 s, which is why 
 rendition is encoded whole, never in chunks (its grid is its own).
 
 Rate control is the quality issue's, per codec: the factor chosen for x264 from the title's
-samples (vtp.tuning) carried over by each encoder's scale (x265's CRF 28 is documented as
+samples (vtp.media.tuning) carried over by each encoder's scale (x265's CRF 28 is documented as
 x264's 23; SVT-AV1's 63-step scale puts the same point near 35), under a cap scaled by what
-the codec saves. The measured SSIM of every rendition (vtp.quality) shows what it gave.
+the codec saves. The measured SSIM of every rendition (vtp.media.quality) shows what it gave.
 """
 
 from __future__ import annotations

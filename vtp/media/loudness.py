@@ -17,7 +17,7 @@ import threading
 from pydantic import BaseModel, ConfigDict, Field
 
 from vtp.errors import FfmpegError
-from vtp.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
 
 log = logging.getLogger(__name__)
 

@@ -5,9 +5,9 @@ and no well-kept Python package brings VMAF without it. Every score says which m
 it (`metric`), so a later VMAF run is never mistaken for an SSIM one.
 
 A rendition is compared at its own size with the source scaled to that size by the same
-filters the encode used (vtp.encode.picture_filters): the score measures what encoding lost,
+filters the encode used (vtp.media.encode.picture_filters): the score measures what encoding lost,
 not what scaling down did, so each rung can have a target of its own. Comparing across
-rungs (vtp.tuning's pruning) scales the smaller one up instead.
+rungs (vtp.media.tuning's pruning) scales the smaller one up instead.
 
 Scores are pooled as the mean of the per-frame SSIM (the figure ffmpeg prints as "All"):
 averaging the error 1 - SSIM weights a badly coded stretch as much as its share of the
@@ -29,9 +29,9 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from vtp import workdirs
-from vtp.encode import reference_filters
 from vtp.errors import FfmpegError
-from vtp.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.media.encode import reference_filters
+from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
 from vtp.models import RenditionSpec
 from vtp.settings import Settings
 

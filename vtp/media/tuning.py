@@ -3,7 +3,7 @@
 x264's CRF gives roughly the same quality across content, but not the same SSIM: a
 cartoon at CRF 23 scores far above its target and spends bits on nothing visible, a
 detailed crowd scene falls below it. So split encodes a few short samples spread over the
-source at a few factors, measures each against the source (vtp.quality) and picks, per
+source at a few factors, measures each against the source (vtp.media.quality) and picks, per
 rung, the factor that reaches the rung's target at the fewest bits. The decision is part
 of the plan (`RenditionSpec.crf`), so every chunk of a rendition is encoded alike.
 
@@ -42,12 +42,11 @@ from typing import NamedTuple, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from vtp import workdirs
-from vtp.codecs import crf_for
-from vtp.encode import encode_args, reference_filters
 from vtp.errors import FfmpegError
-from vtp.ffmpeg import run_ffmpeg, untrusted_input
-from vtp.models import RenditionEstimate, RenditionSpec, SourceInfo
-from vtp.quality import (
+from vtp.media.codecs import crf_for
+from vtp.media.encode import encode_args, reference_filters
+from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.media.quality import (
     METRIC,
     QualityScore,
     from_db,
@@ -57,6 +56,7 @@ from vtp.quality import (
     to_db,
     upscaled,
 )
+from vtp.models import RenditionEstimate, RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -8,9 +8,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp.encode import HLS_PLAYLIST, RenditionResult
 from vtp.errors import FfmpegError, InvalidRequest
-from vtp.ffmpeg import run_ffmpeg, untrusted_input
+from vtp.media.encode import HLS_PLAYLIST, RenditionResult
+from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
@@ -39,7 +39,7 @@ class MasterEntry(BaseModel):
     fps: float = Field(gt=0)
     # The rendition's folder, relative to the master playlist (vtp.layout): `360p/attempt-2`.
     folder: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
-    # Measured quality at the ladder's largest picture size (vtp.quality): the SCORE.
+    # Measured quality at the ladder's largest picture size (vtp.media.quality): the SCORE.
     score: float | None = Field(default=None, gt=0, le=1)
     # An audio rendition's track: its language (BCP 47), the name players show, and
     # whether it is the one to play when the viewer's language is none of the group's.
@@ -47,7 +47,7 @@ class MasterEntry(BaseModel):
     label: str | None = Field(default=None, pattern=r'^[^"\n\r]{1,64}$')
     default: bool = False
     forced: bool = False
-    # A video rendition's I-frame playlist (vtp.iframes), in its folder, and its rates.
+    # A video rendition's I-frame playlist (vtp.media.iframes), in its folder, and its rates.
     iframes: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     iframe_bandwidth: int | None = Field(default=None, gt=0)
     iframe_average_bandwidth: int | None = Field(default=None, gt=0)
@@ -148,7 +148,7 @@ def _variant_order(e: MasterEntry) -> tuple[int, int, str]:
 
 def _iframe_streams(entries: Sequence[MasterEntry]) -> list[str]:
     """An EXT-X-I-FRAME-STREAM-INF per video rendition with an I-frame playlist (trick
-    play: vtp.iframes), lowest first; its CODECS are the video's alone."""
+    play: vtp.media.iframes), lowest first; its CODECS are the video's alone."""
     lines = []
     for e in sorted(entries, key=_variant_order):
         if not e.iframes or not e.iframe_bandwidth:
@@ -181,7 +181,7 @@ def _audio_media(audio: Sequence[MasterEntry]) -> list[str]:
             *([f'LANGUAGE="{a.language}"'] if a.language else []),
             f"DEFAULT={'YES' if a is default else 'NO'}",
             "AUTOSELECT=YES",
-            'CHANNELS="2"',  # every track is encoded stereo (vtp.encode)
+            'CHANNELS="2"',  # every track is encoded stereo (vtp.media.encode)
             f'URI="{a.uri}"',
         ]
         lines.append(f"#EXT-X-MEDIA:{','.join(attributes)}")

@@ -19,7 +19,7 @@ from typing import Any
 import langcodes
 
 from vtp.errors import FfmpegError, InvalidSource, StorageError
-from vtp.ffmpeg import FORMAT_WHITELIST, run_ffprobe, untrusted_input
+from vtp.media.ffmpeg import FORMAT_WHITELIST, run_ffprobe, untrusted_input
 from vtp.models import AudioTrack, SourceInfo, TextTrack
 from vtp.settings import Settings
 

@@ -3,7 +3,7 @@
 A player scrubbing or fast-forwarding wants one picture every few seconds, not the
 segments around it. Every segment already starts with an IDR frame on the shared grid, so
 the I-frame playlist needs no media of its own: each entry is a byte range of an existing
-segment, from its movie fragment header to the end of that first picture (vtp.fmp4
+segment, from its movie fragment header to the end of that first picture (vtp.media.fmp4
 keyframe_range), decodable with the rendition's init segment. One picture per segment is
 what can be addressed that way: later keyframes of a segment sit mid-fragment, and their
 header is the fragment's.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp import fmp4
+from vtp.media import fmp4
 
 IFRAME_PLAYLIST = "iframes.m3u8"
 

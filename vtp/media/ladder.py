@@ -13,7 +13,7 @@ for at least that many pixels. Above every default rung, the largest default's f
 used.
 
 Rate control is by quality: each rendition is encoded at a constant-rate factor (`crf`,
-chosen per title from samples by vtp.tuning, else `settings.default_crf`) under a VBV cap.
+chosen per title from samples by vtp.media.tuning, else `settings.default_crf`) under a VBV cap.
 The cap is the per-resolution bit-rate model below, and never more than the source's own
 video bit rate scaled to the rendition's pixels (by the same model's exponents) with a
 margin: a 400 kbit/s upload is not re-encoded into 600 kbit/s of the same picture.
@@ -34,8 +34,8 @@ from typing import NamedTuple
 
 import langcodes
 
-from vtp.codecs import CAP_FACTOR, crf_for
 from vtp.errors import InvalidRequest, InvalidSource
+from vtp.media.codecs import CAP_FACTOR, crf_for
 from vtp.models import AudioTrack, RenditionSpec, SourceInfo
 from vtp.options import CaptionFile
 from vtp.settings import Settings
@@ -148,7 +148,7 @@ AUDIO_RENDITION = "audio"
 def codec_ladders(specs: Sequence[RenditionSpec], codecs: Sequence[str]) -> list[RenditionSpec]:
     """The H.264 ladder and, for each other codec asked for, the same rungs in it
     (`720p-hevc`): the factor chosen for x264 carried over to the codec's scale, and the
-    cap scaled by what the codec saves (vtp.codecs). Same sizes, same frame rate, same
+    cap scaled by what the codec saves (vtp.media.codecs). Same sizes, same frame rate, same
     function: the rung's pixels are what its replicas were sized for."""
     out = list(specs)
     for codec in codecs:

@@ -29,21 +29,21 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp import fmp4, iframes, loudness
-from vtp.chunks import ChunkRange
+from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
+from vtp.media import fmp4, iframes, loudness
+from vtp.media.chunks import ChunkRange
 
 # rate_control_args is re-exported: what a spec's x264 rate control is.
-from vtp.codecs import codec_string, encoder_args, forces_keyframes
-from vtp.codecs import rate_control_args as rate_control_args
-from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
-from vtp.ffmpeg import CAPTION_FORMATS, Progress, run_ffmpeg, untrusted_input
-from vtp.loudness import Loudness
+from vtp.media.codecs import codec_string, encoder_args, forces_keyframes
+from vtp.media.codecs import rate_control_args as rate_control_args
+from vtp.media.ffmpeg import CAPTION_FORMATS, Progress, run_ffmpeg, untrusted_input
+from vtp.media.loudness import Loudness
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("hls", "dash", "mp4")  # DASH: a second index of the same segments (vtp.dash)
+FORMATS = ("hls", "dash", "mp4")  # DASH: a second index of the same segments (vtp.media.dash)
 HLS_PLAYLIST = "index.m3u8"
 HLS_INIT = "init.mp4"
 HLS_SEGMENT_PATTERN = "seg_%05d.m4s"
@@ -76,9 +76,9 @@ class RenditionResult(BaseModel):
     height: int
     fps: float
     # The track's media timescale (ticks a second), from its init segment: a DASH
-    # manifest's durations are in it (vtp.dash). None in results from before.
+    # manifest's durations are in it (vtp.media.dash). None in results from before.
     timescale: int | None = None
-    # Trick play (vtp.iframes): the I-frame playlist beside the media playlist, and its
+    # Trick play (vtp.media.iframes): the I-frame playlist beside the media playlist, and its
     # peak and average bit rates; None for sound, and in results from before.
     iframes: str | None = None
     iframe_bandwidth: int | None = None
@@ -86,7 +86,7 @@ class RenditionResult(BaseModel):
     # A subtitle rendition's WebVTT file (its playlist's one segment).
     subtitles: str | None = None
     # An audio rendition normalised to a loudness target: what its source track measured
-    # first (vtp.loudness), and the target.
+    # first (vtp.media.loudness), and the target.
     loudness: Loudness | None = None
     loudness_target: float | None = None
 
@@ -146,7 +146,7 @@ def encode_audio(
     encode puts them, never at a chunk's join.
 
     With `spec.loudness`, the track is measured first and then normalised to it
-    (vtp.loudness); the measurement is part of the result."""
+    (vtp.media.loudness); the measurement is part of the result."""
     if not source.has_audio or not spec.audio_bitrate:
         raise InvalidRequest(f"{spec.name}: the source has no sound to encode")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -282,13 +282,13 @@ class ChunkSegment(BaseModel):
     decode_time: int = Field(ge=0)
     frames: int = Field(ge=0)
     keyframe_first: bool
-    # Its first picture's bytes (vtp.iframes): the I-frame playlist's byte range.
+    # Its first picture's bytes (vtp.media.iframes): the I-frame playlist's byte range.
     keyframe_offset: int | None = None
     keyframe_length: int | None = None
 
 
 class ChunkResult(BaseModel):
-    """One encoded chunk of a rendition (vtp.chunks): video segments numbered and timed as
+    """One encoded chunk of a rendition (vtp.media.chunks): video segments numbered and timed as
     the whole rendition's, and what the join checks them against."""
 
     model_config = ConfigDict(frozen=True)
@@ -323,7 +323,7 @@ def encode_chunk(
     fetched before that keyframe), encodes `chunk.duration` seconds on the same keyframe
     grid as a whole encode, and numbers the segments from `chunk.first_segment`. Their
     decode times are then moved to the chunk's place on the rendition's timeline
-    (vtp.fmp4). The init segment is left as written, to be checked against the first
+    (vtp.media.fmp4). The init segment is left as written, to be checked against the first
     chunk's when the rendition is joined.
     """
     _check_grid(settings.segment_seconds, settings.gop_seconds)
@@ -441,7 +441,7 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
         "-fps_mode",
         "cfr",
         # The codec's encoder, its rate control and its part of the keyframe grid
-        # (vtp.codecs); forced at each multiple of the GOP where the encoder honours it.
+        # (vtp.media.codecs); forced at each multiple of the GOP where the encoder honours it.
         *encoder_args(spec, settings),
         *(_forced_keyframes(gop) if forces_keyframes(spec.codec) else []),
         # +cgop: closed GOPs (no frame refers across a keyframe). +global_header: codec
@@ -468,7 +468,7 @@ def _forced_keyframes(gop: float) -> list[str]:
 
 def picture_filters(spec: RenditionSpec) -> str:
     """The filters from a source frame to a rendition's picture (its frame rate aside): the
-    encode's, and the reference's a quality measurement compares it with (vtp.quality)."""
+    encode's, and the reference's a quality measurement compares it with (vtp.media.quality)."""
     return ",".join(
         [
             # Deinterlace only frames flagged interlaced (DV, broadcast captures); progressive
