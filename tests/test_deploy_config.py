@@ -781,10 +781,9 @@ def test_minio_init_rule_buckets_and_suffixes_match_settings() -> None:
     assert env["UPLOADS_BUCKET"] == settings.uploads_bucket == pipeline["VTP_UPLOADS_BUCKET"]
     assert env["OUTPUTS_BUCKET"] == settings.outputs_bucket == pipeline["VTP_OUTPUTS_BUCKET"]
     assert env["WEBHOOK_ARN"] == "arn:minio:sqs::VTP:webhook"
-    suffixes = env["VIDEO_SUFFIXES"].split()
-    assert {s.lower() for s in suffixes} == set(settings.video_suffixes)
-    # S3 suffix filters are case-sensitive; split's own check is not.
-    assert {s.upper() for s in settings.video_suffixes} <= set(suffixes)
+    # No suffix filter: every upload reaches split, which answers any it does not take
+    # with a failed job.
+    assert "VIDEO_SUFFIXES" not in env
     # The functions' MinIO user is the one their secrets name.
     table = secrets_sh_table()
     assert compose_var(env["FN_ACCESS_KEY"]) == table["vtp-s3-access-key"]
@@ -850,12 +849,11 @@ def test_minio_init_script_sets_up_buckets_rule_and_access(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     calls = (out / "mc.log").read_text().splitlines()
     assert "mb --ignore-existing vtp/uploads vtp/outputs" in calls
-    rules = [c for c in calls if c.startswith("event add ")]
-    suffixes = service_env("minio-init")["VIDEO_SUFFIXES"].split()
+    rules = [c for c in calls if c.startswith("event ")]
+    # Earlier versions' per-suffix rules removed, then the one rule for every upload.
     assert rules == [
-        f"event add vtp/uploads arn:minio:sqs::VTP:webhook --event put --suffix {s} "
-        "--ignore-existing"
-        for s in suffixes
+        "event remove vtp/uploads arn:minio:sqs::VTP:webhook --force",
+        "event add vtp/uploads arn:minio:sqs::VTP:webhook --event put --ignore-existing",
     ]
     # Anonymous read of objects in outputs, and nothing else (no listing, no writes).
     assert f"anonymous set-json {out}/vtp-outputs-public.json vtp/outputs" in calls

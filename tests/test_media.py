@@ -239,8 +239,6 @@ def test_probe_accepts_the_common_containers(server, name):
     ("name", "reason"),
     [
         ("text.mp4", "not a media file"),
-        ("audio.m4a", "audio only"),
-        ("cover.m4a", "still picture"),
         ("playlist.m3u8", "'hls' format"),
         ("playlist.mp4", "'hls' format"),
         ("list.ffconcat", "'concat' format"),
@@ -255,6 +253,17 @@ def test_probe_refuses_hostile_and_non_video_files(server, name, reason):
     assert "not-for-logs" not in caught.value.reason
     # Nothing a playlist or list pointed at was fetched.
     assert not [p for p in server.requested if "canary" in p]
+
+
+@pytest.mark.parametrize("name", ["audio.m4a", "cover.m4a"])
+def test_probe_takes_sound_alone_as_a_source_of_sound(server, name):
+    """A voice memo, and a song with its cover art (a still, not a video): sources of sound
+    alone, with no picture size or rate, not refusals."""
+    info = probe_source(server.url(name), FAST)
+    assert (info.has_video, info.has_audio) == (False, True)
+    assert (info.width, info.height, info.fps, info.video_codec) == (0, 0, 0, "")
+    assert info.audio_codec == "aac" and info.duration > 0
+    assert [t.index for t in info.audio_tracks] == [0]
 
 
 def test_probe_limits(server):

@@ -15,7 +15,6 @@ from localfaas.notifier import ObjectHead, Origin, to_minio_event
 from vtp.webhook import MinioEvent, parse_body, sources_from_event
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "minio-events"
-SUFFIXES = [".mp4", ".jpg"]
 
 # fixture -> (event, bucket, key as uploaded, etag, size)
 EXPECTED = {
@@ -47,7 +46,7 @@ def test_split_reads_what_minio_sends(name: str) -> None:
     event = parse_body(raw)
     assert isinstance(event, MinioEvent)
     wanted, ignored = sources_from_event(
-        event, outputs_bucket="outputs", suffixes=SUFFIXES, input_buckets=["uploads", "images"]
+        event, outputs_bucket="outputs", input_buckets=["uploads", "images"]
     )
     kind, bucket, key, etag, size = EXPECTED[name]
     assert ignored == [] and len(wanted) == 1, ignored

@@ -10,7 +10,7 @@ import pytest
 from vtp.errors import InvalidRequest
 from vtp.webhook import JobRequest, MinioEvent, parse_body, sources_from_event
 
-SUFFIXES = [".mp4", ".mov"]
+CAPTIONS = [".srt", ".vtt"]
 
 
 def minio_event(key: str, name: str = "s3:ObjectCreated:Put", bucket: str = "uploads") -> bytes:
@@ -34,7 +34,7 @@ def minio_event(key: str, name: str = "s3:ObjectCreated:Put", bucket: str = "upl
 def test_minio_event_key_is_decoded() -> None:
     ev = parse_body(minio_event("talks/my clip é.mp4"))
     assert isinstance(ev, MinioEvent)
-    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", suffixes=SUFFIXES)
+    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
     assert ignored == []
     assert wanted[0].key == "talks/my clip é.mp4"
     assert wanted[0].etag == "abc"
@@ -43,14 +43,15 @@ def test_minio_event_key_is_decoded() -> None:
 def test_multipart_completion_counts_as_new_content() -> None:
     ev = parse_body(minio_event("big.MOV", "s3:ObjectCreated:CompleteMultipartUpload"))
     assert isinstance(ev, MinioEvent)
-    wanted, _ = sources_from_event(ev, outputs_bucket="outputs", suffixes=SUFFIXES)
+    wanted, _ = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
     assert [w.key for w in wanted] == ["big.MOV"]
 
 
 @pytest.mark.parametrize(
     ("key", "name", "bucket", "why"),
     [
-        ("notes.txt", "s3:ObjectCreated:Put", "uploads", "not a video"),
+        ("talk.srt", "s3:ObjectCreated:Put", "uploads", "a caption file"),
+        ("talks/", "s3:ObjectCreated:Put", "uploads", "a folder marker"),
         ("a.mp4", "s3:ObjectCreated:PutTagging", "uploads", "not new content"),
         ("a.mp4", "s3:ObjectRemoved:Delete", "uploads", "not new content"),
         ("job/720p/x.mp4", "s3:ObjectCreated:Put", "outputs", "outputs bucket"),
@@ -59,7 +60,7 @@ def test_multipart_completion_counts_as_new_content() -> None:
 def test_events_we_do_not_act_on_are_explained(key: str, name: str, bucket: str, why: str) -> None:
     ev = parse_body(minio_event(key, name, bucket))
     assert isinstance(ev, MinioEvent)
-    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", suffixes=SUFFIXES)
+    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
     assert wanted == []
     assert len(ignored) == 1 and why in ignored[0]
 
@@ -86,3 +87,13 @@ def test_manual_job_defaults_and_hls_is_always_made() -> None:
 def test_bad_requests_say_what_is_wrong(body: bytes, message: str) -> None:
     with pytest.raises(InvalidRequest, match=message):
         parse_body(body)
+
+
+def test_any_other_upload_is_taken_to_be_answered() -> None:
+    """A file that is neither video nor sound is still taken: split answers it with a failed
+    job saying why (vtp.pipeline.intake), never with silence."""
+    ev = parse_body(minio_event("notes.txt"))
+    assert isinstance(ev, MinioEvent)
+    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
+    assert [w.key for w in wanted] == ["notes.txt"] and ignored == []
+

@@ -98,10 +98,16 @@ class FfmpegTimeout(FfmpegError):
 class JoinRefused(VtpError):
     """A chunk's encode does not fit its rendition (a frame missing or extra, a gap, a
     segment without a keyframe, another init segment: vtp.media.join). Encoding that chunk again
-    is the remedy, so it is retried, alone."""
+    is the remedy for a fault (a worker killed mid-write, a bad disk), so it is retried,
+    alone; but a check that fails the same way twice is the source or the code, not a
+    fault, and a third try would only spend the budget: `repeated` makes it final."""
 
     http_status = 500
     retryable = True
+
+    def __init__(self, reason: str, *, repeated: bool = False) -> None:
+        super().__init__(f"{reason} (the same on the previous attempt)" if repeated else reason)
+        self.retryable = not repeated
 
 
 class UpstreamError(VtpError):

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vtp.errors import InvalidRequest
 
@@ -54,11 +54,12 @@ class SourceInfo(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     duration: float = Field(gt=0, description="seconds")
-    width: int = Field(gt=0, description="display width, after rotation and sample aspect ratio")
-    height: int = Field(gt=0, description="display height, after rotation and sample aspect ratio")
-    fps: float = Field(gt=0)
+    # 0 for a source of sound alone (has_video False): a voice memo, a podcast episode.
+    width: int = Field(ge=0, description="display width, after rotation and sample aspect ratio")
+    height: int = Field(ge=0, description="display height, after rotation and sample aspect ratio")
+    fps: float = Field(ge=0)
     has_audio: bool
-    video_codec: str
+    video_codec: str = Field(description="'' when the source has no video")
     audio_codec: str | None = None
     format_name: str = ""
     size_bytes: int | None = None
@@ -71,6 +72,30 @@ class SourceInfo(BaseModel):
     # tracks were: their one sound is `-map 0:a:0`).
     audio_tracks: list[AudioTrack] = Field(default_factory=list)
     text_tracks: list[TextTrack] = Field(default_factory=list)
+    # Seconds from the file's first timestamp (of any stream: ffmpeg counts from there) to
+    # its picture's first frame: the origin of every rendition's timeline, so the picture
+    # starts at 0 on its own frames and the sound keeps its place beside it
+    # (vtp.media.timeline). 0 in jobs probed before.
+    video_start: float = Field(default=0.0, ge=0)
+    # False when the file has no index to seek by (a recorder's WebM: no Cues, so its
+    # duration was found by reading it through): it is encoded whole, never in chunks.
+    seekable: bool = True
+    # The picture's colour, as its stream tags it (ffprobe's names: "bt709", "smpte2084",
+    # "arib-std-b67", "bt2020nc"...; None when untagged) and its dynamic range: "pq" (HDR10,
+    # Dolby Vision's HDR10 base layer) and "hlg" are tone-mapped to SDR (vtp.media.colour).
+    color_primaries: str | None = None
+    color_transfer: str | None = None
+    color_matrix: str | None = None
+    dynamic_range: Literal["sdr", "pq", "hlg"] = "sdr"
+    has_video: bool = True
+
+    @model_validator(mode="after")
+    def _picture_or_sound(self) -> SourceInfo:
+        if self.has_video and min(self.width, self.height, self.fps) <= 0:
+            raise ValueError("a video source has a picture size and a frame rate")
+        if not self.has_video and not self.has_audio:
+            raise ValueError("a source has a picture or a sound")
+        return self
 
 
 class RenditionEstimate(BaseModel):
@@ -141,6 +166,10 @@ class RenditionSpec(BaseModel):
     # Whether the HLS segments carry the rendition's sound. False when the sound is a
     # rendition of its own and `audio_bitrate` is the progressive MP4's alone.
     audio_in_segments: bool = True
+    # How the source's picture becomes this rendition's BT.709 SDR one (vtp.media.colour):
+    # "pq" and "hlg" tone-map an HDR source, "bt601" converts a standard-definition
+    # source's matrix, None leaves a BT.709 picture as it is.
+    color_conversion: Literal["pq", "hlg", "bt601"] | None = None
 
     @property
     def kind(self) -> str:

@@ -121,6 +121,13 @@ class Settings(BaseSettings):
             ".ts",
         ]
     )
+    # Sound alone (voice memos, podcasts, music) becomes a job of sound renditions.
+    audio_suffixes: list[str] = Field(
+        default_factory=lambda: [".m4a", ".mp3", ".aac", ".wav", ".flac", ".opus", ".ogg", ".oga"]
+    )
+    # Caption files uploaded beside the videos that name them (vtp.options): not uploads to
+    # encode, and not refused either.
+    caption_suffixes: list[str] = Field(default_factory=lambda: [".srt", ".vtt", ".ass", ".ssa"])
     segment_seconds: float = 4.0
     gop_seconds: float = 2.0
     # Sound tracks of a source made into audio renditions (languages, commentary); the
@@ -240,6 +247,9 @@ class Settings(BaseSettings):
     max_pixels: int = 4096 * 2304
     max_fps: float = 120.0
     ffprobe_timeout_seconds: float = 30.0
+    # A source whose header has no duration (a browser's MediaRecorder WebM, a stream dump)
+    # is read through to find it, within this time and max_source_bytes (vtp.media.probe).
+    duration_scan_timeout_seconds: float = 120.0
     ffmpeg_timeout_seconds: float = 3 * 3600
     # Threads per ffmpeg process; 0 lets ffmpeg decide.
     ffmpeg_threads: int = 0
@@ -346,6 +356,11 @@ class Settings(BaseSettings):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def media_suffixes(self) -> list[str]:
+        """The file names split takes from a bucket: video's, then sound's."""
+        return [*self.video_suffixes, *self.audio_suffixes]
 
     def target_for(self, rung: str) -> float:
         """The quality (SSIM) rung `rung` is encoded for."""

@@ -200,11 +200,16 @@ def sources_from_event(
     event: MinioEvent,
     *,
     outputs_bucket: str,
-    suffixes: Sequence[str],
+    caption_suffixes: Sequence[str] = (),
     input_buckets: Sequence[str] | None = None,
 ) -> tuple[list[SourceObject], list[str]]:
-    """The objects an event asks us to transcode, and why the others are ignored (objects in
-    a bucket that is not an input bucket among them, when `input_buckets` is given)."""
+    """The objects an event asks us to take, and why the others are ignored (objects in a
+    bucket that is not an input bucket among them, when `input_buckets` is given).
+
+    Every new object of an input bucket is taken, whatever its name: one that is neither
+    video nor sound is answered with a failed job saying so (vtp.pipeline.intake), so an
+    uploader is never left waiting on silence. Only folder markers and caption files (which
+    jobs name beside their video) are no uploads to answer."""
     wanted: list[SourceObject] = []
     ignored: list[str] = []
     for rec in event.records:
@@ -216,8 +221,10 @@ def sources_from_event(
             ignored.append(f"{where}: in the outputs bucket")
         elif input_buckets is not None and rec.bucket not in input_buckets:
             ignored.append(f"{where}: not an input bucket ({', '.join(input_buckets)})")
-        elif not rec.key.lower().endswith(tuple(s.lower() for s in suffixes)):
-            ignored.append(f"{where}: not a video file name ({', '.join(suffixes)})")
+        elif rec.key.endswith("/"):
+            ignored.append(f"{where}: a folder marker")
+        elif rec.key.lower().endswith(tuple(s.lower() for s in caption_suffixes)):
+            ignored.append(f"{where}: a caption file (a job names it beside its video)")
         else:
             wanted.append(
                 SourceObject(

@@ -74,7 +74,7 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
     wanted, ignored = sources_from_event(
         request,
         outputs_bucket=p.settings.outputs_bucket,
-        suffixes=p.settings.video_suffixes,
+        caption_suffixes=p.settings.caption_suffixes,
         input_buckets=p.settings.source_buckets,
     )
     for reason in ignored:

@@ -137,10 +137,11 @@ def manifest(
     AdaptationSet per subtitle track (the whole WebVTT file, as its BaseURL)."""
     video = [t for t in tracks if t.kind == "video"]
     audio = [t for t in tracks if t.kind == "audio"]
-    if not video:
-        raise ValueError("a manifest needs at least one video rendition")
+    if not video and not audio:
+        raise ValueError("a manifest needs at least one video or sound rendition")
     templated = all(_template(t) is not None for t in tracks)
-    duration = max(t.seconds for t in video)
+    # The picture's length; a job of sound alone lasts as long as its longest track.
+    duration = max(t.seconds for t in video or audio)
     longest = max(s.duration / t.timescale for t in tracks for s in t.segments)
     root = ET.Element(
         "MPD",

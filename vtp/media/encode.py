@@ -7,7 +7,8 @@ placement depends on time alone, never on content or picture size:
 
 * a keyframe is forced at every multiple of `settings.gop_seconds` (`-force_key_frames`),
 * scene-cut keyframes are off (`-sc_threshold 0`) and GOPs are closed (`+cgop`, IDR frames),
-* every rendition has the same constant frame rate (`-r`, `-fps_mode cfr`),
+* every rendition has the same constant frame rate, on one frame grid from 0 with its sound
+  (vtp.media.timeline),
 * segments last `settings.segment_seconds`, a whole number of GOPs, so the HLS muxer can cut
   on exactly those keyframes.
 
@@ -24,13 +25,12 @@ import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, VtpError
-from vtp.media import fmp4, iframes, loudness
+from vtp.errors import FfmpegError, InvalidRequest, InvalidSource, JoinRefused, VtpError
+from vtp.media import colour, fmp4, iframes, loudness, timeline
 from vtp.media.chunks import ChunkRange
 
 # rate_control_args is re-exported: what a spec's x264 rate control is.
@@ -154,13 +154,13 @@ def encode_audio(
     timeout = settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001)
     started = time.monotonic()
     measured: Loudness | None = None
-    normalise: list[str] = []
+    filters = [timeline.audio_timing_filter(source.video_start)]
     if spec.loudness is not None:
         measured = loudness.measure(
             source_url, spec.audio_track, duration=source.duration, timeout=timeout,
             target=spec.loudness, cancel=cancel,
         )  # fmt: skip
-        normalise = ["-af", loudness.normalise_filter(spec.loudness, measured)]
+        filters.insert(0, loudness.normalise_filter(spec.loudness, measured))
         log.info("%s: track %d measures %.1f LUFS, %.1f dBTP; normalising to %g LUFS",
                  spec.name, spec.audio_track, measured.integrated, measured.true_peak,
                  spec.loudness)  # fmt: skip
@@ -168,7 +168,8 @@ def encode_audio(
         *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         "-map",
         f"0:a:{spec.audio_track}",
-        *normalise,
+        "-af",
+        ",".join(filters),
         "-vn",
         "-sn",
         "-dn",
@@ -181,6 +182,9 @@ def encode_audio(
         # length (cut at the AAC frame after each boundary), so players fetch audio and
         # video at the same pace.
         *(arg for key, value in _hls_options(settings).items() for arg in (f"-{key}", value)),
+        # The encoder's priming in the edit list, not in the timeline (vtp.media.timeline).
+        "-avoid_negative_ts",
+        "disabled",
         HLS_PLAYLIST,
     ]
     _run(args, out_dir, settings, timeout - (time.monotonic() - started), on_progress, cancel)
@@ -330,11 +334,14 @@ def encode_chunk(
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir, None)
     video_only = source.model_copy(update={"has_audio": False})
+    rate = timeline.frame_rate(spec.fps)
+    seek = timeline.chunk_seek(chunk.start_s, source.video_start)
     args = [
-        *untrusted_input(source_url, seek=chunk.start_s, threads=settings.ffmpeg_threads),
-        *encode_args(video_only, spec, settings),
-        "-t",
-        f"{chunk.duration:.3f}",
+        *untrusted_input(source_url, seek=seek, threads=settings.ffmpeg_threads),
+        *encode_args(video_only, spec, settings, start_s=chunk.start_s, seek_s=seek),
+        # Exactly the grid frames of its range, wherever the source's own frames fall.
+        "-frames:v",
+        str(timeline.chunk_frames(chunk.start_s, chunk.end_s, rate)),
         "-f",
         "tee",
         _tee_outputs(spec, settings, None, start_number=chunk.first_segment),
@@ -347,14 +354,19 @@ def encode_chunk(
     # What the playlist shares between chunks must not depend on which build wrote it.
     fmp4.drop_build_marks(init_path)
     timescale = fmp4.track_timescale(init_path)
-    ticks = round(chunk.start_s * timescale)
+    # Its first frame's place on the grid; vtp.media.join refuses a timescale that cannot
+    # time the grid in whole ticks.
+    ticks = round(timeline.grid_frame(chunk.start_s, rate) * timescale / rate)
     segments = []
     for name, seconds in listed:
         path = out_dir / name
+        if not fmp4.fragments(path):
+            # The decoder gave nothing from there on: a source whose keyframes are too far
+            # apart to seek to (a recorder's single keyframe), or a damaged stretch.
+            raise JoinRefused(f"{name} holds no frame: the source gave none from "
+                              f"{chunk.start_s:g}s on")  # fmt: skip
         fmp4.shift_decode_times(path, ticks)
         parts = fmp4.fragments(path)
-        if not parts:
-            raise FfmpegError(f"HLS segment {name} holds no fragment")
         offset, length = fmp4.keyframe_range(path) if parts[0][2] else (None, None)
         segments.append(
             ChunkSegment(
@@ -418,11 +430,26 @@ def ffmpeg_command(
     ]
 
 
-def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> list[str]:
-    """Stream mapping, filters and codec options (everything between input and output)."""
-    rate = _fraction(spec.fps)
+def encode_args(
+    source: SourceInfo,
+    spec: RenditionSpec,
+    settings: Settings,
+    *,
+    start_s: float = 0.0,
+    seek_s: float = 0.0,
+) -> list[str]:
+    """Stream mapping, filters and codec options (everything between input and output), for
+    an encode from `start_s` of a source whose input was seeked to `seek_s` (a chunk)."""
+    rate = timeline.frame_rate(spec.fps)
     gop = settings.gop_seconds
-    video_filter = picture_filters(spec)
+    video_filter = ",".join(
+        [
+            picture_filters(spec),
+            timeline.video_timing_filter(
+                rate, start_s=start_s, seek_s=seek_s, origin_s=source.video_start
+            ),
+        ]
+    )
     with_audio = source.has_audio and spec.audio_bitrate is not None
     args = [
         "-map",
@@ -435,21 +462,23 @@ def encode_args(source: SourceInfo, spec: RenditionSpec, settings: Settings) -> 
         "-1",
         "-vf",
         video_filter,
-        # Constant frame rate, the same in every rendition, so the keyframe grid lines up.
-        "-r",
-        f"{rate.numerator}/{rate.denominator}",
+        # The filters made the frames constant-rate on the shared grid; nothing after them
+        # may duplicate or drop one.
         "-fps_mode",
-        "cfr",
+        "passthrough",
         # The codec's encoder, its rate control and its part of the keyframe grid
         # (vtp.media.codecs); forced at each multiple of the GOP where the encoder honours it.
         *encoder_args(spec, settings),
         *(_forced_keyframes(gop) if forces_keyframes(spec.codec) else []),
+        # BT.709 in the stream's headers and the container's colr box: what the filters made.
+        *colour.OUTPUT_TAGS,
         # +cgop: closed GOPs (no frame refers across a keyframe). +global_header: codec
         # headers in the init segment / moov; the tee muxer cannot ask for it by itself.
         "-flags",
         "+cgop+global_header",
     ]
     if with_audio and spec.audio_bitrate is not None:
+        args += ["-af", timeline.audio_timing_filter(source.video_start)]
         args += _aac_args(spec.audio_bitrate)
     else:
         args += ["-an"]
@@ -476,8 +505,9 @@ def picture_filters(spec: RenditionSpec) -> str:
             "bwdif=mode=send_frame:deint=interlaced",
             # Straight to the planned even size: the plan already keeps the display aspect
             # ratio, so non-square source pixels are corrected here too (ffmpeg has already
-            # applied any rotation by the time frames reach the filter).
-            f"scale={spec.width}:{spec.height}",
+            # applied any rotation by the time frames reach the filter); in BT.709 SDR,
+            # tone-mapped from HDR (vtp.media.colour).
+            *colour.scale_filters(spec.color_conversion, spec.width, spec.height),
             "setsar=1",  # square pixels in the output
             "format=yuv420p",  # 8-bit 4:2:0, what High profile and every player supports
         ]
@@ -486,9 +516,9 @@ def picture_filters(spec: RenditionSpec) -> str:
 
 def reference_filters(spec: RenditionSpec) -> str:
     """The source as a rendition would show it with nothing lost to coding: its picture
-    filters at its constant frame rate (the `fps` filter picks frames as `-r` does)."""
-    rate = _fraction(spec.fps)
-    return f"{picture_filters(spec)},fps={rate.numerator}/{rate.denominator}"
+    filters on its frame grid, as the encode has them."""
+    rate = timeline.frame_rate(spec.fps)
+    return f"{picture_filters(spec)},{timeline.video_timing_filter(rate)}"
 
 
 def _aac_args(bitrate: int) -> list[str]:
@@ -551,8 +581,12 @@ def _tee_outputs(
     # A rung whose sound is a rendition of its own: the segments get the picture alone
     # (the tee muxer's `select`), the MP4 both.
     only_video = {} if spec.audio_in_segments else {"select": "v"}
+    # avoid_negative_ts disabled: the B-frame delay goes into the edit list's media time
+    # instead of an empty edit before a late first frame (vtp.media.timeline).
     hls = _tee_slave(
-        only_video | _hls_options(settings, start_number) | {"hls_flags": "independent_segments"},
+        only_video
+        | _hls_options(settings, start_number)
+        | {"hls_flags": "independent_segments", "avoid_negative_ts": "disabled"},
         HLS_PLAYLIST,
     )
     slaves = [hls]
@@ -721,11 +755,4 @@ def _clean(out_dir: Path, mp4_name: str | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def frame_rate(fps: float) -> Fraction:
-    """A rendition's constant frame rate, exactly (29.97002997 -> 30000/1001)."""
-    return _fraction(fps)
-
-
-def _fraction(fps: float) -> Fraction:
-    """A frame rate as the exact fraction ffmpeg wants (29.97002997 -> 30000/1001)."""
-    return Fraction(fps).limit_denominator(1001)
+frame_rate = timeline.frame_rate  # re-exported: callers time renditions with it

@@ -35,6 +35,7 @@ from typing import NamedTuple
 import langcodes
 
 from vtp.errors import InvalidRequest, InvalidSource
+from vtp.media import colour
 from vtp.media.codecs import CAP_FACTOR, crf_for
 from vtp.models import AudioTrack, RenditionSpec, SourceInfo
 from vtp.options import CaptionFile
@@ -224,6 +225,31 @@ def audio_renditions(
         for i, track in enumerate(tracks)
     ]
     return [*video, *audio]
+
+
+# A source of sound alone is encoded at the bit rate a 720p rung's sound gets: music and
+# speech heard on their own deserve more than the smallest rung's 96 kbit/s.
+AUDIO_ONLY_SHORT_SIDE = 720
+
+
+def audio_only_renditions(
+    source: SourceInfo, settings: Settings, *, max_tracks: int, loudness: float | None = None
+) -> list[RenditionSpec]:
+    """The renditions of a source of sound alone: its sound tracks, as a video source's
+    (`audio_renditions`), encoded by the function of the smallest default rung, whose
+    replicas encode every job's sound. No picture: the rung's own fields are unused."""
+    if not source.has_audio:
+        raise InvalidSource("the source has neither a picture nor a sound")
+    heights = sorted(KNOWN_RUNGS[n] for n in settings.default_renditions if n in KNOWN_RUNGS)
+    rung = heights[0] if heights else min(KNOWN_RUNGS.values())
+    stand_in = source.model_copy(
+        update={"width": rung * 16 // 9 // 2 * 2, "height": rung, "fps": 30.0, "has_video": True}
+    )
+    base = _spec(stand_in, rung, 30.0, heights or [rung], settings).model_copy(
+        update={"audio_bitrate": audio_bitrate(AUDIO_ONLY_SHORT_SIDE), "color_conversion": None}
+    )
+    specs = audio_renditions([base], source, max_tracks=max_tracks, loudness=loudness)
+    return [s for s in specs if s.audio_only]
 
 
 TEXT_RENDITION = "text"
@@ -437,6 +463,7 @@ def _spec(
         crf=settings.default_crf,
         preset=settings.x264_preset,
         quality_target=settings.target_for(name),
+        color_conversion=colour.conversion_for(source),
     )
 
 

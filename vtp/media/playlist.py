@@ -9,6 +9,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from vtp.errors import FfmpegError, InvalidRequest
+from vtp.media import colour
 from vtp.media.encode import HLS_PLAYLIST, RenditionResult
 from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
 from vtp.models import RenditionSpec, SourceInfo
@@ -112,9 +113,11 @@ def master_playlist(
     The draft asks for it on all variants or none, so it is written only when every variant
     was measured.
     """
-    if not entries:
+    if not entries and not audio:
         raise InvalidRequest("a master playlist needs at least one rendition")
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", "#EXT-X-INDEPENDENT-SEGMENTS", ""]
+    if not entries:
+        return "\n".join(lines + _sound_only(audio)) + "\n"
     lines += _audio_media(audio)
     lines += _subtitle_media(subtitles)
     scored = all(e.score is not None for e in entries)
@@ -139,6 +142,21 @@ def master_playlist(
         lines += [f"#EXT-X-STREAM-INF:{','.join(attributes)}", entry.uri]
     lines += _iframe_streams(entries)
     return "\n".join(lines) + "\n"
+
+
+def _sound_only(audio: Sequence[MasterEntry]) -> list[str]:
+    """The master of a job of sound alone: one variant of sound, the default track's
+    playlist, and with more than one track, the audio group a player offers them from (RFC
+    8216 allows a variant whose CODECS name sound alone; players then play no picture)."""
+    default = next((a for a in audio if a.default), audio[0])
+    peak = max(a.bandwidth for a in audio)
+    average = max(a.average_bandwidth for a in audio)
+    attributes = [f"BANDWIDTH={peak}", f"AVERAGE-BANDWIDTH={average}",
+                  f'CODECS="{default.codecs}"']  # fmt: skip
+    lines = _audio_media(audio) if len(audio) > 1 else []
+    if len(audio) > 1:
+        attributes.append(f'AUDIO="{AUDIO_GROUP}"')
+    return [*lines, f"#EXT-X-STREAM-INF:{','.join(attributes)}", default.uri]
 
 
 def _variant_order(e: MasterEntry) -> tuple[int, int, str]:
@@ -233,7 +251,10 @@ def make_poster(source_url: str, source: SourceInfo, out_path: Path, settings: S
             "-frames:v",
             "1",
             "-vf",
-            f"scale={width}:{height},setsar=1",
+            # The renditions' picture: an HDR source tone-mapped, in BT.709 (vtp.media.colour).
+            ",".join(
+                [*colour.scale_filters(colour.conversion_for(source), width, height), "setsar=1"]
+            ),
             "-c:v",
             "mjpeg",
             "-q:v",

@@ -18,7 +18,8 @@ from typing import Any
 
 import langcodes
 
-from vtp.errors import FfmpegError, InvalidSource, StorageError
+from vtp.errors import FfmpegError, FfmpegTimeout, InvalidSource, StorageError
+from vtp.media import colour
 from vtp.media.ffmpeg import FORMAT_WHITELIST, run_ffprobe, untrusted_input
 from vtp.models import AudioTrack, SourceInfo, TextTrack
 from vtp.settings import Settings
@@ -78,7 +79,13 @@ def probe_source(url: str, settings: Settings, *, size_bytes: int | None = None)
         raise InvalidSource("not a media file: ffprobe produced no readable description") from None
     if not isinstance(data, dict):
         raise InvalidSource("not a media file: ffprobe produced no readable description")
+    scanned = None
+    if _declared_duration(data) is None and _has_streams(data):
+        scanned = scan_duration(url, settings)
+        data = data | {"format": (data.get("format") or {}) | {"duration": str(scanned)}}
     info = source_info_from_probe(data, settings, size_bytes=size_bytes)
+    if scanned is not None:
+        info = info.model_copy(update={"seekable": False})
     log.info(
         "source ok: %dx%d %.3f fps %.2fs %s/%s audio=%s",
         info.width,
@@ -90,6 +97,51 @@ def probe_source(url: str, settings: Settings, *, size_bytes: int | None = None)
         info.audio_codec,
     )
     return info
+
+
+def _declared_duration(data: dict[str, Any]) -> float | None:
+    """The duration the header declares: the format's, else the first video stream's."""
+    fmt = data.get("format") or {}
+    streams = [s for s in data.get("streams") or [] if isinstance(s, dict)]
+    video = next((s for s in streams if s.get("codec_type") == "video"), {})
+    duration = _float(fmt.get("duration")) or _float(video.get("duration"))
+    return duration if duration is not None and duration > 0 else None
+
+
+def _has_streams(data: dict[str, Any]) -> bool:
+    return any(isinstance(s, dict) and s.get("codec_type") in ("video", "audio")
+               for s in data.get("streams") or [])  # fmt: skip
+
+
+def scan_duration(url: str, settings: Settings) -> float:
+    """The duration of a source whose header does not declare one, from its packets: the
+    end of the last one (its time plus its duration) after the first's start. A browser's
+    MediaRecorder writes WebM as it records, so it never goes back to write a Duration
+    or Cues; reading the file through is the only way to know its length. Bounded by
+    `duration_scan_timeout_seconds` (the size was bounded before it was opened)."""
+    args = ["-v", "error", "-show_entries", "packet=pts_time,duration_time",
+            "-of", "csv=p=0", *untrusted_input(url)]  # fmt: skip
+    try:
+        result = run_ffprobe(args, timeout=settings.duration_scan_timeout_seconds)
+    except FfmpegTimeout as exc:
+        raise InvalidSource(
+            "the file declares no duration, and reading it through to find one took "
+            f"longer than {settings.duration_scan_timeout_seconds:g}s"
+        ) from exc
+    first: float | None = None
+    end = 0.0
+    for line in result.stdout.decode(errors="replace").splitlines():
+        fields = line.split(",")
+        pts = _float(fields[0]) if fields else None
+        if pts is None:
+            continue
+        length = (_float(fields[1]) if len(fields) > 1 else None) or 0.0
+        first = pts if first is None else min(first, pts)
+        end = max(end, pts + length)
+    if first is None or end - first <= 0:
+        raise InvalidSource("the file declares no duration and holds no timed packet")
+    log.info("no duration declared; read through: %.3fs", end - first)
+    return round(end - first, 6)
 
 
 def source_info_from_probe(
@@ -106,11 +158,12 @@ def source_info_from_probe(
     # Cover art, thumbnails and still images are "video" streams of one frame: not a video.
     video = [s for s in all_video if not _is_still(s)]
     if not video:
-        if all_video:
-            raise InvalidSource("the file only contains a still picture (cover art), not a video")
         if audio:
-            raise InvalidSource("the file is audio only: no video stream")
-        raise InvalidSource("the file has no video stream")
+            # A voice memo, a podcast, a song with its cover art: a job of sound alone.
+            return _audio_only(audio, fmt, settings, size_bytes)
+        if all_video:
+            raise InvalidSource("the file only contains a still picture, no video or sound")
+        raise InvalidSource("the file has no video or sound stream")
     stream = video[0]  # the same stream `-map 0:V:0` picks when encoding
 
     codec = stream.get("codec_name")
@@ -138,15 +191,8 @@ def source_info_from_probe(
             f"the video runs at {fps:.2f} fps, more than the {settings.max_fps:g} fps allowed"
         )
 
-    duration = _float(fmt.get("duration")) or _float(stream.get("duration"))
-    if duration is None or duration <= 0:
-        raise InvalidSource("the video has no known duration (empty or a live stream?)")
-    if duration > settings.max_duration_seconds:
-        raise InvalidSource(
-            f"the video lasts {duration:.0f}s, longer than the "
-            f"{settings.max_duration_seconds:.0f}s allowed"
-        )
-
+    duration = _checked_duration(_float(fmt.get("duration")) or _float(stream.get("duration")),
+                                 settings)  # fmt: skip
     size = size_bytes if size_bytes is not None else _int(fmt.get("size"))
     if size is not None:
         _check_size(size, settings)
@@ -167,12 +213,69 @@ def source_info_from_probe(
         bit_rate=_int(fmt.get("bit_rate")),
         rotation=rotation,
         video_bit_rate=video_bit_rate(stream, audio, fmt, size, duration),
+        video_start=_video_start(stream, fmt),
+        color_primaries=_tag(stream.get("color_primaries")),
+        color_transfer=_tag(stream.get("color_transfer")),
+        color_matrix=_tag(stream.get("color_space")),
+        dynamic_range=colour.dynamic_range(_tag(stream.get("color_transfer"))),
         audio_tracks=[_audio_track(i, a) for i, a in enumerate(audio)],
         text_tracks=[
             _text_track(i, t)
             for i, t in enumerate(s for s in streams if s.get("codec_type") == "subtitle")
         ],
     )
+
+
+def _checked_duration(duration: float | None, settings: Settings) -> float:
+    if duration is None or duration <= 0:
+        raise InvalidSource("the file has no known duration (empty or a live stream?)")
+    if duration > settings.max_duration_seconds:
+        raise InvalidSource(
+            f"the file lasts {duration:.0f}s, longer than the "
+            f"{settings.max_duration_seconds:.0f}s allowed"
+        )
+    return duration
+
+
+def _audio_only(
+    audio: list[dict[str, Any]], fmt: dict[str, Any], settings: Settings, size_bytes: int | None
+) -> SourceInfo:
+    """A source of sound alone (any picture in it a still: cover art)."""
+    duration = _checked_duration(_float(fmt.get("duration")) or _float(audio[0].get("duration")),
+                                 settings)  # fmt: skip
+    size = size_bytes if size_bytes is not None else _int(fmt.get("size"))
+    if size is not None:
+        _check_size(size, settings)
+    return SourceInfo(
+        duration=duration,
+        width=0,
+        height=0,
+        fps=0,
+        has_video=False,
+        has_audio=True,
+        video_codec="",
+        audio_codec=str(audio[0].get("codec_name") or "unknown"),
+        format_name=str(fmt.get("format_name") or ""),
+        size_bytes=size,
+        bit_rate=_int(fmt.get("bit_rate")),
+        audio_tracks=[_audio_track(i, a) for i, a in enumerate(audio)],
+    )
+
+
+def _tag(value: object) -> str | None:
+    """A colour tag as ffprobe names it; None for an absent or "unknown" one."""
+    text = str(value or "").strip().lower()
+    return text if text and text not in ("unknown", "reserved", "unspecified") else None
+
+
+def _video_start(stream: dict[str, Any], fmt: dict[str, Any]) -> float:
+    """How long after the file's first timestamp its picture starts (an MPEG-TS capture whose
+    sound begins 40 ms before its first frame); 0 when either is unknown. Capped at a minute:
+    a larger gap is a broken timestamp, not a source to pad."""
+    first, start = _float(stream.get("start_time")), _float(fmt.get("start_time"))
+    if first is None or start is None:
+        return 0.0
+    return round(min(max(first - start, 0.0), 60.0), 6)
 
 
 # Subtitle codecs ffmpeg can turn into WebVTT: text with timing. The others are pictures

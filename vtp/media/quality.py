@@ -147,11 +147,13 @@ def measure_segments(
     settings: Settings,
     timeout: float,
     cancel: threading.Event | None = None,
+    origin_s: float = 0.0,
 ) -> tuple[QualityScore, QualityScore | None]:
     """The encoded `segments` (HLS fMP4, in `out_dir`, each played after `init`) against the
     source: at the rendition's own size, and, when `display` (the ladder's largest picture)
     is larger, scaled up to it, how a viewer at that size would see it (the HLS SCORE). The
-    source is read only over each segment's range."""
+    source is read only over each segment's range, on the file's timeline (the output's
+    starts `origin_s` later: SourceInfo.video_start)."""
     deadline = time.monotonic() + timeout
     own: list[list[float]] = []
     shown: list[list[float]] = []
@@ -166,7 +168,7 @@ def measure_segments(
                 played.name,
                 *untrusted_input(
                     source_url,
-                    seek=seg.start_s,
+                    seek=seg.start_s + origin_s,
                     duration=seg.seconds,
                     threads=settings.ffmpeg_threads,
                 ),

@@ -294,7 +294,8 @@ class _Tuner:
     def _probe(self, spec: RenditionSpec, crf: float, refs: dict[str, Path]) -> Probe:
         ref = refs[spec.name]
         out = self.dir / f"probe-{spec.name}-{crf:g}.mp4"
-        video_only = self.source.model_copy(update={"has_audio": False})
+        # From the reference, a file of its own whose picture starts at 0.
+        video_only = self.source.model_copy(update={"has_audio": False, "video_start": 0.0})
         # The search is on x264's scale; another codec's encoder gets its equivalent.
         trial = spec.model_copy(update={"crf": crf_for(spec.codec, crf)})
         encoded = run_ffmpeg(

@@ -169,8 +169,8 @@ class FanIn:
         audio = [entries.pop(r.name) for r in done if r.spec.audio_only]
         text = [entries.pop(r.name) for r in done if r.spec.text_only]
         video = list(entries.values())
-        if not video:
-            return None
+        if not video and (not audio or any(r.spec.kind == "video" for r in renditions)):
+            return None  # a job of sound alone has no video rendition to wait for
         master = master_playlist(video, audio=audio, subtitles=text)
         return master, [r.name for r in done]
 
@@ -308,6 +308,8 @@ class FanIn:
 
     def _write_poster(self, job: Job) -> None:
         assert job.source_info is not None
+        if not job.source_info.has_video:
+            return  # sound alone: no picture to show
         url = self.storage.presigned_get(job.source.bucket, job.source.key, expires=600)
         try:
             with workdirs.scratch("poster") as tmp:

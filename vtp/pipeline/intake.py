@@ -14,7 +14,13 @@ from vtp import callbacks
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.jobs import Job, SourceRef
 from vtp.media.chunks import ChunkRange, plan_chunks
-from vtp.media.ladder import audio_renditions, codec_ladders, plan_ladder, text_renditions
+from vtp.media.ladder import (
+    audio_only_renditions,
+    audio_renditions,
+    codec_ladders,
+    plan_ladder,
+    text_renditions,
+)
 from vtp.media.probe import probe_source
 from vtp.media.tuning import TitlePlan, tune
 from vtp.models import RenditionSpec, SourceInfo
@@ -144,6 +150,9 @@ class Intake:
             self._check_callback(options.callback)
         obj = self.storage.stat(src.bucket, src.key)
         ref = SourceRef(bucket=src.bucket, key=src.key, etag=obj.etag or "none", size=obj.size)
+        unwanted = None if manual else self._unwanted_name(src.key)
+        if unwanted is not None:
+            return self._reject(ref, unwanted, options or JobOptions(), origin)
         if options is None:
             try:
                 options = from_metadata(obj.metadata)
@@ -199,6 +208,18 @@ class Intake:
             job=self.store.get(job.id), created=True, reason=_new_reason(key, others, reprocess),
             others=others,
         )  # fmt: skip
+
+    def _unwanted_name(self, key: str) -> str | None:
+        """Why an upload's name says it is neither video nor sound (a bucket event: a manual
+        job's caller named the file on purpose, and the probe will say what it holds)."""
+        name = key.rsplit("/", 1)[-1]
+        suffixes = self.settings.media_suffixes
+        if name.lower().endswith(tuple(s.lower() for s in suffixes)):
+            return None
+        ext = name.rsplit(".", 1)[-1][:16] if "." in name else None
+        kind = f"a {ext!r} file" if ext else "a file without a suffix"
+        listed = " ".join(suffixes)
+        return f"{kind} is neither video nor sound: uploads are taken by their names ({listed})"
 
     def _check_callback(self, url: str) -> None:
         callbacks.check_destination(
@@ -263,6 +284,8 @@ class Intake:
         self._check_captions(src.bucket, options)
         url = self.storage.presigned_get(src.bucket, src.key, expires=600)
         info = probe_source(url, s, size_bytes=size)
+        if not info.has_video:
+            return self._plan_sound(info, options)
         renditions, mp4 = options.renditions, "mp4" in options.formats
         ladder = plan_ladder(info, s, renditions)
         if not ladder:
@@ -281,8 +304,9 @@ class Intake:
                 chunk_s=s.chunk_seconds,
                 threshold_s=s.chunk_threshold_seconds,
             )
-            # The progressive MP4 is one file from one encoder: such a job is encoded whole.
-            if s.chunked_encoding and not mp4
+            # The progressive MP4 is one file from one encoder: such a job is encoded whole;
+            # so is a source without an index, where every chunk would read from the start.
+            if s.chunked_encoding and not mp4 and info.seekable
             else []
         )
         specs = audio_renditions(
@@ -298,6 +322,25 @@ class Intake:
         )
         return Planned(source=info, specs=[*specs, *text], chunks=chunks, title=title,
                        skipped=skipped + left_out, codecs=per_codec)  # fmt: skip
+
+    def _plan_sound(self, info: SourceInfo, options: JobOptions) -> Planned:
+        """A source of sound alone (a voice memo, a podcast): its sound tracks, nothing to
+        sample or cut in chunks; what the job asked that has no meaning without a picture
+        (renditions by size, other video codecs, captions, a progressive MP4) is said in
+        its plan rather than refused."""
+        s = self.settings
+        specs = audio_only_renditions(info, s, max_tracks=s.max_audio_tracks,
+                                      loudness=options.loudness)  # fmt: skip
+        skipped = [
+            f"sound track {t.index}: more than the {s.max_audio_tracks} sound tracks a job gets"
+            for t in info.audio_tracks[s.max_audio_tracks :]
+        ]
+        if "mp4" in options.formats:
+            skipped.append("mp4: a source of sound alone has no progressive MP4")
+        if options.captions:
+            skipped.append("captions: a source of sound alone has no picture to caption")
+        title = TitlePlan(specs=[], note="a source of sound alone: nothing to sample")
+        return Planned(source=info, specs=specs, chunks=[], title=title, skipped=skipped)
 
     def _check_captions(self, bucket: str, options: JobOptions) -> None:
         """A job's caption files must be there, beside the source, and small: a missing one
@@ -378,7 +421,7 @@ class Intake:
         s = self.settings
         now = datetime.now(UTC)
         listed = submitted = 0
-        suffixes = tuple(x.lower() for x in s.video_suffixes)
+        suffixes = tuple(x.lower() for x in s.media_suffixes)
         for bucket in s.source_buckets:
             batch: list[ListedObject] = []
             for obj in self.storage.list_objects(bucket):

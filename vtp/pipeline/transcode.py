@@ -43,7 +43,14 @@ from vtp.media.encode import (
 from vtp.media.ffmpeg import Progress
 from vtp.media.join import check_chunk
 from vtp.media.quality import Segment, measure_segments, quality_record, spread
-from vtp.models import JobState, RenditionSpec, RenditionState, TaskState, TranscodeTask
+from vtp.models import (
+    JobState,
+    RenditionSpec,
+    RenditionState,
+    SourceInfo,
+    TaskState,
+    TranscodeTask,
+)
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
 from vtp.settings import Settings
@@ -218,21 +225,8 @@ class TaskRunner:
                         cancel=watch.event,
                     )
                 else:
-                    result = encode_chunk(
-                        url,
-                        info,
-                        rend.spec,
-                        chunk,
-                        out,
-                        settings=self.settings,
-                        on_progress=on_progress,
-                        timeout=budget,
-                        cancel=watch.event,
-                    )
-                    # Proven to fit its place before it is recorded as done (vtp.media.join).
-                    problems = check_chunk(result, fps=frame_rate(rend.spec.fps))
-                    if problems:
-                        raise JoinRefused(f"chunk {chunk.index}: " + "; ".join(problems))
+                    result = self._encode_chunk(began, url, info, rend.spec, chunk, out,
+                                                on_progress, budget, watch.event)  # fmt: skip
                 measure_started = time.monotonic()
                 measured = (
                     {}
@@ -345,6 +339,7 @@ class TaskRunner:
                 settings=self.settings,
                 timeout=max(budget, 1.0),
                 cancel=cancel,
+                origin_s=job.source_info.video_start if job.source_info else 0.0,
             )
         except (FfmpegError, ValueError, OSError) as exc:
             if cancel.is_set():
@@ -401,6 +396,35 @@ class TaskRunner:
                 f"the source {where} was replaced (ETag {now.etag}, the job's is "
                 f"{src.normalized_etag}): its new version is a job of its own"
             )
+
+    def _encode_chunk(
+        self,
+        began: Task,
+        url: str,
+        info: SourceInfo,
+        spec: RenditionSpec,
+        chunk: ChunkRange,
+        out: Path,
+        on_progress: Callable[[Progress], None],
+        budget: float,
+        cancel: threading.Event,
+    ) -> ChunkResult:
+        """One chunk, proven to fit its place before it is recorded as done
+        (vtp.media.join). A refusal the previous attempt met in the same words is final:
+        the source or the code, not a passing fault (its error is still on the task as it
+        began)."""
+        try:
+            result = encode_chunk(
+                url, info, spec, chunk, out,
+                settings=self.settings, on_progress=on_progress, timeout=budget, cancel=cancel,
+            )  # fmt: skip
+            problems = check_chunk(result, fps=frame_rate(spec.fps))
+            if problems:
+                raise JoinRefused("; ".join(problems))
+        except JoinRefused as exc:
+            why = f"chunk {chunk.index}: {exc.reason}"
+            raise JoinRefused(why, repeated=began.error == why) from exc
+        return result
 
     def _record_failure(
         self, task: Task, reason: str, retryable: bool, call_id: str

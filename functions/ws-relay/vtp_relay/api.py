@@ -48,15 +48,17 @@ class UploadTicket(BaseModel):
     headers: dict[str, str]
 
 
-def safe_upload_name(filename: str, video_suffixes: Iterable[str]) -> str:
-    """The last path component, reduced to [A-Za-z0-9._-]; its suffix must be a video's."""
+def safe_upload_name(filename: str, media_suffixes: Iterable[str]) -> str:
+    """The last path component, reduced to [A-Za-z0-9._-]; its suffix must be a video's or
+    a sound file's."""
     name = PurePosixPath(filename.replace("\\", "/")).name
     stem, dot, ext = name.rpartition(".")
     suffix = f".{ext.lower()}" if dot else ""
-    allowed = {s.lower() for s in video_suffixes}
+    allowed = {s.lower() for s in media_suffixes}
     if suffix not in allowed:
         raise InvalidRequest(
-            f"{name[:80]!r} is not a video file name (expected one of {', '.join(sorted(allowed))})"
+            f"{name[:80]!r} is not a video or sound file name "
+            f"(expected one of {', '.join(sorted(allowed))})"
         )
     safe = _UNSAFE.sub("_", stem).strip("._-")[:100] or "video"
     return f"{safe}{suffix}"
@@ -101,7 +103,7 @@ class JobsApi:
         return p.describe_job(p.find_job(job_id))
 
     def upload_ticket(self, request: UploadRequest) -> UploadTicket:
-        name = safe_upload_name(request.filename, self.settings.video_suffixes)
+        name = safe_upload_name(request.filename, self.settings.media_suffixes)
         wanted = (request.content_type or "").strip()
         content_type = wanted if _MIME.match(wanted) else content_type_for(name)
         key = f"web/{uuid.uuid4()}/{name}"

@@ -1,0 +1,88 @@
+"""Colour: every H.264 rendition is 8-bit BT.709 SDR, whatever the source's picture is.
+
+Phones record HDR (10-bit HEVC, BT.2020 primaries, PQ or HLG transfer; Dolby Vision on a PQ
+or HLG base layer); broadcast and DVD sources are BT.601. Players show an 8-bit rendition as
+its tags say, so passing an HDR source's tags through with SDR pixels makes a washed-out
+picture, and converting without retagging does the same in the other direction. Each
+rendition therefore converts the picture (`picture_filters`) and says BT.709 in the stream
+and the container (`OUTPUT_TAGS`).
+
+HDR is tone-mapped: linear light at a nominal peak, BT.2020 to BT.709 primaries in linear
+light, a tone curve squeezing the highlights into SDR range, then BT.709's transfer and
+matrix (zscale, which also scales in the same pass). The chain and its operator were
+chosen by measuring SSIM against the SDR picture the HDR test sources were made from
+(tests/footage.py; the figures are in the README).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from vtp.models import SourceInfo
+
+Conversion = Literal["pq", "hlg", "bt601"]
+
+# ffprobe's names for the transfers of HDR video.
+_PQ = frozenset({"smpte2084"})
+_HLG = frozenset({"arib-std-b67"})
+# Standard definition's matrices (PAL's and NTSC's are the same one).
+_BT601 = frozenset({"bt470bg", "smpte170m"})
+# Below this many lines an untagged picture is taken for standard definition, as players
+# take it.
+_SD_LINES = 576
+
+# The tags every rendition carries: BT.709 primaries, transfer and matrix, limited range.
+OUTPUT_TAGS = [
+    "-color_primaries", "bt709", "-color_trc", "bt709",
+    "-colorspace", "bt709", "-color_range", "tv",
+]  # fmt: skip
+
+# The nominal peak HDR is tone-mapped from (cd/m2): SDR's reference white, where BT.2408
+# puts HDR's graphics white.
+_PEAK_NITS = 100
+# Hable's curve keeps mid-tones and rolls the highlights off (the operator comparison is
+# in the README); desat=0: no desaturation of highlights, which only washes them out
+# against the SDR picture.
+_TONEMAP = "tonemap=tonemap=hable:desat=0"
+
+
+def dynamic_range(transfer: str | None) -> Literal["sdr", "pq", "hlg"]:
+    """ "pq", "hlg" or "sdr", from a stream's transfer characteristic."""
+    if transfer in _PQ:
+        return "pq"
+    if transfer in _HLG:
+        return "hlg"
+    return "sdr"
+
+
+def conversion_for(source: SourceInfo) -> Conversion | None:
+    """What the source's picture needs to become BT.709 SDR; None when it is already."""
+    if source.dynamic_range != "sdr":
+        return source.dynamic_range
+    if source.color_matrix in _BT601:
+        return "bt601"
+    if source.color_matrix is None and 0 < min(source.width, source.height) <= _SD_LINES:
+        return "bt601"
+    return None
+
+
+def scale_filters(conversion: Conversion | None, width: int, height: int) -> list[str]:
+    """The filters taking a source frame to a `width`x`height` BT.709 SDR picture, before
+    its pixel format is set."""
+    if conversion is None:
+        return [f"scale={width}:{height}"]
+    if conversion == "bt601":
+        # swscale converts the matrix while it scales; the input's is named, not guessed
+        # from tags that an SD file often lacks.
+        return [f"scale={width}:{height}:in_color_matrix=bt601:out_color_matrix=bt709"]
+    transfer = "smpte2084" if conversion == "pq" else "arib-std-b67"
+    return [
+        # To linear light (float, so nothing clips before the curve), at the source's size;
+        # its tags are named here, since some files carry them only in the container.
+        f"zscale=tin={transfer}:pin=bt2020:min=bt2020nc:rin=tv:t=linear:npl={_PEAK_NITS}",
+        "format=gbrpf32le",
+        "zscale=p=bt709",
+        _TONEMAP,
+        # BT.709's transfer and matrix, limited range, resized in the same pass.
+        f"zscale=w={width}:h={height}:t=bt709:m=bt709:r=tv",
+    ]
