@@ -77,6 +77,18 @@ class SourceInfo(BaseModel):
     # starts at 0 on its own frames and the sound keeps its place beside it
     # (vtp.media.timeline). 0 in jobs probed before.
     video_start: float = Field(default=0.0, ge=0)
+    # The file's first timestamp on its own clock (an MPEG-TS capture's: 10 s, 95000 s):
+    # encodes read time on that clock (vtp.media.timeline.CLOCK_ARGS). 0 in jobs before.
+    start_time: float = 0.0
+    # Frames at varying intervals (a phone in low light, a browser's recording): `fps` is
+    # their average, and the renditions' rate a whole one at or above it (vtp.media.ladder).
+    variable_frame_rate: bool = False
+
+    @property
+    def picture_origin(self) -> float:
+        """Where the picture starts on the file's clock: every rendition's time 0."""
+        return self.start_time + self.video_start
+
     # False when the file has no index to seek by (a recorder's WebM: no Cues, so its
     # duration was found by reading it through): it is encoded whole, never in chunks.
     seekable: bool = True

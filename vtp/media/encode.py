@@ -154,7 +154,7 @@ def encode_audio(
     timeout = settings.ffmpeg_timeout_seconds if timeout is None else max(timeout, 0.001)
     started = time.monotonic()
     measured: Loudness | None = None
-    filters = [timeline.audio_timing_filter(source.video_start)]
+    filters = [timeline.audio_timing_filter(source.picture_origin)]
     if spec.loudness is not None:
         measured = loudness.measure(
             source_url, spec.audio_track, duration=source.duration, timeout=timeout,
@@ -165,6 +165,7 @@ def encode_audio(
                  spec.name, spec.audio_track, measured.integrated, measured.true_peak,
                  spec.loudness)  # fmt: skip
     args = [
+        *timeline.CLOCK_ARGS,
         *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         "-map",
         f"0:a:{spec.audio_track}",
@@ -337,8 +338,9 @@ def encode_chunk(
     rate = timeline.frame_rate(spec.fps)
     seek = timeline.chunk_seek(chunk.start_s, source.video_start)
     args = [
+        *timeline.CLOCK_ARGS,
         *untrusted_input(source_url, seek=seek, threads=settings.ffmpeg_threads),
-        *encode_args(video_only, spec, settings, start_s=chunk.start_s, seek_s=seek),
+        *encode_args(video_only, spec, settings, start_s=chunk.start_s),
         # Exactly the grid frames of its range, wherever the source's own frames fall.
         "-frames:v",
         str(timeline.chunk_frames(chunk.start_s, chunk.end_s, rate)),
@@ -418,6 +420,7 @@ def ffmpeg_command(
     if not spec.audio_in_segments and mp4_name is None:
         source = source.model_copy(update={"has_audio": False})
     return [
+        *timeline.CLOCK_ARGS,
         *untrusted_input(source_url, threads=settings.ffmpeg_threads),
         *encode_args(source, spec, settings),
         # Never more than the probed duration: the caps on duration were checked against
@@ -436,18 +439,16 @@ def encode_args(
     settings: Settings,
     *,
     start_s: float = 0.0,
-    seek_s: float = 0.0,
 ) -> list[str]:
     """Stream mapping, filters and codec options (everything between input and output), for
-    an encode from `start_s` of a source whose input was seeked to `seek_s` (a chunk)."""
+    an encode from `start_s` (a chunk's) of a source read on its own clock
+    (timeline.CLOCK_ARGS)."""
     rate = timeline.frame_rate(spec.fps)
     gop = settings.gop_seconds
     video_filter = ",".join(
         [
             picture_filters(spec),
-            timeline.video_timing_filter(
-                rate, start_s=start_s, seek_s=seek_s, origin_s=source.video_start
-            ),
+            timeline.video_timing_filter(rate, start_s=start_s, origin_s=source.picture_origin),
         ]
     )
     with_audio = source.has_audio and spec.audio_bitrate is not None
@@ -478,7 +479,7 @@ def encode_args(
         "+cgop+global_header",
     ]
     if with_audio and spec.audio_bitrate is not None:
-        args += ["-af", timeline.audio_timing_filter(source.video_start)]
+        args += ["-af", timeline.audio_timing_filter(source.picture_origin)]
         args += _aac_args(spec.audio_bitrate)
     else:
         args += ["-an"]

@@ -54,8 +54,9 @@ PROTOCOL_WHITELIST = "http,https,tls,tcp"
 # Demuxers an input may be read with: the containers we accept uploads in. ffmpeg matches this
 # list against each alias of the probed demuxer ("mov,mp4,m4a,3gp,3g2,mj2" matches "mov").
 # Deliberately absent: hls and dash (playlists that open further URLs), concat (lists of
-# files), image2 (image sequences), tty/lavfi and raw elementary streams.
-FORMAT_WHITELIST = "mov,mp4,matroska,webm,avi,mpegts,mpeg"
+# files), image2 (image sequences), tty/lavfi and raw video elementary streams. Sound alone
+# comes in its own containers: MP3, ADTS AAC, WAV, FLAC and Ogg (Opus, Vorbis).
+FORMAT_WHITELIST = "mov,mp4,matroska,webm,avi,mpegts,mpeg,mp3,aac,wav,flac,ogg"
 # A job's caption files: SubRip, ASS/SSA and WebVTT, nothing else.
 CAPTION_FORMATS = "srt,ass,webvtt"
 

@@ -125,7 +125,7 @@ def plan_ladder(
         kept.append(short_even)  # the source sits below the top rung: keep its own size
     kept.sort()
 
-    fps = output_fps(source.fps)
+    fps = output_fps(source.fps, variable=source.variable_frame_rate)
     default_heights = sorted(
         KNOWN_RUNGS[n] for n in settings.default_renditions if n in KNOWN_RUNGS
     ) or sorted(KNOWN_RUNGS[n] for n in names)
@@ -354,7 +354,11 @@ def _language_name(tag: str) -> str:
         return tag
 
 
-def output_fps(source_fps: float) -> float:
+# What a variable-rate source is encoded at: the whole rates phones and cameras record at.
+VARIABLE_SOURCE_RATES = (24.0, 25.0, 30.0, 48.0, 50.0, 60.0)
+
+
+def output_fps(source_fps: float, *, variable: bool = False) -> float:
     """The frame rate every rendition is encoded at: the source's, within limits.
 
     Rates above MAX_OUTPUT_FPS are halved until they fit. A rate within 1.5% of a broadcast
@@ -365,6 +369,11 @@ def output_fps(source_fps: float) -> float:
     fps = source_fps
     while fps > MAX_OUTPUT_FPS + 1e-6:
         fps /= 2
+    if variable:
+        # Its average says how often the phone managed a frame, not the rate it recorded
+        # at: the first whole rate at or above it (a phone's 26 fps in low light is its 30
+        # fps with frames missing, which the fps filter holds).
+        return next((r for r in VARIABLE_SOURCE_RATES if r >= fps * 0.985), MAX_OUTPUT_FPS)
     nearest = min(STANDARD_RATES, key=lambda rate: abs(float(rate) - fps))
     if abs(float(nearest) - fps) <= 0.015 * fps:
         return float(nearest)

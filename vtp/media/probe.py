@@ -214,6 +214,8 @@ def source_info_from_probe(
         rotation=rotation,
         video_bit_rate=video_bit_rate(stream, audio, fmt, size, duration),
         video_start=_video_start(stream, fmt),
+        start_time=_float(fmt.get("start_time")) or 0.0,
+        variable_frame_rate=_variable(stream, fps),
         color_primaries=_tag(stream.get("color_primaries")),
         color_transfer=_tag(stream.get("color_transfer")),
         color_matrix=_tag(stream.get("color_space")),
@@ -259,7 +261,17 @@ def _audio_only(
         size_bytes=size,
         bit_rate=_int(fmt.get("bit_rate")),
         audio_tracks=[_audio_track(i, a) for i, a in enumerate(audio)],
+        # Sound alone: its time 0 is the sound's own start.
+        start_time=_float(audio[0].get("start_time")) or _float(fmt.get("start_time")) or 0.0,
     )
+
+
+def _variable(stream: dict[str, Any], average: float) -> bool:
+    """Whether the frames come at varying intervals: the stream's base rate (the rate all
+    its timestamps fit) is not its average. A WebM's millisecond clock or a phone's 600
+    ticks a second give base rates like 1000 or 120 against an average near 30."""
+    base = _rate(stream.get("r_frame_rate"))
+    return base is not None and abs(base - average) > 0.015 * average
 
 
 def _tag(value: object) -> str | None:

@@ -12,20 +12,27 @@ picture they show, so three things must hold in every encode, whole or chunked:
 * **Chunks on that grid.** A chunk [start, end) holds exactly the grid frames
   round(start * rate) .. round(end * rate) - 1, wherever the source's frames fall (29.97 fps
   puts no frame on a 48 s boundary); the join checks exactly that (vtp.media.join).
-* **Picture and sound start together, at 0.** ffmpeg already counts time from the source's
-  first timestamp (an MPEG-TS starting at 10 s, an edited file), so both tracks are
-  anchored there: the picture's first grid frame is at 0 even when the source's first frame
-  comes later (the first frame is held), and the sound is padded or trimmed to start at 0,
-  which keeps an offset the source itself has between its tracks. The B-frame delay is put
-  in an edit list's media time, not an empty edit (`-avoid_negative_ts disabled`): a
-  player presents the first frame at 0, as it presents the first AAC sample after the
-  encoder's priming.
+* **Picture and sound start together, at 0.** Every encode reads time on one clock: the
+  file's own (`CLOCK_ARGS`; left to itself, ffmpeg counts from a start that depends on the
+  streams an encode maps, so a sound encoded alone would lose its offset to the picture).
+  The picture's first frame is the origin (SourceInfo.picture_origin): both tracks move by
+  it, the picture's first grid frame is at 0,
+  and the sound is padded or trimmed to start at 0, which keeps an offset the source itself
+  has between its tracks (an MPEG-TS whose sound starts 40 ms after its picture). The
+  B-frame delay is put in an edit list's media time, not an empty edit
+  (`-avoid_negative_ts disabled`): a player presents the first frame at 0, as it presents
+  the first AAC sample after the encoder's priming.
 """
 
 from __future__ import annotations
 
 import math
 from fractions import Fraction
+
+# Timestamps as the file has them, in every encode, whole or from a seek. The cost: ffmpeg
+# no longer smooths an MPEG-TS clock that jumps mid-file (a capture across a programme
+# change); such a jump is kept, as silence and a held frame.
+CLOCK_ARGS = ["-copyts"]
 
 # How far before a chunk's start its decode begins: the frame shown at the chunk's first
 # grid point may be a source frame from before the start (a variable-rate source's frame
@@ -63,35 +70,31 @@ def chunk_frames(start_s: float, end_s: float, rate: Fraction) -> int:
 
 
 def chunk_seek(start_s: float, origin_s: float = 0.0) -> float:
-    """Where, on the file's timeline (`-ss` before the input), a chunk starting at `start_s`
-    on the output's begins to decode: a preroll before its start."""
+    """Where, on the file's clock (`-ss` before the input: from its first timestamp), a chunk
+    starting at `start_s` on the output's begins to decode: a preroll before its start."""
     return round(max(0.0, origin_s + start_s - CHUNK_PREROLL_S), 3)
 
 
 def audio_timing_filter(origin_s: float = 0.0) -> str:
-    """The sound on the output's timeline: moved with the picture's origin, then padded or
-    trimmed to start at 0 (AUDIO_TIMING_FILTER)."""
-    move = f"asetpts=PTS-{origin_s:.6f}/TB," if origin_s else ""
+    """The sound on the output's timeline: moved with the picture's origin (on the file's
+    clock), then padded or trimmed to start at 0 (AUDIO_TIMING_FILTER)."""
+    move = f"asetpts=PTS{-origin_s:+.6f}/TB," if origin_s else ""
     return move + AUDIO_TIMING_FILTER
 
 
-def video_timing_filter(
-    rate: Fraction, *, start_s: float = 0.0, seek_s: float = 0.0, origin_s: float = 0.0
-) -> str:
+def video_timing_filter(rate: Fraction, *, start_s: float = 0.0, origin_s: float = 0.0) -> str:
     """The filters that put frames on the grid, for an encode of the source from `start_s`
-    (on the output timeline) whose input was seeked to `seek_s` (on the file's: ffmpeg then
-    counts time from there), the picture starting `origin_s` after the file's first
-    timestamp (SourceInfo.video_start).
+    (on the output timeline), read on the file's clock (`CLOCK_ARGS`), where the picture
+    starts at `origin_s` (SourceInfo.picture_origin).
 
-    Time is put on the output's timeline (+seek -origin), the `fps` filter picks the frame for
+    Time is put on the output's timeline (-origin), the `fps` filter picks the frame for
     each grid point from the first one at or after `start_s` (its `start_time`, in whole
     frames, pads by holding the first frame if the source starts later), then the
     encode's own timestamps restart at 0, so every chunk's init segment and edit list are
     byte for byte the first chunk's; vtp.media.fmp4 moves its fragments to their place."""
     first = grid_frame(start_s, rate)
     origin = Fraction(first) / rate
-    offset = seek_s - origin_s
-    shift = f"setpts=PTS{offset:+.6f}/TB," if offset else ""
+    shift = f"setpts=PTS{-origin_s:+.6f}/TB," if origin_s else ""
     return (
         f"{shift}tpad=stop_mode=clone:stop_duration={END_HOLD_S:g},fps=fps={rate.numerator}/{rate.denominator}"
         f":start_time={float(origin):.9f}:round=near,setpts=PTS-STARTPTS"

@@ -295,7 +295,9 @@ class _Tuner:
         ref = refs[spec.name]
         out = self.dir / f"probe-{spec.name}-{crf:g}.mp4"
         # From the reference, a file of its own whose picture starts at 0.
-        video_only = self.source.model_copy(update={"has_audio": False, "video_start": 0.0})
+        video_only = self.source.model_copy(
+            update={"has_audio": False, "video_start": 0.0, "start_time": 0.0}
+        )
         # The search is on x264's scale; another codec's encoder gets its equivalent.
         trial = spec.model_copy(update={"crf": crf_for(spec.codec, crf)})
         encoded = run_ffmpeg(
