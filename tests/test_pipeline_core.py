@@ -568,6 +568,46 @@ def test_a_job_that_cannot_succeed_encodes_no_more_chunks(
     assert "skipped" in run("360p", 1)
 
 
+@pytest.mark.slow
+def test_a_chunk_refused_the_same_way_twice_fails_at_once(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """A truncated upload whose index (at the front, as phones write it) promises 20 s: its
+    second chunk decodes a few frames of the 200 it must hold. The first refusal may be a
+    fault (a worker killed mid-write), so the chunk is tried again; the second, in the same
+    words, is the source: the rendition fails there with the reason, its retry budget (3)
+    not spent on a third encode."""
+    from tests.clips import make_clip
+
+    whole = make_clip(tmp_path / "whole.mp4", size="640x360", seconds=20, rate=25, audio=False,
+                      extra=["-g", "50", "-movflags", "+faststart"])  # fmt: skip
+    data = whole.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 4 // 10])
+    bucket = quiet_bucket(pipeline)
+    key = f"chunked/{time.time_ns()}-cut.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(cut))
+    src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
+    info = SourceInfo(duration=20.0, width=640, height=360, fps=25.0, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
+    job = pipeline.store.create_job(
+        src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
+    )[0]
+
+    def run(call: str) -> dict[str, object]:
+        return pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition="360p", chunk=1), call)
+
+    first = run("c1-a")
+    assert first["state"] == "retrying", first
+    assert re.fullmatch(r"chunk 1: \d+ frames for 8s, not 200", str(first["error"])), first
+    second = run("c1-b")
+    assert second["state"] == "failed", second
+    assert second["error"] == f"{first['error']} (the same on the previous attempt)"
+    task = pipeline.store.get(job.id).rendition("360p").tasks[1]
+    assert (task.state, task.attempts) == (TaskState.FAILED, 2)
+
+
 def _silent_job_in_chunks(
     pipeline: Pipeline, clip: Path, *, height: int = 360, ladder: Sequence[str] = ("360p",)
 ) -> Job:
