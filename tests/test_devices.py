@@ -35,6 +35,11 @@ SYNC_S = 0.020
 SOUND_ALONE = ["voice.m4a", "song.mp3", "memo.aac", "take.wav", "master.flac", "call.opus",
                "tune.ogg"]  # fmt: skip
 
+# Options an upload carries as its own metadata (vtp.options): DASH beside HLS.
+METADATA: dict[str, dict[str, str | list[str] | tuple[str]]] = {
+    "voice.m4a": {"vtp-formats": "hls,dash"},
+}
+
 Maker = Callable[[Path], Path]
 CASES: dict[str, Maker] = {
     "phone-vfr.mov": lambda p: footage.flash_beep(p, seconds=4, rate_pattern=footage.VFR_PHONE),
@@ -61,7 +66,7 @@ def jobs(gateway: str, s3: Minio, tmp_path_factory: pytest.TempPathFactory) -> d
     for name, make in CASES.items():
         path = make(folder / name)
         keys[name] = f"{prefix}/{name}"
-        s3.fput_object("uploads", keys[name], str(path))
+        s3.fput_object("uploads", keys[name], str(path), metadata=METADATA.get(name))
     notes = folder / "notes.txt"
     notes.write_text("meeting notes, not a video\n" * 20)
     keys["notes.txt"] = f"{prefix}/notes.txt"
@@ -70,7 +75,7 @@ def jobs(gateway: str, s3: Minio, tmp_path_factory: pytest.TempPathFactory) -> d
 
 
 def _done(jobs: dict[str, Any], name: str) -> dict[str, Any]:
-    job = jobs[name]
+    job: dict[str, Any] = jobs[name]
     assert job["state"] == "succeeded", job
     return job
 
@@ -252,6 +257,16 @@ def test_sound_alone_becomes_a_job_of_sound(jobs: dict[str, Any], name: str) -> 
     (stream,) = info["streams"]
     assert (stream["codec_name"], stream["channels"], stream["sample_rate"]) == ("aac", 2, "48000")
     assert float(info["format"]["duration"]) == pytest.approx(2.0, abs=0.1)
+
+
+def test_sound_alone_has_a_dash_manifest_of_sound(jobs: dict[str, Any]) -> None:
+    from tests.mpd_schema import schema_problems
+
+    job = _done(jobs, "voice.m4a")
+    mpd = requests.get(job["urls"]["dash"], timeout=10).text
+    assert schema_problems(mpd) == []
+    assert re.findall(r'contentType="(\w+)"', mpd) == ["audio"], mpd
+    assert 'mediaPresentationDuration="PT2' in mpd, mpd
 
 
 def test_an_upload_that_is_neither_video_nor_sound_is_answered(jobs: dict[str, Any]) -> None:

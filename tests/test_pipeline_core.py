@@ -430,6 +430,41 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
 
 
 @pytest.mark.slow
+def test_a_phone_video_at_a_varying_rate_is_chunked_on_the_output_grid(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """20 s of a phone's low-light video (20-30 fps frame by frame, 26 on average) in three
+    chunks: encoded at 30 fps, each chunk exactly its 240 (240, 120) grid frames, joined with
+    no gap or doubled frame, every flash on its second and every beep within 20 ms of it,
+    across both joins. (With `-r` and the source's average rate, a chunk held a frame more
+    than its range, and its retries failed the same way.)"""
+    from tests import footage
+    from vtp.webhook import SourceObject
+
+    bucket = quiet_bucket(pipeline)
+    chunked = chunked_pipeline(pipeline)
+    clip = footage.flash_beep(tmp_path / "phone.mov", seconds=20, rate_pattern=footage.VFR_PHONE)
+    key = f"chunked/{time.time_ns()}-phone.mov"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    job = chunked.submit(SourceObject(bucket=bucket, key=key), JobOptions(renditions=["360p"])).job
+    assert job.source_info is not None and job.source_info.variable_frame_rate
+    assert job.rendition("180p").spec.fps == 30.0
+    assert [(t.start_s, t.end_s) for t in job.rendition("180p").tasks][:2] == [(0, 8), (8, 16)]
+    job = _ended(pipeline, job)
+    assert job.state.value == "succeeded", job.error
+    assert [t.attempts for t in job.rendition("180p").tasks] == [1, 1, 1]
+    view = pipeline.describe_job(job, live=False)
+    urls = {r["name"]: r["urls"]["playlist"] for r in view["renditions"]}
+    times = footage.frame_times(urls["180p"])
+    assert len(times) == 600 and times[0] == 0.0
+    assert {round(b - a, 4) for a, b in itertools.pairwise(times)} == {round(1 / 30, 4)}
+    flashes = footage.flash_times(urls["180p"])
+    assert [round(f, 3) for f in flashes] == [float(s) for s in range(1, 20)], flashes
+    offsets = footage.sync_offsets(urls["180p"], urls["audio"])
+    assert len(offsets) == 19 and max(map(abs, offsets)) <= 0.020, offsets
+
+
+@pytest.mark.slow
 def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: Path) -> None:
     """Chunk 1's worker dies mid-encode (its attempt written off as silent); its retry is the
     only re-encode: chunks 0 and 2 keep their first and only attempt, a redelivered call

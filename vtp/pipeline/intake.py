@@ -199,7 +199,10 @@ class Intake:
             src.bucket,
             src.key,
             key,
-            ", ".join(f"{r.name} {r.spec.width}x{r.spec.height}" for r in job.renditions),
+            ", ".join(
+                f"{r.name} {r.spec.width}x{r.spec.height}" if r.spec.kind == "video" else r.name
+                for r in job.renditions
+            ),
         )
         self.clients.announce(job)
         for task in costliest_first(job, [t for r in job.renditions for t in r.tasks]):

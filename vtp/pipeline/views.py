@@ -109,8 +109,9 @@ class JobViews:
             if job.master_playlist or (job.ready and not job.state.terminal):
                 # Early, the master lists the renditions ready so far (`ready`).
                 urls["master"] = self.urls.output_url(job.id, layout.MASTER)
-            if job.master_playlist and (job.source_info is None or job.source_info.has_video):
-                urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
+            if job.master_playlist:
+                if job.source_info is None or job.source_info.has_video:  # sound alone: none
+                    urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
                 # The DASH manifest, the storyboard's index... (vtp.layout), as written.
                 for name, path in sorted(job.outputs.items()):
                     if isinstance(path, str):
