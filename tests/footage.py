@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -541,6 +542,76 @@ def ntsc_rates(
 
 
 # --- measuring ---------------------------------------------------------------------------------
+
+
+# --- HDR: a known SDR picture, and the HDR video a phone would have made of it -------------
+
+# HDR10 static metadata of a P3 mastering display (1000 / 0.0001 cd/m2), as phones write it.
+MASTER_DISPLAY = "G(13250,34500)B(7500,3000)R(34000,16000)WP(15635,16450)L(10000000,1)"
+# SDR reference white in an HDR signal (BT.2408): 203 cd/m2.
+SDR_WHITE_NITS = 203
+
+
+def sdr_picture(path: Path, *, seconds: float = 2.0, size: str = "640x360") -> Path:
+    """The known SDR picture HDR sources are made from, 8-bit BT.709, losslessly (FFV1 in
+    Matroska): `testsrc2` (colour bars, gradients, moving text) beside a full colour
+    spectrum, tagged BT.709 throughout."""
+    width, height = (int(v) for v in size.split("x"))
+    graph = (
+        "[0]format=gbrp[a];[1]format=gbrp[b];[a][b]vstack,"
+        "scale=out_color_matrix=bt709:out_range=tv:flags=accurate_rnd+full_chroma_int,"
+        "format=yuv420p,setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709"
+    )
+    args = [
+        "-f", "lavfi", "-i", f"testsrc2=s={width}x{height // 2}:r=25:d={seconds}",
+        "-f", "lavfi", "-i", f"colorspectrum=s={width}x{height // 2}:r=25:d={seconds}:type=all",
+        "-filter_complex", graph, "-t", f"{seconds}", "-c:v", "ffv1",
+        "-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709",
+        "-color_range", "tv",
+    ]  # fmt: skip
+    return _cached(path, args)
+
+
+def hdr_from_sdr(path: Path, reference: Path, *, transfer: str = "pq") -> Path:
+    """What a phone's HDR video of `reference` (sdr_picture) is: its picture in linear light,
+    BT.2020 primaries, PQ (`transfer="pq"`, HDR10 metadata in SEI) or HLG, SDR white at
+    BT.2408's 203 cd/m2, 10-bit HEVC Main 10 tagged `hvc1` in MOV, its colour in the VUI
+    and the colr box. Tone-mapping it back must give `reference` again."""
+    trc = {"pq": "smpte2084", "hlg": "arib-std-b67"}[transfer]
+    x265 = ["colorprim=bt2020", f"transfer={trc}", "colormatrix=bt2020nc", "range=limited",
+            "repeat-headers=1", "log-level=error"]  # fmt: skip
+    if transfer == "pq":
+        x265 += [f"master-display={MASTER_DISPLAY}", "max-cll=1000,400", "hdr10=1", "hdr10-opt=1"]
+    args = [
+        "-i", str(reference),
+        "-vf", "zscale=tin=bt709:pin=bt709:min=bt709:rin=tv:t=linear:p=bt2020,format=gbrpf32le,"
+        f"zscale=t={trc}:m=bt2020nc:r=tv:npl={SDR_WHITE_NITS},format=yuv420p10le",
+        "-c:v", "libx265", "-preset", "superfast", "-crf", "10", "-profile:v", "main10",
+        "-tag:v", "hvc1", "-x265-params", ":".join(x265),
+        "-color_primaries", "bt2020", "-color_trc", trc, "-colorspace", "bt2020nc",
+        "-color_range", "tv", "-an",
+    ]  # fmt: skip
+    return _cached(path, args)
+
+
+def ssim_against(encoded: Source, reference: Source) -> float:
+    """Mean SSIM (all planes) of `encoded` against `reference`, frame by frame from their
+    starts, the reference scaled to the encoded picture's size."""
+    stream = ffprobe(encoded, "-select_streams", "v:0", "-show_entries", "stream=width,height")
+    size = stream["streams"][0]
+    graph = (
+        f"[1:v]scale={size['width']}:{size['height']},format=yuv420p,setpts=PTS-STARTPTS[r];"
+        "[0:v]format=yuv420p,setpts=PTS-STARTPTS[e];[e][r]ssim"
+    )
+    done = subprocess.run(
+        ["ffmpeg", "-hide_banner", "-nostdin", "-i", str(encoded), "-i", str(reference),
+         "-filter_complex", graph, "-f", "null", "-"],
+        capture_output=True, text=True, timeout=300, check=True,
+    )  # fmt: skip
+    found = re.findall(r"SSIM .* All:([0-9.]+)", done.stderr)
+    if not found:
+        raise RuntimeError(f"no SSIM in ffmpeg's output: {done.stderr[-500:]}")
+    return float(found[-1])
 
 
 def _run(args: list[str], timeout: float = 300) -> bytes:

@@ -38,6 +38,7 @@ SOUND_ALONE = ["voice.m4a", "song.mp3", "memo.aac", "take.wav", "master.flac", "
 # Options an upload carries as its own metadata (vtp.options): DASH beside HLS.
 METADATA: dict[str, dict[str, str | list[str] | tuple[str]]] = {
     "voice.m4a": {"vtp-formats": "hls,dash"},
+    "hdr-pq.mov": {"vtp-hdr": "keep", "vtp-formats": "hls,dash"},
 }
 
 Maker = Callable[[Path], Path]
@@ -54,7 +55,14 @@ CASES: dict[str, Maker] = {
     "pal-anamorphic.mp4": lambda p: footage.anamorphic_pal(p, sar="64/45"),
     "portrait.mov": lambda p: footage.rotated_portrait(p),
     **{name: (lambda p: footage.audio_only(p, seconds=2)) for name in SOUND_ALONE},
+    "hdr-pq.mov": lambda p: footage.hdr_from_sdr(p, _sdr(p.parent), transfer="pq"),
+    "hdr-hlg.mov": lambda p: footage.hdr_from_sdr(p, _sdr(p.parent), transfer="hlg"),
 }
+
+
+def _sdr(folder: Path) -> Path:
+    """The SDR picture the HDR sources are made from (made once a session)."""
+    return footage.sdr_picture(folder / "sdr.mkv")
 
 
 @pytest.fixture(scope="module")
@@ -238,6 +246,79 @@ def test_a_phone_held_upright_comes_out_upright(jobs: dict[str, Any]) -> None:
     job = _done(jobs, "portrait.mov")
     stream = _video_stream(_video_url(job))
     assert stream["height"] > stream["width"], stream
+
+
+# --- HDR -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["hdr-pq.mov", "hdr-hlg.mov"])
+def test_hdr_is_tone_mapped_to_the_sdr_picture_it_came_from(
+    jobs: dict[str, Any], name: str, tmp_path: Path
+) -> None:
+    """A phone's HDR video (10-bit HEVC, BT.2020, PQ or HLG) of a known SDR picture: the
+    H.264 rendition is that picture again (SSIM >= 0.90, far above ignoring the transfer),
+    8-bit and tagged BT.709 in its stream."""
+    job = _done(jobs, name)
+    sdr = _sdr(tmp_path)
+    video = next(r for r in job["renditions"] if r["name"] == "360p")["urls"]["playlist"]
+    stream = _video_stream(video)
+    tags = (stream["pix_fmt"], stream.get("color_primaries"), stream.get("color_transfer"),
+            stream.get("color_space"))  # fmt: skip
+    assert tags == ("yuv420p", "bt709", "bt709", "bt709"), tags
+    score = footage.ssim_against(video, sdr)
+    naive = footage.ssim_against(_naive(tmp_path, name), sdr)
+    assert score >= 0.90 and score >= naive + 0.05, (score, naive)
+
+
+def _naive(folder: Path, name: str) -> Path:
+    """The HDR source made 8-bit with no regard for its transfer: what the SDR rendition
+    was before tone mapping."""
+    source = CASES[name](folder / name)
+    out = folder / f"naive-{name}.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(source), "-vf",
+                    "scale=640:360,format=yuv420p", "-c:v", "libx264", "-crf", "18", str(out)],
+                   check=True, timeout=120)  # fmt: skip
+    return out
+
+
+def test_hdr_kept_beside_the_sdr_ladder(jobs: dict[str, Any]) -> None:
+    """`hdr: keep`: an HEVC Main 10 rendition in the source's PQ with its mastering display
+    and light levels, listed VIDEO-RANGE=PQ in the master and with its transfer as an
+    essential property in the MPD, beside the SDR one every player can play."""
+    job = _done(jobs, "hdr-pq.mov")
+    assert [r["name"] for r in job["renditions"] if r["kind"] == "video"] == ["360p", "360p-hdr"]
+    hdr = next(r for r in job["renditions"] if r["name"] == "360p-hdr")
+    assert (hdr["codec"], hdr["dynamic_range"]) == ("hevc", "pq")
+    stream = _video_stream(hdr["urls"]["playlist"])
+    assert (stream["profile"], stream["pix_fmt"]) == ("Main 10", "yuv420p10le")
+    tags = (stream.get("color_primaries"), stream.get("color_transfer"), stream.get("color_space"))
+    assert tags == ("bt2020", "smpte2084", "bt2020nc"), tags
+    side = footage.ffprobe(
+        hdr["urls"]["playlist"],
+        "-select_streams",
+        "v:0",
+        "-read_intervals",
+        "%+#1",
+        "-show_frames",
+        "-show_entries",
+        "frame=side_data_list",
+    )
+    kinds = {d["side_data_type"]: d for d in side["frames"][0]["side_data_list"]}
+    assert kinds["Content light level metadata"]["max_content"] == 1000
+    assert kinds["Mastering display metadata"]["max_luminance"] == "10000000/10000"
+    master = requests.get(job["urls"]["master"], timeout=10).text
+    variants = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF")]
+    (pq,) = [v for v in variants if "VIDEO-RANGE=PQ" in v]
+    assert 'CODECS="hvc1.2.' in pq and len(variants) == 2, master
+    mpd = requests.get(job["urls"]["dash"], timeout=10).text
+    assert ('<EssentialProperty schemeIdUri="urn:mpeg:mpegB:cicp:TransferCharacteristics" '
+            'value="16"') in mpd, mpd  # fmt: skip
+    assert mpd.count("<AdaptationSet") == 2  # SDR video, HDR video (the source is silent)
+    from tests.mpd_schema import schema_problems
+
+    assert schema_problems(mpd) == []
+    # The other HDR source asked for nothing: SDR only.
+    assert [r["name"] for r in _done(jobs, "hdr-hlg.mov")["renditions"]] == ["360p"]
 
 
 # --- sound alone, and what is not taken ----------------------------------------------------

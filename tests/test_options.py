@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from vtp.errors import InvalidRequest
-from vtp.options import DEFAULT_OPTIONS_KEY, JobOptions, from_metadata, job_key
+from vtp.options import DEFAULT_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.webhook import JobRequest, parse_body
 
 
@@ -21,6 +21,18 @@ def test_identity_ignores_order_case_and_the_callback() -> None:
     assert JobOptions(renditions=["360p"]).identity() != DEFAULT_OPTIONS_KEY
     # MP4 only still makes the HLS the page and the master are built on.
     assert JobOptions(formats=["mp4"]).formats == ["hls", "mp4"]
+
+
+def test_keeping_hdr_is_another_job() -> None:
+    """HDR renditions are outputs: asking to keep them is another job of the same object,
+    from a request or from the upload's metadata; anything but "sdr" or "keep" is refused."""
+    kept = JobOptions(hdr="keep")
+    assert kept.identity() == "renditions=*;formats=hls;hdr=keep" != JobOptions().identity()
+    assert kept.recorded(OptionsOrigin.REQUEST)["hdr"] == "keep"
+    assert from_metadata({"X-Amz-Meta-Vtp-Hdr": "keep"}) == kept
+    with pytest.raises(InvalidRequest) as err:
+        from_metadata({"X-Amz-Meta-Vtp-Hdr": "yes"})
+    assert "x-amz-meta-vtp-hdr" in err.value.reason
 
 
 def test_a_reprocess_key_is_new_every_time() -> None:

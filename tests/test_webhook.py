@@ -96,4 +96,3 @@ def test_any_other_upload_is_taken_to_be_answered() -> None:
     assert isinstance(ev, MinioEvent)
     wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
     assert [w.key for w in wanted] == ["notes.txt"] and ignored == []
-

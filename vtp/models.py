@@ -99,6 +99,11 @@ class SourceInfo(BaseModel):
     color_transfer: str | None = None
     color_matrix: str | None = None
     dynamic_range: Literal["sdr", "pq", "hlg"] = "sdr"
+    # An HDR picture's static metadata, in x265's notation, carried into HDR renditions:
+    # its mastering display ("G(x,y)B(x,y)R(x,y)WP(x,y)L(max,min)") and its content light
+    # levels ("MaxCLL,MaxFALL"); None when the source has none.
+    mastering_display: str | None = Field(default=None, pattern=r"^[GBRWPL(),0-9]+$")
+    content_light: str | None = Field(default=None, pattern=r"^[0-9]+,[0-9]+$")
     has_video: bool = True
 
     @model_validator(mode="after")
@@ -182,6 +187,11 @@ class RenditionSpec(BaseModel):
     # "pq" and "hlg" tone-map an HDR source, "bt601" converts a standard-definition
     # source's matrix, None leaves a BT.709 picture as it is.
     color_conversion: Literal["pq", "hlg", "bt601"] | None = None
+    # What the rendition's picture is: "sdr" (BT.709), or an HDR rendition kept in the
+    # source's "pq" or "hlg" (HEVC Main 10, BT.2020), with the source's static metadata.
+    dynamic_range: Literal["sdr", "pq", "hlg"] = "sdr"
+    mastering_display: str | None = Field(default=None, pattern=r"^[GBRWPL(),0-9]+$")
+    content_light: str | None = Field(default=None, pattern=r"^[0-9]+,[0-9]+$")
 
     @property
     def kind(self) -> str:

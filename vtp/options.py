@@ -47,6 +47,7 @@ METADATA_FIELDS = {
     "callback-url": "callback_url",
     "loudness": "loudness",  # "-16" (LUFS)
     "codecs": "codecs",  # "h264,hevc,av1"
+    "hdr": "hdr",  # "keep"
 }
 
 
@@ -89,6 +90,10 @@ class JobOptions(BaseModel):
     )
     # Subtitle files beside the source, made WebVTT renditions with their languages.
     captions: list[CaptionFile] = Field(default_factory=list, max_length=16)
+    # An HDR source's picture: "sdr" tone-maps every rendition to BT.709 SDR (what every
+    # player shows right); "keep" adds HEVC 10-bit renditions in the source's own HDR (PQ
+    # or HLG, its mastering metadata carried over) beside that SDR ladder.
+    hdr: Literal["sdr", "keep"] = "sdr"
 
     @field_validator("formats")
     @classmethod
@@ -121,6 +126,8 @@ class JobOptions(BaseModel):
         if self.captions:
             listed = sorted(f"{c.language}:{c.label or ''}:{c.key}" for c in self.captions)
             key += ";captions=" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:12]
+        if self.hdr != "sdr":
+            key += f";hdr={self.hdr}"
         return key
 
     def recorded(self, origin: OptionsOrigin, *, reprocess: bool = False) -> dict[str, object]:
@@ -137,6 +144,8 @@ class JobOptions(BaseModel):
             recorded["codecs"] = list(self.codecs)
         if self.captions:
             recorded["captions"] = [c.model_dump() for c in self.captions]
+        if self.hdr != "sdr":
+            recorded["hdr"] = self.hdr
         return recorded
 
 

@@ -124,8 +124,8 @@ def parse_body(body: bytes) -> MinioEvent | JobRequest:
         raise InvalidRequest(
             "body must be a JSON object: a MinIO event or "
             '{"bucket": ..., "key": ..., "renditions"?: [...], "callback_url"?: ..., '
-            '"formats"?: ["hls", "dash", "mp4"], "loudness"?: -16, "reprocess"?: true, '
-            '"dry_run"?: true}'
+            '"formats"?: ["hls", "dash", "mp4"], "loudness"?: -16, "hdr"?: "keep", '
+            '"reprocess"?: true, "dry_run"?: true}'
         )
     try:
         if "Records" in data:

@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 from typing import Literal
 
+from vtp.media import colour
 from vtp.models import RenditionSpec
 from vtp.settings import Settings
 
@@ -57,14 +58,14 @@ def encoder_args(spec: RenditionSpec, settings: Settings) -> list[str]:
         # x265's own interval is a backstop, as x264's; its scene cuts off, GOPs closed.
         keyint = max(1, math.ceil(2 * gop * spec.fps))
         params = [f"keyint={keyint}", "min-keyint=1", "scenecut=0", "open-gop=0",
-                  "log-level=error", "repeat-headers=0"]  # fmt: skip
+                  "log-level=error", "repeat-headers=0", *colour.x265_params(spec)]  # fmt: skip
         if spec.crf is not None:
             params += [f"vbv-maxrate={spec.max_bitrate // 1000}",
                        f"vbv-bufsize={spec.buffer_size // 1000}"]  # fmt: skip
         return [
             "-c:v", "libx265", "-preset", spec.preset or settings.hevc_preset,
             "-tag:v", "hvc1",  # hvc1, not hev1: parameter sets in the init segment only
-            "-profile:v", "main",
+            "-profile:v", "main" if spec.dynamic_range == "sdr" else "main10",
             *(["-crf", f"{spec.crf:g}"] if spec.crf is not None
               else ["-b:v", str(spec.video_bitrate)]),
             "-x265-params", ":".join(params),

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from vtp.models import SourceInfo
+from vtp.models import RenditionSpec, SourceInfo
 
 Conversion = Literal["pq", "hlg", "bt601"]
 
@@ -37,13 +37,50 @@ OUTPUT_TAGS = [
     "-colorspace", "bt709", "-color_range", "tv",
 ]  # fmt: skip
 
-# The nominal peak HDR is tone-mapped from (cd/m2): SDR's reference white, where BT.2408
-# puts HDR's graphics white.
-_PEAK_NITS = 100
-# Hable's curve keeps mid-tones and rolls the highlights off (the operator comparison is
-# in the README); desat=0: no desaturation of highlights, which only washes them out
-# against the SDR picture.
-_TONEMAP = "tonemap=tonemap=hable:desat=0"
+# Where HDR's SDR white is (cd/m2): BT.2408's reference white, 203, which phones and
+# grading follow; linear light is counted in it, so what an SDR picture would show as
+# white comes out white.
+_SDR_WHITE_NITS = 203
+# Mobius: linear (exact) up to 90% of SDR white, then a smooth roll-off of the highlights
+# above it (a phone's 1000 cd/m2 sky) into the last tenth. Measured against the SDR
+# picture an HDR source was made from, it keeps what hable and reinhard darken
+# (they compress the mid-tones too) and what clip flattens (the README has the figures);
+# desat=0: no desaturation of highlights, which only washes them out.
+_TONEMAP = "tonemap=tonemap=mobius:param=0.9:desat=0"
+
+
+_TRANSFERS = {"pq": "smpte2084", "hlg": "arib-std-b67"}
+
+
+def output_tags(dynamic_range: str) -> list[str]:
+    """A rendition's colour tags: BT.709 for SDR; an HDR rendition's BT.2020 and its
+    transfer, as the source had them."""
+    if dynamic_range == "sdr":
+        return list(OUTPUT_TAGS)
+    return ["-color_primaries", "bt2020", "-color_trc", _TRANSFERS[dynamic_range],
+            "-colorspace", "bt2020nc", "-color_range", "tv"]  # fmt: skip
+
+
+def pixel_format(dynamic_range: str) -> str:
+    """8-bit 4:2:0 for SDR (what High profile and every player takes); 10-bit for HDR,
+    whose wider range would band in 8."""
+    return "yuv420p" if dynamic_range == "sdr" else "yuv420p10le"
+
+
+def x265_params(spec: RenditionSpec) -> list[str]:
+    """x265's own signalling of an HDR rendition: its colour (in the VUI), and for PQ the
+    HDR10 static metadata SEI (mastering display, content light levels) of the source."""
+    if spec.dynamic_range == "sdr":
+        return []
+    params = ["colorprim=bt2020", f"transfer={_TRANSFERS[spec.dynamic_range]}",
+              "colormatrix=bt2020nc", "range=limited"]  # fmt: skip
+    if spec.dynamic_range == "pq":
+        params += ["hdr10=1", "hdr10-opt=1"]
+        if spec.mastering_display:
+            params.append(f"master-display={spec.mastering_display}")
+        if spec.content_light:
+            params.append(f"max-cll={spec.content_light}")
+    return params
 
 
 def dynamic_range(transfer: str | None) -> Literal["sdr", "pq", "hlg"]:
@@ -79,7 +116,7 @@ def scale_filters(conversion: Conversion | None, width: int, height: int) -> lis
     return [
         # To linear light (float, so nothing clips before the curve), at the source's size;
         # its tags are named here, since some files carry them only in the container.
-        f"zscale=tin={transfer}:pin=bt2020:min=bt2020nc:rin=tv:t=linear:npl={_PEAK_NITS}",
+        f"zscale=tin={transfer}:pin=bt2020:min=bt2020nc:rin=tv:t=linear:npl={_SDR_WHITE_NITS}",
         "format=gbrpf32le",
         "zscale=p=bt709",
         _TONEMAP,

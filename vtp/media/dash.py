@@ -67,6 +67,8 @@ class Track(BaseModel):
     language: str | None = None
     label: str | None = None
     default: bool = False
+    # An HDR video rendition's transfer (vtp.media.colour): "pq" or "hlg"; "sdr" otherwise.
+    dynamic_range: Literal["sdr", "pq", "hlg"] = "sdr"
 
     @property
     def seconds(self) -> float:
@@ -125,6 +127,7 @@ def rendition_track(
         language=spec.language,
         label=spec.label,
         default=spec.default_track,
+        dynamic_range=spec.dynamic_range if video else "sdr",
     )
 
 
@@ -158,13 +161,16 @@ def manifest(
         ET.SubElement(info, "Title").text = title
     period = ET.SubElement(root, "Period", {"id": "0", "start": "PT0S"})
     next_id = 0
-    families: dict[str, list[Track]] = {}
+    # One set per codec family and dynamic range: a player switches within a set, and never
+    # between an SDR picture and an HDR one.
+    families: dict[tuple[str, str], list[Track]] = {}
     for t in video:
-        families.setdefault(t.codecs.split(".")[0], []).append(t)
-    for members in families.values():
+        families.setdefault((t.codecs.split(".")[0], t.dynamic_range), []).append(t)
+    for (_, dynamic_range), members in families.items():
         members = sorted(members, key=lambda t: (t.bandwidth, t.id))
         aset = ET.SubElement(period, "AdaptationSet", _video_set(next_id, members))
         next_id += 1
+        _colour_properties(aset, dynamic_range)
         for t in members:
             rep = ET.SubElement(aset, "Representation", _video_rep(t))
             _segments(rep, t)
@@ -203,6 +209,24 @@ def manifest(
         ET.SubElement(rep, "BaseURL").text = s.url
     ET.indent(root)
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, "unicode") + "\n"
+
+
+CICP = "urn:mpeg:mpegB:cicp:"
+# H.273 code points: BT.2020 primaries and non-constant-luminance matrix; PQ and HLG.
+_HDR_TRANSFER = {"pq": "16", "hlg": "18"}
+
+
+def _colour_properties(aset: ET.Element, dynamic_range: str) -> None:
+    """An HDR set's colour, as DASH-IF's guidelines signal it (H.273 code points): BT.2020,
+    and its transfer. PQ's is essential (a player that cannot show PQ must skip the set);
+    HLG's supplemental (HLG is watchable as SDR)."""
+    if dynamic_range == "sdr":
+        return
+    kind = "EssentialProperty" if dynamic_range == "pq" else "SupplementalProperty"
+    ET.SubElement(aset, kind, {"schemeIdUri": f"{CICP}TransferCharacteristics",
+                               "value": _HDR_TRANSFER[dynamic_range]})  # fmt: skip
+    for name in ("ColourPrimaries", "MatrixCoefficients"):
+        ET.SubElement(aset, "SupplementalProperty", {"schemeIdUri": f"{CICP}{name}", "value": "9"})
 
 
 def _video_set(index: int, members: Sequence[Track]) -> dict[str, str]:

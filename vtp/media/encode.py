@@ -471,8 +471,9 @@ def encode_args(
         # (vtp.media.codecs); forced at each multiple of the GOP where the encoder honours it.
         *encoder_args(spec, settings),
         *(_forced_keyframes(gop) if forces_keyframes(spec.codec) else []),
-        # BT.709 in the stream's headers and the container's colr box: what the filters made.
-        *colour.OUTPUT_TAGS,
+        # BT.709 (or the kept HDR's BT.2020 and transfer) in the stream's headers and the
+        # container's colr box: what the filters made.
+        *colour.output_tags(spec.dynamic_range),
         # +cgop: closed GOPs (no frame refers across a keyframe). +global_header: codec
         # headers in the init segment / moov; the tee muxer cannot ask for it by itself.
         "-flags",
@@ -510,7 +511,8 @@ def picture_filters(spec: RenditionSpec) -> str:
             # tone-mapped from HDR (vtp.media.colour).
             *colour.scale_filters(spec.color_conversion, spec.width, spec.height),
             "setsar=1",  # square pixels in the output
-            "format=yuv420p",  # 8-bit 4:2:0, what High profile and every player supports
+            # 8-bit 4:2:0 (what High profile and every player takes), 10-bit for HDR.
+            f"format={colour.pixel_format(spec.dynamic_range)}",
         ]
     )
 

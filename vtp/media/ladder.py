@@ -174,6 +174,39 @@ def codec_ladders(specs: Sequence[RenditionSpec], codecs: Sequence[str]) -> list
     return out
 
 
+def hdr_renditions(specs: Sequence[RenditionSpec], source: SourceInfo) -> list[RenditionSpec]:
+    """An HDR source's picture kept as it is, beside its SDR ladder: each H.264 rung again as
+    HEVC Main 10 (`720p-hdr`) in the source's transfer (PQ or HLG) and BT.2020, carrying its
+    mastering display and content light levels; [] for an SDR source. HEVC because it is
+    what plays HDR in fMP4 on Apple's players and on TVs; 10 bits because 8 would band.
+    Same sizes and rate as the SDR rungs, the x264 factor carried over to x265's scale,
+    the cap scaled by HEVC's saving (as `codec_ladders`)."""
+    if source.dynamic_range == "sdr":
+        return []
+    factor = CAP_FACTOR["hevc"]
+    return [
+        s.model_copy(
+            update={
+                "name": f"{s.name}-hdr",
+                "codec": "hevc",
+                "profile": "main10",
+                "crf": crf_for("hevc", s.crf) if s.crf is not None else None,
+                "preset": None,
+                "max_bitrate": max(MIN_VIDEO_BITRATE, round(s.max_bitrate * factor)),
+                "video_bitrate": max(MIN_VIDEO_BITRATE, round(s.video_bitrate * factor)),
+                "buffer_size": max(MIN_VIDEO_BITRATE, round(s.buffer_size * factor)),
+                "estimate": None,
+                "color_conversion": None,
+                "dynamic_range": source.dynamic_range,
+                "mastering_display": source.mastering_display,
+                "content_light": source.content_light,
+            }
+        )
+        for s in specs
+        if s.codec == "h264" and s.kind == "video"
+    ]
+
+
 def audio_renditions(
     specs: Sequence[RenditionSpec],
     source: SourceInfo,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -52,6 +53,9 @@ class MasterEntry(BaseModel):
     iframes: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]+$")
     iframe_bandwidth: int | None = Field(default=None, gt=0)
     iframe_average_bandwidth: int | None = Field(default=None, gt=0)
+    # An HDR variant's VIDEO-RANGE (RFC 8216bis 4.4.6.2): "PQ" or "HLG"; None for SDR, the
+    # default a player assumes.
+    video_range: Literal["PQ", "HLG"] | None = None
 
     @property
     def uri(self) -> str:
@@ -76,6 +80,7 @@ class MasterEntry(BaseModel):
             iframes=result.iframes,
             iframe_bandwidth=result.iframe_bandwidth,
             iframe_average_bandwidth=result.iframe_average_bandwidth,
+            video_range=_video_range(spec),
             score=score if isinstance(score, int | float) and 0 < score <= 1 else None,
             name=result.name,
             bandwidth=result.peak_bitrate,
@@ -85,6 +90,12 @@ class MasterEntry(BaseModel):
             codecs=result.codecs,
             fps=result.fps,
         )
+
+
+def _video_range(spec: RenditionSpec | None) -> Literal["PQ", "HLG"] | None:
+    if spec is None or spec.dynamic_range == "sdr":
+        return None
+    return "PQ" if spec.dynamic_range == "pq" else "HLG"
 
 
 AUDIO_GROUP = "audio"
@@ -133,6 +144,8 @@ def master_playlist(
             f'CODECS="{codecs}"',
             f"FRAME-RATE={entry.fps:.3f}",
         ]
+        if entry.video_range:
+            attributes.append(f"VIDEO-RANGE={entry.video_range}")
         if scored:
             attributes.append(f"SCORE={entry.score:.4f}")
         if audio:
@@ -177,6 +190,7 @@ def _iframe_streams(entries: Sequence[MasterEntry]) -> list[str]:
               if e.iframe_average_bandwidth else []),
             f"RESOLUTION={e.width}x{e.height}",
             f'CODECS="{e.codecs.split(",")[0]}"',
+            *([f"VIDEO-RANGE={e.video_range}"] if e.video_range else []),
             f'URI="{e.folder or e.name}/{e.iframes}"',
         ]  # fmt: skip
         lines.append(f"#EXT-X-I-FRAME-STREAM-INF:{','.join(attributes)}")

@@ -86,6 +86,8 @@ def probe_source(url: str, settings: Settings, *, size_bytes: int | None = None)
     info = source_info_from_probe(data, settings, size_bytes=size_bytes)
     if scanned is not None:
         info = info.model_copy(update={"seekable": False})
+    if info.dynamic_range != "sdr":
+        info = info.model_copy(update=hdr_metadata(url, settings))
     log.info(
         "source ok: %dx%d %.3f fps %.2fs %s/%s audio=%s",
         info.width,
@@ -111,6 +113,53 @@ def _declared_duration(data: dict[str, Any]) -> float | None:
 def _has_streams(data: dict[str, Any]) -> bool:
     return any(isinstance(s, dict) and s.get("codec_type") in ("video", "audio")
                for s in data.get("streams") or [])  # fmt: skip
+
+
+def hdr_metadata(url: str, settings: Settings) -> dict[str, str]:
+    """An HDR picture's static metadata, from its first frame's side data (HEVC carries it
+    in SEI messages, so ffprobe shows it on frames, not on the stream), in x265's notation:
+    `mastering_display` and `content_light`, each only when present and sane."""
+    args = ["-v", "error", "-select_streams", "V:0", "-read_intervals", "%+#1",
+            "-show_frames", "-show_entries", "frame=side_data_list", "-of", "json",
+            *untrusted_input(url)]  # fmt: skip
+    result = run_ffprobe(args, timeout=settings.ffprobe_timeout_seconds, check=False)
+    try:
+        frames = json.loads(result.stdout or b"{}").get("frames") or []
+    except (ValueError, AttributeError):
+        return {}
+    found: dict[str, str] = {}
+    for side in (frames[0].get("side_data_list") or []) if frames else []:
+        kind = str(side.get("side_data_type", ""))
+        if kind == "Mastering display metadata":
+            display = _mastering_display(side)
+            if display:
+                found["mastering_display"] = display
+        elif kind == "Content light level metadata":
+            cll, fall = _int(side.get("max_content")), _int(side.get("max_average"))
+            if cll is not None and fall is not None and 0 <= fall <= cll <= 10_000:
+                found["content_light"] = f"{cll},{fall}"
+    return found
+
+
+def _mastering_display(side: dict[str, Any]) -> str | None:
+    """SMPTE ST 2086 as x265 wants it: chromaticities in 0.00002 units, luminance in
+    0.0001 cd/m2 (the units HEVC's SEI stores them in)."""
+    try:
+        xy = {k: Fraction(str(side[k])) for k in (
+            "green_x", "green_y", "blue_x", "blue_y", "red_x", "red_y",
+            "white_point_x", "white_point_y")}  # fmt: skip
+        top, bottom = Fraction(str(side["max_luminance"])), Fraction(str(side["min_luminance"]))
+    except (KeyError, ValueError, ZeroDivisionError):
+        return None
+    if not all(0 <= v <= 1 for v in xy.values()) or not 0 <= bottom < top <= 10_000:
+        return None
+
+    def c(name: str) -> int:
+        return round(xy[name] * 50_000)
+
+    return (f"G({c('green_x')},{c('green_y')})B({c('blue_x')},{c('blue_y')})"
+            f"R({c('red_x')},{c('red_y')})WP({c('white_point_x')},{c('white_point_y')})"
+            f"L({round(top * 10_000)},{round(bottom * 10_000)})")  # fmt: skip
 
 
 def scan_duration(url: str, settings: Settings) -> float:

@@ -329,7 +329,7 @@ class FanIn:
         videos = [
             r for r in job.renditions
             if r.state is RenditionState.SUCCEEDED and r.spec.kind == "video"
-            and (r.result or {}).get("iframes")
+            and r.spec.dynamic_range == "sdr" and (r.result or {}).get("iframes")
         ]  # fmt: skip
         if not every or not videos:
             return False

@@ -18,6 +18,7 @@ from vtp.media.ladder import (
     audio_only_renditions,
     audio_renditions,
     codec_ladders,
+    hdr_renditions,
     plan_ladder,
     text_renditions,
 )
@@ -300,6 +301,12 @@ class Intake:
         # Rungs a user asked for by name are kept even when the samples say they add little.
         title = tune(url, info, ladder, s, prune=renditions is None, timeout=budget)
         videos, per_codec = self._codec_ladders(url, info, title, options, budget)
+        hdr_skipped = []
+        if options.hdr == "keep":
+            kept = hdr_renditions(title.specs, info)
+            videos += kept
+            if not kept:
+                hdr_skipped.append("hdr: the source is SDR; there is no HDR picture to keep")
         chunks = (
             plan_chunks(
                 info.duration,
@@ -324,7 +331,7 @@ class Intake:
             title.specs, info, options.captions, max_tracks=s.max_text_tracks
         )
         return Planned(source=info, specs=[*specs, *text], chunks=chunks, title=title,
-                       skipped=skipped + left_out, codecs=per_codec)  # fmt: skip
+                       skipped=skipped + left_out + hdr_skipped, codecs=per_codec)  # fmt: skip
 
     def _plan_sound(self, info: SourceInfo, options: JobOptions) -> Planned:
         """A source of sound alone (a voice memo, a podcast): its sound tracks, nothing to

@@ -177,7 +177,8 @@ def kind_fields(spec: RenditionSpec) -> dict[str, Any]:
     carries the video fields of the rung whose function encodes it, unused: shown, they
     would tell a reader the sound is 640x360."""
     if spec.kind == "video":
-        return {"width": spec.width, "height": spec.height, "fps": spec.fps, "codec": spec.codec}
+        return {"width": spec.width, "height": spec.height, "fps": spec.fps, "codec": spec.codec,
+                "dynamic_range": spec.dynamic_range}  # fmt: skip
     if spec.kind == "audio":
         return {"codec": "aac", "channels": AUDIO_CHANNELS, "sample_rate": AUDIO_SAMPLE_RATE}
     return {}
