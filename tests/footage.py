@@ -594,6 +594,55 @@ def hdr_from_sdr(path: Path, reference: Path, *, transfer: str = "pq") -> Path:
     return _cached(path, args)
 
 
+def dolby_vision(path: Path, base: Path, *, compatibility: int = 4) -> Path:
+    """An iPhone's Dolby Vision video, as far as a pipeline without a Dolby decoder sees it:
+    `base` (an hdr_from_sdr MOV, HLG for profile 8.4's compatibility id 4, PQ for 8.1's 1)
+    with the Dolby Vision configuration box (`dvvC`, profile 8) phones put beside `hvcC`.
+    ffprobe then reports its "DOVI configuration record"; the picture every decoder shows
+    is the base layer's. (Its RPU NAL units are not made: ffmpeg 5.1 cannot write them, and
+    decoders skip them.)"""
+    data = bytearray(base.read_bytes())
+    # dv_version 1.0; profile 8, level 4, rpu and base layer present, no enhancement layer;
+    # the base layer's compatibility; the rest reserved.
+    bits = (8 << 9) | (4 << 3) | 0b101
+    payload = bytes([1, 0]) + bits.to_bytes(2, "big") + (compatibility << 28).to_bytes(4, "big")
+    box = (8 + 24).to_bytes(4, "big") + b"dvvC" + payload + bytes(16)
+    parents = _box_path(data, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"])
+    stsd_at = parents[-1]
+    entry_at = stsd_at + 16  # full box header (8 + 4) and its entry count (4)
+    if data[entry_at + 4 : entry_at + 8] != b"hvc1":
+        raise ValueError("the base layer is not HEVC tagged hvc1")
+    hvcc = data.index(b"hvcC", entry_at) - 4
+    insert_at = hvcc + int.from_bytes(data[hvcc : hvcc + 4], "big")
+    if data.index(b"moov") < data.index(b"mdat"):
+        raise ValueError("the index comes before the media: chunk offsets would move")
+    for at in [*parents, entry_at]:  # every box around the new one grows by its size
+        size = int.from_bytes(data[at : at + 4], "big")
+        data[at : at + 4] = (size + len(box)).to_bytes(4, "big")
+    data[insert_at:insert_at] = box
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _box_path(data: bytes | bytearray, names: list[bytes]) -> list[int]:
+    """The offsets of nested ISO BMFF boxes, outermost first (the first video track's)."""
+    found, start, end = [], 0, len(data)
+    for name in names:
+        at = start
+        while at < end:
+            size = int.from_bytes(data[at : at + 4], "big")
+            if data[at + 4 : at + 8] == name and (
+                name != b"trak" or b"vide" in data[at : at + size]
+            ):
+                break
+            at += max(size, 8)
+        else:
+            raise ValueError(f"no {name.decode()} box")
+        found.append(at)
+        start, end = at + 8, at + size
+    return found
+
+
 def ssim_against(encoded: Source, reference: Source) -> float:
     """Mean SSIM (all planes) of `encoded` against `reference`, frame by frame from their
     starts, the reference scaled to the encoded picture's size."""

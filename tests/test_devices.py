@@ -57,6 +57,10 @@ CASES: dict[str, Maker] = {
     **{name: (lambda p: footage.audio_only(p, seconds=2)) for name in SOUND_ALONE},
     "hdr-pq.mov": lambda p: footage.hdr_from_sdr(p, _sdr(p.parent), transfer="pq"),
     "hdr-hlg.mov": lambda p: footage.hdr_from_sdr(p, _sdr(p.parent), transfer="hlg"),
+    # An iPhone's Dolby Vision: profile 8.4, its base layer HLG.
+    "dolby-vision.mov": lambda p: footage.dolby_vision(
+        p, footage.hdr_from_sdr(p.with_name("dv-base.mov"), _sdr(p.parent), transfer="hlg")
+    ),
 }
 
 
@@ -136,6 +140,31 @@ def test_a_phone_video_at_a_varying_rate_keeps_its_lips_on_its_sound(jobs: dict[
     assert len(offsets) == len(marks) and max(map(abs, offsets)) <= SYNC_S, offsets
     starts = footage.start_times(video)
     assert starts["video"] == pytest.approx(0.0, abs=1e-6), starts
+    # The B-frame delay is the edit's media time, with no empty edit before it: players
+    # that ignore empty edits (MSE in browsers) show the first frame at 0 too.
+    ((media_time, _),) = _edits(video)
+    assert media_time > 0
+    ((priming, _),) = _edits(sound)
+    assert priming == 1024  # the sound's: AAC's priming, hidden the same way
+
+
+def _edits(playlist_url: str) -> list[tuple[int, int]]:
+    """(media time, duration) of each entry of the edit list in a rendition's init segment;
+    an empty edit has media time -1."""
+    text = requests.get(playlist_url, timeout=10).text
+    uri = re.search(r'#EXT-X-MAP:URI="([^"]+)"', text)
+    assert uri, text
+    init = requests.get(playlist_url.rsplit("/", 1)[0] + "/" + uri.group(1), timeout=10).content
+    at = init.index(b"elst")
+    version, count = init[at + 4], int.from_bytes(init[at + 8 : at + 12], "big")
+    width = 8 if version == 1 else 4
+    entries, pos = [], at + 12
+    for _ in range(count):
+        duration = int.from_bytes(init[pos : pos + width], "big")
+        media = int.from_bytes(init[pos + width : pos + 2 * width], "big", signed=True)
+        entries.append((media, duration))
+        pos += 2 * width + 4  # and the media rate
+    return entries
 
 
 def test_a_source_whose_sound_is_late_keeps_its_own_offset(jobs: dict[str, Any]) -> None:
@@ -251,13 +280,13 @@ def test_a_phone_held_upright_comes_out_upright(jobs: dict[str, Any]) -> None:
 # --- HDR -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["hdr-pq.mov", "hdr-hlg.mov"])
+@pytest.mark.parametrize("name", ["hdr-pq.mov", "hdr-hlg.mov", "dolby-vision.mov"])
 def test_hdr_is_tone_mapped_to_the_sdr_picture_it_came_from(
     jobs: dict[str, Any], name: str, tmp_path: Path
 ) -> None:
-    """A phone's HDR video (10-bit HEVC, BT.2020, PQ or HLG) of a known SDR picture: the
-    H.264 rendition is that picture again (SSIM >= 0.90, far above ignoring the transfer),
-    8-bit and tagged BT.709 in its stream."""
+    """A phone's HDR video (10-bit HEVC, BT.2020, PQ or HLG; Dolby Vision 8.4 on an HLG base
+    layer) of a known SDR picture: the H.264 rendition is that picture again (SSIM >= 0.90,
+    far above ignoring the transfer), 8-bit and tagged BT.709 in its stream."""
     job = _done(jobs, name)
     sdr = _sdr(tmp_path)
     video = next(r for r in job["renditions"] if r["name"] == "360p")["urls"]["playlist"]
