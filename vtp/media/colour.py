@@ -109,9 +109,14 @@ def scale_filters(conversion: Conversion | None, width: int, height: int) -> lis
     if conversion is None:
         return [f"scale={width}:{height}"]
     if conversion == "bt601":
-        # swscale converts the matrix while it scales; the input's is named, not guessed
-        # from tags that an SD file often lacks.
-        return [f"scale={width}:{height}:in_color_matrix=bt601:out_color_matrix=bt709"]
+        # The matrix alone (fast=1: primaries and transfer left as they are, as players
+        # treat SD), by the colorspace filter after scaling: swscale's own conversion
+        # (in/out_color_matrix) takes a path that softens fine detail (measured on grain:
+        # 28% fewer bits at CRF 24, the grain gone). The input's matrix is named, not
+        # guessed from tags an SD file often lacks; colorspace takes 4:2:0, so DV's 4:1:1
+        # is made that first.
+        return [f"scale={width}:{height}", "format=yuv420p",
+                "colorspace=all=bt709:iall=bt601-6-625:fast=1"]  # fmt: skip
     transfer = "smpte2084" if conversion == "pq" else "arib-std-b67"
     return [
         # To linear light (float, so nothing clips before the curve), at the source's size;

@@ -294,12 +294,14 @@ class _Tuner:
     def _probe(self, spec: RenditionSpec, crf: float, refs: dict[str, Path]) -> Probe:
         ref = refs[spec.name]
         out = self.dir / f"probe-{spec.name}-{crf:g}.mp4"
-        # From the reference, a file of its own whose picture starts at 0.
+        # From the reference: a file of its own whose picture starts at 0, already in the
+        # rendition's colour (converting it again would shift its colours and mislead the
+        # search: a BT.601 source came out at CRF 19 where 27 reaches the target).
         video_only = self.source.model_copy(
             update={"has_audio": False, "video_start": 0.0, "start_time": 0.0}
         )
         # The search is on x264's scale; another codec's encoder gets its equivalent.
-        trial = spec.model_copy(update={"crf": crf_for(spec.codec, crf)})
+        trial = spec.model_copy(update={"crf": crf_for(spec.codec, crf), "color_conversion": None})
         encoded = run_ffmpeg(
             ["-i", ref.name, *encode_args(video_only, trial, self.settings), "-f", "mp4", out.name],
             timeout=self._left(),
