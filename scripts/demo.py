@@ -10,6 +10,7 @@ can use. tests/test_demo.py runs `make demo` itself, so this script cannot break
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -52,8 +53,10 @@ def main() -> int:
     env = cli.read_env_file(env_file)
     clip = stack.run_dir / "demo" / "sample-1080p.mp4"
     if not clip.exists():
-        console.print("generating a 12 s 1080p30 sample clip with ffmpeg…")
-        make_clip(clip)
+        # VTP_DEMO_SECONDS: a shorter sample, for the test that runs this demo in the suite.
+        seconds = int(os.environ.get("VTP_DEMO_SECONDS", "12"))
+        console.print(f"generating a {seconds} s 1080p30 sample clip with ffmpeg…")
+        make_clip(clip, seconds)
     if env.get("VTP_WS_URL"):
         page = urlsplit(env["VTP_WS_URL"])._replace(scheme="http", path="/").geturl()
         console.print(f"live progress page: [bold]{page}[/bold]")
