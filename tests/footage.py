@@ -601,19 +601,23 @@ def dolby_vision(path: Path, base: Path, *, compatibility: int = 4) -> Path:
     ffprobe then reports its "DOVI configuration record"; the picture every decoder shows
     is the base layer's. (Its RPU NAL units are not made: ffmpeg 5.1 cannot write them, and
     decoders skip them.)"""
-    data = bytearray(base.read_bytes())
     # dv_version 1.0; profile 8, level 4, rpu and base layer present, no enhancement layer;
     # the base layer's compatibility; the rest reserved.
     bits = (8 << 9) | (4 << 3) | 0b101
     payload = bytes([1, 0]) + bits.to_bytes(2, "big") + (compatibility << 28).to_bytes(4, "big")
-    box = (8 + 24).to_bytes(4, "big") + b"dvvC" + payload + bytes(16)
+    return add_entry_box(path, base, b"dvvC", payload + bytes(16))
+
+
+def add_entry_box(path: Path, source: Path, kind: bytes, payload: bytes) -> Path:
+    """`source` (a MOV/MP4 with its index after its media) with one more box in its video
+    sample entry, after the decoder configuration (`avcC`/`hvcC`): what a camera or phone
+    writes there (Dolby Vision's `dvvC`, HDR10's `mdcv` and `clli`)."""
+    data = bytearray(source.read_bytes())
+    box = (8 + len(payload)).to_bytes(4, "big") + kind + payload
     parents = _box_path(data, [b"moov", b"trak", b"mdia", b"minf", b"stbl", b"stsd"])
-    stsd_at = parents[-1]
-    entry_at = stsd_at + 16  # full box header (8 + 4) and its entry count (4)
-    if data[entry_at + 4 : entry_at + 8] != b"hvc1":
-        raise ValueError("the base layer is not HEVC tagged hvc1")
-    hvcc = data.index(b"hvcC", entry_at) - 4
-    insert_at = hvcc + int.from_bytes(data[hvcc : hvcc + 4], "big")
+    entry_at = parents[-1] + 16  # the full box header (8 + 4) and its entry count (4)
+    config = next(data.find(c, entry_at) for c in (b"hvcC", b"avcC") if data.find(c, entry_at) > 0)
+    insert_at = (config - 4) + int.from_bytes(data[config - 4 : config], "big")
     if data.index(b"moov") < data.index(b"mdat"):
         raise ValueError("the index comes before the media: chunk offsets would move")
     for at in [*parents, entry_at]:  # every box around the new one grows by its size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import struct
 import subprocess
 import time
 from collections.abc import Callable
@@ -39,6 +40,7 @@ SOUND_ALONE = ["voice.m4a", "song.mp3", "memo.aac", "take.wav", "master.flac", "
 METADATA: dict[str, dict[str, str | list[str] | tuple[str]]] = {
     "voice.m4a": {"vtp-formats": "hls,dash"},
     "hdr-pq.mov": {"vtp-hdr": "keep", "vtp-formats": "hls,dash"},
+    "hdr10-boxes.mov": {"vtp-formats": "hls,mp4"},
 }
 
 Maker = Callable[[Path], Path]
@@ -57,11 +59,22 @@ CASES: dict[str, Maker] = {
     **{name: (lambda p: footage.audio_only(p, seconds=2)) for name in SOUND_ALONE},
     "hdr-pq.mov": lambda p: footage.hdr_from_sdr(p, _sdr(p.parent), transfer="pq"),
     "hdr-hlg.mov": lambda p: footage.hdr_from_sdr(p, _sdr(p.parent), transfer="hlg"),
+    # HDR10 with its metadata in the container too (mdcv, clli beside hvcC), as cameras do.
+    "hdr10-boxes.mov": lambda p: _with_hdr10_boxes(
+        p, footage.hdr_from_sdr(p.with_name("boxes-base.mov"), _sdr(p.parent), transfer="pq")
+    ),
     # An iPhone's Dolby Vision: profile 8.4, its base layer HLG.
     "dolby-vision.mov": lambda p: footage.dolby_vision(
         p, footage.hdr_from_sdr(p.with_name("dv-base.mov"), _sdr(p.parent), transfer="hlg")
     ),
 }
+
+
+def _with_hdr10_boxes(path: Path, base: Path) -> Path:
+    mdcv = struct.pack(">8H2I", 13250, 34500, 7500, 3000, 34000, 16000, 15635, 16450,
+                       10_000_000, 1)  # fmt: skip
+    with_mdcv = footage.add_entry_box(path.with_name("mdcv.mov"), base, b"mdcv", mdcv)
+    return footage.add_entry_box(path, with_mdcv, b"clli", struct.pack(">2H", 1000, 400))
 
 
 def _sdr(folder: Path) -> Path:
@@ -297,6 +310,21 @@ def test_hdr_is_tone_mapped_to_the_sdr_picture_it_came_from(
     score = footage.ssim_against(video, sdr)
     naive = footage.ssim_against(_naive(tmp_path, name), sdr)
     assert score >= 0.90 and score >= naive + 0.05, (score, naive)
+
+
+def test_an_sdr_mp4_of_hdr_says_nothing_of_hdr(jobs: dict[str, Any]) -> None:
+    """ffmpeg copies a source's mastering display and light levels onto a track it encodes:
+    the SDR rendition's progressive MP4 must not carry them (a player would take it for
+    HDR); its picture is tagged BT.709."""
+    job = _done(jobs, "hdr10-boxes.mov")
+    rend = next(r for r in job["renditions"] if r["name"] == "360p")
+    mp4 = requests.get(rend["urls"]["mp4"], timeout=10).content
+    assert b"mdcv" not in mp4 and b"clli" not in mp4
+    info = footage.ffprobe(rend["urls"]["mp4"], "-select_streams", "v:0", "-show_entries",
+                           "stream=color_transfer,color_primaries:stream_side_data")  # fmt: skip
+    (stream,) = info["streams"]
+    assert (stream["color_primaries"], stream["color_transfer"]) == ("bt709", "bt709")
+    assert not stream.get("side_data_list"), stream
 
 
 def _naive(folder: Path, name: str) -> Path:

@@ -72,9 +72,11 @@ def test_each_source_gets_the_conversion_its_picture_needs(
 
 def test_hdr_is_tone_mapped_in_linear_light_counted_in_sdr_white() -> None:
     chain = ",".join(colour.scale_filters("pq", 1280, 720))
-    assert chain.startswith("zscale=tin=smpte2084:pin=bt2020:min=bt2020nc:rin=tv:t=linear:npl=203")
-    assert "tonemap=tonemap=mobius:param=0.9:desat=0" in chain
-    assert chain.endswith("zscale=w=1280:h=720:t=bt709:m=bt709:r=tv")
+    assert chain == (
+        "zscale=w=1280:h=720:f=bicubic:tin=smpte2084:pin=bt2020:min=bt2020nc:rin=tv"
+        ":t=linear:p=bt709:npl=203,format=gbrpf32le,tonemap=tonemap=mobius:param=0.5:desat=0,"
+        "zscale=t=bt709:m=bt709:r=tv,format=yuv420p"
+    )
     assert colour.output_tags("sdr")[1::2] == ["bt709", "bt709", "bt709", "tv"]
     assert colour.output_tags("hlg")[1::2] == ["bt2020", "arib-std-b67", "bt2020nc", "tv"]
 

@@ -124,6 +124,8 @@ def encode_rendition(
     # playlist then refers to its init file and segments by bare name, and no path needs
     # escaping for the tee muxer.
     _run(args, out_dir, settings, timeout, on_progress, cancel)
+    if mp4_name and spec.dynamic_range == "sdr" and source.dynamic_range != "sdr":
+        fmp4.hide_entry_boxes(out_dir / mp4_name)  # the source's HDR metadata, copied over
     result = _describe(out_dir, source, spec, settings, mp4_name)
     _check_complete(result, source)
     return result

@@ -156,6 +156,8 @@ _VISUAL_ENTRIES = {"avc1", "avc3", "hvc1", "hev1"}
 # reserved(6) data_reference_index(2) pre_defined/reserved(16) width height(4)
 # resolutions(8) reserved(4) frame_count(2).
 _COMPRESSORNAME_AT = 42
+# ...then compressorname(32), depth(2), pre_defined(2): the entry's boxes start here.
+_VISUAL_ENTRY_FIELDS = _COMPRESSORNAME_AT + 32 + 4
 
 
 def drop_build_marks(init: Path) -> None:
@@ -190,6 +192,32 @@ def drop_build_marks(init: Path) -> None:
         struct.pack_into(">I", data, start, end - start - removed)
         break
     init.write_bytes(bytes(data))
+
+
+# Boxes of a visual sample entry that describe HDR (ISO/IEC 23001-8 / ISO BMFF: mastering
+# display and content light; QuickTime's spellings).
+HDR_ENTRY_BOXES = frozenset({"mdcv", "clli", "SmDm", "CoLL"})
+
+
+def hide_entry_boxes(path: Path, kinds: frozenset[str] = HDR_ENTRY_BOXES) -> int:
+    """Turn the `kinds` boxes of a file's video sample entries into `free` boxes, in place
+    (same size: nothing after them moves), and say how many. ffmpeg 5.1 copies an HDR
+    source's mastering display and light levels onto any track it encodes from it, so an
+    SDR rendition's progressive MP4 would otherwise tell a player it is HDR."""
+    data = bytearray(path.read_bytes())
+    hidden = 0
+    for body, end in _spans(data, ["moov", "trak", "mdia", "minf", "stbl", "stsd"]):
+        for sub, sbody, send in _boxes(data, body + 8, end):
+            if sub not in _VISUAL_ENTRIES:
+                continue
+            # the visual sample entry's fixed fields, then its boxes
+            for kind, kbody, _ in _boxes(data, sbody + _VISUAL_ENTRY_FIELDS, send):
+                if kind in kinds:
+                    data[kbody - 4 : kbody] = b"free"
+                    hidden += 1
+    if hidden:
+        path.write_bytes(bytes(data))
+    return hidden
 
 
 _TFHD_BASE_DATA_OFFSET = 0x01

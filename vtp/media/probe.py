@@ -87,7 +87,7 @@ def probe_source(url: str, settings: Settings, *, size_bytes: int | None = None)
     if scanned is not None:
         info = info.model_copy(update={"seekable": False})
     if info.dynamic_range != "sdr":
-        info = info.model_copy(update=hdr_metadata(url, settings))
+        info = info.model_copy(update=hdr_metadata(url, settings, _first_video(data)))
     log.info(
         "source ok: %dx%d %.3f fps %.2fs %s/%s audio=%s",
         info.width,
@@ -115,26 +115,38 @@ def _has_streams(data: dict[str, Any]) -> bool:
                for s in data.get("streams") or [])  # fmt: skip
 
 
-def hdr_metadata(url: str, settings: Settings) -> dict[str, str]:
-    """An HDR picture's static metadata, from its first frame's side data (HEVC carries it
-    in SEI messages, so ffprobe shows it on frames, not on the stream), in x265's notation:
-    `mastering_display` and `content_light`, each only when present and sane."""
-    args = ["-v", "error", "-select_streams", "V:0", "-read_intervals", "%+#1",
-            "-show_frames", "-show_entries", "frame=side_data_list", "-of", "json",
-            *untrusted_input(url)]  # fmt: skip
-    result = run_ffprobe(args, timeout=settings.ffprobe_timeout_seconds, check=False)
-    try:
-        frames = json.loads(result.stdout or b"{}").get("frames") or []
-    except (ValueError, AttributeError):
-        return {}
+def _first_video(data: dict[str, Any]) -> dict[str, Any]:
+    streams = [s for s in data.get("streams") or [] if isinstance(s, dict)]
+    return next((s for s in streams if s.get("codec_type") == "video"), {})
+
+
+def hdr_metadata(url: str, settings: Settings, stream: dict[str, Any]) -> dict[str, str]:
+    """An HDR picture's static metadata in x265's notation (`mastering_display`,
+    `content_light`, each only when present and sane): from the container (`mdcv`, `clli`:
+    the stream's side data), else from its first frame's (HEVC's SEI messages, which
+    ffprobe shows on frames, not on the stream)."""
+    sides = list(stream.get("side_data_list") or [])
+    kinds = {str(s.get("side_data_type", "")) for s in sides if isinstance(s, dict)}
+    if not {"Mastering display metadata", "Content light level metadata"} <= kinds:
+        args = ["-v", "error", "-select_streams", "V:0", "-read_intervals", "%+#1",
+                "-show_frames", "-show_entries", "frame=side_data_list", "-of", "json",
+                *untrusted_input(url)]  # fmt: skip
+        result = run_ffprobe(args, timeout=settings.ffprobe_timeout_seconds, check=False)
+        try:
+            frames = json.loads(result.stdout or b"{}").get("frames") or []
+        except (ValueError, AttributeError):
+            frames = []
+        sides += (frames[0].get("side_data_list") or []) if frames else []
     found: dict[str, str] = {}
-    for side in (frames[0].get("side_data_list") or []) if frames else []:
+    for side in sides:
+        if not isinstance(side, dict):
+            continue
         kind = str(side.get("side_data_type", ""))
-        if kind == "Mastering display metadata":
+        if kind == "Mastering display metadata" and "mastering_display" not in found:
             display = _mastering_display(side)
             if display:
                 found["mastering_display"] = display
-        elif kind == "Content light level metadata":
+        elif kind == "Content light level metadata" and "content_light" not in found:
             cll, fall = _int(side.get("max_content")), _int(side.get("max_average"))
             if cll is not None and fall is not None and 0 <= fall <= cll <= 10_000:
                 found["content_light"] = f"{cll},{fall}"
