@@ -46,7 +46,7 @@ test-fast: setup
 
 # Each benchmark starts a stack of its own, so `make up` is neither needed nor disturbed.
 bench: setup
-	@$(PY) bench/report.py
+	@$(PY) bench/report.py $(ARGS)
 
 clean:
 	@if [ -x $(PY) ]; then $(PY) -m localfaas clean; fi

@@ -12,7 +12,8 @@ functions would), then measured as a player reads it:
   source taken as SDR (what the renditions were before tone mapping).
 
 Then the two filter choices the issue asks to compare, on the same footage:
-- tone mapping: the operators (and SDR white at 100 or 203 cd/m2) on the PQ and HLG sources;
+- tone mapping: the operators (and SDR white at 100 or 203 cd/m2) on the PQ and HLG sources,
+  and on the same with a phone's highlights (up to 1000 cd/m2 above half of SDR white);
 - deinterlacing: bwdif (the product's), yadif, estdif and w3fdif on 25i made from 50p,
   SSIM against the progressive frames at the top field's instants, and their speed.
 
@@ -130,40 +131,59 @@ def measure(name: str, source: Path, url: str, out: Path, sdr: Path) -> dict[str
 
 def compare_tone_mapping(folder: Path, sdr: Path) -> list[dict[str, str]]:
     rows = []
-    for transfer, trc in (("pq", "smpte2084"), ("hlg", "arib-std-b67")):
-        source = footage.hdr_from_sdr(folder / f"tm-{transfer}.mov", sdr, transfer=transfer)
+    transfers = (("pq", "smpte2084"), ("hlg", "arib-std-b67"))
+    for hi, (transfer, trc) in itertools.product((False, True), transfers):
+        name = f"{transfer}{'+highlights' if hi else ''}"
+        source = footage.hdr_from_sdr(
+            folder / f"tm-{name}.mov", sdr, transfer=transfer, highlights=hi
+        )
         for npl in (100, 203):
-            for op in ("mobius:param=0.9", "mobius", "hable", "reinhard", "clip", "none"):
+            for op in ("mobius:param=0.5", "mobius:param=0.9", "mobius", "hable", "reinhard",
+                       "clip", "none"):  # fmt: skip
                 chain = (f"zscale=tin={trc}:pin=bt2020:min=bt2020nc:rin=tv:t=linear:npl={npl},"
                          f"format=gbrpf32le,zscale=p=bt709,tonemap=tonemap={op}:desat=0,"
                          "zscale=t=bt709:m=bt709:r=tv,format=yuv420p")  # fmt: skip
                 score, seconds = _ssim(source, chain, sdr, "format=yuv420p")
-                rows.append({"source": transfer, "SDR white": f"{npl}", "operator": op,
+                rows.append({"source": name, "SDR white": f"{npl}", "operator": op,
                              "SSIM": f"{score:.3f}", "s": f"{seconds:.1f}"})  # fmt: skip
     return rows
+
+
+# Two 50p pictures: plain motion (testsrc2), and fine detail moving (a hue-turning testsrc2
+# averaged with a cellular automaton), where deinterlacers differ most.
+_PROGRESSIVE = {
+    "plain motion": ["-f", "lavfi", "-i", "testsrc2=s=720x576:r=50:d=4"],
+    "fine detail": [
+        "-f", "lavfi", "-i", "testsrc2=s=1440x1152:r=50:d=4",
+        "-f", "lavfi", "-i", "cellauto=s=720x576:r=50:rule=110,trim=duration=4",
+        "-filter_complex", "[0:v]scale=720:576,hue=H=t[a];[1:v]format=yuv420p[b];"
+        "[a][b]blend=all_mode=average",
+    ],
+}  # fmt: skip
 
 
 def compare_deinterlacers(folder: Path) -> list[dict[str, str]]:
     """25i made from 50p (the top field first, each field from its own instant): each
     deinterlacer's 25p against the 50p frames at the top fields' instants."""
-    progressive = folder / "p50.mkv"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc2=s=720x576:r=50:d=4", "-c:v", "ffv1", str(progressive)],
-                   check=True, timeout=300)  # fmt: skip
-    interlaced = folder / "i25.mkv"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(progressive), "-vf",
-                    "interlace=scan=tff:lowpass=0,setfield=tff", "-c:v", "ffv1",
-                    str(interlaced)], check=True, timeout=300)  # fmt: skip
     rows = []
-    for name, chain in (
-        ("bwdif (product)", "bwdif=mode=send_frame:deint=all"),
-        ("yadif", "yadif=mode=send_frame:deint=all"),
-        ("estdif", "estdif=mode=frame:deint=all"),
-        ("w3fdif (field rate, every 2nd)", "w3fdif,select='not(mod(n\\,2))'"),
-        ("none (weave)", "null"),
-    ):
-        score, seconds = _ssim(interlaced, chain, progressive, "select='not(mod(n\\,2))'")
-        rows.append({"deinterlacer": name, "SSIM": f"{score:.4f}", "s": f"{seconds:.1f}"})
+    for picture, inputs in _PROGRESSIVE.items():
+        progressive = folder / "p50.mkv"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", *inputs, "-c:v", "ffv1",
+                        str(progressive)], check=True, timeout=300)  # fmt: skip
+        interlaced = folder / "i25.mkv"
+        subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(progressive), "-vf",
+                        "interlace=scan=tff:lowpass=0,setfield=tff", "-c:v", "ffv1",
+                        str(interlaced)], check=True, timeout=300)  # fmt: skip
+        for name, chain in (
+            ("bwdif (product)", "bwdif=mode=send_frame:deint=all"),
+            ("yadif", "yadif=mode=send_frame:deint=all"),
+            ("estdif", "estdif=mode=frame:deint=all"),
+            ("w3fdif (field rate, every 2nd)", "w3fdif,select='not(mod(n\\,2))'"),
+            ("none (weave)", "null"),
+        ):
+            score, seconds = _ssim(interlaced, chain, progressive, "select='not(mod(n\\,2))'")
+            rows.append({"picture": picture, "deinterlacer": name, "SSIM": f"{score:.4f}",
+                         "s": f"{seconds:.1f}"})  # fmt: skip
     return rows
 
 

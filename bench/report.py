@@ -1,12 +1,17 @@
 """`make bench`: every benchmark in bench/, one after the other (each on a stack of its own),
 their output written to bench/RESULTS.md with the machine they ran on, and the same block
 put into the README between its `bench:start` and `bench:end` markers: the figures the
-README shows are what the last run printed, never typed in by hand."""
+README shows are what the last run printed, never typed in by hand.
+
+`make bench ARGS="footage"` (or `bench/report.py footage quality`) runs some of them and
+replaces only their sections, each then dated with its own run, so one benchmark can be
+brought up to date without rerunning the hour of the others."""
 
 from __future__ import annotations
 
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -32,6 +37,16 @@ def _machine() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {version}"
 
 
+def _sections(body: str) -> dict[str, str]:
+    """The block's sections by script name, in their order (each starts `**name.py**`)."""
+    parts = re.split(r"(?m)^(?=\*\*[\w.]+\.py\*\*)", body)
+    return {
+        m.group(1): part.rstrip() + "\n"
+        for part in parts
+        if (m := re.match(r"\*\*([\w.]+\.py)\*\*", part))
+    }
+
+
 def main() -> int:
     only = sys.argv[1:]
     # The benchmarks are the scripts; a module they share (stackjobs.py) has no main.
@@ -45,7 +60,8 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
     ).stdout.strip()
-    sections = []
+    sections: dict[str, str] = {}
+    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     for script in scripts:
         print(f"== {script.name}", flush=True)
         t0 = time.monotonic()
@@ -58,16 +74,24 @@ def main() -> int:
             print(f"{script.name} failed ({done.returncode}); RESULTS.md not written")
             return 1
         took = time.monotonic() - t0
-        sections.append(f"**{script.name}** ({took:.0f} s)\n\n```\n{done.stdout.rstrip()}\n```\n")
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    block = (
-        f"{START}\nFigures of the last `make bench` ({when}, commit {commit or '?'}, "
-        f"{_machine()}):\n\n" + "\n".join(sections) + f"{END}"
-    )
-    if only:
-        print("(a subset was run: RESULTS.md and the README are left as they are)")
-        return 0
-    (BENCH / "RESULTS.md").write_text(f"# Benchmark results\n\n{block}\n")
+        dated = f", {when}, commit {commit or '?'}" if only else ""
+        sections[script.name] = (
+            f"**{script.name}** ({took:.0f} s{dated})\n\n```\n{done.stdout.rstrip()}\n```\n"
+        )
+    results = BENCH / "RESULTS.md"
+    if only and results.exists():
+        # Keep every other benchmark's section (and the header naming its run) as it was.
+        old = results.read_text().split(START, 1)[-1].split(END, 1)[0]
+        header, _, body = old.partition("\n**")
+        kept = _sections("**" + body) if body else {}
+        kept.update(sections)
+        block = f"{START}{header.rstrip()}\n\n" + "\n".join(kept.values()) + END
+    else:
+        block = (
+            f"{START}\nFigures of the last `make bench` ({when}, commit {commit or '?'}, "
+            f"{_machine()}):\n\n" + "\n".join(sections.values()) + f"{END}"
+        )
+    results.write_text(f"# Benchmark results\n\n{block}\n")
     readme = REPO / "README.md"
     text = readme.read_text()
     if START in text and END in text:

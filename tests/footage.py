@@ -572,20 +572,38 @@ def sdr_picture(path: Path, *, seconds: float = 2.0, size: str = "640x360") -> P
     return _cached(path, args)
 
 
-def hdr_from_sdr(path: Path, reference: Path, *, transfer: str = "pq") -> Path:
+def _highlights(knee: float = 0.5, peak_nits: float = 1000) -> str:
+    """A filter (linear float RGB, 1.0 = SDR white) that pushes what is above `knee` of white
+    up to `peak_nits`, as a phone's HDR capture holds highlights the SDR picture clipped.
+    R, G and B are scaled alike by the curve of their maximum, so hues stay; below the knee
+    nothing changes, which is the part a tone map with the same knee gives back exactly."""
+    peak = peak_nits / SDR_WHITE_NITS
+    curve = (
+        "st(0,max(max(r(X,Y),g(X,Y)),b(X,Y)));st(2,min(ld(0),1));"
+        f"st(1,if(lte(ld(0),{knee}),1,(ld(2)+{peak - 1:.6f}*pow((ld(2)-{knee})/{1 - knee},3))"
+        "/ld(0)))"
+    )
+    return f"geq=r='{curve};r(X,Y)*ld(1)':g='{curve};g(X,Y)*ld(1)':b='{curve};b(X,Y)*ld(1)'"
+
+
+def hdr_from_sdr(
+    path: Path, reference: Path, *, transfer: str = "pq", highlights: bool = False
+) -> Path:
     """What a phone's HDR video of `reference` (sdr_picture) is: its picture in linear light,
     BT.2020 primaries, PQ (`transfer="pq"`, HDR10 metadata in SEI) or HLG, SDR white at
     BT.2408's 203 cd/m2, 10-bit HEVC Main 10 tagged `hvc1` in MOV, its colour in the VUI
-    and the colr box. Tone-mapping it back must give `reference` again."""
+    and the colr box. Tone-mapping it back must give `reference` again; with `highlights`,
+    the top half of the range is pushed up to 1000 cd/m2 first, as phones capture it."""
     trc = {"pq": "smpte2084", "hlg": "arib-std-b67"}[transfer]
+    expand = f"{_highlights()},zscale=p=bt2020," if highlights else "zscale=p=bt2020,"
     x265 = ["colorprim=bt2020", f"transfer={trc}", "colormatrix=bt2020nc", "range=limited",
             "repeat-headers=1", "log-level=error"]  # fmt: skip
     if transfer == "pq":
         x265 += [f"master-display={MASTER_DISPLAY}", "max-cll=1000,400", "hdr10=1", "hdr10-opt=1"]
     args = [
         "-i", str(reference),
-        "-vf", "zscale=tin=bt709:pin=bt709:min=bt709:rin=tv:t=linear:p=bt2020,format=gbrpf32le,"
-        f"zscale=t={trc}:m=bt2020nc:r=tv:npl={SDR_WHITE_NITS},format=yuv420p10le",
+        "-vf", "zscale=tin=bt709:pin=bt709:min=bt709:rin=tv:t=linear,format=gbrpf32le,"
+        f"{expand}zscale=t={trc}:m=bt2020nc:r=tv:npl={SDR_WHITE_NITS},format=yuv420p10le",
         "-c:v", "libx265", "-preset", "superfast", "-crf", "10", "-profile:v", "main10",
         "-tag:v", "hvc1", "-x265-params", ":".join(x265),
         "-color_primaries", "bt2020", "-color_trc", trc, "-colorspace", "bt2020nc",
