@@ -4,7 +4,9 @@
 #
 #   export OPENFAAS_URL=http://<gateway>:8080      # and `faas-cli login` first
 #   export VTP_S3_ACCESS_KEY=... VTP_S3_SECRET_KEY=... VTP_POSTGRES_DSN=... \
-#          VTP_WEBHOOK_TOKEN=... VTP_CALLBACK_SECRET=... [VTP_READ_TOKEN=...]
+#          VTP_WEBHOOK_TOKEN=... VTP_CALLBACK_SECRET=... \
+#          VTP_CREDENTIALS="operator view,submit,operate $(openssl rand -hex 32)" \
+#          VTP_LINK_SECRET=$(openssl rand -hex 32)
 #   deploy/secrets.sh
 #
 # Every value in SECRETS is required: OpenFaaS refuses to deploy a function whose secret is
@@ -36,7 +38,9 @@ SECRETS=(
     "vtp-callback-secret VTP_CALLBACK_SECRET    HMAC key signing job callbacks"
 )
 OPTIONAL=(
-    "vtp-read-token      VTP_READ_TOKEN         reading jobs needs it (status, ws-relay); unset: open"
+    "vtp-credentials     VTP_CREDENTIALS        who may call what, a line each: <name> <view,submit,operate> <token>; unset: closed"
+    "vtp-link-secret     VTP_LINK_SECRET        HMAC key signing viewer links and page sessions; unset: none"
+    "vtp-read-token      VTP_READ_TOKEN         legacy: a view-only credential named read-token"
 )
 
 missing=()

@@ -118,9 +118,14 @@ class LocalConfig(BaseSettings):
         path = self.run_dir / "credentials.json"
         if path.exists():
             data: dict[str, str] = json.loads(path.read_text())
+            missing = {k: v for k, v in _access_credentials().items() if k not in data}
+            if missing:  # a run dir from before access credentials: add them, keep the rest
+                data |= missing
+                path.write_text(json.dumps(data, indent=2))
             return data
         self.run_dir.mkdir(parents=True, exist_ok=True)
         data = {
+            **_access_credentials(),
             "postgres_user": "vtp",
             "postgres_password": secrets.token_urlsafe(18),
             "postgres_db": "vtp",
@@ -154,3 +159,14 @@ class LocalConfig(BaseSettings):
     @property
     def s3_endpoint(self) -> str:
         return f"http://127.0.0.1:{self.s3_port}"
+
+
+def _access_credentials() -> dict[str, str]:
+    """The local stack's own credentials, one per scope (see vtp.access), and the key that
+    signs its links: the local default is closed, like a deployment's should be."""
+    return {
+        "view_token": "vtp_" + secrets.token_hex(20),
+        "submit_token": "vtp_" + secrets.token_hex(20),
+        "operate_token": "vtp_" + secrets.token_hex(20),
+        "link_secret": secrets.token_urlsafe(32),
+    }

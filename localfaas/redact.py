@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import re
 
-# Query parameters that carry a secret: split's callback signature, S3 presigned URLs'.
+# Query parameters that carry a secret: split's callback signature, S3 presigned URLs', a
+# signed link (vtp.links), a credential put in a URL by mistake.
 _SECRET_PARAM = re.compile(
-    r"(?i)(?P<name>[?&](?:sig|token|x-amz-signature|x-amz-credential|x-amz-security-token|"
+    r"(?i)(?P<name>[?&](?:sig|token|link|x-amz-signature|x-amz-credential|x-amz-security-token|"
     r"signature|awsaccesskeyid)=)[^&\s\"']*"
 )
 

@@ -141,8 +141,21 @@ def _write_builtin_secrets(cfg: LocalConfig) -> None:
         "vtp-postgres-dsn": cfg.postgres_dsn,
         "vtp-webhook-token": c["webhook_token"],
         "vtp-callback-secret": c["callback_secret"],
+        "vtp-link-secret": c["link_secret"],
     }
     store = secret_store(cfg)
+    creds = store / "vtp-credentials"
+    if not creds.exists():
+        # Written once: edit the file to add or revoke a credential (vtp.access), and `up`
+        # again; the CLI and the demo use the stack.env copies of these three.
+        creds.parent.mkdir(parents=True, exist_ok=True)
+        creds.write_text(
+            "# <name> <scopes> <token>, one credential a line (vtp.access)\n"
+            f"viewer view {c['view_token']}\n"
+            f"submitter view,submit {c['submit_token']}\n"
+            f"operator view,submit,operate {c['operate_token']}\n"
+        )
+        creds.chmod(0o600)
     store.mkdir(parents=True, exist_ok=True)
     read_token = store / "vtp-read-token"
     if not read_token.exists():
@@ -203,7 +216,11 @@ def stack_env(cfg: LocalConfig) -> dict[str, str]:
     relay = load_registry(cfg).get(WS_RELAY)
     if relay is not None:
         env["VTP_WS_URL"] = f"ws://127.0.0.1:{relay.port}/ws"
-    # The read token, if one was written into the secret store: the CLI sends it.
+    # The stack's credentials (vtp.access): the CLI and the demo send VTP_TOKEN.
+    env["VTP_TOKEN"] = c["operate_token"]
+    env["VTP_SUBMIT_TOKEN"] = c["submit_token"]
+    env["VTP_VIEW_TOKEN"] = c["view_token"]
+    # The legacy read token, if one was written into the secret store.
     token_file = secret_store(cfg) / "vtp-read-token"
     token = token_file.read_text().strip() if token_file.is_file() else ""
     if token:

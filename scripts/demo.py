@@ -61,6 +61,9 @@ def main() -> int:
         page = urlsplit(env["VTP_WS_URL"])._replace(scheme="http", path="/").geturl()
         console.print(f"live progress page: [bold]{page}[/bold]")
         console.print(f"  (through the gateway: {env['VTP_GATEWAY_URL']}/function/ws-relay/)")
+        console.print(
+            f"  sign in with VTP_VIEW_TOKEN from {env_file}, or open a job's link: vtp link JOB"
+        )
     key = f"demo/sample {time.strftime('%Y%m%d-%H%M%S')}.mp4"
     code = cli.main(["upload", str(clip), "--watch", "--key", key, "--env-file", str(env_file)])
     next_steps(env, key, env_file)
@@ -72,12 +75,14 @@ def next_steps(env: dict[str, str], key: str, env_file: Path) -> None:
     gateway = env["VTP_GATEWAY_URL"]
     vtp = "vtp" if shutil.which("vtp") else str(REPO / ".venv" / "bin" / "vtp")
     job = json.dumps({"bucket": env.get("VTP_UPLOADS_BUCKET", "uploads"), "key": key})
+    auth = '"Authorization: Bearer $VTP_TOKEN"'
     lines = [
         f"  {vtp} jobs                          # recent jobs; status/watch take an id",
-        f"  curl -s {shlex.quote(gateway + '/function/status?limit=5')}",
+        f"  {vtp} link JOB                      # a signed link to one job's page, for a viewer",
+        f"  curl -s -H {auth} {shlex.quote(gateway + '/function/status?limit=5')}",
         f"  echo {shlex.quote(job)} | faas-cli invoke split -g {gateway}"
-        "   # the same object: its job, duplicate",
-        f"  curl -s --data-binary {shlex.quote(job)} {gateway}/function/split   # without faas-cli",
+        ' -H "Authorization=Bearer $VTP_TOKEN"   # the same object: its job, duplicate',
+        f"  curl -s -H {auth} --data-binary {shlex.quote(job)} {gateway}/function/split",
     ]
     where = env_file.relative_to(REPO) if env_file.is_relative_to(REPO) else env_file
     console.print(f"\n[bold]next[/bold] (the settings: [dim]set -a; . {where}; set +a[/dim])")

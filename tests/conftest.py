@@ -31,6 +31,7 @@ from localfaas import procs, runtime
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
 from tests import ports
+from tests.api import http
 from tests.ports import free_port, free_port_base
 from tests.stackenv import FAST
 from vtp import db as vtp_db
@@ -113,15 +114,18 @@ def stack(tick_file: Path, test_slot: int) -> Iterator[LocalConfig]:
     # A fresh build, and a fresh S3: the local S3 server restores every kept object at
     # start, and what earlier runs uploaded (gigabytes after a few dozen) would outlast its
     # start-up wait. No test reads what another session wrote.
-    for leftover in ("build", "s3-data"):
-        if (cfg.run_dir / leftover).exists():
-            shutil.rmtree(cfg.run_dir / leftover)
+    # Its logs too: a test reads them for what this session did (test_access).
+    for leftover in (cfg.run_dir / "build", cfg.run_dir / "s3-data", cfg.logs_dir):
+        if leftover.exists():
+            shutil.rmtree(leftover)
     store = runtime.secret_store(cfg)
     store.mkdir(parents=True, exist_ok=True)
     (store / "fixture-secret").write_text("s3cr3t-from-a-file")
     os.environ["FIXTURE_TICK_FILE"] = str(tick_file)  # substituted into the fixture stack.yml
     try:
         cfg.__dict__["up_seconds"] = runtime.up(cfg)
+        http.add_stack(cfg)
+        http.token = cfg.credentials["operate_token"]
         yield cfg
     finally:
         runtime.down(cfg)
@@ -194,9 +198,10 @@ def buffered_gateway(stack: LocalConfig) -> Iterator[str]:
         port=port,
     )
     url = f"http://127.0.0.1:{port}"
+    http.add(stack.credentials["operate_token"], {f"127.0.0.1:{port}"})  # the stack's own
     for _ in range(100):
         try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if http.get(f"{url}/healthz", timeout=1).status_code == 200:
                 break
         except requests.RequestException:
             pass

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import requests
 
+from tests.api import http
+
 
 @dataclass(frozen=True)
 class Result:
@@ -52,7 +54,7 @@ def invoke(
     if query:
         url += "?" + "&".join(query)
     try:
-        resp = requests.request(
+        resp = http.request(
             method,
             url,
             data=stdin,

@@ -19,8 +19,10 @@ from typing import Any
 
 import pytest
 
+from tests.api import http
 from tests.clips import make_clip
 from tests.test_pipeline import s3 as s3  # the same fixture: a client with MANUAL_BUCKET made
+from vtp import access
 
 pytestmark = pytest.mark.slow
 
@@ -87,10 +89,19 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture
-def page(browser: Any, artifacts: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh page; its last state is kept as <test>-end.png whatever the outcome, and an
-    uncaught script error fails the test."""
+def page(
+    browser: Any, artifacts: Path, request: pytest.FixtureRequest, relay_url: str
+) -> Iterator[Any]:
+    """A fresh page, signed in as the stack's operator would sign in (the relay's session
+    cookie); its last state is kept as <test>-end.png whatever the outcome, and an uncaught
+    script error fails the test."""
     context = browser.new_context(viewport={"width": 1200, "height": 900})
+    signed = http.post(f"{relay_url}api/session", timeout=10)
+    assert signed.status_code == 200, signed.text
+    cookie = signed.cookies[access.SESSION_COOKIE]
+    context.add_cookies(
+        [{"name": access.SESSION_COOKIE, "value": cookie, "domain": "127.0.0.1", "path": "/"}]
+    )
     pg = context.new_page()
     pg.add_init_script(RECORDER)
     problems: list[str] = []

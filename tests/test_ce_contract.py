@@ -24,6 +24,7 @@ from minio import Minio
 from localfaas import runtime
 from localfaas.config import LocalConfig
 from tests import faascli
+from tests.api import http
 from tests.clips import make_clip
 from tests.manual import submit
 from tests.receiver import Receiver
@@ -49,7 +50,7 @@ def upload(s3: Minio, path: Path) -> str:
 
 
 def job_view(gateway: str, job_id: str) -> dict[str, Any]:
-    r = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
+    r = http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -133,7 +134,7 @@ def test_function_that_stays_down_is_dead_lettered_after_its_refusal_budget(
     bad); both are dead when they spend their budgets at the same moment."""
     runtime.scale(stack, "transcode-360p", 0)
     try:
-        r = requests.get(f"{gateway}/function/transcode-360p", timeout=10)
+        r = http.get(f"{gateway}/function/transcode-360p", timeout=10)
         assert (r.status_code, r.text) == (500, "Can't reach service for: transcode-360p.")
         job_id = submit(gateway, BUCKET, upload(s3, clip), ["360p"])
         view = wait_job(gateway, job_id, timeout=90)
@@ -192,7 +193,7 @@ def test_sweeper_redispatch_is_accepted_by_split(
         runtime.scale(stack, "transcode-360p", 1)
     with db.cursor() as cur:
         cur.execute("UPDATE tasks SET next_retry_at = now() WHERE job_id = %s", (job_id,))
-    swept = requests.post(f"{gateway}/function/sweeper", timeout=60)
+    swept = http.post(f"{gateway}/function/sweeper", timeout=60)
     assert swept.status_code == 200 and swept.json()["retried"] >= 1, swept.text
     assert wait_job(gateway, job_id)["state"] == "succeeded"
     deadline = time.monotonic() + 20
@@ -244,7 +245,7 @@ def test_each_queue_worker_runs_one_call_at_a_time(gateway: str, stack: LocalCon
     with Receiver() as rx:
         t0 = time.monotonic()
         for _ in range(calls):
-            r = requests.post(
+            r = http.post(
                 f"{gateway}/async-function/sleepy",
                 params={"seconds": "1.5"},
                 headers={"X-Callback-Url": rx.url},
@@ -270,13 +271,13 @@ def test_idle_queue_workers_are_quiet(stack: LocalConfig) -> None:
 
 
 def test_gateway_routes_as_on_ce(gateway: str) -> None:
-    r = requests.post(f"{gateway}/function/echo.openfaas-fn", data=b"x", timeout=10)
+    r = http.post(f"{gateway}/function/echo.openfaas-fn", data=b"x", timeout=10)
     assert r.status_code == 200
-    assert requests.post(f"{gateway}/function/echo.other-ns", timeout=10).status_code == 404
-    assert requests.get(f"{gateway}/async-function/echo", timeout=10).status_code == 405
+    assert http.post(f"{gateway}/function/echo.other-ns", timeout=10).status_code == 404
+    assert http.get(f"{gateway}/async-function/echo", timeout=10).status_code == 405
     with Receiver() as rx:
         # Queued without a look-up, as CE does: the failure arrives with the callback.
-        r = requests.post(
+        r = http.post(
             f"{gateway}/async-function/no-such-fn",
             headers={"X-Callback-Url": rx.url},
             timeout=10,
@@ -297,7 +298,7 @@ def first_bytes(url: str, headers: dict[str, str], wait: float) -> bytes:
     got = bytearray()
     deadline = time.monotonic() + wait
     try:
-        with requests.get(url, headers=headers, stream=True, timeout=(3, wait)) as resp:
+        with http.get(url, headers=headers, stream=True, timeout=(3, wait)) as resp:
             for chunk in resp.iter_content(chunk_size=None):
                 got += chunk
                 if b"event: snapshot" in got or time.monotonic() > deadline:
@@ -320,11 +321,11 @@ def test_event_stream_through_the_gateways(gateway: str, buffered_gateway: str) 
     assert first_bytes(gateway + events, {}, 2) == b"", "streamed without the Accept header"
     assert first_bytes(buffered_gateway + events, sse, 3) == b"", "0.25.4 buffers streams"
     for base in (gateway, buffered_gateway):
-        r = requests.get(f"{base}/function/ws-relay/poll", params={"job": "all"}, timeout=10)
+        r = http.get(f"{base}/function/ws-relay/poll", params={"job": "all"}, timeout=10)
         assert r.status_code == 200, r.text
         body = r.json()
         assert isinstance(body["jobs"], dict) and body["last_id"]
-        again = requests.get(
+        again = http.get(
             f"{base}/function/ws-relay/poll",
             params={"job": "all", "last_id": body["last_id"]},
             timeout=10,

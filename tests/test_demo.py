@@ -88,6 +88,13 @@ def test_make_demo_transcodes_the_sample_and_prints_a_playable_master(
     # The next steps name this run's own settings file and gateway, ready to copy.
     assert f". {cfg.stack_env_file.relative_to(REPO_ROOT)};" in out, out
     assert f"faas-cli invoke split -g {cfg.gateway_url}" in out, out
+    # ... and the printed status call works as printed, with the credential of stack.env.
+    line = next(ln.strip() for ln in out.splitlines() if "/function/status?limit=5" in ln)
+    listed = subprocess.run(
+        ["bash", "-c", f"set -a; . {cfg.stack_env_file}; set +a; {line}"],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert json.loads(listed.stdout)["jobs"], listed.stdout + listed.stderr
 
 
 @pytest.mark.parametrize("script", sorted((REPO_ROOT / "bench").glob("*.py")), ids=lambda p: p.name)

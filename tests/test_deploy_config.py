@@ -62,7 +62,10 @@ OPTIONAL_SETTINGS = {
     "rendition": "only transcode-* have a rung (and they need it)",
     "exec_timeout": "of-watchdog's own variable: without it there is no limit to keep under",
     "input_buckets": "falls back to the uploads bucket",
-    "read_token": "reads are open (vtp.access), and deploy/secrets.sh says so",
+    "read_token": "legacy: a view-only credential (vtp.access), and deploy/secrets.sh says so",
+    "credentials": "the deployment is closed (vtp.access), and deploy/secrets.sh says so",
+    "link_secret": "no links or page sessions are signed (vtp.links)",
+    "public_gateway_url": "falls back to gateway_url",
     "write_timeout": "of-watchdog's own variable: without it there is no limit to check",
     "gateway_upstream_timeout": "unknown to the function: its order is not checked",
     "queue_ack_wait": "unknown to the function: its order is not checked",
@@ -70,7 +73,7 @@ OPTIONAL_SETTINGS = {
 # Never in a function's environment: stack.yml and its environment files are not secret.
 CREDENTIALS = {
     "s3_access_key", "s3_secret_key", "postgres_dsn", "webhook_token", "callback_secret",
-    "read_token",
+    "read_token", "credentials", "link_secret",
 }  # fmt: skip
 
 
@@ -915,6 +918,9 @@ SECRET_VALUES = {
     "VTP_WEBHOOK_TOKEN": "webhook-token-value",
     "VTP_CALLBACK_SECRET": "callback-secret-value",
     "VTP_READ_TOKEN": "read-token-value",
+    # Several lines: the secret keeps them (a credential a line).
+    "VTP_CREDENTIALS": "operator view,submit,operate " + "o" * 32 + "\nviewer view " + "v" * 32,
+    "VTP_LINK_SECRET": "link-secret-value",
 }
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from minio import Minio
 
 from tests import footage
+from tests.api import http
 from tests.test_pipeline import ffprobe, s3, wait_for_job
 
 __all__ = ["s3"]  # the bucket client fixture, shared with test_pipeline
@@ -164,10 +164,10 @@ def test_a_phone_video_at_a_varying_rate_keeps_its_lips_on_its_sound(jobs: dict[
 def _edits(playlist_url: str) -> list[tuple[int, int]]:
     """(media time, duration) of each entry of the edit list in a rendition's init segment;
     an empty edit has media time -1."""
-    text = requests.get(playlist_url, timeout=10).text
+    text = http.get(playlist_url, timeout=10).text
     uri = re.search(r'#EXT-X-MAP:URI="([^"]+)"', text)
     assert uri, text
-    init = requests.get(playlist_url.rsplit("/", 1)[0] + "/" + uri.group(1), timeout=10).content
+    init = http.get(playlist_url.rsplit("/", 1)[0] + "/" + uri.group(1), timeout=10).content
     at = init.index(b"elst")
     version, count = init[at + 4], int.from_bytes(init[at + 8 : at + 12], "big")
     width = 8 if version == 1 else 4
@@ -247,7 +247,7 @@ def test_ntsc_rates_are_kept_exactly(jobs: dict[str, Any], name: str, fps: float
     video, _ = _urls(job)
     times = _assert_on_the_grid(video, fps)
     assert len(times) == round(2.0 * fps)
-    master = requests.get(job["urls"]["master"], timeout=10).text
+    master = http.get(job["urls"]["master"], timeout=10).text
     assert f"FRAME-RATE={fps:.3f}" in master
 
 
@@ -318,7 +318,7 @@ def test_an_sdr_mp4_of_hdr_says_nothing_of_hdr(jobs: dict[str, Any]) -> None:
     HDR); its picture is tagged BT.709."""
     job = _done(jobs, "hdr10-boxes.mov")
     rend = next(r for r in job["renditions"] if r["name"] == "360p")
-    mp4 = requests.get(rend["urls"]["mp4"], timeout=10).content
+    mp4 = http.get(rend["urls"]["mp4"], timeout=10).content
     assert b"mdcv" not in mp4 and b"clli" not in mp4
     info = footage.ffprobe(rend["urls"]["mp4"], "-select_streams", "v:0", "-show_entries",
                            "stream=color_transfer,color_primaries:stream_side_data")  # fmt: skip
@@ -363,11 +363,11 @@ def test_hdr_kept_beside_the_sdr_ladder(jobs: dict[str, Any]) -> None:
     kinds = {d["side_data_type"]: d for d in side["frames"][0]["side_data_list"]}
     assert kinds["Content light level metadata"]["max_content"] == 1000
     assert kinds["Mastering display metadata"]["max_luminance"] == "10000000/10000"
-    master = requests.get(job["urls"]["master"], timeout=10).text
+    master = http.get(job["urls"]["master"], timeout=10).text
     variants = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF")]
     (pq,) = [v for v in variants if "VIDEO-RANGE=PQ" in v]
     assert 'CODECS="hvc1.2.' in pq and len(variants) == 2, master
-    mpd = requests.get(job["urls"]["dash"], timeout=10).text
+    mpd = http.get(job["urls"]["dash"], timeout=10).text
     assert ('<EssentialProperty schemeIdUri="urn:mpeg:mpegB:cicp:TransferCharacteristics" '
             'value="16"') in mpd, mpd  # fmt: skip
     assert mpd.count("<AdaptationSet") == 2  # SDR video, HDR video (the source is silent)
@@ -387,7 +387,7 @@ def test_sound_alone_becomes_a_job_of_sound(jobs: dict[str, Any], name: str) -> 
     audio-only master, no picture, no poster."""
     job = _done(jobs, name)
     assert [(r["name"], r["kind"]) for r in job["renditions"]] == [("audio", "audio")]
-    master = requests.get(job["urls"]["master"], timeout=10).text
+    master = http.get(job["urls"]["master"], timeout=10).text
     (variant,) = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF")]
     assert 'CODECS="mp4a.40.2"' in variant and "RESOLUTION" not in variant, master
     assert "poster" not in job["urls"]
@@ -401,7 +401,7 @@ def test_sound_alone_has_a_dash_manifest_of_sound(jobs: dict[str, Any]) -> None:
     from tests.mpd_schema import schema_problems
 
     job = _done(jobs, "voice.m4a")
-    mpd = requests.get(job["urls"]["dash"], timeout=10).text
+    mpd = http.get(job["urls"]["dash"], timeout=10).text
     assert schema_problems(mpd) == []
     assert re.findall(r'contentType="(\w+)"', mpd) == ["audio"], mpd
     assert 'mediaPresentationDuration="PT2' in mpd, mpd

@@ -22,6 +22,7 @@ from minio import Minio
 
 from localfaas import services
 from localfaas.config import LocalConfig
+from tests.api import http
 from tests.clips import make_clip
 from tests.manual import submit
 from tests.receiver import Receiver
@@ -43,7 +44,7 @@ def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def status(gateway: str, **params: str) -> dict[str, Any] | None:
     """The status function's answer, or None while it cannot answer (a dependency down)."""
     try:
-        r = requests.get(f"{gateway}/function/status", params=params, timeout=10)
+        r = http.get(f"{gateway}/function/status", params=params, timeout=10)
     except requests.RequestException:
         return None
     return r.json() if r.status_code == 200 else None  # type: ignore[no-any-return]
@@ -60,7 +61,7 @@ def until(what: str, check: Any, timeout: float, every: float = 0.3) -> Any:
 
 
 def sweep(gateway: str) -> dict[str, int]:
-    r = requests.post(f"{gateway}/function/sweeper", timeout=60)
+    r = http.post(f"{gateway}/function/sweeper", timeout=60)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 

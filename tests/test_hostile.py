@@ -22,6 +22,7 @@ import requests
 from minio import Minio
 
 from localfaas.config import LocalConfig
+from tests.api import http
 from tests.s3 import s3_client
 from vtp.callbacks import check_destination
 from vtp.errors import InvalidRequest
@@ -34,7 +35,7 @@ def s3(stack: LocalConfig) -> Minio:
 
 def split(gateway: str, body: Any, **kw: Any) -> requests.Response:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return requests.post(f"{gateway}/function/split", data=data, timeout=60, **kw)
+    return http.post(f"{gateway}/function/split", data=data, timeout=60, **kw)
 
 
 def event(bucket: str, key: str, etag: str = "0123456789abcdef") -> dict[str, Any]:
@@ -144,7 +145,7 @@ def test_a_tiny_video_fails_at_once_with_its_reason(
     deadline = time.monotonic() + 60
     jobs: list[dict[str, Any]] = []
     while time.monotonic() < deadline and not jobs:
-        jobs = requests.get(
+        jobs = http.get(
             f"{gateway}/function/status", params={"bucket": "uploads", "key": key}, timeout=10
         ).json()["jobs"]
         time.sleep(0.3)
@@ -182,7 +183,7 @@ def test_a_callback_url_from_a_log_speaks_of_its_own_call_only(
     job_id = r.json()["job_id"]
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
+        view = http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
         if view["state"] == "succeeded":
             break
         time.sleep(0.3)
@@ -199,12 +200,12 @@ def test_a_callback_url_from_a_log_speaks_of_its_own_call_only(
 
     url = f"{gateway}/function/split/callback"
     failed = {"X-Function-Status": "500"}
-    r = requests.post(url, params=signed(call), headers=failed | {"X-Call-Id": call}, timeout=10)
+    r = http.post(url, params=signed(call), headers=failed | {"X-Call-Id": call}, timeout=10)
     assert r.status_code == 200 and r.json()["state"] == "succeeded", r.text  # nothing moved
-    r = requests.post(url, params=signed(call), headers=failed | {"X-Call-Id": "other"}, timeout=10)
+    r = http.post(url, params=signed(call), headers=failed | {"X-Call-Id": "other"}, timeout=10)
     assert r.status_code == 401, r.text
     forged = signed(call) | {"call": "another-call"}  # the signature of the first call
-    r = requests.post(url, params=forged, headers=failed, timeout=10)
+    r = http.post(url, params=forged, headers=failed, timeout=10)
     assert r.status_code == 401, r.text
     for log in ("gateway.log", "queue-worker-0.log", "queue-worker-1.log", "queue-worker-2.log"):
         text = (stack.logs_dir / log).read_text(errors="replace")

@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 
 from localfaas.config import REPO_ROOT
+from tests.api import http
 from tests.ports import free_port, free_port_base
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -77,7 +77,7 @@ def test_up_twice_then_down(mini_env: dict[str, str]) -> None:
     assert first.returncode == 0, first.stdout + first.stderr
     pids = _pids(run_dir)
     assert {"postgres", "redis", "nats", "s3", "gateway", "queue-worker-0", "fn-echo"} <= set(pids)
-    r = requests.post(f"http://127.0.0.1:{gateway}/function/echo", data=b"hi", timeout=10)
+    r = http.post(f"http://127.0.0.1:{gateway}/function/echo", data=b"hi", timeout=10)
     assert r.status_code == 200 and r.json()["greeting"] == "hello from the mini stack"
 
     second = _localfaas(mini_env, "up")

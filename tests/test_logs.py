@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 
+from tests.api import http
 from vtp import logs
 
 
@@ -124,7 +124,7 @@ def test_the_local_runtime_prefixes_lines_as_of_watchdog_does(stack: Any) -> Non
     turn it off (config/pipeline.yml), so their lines, JSON ones too, arrive as written."""
     import re
 
-    requests.get(f"{stack.gateway_url}/function/shapes", timeout=30)
+    http.get(f"{stack.gateway_url}/function/shapes", timeout=30)
     fixture = (stack.logs_dir / "fn-shapes.log").read_text().splitlines()
     prefixed = re.compile(r"^\d{4}/\d\d/\d\d \d\d:\d\d:\d\d (stdout|stderr): ")
     started = [line for line in fixture if "serving on" in line]  # the log spans runs

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.api import http
 from tests.test_jobs import INFO, PLAN, source
 from vtp import metrics
 from vtp.jobs import CallbackStatus, JobStore
@@ -73,7 +73,7 @@ def test_the_figures_follow_what_the_jobs_did(store: JobStore) -> None:
 
 
 def test_status_serves_them_to_a_scraper(gateway: str, db: Any) -> None:
-    r = requests.get(f"{gateway}/function/status/metrics", timeout=30)
+    r = http.get(f"{gateway}/function/status/metrics", timeout=30)
     assert r.status_code == 200, r.text
     assert r.headers["Content-Type"].startswith("text/plain; version=")  # the text format
     families = {f.name: f for f in text_string_to_metric_families(r.text)}

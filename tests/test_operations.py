@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from minio import Minio
 
+from tests.api import http
 from tests.clips import make_clip
 from tests.manual import submit
 from tests.receiver import Receiver
@@ -22,7 +22,7 @@ from tests.test_pipeline import s3 as s3  # the same fixture: a client with MANU
 
 
 def _job(gateway: str, job_id: str) -> dict[str, Any]:
-    r = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
+    r = http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -61,7 +61,7 @@ def test_cancel_stops_a_running_encode_at_once_and_leaves_nothing(
             pytest.fail(f"no rendition started encoding: {_job(gateway, job_id)}")
         encoders = _ffmpeg_reading(key)
 
-        r = requests.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
+        r = http.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
                           timeout=30)  # fmt: skip
         cancelled_at = time.monotonic()
         assert r.status_code == 200, r.text
@@ -85,10 +85,10 @@ def test_cancel_stops_a_running_encode_at_once_and_leaves_nothing(
         assert _outputs(s3, stack_env, job_id) == []
         assert not _ffmpeg_reading(key), "no encode of the cancelled job runs"
 
-    again = requests.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
+    again = http.post(f"{gateway}/function/split/jobs/cancel", params={"job": job_id},
                           timeout=30)  # fmt: skip
     assert again.status_code == 409 and "has ended (cancelled)" in again.json()["error"]
-    unknown = requests.post(
+    unknown = http.post(
         f"{gateway}/function/split/jobs/cancel",
         params={"job": "00000000-0000-4000-8000-000000000000"},
         timeout=30,
@@ -163,7 +163,7 @@ def test_a_dead_letter_is_shown_with_its_reason_and_redriven_to_success(
     info = ffprobe(rend["urls"]["playlist"])
     video = [s for s in info["streams"] if s["codec_type"] == "video"]
     assert (video[0]["width"], video[0]["height"]) == (640, 360)
-    again = requests.post(f"{gateway}/function/split/jobs/redrive", params={"job": job_id},
+    again = http.post(f"{gateway}/function/split/jobs/redrive", params={"job": job_id},
                           timeout=30)  # fmt: skip
     assert again.status_code == 409 and "only a failed job" in again.json()["error"]
 
@@ -189,11 +189,11 @@ def test_delete_removes_outputs_rows_and_asked_for_the_source(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "source kept" in done.stdout
     assert _outputs(s3, stack_env, kept["id"]) == []
-    r = requests.get(f"{gateway}/function/status", params={"id": kept["id"]}, timeout=10)
+    r = http.get(f"{gateway}/function/status", params={"id": kept["id"]}, timeout=10)
     assert r.status_code == 404
     assert s3.stat_object(MANUAL_BUCKET, keep_key).size > 0  # the source stays
 
-    r = requests.post(f"{gateway}/function/split/jobs/delete",
+    r = http.post(f"{gateway}/function/split/jobs/delete",
                       params={"job": dropped["id"], "source": "true"}, timeout=30)  # fmt: skip
     assert r.status_code == 200, r.text
     assert r.json()["source_removed"] is True and r.json()["outputs_removed"] > 0
@@ -278,7 +278,7 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     assert early["ready"] == ["360p", "audio"] and early["state"] in ("queued", "running")
     assert [r["ready"] for r in early["renditions"]] == [True, False, True]
     assert "poster" not in early["urls"]  # written at the end, with the final master
-    got = requests.get(early["urls"]["master"], timeout=10)
+    got = http.get(early["urls"]["master"], timeout=10)
     master = got.text
     assert master.count("#EXT-X-STREAM-INF") == 1 and "RESOLUTION=640x360" in master
     # Kept by no browser or CDN: the final master replaces it under the same key.
@@ -310,7 +310,7 @@ def test_the_master_is_playable_as_each_rendition_finishes(
         done = _job(gateway, job_id)
     assert done["state"] == "succeeded", done
     assert done["ready"] == ["360p", "720p", "audio"]
-    got = requests.get(done["urls"]["master"], timeout=10)
+    got = http.get(done["urls"]["master"], timeout=10)
     final = got.text
     assert got.headers.get("Cache-Control") == "no-cache", got.headers
     assert final.count("#EXT-X-STREAM-INF") == 2

@@ -14,9 +14,9 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import pytest
-import requests
 from minio import Minio
 
+from tests.api import http
 from tests.manual import submit
 from tests.mpd_schema import schema_problems
 from tests.test_pipeline import MANUAL_BUCKET, ffprobe
@@ -53,7 +53,7 @@ def _two_track_clip(path: Path) -> Path:
 
 
 def _master_lines(view: dict[str, Any], prefix: str) -> list[str]:
-    master = requests.get(view["urls"]["master"], timeout=10).text
+    master = http.get(view["urls"]["master"], timeout=10).text
     return [line for line in master.splitlines() if line.startswith(prefix)]
 
 
@@ -61,7 +61,7 @@ def _ended(gateway: str, job_id: str, timeout: float = 180) -> dict[str, Any]:
     """The job's view through status once it has ended (or as it is at `timeout`)."""
     deadline = time.monotonic() + timeout
     while True:
-        view = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
+        view = http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10)
         job: dict[str, Any] = view.json()
         if job["state"] in ("succeeded", "failed", "cancelled") or time.monotonic() > deadline:
             return job
@@ -141,7 +141,7 @@ def _hls_keys(view: dict[str, Any]) -> set[str]:
     keys = set()
     for r in view["renditions"]:
         url = r["urls"]["playlist"]
-        init, segments = parse_media_playlist(requests.get(url, timeout=10).text)
+        init, segments = parse_media_playlist(http.get(url, timeout=10).text)
         assert init or r["kind"] == "text", r  # WebVTT: one file, no init segment
         for uri in [*([init] if init else []), *(name for name, _ in segments)]:
             keys.add(urlsplit(urljoin(url, uri)).path)
@@ -181,7 +181,7 @@ def test_dash_indexes_the_same_segments_as_hls(packaged: dict[str, Any]) -> None
     """One stored copy: every object the MPD names is one the HLS playlists name, and the
     other way round; the MPD is valid against the DASH schema, with the tracks' languages."""
     url = packaged["urls"]["dash"]
-    response = requests.get(url, timeout=10)
+    response = http.get(url, timeout=10)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/dash+xml")
     assert schema_problems(response.text) == []
@@ -203,7 +203,7 @@ def test_dash_indexes_the_same_segments_as_hls(packaged: dict[str, Any]) -> None
     )
     assert ticks / int(video.attrib["timescale"]) == pytest.approx(6.0, abs=0.001)
     for key in _mpd_keys(url, mpd):
-        got = requests.get(urljoin(url, key), timeout=10)
+        got = http.get(urljoin(url, key), timeout=10)
         assert got.status_code == 200 and got.content, key
 
 
@@ -219,15 +219,15 @@ def test_each_iframe_byte_range_decodes_to_one_keyframe(
     video = packaged["renditions"][0]
     url = video["urls"]["iframes"]
     assert line.endswith(f'URI="{url.rsplit("/", 3)[-3]}/{url.rsplit("/", 3)[-2]}/iframes.m3u8"')
-    text = requests.get(url, timeout=10).text
+    text = http.get(url, timeout=10).text
     assert "#EXT-X-I-FRAMES-ONLY" in text
-    init = requests.get(urljoin(url, parse_media_playlist(text)[0] or ""), timeout=10).content
+    init = http.get(urljoin(url, parse_media_playlist(text)[0] or ""), timeout=10).content
     entries = re.findall(r"#EXTINF:([\d.]+),\n#EXT-X-BYTERANGE:(\d+)@(\d+)\n(\S+)", text)
     assert len(entries) == 2  # 6 s: segments of 4 and 2 s
     at = 0.0
     for seconds, length, offset, uri in entries:
         start, size = int(offset), int(length)
-        got = requests.get(urljoin(url, uri), timeout=10,
+        got = http.get(urljoin(url, uri), timeout=10,
                            headers={"Range": f"bytes={start}-{start + size - 1}"})  # fmt: skip
         assert got.status_code == 206 and len(got.content) == size
         probe = tmp_path / f"{uri}.mp4"
@@ -247,7 +247,7 @@ def test_the_storyboard_covers_the_duration_on_sprite_sheets(
     run back to back from 0 to the end, each pointing into the sheet, and each thumbnail
     is that moment's picture (testsrc2 draws a moving pattern: they differ)."""
     url = packaged["urls"]["storyboard"]
-    text = requests.get(url, timeout=10).text
+    text = http.get(url, timeout=10).text
     assert text.startswith("WEBVTT\n")
     cues = re.findall(
         r"(\d\d):(\d\d):(\d\d)\.(\d{3}) --> (\d\d):(\d\d):(\d\d)\.(\d{3})\n"
@@ -264,7 +264,7 @@ def test_the_storyboard_covers_the_duration_on_sprite_sheets(
     sheet_url = urljoin(url, cues[0][8])
     assert {c[8] for c in cues} == {"storyboard/sheet-001.jpg"}
     sheet = tmp_path / "sheet.jpg"
-    sheet.write_bytes(requests.get(sheet_url, timeout=10).content)
+    sheet.write_bytes(http.get(sheet_url, timeout=10).content)
     (stream,) = ffprobe(str(sheet))["streams"]
     assert (stream["width"], stream["height"]) == (1600, 900)
     boxes = [tuple(int(v) for v in c[9:]) for c in cues]
@@ -301,12 +301,12 @@ def test_subtitles_become_webvtt_renditions_with_their_languages(
     assert 'LANGUAGE="de"' in subs[1]
     (variant,) = _master_lines(packaged, "#EXT-X-STREAM-INF:")
     assert 'SUBTITLES="subs"' in variant
-    english = requests.get(texts[0]["urls"]["subtitles"], timeout=10).text
-    german = requests.get(texts[1]["urls"]["subtitles"], timeout=10).text
+    english = http.get(texts[0]["urls"]["subtitles"], timeout=10).text
+    german = http.get(texts[1]["urls"]["subtitles"], timeout=10).text
     assert english.startswith("WEBVTT") and german.startswith("WEBVTT")
     assert "00:01.000 --> 00:03.000\nHello" in english and "World" in english
     assert "00:00.500 --> 00:02.000\nHallo" in german and "Welt" in german
-    playlist = requests.get(texts[0]["urls"]["playlist"], timeout=10).text
+    playlist = http.get(texts[0]["urls"]["playlist"], timeout=10).text
     assert "#EXTINF:6.0" in playlist and "subtitles.vtt" in playlist
     assert packaged["plan"].get("skipped_tracks") is None  # nothing was left out
 
@@ -324,9 +324,9 @@ def test_hevc_and_av1_ladders_beside_h264(gateway: str, s3: Minio, tmp_path: Pat
     job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"],
                     codecs=["hevc", "av1"])  # fmt: skip
     deadline = time.monotonic() + 240
-    while (
-        job := requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
-    )["state"] not in ("succeeded", "failed"):
+    while (job := http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json())[
+        "state"
+    ] not in ("succeeded", "failed"):
         assert time.monotonic() < deadline
         time.sleep(0.5)  # fmt: skip
     assert job["state"] == "succeeded", job["error"]
@@ -335,7 +335,7 @@ def test_hevc_and_av1_ladders_beside_h264(gateway: str, s3: Minio, tmp_path: Pat
     assert [(r["name"], r["codec"]) for r in videos] == [
         ("360p", "h264"), ("360p-hevc", "hevc"), ("360p-av1", "av1")
     ]  # fmt: skip
-    master = requests.get(job["urls"]["master"], timeout=10).text
+    master = http.get(job["urls"]["master"], timeout=10).text
     for r, (name, tag, prefix) in zip(
         videos, [("h264", "avc1", "avc1.64"), ("hevc", "hvc1", "hvc1.1.6.L"),
                  ("av1", "av01", "av01.0.")], strict=True
@@ -357,7 +357,7 @@ def test_hevc_and_av1_ladders_beside_h264(gateway: str, s3: Minio, tmp_path: Pat
         assert r["quality"]["score"] > 0.9, r["quality"]
     assert set(job["encode_seconds"]) == {"h264", "hevc", "av1"}
     assert all(v > 0 for v in job["encode_seconds"].values())
-    mpd = requests.get(job["urls"]["dash"], timeout=10).text
+    mpd = http.get(job["urls"]["dash"], timeout=10).text
     assert schema_problems(mpd) == []
     families = re.findall(r'<Representation id="360p[^"]*"[^>]* codecs="([a-z0-9]+)\.', mpd)
     assert families == ["avc1", "hvc1", "av01"]
@@ -377,9 +377,9 @@ def test_a_missing_caption_file_is_refused_with_its_key(
         "key": key,
         "captions": [{"key": "nope.srt", "language": "en"}],
     }
-    r = requests.post(f"{gateway}/function/split", json=body, timeout=60)
+    r = http.post(f"{gateway}/function/split", json=body, timeout=60)
     assert r.status_code == 400, r.text
     assert f"caption file s3://{MANUAL_BUCKET}/nope.srt does not exist" in r.json()["error"]
-    bad = requests.post(f"{gateway}/function/split", timeout=60, json=body | {
+    bad = http.post(f"{gateway}/function/split", timeout=60, json=body | {
         "captions": [{"key": "x.srt", "language": "not a language"}]})  # fmt: skip
     assert bad.status_code == 400 and "captions" in bad.json()["error"], bad.text

@@ -13,10 +13,10 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import requests
 from minio import Minio
 
 from localfaas.config import LocalConfig
+from tests.api import http
 from tests.clips import make_clip
 from tests.manual import submit
 from tests.receiver import Receiver
@@ -81,16 +81,14 @@ def wait_for_job(gateway: str, bucket: str, key: str, timeout: float = 180) -> d
     job: dict[str, Any] = {}
     while time.monotonic() < deadline:
         if job_id is None:
-            r = requests.get(
+            r = http.get(
                 f"{gateway}/function/status", params={"bucket": bucket, "key": key}, timeout=10
             )
             assert r.status_code == 200, r.text
             jobs = r.json()["jobs"]
             job_id = jobs[0]["id"] if jobs else None
         if job_id is not None:
-            job = requests.get(
-                f"{gateway}/function/status", params={"id": job_id}, timeout=10
-            ).json()
+            job = http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
             if job["state"] in ("succeeded", "failed"):
                 return job
         time.sleep(0.5)
@@ -115,7 +113,7 @@ def test_upload_to_bucket_produces_abr_ladder(
     names = [r["name"] for r in job["renditions"]]
     assert names == ["360p", "720p", "audio"], "a 720p source: no 1080p (never upscale)"
 
-    master = requests.get(job["urls"]["master"], timeout=10)
+    master = http.get(job["urls"]["master"], timeout=10)
     assert master.status_code == 200
     text = master.text
     assert text.startswith("#EXTM3U")
@@ -124,7 +122,7 @@ def test_upload_to_bucket_produces_abr_ladder(
     assert text.count("#EXT-X-MEDIA:TYPE=AUDIO") == 1 and text.count('AUDIO="audio"') == 2
     for attr in ("BANDWIDTH=", "AVERAGE-BANDWIDTH=", "RESOLUTION=", "CODECS=", "FRAME-RATE="):
         assert attr in text
-    poster = requests.get(job["urls"]["poster"], timeout=10)
+    poster = http.get(job["urls"]["poster"], timeout=10)
     assert poster.status_code == 200 and poster.content[:2] == b"\xff\xd8"
 
     source = ffprobe(str(clips["landscape"]))
@@ -203,7 +201,7 @@ def test_source_without_audio_gives_silent_renditions(
     assert job["state"] == "succeeded", job
     info = ffprobe(job["renditions"][0]["urls"]["playlist"])
     assert [s["codec_type"] for s in info["streams"]] == ["video"]
-    assert "mp4a" not in requests.get(job["urls"]["master"], timeout=10).text
+    assert "mp4a" not in http.get(job["urls"]["master"], timeout=10).text
 
 
 @pytest.mark.slow
@@ -234,7 +232,7 @@ def test_manual_job_like_faas_cli_with_callback(
     with Receiver() as rx:
         body = {"bucket": MANUAL_BUCKET, "key": key, "renditions": ["360p"],
                 "callback_url": f"{rx.url}/hook", "formats": ["hls", "mp4"]}  # fmt: skip
-        r = requests.post(
+        r = http.post(
             f"{gateway}/function/split",
             data=json.dumps(body),
             headers={"Content-Type": "text/plain"},  # what faas-cli sends by default
@@ -270,7 +268,7 @@ def test_dry_run_returns_the_tuned_plan_and_records_nothing(
     key = f"dry/{time.time_ns()}.mp4"
     s3.fput_object(MANUAL_BUCKET, key, str(clip))
     body = {"bucket": MANUAL_BUCKET, "key": key, "dry_run": True}
-    r = requests.post(f"{gateway}/function/split", data=json.dumps(body), timeout=120)
+    r = http.post(f"{gateway}/function/split", data=json.dumps(body), timeout=120)
     assert r.status_code == 200, r.text
     plan = r.json()
     assert plan["dry_run"] is True and plan["plan"]["note"] is None, plan
@@ -282,7 +280,7 @@ def test_dry_run_returns_the_tuned_plan_and_records_nothing(
     assert predicted["size_bytes"] == pytest.approx(predicted["bitrate"] * 100 / 8, rel=0.01)
     assert predicted["encode_cpu_seconds"] > 0 and len(rend["probes"]) >= 2
     assert plan["predicted"]["size_bytes"] == predicted["size_bytes"]
-    status = requests.get(
+    status = http.get(
         f"{gateway}/function/status", params={"bucket": MANUAL_BUCKET, "key": key}, timeout=10
     )
     assert status.json()["jobs"] == [], "a dry run records no job"
@@ -313,7 +311,7 @@ def test_duplicate_event_yields_one_job(
         ],
     }
     token = stack.credentials["webhook_token"]
-    r = requests.post(
+    r = http.post(
         f"{gateway}/function/split",
         json=event,
         headers={"Authorization": f"Bearer {token}"},
@@ -343,16 +341,16 @@ def test_an_uploads_metadata_options_and_a_manual_job_with_others(
     assert job["state"] == "succeeded", job
     assert [r["name"] for r in job["renditions"]] == ["360p"] and job["formats"] == ["hls", "mp4"]
     assert job["options"]["origin"] == "metadata"
-    assert requests.get(job["renditions"][0]["urls"]["mp4"], timeout=10).status_code == 200
+    assert http.get(job["renditions"][0]["urls"]["mp4"], timeout=10).status_code == 200
 
     body = {"bucket": "uploads", "key": key, "renditions": ["360p"]}
-    r = requests.post(f"{gateway}/function/split", json=body, timeout=60)
+    r = http.post(f"{gateway}/function/split", json=body, timeout=60)
     assert r.status_code == 200, r.text
     other = r.json()
     assert other["created"] is True and other["job_id"] != job["id"]
     assert other["options_key"] == "renditions=360p;formats=hls"
     assert other["other_jobs"] == [{"job_id": job["id"], "options_key": job["options_key"]}]
-    again = requests.post(f"{gateway}/function/split", json=body, timeout=60).json()
+    again = http.post(f"{gateway}/function/split", json=body, timeout=60).json()
     assert again["duplicate"] is True and again["job_id"] == other["job_id"]
     assert again["reason"].startswith(f"duplicate: job {other['job_id']} has this object")
     with db.cursor() as cur:
@@ -377,26 +375,24 @@ def test_non_video_upload_fails_with_reason(gateway: str, s3: Minio, db: Any) ->
 
 def test_bad_requests_get_clear_4xx(gateway: str, stack: LocalConfig) -> None:
     split = f"{gateway}/function/split"
-    r = requests.post(split, data=b"{not json", timeout=10)
+    r = http.post(split, data=b"{not json", timeout=10)
     assert r.status_code == 400 and "JSON" in r.json()["error"]
-    r = requests.post(split, json={"bucket": "uploads"}, timeout=10)
+    r = http.post(split, json={"bucket": "uploads"}, timeout=10)
     assert r.status_code == 400 and "key" in r.json()["error"]
-    r = requests.post(split, json={"bucket": "uploads", "key": "x.mp4", "colour": 1}, timeout=10)
+    r = http.post(split, json={"bucket": "uploads", "key": "x.mp4", "colour": 1}, timeout=10)
     assert r.status_code == 400 and "colour" in r.json()["error"]
-    r = requests.post(split, json={"bucket": "uploads", "key": "missing.mp4"}, timeout=30)
+    r = http.post(split, json={"bucket": "uploads", "key": "missing.mp4"}, timeout=30)
     assert r.status_code == 404
     event = {"EventName": "s3:ObjectCreated:Put", "Key": "uploads/a.mp4", "Records": []}
-    assert requests.post(split, json=event, timeout=10).status_code == 401  # no token
+    assert http.post(split, json=event, timeout=10).status_code == 401  # no token
     st = f"{gateway}/function/status"
     assert (
-        requests.get(
-            st, params={"id": "00000000-0000-0000-0000-000000000000"}, timeout=10
-        ).status_code
+        http.get(st, params={"id": "00000000-0000-0000-0000-000000000000"}, timeout=10).status_code
         == 404
     )
-    r = requests.get(st, params={"id": "not-a-uuid"}, timeout=10)
+    r = http.get(st, params={"id": "not-a-uuid"}, timeout=10)
     assert r.status_code == 404 and "Traceback" not in r.text
-    assert requests.get(st, params={"state": "bogus"}, timeout=10).status_code == 400
+    assert http.get(st, params={"state": "bogus"}, timeout=10).status_code == 400
 
 
 def test_ignored_events_are_acknowledged(gateway: str, stack: LocalConfig) -> None:
@@ -417,7 +413,7 @@ def test_ignored_events_are_acknowledged(gateway: str, stack: LocalConfig) -> No
         event("uploads", "a.mp4", "s3:ObjectCreated:PutTagging"),
         event("uploads", "a.mp4", "s3:ObjectRemoved:Delete"),
     ):
-        r = requests.post(
+        r = http.post(
             f"{gateway}/function/split",
             json=ev,
             headers={"Authorization": f"Bearer {token}"},
@@ -445,7 +441,7 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
     job_id = submit(gateway, MANUAL_BUCKET, key, ["720p"])
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        job = requests.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
+        job = http.get(f"{gateway}/function/status", params={"id": job_id}, timeout=10).json()
         rend = job["renditions"][0]
         percent = (rend.get("progress") or {}).get("percent", 0)
         if rend["state"] == "running" and 0 < percent < 60:
@@ -487,7 +483,7 @@ def test_worker_killed_mid_encode_is_retried_and_job_finishes(
 
 def test_sweeper_answers_what_it_did(gateway: str) -> None:
     """The cron sweeper, invoked as the cron-connector does (sync, through the gateway)."""
-    r = requests.post(f"{gateway}/function/sweeper", timeout=60)
+    r = http.post(f"{gateway}/function/sweeper", timeout=60)
     assert r.status_code == 200, r.text
     assert set(r.json()) == {
         "confirmed_deaths",
@@ -509,9 +505,9 @@ def test_rendition_callback_route_needs_its_signature(gateway: str) -> None:
     url = f"{gateway}/function/split/callback"
     params = {"job": "00000000-0000-0000-0000-000000000000", "rendition": "360p"}
     headers = {"X-Function-Status": "500", "X-Call-Id": "forged"}
-    r = requests.post(url, params=params, headers=headers, timeout=10)
+    r = http.post(url, params=params, headers=headers, timeout=10)
     assert r.status_code == 401, r.text
-    r = requests.post(url, params=params | {"sig": "0" * 64}, headers=headers, timeout=10)
+    r = http.post(url, params=params | {"sig": "0" * 64}, headers=headers, timeout=10)
     assert r.status_code == 401, r.text
 
 

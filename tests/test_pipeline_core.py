@@ -14,6 +14,7 @@ import pytest
 import requests
 from pydantic import SecretStr
 
+from tests.api import http
 from tests.inprocess import build_pipeline, chunked_pipeline, job_for_clip, quiet_bucket
 from vtp import db
 from vtp.errors import Conflict
@@ -134,7 +135,6 @@ def test_a_bug_in_the_encoder_is_recorded_as_what_it_is(
 
 def test_failures_are_classified_by_what_retrying_can_change() -> None:
     import psycopg2
-    import requests
 
     from vtp.errors import FfmpegError, FfmpegTimeout, InvalidSource, StorageError
     from vtp.pipeline.transcode import _failure
@@ -209,8 +209,6 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
     over attempt 2's files and record nothing; the job's playlists are attempt 2's."""
     import subprocess
 
-    import requests
-
     import vtp.pipeline.transcode as transcode_module
     from tests.clips import make_clip
     from vtp.media.probe import probe_source
@@ -264,7 +262,7 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
     assert "360p/attempt-2/index.m3u8" in master, master
     view = pipeline.describe_job(done, live=False)
     assert "/360p/attempt-2/" in view["renditions"][0]["urls"]["playlist"]
-    assert requests.get(view["urls"]["master"], timeout=10).status_code == 200
+    assert http.get(view["urls"]["master"], timeout=10).status_code == 200
     probe = subprocess.run(
         ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
          view["renditions"][0]["urls"]["playlist"]],
@@ -366,7 +364,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     assert [(t.state, t.attempts) for t in rend.tasks] == [(TaskState.SUCCEEDED, 1)] * 3
     assert rend.output_prefix == f"{job.id}/360p" and rend.result is not None
     view = pipeline.describe_job(job, live=False)
-    playlist = requests.get(view["renditions"][0]["urls"]["playlist"], timeout=10).text
+    playlist = http.get(view["renditions"][0]["urls"]["playlist"], timeout=10).text
     assert [line for line in playlist.splitlines() if line.endswith(".m4s")] == [
         "chunk-0/attempt-1/seg_00001.m4s", "chunk-0/attempt-1/seg_00002.m4s",
         "chunk-1/attempt-1/seg_00003.m4s", "chunk-1/attempt-1/seg_00004.m4s",
@@ -388,7 +386,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     assert rend.quality_worst <= min(chunk_scores) and rend.quality_flagged is False
     assert job.rendition("audio").quality_score is None  # sound has no SSIM
 
-    master = requests.get(view["urls"]["master"], timeout=10).text
+    master = http.get(view["urls"]["master"], timeout=10).text
     media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
     assert len(media) == 1 and 'TYPE=AUDIO,GROUP-ID="audio"' in media[0], master
     (variant,) = [line for line in master.splitlines() if line.startswith("#EXT-X-STREAM-INF:")]
@@ -410,7 +408,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     assert 0 <= samples - 20 * 48000 < 2048, samples
 
     # Trick play over the chunks' segments: one byte range, the keyframe, of each of them.
-    trick = requests.get(view["renditions"][0]["urls"]["iframes"], timeout=10).text
+    trick = http.get(view["renditions"][0]["urls"]["iframes"], timeout=10).text
     assert [line for line in trick.splitlines() if line.endswith(".m4s")] == [
         name for name in playlist.splitlines() if name.endswith(".m4s")
     ]
@@ -420,7 +418,7 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     # by the join's own figures (five segments of 4 s at 12800 ticks a second).
     from tests.mpd_schema import schema_problems
 
-    mpd = requests.get(view["urls"]["dash"], timeout=10).text
+    mpd = http.get(view["urls"]["dash"], timeout=10).text
     assert schema_problems(mpd) == []
     assert 'profiles="urn:mpeg:dash:profile:isoff-main:2011"' in mpd
     listed = [f"360p/{name}" for name in playlist.splitlines() if name.endswith(".m4s")]
@@ -555,7 +553,7 @@ def test_a_straggling_chunk_is_raced_by_a_backup_and_counted_once(
     assert not list(pipeline.storage.client.list_objects(
         pipeline.settings.outputs_bucket, prefix=stalled, recursive=True))  # fmt: skip
     view = pipeline.describe_job(done, live=False)
-    playlist = requests.get(view["renditions"][0]["urls"]["playlist"], timeout=10).text
+    playlist = http.get(view["renditions"][0]["urls"]["playlist"], timeout=10).text
     assert "chunk-1/attempt-1-backup/seg_00003.m4s" in playlist.splitlines()
     frames = _frames(view["urls"]["master"])
     assert len(frames) == 500

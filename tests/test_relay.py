@@ -42,6 +42,7 @@ from websockets.exceptions import ConnectionClosed
 from localfaas.build import assemble_context
 from localfaas.config import REPO_ROOT, LocalConfig
 from localfaas.registry import load_registry
+from tests.api import http
 from tests.clips import make_clip
 from tests.inprocess import serve_relay
 from tests.ports import free_port
@@ -115,7 +116,7 @@ def publish(bus: EventBus, job: str, rendition: str | None, state: str, **kw: An
 
 
 def relay_stats(direct: str) -> dict[str, Any]:
-    stats: dict[str, Any] = requests.get(f"{direct}/api/relay/stats", timeout=5).json()
+    stats: dict[str, Any] = http.get(f"{direct}/api/relay/stats", timeout=5).json()
     return stats
 
 
@@ -172,7 +173,7 @@ class SSEStream:
     def __init__(
         self, url: str, headers: dict[str, str] | None = None, read_timeout: float = 30
     ) -> None:
-        self.response = requests.get(
+        self.response = http.get(
             url,
             headers={"Accept": "text/event-stream", **(headers or {})},
             stream=True,
@@ -285,17 +286,17 @@ class Publisher(threading.Thread):
 def test_health_page_and_static(direct: str, via_gateway: str) -> None:
     for base in (direct, via_gateway):
         for path in ("/_/health", "/_/ready"):
-            r = requests.get(base + path, timeout=5)
+            r = http.get(base + path, timeout=5)
             assert (r.status_code, r.text) == (200, "OK")
-        page = requests.get(base + "/", timeout=5)
+        page = http.get(base + "/", timeout=5)
         assert page.status_code == 200
         assert page.headers["Content-Type"].startswith("text/html")
         assert "<html" in page.text.lower()
-        static = requests.get(base + "/static/index.html", timeout=5)
+        static = http.get(base + "/static/index.html", timeout=5)
         assert static.status_code == 200 and static.text == page.text
-        missing = requests.get(base + "/static/nope.js", timeout=5)
+        missing = http.get(base + "/static/nope.js", timeout=5)
         assert missing.status_code == 404 and missing.json()["error"]
-    assert requests.head(direct + "/_/health", timeout=5).status_code == 200
+    assert http.head(direct + "/_/health", timeout=5).status_code == 200
 
 
 def test_stack_env_names_the_relay(stack: LocalConfig, relay_port: int) -> None:
@@ -305,7 +306,7 @@ def test_stack_env_names_the_relay(stack: LocalConfig, relay_port: int) -> None:
 
 def test_bad_parameters_are_refused(ws_base: str, direct: str, via_gateway: str) -> None:
     async def closed_with(url: str) -> int | None:
-        async with connect(url) as ws:
+        async with connect(url, additional_headers=http.headers_for()) as ws:
             with pytest.raises(ConnectionClosed) as info:
                 await recv_json(ws)
         return info.value.rcvd.code if info.value.rcvd else None
@@ -313,32 +314,32 @@ def test_bad_parameters_are_refused(ws_base: str, direct: str, via_gateway: str)
     assert asyncio.run(closed_with(f"{ws_base}?job=not-a-job")) == 1008
     assert asyncio.run(closed_with(f"{ws_base}?job=all&last_id=yesterday")) == 1008
     for base in (direct, via_gateway):
-        r = requests.get(f"{base}/events", params={"job": "not-a-job"}, timeout=5)
+        r = http.get(f"{base}/events", params={"job": "not-a-job"}, timeout=5)
         assert r.status_code == 400 and "job" in r.json()["error"]
-        r = requests.get(f"{base}/events", headers={"Last-Event-ID": "x"}, timeout=5)
+        r = http.get(f"{base}/events", headers={"Last-Event-ID": "x"}, timeout=5)
         assert r.status_code == 400 and "last_id" in r.json()["error"]
 
 
 def test_api_errors_are_json(direct: str, via_gateway: str) -> None:
-    r = requests.get(f"{via_gateway}/api/jobs/{uuid.uuid4()}", timeout=10)
+    r = http.get(f"{via_gateway}/api/jobs/{uuid.uuid4()}", timeout=10)
     assert r.status_code == 404 and r.json()["type"] == "NotFound"
-    r = requests.get(f"{direct}/api/jobs/not-a-uuid", timeout=10)
+    r = http.get(f"{direct}/api/jobs/not-a-uuid", timeout=10)
     assert r.status_code == 404 and "Traceback" not in r.text
-    r = requests.get(f"{direct}/api/jobs", params={"state": "bogus"}, timeout=10)
+    r = http.get(f"{direct}/api/jobs", params={"state": "bogus"}, timeout=10)
     assert r.status_code == 400
-    r = requests.get(f"{direct}/api/jobs", params={"limit": "many"}, timeout=10)
+    r = http.get(f"{direct}/api/jobs", params={"limit": "many"}, timeout=10)
     assert r.status_code == 400
-    r = requests.post(f"{direct}/api/uploads", json={"filename": "notes.txt"}, timeout=10)
+    r = http.post(f"{direct}/api/uploads", json={"filename": "notes.txt"}, timeout=10)
     assert r.status_code == 400 and "video" in r.json()["error"]
-    r = requests.post(f"{direct}/api/uploads", data=b"{nope", timeout=10)
+    r = http.post(f"{direct}/api/uploads", data=b"{nope", timeout=10)
     assert r.status_code == 400
-    r = requests.post(f"{direct}/api/uploads", json={"content_type": "video/mp4"}, timeout=10)
+    r = http.post(f"{direct}/api/uploads", json={"content_type": "video/mp4"}, timeout=10)
     assert r.status_code == 400 and "filename" in r.json()["error"]
-    assert requests.get(f"{direct}/api/nothing-here", timeout=10).status_code == 404
+    assert http.get(f"{direct}/api/nothing-here", timeout=10).status_code == 404
 
 
 def test_upload_ticket(via_gateway: str, stack_env: dict[str, str]) -> None:
-    r = requests.post(
+    r = http.post(
         f"{via_gateway}/api/uploads",
         json={"filename": "C:\\Users\\me\\My Holiday (1).MOV", "content_type": "video/quicktime"},
         timeout=10,
@@ -409,10 +410,10 @@ def followed_job(
     sse_thread.start()
 
     async def follow_ws() -> tuple[str, str, list[Event]]:
-        async with connect(f"{ws_base}?job=all") as ws:
+        async with connect(f"{ws_base}?job=all", additional_headers=http.headers_for()) as ws:
             assert (await recv_json(ws))["type"] == "snapshot"
             assert sse_ready.wait(10) and not sse_error, sse_error
-            ticket = requests.post(
+            ticket = http.post(
                 f"{via_gateway}/api/uploads",
                 json={"filename": "clip.mp4", "content_type": "video/mp4"},
                 timeout=10,
@@ -429,7 +430,7 @@ def followed_job(
             async def find_job() -> str:
                 while True:
                     r = await asyncio.to_thread(
-                        requests.get,
+                        http.get,
                         f"{direct}/api/jobs",
                         params={"bucket": ticket["bucket"], "key": ticket["key"]},
                         timeout=10,
@@ -505,7 +506,7 @@ def test_late_join_gets_the_whole_state_at_once(
     assert set(current) == {"360p", "720p", "audio", "_job"}
 
     async def ws_snapshot() -> dict[str, Any]:
-        async with connect(f"{ws_base}?job={job}") as ws:
+        async with connect(f"{ws_base}?job={job}", additional_headers=http.headers_for()) as ws:
             first = await recv_json(ws)
             assert first["type"] == "snapshot"
             assert await quiet(ws, 0.5) == [], "a finished job has nothing more to send"
@@ -525,7 +526,7 @@ def test_late_join_gets_the_whole_state_at_once(
 
     # The "all" view includes the job too (it had events within the hour).
     async def all_snapshot_ws() -> dict[str, Any]:
-        async with connect(f"{ws_base}?job=all") as ws:
+        async with connect(f"{ws_base}?job=all", additional_headers=http.headers_for()) as ws:
             snapshot: dict[str, Any] = (await recv_json(ws))["jobs"]
             return snapshot
 
@@ -542,7 +543,9 @@ def test_resume_of_a_real_job_replays_the_rest(
     assert expected
 
     async def ws_resume() -> list[Event]:
-        async with connect(f"{ws_base}?job={job}&last_id={middle}") as ws:
+        async with connect(
+            f"{ws_base}?job={job}&last_id={middle}", additional_headers=http.headers_for()
+        ) as ws:
             assert (await recv_json(ws))["type"] == "snapshot"
             events = await recv_events(ws, count(len(expected)))
             assert await quiet(ws, 0.5) == []
@@ -559,7 +562,7 @@ def test_resume_of_a_real_job_replays_the_rest(
 
 @pytest.mark.slow
 def test_api_describes_the_job(followed_job: FollowedJob, via_gateway: str) -> None:
-    r = requests.get(f"{via_gateway}/api/jobs/{followed_job.job_id}", timeout=10)
+    r = http.get(f"{via_gateway}/api/jobs/{followed_job.job_id}", timeout=10)
     assert r.status_code == 200
     view = r.json()
     assert view["id"] == followed_job.job_id and view["state"] == "succeeded"
@@ -569,13 +572,13 @@ def test_api_describes_the_job(followed_job: FollowedJob, via_gateway: str) -> N
         assert rend["progress"]["percent"] == 100.0 and rend["progress"]["state"] == "succeeded"
         assert rend["urls"]["playlist"].endswith(".m3u8")
     assert view["urls"]["master"].endswith(f"{followed_job.job_id}/master.m3u8")
-    listed = requests.get(
+    listed = http.get(
         f"{via_gateway}/api/jobs",
         params={"bucket": "uploads", "key": followed_job.key},
         timeout=10,
     ).json()["jobs"]
     assert [j["id"] for j in listed] == [followed_job.job_id]
-    recent = requests.get(
+    recent = http.get(
         f"{via_gateway}/api/jobs", params={"state": "succeeded", "limit": "500"}, timeout=10
     ).json()["jobs"]
     assert followed_job.job_id in [j["id"] for j in recent]
@@ -595,7 +598,7 @@ def test_mid_job_join_snapshot_then_live_events(ws_base: str, bus: EventBus) -> 
     publish(bus, job, "360p", "succeeded", percent=100.0)
 
     async def run() -> tuple[dict[str, Any], list[Event], str]:
-        async with connect(f"{ws_base}?job={job}") as ws:
+        async with connect(f"{ws_base}?job={job}", additional_headers=http.headers_for()) as ws:
             first = await recv_json(ws)
             assert first["type"] == "snapshot"
             watermark = stream_tail(bus)
@@ -624,7 +627,9 @@ def test_unknown_job_gets_an_empty_snapshot_then_its_events(ws_base: str, bus: E
     job = str(uuid.uuid4())
 
     async def run() -> None:
-        async with connect(f"{ws_base}?job={job.upper()}") as ws:  # ids are case-insensitive
+        async with connect(
+            f"{ws_base}?job={job.upper()}", additional_headers=http.headers_for()
+        ) as ws:  # ids are case-insensitive
             assert await recv_json(ws) == {"type": "snapshot", "jobs": {job: {}}}
             sent = publish(bus, job, None, "queued")
             events = await recv_events(ws, count(1))
@@ -640,13 +645,15 @@ def test_websocket_resume_under_live_publishing_misses_nothing(ws_base: str, bus
     publisher = Publisher(bus, job, 400)
 
     async def run() -> tuple[list[Event], list[Event]]:
-        async with connect(f"{ws_base}?job={job}") as ws:
+        async with connect(f"{ws_base}?job={job}", additional_headers=http.headers_for()) as ws:
             assert (await recv_json(ws))["type"] == "snapshot"
             publisher.start()
             first = await recv_events(ws, count(60))
         # Gone for a moment while events keep coming, then back with the last id seen.
         await asyncio.sleep(0.2)
-        async with connect(f"{ws_base}?job={job}&last_id={first[-1]['id']}") as ws:
+        async with connect(
+            f"{ws_base}?job={job}&last_id={first[-1]['id']}", additional_headers=http.headers_for()
+        ) as ws:
             assert (await recv_json(ws))["type"] == "snapshot"
             rest = await recv_events(ws, publisher.is_last)
         return first, rest
@@ -683,7 +690,7 @@ def test_follow_switches_jobs(ws_base: str, bus: EventBus) -> None:
     publish(bus, job_b, "360p", "running", percent=50.0)
 
     async def run() -> None:
-        async with connect(f"{ws_base}?job={job_a}") as ws:
+        async with connect(f"{ws_base}?job={job_a}", additional_headers=http.headers_for()) as ws:
             assert (await recv_json(ws))["jobs"] == {job_a: {}}
             a1 = publish(bus, job_a, "360p", "queued")
             assert ids(await recv_events(ws, count(1))) == [a1.id]
@@ -718,7 +725,12 @@ def test_200_websocket_clients_all_get_every_event_in_order(
 
     async def run() -> list[list[Event]]:
         clients = await asyncio.gather(
-            *(connect(f"{ws_base}?job={job}", open_timeout=30) for _ in range(n_clients))
+            *(
+                connect(
+                    f"{ws_base}?job={job}", additional_headers=http.headers_for(), open_timeout=30
+                )
+                for _ in range(n_clients)
+            )
         )
         try:
             for snapshot in await asyncio.gather(*(recv_json(ws, 30) for ws in clients)):
@@ -754,7 +766,9 @@ def _raw_websocket(port: int, path: str) -> socket.socket:
         (
             f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
             "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in http.headers_for().items())
+            + "\r\n"
         ).encode()
     )
     head = b""
@@ -796,7 +810,9 @@ def test_a_slow_client_does_not_delay_a_fast_one(
     try:
 
         async def run() -> tuple[list[Event], float]:
-            async with connect(f"{ws_base}?job={job}", max_size=None) as fast:
+            async with connect(
+                f"{ws_base}?job={job}", additional_headers=http.headers_for(), max_size=None
+            ) as fast:
                 assert (await recv_json(fast))["type"] == "snapshot"
 
                 def publish_all() -> float:
@@ -989,7 +1005,10 @@ def local_relay(
 ) -> Iterator[tuple[str, EventBus]]:
     """The relay app under uvicorn in this process, on the stack's Redis with its own prefix."""
     (tmp_path / "index.html").write_text("<!doctype html><html><title>t</title></html>")
-    settings = Settings(redis_url=SecretStr(stack.redis_url), redis_prefix=private_bus.keys.prefix)
+    # Open: what these test is the streaming (test_access tests the doors).
+    settings = Settings(
+        redis_url=SecretStr(stack.redis_url), redis_prefix=private_bus.keys.prefix, open_access=True
+    )
     app = create_app(settings, static_dir=tmp_path, options=RelayOptions(ping_interval_s=0.3))
     with serve_relay(app, timeout=10, ws_per_message_deflate=False) as address:
         yield address, private_bus
@@ -1000,7 +1019,9 @@ def test_pings_in_silence(local_relay: tuple[str, EventBus]) -> None:
     job = str(uuid.uuid4())
 
     async def run() -> None:
-        async with connect(f"ws://{address}/ws?job={job}") as ws:
+        async with connect(
+            f"ws://{address}/ws?job={job}", additional_headers=http.headers_for()
+        ) as ws:
             assert (await recv_json(ws))["type"] == "snapshot"
             t0 = time.monotonic()
             assert await recv_json(ws, 2) == {"type": "ping"}
@@ -1043,7 +1064,7 @@ def test_lost_subscription_cuts_clients_off_and_recovers(tmp_path: Path) -> None
     port = _free_port()
     server = _start_redis(port, tmp_path)
     url = f"redis://127.0.0.1:{port}/0"
-    settings = Settings(redis_url=SecretStr(url))
+    settings = Settings(redis_url=SecretStr(url), open_access=True)
     app = create_app(settings, static_dir=tmp_path, options=RelayOptions(ready_timeout_s=10))
     relay_port = _free_port()
     uv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=relay_port, log_level="warning"))
@@ -1060,7 +1081,9 @@ def test_lost_subscription_cuts_clients_off_and_recovers(tmp_path: Path) -> None
 
         async def run() -> None:
             nonlocal server
-            async with connect(f"ws://127.0.0.1:{relay_port}/ws?job={job}") as ws:
+            async with connect(
+                f"ws://127.0.0.1:{relay_port}/ws?job={job}", additional_headers=http.headers_for()
+            ) as ws:
                 assert (await recv_json(ws))["type"] == "snapshot"
                 sent = publish(bus, job, "360p", "running", percent=5.0)
                 assert (await recv_events(ws, count(1)))[0]["id"] == sent.id
@@ -1071,7 +1094,9 @@ def test_lost_subscription_cuts_clients_off_and_recovers(tmp_path: Path) -> None
                 assert info.value.rcvd is not None and info.value.rcvd.code == 1013
             server = _start_redis(port, tmp_path)
             # A client arriving now waits for the new subscription instead of being refused.
-            async with connect(f"ws://127.0.0.1:{relay_port}/ws?job={job}") as ws:
+            async with connect(
+                f"ws://127.0.0.1:{relay_port}/ws?job={job}", additional_headers=http.headers_for()
+            ) as ws:
                 assert (await recv_json(ws, 15))["type"] == "snapshot"
                 again = publish(bus, job, "360p", "running", percent=6.0)
                 assert (await recv_events(ws, count(1)))[0]["id"] == again.id
@@ -1102,7 +1127,7 @@ def _start_function(context: Path, env: dict[str, str]) -> tuple[subprocess.Pope
     deadline = time.monotonic() + 20
     while True:
         try:
-            if requests.get(f"{url}/_/health", timeout=1).status_code == 200:
+            if http.get(f"{url}/_/health", timeout=1).status_code == 200:
                 return proc, url
         except requests.RequestException:
             pass
@@ -1118,10 +1143,10 @@ def test_asgi_template_default_handler(tmp_path: Path) -> None:
     context = assemble_context(template, template / "function", [], tmp_path / "ctx")
     proc, url = _start_function(context, {})
     try:
-        r = requests.post(f"{url}/some/path", data=b"abc", timeout=5)
+        r = http.post(f"{url}/some/path", data=b"abc", timeout=5)
         assert r.json()["message"] == "Hello from python3-asgi"
         assert r.json()["path"] == "/some/path" and r.json()["bytes_received"] == 3
-        assert requests.delete(f"{url}/_/ready", timeout=5).text == "OK"
+        assert http.delete(f"{url}/_/ready", timeout=5).text == "OK"
 
         async def echo() -> str:
             async with connect(url.replace("http", "ws") + "/ws") as ws:
@@ -1151,11 +1176,12 @@ def test_sigterm_ends_open_streams_at_once(stack: LocalConfig, bus: EventBus) ->
     proc, url = _start_function(context, env)
     try:
         job = str(uuid.uuid4())
-        sse = SSEStream(f"{url}/events?job={job}")
+        sse = SSEStream(f"{url}/events?job={job}", headers=http.headers_for())
         assert first_snapshot(sse) == {job: {}}
 
         async def run() -> int | None:
-            async with connect(url.replace("http", "ws") + f"/ws?job={job}") as ws:
+            ws_url = url.replace("http", "ws") + f"/ws?job={job}"
+            async with connect(ws_url, additional_headers=http.headers_for()) as ws:
                 assert (await recv_json(ws))["type"] == "snapshot"
                 proc.send_signal(signal.SIGTERM)
                 with pytest.raises(ConnectionClosed) as info:

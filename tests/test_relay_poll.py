@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 import redis
-import requests
 
 from localfaas.config import LocalConfig
 from localfaas.registry import load_registry
+from tests.api import http
 from vtp.events import EventBus, ProgressEvent, stream_id_order
 from vtp.settings import Settings
 from vtp_relay.streams import REPLAY_PAGE
@@ -32,7 +32,7 @@ def bus(stack: LocalConfig) -> Iterator[EventBus]:
 
 
 def poll(url: str, **params: str) -> dict[str, Any]:
-    r = requests.get(url, params=params, timeout=10)
+    r = http.get(url, params=params, timeout=10)
     assert r.status_code == 200, r.text
     assert r.headers["Cache-Control"] == "no-store"
     body: dict[str, Any] = r.json()
@@ -84,5 +84,5 @@ def test_pages_until_caught_up(poll_url: str, bus: EventBus) -> None:
 
 def test_bad_parameters_are_400(poll_url: str) -> None:
     for params in ({"job": "not-a-job"}, {"job": "all", "last_id": "abc"}):
-        r = requests.get(poll_url, params=params, timeout=10)
+        r = http.get(poll_url, params=params, timeout=10)
         assert r.status_code == 400 and r.json()["type"] == "InvalidRequest", r.text

@@ -23,11 +23,11 @@ from typing import Any
 
 import psycopg2
 import pytest
-import requests
 from boto3.s3.transfer import TransferConfig
 
 from localfaas import runtime, services
 from localfaas.config import REPO_ROOT, LocalConfig
+from tests.api import http
 from tests.clips import make_clip
 from tests.manual import submit
 from tests.ports import free_port, free_port_base
@@ -55,13 +55,14 @@ def own_stack(test_slot: int) -> Iterator[LocalConfig]:
     wipe()
     try:
         runtime.up(cfg)
+        http.add_stack(cfg)
         yield cfg
     finally:
         wipe()
 
 
 def view(cfg: LocalConfig, job_id: str) -> dict[str, Any]:
-    r = requests.get(f"{cfg.gateway_url}/function/status", params={"id": job_id}, timeout=10)
+    r = http.get(f"{cfg.gateway_url}/function/status", params={"id": job_id}, timeout=10)
     assert r.status_code == 200, r.text
     return r.json()  # type: ignore[no-any-return]
 
@@ -120,7 +121,7 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     uploaded = time.monotonic()
 
     def new_job_running() -> str | None:
-        r = requests.get(
+        r = http.get(
             f"{cfg.gateway_url}/function/status",
             params={"bucket": cfg.uploads_bucket, "key": key},
             timeout=10,
@@ -134,7 +135,7 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     assert time.monotonic() - uploaded < 15, "the new job waited behind the stopped calls"
     # The interrupted renditions wait for the sweeper to dispatch their retries: its cron
     # runs it every minute; run it now rather than wait for that.
-    swept = requests.post(f"{cfg.gateway_url}/function/sweeper", timeout=60)
+    swept = http.post(f"{cfg.gateway_url}/function/sweeper", timeout=60)
     assert swept.status_code == 200, swept.text
     wait("the new job finished", lambda: view(cfg, new_job)["state"] == "succeeded", 120)
 
@@ -162,7 +163,7 @@ def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     for job_id in [*jobs, new_job]:
         urls = view(cfg, job_id)
         for url in [urls["urls"]["master"], *(r["urls"]["playlist"] for r in urls["renditions"])]:
-            assert requests.get(url, timeout=10).status_code == 200, url
+            assert http.get(url, timeout=10).status_code == 200, url
         probe = subprocess.run(
             ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
              urls["urls"]["master"]],

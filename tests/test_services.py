@@ -28,11 +28,11 @@ import nats
 import psycopg2
 import pytest
 import redis
-import requests
 from minio import Minio
 
 from localfaas import procs, services
 from localfaas.config import REPO_ROOT, LocalConfig
+from tests.api import http
 from tests.ports import free_port_base
 
 MiB = 1024 * 1024
@@ -303,10 +303,10 @@ def test_presigned_get_and_range(s3_stack: S3Stack):
 
     url = s3_stack.client.presigned_get_object(bucket_name=bucket, object_name=key)
     assert url.startswith(f"http://127.0.0.1:{s3_stack.cfg.s3_port}/")
-    full = requests.get(url, timeout=10)
+    full = http.get(url, timeout=10)
     assert full.status_code == 200
     assert full.content == data
-    part = requests.get(url, headers={"Range": "bytes=10-19"}, timeout=10)  # as ffmpeg seeks
+    part = http.get(url, headers={"Range": "bytes=10-19"}, timeout=10)  # as ffmpeg seeks
     assert part.status_code == 206
     assert part.content == data[10:20]
 
@@ -315,7 +315,7 @@ def test_cors_preflight_allows_browser_put(s3_stack: S3Stack):
     url = s3_stack.client.presigned_put_object(
         bucket_name=s3_stack.cfg.uploads_bucket, object_name="browser/upload.mp4"
     )
-    pre = requests.options(
+    pre = http.options(
         url,
         headers={
             "Origin": "http://localhost:3000",
@@ -326,7 +326,7 @@ def test_cors_preflight_allows_browser_put(s3_stack: S3Stack):
     )
     assert pre.status_code in (200, 204)
     assert pre.headers.get("Access-Control-Allow-Origin") in ("*", "http://localhost:3000")
-    done = requests.put(
+    done = http.put(
         url, data=b"from a browser", headers={"Origin": "http://localhost:3000"}, timeout=10
     )
     assert done.status_code == 200
@@ -384,7 +384,7 @@ def test_all_services_answer_then_stop_cleanly(all_services: LocalConfig):
 
     info = asyncio.run(_jetstream_info(cfg.nats_url))
     assert info is not None
-    health = requests.get(f"http://127.0.0.1:{cfg.nats_monitor_port}/healthz", timeout=5)
+    health = http.get(f"http://127.0.0.1:{cfg.nats_monitor_port}/healthz", timeout=5)
     assert health.status_code == 200
 
     names = {b.name for b in minio_client(cfg).list_buckets()}

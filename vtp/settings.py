@@ -87,10 +87,20 @@ class Settings(BaseSettings):
     # Bearer token MinIO sends with bucket notifications; when set, split requires it. Empty
     # or absent means "no token required" (MinIO releases before 2019 cannot send one).
     webhook_token: SecretStr | None = None
-    # When set, reading jobs (status, ws-relay's page data, streams and API, split's operator
-    # routes) requires this token (`vtp.access`); unset, reads are open to whoever reaches
-    # the gateway.
+    # Who may call what (`vtp.access`): the `vtp-credentials` secret, one credential a line,
+    # `<name> <view|submit|operate,...> <token>`. Without any, the deployment is closed, but
+    # for bucket notifications, unless `open_access` says it is meant to be open.
+    credentials: SecretStr | None = None
+    open_access: bool = False
+    # The legacy read token: a `view` credential named `read-token`.
     read_token: SecretStr | None = None
+    # Signs viewer links, the page's sessions and play URLs (`vtp.links`).
+    link_secret: SecretStr | None = None
+    # The gateway's address as viewers reach it, for the links handed out (default
+    # gateway_url, which is often a cluster-internal name).
+    public_gateway_url: str | None = None
+    link_ttl_seconds: int = Field(default=24 * 3600, gt=0, le=90 * 24 * 3600)
+    session_ttl_seconds: int = Field(default=8 * 3600, gt=0, le=30 * 24 * 3600)
     # Key used to sign job callbacks (HMAC-SHA256 in X-VTP-Signature); optional.
     callback_secret: SecretStr | None = None
     # Job callbacks to loopback/private addresses are refused unless this is set (SSRF guard).
@@ -269,7 +279,14 @@ class Settings(BaseSettings):
     gateway_upstream_timeout: str | None = None
     queue_ack_wait: str | None = None
 
-    @field_validator("webhook_token", "read_token", "callback_secret", mode="before")
+    @field_validator(
+        "webhook_token",
+        "read_token",
+        "callback_secret",
+        "credentials",
+        "link_secret",
+        mode="before",
+    )
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         """An empty secret file (or variable) means "not set", never "the empty string"."""
@@ -367,6 +384,10 @@ class Settings(BaseSettings):
         return self.quality_targets.get(rung, self.quality_target)
 
     @property
+    def public_gateway(self) -> str:
+        return (self.public_gateway_url or self.gateway_url).rstrip("/")
+
+    @property
     def public_s3_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
 
@@ -408,9 +429,15 @@ def load_at_start() -> Settings:
             f"{'.'.join(str(p) for p in e['loc']) or 'settings'}: {e['msg']}" for e in exc.errors()
         )
         raise SystemExit(f"vtp: invalid settings, not starting: {problems}") from None
-    from vtp import logs
+    from vtp import access, logs
 
     logs.configure(settings.log_format)
+    try:
+        gate = access.Gate(settings)
+    except ValueError as exc:
+        raise SystemExit(f"vtp: invalid settings, not starting: {exc}") from None
+    for warning in gate.warnings():
+        logging.getLogger("vtp.access").warning(warning)
     return settings
 
 

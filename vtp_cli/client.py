@@ -62,6 +62,10 @@ class StatusClient:
         """Ask split to delete an ended job (`/jobs/delete`), with its source if asked."""
         return self._split_post("jobs/delete", job_id, source="true" if source else "false")
 
+    def link(self, job_id: str, ttl: int | None = None) -> dict[str, Any]:
+        """Ask split for a viewer's link to one job (`/links`): its page, status and events."""
+        return self._split_post("links", job_id, **({"ttl": str(ttl)} if ttl else {}))
+
     def _split_post(self, route: str, job_id: str, **params: str) -> dict[str, Any]:
         """One of split's operator routes, for one job: its answer, or the error it gave."""
         url = self.url.rsplit("/", 1)[0] + f"/split/{route}"

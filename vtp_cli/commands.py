@@ -197,6 +197,20 @@ def cmd_delete(args: argparse.Namespace, config: ClientConfig, console: Console)
     return EXIT_OK
 
 
+def cmd_link(args: argparse.Namespace, config: ClientConfig, console: Console) -> int:
+    """`vtp link JOB [--ttl S]`: a signed link to one job's page, status and events, to hand
+    to its viewer instead of a credential."""
+    status = StatusClient(config)
+    job_id = str(status.job(args.job)["id"])
+    answer = status.link(job_id, args.ttl)
+    if args.json:
+        print(json.dumps(answer, indent=2, sort_keys=True))
+    else:
+        print(answer["page"])
+        console.print(f"job {answer['job_id']}: until {answer['expires_at']}", style="dim")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     # Shared flags are accepted before or after the command; SUPPRESS keeps a subcommand's
     # absent flag from overwriting one given before it.
@@ -268,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", action="store_true", help="delete its source object too")
     p.add_argument("--json", action="store_true", help="print the answer as JSON")
     p.set_defaults(func=cmd_delete)
+
+    p = sub.add_parser("link", parents=[common],
+                       help="a signed link to one job's page, with an expiry")  # fmt: skip
+    p.add_argument("job", metavar="JOB", help="job id, or its first 8 digits")
+    p.add_argument("--ttl", type=int, help="seconds it stays valid (default: the deployment's)")
+    p.add_argument("--json", action="store_true", help="print the answer as JSON")
+    p.set_defaults(func=cmd_link)
 
     p = sub.add_parser("jobs", parents=[common], help="list recent jobs")
     p.add_argument("--state", choices=[s.value for s in JobState])

@@ -31,7 +31,10 @@ class ClientConfig(BaseModel):
     s3_secret_key: SecretStr = SecretStr("")
     s3_region: str = "us-east-1"
     uploads_bucket: str = "uploads"
-    # The deployment's read token (vtp.access), sent as a bearer token on every read.
+    # The credential (vtp.access) sent as a bearer token on every call: VTP_TOKEN, which
+    # `make up` writes into stack.env (the local stack's operator); VTP_READ_TOKEN, the
+    # legacy read token, when no VTP_TOKEN is given.
+    token: SecretStr | None = None
     read_token: SecretStr | None = None
     # An event stream whose snapshot has not come this long after asking is not live (a
     # gateway that buffers it): `vtp watch` polls instead (vtp_cli.watch).
@@ -39,7 +42,8 @@ class ClientConfig(BaseModel):
 
     @property
     def auth_headers(self) -> dict[str, str]:
-        token = self.read_token.get_secret_value().strip() if self.read_token else ""
+        chosen = self.token or self.read_token
+        token = chosen.get_secret_value().strip() if chosen else ""
         return {"Authorization": f"Bearer {token}"} if token else {}
 
     @field_validator("gateway_url", "s3_endpoint")

@@ -2,8 +2,10 @@
 
 Also receives the queue-worker's callbacks for transcode calls on `/callback`, sends a
 finished job's callback again on `POST /callbacks/redeliver?job=<id>`, and acts on a job on
-`POST /jobs/cancel`, `/jobs/redrive` and `/jobs/delete` `?job=<id>` (the operator's routes
-need the read token, when the deployment has one: see `vtp.access`).
+`POST /jobs/cancel`, `/jobs/redrive` and `/jobs/delete` `?job=<id>`, and mints a viewer's link
+to one job on `POST /links?job=<id>[&ttl=<seconds>]`. Manual jobs and links need the `submit`
+scope, the operator's routes `operate` (vtp.access.ROUTES); bucket notifications carry the
+webhook token instead.
 
 A sync call answers 200 with the job, new or not (`created` says which): `faas-cli invoke`
 prints the body of a 200 or 201 only, and reports any 202 as "Function submitted
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
-from vtp import callbacks
-from vtp.errors import InvalidRequest, NotFound, Unauthorized, VtpError
-from vtp.http import Response, guarded, header, ok, pipeline, require_read_token
+from vtp import access, callbacks, links
+from vtp.errors import Conflict, InvalidRequest, NotFound, Unauthorized, VtpError
+from vtp.http import Response, authorize, guarded, header, ok, pipeline
 from vtp.pipeline.views import kind_fields
 from vtp.settings import load_at_start
 from vtp.webhook import JobRequest, MinioEvent, SourceObject, parse_body, sources_from_event
@@ -56,12 +61,17 @@ def handle(event: Any, context: Any) -> Response:
         return _callback(event)
     if event.path.rstrip("/") in OPERATOR_ROUTES:
         return _operate(event, event.path.rstrip("/"))
+    if event.path.rstrip("/") == "/links":
+        return _link(event)
+    if event.path.strip("/"):
+        raise NotFound(f"split has no route {event.path[:80]!r}")
     if event.method != "POST":
         return {"statusCode": 405, "body": {"error": "POST a MinIO event or a job"}}
     request = parse_body(event.body)
     if isinstance(request, MinioEvent):
         return _bucket_event(event, request)
-    return _manual_job(request)
+    caller = authorize(event, "split", pipeline().settings)
+    return _manual_job(request, caller)
 
 
 def _bucket_event(event: Any, request: MinioEvent) -> Response:
@@ -92,8 +102,9 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
     return ok({"jobs": jobs, "ignored": ignored})
 
 
-def _manual_job(request: JobRequest) -> Response:
+def _manual_job(request: JobRequest, caller: access.Principal) -> Response:
     p = pipeline()
+    log.info("manual job for %s/%s by %s", request.bucket, request.key, caller.name)
     src = SourceObject(bucket=request.bucket, key=request.key)
     if request.dry_run:
         planned = p.intake.preview(src, request.options())
@@ -153,7 +164,7 @@ def _delete(p: Any, job_id: str, query: Any) -> dict[str, Any]:
     return dict(p.delete_job(job_id, source=source))
 
 
-# The operator's routes, one job each (`POST <route>?job=<id>`), behind the read token:
+# The operator's routes, one job each (`POST <route>?job=<id>`), for the `operate` scope:
 # what they do is in vtp.pipeline.operations and vtp.pipeline.fanin.
 OPERATOR_ROUTES: dict[str, Callable[[Any, str, Any], dict[str, Any]]] = {
     "/callbacks/redeliver": _redeliver,
@@ -170,8 +181,43 @@ def _operate(event: Any, route: str) -> Response:
     if not job_id:
         raise InvalidRequest(f"{route} needs ?job=<id>")
     p = pipeline()
-    require_read_token(event, p.settings)
+    caller = authorize(event, "split", p.settings)
+    caller.sees(str(p.find_job(job_id).id))
+    log.info("%s of job %s by %s", route, job_id, caller.name)  # the audit trail
     return ok(OPERATOR_ROUTES[route](p, job_id, event.query))
+
+
+def _link(event: Any) -> Response:
+    """A viewer's link to one job: its page, status and events, until it expires."""
+    if event.method != "POST":
+        return {"statusCode": 405, "body": {"error": "POST /links?job=<id>[&ttl=<seconds>]"}}
+    p = pipeline()
+    caller = authorize(event, "split", p.settings)
+    job_id = event.query.get("job")
+    if not job_id:
+        raise InvalidRequest("/links needs ?job=<id>")
+    ttl_text = event.query.get("ttl") or str(p.settings.link_ttl_seconds)
+    if not ttl_text.isdigit() or not 0 < int(ttl_text) <= p.settings.link_ttl_seconds:
+        raise InvalidRequest(f"ttl must be 1 to {p.settings.link_ttl_seconds} seconds")
+    job = p.find_job(job_id)
+    caller.sees(str(job.id))
+    secret = p.settings.link_secret
+    if secret is None:
+        raise Conflict("this deployment signs no links: set the vtp-link-secret secret")
+    expires = time.time() + int(ttl_text)
+    token = links.mint(secret, str(job.id), expires, access.Scope.VIEW, name=caller.name)
+    base = p.settings.public_gateway
+    query = urlencode({"job": str(job.id), access.LINK_PARAM: token})
+    log.info("link to job %s for %ss by %s", job.id, ttl_text, caller.name)
+    return ok(
+        {
+            "job_id": str(job.id),
+            "link": token,
+            "page": f"{base}/function/ws-relay/?{query}",
+            "status": f"{base}/function/status?id={job.id}&{access.LINK_PARAM}={token}",
+            "expires_at": datetime.fromtimestamp(int(expires), UTC).isoformat(),
+        }
+    )
 
 
 def _summary(result: Any) -> dict[str, Any]:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -153,7 +154,31 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> NoReturn:
     raise SystemExit(0)
 
 
+# Query parameters whose values are secrets or keys: a credential someone put in a URL by
+# mistake (refused, but still requested), a signed link, a signature. The access log keeps
+# the request, not them.
+_SECRET_PARAM = re.compile(
+    r"(?i)(?P<name>[?&](?:token|link|sig|x-amz-signature|x-amz-credential|"
+    r"x-amz-security-token)=)[^&\s]*"
+)
+
+
+class _RedactQuery(logging.Filter):
+    """uvicorn's lines (the access log, a WebSocket's "accepted") without the values of
+    `_SECRET_PARAM`, wherever the path is among their arguments."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(
+                _SECRET_PARAM.sub(r"\g<name><redacted>", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
 def main() -> int:
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(_RedactQuery())
     logging.basicConfig(
         stream=sys.stderr,
         level=os.environ.get("LOG_LEVEL", "INFO").upper(),

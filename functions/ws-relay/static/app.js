@@ -365,15 +365,53 @@
   // --- live connection: WebSocket, then SSE, then polling --------------------------------------
 
   /**
-   * The deployment's read token, when it has one (vtp/access.py): the page is opened as
-   * `.../ws-relay/?token=<token>`. Fetches send it as a bearer token; WebSocket and
-   * EventSource cannot set headers, so their URLs carry it.
+   * Access (vtp/access.py). The page's calls carry one of:
+   * - a signed link to one job (`vtp link JOB` gives `.../ws-relay/?job=<id>&link=<token>`): it
+   *   opens that job only, and goes with every call (a header where one can be set, the URL
+   *   of WebSocket and EventSource, which cannot);
+   * - the session cookie the relay sets once shown a credential (`signIn`), which the browser
+   *   sends by itself, to fetches, WebSockets and EventSource alike.
+   * A credential in the page's address (`?token=`, as pages were once opened) is exchanged for
+   * the cookie at once and taken out of the address and the history.
    */
-  const READ_TOKEN = new URLSearchParams(location.search).get("token");
+  const PARAMS = new URLSearchParams(location.search);
+  const LINK = PARAMS.get("link");
+  const LINK_JOB = LINK ? PARAMS.get("job") : null;
 
-  function withToken(url) {
-    if (READ_TOKEN) url.searchParams.set("token", READ_TOKEN);
+  function withAccess(url) {
+    if (LINK) url.searchParams.set("link", LINK);
     return url;
+  }
+
+  /** Show the relay a credential; it answers the session cookie. */
+  async function signIn(token) {
+    const res = await fetch(new URL("api/session", BASE), {
+      method: "POST",
+      headers: { Authorization: `Bearer ${token}`, Accept: "application/json" },
+      cache: "no-store",
+    });
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      /* not JSON */
+    }
+    if (!res.ok) throw new Error((body && body.error) || `HTTP ${res.status}`);
+    return body;
+  }
+
+  /** A credential in the address: into the cookie, out of the address bar and the history. */
+  async function exchangeAddressToken() {
+    const token = PARAMS.get("token");
+    if (!token) return;
+    const clean = new URL(location.href);
+    clean.searchParams.delete("token");
+    history.replaceState(history.state, "", clean.toString());
+    try {
+      await signIn(token);
+    } catch (err) {
+      console.warn(`the credential in the address was refused: ${err.message}`);
+    }
   }
 
   class LiveClient {
@@ -451,10 +489,10 @@
     wsUrl() {
       const url = new URL("ws", this.base);
       url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-      url.searchParams.set("job", "all");
+      url.searchParams.set("job", LINK_JOB || "all");
       const last = this.h.lastEventId();
       if (last) url.searchParams.set("last_id", last);
-      withToken(url);
+      withAccess(url);
       return url.toString();
     }
 
@@ -539,10 +577,10 @@
 
     sseUrl() {
       const url = new URL("events", this.base);
-      url.searchParams.set("job", "all");
+      url.searchParams.set("job", LINK_JOB || "all");
       const last = this.h.lastEventId();
       if (last) url.searchParams.set("last_id", last);
-      withToken(url);
+      withAccess(url);
       return url.toString();
     }
 
@@ -643,9 +681,9 @@
 
     pollUrl(lastId) {
       const url = new URL("poll", this.base);
-      url.searchParams.set("job", "all");
+      url.searchParams.set("job", LINK_JOB || "all");
       if (lastId) url.searchParams.set("last_id", lastId);
-      withToken(url);
+      withAccess(url);
       return url.toString();
     }
 
@@ -714,7 +752,7 @@
 
   async function api(path, opts = {}) {
     const headers = { Accept: "application/json", ...(opts.headers || {}) };
-    if (READ_TOKEN) headers.Authorization = `Bearer ${READ_TOKEN}`;
+    if (LINK) headers.Authorization = `Bearer ${LINK}`;
     const res = await fetch(new URL(path, BASE), { ...opts, headers, cache: "no-store" });
     let body = null;
     try {
@@ -797,9 +835,11 @@
   /** The relay wants a read token this page lacks: say how to get in, and stop asking. */
   function lockOut() {
     if (locked) return;
-    locked = READ_TOKEN
-      ? "the read token in this page's address is not accepted"
-      : "this deployment requires a read token: open the page as ./?token=<token>";
+    locked = LINK
+      ? "this link is not accepted (expired, or altered): ask for a new one"
+      : "this deployment requires a credential: sign in";
+    const signin = $("signin-form");
+    if (signin && !LINK) signin.hidden = false;
     live.stop();
     if (pollTimer) clearInterval(pollTimer);
     pollTimer = null;
@@ -1462,7 +1502,22 @@
     player, storyboard, base: BASE.toString(),
   };
 
-  function start() {
+  async function onSignIn(ev) {
+    ev.preventDefault();
+    const input = $("signin-token");
+    try {
+      await signIn(input.value.trim());
+      input.value = "";
+      location.reload();
+    } catch (err) {
+      $("signin-status").textContent = `Not signed in: ${err.message}`;
+    }
+  }
+
+  async function start() {
+    await exchangeAddressToken();
+    if (LINK_JOB && !parseRoute()) location.hash = `#/jobs/${encodeURIComponent(LINK_JOB)}`;
+    $("signin-form").addEventListener("submit", onSignIn);
     form().addEventListener("submit", onUpload);
     $("state-filter").addEventListener("change", () => {
       refreshList();
@@ -1486,7 +1541,7 @@
       setMode("offline");
       return; // opened from disk (tests of the pure logic): no server to talk to
     }
-    refreshList();
+    if (!LINK) refreshList(); // a link opens one job: there is no list to see
     live.start();
   }
 

@@ -1,6 +1,6 @@
 """ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events),
 their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`, behind
-the read token's gate (`vtp_relay.gate`) when the deployment has one."""
+the access gate (`vtp_relay.gate`), and the page's session (`vtp_relay.session`)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,13 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 
+from vtp import access
 from vtp.settings import Settings, load_at_start
 from vtp_relay.api import JobsApi, _guarded, _http_error
-from vtp_relay.gate import ReadTokenGate
+from vtp_relay.gate import AccessGate
 from vtp_relay.options import RelayOptions
 from vtp_relay.poll import make_poll_endpoint
+from vtp_relay.session import SessionApi
 from vtp_relay.streams import Relay
 
 
@@ -36,6 +38,8 @@ def create_app(
     options = options or RelayOptions()
     relay = Relay.from_settings(settings, options)
     api = JobsApi(settings, uploads_enabled=options.uploads_enabled)
+    gate = access.Gate(settings)
+    session = SessionApi(settings, gate)
 
     async def index(request: Request) -> Response:
         page = static_dir / "index.html"
@@ -64,10 +68,13 @@ def create_app(
             Route("/api/jobs/{job_id}", _guarded(api.job_endpoint), methods=["GET"]),
             Route("/api/uploads", _guarded(api.upload_endpoint), methods=["POST"]),
             Route("/api/relay/stats", stats, methods=["GET"]),
+            Route("/api/session", _guarded(session.create), methods=["POST"]),
+            Route("/api/session", _guarded(session.show), methods=["GET"]),
+            Route("/api/session", _guarded(session.delete), methods=["DELETE"]),
             Mount("/static", StaticFiles(directory=static_dir, check_dir=False)),
         ],
         exception_handlers={HTTPException: _http_error},
-        middleware=[Middleware(ReadTokenGate, token=settings.read_token)],
+        middleware=[Middleware(AccessGate, gate=gate)],
         lifespan=lifespan,
     )
     app.state.relay = relay

@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from vtp.errors import InvalidRequest
 from vtp.events import EventBus, stream_id_order
 from vtp.settings import Settings
+from vtp_relay.gate import allowed_follow, principal_of
 from vtp_relay.hub import (
     BAD_REQUEST,
     DISCONNECTED,
@@ -87,7 +88,11 @@ class _WebSocketChannel:
                 body = json.loads(text)
                 if isinstance(body, dict) and body.get("type") == "follow":
                     job = body.get("job")
-                    client.request_follow(parse_follow(job if isinstance(job, str) else None))
+                    wanted = parse_follow(job if isinstance(job, str) else None)
+                    if not allowed_follow(principal_of(self.ws.scope), wanted):
+                        log.info("a link's stream asked to follow another job: ignored")
+                        continue
+                    client.request_follow(wanted)
             except (ValueError, InvalidRequest) as exc:
                 log.debug("ignoring a client message: %s", exc)
 
