@@ -156,13 +156,13 @@ def safe_upload_name(filename: str, media_suffixes: Iterable[str]) -> str:
 
 
 def human_bytes(n: int) -> str:
-    """`n` bytes for a person: 20 GiB, 5.5 MiB, 900 B."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.3g} {unit}" if unit != "B" else f"{n} B"
-        value /= 1024
-    return f"{n} B"  # pragma: no cover
+    """`n` bytes for a person, with the exact count: "20 GiB (21474836480 bytes)"."""
+    value, unit = float(n), "bytes"
+    for bigger in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{n} bytes" if unit == "bytes" else f"{value:.3g} {unit} ({n} bytes)"
 
 
 def part_size_for(size: int, settings: Settings) -> int:
@@ -203,8 +203,8 @@ class UploadsApi:
         size = request.size
         if size is not None and size > self.max_bytes:
             raise InvalidRequest(
-                f"{name} is {human_bytes(size)} ({size} bytes): uploads here are limited to "
-                f"{human_bytes(self.max_bytes)} ({self.max_bytes} bytes, VTP_UPLOAD_MAX_BYTES)"
+                f"{name} is {human_bytes(size)}: uploads here are limited to "
+                f"{human_bytes(self.max_bytes)} (VTP_UPLOAD_MAX_BYTES)"
             )
         if size == 0:
             raise InvalidRequest(f"{name} is empty: there is nothing to transcode")
@@ -293,9 +293,9 @@ class UploadsApi:
                 key, len(parts), total, self.max_bytes,
             )  # fmt: skip
             raise InvalidRequest(
-                f"the upload's parts add up to {human_bytes(total)} ({total} bytes), more than "
-                f"the {human_bytes(self.max_bytes)} ({self.max_bytes} bytes) allowed "
-                "(VTP_UPLOAD_MAX_BYTES): the upload was aborted"
+                f"the upload's parts add up to {human_bytes(total)}, more than the "
+                f"{human_bytes(self.max_bytes)} allowed (VTP_UPLOAD_MAX_BYTES): the upload "
+                "was aborted"
             )
         if not parts:
             raise InvalidRequest("no part of this upload has arrived: send the parts first")
