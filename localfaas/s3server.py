@@ -21,6 +21,12 @@ What is not kept: versions (the local buckets are unversioned), multipart upload
 progress, ACLs, tags, CORS and the notification rule (`localfaas.services` sets those on
 every start), and moto's SQS queue (the notifier's; an event queued at the moment of a
 restart can be lost, and the reconciler submits what has no job).
+
+Browsers' uploads meet MinIO's rules, not moto's (`localfaas.s3browser`): a POST policy's
+signature, expiry and conditions are checked before moto sees the form (moto checks none), and
+answers to other origins carry the bucket's CORS headers. `--credentials` names the JSON file
+holding the keys signatures are checked with (`s3_access_key`, `s3_secret_key`), so they are in
+neither the command line nor the environment.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from localfaas.redact import redact
+from localfaas.s3browser import BrowserCors, Credentials, PostPolicyGate
 
 log = logging.getLogger("localfaas.s3server")
 
@@ -282,11 +289,22 @@ class _Redacting(logging.Filter):
         return True
 
 
+def _credentials(path: Path | None) -> Credentials | None:
+    """The keys POST policy signatures are checked with (None: not checked)."""
+    if path is None:
+        return None
+    data = json.loads(path.read_text())
+    return Credentials(access_key=data["s3_access_key"], secret_key=data["s3_secret_key"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder the objects live in")
+    parser.add_argument(
+        "--credentials", type=Path, help="JSON file with s3_access_key and s3_secret_key"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").addFilter(_Redacting())
@@ -305,7 +323,8 @@ def main(argv: list[str] | None = None) -> None:
     store = DiskStore(args.data, backend)
     buckets, objects = store.restore()
     log.info("kept data: %d buckets, %d objects from %s", buckets, objects, args.data)
-    app = DomainDispatcherApplication(create_backend_app)
+    moto_app = DomainDispatcherApplication(create_backend_app)
+    app = BrowserCors(PostPolicyGate(moto_app, _credentials(args.credentials)), backend)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_simple(
         args.host,

@@ -508,6 +508,9 @@ def _s3_launch(cfg: LocalConfig) -> None:
     data = cfg.run_dir / "s3-data"
     argv = [sys.executable, "-m", "localfaas.s3server", "-H", "127.0.0.1", "-p", str(cfg.s3_port)]
     argv += ["--data", str(data)]
+    # POST policies are checked with the stack's own keys, read from its credentials file.
+    cfg.credentials  # noqa: B018 (made on first use)
+    argv += ["--credentials", str(cfg.run_dir / "credentials.json")]
     env = _base_env() | {"TMPDIR": str(spool), "PYTHONUNBUFFERED": "1"}
     procs.start(cfg, "s3", argv, env=env, cwd=spool, port=cfg.s3_port, url=cfg.s3_endpoint)
 
@@ -551,12 +554,14 @@ def boto_client(cfg: LocalConfig, service: str) -> Any:
     )
 
 
-# Browsers upload straight to the bucket through a presigned PUT; players read via GET/HEAD.
+# Browsers upload straight to the bucket: a form POST (a POST policy), or the parts of a
+# multipart upload by PUT; players read via GET/HEAD. (MinIO allows every origin by default:
+# MINIO_API_CORS_ALLOW_ORIGIN.)
 _CORS = {
     "CORSRules": [
         {
             "AllowedOrigins": ["*"],
-            "AllowedMethods": ["GET", "PUT", "HEAD"],
+            "AllowedMethods": ["GET", "PUT", "POST", "HEAD"],
             "AllowedHeaders": ["*"],
             "ExposeHeaders": ["ETag", "Content-Length", "Content-Range"],
             "MaxAgeSeconds": 3600,

@@ -41,6 +41,11 @@ NOBODY = str(uuid.uuid4())  # a job id no job has: operate routes answer 404 onc
 
 
 def _job(stack: LocalConfig) -> str:
+    conn = db.connect(stack.postgres_dsn)
+    try:
+        db.migrate(conn)  # the functions migrate at their first call, which may not have come
+    finally:
+        conn.close()
     store = JobStore(lambda: db.connect(stack.postgres_dsn))
     source = SourceRef(
         bucket="uploads", key=f"access/{uuid.uuid4().hex}.mp4", etag=uuid.uuid4().hex, size=1

@@ -3,8 +3,9 @@ downloaded browser), against the session's stack.
 
 Directly on ws-relay's port the page uses the WebSocket; through the gateway
 (/function/ws-relay/), which cannot carry WebSockets, it must fall back to Server-Sent Events
-by itself. Uploads go through the page's own form (presigned PUT to the bucket), so the bucket
-notification starts the job exactly as for any producer. Screenshots land in test-artifacts/.
+by itself. Uploads go through the page's own form (a POST policy to the bucket, or parts of a
+multipart upload), so the bucket notification starts the job exactly as for any producer.
+Screenshots land in test-artifacts/.
 """
 
 from __future__ import annotations
@@ -39,6 +40,17 @@ H264_TYPE = 'video/mp4; codecs="avc1.64001f"'
 RECORDER = """
 window.__bars = [];
 window.__upload = [];
+window.__uploadKinds = [];
+{
+  const realFetch = window.fetch;
+  window.fetch = async (...args) => {
+    const res = await realFetch(...args);
+    if (String(args[0]).endsWith('/api/uploads') && res.ok) {
+      res.clone().json().then((t) => window.__uploadKinds.push(t.kind));
+    }
+    return res;
+  };
+}
 document.addEventListener('DOMContentLoaded', () => {
   new MutationObserver((records) => {
     for (const r of records) {
@@ -124,15 +136,29 @@ def conn_mode(pg: Any) -> str:
     return str(pg.evaluate("document.getElementById('conn').dataset.mode"))
 
 
-def upload_through_form(pg: Any, clip: Path) -> str:
-    """Upload with the page's form; returns the job id the page then follows."""
+def upload_through_form(pg: Any, clip: Path, *, moving: bool = False) -> str:
+    """Upload with the page's form; returns the job id the page then follows. `moving`: the
+    upload bar must also have been seen part-way (slow the upload down for that)."""
     pg.set_input_files("#upload-file", str(clip))
     pg.click("#upload-button")
     pg.wait_for_function("location.hash.startsWith('#/jobs/')", timeout=90_000)
     shown = pg.evaluate("window.__upload")
     assert shown and shown[-1] == 100, f"upload progress shown: {shown}"
+    if moving:
+        assert sum(1 for pct in shown if 0 < pct < 100) >= 3, f"upload progress shown: {shown}"
     assert "following its progress" in pg.text_content("#upload-status")
     return str(pg.evaluate("decodeURIComponent(location.hash.split('/')[2])"))
+
+
+def throttle_uploads(pg: Any, bytes_per_s: int) -> None:
+    """Chromium's own network emulation: what the page sends goes at `bytes_per_s`, so a
+    clip takes seconds to upload and its progress can be watched."""
+    cdp = pg.context.new_cdp_session(pg)
+    cdp.send("Network.enable")
+    cdp.send(
+        "Network.emulateNetworkConditions",
+        {"offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": bytes_per_s},
+    )
 
 
 def wait_finished(pg: Any, timeout_s: float = 180) -> str:
@@ -261,7 +287,10 @@ def test_upload_progress_and_playback_over_websocket(
     page.wait_for_function("document.getElementById('conn').dataset.mode === 'websocket'")
     assert "live · WebSocket" in page.text_content("#conn")
 
-    job_id = upload_through_form(page, clip)
+    throttle_uploads(page, 1024**2)  # 2.8 MB: about three seconds of a moving upload bar
+    job_id = upload_through_form(page, clip, moving=True)
+    # The stack's bound is 20 GiB, so one form POST carried the whole file, signed.
+    assert page.evaluate("window.__uploadKinds") == ["post"]
     page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
     page.screenshot(path=str(artifacts / "browser-ws-progress.png"), full_page=True)
     assert wait_finished(page) == "succeeded", page.text_content("#detail-view")
@@ -313,6 +342,52 @@ def test_upload_progress_and_playback_over_websocket(
     width = page.evaluate("document.getElementById('player').videoWidth")
     assert width in (640, 1280), "a rendition of the ladder is playing"
     page.screenshot(path=str(artifacts / "browser-player.png"), full_page=True)
+
+
+def test_upload_in_parts_survives_a_dropped_part(
+    page: Any, stack: Any, stack_env: dict[str, str], artifacts: Path, tmp_path: Path
+) -> None:
+    """A file over the relay's threshold goes up in parts. The first try of part 1 loses its
+    connection (Chromium drops it); the page sends that part again, alone, completes the
+    upload through the relay and follows the job the bucket notification made."""
+    from tests.inprocess import serve_relay
+    from tests.test_uploads import STATIC as RELAY_STATIC
+    from tests.test_uploads import stack_settings
+    from vtp_relay import RelayOptions, create_app
+
+    clip = make_clip(tmp_path / "parts.mp4", size="1280x720", seconds=3, extra=["-qp", "0"])
+    size = clip.stat().st_size
+    assert 5 * 1024**2 < size <= 10 * 1024**2, "two parts of 5 MiB: the test needs 5..10 MiB"
+    settings = stack_settings(
+        stack,
+        stack_env,
+        upload_max_bytes=64 * 1024**2,
+        upload_multipart_threshold_bytes=1024**2,
+        upload_part_bytes=5 * 1024**2,
+    )
+    app = create_app(settings, static_dir=RELAY_STATIC, options=RelayOptions())
+    tries: list[str] = []
+
+    def drop_first_try(route: Any) -> None:
+        tries.append(route.request.url)
+        if len(tries) == 1:
+            route.abort("connectionreset")
+        else:
+            route.continue_()
+
+    page.add_init_script("window.VTP_PAGE_TUNING = {uploadRetryMs: 200}")
+    page.route(re.compile(r".*/uploads/web/.*[?&]partNumber=1(&|$).*"), drop_first_try)
+    with serve_relay(app) as address:
+        page.goto(f"http://{address}/")
+        page.wait_for_function("document.getElementById('conn').dataset.mode === 'websocket'")
+        throttle_uploads(page, 4 * 1024**2)
+        job_id = upload_through_form(page, clip, moving=True)
+        assert page.evaluate("window.__uploadKinds") == ["multipart"]
+        assert len(tries) == 2 and tries[0] != tries[1], "part 1 sent again, to a fresh URL"
+        page.wait_for_selector("#detail-renditions .rend", timeout=30_000)
+        page.screenshot(path=str(artifacts / "browser-upload-in-parts.png"), full_page=True)
+        view = page.evaluate(f"fetch('api/jobs/{job_id}').then(r => r.json())")
+        assert view["source"]["size"] == size, view["source"]
 
 
 def test_gateway_route_falls_back_to_sse(

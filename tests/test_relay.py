@@ -15,6 +15,7 @@ its own default handler.
 from __future__ import annotations
 
 import asyncio
+import base64
 import codecs
 import json
 import os
@@ -28,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +51,10 @@ from tests.ports import free_port
 from vtp.events import EventBus, ProgressEvent, stream_id_order
 from vtp.settings import Settings
 from vtp_relay import RelayOptions, create_app
-from vtp_relay.api import safe_upload_name
 from vtp_relay.hub import OVERFLOW, Client, Hub, Item, Outbox
 from vtp_relay.options import Order, parse_follow, parse_last_id
 from vtp_relay.snapshot import all_snapshot
+from vtp_relay.uploads import safe_upload_name
 
 Event = dict[str, Any]
 
@@ -339,20 +341,54 @@ def test_api_errors_are_json(direct: str, via_gateway: str) -> None:
 
 
 def test_upload_ticket(via_gateway: str, stack_env: dict[str, str]) -> None:
+    """A ticket is a POST policy for exactly one key and type, bounded in size and time; the
+    store enforces it (tests/test_uploads.py)."""
     r = http.post(
         f"{via_gateway}/api/uploads",
-        json={"filename": "C:\\Users\\me\\My Holiday (1).MOV", "content_type": "video/quicktime"},
+        json={
+            "filename": "C:\\Users\\me\\My Holiday (1).MOV",
+            "content_type": "video/quicktime",
+            "size": 1234,
+        },
         timeout=10,
     )
     assert r.status_code == 200, r.text
     ticket = r.json()
-    assert ticket["method"] == "PUT" and ticket["bucket"] == "uploads"
+    assert (ticket["kind"], ticket["method"], ticket["bucket"]) == ("post", "POST", "uploads")
     prefix, folder, name = ticket["key"].split("/")
     assert prefix == "web" and uuid.UUID(folder) and name == "My_Holiday_1.mov"
-    assert ticket["headers"] == {"Content-Type": "video/quicktime"}
-    # A URL for the public endpoint, signed for PUT on exactly that key.
-    assert ticket["url"].startswith(f"{stack_env['VTP_S3_ENDPOINT']}/uploads/{ticket['key']}?")
-    assert "X-Amz-Signature=" in ticket["url"]
+    # The form goes to the bucket on the public endpoint; the type is a signed field there.
+    assert ticket["url"] == f"{stack_env['VTP_S3_ENDPOINT']}/uploads"
+    assert ticket["headers"] == {} and ticket["content_type"] == "video/quicktime"
+    fields = ticket["fields"]
+    assert list(fields)[:2] == ["key", "Content-Type"]
+    assert fields["key"] == ticket["key"] and fields["Content-Type"] == "video/quicktime"
+    assert {
+        "x-amz-algorithm",
+        "x-amz-credential",
+        "x-amz-date",
+        "policy",
+        "x-amz-signature",
+    } <= set(fields)
+    policy = json.loads(base64.b64decode(fields["policy"]))
+    conditions = policy["conditions"]
+    assert ["eq", "$bucket", "uploads"] in conditions
+    assert ["eq", "$key", ticket["key"]] in conditions
+    assert ["eq", "$Content-Type", "video/quicktime"] in conditions
+    # The stack's bound is the default 20 GiB; one POST carries at most 5 GiB.
+    assert ["content-length-range", 1, 5 * 1024**3] in conditions
+    assert ticket["max_bytes"] == 5 * 1024**3
+    expires = datetime.fromisoformat(policy["expiration"].replace("Z", "+00:00"))
+    assert 3500 < (expires - datetime.now(UTC)).total_seconds() <= 3600
+    assert "x-amz-signature" not in json.dumps(policy)
+    # A declared size over the bound gets no ticket, and says why.
+    r = http.post(
+        f"{via_gateway}/api/uploads",
+        json={"filename": "huge.mp4", "size": 20 * 1024**3 + 1},
+        timeout=10,
+    )
+    assert r.status_code == 400 and "limited to 20 GiB" in r.json()["error"], r.text
+    assert "VTP_UPLOAD_MAX_BYTES" in r.json()["error"]
 
 
 def test_safe_upload_names() -> None:
@@ -415,17 +451,23 @@ def followed_job(
             assert sse_ready.wait(10) and not sse_error, sse_error
             ticket = http.post(
                 f"{via_gateway}/api/uploads",
-                json={"filename": "clip.mp4", "content_type": "video/mp4"},
+                json={
+                    "filename": "clip.mp4",
+                    "content_type": "video/mp4",
+                    "size": clip.stat().st_size,
+                },
                 timeout=10,
             ).json()
-            put = await asyncio.to_thread(
-                requests.put,
+            assert ticket["kind"] == "post", ticket
+            # The form, as the page sends it: the signed fields, then the file.
+            post = await asyncio.to_thread(
+                requests.post,
                 ticket["url"],
-                data=clip.read_bytes(),
-                headers=ticket["headers"],
+                data=ticket["fields"],
+                files={"file": ("clip.mp4", clip.read_bytes(), "video/mp4")},
                 timeout=30,
             )
-            assert put.status_code == 200, put.text
+            assert post.status_code == 204, post.text
 
             async def find_job() -> str:
                 while True:
@@ -1201,19 +1243,21 @@ def test_sigterm_ends_open_streams_at_once(stack: LocalConfig, bus: EventBus) ->
 
 
 def test_uploads_can_be_turned_off() -> None:
-    """RELAY_UPLOADS_ENABLED=false: the page's upload route answers 403 and hands out nothing."""
+    """RELAY_UPLOADS_ENABLED=false: the page's upload routes answer 403 and hand out nothing."""
     import asyncio
 
     from starlette.requests import Request
 
     from vtp.settings import Settings
-    from vtp_relay.api import JobsApi, _guarded
+    from vtp_relay.api import _guarded
+    from vtp_relay.uploads import UploadsApi
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b'{"filename": "a.mp4"}', "more_body": False}
 
-    request = Request({"type": "http", "method": "POST", "headers": []}, receive)
-    api = JobsApi(Settings(), uploads_enabled=False)
-    response = asyncio.run(_guarded(api.upload_endpoint)(request))
-    assert response.status_code == 403
-    assert b"turned off" in response.body
+    api = UploadsApi(Settings(), enabled=False)
+    for endpoint in (api.ticket_endpoint, api.parts_endpoint, api.complete_endpoint):
+        request = Request({"type": "http", "method": "POST", "headers": []}, receive)
+        response = asyncio.run(_guarded(endpoint)(request))
+        assert response.status_code == 403
+        assert b"turned off" in response.body

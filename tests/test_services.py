@@ -28,7 +28,9 @@ import nats
 import psycopg2
 import pytest
 import redis
+import requests
 from minio import Minio
+from minio.error import S3Error
 
 from localfaas import procs, services
 from localfaas.config import REPO_ROOT, LocalConfig
@@ -270,6 +272,48 @@ def test_multipart_upload_is_one_complete_event(s3_stack: S3Stack):
     assert obj["size"] == len(data)
     assert unquote_plus(obj["key"]) == key
     assert obj["key"] == "nested%2Fdeeper%2Fbig+one.mp4"
+
+
+def test_form_post_is_checked_like_minio_and_makes_a_post_event(s3_stack: S3Stack):
+    """A browser-form upload (POST policy): one outside the policy is refused by the server
+    itself with MinIO's code and leaves nothing (moto alone stores it); one within is stored
+    and reported as MinIO reports a POST, `s3:ObjectCreated:Post`, with the type the form
+    named. A page on another origin can read both answers."""
+    from datetime import UTC, datetime, timedelta
+
+    from minio.datatypes import PostPolicy
+
+    bucket = s3_stack.cfg.uploads_bucket
+    key = "form/clip.mp4"
+    policy = PostPolicy(bucket, datetime.now(UTC) + timedelta(minutes=5))
+    policy.add_equals_condition("key", key)
+    policy.add_equals_condition("Content-Type", "video/mp4")
+    policy.add_content_length_range_condition(1, 100)
+    fields = {"key": key, "Content-Type": "video/mp4"}
+    fields |= s3_stack.client.presigned_post_policy(policy)
+    url = f"{s3_stack.cfg.s3_endpoint}/{bucket}"
+
+    def post(body: bytes) -> requests.Response:
+        return requests.post(
+            url,
+            data=fields,
+            files={"file": ("clip.mp4", body, "video/mp4")},
+            headers={"Origin": "http://localhost:3000"},
+            timeout=10,
+        )
+
+    over = post(b"v" * 101)
+    assert over.status_code == 400 and "<Code>EntityTooLarge</Code>" in over.text, over.text
+    assert over.headers.get("Access-Control-Allow-Origin") == "http://localhost:3000"
+    with pytest.raises(S3Error):
+        s3_stack.client.stat_object(bucket, key)
+    done = post(b"v" * 100)
+    assert done.status_code == 204, done.text
+    assert done.headers.get("Access-Control-Allow-Origin") == "http://localhost:3000"
+    hits = wait_for(lambda: s3_stack.receiver.for_key(f"{bucket}/{key}"), what="the Post event")
+    assert [h.body["EventName"] for h in hits] == ["s3:ObjectCreated:Post"]
+    obj = hits[0].body["Records"][0]["s3"]["object"]
+    assert (obj["size"], obj["contentType"]) == (100, "video/mp4")
 
 
 @pytest.mark.slow

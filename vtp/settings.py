@@ -251,6 +251,21 @@ class Settings(BaseSettings):
     # (its queued call may have been lost); generous, since a long queue is not a lost call.
     redispatch_after_seconds: float = 2 * 3600
 
+    # --- uploads through the progress page (ws-relay: vtp_relay.uploads) -------------------
+    # The largest file an upload ticket lets into the uploads bucket: the POST policy's
+    # content-length-range, which the object store itself enforces, and for an upload in
+    # parts the total its completion checks (it is aborted above). S3 objects end at 5 TiB.
+    upload_max_bytes: int = Field(default=20 * 1024**3, ge=1, le=5 * 1024**4)
+    # Files above this go up in parts (a single S3 POST takes at most 5 GiB). A part that fails
+    # is sent again alone, where a POST starts over; but only a POST is bounded by the store
+    # as it arrives (parts are summed at completion), hence the default.
+    upload_multipart_threshold_bytes: int = Field(default=5 * 1024**3, ge=1, le=5 * 1024**3)
+    # Each part's size: S3 wants at least 5 MiB (but the last) and at most 10,000 parts, so a
+    # file that would need more gets larger parts.
+    upload_part_bytes: int = Field(default=64 * 1024**2, ge=5 * 1024**2, le=5 * 1024**3)
+    # How long a ticket (its POST policy, a part's URL) may be used after it is handed out.
+    upload_ticket_seconds: float = Field(default=3600.0, ge=1, le=7 * 24 * 3600)
+
     # --- limits on untrusted sources ------------------------------------------------------
     max_source_bytes: int = 20 * 1024**3
     max_duration_seconds: float = 6 * 3600

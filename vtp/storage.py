@@ -1,4 +1,5 @@
-"""Object storage through the minio SDK: presigned reads for ffmpeg, uploads of outputs.
+"""Object storage through the minio SDK: presigned reads for ffmpeg, uploads of outputs, and
+the bounded upload tickets browsers get (a POST policy; presigned parts of a multipart upload).
 
 Two clients: one for the endpoint the functions reach (inside the cluster) and one for the
 endpoint clients reach (browsers, callback receivers). A presigned URL signs the host, so a
@@ -12,15 +13,16 @@ import logging
 import mimetypes
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from minio import Minio
+from minio.datatypes import Part, PostPolicy
 from minio.deleteobjects import DeleteObject
 from minio.error import S3Error
 
-from vtp.errors import NotFound, StorageError
+from vtp.errors import InvalidRequest, NotFound, StorageError
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,36 @@ class ObjectInfo:
 
 
 @dataclass(frozen=True)
+class UploadedPart:
+    """One part of a multipart upload, as ListParts reports it."""
+
+    number: int
+    etag: str
+    size: int
+
+
+@dataclass(frozen=True)
+class PostForm:
+    """A browser-form upload (S3 POST policy): the form goes to `url` with `fields`, in this
+    order, then the file as the last field, named `file`."""
+
+    url: str
+    fields: dict[str, str]
+    expires_at: datetime
+
+
+# What S3 answers when a completion is the client's fault (a part too small, missing, or
+# sent again since it was listed): the request is wrong, not the store.
+_CLIENT_COMPLETION_ERRORS = frozenset(
+    {"EntityTooSmall", "InvalidPart", "InvalidPartOrder", "MalformedXML"}
+)
+
+
+def _presign_seconds(expires: float) -> int:
+    return max(1, min(int(expires), 7 * 24 * 3600))  # S3's own bounds
+
+
+@dataclass(frozen=True)
 class ListedObject:
     key: str
     etag: str
@@ -77,9 +109,13 @@ class ListedObject:
 
 
 class Storage:
-    def __init__(self, client: Minio, public_client: Minio | None = None) -> None:
+    def __init__(
+        self, client: Minio, public_client: Minio | None = None, *, public_endpoint: str = ""
+    ) -> None:
         self.client = client
         self.public_client = public_client or client
+        # The endpoint clients reach, as a URL: a POST policy's form goes to <it>/<bucket>.
+        self.public_endpoint = public_endpoint.rstrip("/")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Storage:
@@ -89,7 +125,7 @@ class Storage:
             if settings.s3_public_endpoint
             else internal
         )
-        return cls(internal, public)
+        return cls(internal, public, public_endpoint=settings.public_s3_endpoint)
 
     def stat(self, bucket: str, key: str) -> ObjectInfo:
         try:
@@ -118,11 +154,109 @@ class Storage:
         seconds = max(60, min(int(expires), 7 * 24 * 3600))  # S3's own bounds
         return client.presigned_get_object(bucket, key, expires=timedelta(seconds=seconds))
 
-    def presigned_put(self, bucket: str, key: str, *, expires: float) -> str:
-        seconds = max(60, min(int(expires), 7 * 24 * 3600))
-        return self.public_client.presigned_put_object(
-            bucket, key, expires=timedelta(seconds=seconds)
+    # --- bounded uploads from clients ---------------------------------------------------------
+    def presigned_post(
+        self, bucket: str, key: str, *, content_type: str, max_bytes: int, expires: float
+    ) -> PostForm:
+        """A form that uploads exactly `key`, typed `content_type`, of 1 to `max_bytes` bytes,
+        until `expires` seconds from now. The object store checks the signed policy as the
+        file arrives (MinIO: EntityTooLarge, AccessDenied "Policy Condition failed" or
+        "Policy expired") and keeps nothing it refuses, which a presigned PUT cannot do: it
+        signs neither a size nor a type."""
+        if not self.public_endpoint:
+            raise ValueError("Storage has no public endpoint to post forms to")
+        expires_at = datetime.now(UTC) + timedelta(seconds=_presign_seconds(expires))
+        policy = PostPolicy(bucket, expires_at)
+        policy.add_equals_condition("key", key)
+        policy.add_equals_condition("Content-Type", content_type)
+        policy.add_content_length_range_condition(1, max_bytes)
+        # The signed fields (x-amz-algorithm, -credential, -date, policy, x-amz-signature)
+        # after the two the policy pins: every field sent must be named by a condition.
+        signed = self.public_client.presigned_post_policy(policy)
+        fields = {"key": key, "Content-Type": content_type, **signed}
+        return PostForm(
+            url=f"{self.public_endpoint}/{bucket}", fields=fields, expires_at=expires_at
         )
+
+    def start_multipart(self, bucket: str, key: str, *, content_type: str) -> str:
+        """Start a multipart upload of `key` (its type fixed here, whatever the parts say);
+        returns its upload id."""
+        try:
+            return self.client._create_multipart_upload(  # minio-py has no public form
+                bucket, key, {"Content-Type": content_type}
+            )
+        except S3Error as exc:
+            raise StorageError(
+                f"cannot start an upload of s3://{bucket}/{key}: {exc.code}"
+            ) from exc
+        except Exception as exc:
+            raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
+
+    def presigned_part(
+        self, bucket: str, key: str, upload_id: str, number: int, *, expires: float
+    ) -> str:
+        """A URL that PUTs part `number` of upload `upload_id` (UploadPart), for clients."""
+        return self.public_client.get_presigned_url(
+            "PUT",
+            bucket,
+            key,
+            expires=timedelta(seconds=_presign_seconds(expires)),
+            extra_query_params={"uploadId": upload_id, "partNumber": str(number)},
+        )
+
+    def list_parts(self, bucket: str, key: str, upload_id: str) -> list[UploadedPart]:
+        """Every part uploaded so far (ListParts, a page at a time), by part number."""
+        parts: list[UploadedPart] = []
+        marker: str | None = None
+        try:
+            while True:
+                page = self.client._list_parts(  # minio-py has no public form
+                    bucket, key, upload_id, max_parts=1000, part_number_marker=marker
+                )
+                parts += [
+                    UploadedPart(number=p.part_number, etag=p.etag, size=p.size or 0)
+                    for p in page.parts
+                ]
+                if not page.is_truncated or not page.next_part_number_marker:
+                    break
+                marker = page.next_part_number_marker
+        except S3Error as exc:
+            raise self._upload_error(exc, bucket, key) from exc
+        except Exception as exc:
+            raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
+        return sorted(parts, key=lambda p: p.number)
+
+    def complete_multipart(
+        self, bucket: str, key: str, upload_id: str, parts: list[UploadedPart]
+    ) -> str:
+        """Complete the upload from exactly `parts` (their ETags: a part sent again since they
+        were listed makes S3 refuse, so what was checked is what is kept); returns the ETag."""
+        listed = [Part(part_number=p.number, etag=p.etag) for p in parts]
+        try:
+            result = self.client._complete_multipart_upload(bucket, key, upload_id, listed)
+        except S3Error as exc:
+            raise self._upload_error(exc, bucket, key) from exc
+        except Exception as exc:
+            raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
+        return (result.etag or "").strip('"')
+
+    def abort_multipart(self, bucket: str, key: str, upload_id: str) -> None:
+        """Abort the upload: its parts are deleted (no error when it is gone already)."""
+        try:
+            self.client._abort_multipart_upload(bucket, key, upload_id)
+        except S3Error as exc:
+            if exc.code != "NoSuchUpload":
+                raise StorageError(f"cannot abort the upload of {key}: {exc.code}") from exc
+        except Exception as exc:
+            raise StorageError(f"object storage unreachable: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _upload_error(exc: S3Error, bucket: str, key: str) -> Exception:
+        if exc.code == "NoSuchUpload":
+            return NotFound(f"no upload of {key} with that id is in progress")
+        if exc.code in _CLIENT_COMPLETION_ERRORS:
+            return InvalidRequest(f"the storage refused the upload of {key}: {exc.code}")
+        return StorageError(f"cannot complete s3://{bucket}/{key}: {exc.code}")
 
     def put_bytes(
         self,

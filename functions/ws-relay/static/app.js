@@ -50,6 +50,12 @@
   const STALLED = "the gateway buffers the event stream";
   const POLL_MS = 4000;
   const FIND_JOB_TIMEOUT_MS = 90000;
+  // Uploads: how often a part (or a whole form POST) is sent before the upload gives up, the
+  // first wait between tries (doubled each time, capped), and how many parts go at once.
+  const UPLOAD_TRIES = TUNING.uploadTries ?? 4;
+  const UPLOAD_RETRY_MS = TUNING.uploadRetryMs ?? 1000;
+  const UPLOAD_RETRY_MAX_MS = 8000;
+  const PARTS_AT_ONCE = 3;
   const LIST_LIMIT = 50;
 
   // --- pure helpers ------------------------------------------------------------------------
@@ -1423,23 +1429,103 @@
     bar.querySelector(".fill").style.width = `${pct}%`;
   }
 
-  /** PUT the file to the presigned URL; XMLHttpRequest because fetch reports no upload progress. */
-  function putFile(ticket, file, onProgress) {
+  /** Send `body` to the storage; XMLHttpRequest because fetch reports no upload progress.
+   * Rejects with an Error whose `status` is the HTTP status (0: the connection dropped) and
+   * whose message carries S3's error code when there is one. */
+  function sendToStorage(method, url, body, onProgress) {
     return new Promise((resolve, reject) => {
       const xhr = new XMLHttpRequest();
-      xhr.open(ticket.method || "PUT", ticket.url);
-      for (const [k, v] of Object.entries(ticket.headers || {})) xhr.setRequestHeader(k, v);
+      xhr.open(method, url);
       xhr.upload.onprogress = (e) => {
-        if (e.lengthComputable) onProgress((100 * e.loaded) / e.total);
+        if (e.lengthComputable) onProgress(e.loaded, e.total);
+      };
+      const fail = (message, status) => {
+        const err = new Error(message);
+        err.status = status;
+        reject(err);
       };
       xhr.onload = () => {
-        if (xhr.status >= 200 && xhr.status < 300) resolve();
-        else reject(new Error(`the storage refused the upload (HTTP ${xhr.status})`));
+        if (xhr.status >= 200 && xhr.status < 300) return resolve(xhr);
+        const code = (/<Code>([^<]+)<\/Code>/.exec(xhr.responseText || "") || [])[1];
+        fail(`the storage refused the upload (HTTP ${xhr.status}${code ? `, ${code}` : ""})`, xhr.status);
       };
-      xhr.onerror = () => reject(new Error("the upload failed: is the storage endpoint reachable?"));
-      xhr.onabort = () => reject(new Error("the upload was cancelled"));
-      xhr.send(file);
+      xhr.onerror = () => fail("the connection to the storage dropped", 0);
+      xhr.onabort = () => fail("the upload was cancelled", -1);
+      xhr.send(body);
     });
+  }
+
+  /** Whether sending the same thing again may work: the connection dropped, the storage
+   * failed (5xx), or a URL expired (403: a part's next try gets a fresh one). */
+  function worthRetrying(err, fresh) {
+    return err.status === 0 || err.status >= 500 || err.status === 408 || err.status === 429 ||
+      (fresh && err.status === 403);
+  }
+
+  async function withRetries(what, attempt, fresh) {
+    for (let n = 1; ; n++) {
+      try {
+        return await attempt();
+      } catch (err) {
+        if (n >= UPLOAD_TRIES || !worthRetrying(err, fresh)) throw err;
+        const wait = Math.min(UPLOAD_RETRY_MS * 2 ** (n - 1), UPLOAD_RETRY_MAX_MS);
+        uploadStatus(`${what} failed (${err.message}); sending it again (try ${n + 1} of ${UPLOAD_TRIES})…`);
+        await new Promise((r) => setTimeout(r, wait));
+      }
+    }
+  }
+
+  /** A ticket of kind "post": a form, its signed fields first and the file last (the store
+   * reads no field after the file). The store itself checks the signed policy: the key, the
+   * type, the size bound, the expiry. */
+  async function postForm(ticket, file, onProgress) {
+    await withRetries("The upload", () => {
+      const form = new FormData();
+      for (const [name, value] of Object.entries(ticket.fields)) form.append(name, value);
+      form.append("file", file);
+      onProgress(0);
+      return sendToStorage("POST", ticket.url, form, (loaded, total) => onProgress(loaded / total));
+    }, false);
+  }
+
+  /** A ticket of kind "multipart": the parts go up a few at a time, each to a URL asked for
+   * just before it is sent, and a part that fails is sent again alone (the rest of the file
+   * is not); then the relay completes the upload, if its parts add up to no more than the
+   * bound. Any failure aborts the upload, so no parts are left behind. */
+  async function putParts(ticket, file, onProgress) {
+    const ref = { bucket: ticket.bucket, key: ticket.key, upload_id: ticket.upload_id };
+    const post = (path, body) =>
+      api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) });
+    const sent = new Array(ticket.part_count + 1).fill(0);
+    const report = () => onProgress(sent.reduce((a, b) => a + b, 0) / file.size);
+    let next = 1;
+    let failed = false;
+    const sendPart = (n) => {
+      const blob = file.slice((n - 1) * ticket.part_size, Math.min(n * ticket.part_size, file.size));
+      return withRetries(`Part ${n} of ${ticket.part_count}`, async () => {
+        sent[n] = 0;
+        report();
+        const { parts } = await post(ticket.parts_url, { ...ref, numbers: [n] });
+        await sendToStorage("PUT", parts[0].url, blob, (loaded) => {
+          sent[n] = loaded;
+          report();
+        });
+        sent[n] = blob.size;
+        report();
+      }, true);
+    };
+    const worker = async () => {
+      while (!failed && next <= ticket.part_count) await sendPart(next++);
+    };
+    try {
+      const workers = Array.from({ length: Math.min(PARTS_AT_ONCE, ticket.part_count) }, worker);
+      await Promise.all(workers);
+      return await post(ticket.complete_url, ref);
+    } catch (err) {
+      failed = true;
+      post(ticket.abort_url, ref).catch(() => {});
+      throw err;
+    }
   }
 
   async function findJob(bucket, key) {
@@ -1474,10 +1560,16 @@
       const ticket = await api("api/uploads", {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ filename: file.name, content_type: contentTypeOf(file) }),
+        body: JSON.stringify({ filename: file.name, content_type: contentTypeOf(file), size: file.size }),
       });
-      uploadStatus(`Uploading ${file.name} (${fmtBytes(file.size)})…`);
-      await putFile(ticket, file, (pct) => uploadProgress(pct));
+      const progress = (share) => uploadProgress(Math.min(100, 100 * share));
+      if (ticket.kind === "multipart") {
+        uploadStatus(`Uploading ${file.name} (${fmtBytes(file.size)}) in ${ticket.part_count} parts…`);
+        await putParts(ticket, file, progress);
+      } else {
+        uploadStatus(`Uploading ${file.name} (${fmtBytes(file.size)})…`);
+        await postForm(ticket, file, progress);
+      }
       uploadProgress(100);
       uploadStatus(`Uploaded ${file.name}. Waiting for its job…`);
       const view = await findJob(ticket.bucket, ticket.key);

@@ -31,7 +31,8 @@ replays (short, one-off calls; the long-lived work is all in the event loop).
 The package, one module per part: `options` (tunables and request parameters), `hub` (the
 subscription, outboxes and clients), `snapshot` (the snapshot reads), `streams` (the WebSocket
 and SSE sessions and endpoints), `poll` (the polling fallback for gateways that buffer
-streams), `api` (the JSON API), `app` (the ASGI app).
+streams), `api` (the JSON API about jobs), `uploads` (the upload form's tickets), `app` (the ASGI
+app).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from vtp_relay.options import RelayOptions
 from vtp_relay.poll import make_poll_endpoint
 from vtp_relay.session import SessionApi
 from vtp_relay.streams import Relay
+from vtp_relay.uploads import UploadsApi
 
 
 def create_app(
@@ -37,7 +38,8 @@ def create_app(
     settings = settings or load_at_start()
     options = options or RelayOptions()
     relay = Relay.from_settings(settings, options)
-    api = JobsApi(settings, uploads_enabled=options.uploads_enabled)
+    api = JobsApi(settings)
+    uploads = UploadsApi(settings, enabled=options.uploads_enabled)
     gate = access.Gate(settings)
     session = SessionApi(settings, gate)
 
@@ -66,7 +68,10 @@ def create_app(
             Route("/poll", make_poll_endpoint(relay), methods=["GET"]),
             Route("/api/jobs", _guarded(api.list_endpoint), methods=["GET"]),
             Route("/api/jobs/{job_id}", _guarded(api.job_endpoint), methods=["GET"]),
-            Route("/api/uploads", _guarded(api.upload_endpoint), methods=["POST"]),
+            Route("/api/uploads", _guarded(uploads.ticket_endpoint), methods=["POST"]),
+            Route("/api/uploads/parts", _guarded(uploads.parts_endpoint), methods=["POST"]),
+            Route("/api/uploads/complete", _guarded(uploads.complete_endpoint), methods=["POST"]),
+            Route("/api/uploads/abort", _guarded(uploads.abort_endpoint), methods=["POST"]),
             Route("/api/relay/stats", stats, methods=["GET"]),
             Route("/api/session", _guarded(session.create), methods=["POST"]),
             Route("/api/session", _guarded(session.show), methods=["GET"]),
@@ -79,4 +84,5 @@ def create_app(
     )
     app.state.relay = relay
     app.state.api = api
+    app.state.uploads = uploads
     return app
