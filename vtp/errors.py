@@ -54,6 +54,18 @@ class Conflict(VtpError):
     http_status = 409
 
 
+class TooManyRequests(VtpError):
+    """A caller over one of its limits (vtp.quotas): `retry_after` seconds say when to try
+    again, and the reason names the limit."""
+
+    http_status = 429
+
+    def __init__(self, reason: str, *, retry_after: int, limit: str) -> None:
+        super().__init__(reason)
+        self.retry_after = max(1, retry_after)
+        self.limit = limit
+
+
 class InvalidTransition(VtpError):
     """A state change the lifecycle does not allow (vtp.lifecycle): a bug, never retried."""
 

@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from vtp import access, logs
-from vtp.errors import Unauthorized, VtpError, http_status
+from vtp.errors import TooManyRequests, Unauthorized, VtpError, http_status
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
 
@@ -62,6 +62,9 @@ def error_response(exc: BaseException) -> Response:
         }
         if isinstance(exc, Unauthorized):
             response["headers"] = {"WWW-Authenticate": access.CHALLENGE}  # RFC 6750
+        if isinstance(exc, TooManyRequests):
+            response["headers"] = {"Retry-After": str(exc.retry_after)}  # RFC 9110
+            response["body"]["limit"] = exc.limit
         return response
     log.error("unexpected error", exc_info=exc)
     return {"statusCode": 500, "body": {"error": "internal error"}}

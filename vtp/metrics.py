@@ -2,8 +2,8 @@
 
 Each scrape reads one snapshot from the job store (vtp.jobs.stats) and writes it with
 prometheus_client's own families and exposition, so names, escaping, `_total`, `_bucket`
-and `_sum` follow the format exactly. Scrape it with the read token when the deployment
-has one (`authorization: {credentials: <token>}` in the scrape config).
+and `_sum` follow the format exactly. Scrape it with a `view` credential
+(`authorization: {credentials: <token>}` in the scrape config).
 """
 
 from __future__ import annotations
@@ -23,18 +23,22 @@ from prometheus_client.registry import Collector
 
 from vtp.jobs.stats import Histogram, Snapshot, Stats
 from vtp.lifecycle import JobState, RenditionState, TaskState
+from vtp.quotas import Quotas
 
 __all__ = ["CONTENT_TYPE_LATEST", "PipelineCollector", "exposition"]
 
 
 class PipelineCollector(Collector):
-    def __init__(self, store: Stats) -> None:
+    def __init__(self, store: Stats, quotas: Quotas | None = None) -> None:
         self.store = store
+        self.quotas = quotas
 
     def collect(self) -> Iterator[Metric]:
         started = time.monotonic()
         snap = self.store.snapshot()
         yield from _families(snap)
+        if self.quotas is not None:
+            yield from _quota_families(*self.quotas.figures())
         took = GaugeMetricFamily(
             "vtp_metrics_scrape_seconds", "How long reading these figures from the database took."
         )
@@ -106,6 +110,25 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     yield _per_rendition(written, snap.bytes_written)
 
 
+def _quota_families(
+    refused: dict[tuple[str, str], int], at_work: dict[str, int]
+) -> Iterator[Metric]:
+    refusals = CounterMetricFamily(
+        "vtp_quota_refusals", "Requests refused with 429, by credential and limit (vtp.quotas).",
+        labels=["credential", "limit"],
+    )  # fmt: skip
+    for (credential, limit), n in sorted(refused.items()):
+        refusals.add_metric([credential, limit], n)
+    yield refusals
+    active = GaugeMetricFamily(
+        "vtp_credential_jobs_at_work", "Manual jobs queued or running, by the credential that "
+        "submitted them.", labels=["credential"],
+    )  # fmt: skip
+    for credential, n in sorted(at_work.items()):
+        active.add_metric([credential], n)
+    yield active
+
+
 def _per_rendition(family: CounterMetricFamily, values: dict[str, int]) -> Metric:
     for rendition, n in sorted(values.items()):
         family.add_metric([rendition], n)
@@ -123,8 +146,8 @@ def _histogram(name: str, documentation: str, by_rendition: dict[str, Histogram]
     return family
 
 
-def exposition(store: Stats) -> bytes:
+def exposition(store: Stats, quotas: Quotas | None = None) -> bytes:
     """The text format of one scrape."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(store))
+    registry.register(PipelineCollector(store, quotas))
     return generate_latest(registry)

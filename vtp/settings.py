@@ -100,6 +100,11 @@ class Settings(BaseSettings):
     # gateway_url, which is often a cluster-internal name).
     public_gateway_url: str | None = None
     link_ttl_seconds: int = Field(default=24 * 3600, gt=0, le=90 * 24 * 3600)
+    # Limits per credential (vtp.quotas); 0: none.
+    quota_active_jobs: int = Field(default=20, ge=0)
+    quota_reprocesses_per_hour: int = Field(default=3, ge=0)
+    quota_requests_per_second: float = Field(default=5.0, ge=0)
+    quota_request_burst: int = Field(default=20, ge=1)
     session_ttl_seconds: int = Field(default=8 * 3600, gt=0, le=30 * 24 * 3600)
     # Key used to sign job callbacks (HMAC-SHA256 in X-VTP-Signature); optional.
     callback_secret: SecretStr | None = None

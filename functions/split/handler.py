@@ -105,11 +105,17 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
 def _manual_job(request: JobRequest, caller: access.Principal) -> Response:
     p = pipeline()
     log.info("manual job for %s/%s by %s", request.bucket, request.key, caller.name)
+    p.quotas.take_request(caller.name)
     src = SourceObject(bucket=request.bucket, key=request.key)
     if request.dry_run:
         planned = p.intake.preview(src, request.options())
         return ok(planned.preview())
-    result = p.submit(src, request.options(), reprocess=request.reprocess, manual=True)
+    etag = p.intake.source_version(src)
+    with p.quotas.admitting(
+        caller.name, src.bucket, src.key, etag, reprocess=request.reprocess
+    ) as admitted:
+        result = p.submit(src, request.options(), reprocess=request.reprocess, manual=True)
+        admitted.job_id = result.job.id
     body = _summary(result)
     if result.job.state == "failed" and not result.job.renditions:
         return ok(body, status=422)  # recorded, but the source is not something we can encode
@@ -193,6 +199,7 @@ def _link(event: Any) -> Response:
         return {"statusCode": 405, "body": {"error": "POST /links?job=<id>[&ttl=<seconds>]"}}
     p = pipeline()
     caller = authorize(event, "split", p.settings)
+    p.quotas.take_request(caller.name)
     job_id = event.query.get("job")
     if not job_id:
         raise InvalidRequest("/links needs ?job=<id>")

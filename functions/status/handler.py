@@ -34,7 +34,7 @@ def handle(event: Any, context: Any) -> Response:
         caller.sees(None)
         return {
             "statusCode": 200,
-            "body": metrics.exposition(p.store),
+            "body": metrics.exposition(p.store, p.quotas),
             "headers": {"Content-Type": metrics.CONTENT_TYPE_LATEST},
         }
     params = {k: v for k, v in event.query.items() if k != access.LINK_PARAM}

@@ -60,6 +60,11 @@ class Transactions:
         self._all: set[Connection] = set()
         self._all_lock = threading.Lock()
 
+    @property
+    def connection_factory(self) -> ConnectionFactory:
+        """How this store connects: what a part beside it (vtp.quotas) shares."""
+        return self._connect
+
     # --- connections and transactions -------------------------------------------------------
 
     def _conn(self) -> tuple[Connection, bool]:

@@ -38,6 +38,7 @@ from vtp.pipeline.sweep import Sweeper
 from vtp.pipeline.transcode import TaskRunner
 from vtp.pipeline.urls import Urls
 from vtp.pipeline.views import JobViews
+from vtp.quotas import Quotas
 from vtp.settings import Settings
 from vtp.storage import Storage
 
@@ -64,6 +65,7 @@ class Pipeline:
         self.dispatcher = Dispatcher(self.clients, self.urls, self.fanin)
         self.runner = TaskRunner(self.clients, self.fanin, self.stopping)
         self.intake = Intake(self.clients, self.dispatcher, self.fanin)
+        self.quotas = Quotas(store.connection_factory, settings)
         self.operations = Operations(self.clients, self.dispatcher, self.fanin)
         self.sweeper = Sweeper(
             self.clients, self.dispatcher, self.fanin, self.intake, self.operations

@@ -271,6 +271,12 @@ class Intake:
         obj = self.storage.stat(src.bucket, src.key)
         return self._plan(src, obj.size, options or JobOptions())
 
+    def source_version(self, src: SourceObject) -> str:
+        """The ETag of the object a manual job names (what its quotas count by), once it is
+        known to be in an input bucket: no other bucket's objects are ever looked at."""
+        self._require_input_bucket(src)
+        return self.storage.stat(src.bucket, src.key).etag
+
     def _require_input_bucket(self, src: SourceObject) -> None:
         """Sources come from the input buckets only: the outputs are public-read, so a job
         for another bucket's object would publish it."""
