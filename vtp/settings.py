@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     uploads_bucket: str = "uploads"
     outputs_bucket: str = "outputs"
+    # Private outputs (vtp.privacy): a job asks with `"private": true` (or the upload's
+    # x-amz-meta-vtp-private), and `private_outputs` makes it every job's default. A private
+    # job's outputs go to `private_outputs_bucket`, which is never given a public policy, and
+    # are played through ws-relay's signed play URLs (vtp_relay.play), which status hands out
+    # valid for `play_url_ttl_seconds`.
+    private_outputs: bool = False
+    private_outputs_bucket: str = "outputs-private"
+    play_url_ttl_seconds: int = Field(default=4 * 3600, ge=1, le=7 * 24 * 3600)
     # The buckets sources may come from, for bucket events and manual jobs alike (default: the
     # uploads bucket). Outputs are public-read: a job must not publish another bucket's objects.
     input_buckets: list[str] | None = None
@@ -91,6 +99,11 @@ class Settings(BaseSettings):
     # routes) requires this token (`vtp.access`); unset, reads are open to whoever reaches
     # the gateway.
     read_token: SecretStr | None = None
+    # Signs play URLs (vtp.links); without it a private job's outputs have no URL to hand out.
+    link_secret: SecretStr | None = None
+    # The gateway's address as viewers reach it, for the play URLs handed out (default
+    # gateway_url, which is often a cluster-internal name).
+    public_gateway_url: str | None = None
     # Key used to sign job callbacks (HMAC-SHA256 in X-VTP-Signature); optional.
     callback_secret: SecretStr | None = None
     # Job callbacks to loopback/private addresses are refused unless this is set (SSRF guard).
@@ -269,7 +282,7 @@ class Settings(BaseSettings):
     gateway_upstream_timeout: str | None = None
     queue_ack_wait: str | None = None
 
-    @field_validator("webhook_token", "read_token", "callback_secret", mode="before")
+    @field_validator("webhook_token", "read_token", "callback_secret", "link_secret", mode="before")
     @classmethod
     def _empty_is_none(cls, value: Any) -> Any:
         """An empty secret file (or variable) means "not set", never "the empty string"."""
@@ -330,6 +343,16 @@ class Settings(BaseSettings):
                 f"heartbeat_seconds ({self.heartbeat_seconds:g}) by at least "
                 f"{HEARTBEAT_SLACK_S:g}s: a live attempt must be able to refute a forged report"
             )
+        if self.private_outputs_bucket == self.outputs_bucket:
+            problems.append(
+                "private_outputs_bucket must differ from outputs_bucket: the outputs bucket is "
+                "public-read, so private outputs there would not be private"
+            )
+        if self.private_outputs_bucket in self.source_buckets:
+            problems.append(
+                "private_outputs_bucket cannot be an input bucket: a job for one of its objects "
+                "would publish a private output"
+            )
         if 0 < self.reconcile_window_seconds <= self.reconcile_grace_seconds:
             problems.append("reconcile_window_seconds must exceed reconcile_grace_seconds")
         timeouts: dict[str, float | None] = {}
@@ -369,6 +392,15 @@ class Settings(BaseSettings):
     @property
     def public_s3_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
+
+    @property
+    def public_gateway(self) -> str:
+        return (self.public_gateway_url or self.gateway_url).rstrip("/")
+
+    @property
+    def output_buckets(self) -> list[str]:
+        """Where outputs are written: the public outputs bucket and the private one."""
+        return [self.outputs_bucket, self.private_outputs_bucket]
 
     @property
     def source_buckets(self) -> list[str]:
