@@ -17,6 +17,9 @@ Layout under `--data`:
 The file names are hashes of the keys, so any key (`..`, control characters, 1 KiB long) is
 one flat file; the .json is written last and is what makes an object exist.
 
+In front of it all, `localfaas.s3access` refuses what S3 and MinIO would refuse and moto does
+not: anonymous reads of buckets no policy opens, listings, forged or expired signatures.
+
 What is not kept: versions (the local buckets are unversioned), multipart uploads still in
 progress, ACLs, tags, CORS and the notification rule (`localfaas.services` sets those on
 every start), and moto's SQS queue (the notifier's; an event queued at the moment of a
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from localfaas.redact import redact
+from localfaas.s3access import AccessRules
 
 log = logging.getLogger("localfaas.s3server")
 
@@ -287,6 +291,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-H", "--host", default="127.0.0.1")
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder the objects live in")
+    parser.add_argument(
+        "--credentials",
+        type=Path,
+        help="JSON file with s3_access_key and s3_secret_key: signatures must be made with them",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("werkzeug").addFilter(_Redacting())
@@ -306,11 +315,20 @@ def main(argv: list[str] | None = None) -> None:
     buckets, objects = store.restore()
     log.info("kept data: %d buckets, %d objects from %s", buckets, objects, args.data)
     app = DomainDispatcherApplication(create_backend_app)
+    credentials = None
+    if args.credentials is not None:
+        kept = json.loads(args.credentials.read_text())
+        credentials = (str(kept["s3_access_key"]), str(kept["s3_secret_key"]))
+
+    def policy_of(bucket: str) -> bytes | str | None:
+        live = backend.buckets.get(bucket)
+        return live.policy if live is not None else None
+
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_simple(
         args.host,
         args.port,
-        Persisting(app, store),
+        AccessRules(Persisting(app, store), policy_of, credentials),
         threaded=True,
         request_handler=MotoRequestHandler,
     )
