@@ -1,6 +1,7 @@
 """ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events),
-their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`, behind
-the read token's gate (`vtp_relay.gate`) when the deployment has one."""
+their polling fallback (/poll), the JSON API (/api) and private jobs' play URLs (/play), wired
+together by `create_app`, behind the read token's gate (`vtp_relay.gate`) when the deployment
+has one."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from vtp.settings import Settings, load_at_start
 from vtp_relay.api import JobsApi, _guarded, _http_error
 from vtp_relay.gate import ReadTokenGate
 from vtp_relay.options import RelayOptions
+from vtp_relay.play import PlayRoute, hide_tokens_in_access_log
 from vtp_relay.poll import make_poll_endpoint
 from vtp_relay.streams import Relay
 
@@ -36,6 +38,8 @@ def create_app(
     options = options or RelayOptions()
     relay = Relay.from_settings(settings, options)
     api = JobsApi(settings, uploads_enabled=options.uploads_enabled)
+    play = PlayRoute(settings)
+    hide_tokens_in_access_log()
 
     async def index(request: Request) -> Response:
         page = static_dir / "index.html"
@@ -64,6 +68,7 @@ def create_app(
             Route("/api/jobs/{job_id}", _guarded(api.job_endpoint), methods=["GET"]),
             Route("/api/uploads", _guarded(api.upload_endpoint), methods=["POST"]),
             Route("/api/relay/stats", stats, methods=["GET"]),
+            Route("/play/{token}/{path:path}", play.endpoint, methods=["GET", "HEAD", "OPTIONS"]),
             Mount("/static", StaticFiles(directory=static_dir, check_dir=False)),
         ],
         exception_handlers={HTTPException: _http_error},

@@ -22,7 +22,9 @@ from vtp import access
 log = logging.getLogger(__name__)
 
 _OPEN_PATHS = frozenset({"/", "/api/relay/stats"})
-_OPEN_PREFIXES = ("/static/",)
+# /play/: a private job's play URLs (vtp_relay.play) carry their own key, a signed token in
+# the path, which the route checks itself; players cannot send the read token.
+_OPEN_PREFIXES = ("/static/", "/play/")
 
 # RFC 6455 close code 1008, "policy violation", closes a WebSocket refused before accept:
 # servers answer the handshake with HTTP 403.
