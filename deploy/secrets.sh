@@ -4,7 +4,8 @@
 #
 #   export OPENFAAS_URL=http://<gateway>:8080      # and `faas-cli login` first
 #   export VTP_S3_ACCESS_KEY=... VTP_S3_SECRET_KEY=... VTP_POSTGRES_DSN=... \
-#          VTP_WEBHOOK_TOKEN=... VTP_CALLBACK_SECRET=... [VTP_READ_TOKEN=...]
+#          VTP_WEBHOOK_TOKEN=... VTP_CALLBACK_SECRET=... [VTP_READ_TOKEN=...] \
+#          [VTP_LINK_SECRET=...]
 #   deploy/secrets.sh
 #
 # Every value in SECRETS is required: OpenFaaS refuses to deploy a function whose secret is
@@ -37,6 +38,7 @@ SECRETS=(
 )
 OPTIONAL=(
     "vtp-read-token      VTP_READ_TOKEN         reading jobs needs it (status, ws-relay); unset: open"
+    "vtp-link-secret     VTP_LINK_SECRET        signs private jobs' play URLs; unset: they have none"
 )
 
 missing=()
