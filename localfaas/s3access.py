@@ -273,8 +273,12 @@ class AccessRules:
             # The path only: a presigned URL's query holds its signature.
             log.info("refused %s %s: %s", environ.get("REQUEST_METHOD"), path, exc.message)
             status, body = _error(exc.code, exc.message)
-            start_response(status, [("Content-Type", "application/xml"),
-                                    ("Content-Length", str(len(body)))])  # fmt: skip
+            headers = [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))]
+            if environ.get("HTTP_ORIGIN"):
+                # As S3 with the local buckets' CORS rule (any origin): a browser's player
+                # then sees the 403 itself, not a CORS failure in its place.
+                headers.append(("Access-Control-Allow-Origin", "*"))
+            start_response(status, headers)
             return [body]
         return self.app(environ, start_response)
 
