@@ -234,3 +234,53 @@ def test_an_upload_asks_for_privacy_in_its_metadata(
     assert requests.get(job["urls"]["master"], timeout=10).status_code == 200
     r = requests.get(_object_urls(stack_env, PRIVATE_BUCKET, job["id"], "master.m3u8"), timeout=10)
     assert r.status_code == 403
+
+
+def test_delete_and_retention_follow_a_private_job_to_its_bucket(
+    gateway: str, s3: Minio, stack_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The operator's delete (split's route) and the retention sweep (in-process, with
+    that setting, on the stack's services) remove a private job's files from the private
+    bucket."""
+    from tests.inprocess import build_pipeline
+    from vtp.pipeline import Pipeline
+
+    clip = make_clip(tmp_path / "gone.mp4", size="640x360", seconds=1, rate=25)
+    ids = {}
+    for name in ("deleted", "expired"):
+        key = f"private-ops/{time.time_ns()}-{name}.mp4"
+        s3.fput_object(MANUAL_BUCKET, key, str(clip))
+        submit(gateway, MANUAL_BUCKET, key, ["360p"], private=True)
+        job = wait_for_job(gateway, MANUAL_BUCKET, key)
+        assert job["state"] == "succeeded" and job["private"] is True
+        ids[name] = job["id"]
+
+    def stored(job_id: str) -> list[str]:
+        return [str(o.object_name) for o in s3.list_objects(PRIVATE_BUCKET, f"{job_id}/", True)]
+
+    assert stored(ids["deleted"]) and stored(ids["expired"])
+    r = requests.post(f"{gateway}/function/split/jobs/delete", params={"job": ids["deleted"]},
+                      timeout=30)  # fmt: skip
+    assert r.status_code == 200 and r.json()["outputs_removed"] > 0, r.text
+    assert stored(ids["deleted"]) == []
+
+    base = build_pipeline(stack_env)
+    try:
+        base.store._run(
+            lambda cur: cur.execute(
+                "UPDATE jobs SET finished_at = now() - interval '40 days' WHERE id = %s",
+                (ids["expired"],),
+            )
+        )
+        settings = base.settings.model_copy(
+            update={"retention_days": 30.0, "retention_every_seconds": 1.0}
+        )
+        assert (
+            Pipeline(settings, base.store, base.storage, base.bus, base.invoker).sweep()["expired"]
+            >= 1
+        )
+    finally:
+        base.store.close()
+    assert stored(ids["expired"]) == []
+    view = _status(gateway, ids["expired"])
+    assert view["outputs_deleted_at"] is not None and view["urls"] == {}
