@@ -284,3 +284,52 @@ def test_delete_and_retention_follow_a_private_job_to_its_bucket(
     assert stored(ids["expired"]) == []
     view = _status(gateway, ids["expired"])
     assert view["outputs_deleted_at"] is not None and view["urls"] == {}
+
+
+def test_play_urls_need_no_read_token(
+    jobs: dict[str, Any], stack: LocalConfig, stack_env: dict[str, str]
+) -> None:
+    """Behind a read token (ws-relay's gate) the play route stays open: its token is its key,
+    and players cannot send the read token. The job API next to it stays closed."""
+    from tests.inprocess import serve_relay
+    from tests.test_read_token import STATIC
+    from vtp.settings import Settings
+    from vtp_relay import RelayOptions, create_app
+
+    settings = Settings(
+        redis_url=SecretStr(stack.redis_url),
+        postgres_dsn=SecretStr(stack.postgres_dsn),
+        s3_endpoint=stack.s3_endpoint,
+        s3_access_key=SecretStr(stack_env["VTP_S3_ACCESS_KEY"]),
+        s3_secret_key=SecretStr(stack_env["VTP_S3_SECRET_KEY"]),
+        read_token=SecretStr("a-read-token-the-player-does-not-have"),
+        link_secret=SecretStr(stack.credentials["link_secret"]),
+    )
+    app = create_app(settings, static_dir=STATIC, options=RelayOptions())
+    play_path = "/play/" + jobs["private"]["urls"]["master"].split("/play/", 1)[1]
+    with serve_relay(app) as address:
+        got = requests.get(f"http://{address}{play_path}", timeout=10)
+        assert got.status_code == 200 and got.text.startswith("#EXTM3U")
+        closed = requests.get(f"http://{address}/api/jobs/{jobs['private']['id']}", timeout=10)
+        assert closed.status_code == 401
+
+
+def test_a_private_jobs_callback_carries_no_urls(
+    jobs: dict[str, Any], stack_env: dict[str, str]
+) -> None:
+    """Its receiver keeps what it is sent, long after any play URL's TTL: it is told the job
+    is private and asks status for play URLs when a viewer plays."""
+    from tests.inprocess import build_pipeline
+
+    core = build_pipeline(stack_env)
+    try:
+        private = core.fanin.callback_body(core.find_job(jobs["private"]["id"]))
+        public = core.fanin.callback_body(core.find_job(jobs["public"]["id"]))
+    finally:
+        core.store.close()
+    assert private.private is True and public.private is False
+    assert (private.master_url, private.poster_url, private.dash_url, private.storyboard_url) == (
+        None, None, None, None,
+    )  # fmt: skip
+    assert all(r["urls"] == {} for r in private.renditions)
+    assert public.master_url == jobs["public"]["urls"]["master"]
