@@ -33,6 +33,8 @@ class LocalConfig(BaseSettings):
     namespace: str = "openfaas-fn"
     uploads_bucket: str = "uploads"
     outputs_bucket: str = "outputs"
+    # Private jobs' outputs (vtp.privacy): made, and kept without any public policy.
+    private_outputs_bucket: str = "outputs-private"
     # Where bucket notifications go; by default the gateway's sync route to `split`, as
     # docs/deploy.md configures MinIO (an async route would queue them behind transcodes).
     notify_endpoint: str | None = None
@@ -114,17 +116,11 @@ class LocalConfig(BaseSettings):
 
     @cached_property
     def credentials(self) -> dict[str, str]:
-        """Passwords and keys of the local services, made once per run dir and then kept."""
+        """Passwords and keys of the local services, made once per run dir and then kept; one
+        a newer version needs that the file lacks is added to it (existing ones never change)."""
         path = self.run_dir / "credentials.json"
-        if path.exists():
-            data: dict[str, str] = json.loads(path.read_text())
-            missing = {k: v for k, v in _access_credentials().items() if k not in data}
-            if missing:  # a run dir from before access credentials: add them, keep the rest
-                data |= missing
-                path.write_text(json.dumps(data, indent=2))
-            return data
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        data = {
+        kept: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
+        fresh = {
             **_access_credentials(),
             "postgres_user": "vtp",
             "postgres_password": secrets.token_urlsafe(18),
@@ -135,9 +131,13 @@ class LocalConfig(BaseSettings):
             "callback_secret": secrets.token_urlsafe(24),
             "gateway_user": "admin",
             "gateway_password": secrets.token_urlsafe(18),
+            "link_secret": secrets.token_urlsafe(32),
         }
-        path.write_text(json.dumps(data, indent=2))
-        path.chmod(0o600)
+        data = fresh | kept
+        if data != kept:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(data, indent=2))
+            path.chmod(0o600)
         return data
 
     @property
@@ -162,11 +162,10 @@ class LocalConfig(BaseSettings):
 
 
 def _access_credentials() -> dict[str, str]:
-    """The local stack's own credentials, one per scope (see vtp.access), and the key that
-    signs its links: the local default is closed, like a deployment's should be."""
+    """The local stack's own credentials, one per scope (see vtp.access): the local default
+    is closed, as a deployment's should be."""
     return {
         "view_token": "vtp_" + secrets.token_hex(20),
         "submit_token": "vtp_" + secrets.token_hex(20),
         "operate_token": "vtp_" + secrets.token_hex(20),
-        "link_secret": secrets.token_urlsafe(32),
     }

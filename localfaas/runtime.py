@@ -141,6 +141,7 @@ def _write_builtin_secrets(cfg: LocalConfig) -> None:
         "vtp-postgres-dsn": cfg.postgres_dsn,
         "vtp-webhook-token": c["webhook_token"],
         "vtp-callback-secret": c["callback_secret"],
+        # Signs private jobs' play URLs (vtp.links): status mints them, ws-relay checks them.
         "vtp-link-secret": c["link_secret"],
     }
     store = secret_store(cfg)
@@ -205,6 +206,7 @@ def stack_env(cfg: LocalConfig) -> dict[str, str]:
         "VTP_S3_SECRET_KEY": c["s3_secret_key"],
         "VTP_UPLOADS_BUCKET": cfg.uploads_bucket,
         "VTP_OUTPUTS_BUCKET": cfg.outputs_bucket,
+        "VTP_PRIVATE_OUTPUTS_BUCKET": cfg.private_outputs_bucket,
         "VTP_REDIS_URL": cfg.redis_url,
         "VTP_POSTGRES_DSN": cfg.postgres_dsn,
         "VTP_NATS_URL": cfg.nats_url,
@@ -240,7 +242,8 @@ def write_stack_env(cfg: LocalConfig) -> Path:
 # runtime points at its own; everything else in a function's environment is left as written.
 def _local_overrides(cfg: LocalConfig) -> dict[str, str]:
     env = stack_env(cfg)
-    keys = ("VTP_GATEWAY_URL", "VTP_S3_ENDPOINT", "VTP_UPLOADS_BUCKET", "VTP_OUTPUTS_BUCKET")
+    keys = ("VTP_GATEWAY_URL", "VTP_S3_ENDPOINT", "VTP_UPLOADS_BUCKET", "VTP_OUTPUTS_BUCKET",
+            "VTP_PRIVATE_OUTPUTS_BUCKET")  # fmt: skip
     return {k: env[k] for k in keys} | {
         "VTP_REDIS_URL": cfg.redis_url,
         # Everything here is on loopback, callback receivers included.

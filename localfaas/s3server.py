@@ -17,6 +17,9 @@ Layout under `--data`:
 The file names are hashes of the keys, so any key (`..`, control characters, 1 KiB long) is
 one flat file; the .json is written last and is what makes an object exist.
 
+In front of it all, `localfaas.s3access` refuses what S3 and MinIO would refuse and moto does
+not: anonymous reads of buckets no policy opens, listings, forged or expired signatures.
+
 What is not kept: versions (the local buckets are unversioned), multipart uploads still in
 progress, ACLs, tags, CORS and the notification rule (`localfaas.services` sets those on
 every start), and moto's SQS queue (the notifier's; an event queued at the moment of a
@@ -47,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from localfaas.redact import redact
+from localfaas.s3access import AccessRules
 from localfaas.s3browser import BrowserCors, Credentials, PostPolicyGate
 
 log = logging.getLogger("localfaas.s3server")
@@ -303,7 +307,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("-p", "--port", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder the objects live in")
     parser.add_argument(
-        "--credentials", type=Path, help="JSON file with s3_access_key and s3_secret_key"
+        "--credentials",
+        type=Path,
+        help="JSON file with s3_access_key and s3_secret_key: signatures must be made with them",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -324,12 +330,24 @@ def main(argv: list[str] | None = None) -> None:
     buckets, objects = store.restore()
     log.info("kept data: %d buckets, %d objects from %s", buckets, objects, args.data)
     moto_app = DomainDispatcherApplication(create_backend_app)
-    app = BrowserCors(PostPolicyGate(moto_app, _credentials(args.credentials)), backend)
+    credentials = None
+    if args.credentials is not None:
+        kept = json.loads(args.credentials.read_text())
+        credentials = (str(kept["s3_access_key"]), str(kept["s3_secret_key"]))
+
+    def policy_of(bucket: str) -> bytes | str | None:
+        live = backend.buckets.get(bucket)
+        return live.policy if live is not None else None
+
+    # Outside in: CORS headers on every answer to a page (errors too), then who may do what
+    # (signatures, anonymous reads of public objects), then persistence of what moto kept,
+    # then a browser form's POST policy, then moto.
+    policed = PostPolicyGate(moto_app, _credentials(args.credentials))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     run_simple(
         args.host,
         args.port,
-        Persisting(app, store),
+        BrowserCors(AccessRules(Persisting(policed, store), policy_of, credentials), backend),
         threaded=True,
         request_handler=MotoRequestHandler,
     )

@@ -45,6 +45,7 @@ from botocore.exceptions import ClientError
 
 from localfaas import procs
 from localfaas.config import LocalConfig
+from localfaas.s3access import HEALTH_PATH
 
 log = logging.getLogger(__name__)
 
@@ -508,8 +509,8 @@ def _s3_launch(cfg: LocalConfig) -> None:
     data = cfg.run_dir / "s3-data"
     argv = [sys.executable, "-m", "localfaas.s3server", "-H", "127.0.0.1", "-p", str(cfg.s3_port)]
     argv += ["--data", str(data)]
-    # POST policies are checked with the stack's own keys, read from its credentials file.
-    cfg.credentials  # noqa: B018 (made on first use)
+    # Signatures are checked against the stack's own key pair (localfaas.s3access).
+    _ = cfg.credentials  # made on first use: the file must exist before the server reads it
     argv += ["--credentials", str(cfg.run_dir / "credentials.json")]
     env = _base_env() | {"TMPDIR": str(spool), "PYTHONUNBUFFERED": "1"}
     procs.start(cfg, "s3", argv, env=env, cwd=spool, port=cfg.s3_port, url=cfg.s3_endpoint)
@@ -530,8 +531,9 @@ def _s3_restore_wait(cfg: LocalConfig) -> float:
 
 def _s3_ready(cfg: LocalConfig) -> bool:
     try:
-        # An anonymous ListBuckets: moto answers 200 once its WSGI app is up.
-        return requests.get(cfg.s3_endpoint + "/", timeout=1).status_code == 200
+        # MinIO's liveness probe, which the server answers once its WSGI app is up (an
+        # anonymous ListBuckets is refused, as S3 refuses it).
+        return requests.get(cfg.s3_endpoint + HEALTH_PATH, timeout=1).status_code == 200
     except requests.RequestException:
         return False
 
@@ -591,7 +593,7 @@ def _s3_configure(cfg: LocalConfig) -> None:
     sqs = boto_client(cfg, "sqs")
     try:
         existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}
-        for bucket in (cfg.uploads_bucket, cfg.outputs_bucket):
+        for bucket in (cfg.uploads_bucket, cfg.outputs_bucket, cfg.private_outputs_bucket):
             if bucket not in existing:
                 s3.create_bucket(Bucket=bucket)
             s3.put_bucket_cors(Bucket=bucket, CORSConfiguration=_CORS)
@@ -600,6 +602,8 @@ def _s3_configure(cfg: LocalConfig) -> None:
         s3.put_bucket_policy(
             Bucket=cfg.outputs_bucket, Policy=json.dumps(_public_read(cfg.outputs_bucket))
         )
+        # Private outputs never have a policy (vtp.privacy): whatever set one goes.
+        s3.delete_bucket_policy(Bucket=cfg.private_outputs_bucket)
         queue_url = sqs.create_queue(QueueName=EVENTS_QUEUE)["QueueUrl"]
         queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
             "Attributes"

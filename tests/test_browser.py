@@ -587,3 +587,76 @@ def test_dash_and_hls_play_the_same_job(
     page.click("#player-formats button[data-format=hls]")
     page.wait_for_selector("#player[data-engine='hls.js'][data-manifest-parsed=true]",
                            timeout=30_000)  # fmt: skip
+
+
+def test_a_private_job_plays_through_its_play_urls(
+    page: Any,
+    relay_url: str,
+    gateway: str,
+    s3: Any,
+    stack_env: dict[str, str],
+    artifacts: Path,
+    tmp_path: Path,
+) -> None:
+    """A private job (vtp.privacy): the page is given play URLs and plays them, with hls.js
+    and with dash.js, as it plays a public job's. The playlists come from the play route
+    itself, so the players resolve every relative URL under it (token and all); segments
+    come by a redirect to a presigned GET on the S3 server, which refuses the same objects
+    without a signature (tests/test_private.py)."""
+    from tests.manual import submit
+    from tests.test_pipeline import MANUAL_BUCKET, wait_for_job
+
+    clip = make_clip(tmp_path / "private.mp4", size="640x360", seconds=4, rate=25)
+    key = f"browser-private/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"], formats=["hls", "dash"], private=True)
+    assert wait_for_job(gateway, MANUAL_BUCKET, key)["state"] == "succeeded"
+    play = f"{gateway}/function/ws-relay/play/"
+    storage = f"{stack_env['VTP_S3_ENDPOINT']}/{stack_env['VTP_PRIVATE_OUTPUTS_BUCKET']}/"
+    seen: list[dict[str, Any]] = []
+
+    def on_response(response: Any) -> None:
+        request = response.request
+        before = request.redirected_from
+        seen.append({"url": request.url, "status": response.status,
+                     "from": before.url if before else None})  # fmt: skip
+
+    page.on("response", on_response)
+    page.goto(f"{relay_url}#/jobs/{job_id}")
+    page.wait_for_selector("#player[data-engine='hls.js'][data-manifest-parsed=true]",
+                           timeout=30_000)  # fmt: skip
+    hrefs = page.eval_on_selector_all("#outputs a", "as => as.map(a => a.href)")
+    assert hrefs and all(h.startswith(play) for h in hrefs), hrefs
+    assert page.evaluate(f"MediaSource.isTypeSupported({H264_TYPE!r})"), "no H.264 in Chromium"
+    assert page.evaluate("document.getElementById('player').play().then(() => true)")
+    page.wait_for_function("document.getElementById('player').currentTime > 0.5", timeout=30_000)
+    # hls.js resolved the rendition playlist and its segments under the play route.
+    resolved = page.evaluate(
+        "(() => { const l = window.vtp.player.hls.levels[0];"
+        " return [Array.isArray(l.url) ? l.url[0] : l.url, l.details.fragments[0].url]; })()"
+    )
+    assert all(u.startswith(play) for u in resolved), resolved
+    page.screenshot(path=str(artifacts / "browser-private-hls.png"), full_page=True)
+
+    page.click("#player-formats button[data-format=dash]")
+    page.wait_for_selector("#player[data-engine='dash.js'][data-manifest-parsed=true]",
+                           timeout=30_000)  # fmt: skip
+    assert page.evaluate("document.getElementById('player').play().then(() => true)")
+    page.wait_for_function("document.getElementById('player').currentTime > 1.0", timeout=30_000)
+    assert page.get_attribute("#player", "data-error") is None
+    assert page.evaluate("document.getElementById('player').videoWidth") == 640
+    # The storyboard's index came from the route too: its sheets resolve under it.
+    cues = page.evaluate("window.vtp.storyboard.cues.map(c => c.src)")
+    assert cues and all(c.startswith(play) for c in cues), cues
+    page.screenshot(path=str(artifacts / "browser-private-dash.png"), full_page=True)
+
+    # What the browser fetched: playlists and manifest straight from the route (200), media
+    # by a 302 from the route to a signed URL of the private bucket, and nothing refused.
+    served = [s for s in seen if s["url"].startswith(play) and s["status"] == 200]
+    assert {s["url"].rsplit(".", 1)[-1] for s in served} >= {"m3u8", "mpd", "vtt"}, served
+    redirected = [s for s in seen if s["url"].startswith(storage)]
+    assert redirected, seen
+    for s in redirected:
+        assert s["from"] and s["from"].startswith(play), s
+        assert "X-Amz-Signature=" in s["url"] and s["status"] in (200, 206), s
+    assert not [s for s in seen if s["status"] >= 400], seen

@@ -64,7 +64,7 @@ OPTIONAL_SETTINGS = {
     "input_buckets": "falls back to the uploads bucket",
     "read_token": "legacy: a view-only credential (vtp.access), and deploy/secrets.sh says so",
     "credentials": "the deployment is closed (vtp.access), and deploy/secrets.sh says so",
-    "link_secret": "no links or page sessions are signed (vtp.links)",
+    "link_secret": "no links, sessions or play URLs are signed (vtp.links), secrets.sh says so",
     "public_gateway_url": "falls back to gateway_url",
     "write_timeout": "of-watchdog's own variable: without it there is no limit to check",
     "gateway_upstream_timeout": "unknown to the function: its order is not checked",
@@ -490,6 +490,16 @@ def test_functions_that_sign_have_the_signing_secret(name: str) -> None:
         )
 
 
+def test_only_what_hands_out_or_checks_play_urls_holds_the_link_secret() -> None:
+    """status mints private jobs' play URLs and ws-relay checks them (and mints them for the
+    page, and signs its sessions); split mints viewer links: they mount vtp-link-secret.
+    Nothing else needs the key that opens every private video, least of all the transcodes,
+    which run ffmpeg on untrusted uploads; callbacks carry no play URLs (vtp.pipeline.fanin),
+    so what sends them needs none either."""
+    holders = {name for name, spec in functions().items() if "vtp-link-secret" in spec.secrets}
+    assert holders == {"split", "status", "ws-relay"}
+
+
 def test_secrets_sh_creates_only_secrets_settings_read() -> None:
     for secret in secrets_sh_table():
         assert secret_field(secret) in Settings.model_fields, secret
@@ -783,6 +793,8 @@ def test_minio_init_rule_buckets_and_suffixes_match_settings() -> None:
     assert "minio" in (init.get("depends_on") or [])
     assert env["UPLOADS_BUCKET"] == settings.uploads_bucket == pipeline["VTP_UPLOADS_BUCKET"]
     assert env["OUTPUTS_BUCKET"] == settings.outputs_bucket == pipeline["VTP_OUTPUTS_BUCKET"]
+    assert (env["PRIVATE_OUTPUTS_BUCKET"] == settings.private_outputs_bucket
+            == pipeline["VTP_PRIVATE_OUTPUTS_BUCKET"])  # fmt: skip
     assert env["WEBHOOK_ARN"] == "arn:minio:sqs::VTP:webhook"
     # No suffix filter: every upload reaches split, which answers any it does not take
     # with a failed job.
@@ -851,7 +863,7 @@ def test_minio_init_script_sets_up_buckets_rule_and_access(tmp_path: Path) -> No
     result, out = run_minio_init(tmp_path)
     assert result.returncode == 0, result.stderr
     calls = (out / "mc.log").read_text().splitlines()
-    assert "mb --ignore-existing vtp/uploads vtp/outputs" in calls
+    assert "mb --ignore-existing vtp/uploads vtp/outputs vtp/outputs-private" in calls
     rules = [c for c in calls if c.startswith("event ")]
     # Earlier versions' per-suffix rules removed, then the one rule for every upload.
     assert rules == [
@@ -864,7 +876,11 @@ def test_minio_init_script_sets_up_buckets_rule_and_access(tmp_path: Path) -> No
     (statement,) = public["Statement"]
     assert statement["Effect"] == "Allow" and statement["Action"] == ["s3:GetObject"]
     assert statement["Resource"] == ["arn:aws:s3:::outputs/*"]
-    # The functions' user, limited to the two buckets.
+    # Private outputs (vtp.privacy): no anonymous access, whatever the bucket had before, and
+    # no policy file is ever written for them.
+    assert "anonymous set none vtp/outputs-private" in calls
+    assert not any("set-json" in c and "outputs-private" in c for c in calls)
+    # The functions' user, limited to the three buckets.
     assert "admin user add vtp vtp-functions functions-secret" in calls
     assert f"admin policy create vtp vtp-functions {out}/vtp-functions.json" in calls
     assert "admin policy attach vtp vtp-functions --user vtp-functions" in calls
@@ -873,8 +889,10 @@ def test_minio_init_script_sets_up_buckets_rule_and_access(tmp_path: Path) -> No
     assert resources == {
         "arn:aws:s3:::uploads",
         "arn:aws:s3:::outputs",
+        "arn:aws:s3:::outputs-private",
         "arn:aws:s3:::uploads/*",
         "arn:aws:s3:::outputs/*",
+        "arn:aws:s3:::outputs-private/*",
     }
     actions = {a for s in policy["Statement"] for a in s["Action"]}
     assert {"s3:GetObject", "s3:PutObject", "s3:ListBucket"} <= actions
@@ -974,14 +992,21 @@ def test_secrets_sh_makes_an_unset_optional_secret_blank(
 ) -> None:
     """faas-cli refuses an empty secret, and a function whose declared secret is missing is
     not deployed: the unset read token becomes one space (read as "not set"), untrimmed."""
-    values = {k: v for k, v in SECRET_VALUES.items() if k != "VTP_READ_TOKEN"}
+    values = {
+        k: v for k, v in SECRET_VALUES.items() if k not in ("VTP_READ_TOKEN", "VTP_LINK_SECRET")
+    }
     result, calls, stored = run_secrets_sh(tmp_path, values)
     assert result.returncode == 0, result.stderr
     assert "VTP_READ_TOKEN is not set" in result.stderr
     made = [c for c in calls if c.startswith("secret create vtp-read-token ")]
     assert len(made) == 1 and "--trim=false" in made[0], calls
     assert (stored / "vtp-read-token").read_text() == " "
-    assert not any("--trim=false" in c for c in calls if "vtp-read-token" not in c)
+    assert not any(
+        "--trim=false" in c
+        for c in calls
+        if "vtp-read-token" not in c and "vtp-link-secret" not in c
+    )
+    assert "VTP_LINK_SECRET is not set" in result.stderr
     # ... which a function reads as "no token": reads are open.
     mounted = tmp_path / "mounted"
     mounted.mkdir()

@@ -46,7 +46,7 @@ def test_split_reads_what_minio_sends(name: str) -> None:
     event = parse_body(raw)
     assert isinstance(event, MinioEvent)
     wanted, ignored = sources_from_event(
-        event, outputs_bucket="outputs", input_buckets=["uploads", "images"]
+        event, outputs_buckets=["outputs"], input_buckets=["uploads", "images"]
     )
     kind, bucket, key, etag, size = EXPECTED[name]
     assert ignored == [] and len(wanted) == 1, ignored

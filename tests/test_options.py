@@ -35,6 +35,29 @@ def test_keeping_hdr_is_another_job() -> None:
     assert "x-amz-meta-vtp-hdr" in err.value.reason
 
 
+def test_a_private_job_is_another_job() -> None:
+    """Private outputs live elsewhere and are reached otherwise (vtp.privacy): asking for a
+    private job is never answered with a public one. Settled, the deployment's default
+    decides for a job that does not say; public keys are as they always were."""
+    from vtp import privacy
+    from vtp.settings import Settings
+
+    private = JobOptions(private=True)
+    assert private.identity() == "renditions=*;formats=hls;private"
+    assert private.recorded(OptionsOrigin.METADATA)["private"] is True
+    assert "private" not in JobOptions(private=False).recorded(OptionsOrigin.REQUEST)
+    assert JobOptions(private=False).identity() == JobOptions().identity() == DEFAULT_OPTIONS_KEY
+    assert from_metadata({"X-Amz-Meta-Vtp-Private": "true"}) == private
+    assert from_metadata({"x-amz-meta-vtp-private": "false"}) == JobOptions(private=False)
+    with pytest.raises(InvalidRequest) as err:
+        from_metadata({"x-amz-meta-vtp-private": "perhaps"})
+    assert "x-amz-meta-vtp-private" in err.value.reason
+    everyone = Settings(private_outputs=True)
+    assert privacy.settle(JobOptions(), everyone).private is True
+    assert privacy.settle(JobOptions(private=False), everyone).private is False
+    assert privacy.settle(JobOptions(), Settings()).private is False
+
+
 def test_a_reprocess_key_is_new_every_time() -> None:
     opts = JobOptions(renditions=["360p"])
     assert job_key(opts) == job_key(opts) == opts.identity()

@@ -53,6 +53,11 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         ({"heartbeat_seconds": 1, "death_confirm_seconds": 2.5},
          "death_confirm_seconds (2.5) must exceed heartbeat_seconds (1)"),
         ({"heartbeat_seconds": 60}, "stale_after_seconds (120) must be at least three heartbeats"),
+        # Private outputs in the public-read bucket would not be private; a private output
+        # as a source would be published again.
+        ({"private_outputs_bucket": "outputs"}, "must differ from outputs_bucket"),
+        ({"input_buckets": ["uploads", "outputs-private"]},
+         "private_outputs_bucket cannot be an input bucket"),
     ],
 )  # fmt: skip
 def test_inconsistent_settings_are_refused(fields: dict[str, object], words: str) -> None:

@@ -34,7 +34,7 @@ def minio_event(key: str, name: str = "s3:ObjectCreated:Put", bucket: str = "upl
 def test_minio_event_key_is_decoded() -> None:
     ev = parse_body(minio_event("talks/my clip é.mp4"))
     assert isinstance(ev, MinioEvent)
-    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
+    wanted, ignored = sources_from_event(ev, outputs_buckets=["outputs"], caption_suffixes=CAPTIONS)
     assert ignored == []
     assert wanted[0].key == "talks/my clip é.mp4"
     assert wanted[0].etag == "abc"
@@ -43,7 +43,7 @@ def test_minio_event_key_is_decoded() -> None:
 def test_multipart_completion_counts_as_new_content() -> None:
     ev = parse_body(minio_event("big.MOV", "s3:ObjectCreated:CompleteMultipartUpload"))
     assert isinstance(ev, MinioEvent)
-    wanted, _ = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
+    wanted, _ = sources_from_event(ev, outputs_buckets=["outputs"], caption_suffixes=CAPTIONS)
     assert [w.key for w in wanted] == ["big.MOV"]
 
 
@@ -55,12 +55,15 @@ def test_multipart_completion_counts_as_new_content() -> None:
         ("a.mp4", "s3:ObjectCreated:PutTagging", "uploads", "not new content"),
         ("a.mp4", "s3:ObjectRemoved:Delete", "uploads", "not new content"),
         ("job/720p/x.mp4", "s3:ObjectCreated:Put", "outputs", "outputs bucket"),
+        ("job/720p/x.mp4", "s3:ObjectCreated:Put", "outputs-private", "outputs bucket"),
     ],
 )
 def test_events_we_do_not_act_on_are_explained(key: str, name: str, bucket: str, why: str) -> None:
     ev = parse_body(minio_event(key, name, bucket))
     assert isinstance(ev, MinioEvent)
-    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
+    wanted, ignored = sources_from_event(
+        ev, outputs_buckets=["outputs", "outputs-private"], caption_suffixes=CAPTIONS
+    )
     assert wanted == []
     assert len(ignored) == 1 and why in ignored[0]
 
@@ -70,6 +73,9 @@ def test_manual_job_defaults_and_hls_is_always_made() -> None:
     assert isinstance(job, JobRequest)
     assert job.formats == ["hls", "mp4"]
     assert job.renditions is None and job.callback_url is None
+    assert job.private is None  # the deployment's default, settled when the job is recorded
+    private = parse_body(b'{"bucket": "uploads", "key": "a.mp4", "private": true}')
+    assert isinstance(private, JobRequest) and private.options().private is True
 
 
 @pytest.mark.parametrize(
@@ -94,5 +100,5 @@ def test_any_other_upload_is_taken_to_be_answered() -> None:
     job saying why (vtp.pipeline.intake), never with silence."""
     ev = parse_body(minio_event("notes.txt"))
     assert isinstance(ev, MinioEvent)
-    wanted, ignored = sources_from_event(ev, outputs_bucket="outputs", caption_suffixes=CAPTIONS)
+    wanted, ignored = sources_from_event(ev, outputs_buckets=["outputs"], caption_suffixes=CAPTIONS)
     assert [w.key for w in wanted] == ["notes.txt"] and ignored == []

@@ -10,6 +10,8 @@ A job is one source version with one set of *output* options (which renditions, 
 formats): the same object uploaded or announced twice with the same options is one job,
 and the same object asked for with other options is another job with its own outputs.
 The callback URL is not part of that identity (it says who to tell, not what to make).
+Privacy is: a private job's outputs live elsewhere and are reached otherwise (vtp.privacy), so
+asking for a private job must never be answered with a public one of the same source.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ METADATA_FIELDS = {
     "loudness": "loudness",  # "-16" (LUFS)
     "codecs": "codecs",  # "h264,hevc,av1"
     "hdr": "hdr",  # "keep"
+    "private": "private",  # "true" / "false"
 }
 
 
@@ -94,6 +97,9 @@ class JobOptions(BaseModel):
     # player shows right); "keep" adds HEVC 10-bit renditions in the source's own HDR (PQ
     # or HLG, its mastering metadata carried over) beside that SDR ladder.
     hdr: Literal["sdr", "keep"] = "sdr"
+    # Outputs only for whoever is given a signed play URL (vtp.privacy); None: the
+    # deployment's default (VTP_PRIVATE_OUTPUTS), settled when the job is recorded.
+    private: bool | None = None
 
     @field_validator("formats")
     @classmethod
@@ -128,6 +134,8 @@ class JobOptions(BaseModel):
             key += ";captions=" + hashlib.sha256("\n".join(listed).encode()).hexdigest()[:12]
         if self.hdr != "sdr":
             key += f";hdr={self.hdr}"
+        if self.private:
+            key += ";private"
         return key
 
     def recorded(self, origin: OptionsOrigin, *, reprocess: bool = False) -> dict[str, object]:
@@ -146,6 +154,8 @@ class JobOptions(BaseModel):
             recorded["captions"] = [c.model_dump() for c in self.captions]
         if self.hdr != "sdr":
             recorded["hdr"] = self.hdr
+        if self.private:
+            recorded["private"] = True  # where the outputs are: Job.private reads it
         return recorded
 
 

@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     s3_region: str = "us-east-1"
     uploads_bucket: str = "uploads"
     outputs_bucket: str = "outputs"
+    # Private outputs (vtp.privacy): a job asks with `"private": true` (or the upload's
+    # x-amz-meta-vtp-private), and `private_outputs` makes it every job's default. A private
+    # job's outputs go to `private_outputs_bucket`, which is never given a public policy, and
+    # are played through ws-relay's signed play URLs (vtp_relay.play), which status hands out
+    # valid for `play_url_ttl_seconds`.
+    private_outputs: bool = False
+    private_outputs_bucket: str = "outputs-private"
+    play_url_ttl_seconds: int = Field(default=4 * 3600, ge=1, le=7 * 24 * 3600)
     # The buckets sources may come from, for bucket events and manual jobs alike (default: the
     # uploads bucket). Outputs are public-read: a job must not publish another bucket's objects.
     input_buckets: list[str] | None = None
@@ -367,6 +375,16 @@ class Settings(BaseSettings):
                 f"heartbeat_seconds ({self.heartbeat_seconds:g}) by at least "
                 f"{HEARTBEAT_SLACK_S:g}s: a live attempt must be able to refute a forged report"
             )
+        if self.private_outputs_bucket == self.outputs_bucket:
+            problems.append(
+                "private_outputs_bucket must differ from outputs_bucket: the outputs bucket is "
+                "public-read, so private outputs there would not be private"
+            )
+        if self.private_outputs_bucket in self.source_buckets:
+            problems.append(
+                "private_outputs_bucket cannot be an input bucket: a job for one of its objects "
+                "would publish a private output"
+            )
         if 0 < self.reconcile_window_seconds <= self.reconcile_grace_seconds:
             problems.append("reconcile_window_seconds must exceed reconcile_grace_seconds")
         timeouts: dict[str, float | None] = {}
@@ -410,6 +428,11 @@ class Settings(BaseSettings):
     @property
     def public_s3_endpoint(self) -> str:
         return self.s3_public_endpoint or self.s3_endpoint
+
+    @property
+    def output_buckets(self) -> list[str]:
+        """Where outputs are written: the public outputs bucket and the private one."""
+        return [self.outputs_bucket, self.private_outputs_bucket]
 
     @property
     def source_buckets(self) -> list[str]:

@@ -149,9 +149,14 @@ class Storage:
             },
         )
 
-    def presigned_get(self, bucket: str, key: str, *, expires: float, public: bool = False) -> str:
+    def presigned_get(
+        self, bucket: str, key: str, *, expires: float, public: bool = False, minimum: int = 60
+    ) -> str:
+        """A GET URL valid `expires` seconds (whole, rounded down), at least `minimum` (1 for
+        a URL that must die with a shorter-lived token: vtp_relay.play) and at most S3's 7
+        days."""
         client = self.public_client if public else self.client
-        seconds = max(60, min(int(expires), 7 * 24 * 3600))  # S3's own bounds
+        seconds = max(max(minimum, 1), min(int(expires), 7 * 24 * 3600))
         return client.presigned_get_object(bucket, key, expires=timedelta(seconds=seconds))
 
     # --- bounded uploads from clients ---------------------------------------------------------

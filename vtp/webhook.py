@@ -2,7 +2,7 @@
 
 MinIO posts `{"EventName", "Key", "Records": [...]}` with S3-shaped records whose object key
 is URL-encoded (`/` as %2F, space as +). Events we do not act on (other event names, the
-outputs bucket, files that are not videos) are answered 2xx by the handler: with a queue dir
+outputs buckets, files that are not videos) are answered 2xx by the handler: with a queue dir
 configured, MinIO retries anything else forever and blocks the events behind it.
 """
 
@@ -125,7 +125,7 @@ def parse_body(body: bytes) -> MinioEvent | JobRequest:
             "body must be a JSON object: a MinIO event or "
             '{"bucket": ..., "key": ..., "renditions"?: [...], "callback_url"?: ..., '
             '"formats"?: ["hls", "dash", "mp4"], "loudness"?: -16, "hdr"?: "keep", '
-            '"reprocess"?: true, "dry_run"?: true}'
+            '"private"?: true, "reprocess"?: true, "dry_run"?: true}'
         )
     try:
         if "Records" in data:
@@ -199,12 +199,14 @@ def storable_key(key: str) -> str:
 def sources_from_event(
     event: MinioEvent,
     *,
-    outputs_bucket: str,
+    outputs_buckets: Sequence[str],
     caption_suffixes: Sequence[str] = (),
     input_buckets: Sequence[str] | None = None,
 ) -> tuple[list[SourceObject], list[str]]:
     """The objects an event asks us to take, and why the others are ignored (objects in a
-    bucket that is not an input bucket among them, when `input_buckets` is given).
+    bucket that is not an input bucket among them, when `input_buckets` is given). What
+    lands in an outputs bucket (`outputs_buckets`: the public one and the private one) is
+    the pipeline's own writing, never a source.
 
     Every new object of an input bucket is taken, whatever its name: one that is neither
     video nor sound is answered with a failed job saying so (vtp.pipeline.intake), so an
@@ -217,8 +219,8 @@ def sources_from_event(
         where = f"s3://{rec.bucket}/{rec.key}"
         if name not in CONTENT_EVENTS:
             ignored.append(f"{where}: event {name} is not new content")
-        elif rec.bucket == outputs_bucket:
-            ignored.append(f"{where}: in the outputs bucket")
+        elif rec.bucket in outputs_buckets:
+            ignored.append(f"{where}: in an outputs bucket")
         elif input_buckets is not None and rec.bucket not in input_buckets:
             ignored.append(f"{where}: not an input bucket ({', '.join(input_buckets)})")
         elif rec.key.endswith("/"):

@@ -83,7 +83,7 @@ def _bucket_event(event: Any, request: MinioEvent) -> Response:
             raise Unauthorized("bucket notification without the expected bearer token")
     wanted, ignored = sources_from_event(
         request,
-        outputs_bucket=p.settings.outputs_bucket,
+        outputs_buckets=p.settings.output_buckets,
         caption_suffixes=p.settings.caption_suffixes,
         input_buckets=p.settings.source_buckets,
     )

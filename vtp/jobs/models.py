@@ -187,6 +187,12 @@ class Job(BaseModel):
                 return r
         raise NotFound(f"job {self.id} has no rendition {name!r}")
 
+    @property
+    def private(self) -> bool:
+        """Whether its outputs are private (vtp.privacy): settled when it was recorded, and
+        kept with its options; jobs from before private outputs are public."""
+        return bool((self.options or {}).get("private"))
+
 
 class StateChange(BaseModel):
     """One row of the audit trail."""

@@ -11,7 +11,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, layout, logs, workdirs
+from vtp import callbacks, layout, logs, privacy, workdirs
 from vtp.errors import VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import CallbackStatus, Job, Rendition, SourceRef, summarize_outcome
@@ -45,6 +45,9 @@ class JobCallback(BaseModel):
     renditions: list[dict[str, Any]]
     finished_at: datetime | None
     plan: dict[str, Any] | None = None  # how the ladder was decided (vtp.media.tuning)
+    # A private job's (vtp.privacy): no URLs here, since play URLs expire and a receiver
+    # keeps what it is sent; it asks status for fresh ones when a viewer plays.
+    private: bool = False
 
 
 class FanIn:
@@ -59,6 +62,10 @@ class FanIn:
             base_s=self.settings.callback_retry_base_seconds,
             max_s=self.settings.callback_retry_max_seconds,
         )
+
+    def _bucket(self, job: Job) -> str:
+        """Where this job's outputs are: the private bucket for a private job (vtp.privacy)."""
+        return privacy.outputs_bucket(self.settings, job)
 
     def maybe_finalize(self, job_id: UUID | str, *, claimer: str) -> bool:
         """Finish the job if every task has ended and no one else is doing it; first, if
@@ -82,7 +89,7 @@ class FanIn:
         if master is not None:
             try:
                 self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode(),
+                    self._bucket(job), f"{job.id}/{layout.MASTER}", master.encode(),
                     cache_control=layout.FINAL_MASTER_CACHE,
                 )  # fmt: skip
                 self._write_poster(job)
@@ -130,7 +137,7 @@ class FanIn:
                 return None
             master, ready = built
             self.storage.put_bytes(
-                self.settings.outputs_bucket, f"{job.id}/{layout.MASTER}", master.encode(),
+                self._bucket(job), f"{job.id}/{layout.MASTER}", master.encode(),
                 cache_control=layout.EARLY_MASTER_CACHE,
             )  # fmt: skip
             written[:] = ready
@@ -177,7 +184,7 @@ class FanIn:
     def _write_manifest(self, job: Job) -> str | None:
         """The DASH manifest over the renditions' own segments (vtp.media.dash), from their media
         playlists as stored; why it could not be written, else None."""
-        bucket = self.settings.outputs_bucket
+        bucket = self._bucket(job)
         tracks = []
         subtitles = []
         try:
@@ -243,12 +250,10 @@ class FanIn:
         playlist = media_playlist(chunks, prefixes=prefixes)
         trick = iframe_playlist(chunks, prefixes=prefixes)
         try:
-            self.storage.put_bytes(
-                self.settings.outputs_bucket, f"{folder}{HLS_PLAYLIST}", playlist.encode()
-            )
+            self.storage.put_bytes(self._bucket(job), f"{folder}{HLS_PLAYLIST}", playlist.encode())
             if trick is not None:
                 self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{folder}{IFRAME_PLAYLIST}", trick.encode()
+                    self._bucket(job), f"{folder}{IFRAME_PLAYLIST}", trick.encode()
                 )
         except VtpError as exc:
             return [f"rendition {r.name}: its playlist not written: {exc.reason}"]
@@ -295,7 +300,7 @@ class FanIn:
         """Every object under the attempt folders `folders` but the winner's folder."""
         try:
             removed = self.storage.remove_prefix(
-                self.settings.outputs_bucket,
+                self._bucket(job),
                 folders,
                 keep=f"{winner.rstrip('/')}/" if winner else None,
             )
@@ -315,7 +320,7 @@ class FanIn:
             with workdirs.scratch("poster") as tmp:
                 path = make_poster(url, job.source_info, Path(tmp) / "poster.jpg", self.settings)
                 self.storage.put_bytes(
-                    self.settings.outputs_bucket, f"{job.id}/{layout.POSTER}", path.read_bytes()
+                    self._bucket(job), f"{job.id}/{layout.POSTER}", path.read_bytes()
                 )
         except VtpError as exc:
             # A missing poster is cosmetic; the renditions are what the job is for.
@@ -334,7 +339,7 @@ class FanIn:
         if not every or not videos:
             return False
         smallest = min(videos, key=lambda r: r.spec.width * r.spec.height)
-        bucket = self.settings.outputs_bucket
+        bucket = self._bucket(job)
         folder = f"{job.id}/{layout.within_job(job.id, smallest.output_prefix, smallest.name)}/"
         try:
             text = self.storage.get_bytes(bucket, folder + str((smallest.result or {})["iframes"]))
@@ -422,7 +427,7 @@ class FanIn:
         return self.store.get(job.id)
 
     def callback_body(self, job: Job) -> JobCallback:
-        view = self.views.describe_job(job, live=False)
+        view = self.views.describe_job(job, live=False, play=False)
         return JobCallback(
             event="job.cancelled" if job.state is JobState.CANCELLED else "job.finished",
             job_id=job.id,
@@ -436,4 +441,5 @@ class FanIn:
             renditions=view["renditions"],
             finished_at=job.finished_at,
             plan=job.plan,
+            private=job.private,
         )

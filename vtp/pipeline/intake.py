@@ -10,7 +10,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, Field
 
-from vtp import callbacks
+from vtp import callbacks, privacy
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.jobs import Job, SourceRef
 from vtp.media.chunks import ChunkRange, plan_chunks
@@ -165,6 +165,8 @@ class Intake:
                 )
             origin = OptionsOrigin.METADATA if options is not None else OptionsOrigin.DEFAULTS
             options = options or JobOptions()
+        # Private or not is part of what the job is (vtp.options): settled before its key.
+        options = privacy.settle(options, self.settings)
         key = job_key(options, reprocess=reprocess)
         others = self.store.versions_jobs(ref)
         if not reprocess:
@@ -278,7 +280,7 @@ class Intake:
         return self.storage.stat(src.bucket, src.key).etag
 
     def _require_input_bucket(self, src: SourceObject) -> None:
-        """Sources come from the input buckets only: the outputs are public-read, so a job
+        """Sources come from the input buckets only: public outputs are public-read, so a job
         for another bucket's object would publish it."""
         buckets = self.settings.source_buckets
         if src.bucket not in buckets:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from vtp import layout, logs
+from vtp import layout, logs, privacy
 from vtp.errors import Conflict, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job
@@ -142,9 +142,10 @@ class Operations:
         return True
 
     def _remove_job_outputs(self, job: Job) -> int:
-        """Every object the job wrote to the outputs bucket; how many. StorageError when
-        the storage refuses."""
-        return self.storage.remove_prefix(self.settings.outputs_bucket, layout.job_prefix(job.id))
+        """Every object the job wrote to its outputs bucket (the private one for a private
+        job: vtp.privacy); how many. StorageError when the storage refuses."""
+        bucket = privacy.outputs_bucket(self.settings, job)
+        return self.storage.remove_prefix(bucket, layout.job_prefix(job.id))
 
     def _remove_outputs(self, job: Job) -> int | None:
         """Everything a cancelled job wrote so far; None when the storage refused (said in

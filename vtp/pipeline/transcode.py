@@ -15,7 +15,7 @@ import psycopg2
 import redis
 import requests
 
-from vtp import layout, logs, workdirs
+from vtp import layout, logs, privacy, workdirs
 from vtp.errors import (
     Conflict,
     FfmpegError,
@@ -173,6 +173,8 @@ class TaskRunner:
             if chunk
             else layout.attempt_prefix(job.id, rend.name, attempt)
         )
+        # The job's own outputs bucket: the private one for a private job (vtp.privacy).
+        bucket = privacy.outputs_bucket(self.settings, job)
         outcome: dict[str, Any]
         # What stops this call's ffmpeg: the process stopping, or the job cancelled.
         watch = _StopWatch(self.clients, job.id, self.stopping)
@@ -239,7 +241,7 @@ class TaskRunner:
                 measure_s = time.monotonic() - measure_started
                 upload_started = time.monotonic()
                 uploading = True
-                self.storage.upload_dir(out, self.settings.outputs_bucket, prefix)
+                self.storage.upload_dir(out, bucket, prefix)
             # Where the call's time went, kept with the result (operators, the benchmark).
             timings = {
                 "encode_s": round(measure_started - encode_started, 3),
@@ -266,14 +268,14 @@ class TaskRunner:
             # newer attempt owns the rendition now. Stop, and record nothing.
             log.warning("attempt %s of %s/%s superseded: %s", call_id, job.id, rend.name, exc)
             if uploading and self._job_cancelled(job.id, watch):
-                self._remove_own(prefix)  # written after the cancel removed the job's files
+                self._remove_own(bucket, prefix)  # written after the cancel removed the job's files
             self._finalize(job.id, call_id)  # cancelled (its job cannot succeed), maybe last
             return {"job_id": str(job.id), "rendition": rend.name, "superseded": exc.reason}
         except Exception as exc:
             if watch.cancelled:  # the job was cancelled: ffmpeg was stopped for it
                 log.info("attempt %s of %s/%s stopped: job cancelled", call_id, job.id, rend.name)
                 if uploading:
-                    self._remove_own(prefix)
+                    self._remove_own(bucket, prefix)
                 return {"job_id": str(job.id), "rendition": rend.name, "cancelled": True}
             reason, retryable = _failure(exc, self.settings)
             if self.stopping.is_set():
@@ -357,11 +359,11 @@ class TaskRunner:
         except _TRANSIENT:
             return False
 
-    def _remove_own(self, prefix: str) -> None:
+    def _remove_own(self, bucket: str, prefix: str) -> None:
         """An attempt of a cancelled job removes what it uploaded: the cancel removed the
         job's files before these were written."""
         try:
-            self.storage.remove_prefix(self.settings.outputs_bucket, prefix.rstrip("/") + "/")
+            self.storage.remove_prefix(bucket, prefix.rstrip("/") + "/")
         except VtpError as exc:
             log.warning("files of cancelled attempt under %s not removed: %s", prefix, exc.reason)
 

@@ -23,13 +23,18 @@ class JobViews:
         self.bus = clients.bus
         self.urls = urls
 
-    def describe_job(self, job: Job, *, live: bool = True, listing: bool = False) -> dict[str, Any]:
+    def describe_job(
+        self, job: Job, *, live: bool = True, listing: bool = False, play: bool = True
+    ) -> dict[str, Any]:
         """The job as clients see it: state, renditions with live progress, output URLs.
 
         The callback URL is the job owner's: one job's view shows it without its query
         string (receivers put their own tokens there), a listing (`listing`) not at all.
+        A private job's URLs are play URLs minted now (vtp.pipeline.urls), or none with
+        `play` False.
         """
         progress = self.bus.current(job.id) if live else {}
+        out = None if job.outputs_deleted_at else self.urls.outputs(job, play=play)
         rends = []
         for r in job.renditions:
             video = r.spec.kind == "video"
@@ -82,22 +87,15 @@ class JobViews:
                 ],
                 "urls": {},
             }
-            if r.state is RenditionState.SUCCEEDED and r.result and not job.outputs_deleted_at:
+            if r.state is RenditionState.SUCCEEDED and r.result and out is not None:
                 folder = layout.within_job(job.id, r.output_prefix, r.name)
-                item["urls"]["playlist"] = self.urls.output_url(
-                    job.id, f"{folder}/{r.result['playlist']}"
-                )
+                item["urls"]["playlist"] = out.url(f"{folder}/{r.result['playlist']}")
                 if r.result.get("subtitles"):  # the WebVTT file itself
-                    item["urls"]["subtitles"] = self.urls.output_url(
-                        job.id, f"{folder}/{r.result['subtitles']}"
-                    )
+                    item["urls"]["subtitles"] = out.url(f"{folder}/{r.result['subtitles']}")
                 if r.result.get("iframes"):  # trick play (vtp.media.iframes)
-                    item["urls"]["iframes"] = self.urls.output_url(
-                        job.id, f"{folder}/{r.result['iframes']}"
-                    )
+                    item["urls"]["iframes"] = out.url(f"{folder}/{r.result['iframes']}")
                 if r.result.get("mp4"):
-                    mp4 = f"{folder}/{r.result['mp4']}"
-                    item["urls"]["mp4"] = self.urls.output_url(job.id, mp4)
+                    item["urls"]["mp4"] = out.url(f"{folder}/{r.result['mp4']}")
             if live and r.name in progress:
                 p = progress[r.name]
                 item["progress"] = p.model_dump(
@@ -105,17 +103,17 @@ class JobViews:
                 )
             rends.append(item)
         urls: dict[str, str] = {}
-        if not job.outputs_deleted_at:
+        if out is not None:
             if job.master_playlist or (job.ready and not job.state.terminal):
                 # Early, the master lists the renditions ready so far (`ready`).
-                urls["master"] = self.urls.output_url(job.id, layout.MASTER)
+                urls["master"] = out.url(layout.MASTER)
             if job.master_playlist:
                 if job.source_info is None or job.source_info.has_video:  # sound alone: none
-                    urls["poster"] = self.urls.output_url(job.id, layout.POSTER)
+                    urls["poster"] = out.url(layout.POSTER)
                 # The DASH manifest, the storyboard's index... (vtp.layout), as written.
                 for name, path in sorted(job.outputs.items()):
                     if isinstance(path, str):
-                        urls[name] = self.urls.output_url(job.id, path)
+                        urls[name] = out.url(path)
         done = [r for r in job.renditions if r.state.terminal]
         return {
             "id": str(job.id),
@@ -133,6 +131,10 @@ class JobViews:
             "ready": job.ready,
             # The retention sweep removed its outputs (VTP_RETENTION_DAYS): no URLs.
             "outputs_deleted_at": job.outputs_deleted_at,
+            # Private outputs (vtp.privacy): `urls` are play URLs, working until
+            # `urls_expire_at` (ask again for fresh ones); none where no link secret signs them.
+            "private": job.private,
+            "urls_expire_at": out.expires_at if out is not None else None,
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,

@@ -1,6 +1,7 @@
 """ws-relay's ASGI app: the progress page, its static assets, the live streams (/ws, /events),
-their polling fallback (/poll) and the JSON API (/api), wired together by `create_app`, behind
-the access gate (`vtp_relay.gate`), and the page's session (`vtp_relay.session`)."""
+their polling fallback (/poll), the JSON API (/api) and private jobs' play URLs (/play), wired
+together by `create_app`, behind the access gate (`vtp_relay.gate`), with the page's session
+(`vtp_relay.session`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from vtp.settings import Settings, load_at_start
 from vtp_relay.api import JobsApi, _guarded, _http_error
 from vtp_relay.gate import AccessGate
 from vtp_relay.options import RelayOptions
+from vtp_relay.play import PlayRoute, hide_tokens_in_access_log
 from vtp_relay.poll import make_poll_endpoint
 from vtp_relay.session import SessionApi
 from vtp_relay.streams import Relay
@@ -42,6 +44,8 @@ def create_app(
     uploads = UploadsApi(settings, enabled=options.uploads_enabled)
     gate = access.Gate(settings)
     session = SessionApi(settings, gate)
+    play = PlayRoute(settings)
+    hide_tokens_in_access_log()
 
     async def index(request: Request) -> Response:
         page = static_dir / "index.html"
@@ -76,6 +80,7 @@ def create_app(
             Route("/api/session", _guarded(session.create), methods=["POST"]),
             Route("/api/session", _guarded(session.show), methods=["GET"]),
             Route("/api/session", _guarded(session.delete), methods=["DELETE"]),
+            Route("/play/{token}/{path:path}", play.endpoint, methods=["GET", "HEAD", "OPTIONS"]),
             Mount("/static", StaticFiles(directory=static_dir, check_dir=False)),
         ],
         exception_handlers={HTTPException: _http_error},
