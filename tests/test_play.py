@@ -13,7 +13,9 @@ from vtp_relay.play import hide_tokens, hide_tokens_in_access_log, object_key
 
 JOB = "2b019562-4103-4ee0-b344-4fbaf4029f8b"
 OTHER = "7dc32193-fb93-489c-a509-f4a3bbd0c85e"
-CLAIMS = Claims(j=JOB, s="play", e=2_000_000_000)
+CLAIMS = Claims.model_validate(
+    {"j": JOB, "s": ["view"], "n": "play", "e": 2_000_000_000, "k": "play"}
+)
 
 
 @pytest.mark.parametrize(

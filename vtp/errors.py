@@ -60,7 +60,7 @@ class TooManyRequests(VtpError):
 
     http_status = 429
 
-    def __init__(self, reason: str, *, retry_after: int, limit: str) -> None:
+    def __init__(self, reason: str, *, retry_after: int = 1, limit: str = "") -> None:
         super().__init__(reason)
         self.retry_after = max(1, retry_after)
         self.limit = limit

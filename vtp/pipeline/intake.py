@@ -277,6 +277,9 @@ class Intake:
         """The ETag of the object a manual job names (what its quotas count by), once it is
         known to be in an input bucket: no other bucket's objects are ever looked at."""
         self._require_input_bucket(src)
+        problem = key_problem(src.key)
+        if problem is not None:
+            raise InvalidRequest(problem)  # what submit would say: the key, not the store
         return self.storage.stat(src.bucket, src.key).etag
 
     def _require_input_bucket(self, src: SourceObject) -> None:
