@@ -140,3 +140,24 @@ def test_jobs_at_work_are_bounded_across_replicas(stack: LocalConfig) -> None:
     refused, at_work = replicas[0].figures()
     assert refused[(who, "active_jobs")] == 1
     assert at_work[who] == 1
+
+
+def test_upload_tickets_count_against_the_same_rate(
+    relay_url: str, stack_env: dict[str, str]
+) -> None:
+    """A ticket is a submit request too: the viewer credential gets none at all (no scope),
+    the submitter's flood meets its rate, answered as split answers it."""
+    ask = {"filename": "a.mp4", "content_type": "video/mp4", "size": 10}
+    view = {"Authorization": f"Bearer {stack_env['VTP_VIEW_TOKEN']}"}
+    viewer = requests.post(f"{relay_url}api/uploads", json=ask, headers=view, timeout=10)
+    assert viewer.status_code == 403
+    headers = {"Authorization": f"Bearer {stack_env['VTP_SUBMIT_TOKEN']}"}
+    answers = [
+        requests.post(f"{relay_url}api/uploads", json=ask, headers=headers, timeout=10)
+        for _ in range(30)
+    ]
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, [a.status_code for a in answers]
+    assert refused[0].json()["limit"] == "requests_per_second"
+    assert int(refused[0].headers["Retry-After"]) >= 1
+    time.sleep(int(refused[0].headers["Retry-After"]) + 1)  # leave the bucket to the next test

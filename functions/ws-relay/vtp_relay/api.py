@@ -82,7 +82,9 @@ def _guarded(
             return await endpoint(request)
         except Exception as exc:
             answer = error_response(exc)
-            return JSONResponse(answer["body"], status_code=answer["statusCode"])
+            return JSONResponse(
+                answer["body"], status_code=answer["statusCode"], headers=answer.get("headers")
+            )
 
     return run
 

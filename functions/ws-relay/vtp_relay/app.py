@@ -41,7 +41,9 @@ def create_app(
     options = options or RelayOptions()
     relay = Relay.from_settings(settings, options)
     api = JobsApi(settings)
-    uploads = UploadsApi(settings, enabled=options.uploads_enabled)
+    uploads = UploadsApi(
+        settings, enabled=options.uploads_enabled, quotas=lambda: api.pipeline().quotas
+    )
     gate = access.Gate(settings)
     session = SessionApi(settings, gate)
     play = PlayRoute(settings)

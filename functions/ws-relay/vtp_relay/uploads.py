@@ -30,7 +30,7 @@ import math
 import re
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
 from typing import Literal, TypeVar
@@ -41,9 +41,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vtp.errors import Forbidden, InvalidRequest
+from vtp.quotas import Quotas
 from vtp.settings import Settings
 from vtp.storage import Storage, content_type_for
 from vtp_relay.api import _json
+from vtp_relay.gate import principal_of
 
 log = logging.getLogger(__name__)
 
@@ -174,9 +176,17 @@ class UploadsApi:
     """The upload routes. The storage clients are made on first use, once per process; the
     S3 calls are blocking and run in the threadpool."""
 
-    def __init__(self, settings: Settings, *, enabled: bool = True) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        enabled: bool = True,
+        quotas: Callable[[], Quotas] | None = None,
+    ) -> None:
         self.settings = settings
         self.enabled = enabled
+        # A ticket is a submit request like split's: counted against the caller's rate.
+        self.quotas = quotas
         self._lock = threading.Lock()
         self._storage: Storage | None = None
 
@@ -316,6 +326,9 @@ class UploadsApi:
 
     async def ticket_endpoint(self, request: Request) -> Response:
         self._refuse_when_off()
+        caller = principal_of(request.scope)
+        if self.quotas is not None and caller is not None:
+            await run_in_threadpool(self.quotas().take_request, caller.name)
         upload = _parse(UploadRequest, await request.body())
         return _json((await run_in_threadpool(self.ticket, upload)).model_dump(mode="json"))
 
