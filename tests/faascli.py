@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 import requests
 
-from tests.api import http
-
 
 @dataclass(frozen=True)
 class Result:
@@ -54,7 +52,7 @@ def invoke(
     if query:
         url += "?" + "&".join(query)
     try:
-        resp = http.request(
+        resp = requests.request(
             method,
             url,
             data=stdin,

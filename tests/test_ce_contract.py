@@ -78,12 +78,19 @@ def changes(db: Any, job_id: str, rendition: str) -> list[tuple[str, str, str, f
 # --- 1, 2: what faas-cli shows ------------------------------------------------------------------
 
 
-def test_faas_cli_invoke_split_and_status_show_the_job(gateway: str, s3: Minio, clip: Path) -> None:
+def test_faas_cli_invoke_split_and_status_show_the_job(
+    gateway: str, s3: Minio, clip: Path, stack_env: dict[str, str]
+) -> None:
     """faas-cli drops the body of ANY 202, so a sync split must answer 200; faas-cli POSTs,
-    so status must take a POST with --query (and a JSON body, and the short id)."""
+    so status must take a POST with --query (and a JSON body, and the short id). Each call
+    carries the credential as the README's commands do (`-H "Authorization=Bearer ..."`)."""
+    auth = [f"Authorization=Bearer {stack_env['VTP_TOKEN']}"]
     key = upload(s3, clip)
     job = json.dumps({"bucket": BUCKET, "key": key, "renditions": ["360p"]}).encode()
-    first = faascli.invoke(gateway, "split", job)
+    # Without it, faas-cli says what it says of any 401: its own words, not the function's.
+    refused = faascli.invoke(gateway, "split", job)
+    assert refused.exit_code == 1 and "unauthorized" in refused.stderr
+    first = faascli.invoke(gateway, "split", job, headers=auth)
     assert first.exit_code == 0, first.stderr
     assert "asynchronously" not in first.stderr
     answer = json.loads(first.stdout)
@@ -93,11 +100,11 @@ def test_faas_cli_invoke_split_and_status_show_the_job(gateway: str, s3: Minio, 
     assert (picture["kind"], picture["width"], picture["height"]) == ("video", 640, 360)
     assert (sound["kind"], sound["channels"], "width" in sound) == ("audio", 2, False), sound
     job_id = answer["job_id"]
-    again = faascli.invoke(gateway, "split", job)
+    again = faascli.invoke(gateway, "split", job, headers=auth)
     assert again.exit_code == 0 and json.loads(again.stdout)["job_id"] == job_id
     assert json.loads(again.stdout)["duplicate"] is True
 
-    queued = faascli.invoke(gateway, "split", job, is_async=True)
+    queued = faascli.invoke(gateway, "split", job, is_async=True, headers=auth)
     assert (queued.exit_code, queued.stdout) == (0, "")
     assert queued.stderr == "Function submitted asynchronously.\n"  # the gateway's 202
 
@@ -107,12 +114,14 @@ def test_faas_cli_invoke_split_and_status_show_the_job(gateway: str, s3: Minio, 
         {"stdin": json.dumps({"id": job_id}).encode()},
         {"query": [f"id={job_id}"], "method": "GET"},
     ):
-        out = faascli.invoke(gateway, "status", **how)  # type: ignore[arg-type]
+        out = faascli.invoke(gateway, "status", headers=auth, **how)  # type: ignore[arg-type]
         assert out.exit_code == 0, (how, out.stderr)
         assert json.loads(out.stdout)["id"] == job_id, how
-    bad = faascli.invoke(gateway, "status", query=["state=bogus"])
+    bad = faascli.invoke(gateway, "status", query=["state=bogus"], headers=auth)
     assert bad.exit_code == 1 and "400" in bad.stderr and "state" in bad.stderr
-    listed = faascli.invoke(gateway, "status", json.dumps({"bucket": BUCKET, "key": key}).encode())
+    listed = faascli.invoke(
+        gateway, "status", json.dumps({"bucket": BUCKET, "key": key}).encode(), headers=auth
+    )
     assert [j["id"] for j in json.loads(listed.stdout)["jobs"]] == [job_id]
     assert wait_job(gateway, job_id)["state"] == "succeeded"
 
