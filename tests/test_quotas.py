@@ -21,12 +21,12 @@ from pydantic import SecretStr
 from localfaas.config import LocalConfig
 from tests.api import http
 from tests.clips import make_clip
+from tests.test_access import INFO, SPEC  # a job's smallest plan, for rows made here
 from tests.test_pipeline import MANUAL_BUCKET
 from tests.test_pipeline import s3 as s3  # the fixture: a client with MANUAL_BUCKET made
 from vtp import db
 from vtp.errors import TooManyRequests
 from vtp.jobs import JobStore, SourceRef
-from vtp.models import RenditionSpec, SourceInfo
 from vtp.quotas import Quotas
 from vtp.settings import Settings
 
@@ -96,15 +96,6 @@ def test_reprocesses_of_one_version_are_bounded_and_start_no_encode(
     assert 'vtp_quota_refusals_total{credential="submitter",limit="reprocesses_per_hour"}' in (
         metrics
     )
-
-
-INFO = SourceInfo(
-    duration=4.0, width=640, height=360, fps=25.0, has_audio=False, video_codec="h264"
-)
-SPEC = RenditionSpec(
-    name="360p", function="transcode-360p", width=640, height=360, fps=25.0,
-    video_bitrate=800_000, max_bitrate=880_000, buffer_size=1_600_000, audio_bitrate=96_000,
-)  # fmt: skip
 
 
 def test_jobs_at_work_are_bounded_across_replicas(stack: LocalConfig) -> None:
