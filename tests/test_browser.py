@@ -661,3 +661,52 @@ def test_a_private_job_plays_through_its_play_urls(
         assert "X-Amz-Signature=" in s["url"] and s["status"] in (200, 206), s
     # (Only what concerns this job: the page's list may name jobs other tests delete.)
     assert not [s for s in seen if s["status"] >= 400 and "/api/jobs/" not in s["url"]], seen
+
+
+def test_a_viewer_link_opens_its_job_and_a_credential_leaves_the_address(
+    browser: Any, gateway: str, relay_url: str, stack_env: dict[str, str], s3: Any,
+    tmp_path: Path, artifacts: Path,
+) -> None:  # fmt: skip
+    """What a platform hands its user: `vtp link JOB`'s page shows that job, live, without a
+    credential. Without anything the page asks to sign in; a credential in its address is
+    exchanged for the session cookie and taken out of the address at once."""
+    from tests.manual import submit
+    from tests.test_pipeline import MANUAL_BUCKET, wait_for_job
+
+    clip = make_clip(tmp_path / "linked.mp4", size="640x360", seconds=1.0)
+    key = f"browser-link/{time.time_ns()}.mp4"
+    s3.fput_object(MANUAL_BUCKET, key, str(clip))
+    job_id = submit(gateway, MANUAL_BUCKET, key, ["360p"])
+    assert wait_for_job(gateway, MANUAL_BUCKET, key)["state"] == "succeeded"
+    submitter = {"Authorization": f"Bearer {stack_env['VTP_SUBMIT_TOKEN']}"}
+    minted = http.post(
+        f"{gateway}/function/split/links", params={"job": job_id}, headers=submitter, timeout=10
+    )
+    assert minted.status_code == 200, minted.text
+
+    context = browser.new_context()  # no session cookie
+    try:
+        pg = context.new_page()
+        pg.goto(minted.json()["page"])
+        assert wait_finished(pg, 60) == "succeeded"
+        assert pg.evaluate("location.hash") == f"#/jobs/{job_id}"
+        assert pg.evaluate("document.getElementById('conn').dataset.mode") != "locked"
+        assert not pg.is_visible("#upload-form") and not pg.is_visible("a.back")
+        pg.screenshot(path=str(artifacts / "browser-viewer-link.png"), full_page=True)
+
+        bare = context.new_page()
+        bare.goto(relay_url)
+        bare.wait_for_function(
+            "document.getElementById('conn').dataset.mode === 'locked'", timeout=20_000
+        )
+        assert bare.is_visible("#signin-form")
+        assert "sign in" in bare.inner_text("#conn-text")
+
+        token = stack_env["VTP_VIEW_TOKEN"]
+        signed = context.new_page()
+        signed.goto(f"{relay_url}?token={token}#/jobs/{job_id}")
+        assert wait_finished(signed, 60) == "succeeded"
+        assert token not in signed.evaluate("location.href")
+        assert any(c["name"] == access.SESSION_COOKIE for c in context.cookies())
+    finally:
+        context.close()

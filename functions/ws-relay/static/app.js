@@ -1609,6 +1609,11 @@
   async function start() {
     await exchangeAddressToken();
     if (LINK_JOB && !parseRoute()) location.hash = `#/jobs/${encodeURIComponent(LINK_JOB)}`;
+    if (LINK) {
+      // A viewer's link shows its one job: no list to go back to, nothing to upload.
+      document.querySelector("section.upload").hidden = true;
+      for (const a of document.querySelectorAll("a.back")) a.hidden = true;
+    }
     $("signin-form").addEventListener("submit", onSignIn);
     form().addEventListener("submit", onUpload);
     $("state-filter").addEventListener("change", () => {
