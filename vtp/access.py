@@ -229,7 +229,7 @@ class Gate:
                 "a credential in a URL is refused (URLs land in logs, history and Referer "
                 "headers): send it as Authorization: Bearer <token>, or open a signed link"
             )
-        token = _bearer(presented.authorization)
+        token = bearer(presented.authorization)
         if token is None and query.get(LINK_PARAM):
             token = query[LINK_PARAM]
             if not links.looks_signed(token):
@@ -277,7 +277,8 @@ class Gate:
         return principal
 
 
-def _bearer(authorization: str | None) -> str | None:
+def bearer(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
     if not authorization:
         return None
     scheme, _, value = authorization.strip().partition(" ")

@@ -88,23 +88,11 @@ def header(event: Any, name: str) -> str | None:
     return str(value) if value is not None else None
 
 
-_gates: dict[int, access.Gate] = {}
-
-
-def gate(settings: Settings) -> access.Gate:
-    """The access rules of these settings, parsed once per process."""
-    with _lock:
-        built = _gates.get(id(settings))
-        if built is None:
-            built = _gates[id(settings)] = access.Gate(settings)
-        return built
-
-
-def authorize(event: Any, function: str, settings: Settings) -> access.Principal:
+def authorize(event: Any, function: str) -> access.Principal:
     """Who the call is, if the route's scope (vtp.access.ROUTES) lets it in; else
     Unauthorized or Forbidden, which `error_response` turns into 401 or 403."""
     presented = access.Presented(authorization=header(event, "Authorization"), query=event.query)
-    return gate(settings).authorize(function, event.path or "/", presented)
+    return pipeline().gate.authorize(function, event.path or "/", presented)
 
 
 def _jsonable(value: Any) -> Any:

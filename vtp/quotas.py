@@ -38,7 +38,8 @@ _ACTIVE = """
             OR j.state IN ('queued', 'running'))
 """
 _REPROCESSES = """
-    SELECT count(*) AS n, min(at) AS oldest FROM submissions
+    SELECT count(*) AS n, EXTRACT(EPOCH FROM min(at) + interval '1 hour' - now()) AS wait
+      FROM submissions
      WHERE reprocess AND credential = %(credential)s AND source_bucket = %(bucket)s
        AND source_key = %(key)s AND source_etag = %(etag)s AND at > now() - interval '1 hour'
 """
@@ -168,9 +169,7 @@ class Quotas:
             cur.execute(_REPROCESSES, args)
             row = _one(cur)
             if int(row["n"]) >= per_hour:
-                cur.execute("SELECT EXTRACT(EPOCH FROM %s + interval '1 hour' - now()) AS s",
-                            (row["oldest"],))  # fmt: skip
-                wait = float(_one(cur)["s"])
+                wait = float(row["wait"])  # until the oldest of them is an hour old
                 return TooManyRequests(
                     f"{args['credential']!r} reprocessed this version of "
                     f"s3://{args['bucket']}/{args['key']} {per_hour} times in the last hour, "

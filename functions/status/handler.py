@@ -29,7 +29,7 @@ def handle(event: Any, context: Any) -> Response:
     if event.method not in ("GET", "HEAD", "POST"):
         return {"statusCode": 405, "body": {"error": "use GET or POST"}}
     p = pipeline()
-    caller = authorize(event, "status", p.settings)
+    caller = authorize(event, "status")
     if event.path.rstrip("/") == "/metrics":
         caller.sees(None)
         return {

@@ -26,6 +26,7 @@ from __future__ import annotations
 import threading
 from typing import Self
 
+from vtp.access import Gate
 from vtp.events import EventBus
 from vtp.invoker import Invoker
 from vtp.jobs import JobStore
@@ -66,6 +67,7 @@ class Pipeline:
         self.runner = TaskRunner(self.clients, self.fanin, self.stopping)
         self.intake = Intake(self.clients, self.dispatcher, self.fanin)
         self.quotas = Quotas(store.connection_factory, settings)
+        self.gate = Gate(settings)  # who may call what (vtp.access), parsed once
         self.operations = Operations(self.clients, self.dispatcher, self.fanin)
         self.sweeper = Sweeper(
             self.clients, self.dispatcher, self.fanin, self.intake, self.operations

@@ -29,7 +29,7 @@ class SessionApi:
         self.gate = gate
 
     async def create(self, request: Request) -> Response:
-        token = _bearer(request.headers.get("authorization"))
+        token = access.bearer(request.headers.get("authorization"))
         if token is None or links.looks_signed(token):
             raise Unauthorized("POST /api/session with Authorization: Bearer <credential>")
         cred = self.gate.credential(token)
@@ -93,8 +93,3 @@ class SessionApi:
 def _https(request: Request) -> bool:
     forwarded = request.headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     return request.url.scheme == "https" or forwarded == "https"
-
-
-def _bearer(authorization: str | None) -> str | None:
-    scheme, _, value = (authorization or "").strip().partition(" ")
-    return value.strip() or None if scheme.lower() == "bearer" else None
