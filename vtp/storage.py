@@ -11,7 +11,8 @@ from __future__ import annotations
 import io
 import logging
 import mimetypes
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -360,3 +361,19 @@ class Storage:
         finally:
             resp.close()
             resp.release_conn()
+
+
+def lazy_storage(settings: Settings) -> Callable[[], Storage]:
+    """The Storage of `settings`, built at the first call and the same one after (from any
+    thread): a route that may never be called (ws-relay's play and upload routes) costs its
+    process nothing at start."""
+    lock = threading.Lock()
+    built: list[Storage] = []
+
+    def get() -> Storage:
+        with lock:
+            if not built:
+                built.append(Storage.from_settings(settings))
+            return built[0]
+
+    return get

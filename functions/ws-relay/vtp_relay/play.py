@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
 from pathlib import PurePosixPath
 
@@ -37,7 +36,7 @@ from vtp.errors import Forbidden, VtpError, http_status
 from vtp.links import Claims
 from vtp.pipeline.urls import PLAY_ROUTE, PLAY_SCOPE
 from vtp.settings import Settings
-from vtp.storage import Storage, content_type_for
+from vtp.storage import content_type_for, lazy_storage
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +105,7 @@ class PlayRoute:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._lock = threading.Lock()
-        self._storage: Storage | None = None
-
-    def storage(self) -> Storage:
-        with self._lock:
-            if self._storage is None:
-                self._storage = Storage.from_settings(self.settings)
-            return self._storage
+        self.storage = lazy_storage(settings)
 
     def claims(self, token: str, now: float) -> Claims:
         """The token's claims, if it is a play token of this deployment and still valid."""

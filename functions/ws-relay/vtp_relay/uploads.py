@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import threading
 import uuid
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
@@ -43,7 +42,7 @@ from starlette.responses import Response
 from vtp.errors import Forbidden, InvalidRequest
 from vtp.quotas import Quotas
 from vtp.settings import Settings
-from vtp.storage import Storage, content_type_for
+from vtp.storage import content_type_for, lazy_storage
 from vtp_relay.api import _json
 from vtp_relay.gate import principal_of
 
@@ -187,14 +186,7 @@ class UploadsApi:
         self.enabled = enabled
         # A ticket is a submit request like split's: counted against the caller's rate.
         self.quotas = quotas
-        self._lock = threading.Lock()
-        self._storage: Storage | None = None
-
-    def storage(self) -> Storage:
-        with self._lock:
-            if self._storage is None:
-                self._storage = Storage.from_settings(self.settings)
-            return self._storage
+        self.storage = lazy_storage(settings)
 
     @property
     def max_bytes(self) -> int:
