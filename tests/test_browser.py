@@ -375,7 +375,9 @@ def test_upload_in_parts_survives_a_dropped_part(
         else:
             route.continue_()
 
-    page.add_init_script("window.VTP_PAGE_TUNING = {uploadRetryMs: 200}")
+    # A retry over a second later: a presigned URL is signed to the second, so one asked for
+    # within the same second as the first would be the same URL, fresh or not.
+    page.add_init_script("window.VTP_PAGE_TUNING = {uploadRetryMs: 1100}")
     page.route(re.compile(r".*/uploads/web/.*[?&]partNumber=1(&|$).*"), drop_first_try)
     with serve_relay(app) as address:
         page.goto(f"http://{address}/")
