@@ -53,6 +53,13 @@ if [[ ! -f "$stamp" || pyproject.toml -nt "$stamp" ]]; then
   touch "$stamp"
 fi
 
+# The pinned ffmpeg build (docs/ffmpeg.md), from the imageio-ffmpeg wheel, is the `ffmpeg` of
+# the venv: make puts .venv/bin first on PATH, so the stack, the tests and the benchmarks all
+# run the one build the function images run. ffprobe stays the OS's.
+pinned=$("$VENV/bin/python" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')
+[[ -x $pinned ]] || chmod +x "$pinned"
+ln -sfn "$pinned" "$VENV/bin/ffmpeg"
+
 # The `vtp` client on PATH: a link into /usr/local/bin (root) or ~/.local/bin, unless a `vtp`
 # that is not such a link is there already (then .venv/bin/vtp is the way to run it).
 link_dir=/usr/local/bin

@@ -38,6 +38,11 @@ from vtp import db as vtp_db
 from vtp.jobs import JobStore
 from vtp.lifecycle import RetryPolicy
 
+# The tests' own ffmpeg commands (clips, footage, checks) run the pinned build the stack runs
+# (vtp.media.build), whichever way pytest was started: the venv's bin, where `make setup`
+# links it, comes first on PATH.
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
 TEST_RUN_DIR = REPO_ROOT / ".run" / "test"
 FIXTURES = Path(__file__).parent / "fixtures"
 ARTIFACTS = REPO_ROOT / "test-artifacts"

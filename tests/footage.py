@@ -57,11 +57,9 @@ SURROUND_TONES = {"FL": 440, "FR": 550, "FC": 250, "LFE": 60, "BL": 330, "BR": 6
 # packet starts earlier than its first input: a stream meant to start at t is cut this much
 # later so that its first packet, the start ffprobe reports, is at t.
 _PRIMING = {"aac": 1024, "mp2": 481}
-# Opus's pre-skip. ffmpeg 5.1's WebM muxer writes an Opus block at its packet's time, which
-# already starts pre-skip before the first sample, and its demuxer subtracts the CodecDelay
-# once more: read back, the sound comes 6.5 ms earlier than it went in (and the muxer, shifting
-# the negative first packet to zero, moves the picture 7 ms later besides). The WebM sources
-# give the sound to the encoder this much late, which makes their marks exact as read.
+# Opus's pre-skip, its priming: the first packet starts this many samples before the first
+# one given. (ffmpeg 5.1's WebM muxer and demuxer both counted it, skewing the sound by 6.5 ms;
+# the pinned 9.0 counts it once.)
 _OPUS_PRESKIP = 312
 
 _FFMPEG = ["ffmpeg", "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
@@ -225,20 +223,16 @@ def _marked(
     Where the sound's first packet would start before zero, a muxer without edit lists
     (Matroska, WebM) moves every track later to make it non-negative, marks and all. So
     there the encoder's priming (AAC's 1024 samples, Opus's pre-skip) is cut from the silent
-    start instead, the first packet then at `offset` or 0. WebM's sound also goes in
-    pre-skip late, for ffmpeg 5.1's own skew (see _OPUS_PRESKIP). An mp4/mov keeps its
+    start instead, the first packet then at `offset` or 0. An mp4/mov keeps its
     priming behind an edit list, as every AAC mp4 does.
     """
     vin, chain, tick_rate = _marked_video(
         seconds=seconds, size=size, period=period, rates=rate_pattern
     )
-    lead, priming = {
-        "webm": (_OPUS_PRESKIP, _OPUS_PRESKIP),
-        "matroska": (0, _PRIMING["aac"]),
-    }.get(kind, (0, 0))
+    priming = {"webm": _OPUS_PRESKIP, "matroska": _PRIMING["aac"]}.get(kind, 0)
     args = [*vin]
-    if offset or lead:
-        args += ["-itsoffset", f"{offset + lead / SAMPLE_RATE}"]
+    if offset:
+        args += ["-itsoffset", f"{offset}"]
     args += ["-f", "lavfi", "-i", _beeps(seconds, period, channels)]
     cut = max(offset, 0.0) + priming / SAMPLE_RATE if priming else 0.0
     audio = f"[1:a]atrim=start={cut}[a]" if cut else "[1:a]anull[a]"
@@ -388,7 +382,7 @@ def broadcast_ts(
     args += ["-filter_complex", f"[0:v]{chain}[v];{audio}", "-map", "[v]", "-map", "[a]"]
     args += [*_H264, "-bf", "2"]
     if interlaced:
-        args += ["-flags", "+ilme+ildct", "-top", "1"]
+        args += ["-flags", "+ilme+ildct"]  # top field first: setfield=tff in the chain
     args += ["-c:a", audio_codec, "-ar", str(SAMPLE_RATE)]
     # No mux delay: the first frame is at `start`, not start + 1.4 s.
     args += ["-output_ts_offset", f"{start}", "-muxdelay", "0", "-muxpreload", "0", "-f", "mpegts"]
@@ -490,7 +484,7 @@ def interlaced_25i(path: Path, *, seconds: float = 2.0, size: str = "720x576") -
     args = ["-f", "lavfi", "-i", f"testsrc2=size={size}:rate=50:duration={seconds}"]
     args += ["-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}"]
     args += ["-vf", "interlace=scan=tff:lowpass=0,setfield=tff", *_H264]
-    args += ["-flags", "+ilme+ildct", "-top", "1", "-c:a", "aac"]
+    args += ["-flags", "+ilme+ildct", "-c:a", "aac"]
     return _cached(path, args)
 
 
@@ -508,13 +502,13 @@ def rotated_portrait(
 ) -> Path:
     """A phone held upright: coded landscape (`size`), with a display matrix turning it by
     `rotate` degrees (ffprobe's side_data_list shows it: "Display Matrix", rotation), so it
-    shows as portrait. The rotate tag becomes a display matrix only when the stream is copied
-    (ffmpeg 5.1 drops it from an encode), hence the copy."""
+    shows as portrait, as a phone writes it: the picture copied, the matrix added (the same
+    matrix as the `rotate` tag that older ffmpeg releases turned into one)."""
     plain = _cached(
         _CACHE / f"plain-{size}-{seconds}.mp4",
         [*_plain(size, seconds, 30), *_H264, "-c:a", "aac"],
     )
-    args = ["-i", str(plain), "-c", "copy", "-metadata:s:v:0", f"rotate={rotate}"]
+    args = ["-display_rotation", str(rotate), "-i", str(plain), "-c", "copy"]
     return _cached(path, args)
 
 

@@ -112,6 +112,9 @@ def test_parse_progress_block():
         {"out_time_us": "-9223372036854775807", "speed": "N/A", "progress": "continue"}
     )
     assert start.out_time == 0.0 and start.speed is None
+    # ffmpeg 9's last block under -copyts: the unset timestamp's difference, positive.
+    end = parse_progress({"out_time_us": "9223372036851533000", "progress": "end"})
+    assert end.out_time == 0.0 and end.done
     assert parse_progress({"out_time_us": "N/A", "progress": "end"}).fraction(10) == 1.0
 
 

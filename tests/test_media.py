@@ -139,7 +139,7 @@ def _make_clips(srv: Server) -> None:
     _ffmpeg(*_av("640x360", 3), *H264, *aac, str(d / "land360.mp4"))
     _ffmpeg(*_av("360x640", 2, audio=False), *H264, str(d / "portrait.mp4"))
     # A phone-style rotated file: 640x360 coded, shown upright as 360x640.
-    _ffmpeg("-i", str(d / "land360.mp4"), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+    _ffmpeg("-display_rotation", "90", "-i", str(d / "land360.mp4"), "-c", "copy",
             str(d / "rotated.mp4"))  # fmt: skip
     # PAL widescreen DV style: 720x576 coded with 16:15 pixels, shown 768x576.
     _ffmpeg(*_av("720x576", 1, rate=25, audio=False), *H264, "-vf", "setsar=16/15",
@@ -431,7 +431,9 @@ def test_progress_reports_increase_and_end(encoded):
     assert times == sorted(times)
     assert encoded.progress[-1].done
     assert encoded.progress[-1].fraction(encoded.source.duration) == 1.0
-    assert times[-1] == pytest.approx(encoded.source.duration, abs=0.2)
+    # The furthest position reported, somewhere in the encode: ffmpeg reports twice a second,
+    # and its last block under -copyts has no time of its own (the end is `done`).
+    assert 0 < times[-1] <= encoded.source.duration + 0.2
 
 
 def test_silent_source_gives_silent_rendition(server, tmp_path):

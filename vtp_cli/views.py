@@ -175,6 +175,10 @@ def print_job(console: Console, view: Mapping[str, Any]) -> None:
                       f"{escape(str(dropped.get('reason')))}", soft_wrap=True)  # fmt: skip
     if plan.get("note"):
         console.print(f"{'plan:':<17}{escape(str(plan['note']))}", soft_wrap=True)
+    tools = view.get("tools") or {}
+    if tools:
+        made = ", ".join(f"{name} {version}" for name, version in tools.items())
+        console.print(f"{'tools:':<17}{escape(made)}", soft_wrap=True)
     print_urls(console, view)
 
 

@@ -40,11 +40,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict
 
 from vtp.errors import FfmpegError, FfmpegTimeout, InvalidRequest
+from vtp.media.build import ffmpeg_path, ffprobe_path
 
 log = logging.getLogger(__name__)
-
-FFMPEG = "ffmpeg"
-FFPROBE = "ffprobe"
 
 # Protocols an input may use: a presigned S3 URL is http or https; https is http over the
 # `tls` protocol, which itself runs over `tcp`. Anything a hostile file could try to reach
@@ -76,6 +74,10 @@ TERM_GRACE_SECONDS = 3.0
 # in /tmp. setpriv (util-linux, on every Debian) sets the parent-death signal and execs the
 # tool; it survives the exec.
 _PDEATHSIG = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
+
+# SVT-AV1 logs its configuration to stderr whatever ffmpeg's -loglevel; SVT_LOG=1 keeps its
+# errors only, so an error's reason (the stderr tail) is ffmpeg's, not twenty config lines.
+_TOOL_ENV = {**os.environ, "SVT_LOG": "1"}
 
 # Words in a tool's error output that mean the environment failed, not the input: the same
 # run may well succeed later. Anything else (invalid data, unsupported streams) is the input.
@@ -198,15 +200,22 @@ def _num(value: str | None) -> float | None:
     return number if number == number and abs(number) != float("inf") else None
 
 
+# ffmpeg's unset timestamp is -2**63; before the first frame (and, in 9.0 under -copyts, in
+# the last block) it prints that, or a difference with it, as a time: centuries either way.
+_UNSET_US = 2**62
+
+
 def parse_progress(fields: dict[str, str]) -> Progress:
     """A `Progress` from one block of `key=value` lines ending with `progress=...`."""
     out_us = _num(fields.get("out_time_us"))
     if out_us is None:
         out_us = _num(fields.get("out_time_ms"))  # also microseconds, despite the name
+    if out_us is not None and abs(out_us) >= _UNSET_US:
+        out_us = None  # arithmetic on an unset timestamp: no time at all
     frame = _num(fields.get("frame"))
     total = _num(fields.get("total_size"))
     return Progress(
-        # ffmpeg prints a huge negative number before the first frame is written.
+        # ffmpeg prints a negative number before the first frame is written.
         out_time=max(0.0, out_us / 1e6) if out_us is not None else 0.0,
         frame=max(0, int(frame)) if frame is not None else 0,
         fps=_num(fields.get("fps")),
@@ -247,7 +256,7 @@ def run_ffmpeg(
     `on_progress` runs on the calling thread.
     """
     argv = [
-        FFMPEG,
+        ffmpeg_path(),
         "-hide_banner",
         "-nostdin",  # never read the terminal; ffmpeg otherwise treats stdin as commands
         "-loglevel",
@@ -277,7 +286,7 @@ def run_ffprobe(
     check: bool = True,
 ) -> RunResult:
     """Run `ffprobe <args>` and capture its stdout (JSON, when asked for)."""
-    argv = [FFPROBE, "-hide_banner", *args]
+    argv = [ffprobe_path(), "-hide_banner", *args]
     return _run(
         argv,
         timeout=timeout,
@@ -320,6 +329,7 @@ def _run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
+            env=_TOOL_ENV,
             # A new session makes the child the leader of its own process group, so the
             # whole group (the tool and anything it spawns) can be signalled with killpg.
             start_new_session=True,
@@ -454,8 +464,12 @@ def _collect(stream: IO[bytes], chunks: list[bytes]) -> None:
 
 
 def _read_progress(stream: IO[bytes], reports: queue.Queue[Progress]) -> None:
-    """Turn `-progress` blocks (key=value lines closed by `progress=...`) into reports."""
+    """Turn `-progress` blocks (key=value lines closed by `progress=...`) into reports.
+
+    The position never goes back: ffmpeg 9 under `-copyts` reports no time (an unset
+    timestamp) in its last block, which would otherwise read as a return to zero."""
     fields: dict[str, str] = {}
+    furthest = 0.0
     with contextlib.closing(stream):
         for raw in stream:
             key, sep, value = raw.decode("utf-8", "replace").strip().partition("=")
@@ -463,7 +477,9 @@ def _read_progress(stream: IO[bytes], reports: queue.Queue[Progress]) -> None:
                 continue
             fields[key] = value
             if key == "progress":
-                reports.put(parse_progress(fields))
+                report = parse_progress(fields)
+                furthest = max(furthest, report.out_time)
+                reports.put(report.model_copy(update={"out_time": furthest}))
                 fields = {}
 
 

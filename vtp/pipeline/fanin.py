@@ -19,7 +19,7 @@ from vtp.lifecycle import RetryPolicy, TaskState
 from vtp.media import dash, iframes, storyboard
 from vtp.media.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.media.iframes import IFRAME_PLAYLIST
-from vtp.media.join import check_join, iframe_playlist, joined_result, media_playlist
+from vtp.media.join import JoinProblem, check_join, iframe_playlist, joined_result, media_playlist
 from vtp.media.playlist import MasterEntry, make_poster, master_playlist
 from vtp.media.quality import combined_record
 from vtp.models import JobState, RenditionState
@@ -237,6 +237,14 @@ class FanIn:
         fps = frame_rate(r.spec.fps)
         assert job.source_info is not None
         problems = check_join(chunks, fps=fps, source_duration=job.source_info.duration)
+        # One build for every chunk (vtp.media.build): another encoder release makes other
+        # bits at the joins, even where its init segment happens to match.
+        tools = [(t.result or {}).get("tools") for t in tasks]
+        problems += [
+            JoinProblem(chunk=t.chunk, reason=f"encoded by {made}, chunk 0 by {tools[0]}")
+            for t, made in zip(tasks, tools, strict=True)
+            if made != tools[0]
+        ]
         if problems:
             return [
                 f"rendition {r.name} cannot be joined: chunk {p.chunk}: {p.reason}"
@@ -263,7 +271,10 @@ class FanIn:
             target=r.spec.quality_target,
             margin_db=self.settings.quality_margin_db,
         )
-        record = joined.model_dump(mode="json") | quality | {"output_prefix": folder.rstrip("/")}
+        record = joined.model_dump(mode="json") | quality | {
+            "output_prefix": folder.rstrip("/"),
+            "tools": tools[0],
+        }
         self.store.record_joined(job.id, r.name, record)
         log.info("job %s: %s joined from %d chunks", job.id, r.name, len(chunks))
         return None

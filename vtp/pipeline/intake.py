@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field
 from vtp import callbacks, privacy
 from vtp.errors import Conflict, InvalidRequest, InvalidSource, NotFound, VtpError
 from vtp.jobs import Job, SourceRef
+from vtp.media.build import build
 from vtp.media.chunks import ChunkRange, plan_chunks
 from vtp.media.ladder import (
     audio_only_renditions,
@@ -66,6 +67,8 @@ class Planned(BaseModel):
         extra: dict[str, Any] = {"skipped_tracks": self.skipped} if self.skipped else {}
         if self.codecs:
             extra["codecs"] = self.codecs
+        # The tools that probed and sampled it (vtp.media.build): results say what made them.
+        extra["tools"] = build().model_dump()
         return self.title.summary() | extra
 
     def preview(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from vtp.errors import (
 )
 from vtp.events import ProgressReporter
 from vtp.jobs import Job, JobStore, Task
+from vtp.media.build import build
 from vtp.media.chunks import ChunkRange
 from vtp.media.encode import (
     HLS_INIT,
@@ -251,7 +252,7 @@ class TaskRunner:
             record = (
                 result.model_dump(mode="json")
                 | measured
-                | {"output_prefix": prefix, "timings": timings}
+                | {"output_prefix": prefix, "timings": timings, "tools": build().model_dump()}
             )
             done = _persist(
                 lambda: self.store.succeed_task(

@@ -54,6 +54,8 @@ class JobViews:
                 "peak_bitrate": r.peak_bitrate,
                 "started_at": r.started_at,
                 "finished_at": r.finished_at,
+                # The ffmpeg and ffprobe builds that made it (vtp.media.build).
+                "tools": (r.result or {}).get("tools"),
                 # In the master playlist already: playable before the job ends.
                 "ready": r.name in job.ready,
                 # Its units of work: one for a rendition encoded whole.
@@ -144,6 +146,8 @@ class JobViews:
             "renditions": rends,
             # How the ladder was decided: samples, their cost, rungs dropped and why.
             "plan": job.plan,
+            # The builds that planned it (each rendition says which made it).
+            "tools": (job.plan or {}).get("tools"),
             "urls": urls,
             "callback": self._describe_callback(job, listing=listing),
         }
