@@ -107,9 +107,7 @@ class Submission(Queries):
                 [
                     (str(job_id), spec.name, index, spec.function, start, end)
                     for spec in plan
-                    for index, start, end in (
-                        whole if spec.kind != "video" or spec.codec == "av1" else parts
-                    )
+                    for index, start, end in (whole if spec.kind != "video" else parts)
                 ],
             )
             audit(cur, job_id, None, None, JobState.QUEUED, detail=f"renditions: {names}")

@@ -5,12 +5,9 @@ H.264 (x264) plays everywhere and is every job's ladder. A job may add HEVC (x26
 quality, for the players that decode them; the master playlist lists every variant with
 its CODECS and a player keeps to what it can play (vtp.media.playlist, vtp.media.dash).
 
-Every codec keeps the one keyframe grid (vtp.media.encode): x264 and x265 take forced keyframes
-at each multiple of `gop_seconds` as IDR frames, scene cuts off, closed GOPs. The SVT-AV1
-wrapper of ffmpeg 5.1 ignores forced keyframes, so AV1 gets a fixed intra period of
-`gop_seconds` worth of frames instead (closed, scene detection off): exactly the grid at
-whole frame rates; at 30000/1001 a frame's worth longer every 2 s, which is why an AV1
-rendition is encoded whole, never in chunks (its grid is its own).
+Every codec keeps the one keyframe grid (vtp.media.encode): x264, x265 and SVT-AV1 take forced
+keyframes at each multiple of `gop_seconds` as closed key frames, scene cuts off. So every
+codec is chunked alike, and the renditions of all codecs switch at the same instants.
 
 Rate control is the quality issue's, per codec: the factor chosen for x264 from the title's
 samples (vtp.media.tuning) carried over by each encoder's scale (x265's CRF 28 is documented as
@@ -72,13 +69,18 @@ def encoder_args(spec: RenditionSpec, settings: Settings) -> list[str]:
             "-forced-idr", "1",
         ]  # fmt: skip
     if spec.codec == "av1":
-        frames = max(1, round(gop * spec.fps))
+        # SVT-AV1 4.x (docs/ffmpeg.md): `-crf` with `-maxrate` is its capped CRF, the same
+        # constant quality under a cap as x264's and x265's; it takes the forced keyframes
+        # of the grid as key frames, so AV1 is chunked like the others.
+        keyint = max(1, math.ceil(2 * gop * spec.fps))
         return [
             "-c:v", "libsvtav1", "-preset", spec.preset or str(settings.av1_preset),
-            *(["-crf", f"{round(spec.crf)}"] if spec.crf is not None
+            *(["-crf", f"{round(spec.crf)}", "-maxrate", str(spec.max_bitrate),
+               "-bufsize", str(spec.buffer_size)] if spec.crf is not None
               else ["-b:v", str(spec.video_bitrate)]),
-            "-g", str(frames),  # a key frame every gop_seconds (see the module docstring)
-            # scd=0: no key frames on scene changes; a closed intra refresh (key frames).
+            "-g", str(keyint),  # a backstop, as x264's: the forced keyframes make the grid
+            # scd=0: no key frames on scene changes (they would differ between chunks);
+            # irefresh-type=2: key frames are closed (IDR-like), each segment decodes alone.
             "-svtav1-params", "scd=0:irefresh-type=2",
         ]  # fmt: skip
     return [
@@ -89,10 +91,6 @@ def encoder_args(spec: RenditionSpec, settings: Settings) -> list[str]:
         "-forced-idr", "1",  # forced keyframes as IDR frames: each segment decodes alone
         "-sc_threshold", "0",  # no extra keyframes on scene cuts: they would differ
     ]  # fmt: skip
-
-
-def forces_keyframes(codec: str) -> bool:
-    return codec != "av1"
 
 
 def rate_control_args(spec: RenditionSpec) -> list[str]:

@@ -34,7 +34,7 @@ from vtp.media import colour, fmp4, iframes, loudness, timeline
 from vtp.media.chunks import ChunkRange
 
 # rate_control_args is re-exported: what a spec's x264 rate control is.
-from vtp.media.codecs import codec_string, encoder_args, forces_keyframes
+from vtp.media.codecs import codec_string, encoder_args
 from vtp.media.codecs import rate_control_args as rate_control_args
 from vtp.media.ffmpeg import CAPTION_FORMATS, Progress, run_ffmpeg, untrusted_input
 from vtp.media.loudness import Loudness
@@ -470,9 +470,9 @@ def encode_args(
         "-fps_mode",
         "passthrough",
         # The codec's encoder, its rate control and its part of the keyframe grid
-        # (vtp.media.codecs); forced at each multiple of the GOP where the encoder honours it.
+        # (vtp.media.codecs); every encoder keys at the forced multiples of the GOP.
         *encoder_args(spec, settings),
-        *(_forced_keyframes(gop) if forces_keyframes(spec.codec) else []),
+        *_forced_keyframes(gop),
         # BT.709 (or the kept HDR's BT.2020 and transfer) in the stream's headers and the
         # container's colr box: what the filters made.
         *colour.output_tags(spec.dynamic_range),
