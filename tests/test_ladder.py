@@ -54,7 +54,7 @@ def test_1080p_source_gets_the_default_ladder(settings):
         assert spec.crf == settings.default_crf and spec.preset == settings.x264_preset
         assert spec.max_bitrate == spec.video_bitrate
         assert spec.buffer_size == 2 * spec.max_bitrate
-        assert spec.quality_target == settings.quality_target
+        assert spec.quality_target == settings.target_for(spec.name)
         assert spec.profile == "high"
         assert spec.fps == 30.0
         assert spec.audio_bitrate is not None
@@ -190,8 +190,9 @@ def test_the_cap_never_exceeds_what_the_source_holds(settings):
     rich = source(1280, 720).model_copy(update={"video_bit_rate": 50_000_000})
     assert plan_ladder(rich, settings)[-1].max_bitrate == video_bitrate(1280, 720, 30.0)
     # A custom target per rung.
-    tuned = Settings(quality_targets={"360p": 0.97})
-    assert [s.quality_target for s in plan_ladder(low, tuned)] == [0.97, tuned.quality_target]
+    tuned = Settings(quality_targets={"360p": 97.0})
+    assert [s.quality_target for s in plan_ladder(low, tuned)] == [97.0, tuned.quality_target]
+    assert Settings().target_for("720p") == 94.0, "the defaults are per rung"
 
 
 # --- sound and subtitle tracks ------------------------------------------------------------

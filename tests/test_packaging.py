@@ -354,7 +354,7 @@ def test_hevc_and_av1_ladders_beside_h264(gateway: str, s3: Minio, tmp_path: Pat
                       if line.startswith("#EXT-X-STREAM-INF") and "RESOLUTION=640x360" in line
                       and f'CODECS="{prefix}' in line]  # fmt: skip
         assert ',mp4a.40.2"' in variant
-        assert r["quality"]["score"] > 0.9, r["quality"]
+        assert r["quality"]["score"] > 60, r["quality"]
     assert set(job["encode_seconds"]) == {"h264", "hevc", "av1"}
     assert all(v > 0 for v in job["encode_seconds"].values())
     mpd = http.get(job["urls"]["dash"], timeout=10).text

@@ -154,7 +154,7 @@ def test_upload_to_bucket_produces_abr_ladder(
     assert [r[:2] for r in rows] == [("succeeded", "succeeded")] * 3  # one task each
     assert all(r[2] == 1 and r[3] > 0 and r[4] > 0 for r in rows)
 
-    # Constant quality, measured: each rendition's SSIM against the source is in its row,
+    # Constant quality, measured: each rendition's VMAF against the source is in its row,
     # in status, and (at the largest size, so higher rungs score higher) in the master.
     with db.cursor() as cur:
         cur.execute(
@@ -165,15 +165,19 @@ def test_upload_to_bucket_produces_abr_ladder(
         )
         measured = cur.fetchall()
     for name, metric, score, worst, flagged, crf in measured:
-        assert metric == "ssim" and 0.9 < worst <= score <= 1.0, (name, score, worst)
+        assert metric == "vmaf" and 60 < worst <= score <= 100, (name, score, worst)
         assert flagged is False and float(crf) == 23.0  # a 2 s clip is too short to sample
     shown = {r["name"]: r.get("quality") for r in job["renditions"]}
-    assert shown["360p"]["score"] == measured[0][2] and shown["360p"]["target"] == 0.985
+    assert shown["360p"]["score"] == measured[0][2] and shown["360p"]["target"] == 90.0
+    assert 0.9 < shown["360p"]["ssim"] <= 1, "SSIM kept beside it"
+    # Which tools made it, in status: the pinned build (vtp.media.build).
+    assert job["tools"]["ffmpeg"].startswith("n9.0.2"), job["tools"]
+    assert {r["tools"]["ffmpeg"] for r in job["renditions"]} == {job["tools"]["ffmpeg"]}
     assert shown["audio"] is None, "a sound track has no picture quality"
     assert job["plan"]["note"].startswith("a 2.0 s source is too short to sample")
     scores = [float(line.split("SCORE=")[1].split(",")[0]) for line in text.splitlines()
               if line.startswith("#EXT-X-STREAM-INF")]  # fmt: skip
-    assert len(scores) == 2 and scores[0] < scores[1] <= 1.0, text
+    assert len(scores) == 2 and scores[0] < scores[1] <= 100, text
 
 
 @pytest.mark.slow
@@ -254,8 +258,8 @@ def test_manual_job_like_faas_cli_with_callback(
     info = ffprobe(mp4)
     assert info["format"]["format_name"].startswith("mov,mp4")
     quality = payload["renditions"][0]["quality"]
-    assert quality["metric"] == "ssim" and 0.9 < quality["score"] <= 1.0
-    assert quality["flagged"] is False and payload["plan"]["metric"] == "ssim"
+    assert quality["metric"] == "vmaf" and 60 < quality["score"] <= 100
+    assert quality["flagged"] is False and payload["plan"]["metric"] == "vmaf"
 
 
 @pytest.mark.slow
@@ -276,7 +280,8 @@ def test_dry_run_returns_the_tuned_plan_and_records_nothing(
     [rend] = plan["renditions"]
     assert rend["name"] == "180p" and 16 <= rend["crf"] <= 36
     predicted = rend["predicted"]
-    assert predicted["metric"] == "ssim" and predicted["bitrate"] > 0
+    assert predicted["metric"] == "vmaf" and predicted["bitrate"] > 0
+    assert 60 < predicted["quality"] <= 100
     assert predicted["size_bytes"] == pytest.approx(predicted["bitrate"] * 100 / 8, rel=0.01)
     assert predicted["encode_cpu_seconds"] > 0 and len(rend["probes"]) >= 2
     assert plan["predicted"]["size_bytes"] == predicted["size_bytes"]

@@ -379,12 +379,12 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     # Each chunk measured its middle segment against the source; the rendition's score is
     # their frame-weighted mean, over all three.
     chunk_scores = [t.result["quality_score"] for t in rend.tasks if t.result]
-    assert len(chunk_scores) == 3 and all(0.9 < q <= 1 for q in chunk_scores)
-    assert rend.result["quality_parts"] == 3 and rend.quality_metric == "ssim"
+    assert len(chunk_scores) == 3 and all(60 < q <= 100 for q in chunk_scores)
+    assert rend.result["quality_parts"] == 3 and rend.quality_metric == "vmaf"
     assert rend.quality_worst is not None and rend.quality_score is not None
     assert min(chunk_scores) <= rend.quality_score <= max(chunk_scores)
     assert rend.quality_worst <= min(chunk_scores) and rend.quality_flagged is False
-    assert job.rendition("audio").quality_score is None  # sound has no SSIM
+    assert job.rendition("audio").quality_score is None  # sound has no VMAF
 
     master = http.get(view["urls"]["master"], timeout=10).text
     media = [line for line in master.splitlines() if line.startswith("#EXT-X-MEDIA:")]
@@ -425,6 +425,42 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     assert re.findall(r'<SegmentURL media="([^"]+)"', mpd)[:5] == listed
     assert '<Initialization sourceURL="360p/chunk-0/attempt-1/init.mp4"' in mpd
     assert re.findall(r'<S (?:t="0" )?d="(\d+)"', mpd)[:5] == ["51200"] * 5
+
+
+@pytest.mark.slow
+def test_av1_is_capped_and_chunked_like_h264(pipeline: Pipeline, tmp_path: Path) -> None:
+    """SVT-AV1 keys where it is told and caps its constant quality: a grainy 12 s source
+    planned in chunks of 8 and 4 s gives its AV1 rendition two chunks, joined into every
+    frame once at 25 fps with a keyframe every 2 s on the H.264 rendition's grid, and a bit
+    rate within the cap that grain would otherwise blow past."""
+    from tests.clips import make_clip
+    from vtp.webhook import SourceObject
+
+    bucket = quiet_bucket(pipeline)
+    chunked = chunked_pipeline(pipeline)
+    clip = make_clip(tmp_path / "grain.mp4", size="640x360", seconds=12, rate=25,
+                     extra=["-vf", "noise=alls=40:allf=t"])  # fmt: skip
+    key = f"chunked/av1-{time.time_ns()}.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(clip))
+    options = JobOptions(renditions=["360p"], codecs=["h264", "av1"])
+    job = chunked.submit(SourceObject(bucket=bucket, key=key), options).job
+    for name in ("360p", "360p-av1"):
+        spans = [(t.chunk, t.start_s, t.end_s) for t in job.rendition(name).tasks]
+        assert spans == [(0, 0, 8), (1, 8, 12)], name
+    job = _ended(pipeline, job, timeout=240)
+    assert job.state.value == "succeeded", job.error
+    view = pipeline.describe_job(job, live=False)
+    grids = []
+    for name in ("360p", "360p-av1"):
+        (shown,) = [r for r in view["renditions"] if r["name"] == name]
+        frames = _frames(shown["urls"]["playlist"])
+        assert len(frames) == 300, name
+        assert {round(b[0] - a[0], 4) for a, b in itertools.pairwise(frames)} == {0.04}, name
+        grids.append([round(t - frames[0][0], 3) for t, key in frames if key])
+    assert grids[0] == grids[1] == [2.0 * i for i in range(6)]
+    av1 = job.rendition("360p-av1")
+    assert av1.spec.crf is not None and av1.avg_bitrate is not None
+    assert av1.avg_bitrate <= av1.spec.max_bitrate * 1.05, (av1.avg_bitrate, av1.spec.max_bitrate)
 
 
 @pytest.mark.slow
@@ -663,7 +699,7 @@ def _silent_job_in_chunks(
 
 @pytest.mark.slow
 def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path: Path) -> None:
-    """A target no encode under the cap can reach (SSIM 0.9999 for grain): the job still
+    """A target no encode under the cap can reach (VMAF 99.9 for grain): the job still
     succeeds, and the rendition's measured score is flagged in its row and in status."""
     from tests.clips import make_clip
     from vtp.webhook import SourceObject
@@ -671,7 +707,7 @@ def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path
     bucket = quiet_bucket(pipeline)
     strict = Pipeline(
         pipeline.settings.model_copy(
-            update={"input_buckets": [bucket], "quality_targets": {"360p": 0.9999}}
+            update={"input_buckets": [bucket], "quality_targets": {"360p": 99.9}}
         ),
         pipeline.store,
         pipeline.storage,
@@ -683,11 +719,11 @@ def test_a_rendition_short_of_its_target_is_flagged(pipeline: Pipeline, tmp_path
     key = f"flagged/{time.time_ns()}.mp4"
     pipeline.storage.client.fput_object(bucket, key, str(clip))
     job = strict.submit(SourceObject(bucket=bucket, key=key), JobOptions(renditions=["360p"])).job
-    assert job.rendition("360p").spec.quality_target == 0.9999
+    assert job.rendition("360p").spec.quality_target == 99.9
     job = _ended(pipeline, job)
     assert job.state.value == "succeeded", job.error
     rend = job.rendition("360p")
     assert rend.quality_flagged is True and rend.quality_score is not None
-    assert rend.quality_score < 0.9999
+    assert rend.quality_score < 99.9 - pipeline.settings.quality_margin
     shown = pipeline.describe_job(job, live=False)["renditions"][0]["quality"]
-    assert shown["flagged"] is True and shown["target"] == 0.9999
+    assert shown["flagged"] is True and shown["target"] == 99.9

@@ -16,7 +16,7 @@ from tests.inprocess import build_pipeline, quiet_bucket
 from vtp.media.encode import HLS_PLAYLIST, encode_rendition, parse_media_playlist
 from vtp.media.ladder import plan_ladder
 from vtp.media.probe import probe_source
-from vtp.media.quality import Segment, measure_segments, quality_record, spread, to_db
+from vtp.media.quality import Segment, measure_segments, quality_record, spread
 from vtp.media.tuning import final_crf, next_crf, sample_positions, tune
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
@@ -38,49 +38,58 @@ def test_samples_fit_the_budget_and_the_keyframe_grid() -> None:
 
 
 def test_next_probe_brackets_the_target_then_stops() -> None:
-    target = 18.24  # SSIM 0.985
+    target = 93.0  # VMAF
     # Both first probes pass: go up, at most six factors at a time.
-    up = next_crf([(19, 25.0, 900), (27, 20.0, 400)], target, 16, 36)
+    up = next_crf([(19, 98.0, 900), (27, 95.0, 400)], target, 16, 36)
     assert up is not None and 27 < up <= 33
     # Bracketed between a pass and a fail: in between.
-    mid = next_crf([(19, 25.0, 900), (27, 20.0, 400), (33, 17.0, 250)], target, 16, 36)
+    mid = next_crf([(19, 98.0, 900), (27, 95.0, 400), (33, 90.0, 250)], target, 16, 36)
     assert mid is not None and 27.5 <= mid <= 32.5
     # Bracketed within one factor: done.
-    assert next_crf([(29, 18.3, 330), (30, 18.0, 300)], target, 16, 36) is None
+    assert next_crf([(29, 93.2, 330), (30, 92.8, 300)], target, 16, 36) is None
     # Neither passes and quality does not rise with bits (the VBV cap holds them): done.
-    assert next_crf([(19, 9.0, 828), (27, 9.02, 828)], target, 16, 36) is None
-    # Neither passes, and 3.5x the bits buy 0.5 dB (grain): not worth probing further.
-    assert next_crf([(19, 8.2, 393), (27, 7.7, 111)], target, 16, 36) is None
+    assert next_crf([(19, 70.0, 828), (27, 70.05, 828)], target, 16, 36) is None
+    # Neither passes, and 3.5x the bits buy 3 points (grain): not worth probing further.
+    assert next_crf([(19, 70.0, 393), (27, 67.0, 111)], target, 16, 36) is None
     # Neither passes but more bits help: go down, along the line, at most to crf_min.
-    assert next_crf([(19, 17.0, 900), (27, 12.0, 400)], target, 16, 36) == 17.0
-    assert next_crf([(19, 9.3, 900), (27, 9.0, 400)], target, 16, 36) is None  # 0.26 dB/2x
-    assert next_crf([(19, 14.0, 900), (27, 9.0, 400)], target, 16, 36) == 16.0
+    assert next_crf([(19, 88.0, 900), (27, 68.0, 400)], target, 16, 36) == 17.0
+    assert next_crf([(19, 70.3, 900), (27, 70.0, 400)], target, 16, 36) is None  # 0.26 a 2x
+    assert next_crf([(19, 83.0, 900), (27, 68.0, 400)], target, 16, 36) == 16.0
     # At the limits: nothing further.
-    assert next_crf([(30, 20.0, 300), (36, 19.0, 200)], target, 16, 36) is None
+    assert next_crf([(30, 95.0, 300), (36, 94.0, 200)], target, 16, 36) is None
 
 
 def test_final_choice_is_interpolated_or_a_measured_probe() -> None:
-    target = 18.24
-    chosen = final_crf([(19, 25.0, 900), (27, 20.0, 400), (33, 17.0, 250)], target)
+    target = 93.0
+    chosen = final_crf([(19, 98.0, 900), (27, 95.0, 400), (33, 90.0, 250)], target)
     assert 27 < chosen < 33
-    assert abs((20.0 + (chosen - 27) * (17.0 - 20.0) / 6) - target) < 0.05
-    assert final_crf([(19, 25.0, 900), (27, 20.0, 400)], target) == 27, "highest passing"
+    assert abs((95.0 + (chosen - 27) * (90.0 - 95.0) / 6) - target) < 0.1
+    assert final_crf([(19, 98.0, 900), (27, 95.0, 400)], target) == 27, "highest passing"
     # Nothing passes: as many bits as still buy quality, and no more.
-    assert final_crf([(19, 9.0, 828), (27, 9.02, 828)], target) == 27  # the cap holds them
-    assert final_crf([(19, 8.2, 393), (27, 7.7, 111)], target) == 27  # grain: not worth it
-    assert final_crf([(16, 14.0, 900), (19, 13.0, 700), (27, 9.0, 400)], target) == 16
+    assert final_crf([(19, 70.0, 828), (27, 70.05, 828)], target) == 27  # the cap holds them
+    assert final_crf([(19, 70.0, 393), (27, 67.0, 111)], target) == 27  # grain: not worth it
+    assert final_crf([(16, 83.0, 900), (19, 80.0, 700), (27, 68.0, 400)], target) == 16
 
 
 def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
     from vtp.media.quality import QualityScore
 
-    good = QualityScore(score=0.984, worst=0.98, frames=50, parts=1)
-    bad = QualityScore(score=0.95, worst=0.90, frames=50, parts=1)
-    assert quality_record(good, None, target=0.985, margin_db=1.0)["quality_flagged"] is False
-    record = quality_record(bad, None, target=0.985, margin_db=1.0)
-    assert record["quality_flagged"] is True and record["quality_display"] == 0.95
-    assert to_db(0.99) == pytest.approx(20.0)
+    good = QualityScore(score=94.0, worst=91.0, frames=50, parts=1, ssim=0.985)
+    bad = QualityScore(score=88.0, worst=80.0, frames=50, parts=1)
+    kept = quality_record(good, None, target=95.0, margin=3.0)
+    assert kept["quality_flagged"] is False and kept["quality_metric"] == "vmaf"
+    assert kept["quality_ssim"] == 0.985
+    record = quality_record(bad, None, target=95.0, margin=3.0)
+    assert record["quality_flagged"] is True and record["quality_display"] == 88.0
     assert spread(10, 3) == [1, 5, 8] and spread(2, 3) == [0, 1] and spread(0, 3) == []
+
+
+def test_vmaf_targets_are_per_rung_and_validated() -> None:
+    s = Settings()
+    assert s.target_for("1080p") == 95.0 and s.target_for("360p") < s.target_for("720p")
+    assert s.target_for("999p") == s.quality_target
+    with pytest.raises(ValueError, match="not a VMAF"):
+        Settings(quality_targets={"360p": 0.985})
 
 
 def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target() -> None:
@@ -110,7 +119,7 @@ def test_the_sound_of_a_chunked_job_has_no_picture_figures() -> None:
 
     info = SourceInfo(duration=600, width=1280, height=720, fps=25, has_audio=True,
                       video_codec="h264")  # fmt: skip
-    estimate = RenditionEstimate(metric="ssim", quality=0.985, bitrate=1, size_bytes=1,
+    estimate = RenditionEstimate(metric="vmaf", quality=95.0, bitrate=1, size_bytes=1,
                                  encode_cpu_seconds=1)  # fmt: skip
     tuned = [s.model_copy(update={"estimate": estimate}) for s in plan_ladder(info, Settings())]
     audio = audio_renditions(tuned, info, max_tracks=8)[-1]
@@ -189,8 +198,11 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     own, shown = measure_segments(
         url, spec, out, init, segments, display=None, settings=settings, timeout=120
     )
-    assert shown is None and own.frames == 200 and own.parts == 2
-    assert abs(own.db - to_db(easy.estimate.quality)) < 1.5, (own, easy.estimate)
+    # libvmaf scores every third frame: 67 of each 100-frame segment.
+    step = settings.quality_vmaf_subsample
+    assert shown is None and own.frames == 2 * -(-100 // step) and own.parts == 2
+    assert own.metric == "vmaf" and own.ssim is not None and 0.9 < own.ssim <= 1
+    assert abs(own.score - easy.estimate.quality) < 3.0, (own, easy.estimate)
     assert 0.6 < result.avg_bitrate / easy.estimate.bitrate < 1.6, (result, easy.estimate)
 
 
@@ -262,7 +274,7 @@ def test_each_codec_gets_its_own_factor_from_the_samples(
     url = _upload(pipeline, tmp_path, "codecs", "testsrc2=s=640x360:r=25:d=8")
     info = probe_source(url, settings)
     h264 = tune(url, info, plan_ladder(info, settings, ["360p"]), settings).specs
-    target = to_db(settings.target_for("360p"))
+    target = settings.target_for("360p")
     for codec, scale in (("hevc", 51), ("av1", 63)):
         (rung,) = codec_ladders(h264, ["h264", codec])[1:]
         (spec,) = tune(url, info, [rung], settings, prune=False).specs
@@ -273,4 +285,5 @@ def test_each_codec_gets_its_own_factor_from_the_samples(
             crf_for(codec, lo) <= spec.crf <= crf_for(codec, hi)
             for lo, hi in itertools.pairwise(sorted(p[0] for p in spec.estimate.probes))
         )
-        assert to_db(spec.estimate.quality) >= target - 0.5, (codec, spec.estimate)
+        # The same target as H.264's: equal quality, each codec at its own factor.
+        assert spec.estimate.quality >= target - 1.0, (codec, spec.estimate)

@@ -121,7 +121,7 @@ class RenditionEstimate(BaseModel):
 
     model_config = ConfigDict(frozen=True)
 
-    metric: str = Field(description="the quality metric, e.g. 'ssim'")
+    metric: str = Field(description="the quality metric, e.g. 'vmaf'")
     quality: float = Field(description="predicted mean score over the rendition")
     bitrate: int = Field(ge=0, description="predicted average video bit rate, bit/s")
     size_bytes: int = Field(ge=0, description="predicted size of the video, bytes")
@@ -152,9 +152,10 @@ class RenditionSpec(BaseModel):
     # chunk of a rendition is encoded alike whichever replica runs it.
     crf: float | None = Field(default=None, ge=0, le=51)
     preset: str | None = None
-    # The quality the factor was chosen for (SSIM, vtp.media.quality), and what the samples
-    # predicted of the whole rendition; None where no samples were taken.
-    quality_target: float | None = Field(default=None, gt=0, le=1)
+    # The quality the factor was chosen for (VMAF, vtp.media.quality; an SSIM in jobs planned
+    # before VMAF: their estimate's metric says so), and what the samples predicted of the
+    # whole rendition; None where no samples were taken.
+    quality_target: float | None = Field(default=None, gt=0, le=100)
     estimate: RenditionEstimate | None = None
     audio_bitrate: int | None = Field(default=None, description="None when the source is silent")
     profile: str = "high"

@@ -123,20 +123,21 @@ def renditions_table(view: Mapping[str, Any], title: str | None = None) -> Table
 
 
 def _fmt_quality(quality: Any) -> str:
-    """`SSIM 0.9861 (target 0.985)`, flagged in red when it fell short; the prediction
-    while the rendition is still encoding."""
+    """`VMAF 94.6 (target 95)`, flagged in red when it fell short; the prediction while the
+    rendition is still encoding. SSIM (jobs measured before VMAF) keeps four decimals."""
     if not isinstance(quality, Mapping):
         return "-"
-    metric = str(quality.get("metric") or "ssim").upper()
+    metric = str(quality.get("metric") or "vmaf")
+    places = 1 if metric == "vmaf" else 4
     target = quality.get("target")
-    wanted = f" (target {target:.3f})" if isinstance(target, int | float) else ""
+    wanted = f" (target {target:g})" if isinstance(target, int | float) else ""
     score = quality.get("score")
     if isinstance(score, int | float):
-        text = f"{metric} {score:.4f}{wanted}"
+        text = f"{metric.upper()} {score:.{places}f}{wanted}"
         return f"[red]{text} below target[/]" if quality.get("flagged") else text
     predicted = quality.get("predicted")
     if isinstance(predicted, int | float):
-        return f"{metric} ~{predicted:.4f} predicted{wanted}"
+        return f"{metric.upper()} ~{predicted:.{places}f} predicted{wanted}"
     return f"-{wanted}"
 
 

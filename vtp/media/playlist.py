@@ -42,7 +42,7 @@ class MasterEntry(BaseModel):
     # The rendition's folder, relative to the master playlist (vtp.layout): `360p/attempt-2`.
     folder: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
     # Measured quality at the ladder's largest picture size (vtp.media.quality): the SCORE.
-    score: float | None = Field(default=None, gt=0, le=1)
+    score: float | None = Field(default=None, gt=0, le=100)
     # An audio rendition's track: its language (BCP 47), the name players show, and
     # whether it is the one to play when the viewer's language is none of the group's.
     language: str | None = Field(default=None, pattern=r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
@@ -81,7 +81,7 @@ class MasterEntry(BaseModel):
             iframe_bandwidth=result.iframe_bandwidth,
             iframe_average_bandwidth=result.iframe_average_bandwidth,
             video_range=_video_range(spec),
-            score=score if isinstance(score, int | float) and 0 < score <= 1 else None,
+            score=score if isinstance(score, int | float) and 0 < score <= 100 else None,
             name=result.name,
             bandwidth=result.peak_bitrate,
             average_bandwidth=result.avg_bitrate,
@@ -119,7 +119,7 @@ def master_playlist(
     BANDWIDTH and AVERAGE-BANDWIDTH add the largest track's (RFC 8216: the peak of any
     combination a player may play), and its CODECS name both.
 
-    SCORE (RFC 8216bis, 4.4.6.2) is each variant's measured SSIM at the ladder's largest
+    SCORE (RFC 8216bis, 4.4.6.2) is each variant's measured VMAF at the ladder's largest
     picture size, so a player preferring by SCORE prefers what looks better on that screen.
     The draft asks for it on all variants or none, so it is written only when every variant
     was measured.
@@ -147,7 +147,7 @@ def master_playlist(
         if entry.video_range:
             attributes.append(f"VIDEO-RANGE={entry.video_range}")
         if scored:
-            attributes.append(f"SCORE={entry.score:.4f}")
+            attributes.append(f"SCORE={entry.score:.2f}")
         if audio:
             attributes.append(f'AUDIO="{AUDIO_GROUP}"')
         if subtitles:

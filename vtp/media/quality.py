@@ -1,24 +1,29 @@
-"""How close an encode is to its source: SSIM, measured by ffmpeg's `ssim` filter.
+"""How close an encode is to its source: VMAF (libvmaf's default model), with SSIM beside it.
 
-The metric is SSIM because it is what every ffmpeg has: Debian's ffmpeg has no libvmaf,
-and no well-kept Python package brings VMAF without it. Every score says which metric made
-it (`metric`), so a later VMAF run is never mistaken for an SSIM one.
+VMAF is the metric the field aims and reports by (Netflix's per-title encoding, ab-av1's
+target, SVT Encore's reports). It also ranks x264, x265 and SVT-AV1 fairly: SSIM punishes
+the psychovisual tuning that makes their pictures look better. The pinned ffmpeg build
+(vtp.media.build) has libvmaf and its default model (vmaf_v0.6.1) built in. Every score says
+which metric made it (`metric`). A rendition's measurement also records SSIM as a secondary
+figure (`quality_ssim`), for readers comparing with older results.
 
 A rendition is compared at its own size with the source scaled to that size by the same
-filters the encode used (vtp.media.encode.picture_filters): the score measures what encoding lost,
-not what scaling down did, so each rung can have a target of its own. Comparing across
-rungs (vtp.media.tuning's pruning) scales the smaller one up instead.
+filters the encode used (vtp.media.encode.picture_filters). The score measures what encoding
+lost, not what scaling down did, so each rung can have a target of its own. Comparing across
+rungs (vtp.media.tuning's pruning, the master playlist's SCORE) scales the smaller one up
+instead.
 
-Scores are pooled as the mean of the per-frame SSIM (the figure ffmpeg prints as "All"):
-averaging the error 1 - SSIM weights a badly coded stretch as much as its share of the
-frames, so still frames cannot hide a smeared scene. Targets and margins are in SSIM's
-decibels, -10*log10(1 - SSIM), where equal steps are roughly equal steps of x264's CRF.
+Scores are pooled as the mean of the per-frame VMAF (libvmaf's own pooling). The worst
+part's mean is kept beside it, so still frames cannot hide a smeared scene. To bound the
+cost, libvmaf scores every `quality_vmaf_subsample`-th frame: a frame costs about what a
+medium-preset encode spends on it. Neighbouring frames score alike, and the skipped ones
+are still decoded.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import math
 import re
 import threading
 import time
@@ -37,7 +42,7 @@ from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
 
-METRIC = "ssim"
+METRIC = "vmaf"
 _ALL = re.compile(r"All:([0-9.]+)")
 
 
@@ -47,76 +52,96 @@ class QualityScore(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     metric: str = METRIC
-    score: float = Field(description="mean per-frame SSIM over every measured frame")
+    score: float = Field(description="mean per-frame VMAF over every measured frame, 0-100")
     worst: float = Field(description="the lowest part's mean: the worst stretch measured")
     frames: int = Field(ge=0)
     parts: int = Field(ge=0, description="how many samples or segments were measured")
-
-    @property
-    def db(self) -> float:
-        return to_db(self.score)
+    ssim: float | None = Field(default=None, description="mean per-frame SSIM, when measured")
 
 
-def to_db(ssim: float) -> float:
-    """SSIM in decibels: -10*log10(1 - SSIM), capped at 60 dB for identical pictures."""
-    return 60.0 if ssim >= 1 - 1e-6 else float(-10.0 * math.log10(1.0 - ssim))
-
-
-def from_db(db: float) -> float:
-    return float(1.0 - 10.0 ** (-db / 10.0))
-
-
-def pooled(parts: Sequence[Sequence[float]]) -> QualityScore:
+def pooled(parts: Sequence[Sequence[float]], ssim: Sequence[float] = ()) -> QualityScore:
     """One score from the per-frame values of each part; ValueError if no frame at all."""
     frames = [v for part in parts for v in part]
     if not frames:
         raise ValueError("no frame was measured")
     means = [sum(p) / len(p) for p in parts if p]
     return QualityScore(
-        score=round(sum(frames) / len(frames), 6),
-        worst=round(min(means), 6),
+        score=round(sum(frames) / len(frames), 4),
+        worst=round(min(means), 4),
         frames=len(frames),
         parts=len(means),
+        ssim=round(sum(ssim) / len(ssim), 6) if ssim else None,
     )
 
 
-def ssim_frames(
+class Comparison(NamedTuple):
+    """What one comparison measured: VMAF per scored frame and each one's number (from 0, in
+    the distorted input), SSIM per frame when asked for, and the CPU seconds it took."""
+
+    vmaf: list[float]
+    numbers: list[int]
+    ssim: list[float]
+    cpu_seconds: float
+
+
+def compare(
     inputs: Sequence[str],
     distorted: str,
     reference: str,
     *,
     cwd: Path,
     timeout: float,
-    stats_name: str = "ssim.log",
+    settings: Settings,
+    log_name: str = "vmaf.json",
+    with_ssim: bool = False,
     cancel: threading.Event | None = None,
-) -> tuple[list[float], float]:
-    """Per-frame SSIM of the filter graph's `distorted` against its `reference` branch.
+) -> Comparison:
+    """VMAF (and SSIM, `with_ssim`) of the filter graph's `distorted` against its `reference`.
 
     `inputs` are ffmpeg's input arguments; `distorted` and `reference` are filter chains
     ending in the two pictures to compare, at the same size and pixel format, e.g.
-    `[0:v]setpts=PTS-STARTPTS`. Frames are paired by timestamp; the comparison stops with
-    the shorter of the two. Also returns the CPU seconds the comparison took. Comparisons
-    run side by side in one folder need their own `stats_name` (a plain file name).
+    `[0:v]setpts=PTS-STARTPTS`. Frames are paired by timestamp, and the comparison stops with
+    the shorter of the two. Comparisons run side by side in one folder need their own
+    `log_name` (a plain file name).
     """
-    if not re.fullmatch(r"[\w.-]+", stats_name):
-        raise ValueError(f"not a plain file name: {stats_name!r}")
-    stats = cwd / stats_name
-    stats.unlink(missing_ok=True)
-    graph = (
-        f"{distorted}[dist];{reference}[ref];"
-        f"[dist][ref]ssim=stats_file={stats_name}:shortest=1:repeatlast=0"
+    if not re.fullmatch(r"[\w-]+\.json", log_name):
+        raise ValueError(f"not a plain .json file name: {log_name!r}")
+    log_path = cwd / log_name
+    ssim_path = log_path.with_suffix(".ssim")
+    log_path.unlink(missing_ok=True)
+    ssim_path.unlink(missing_ok=True)
+    # shortest/repeatlast: stop with the shorter input instead of scoring a repeated frame.
+    sync = "shortest=1:repeatlast=0"
+    vmaf = (
+        f"libvmaf=log_fmt=json:log_path={log_name}:{sync}"
+        f":n_subsample={settings.quality_vmaf_subsample}"
+        f":n_threads={max(1, settings.quality_vmaf_threads)}"
     )
+    if with_ssim:
+        graph = (
+            f"{distorted},split[d1][d2];{reference},split[r1][r2];"
+            f"[d1][r1]{vmaf};[d2][r2]ssim=stats_file={ssim_path.name}:{sync}"
+        )
+    else:
+        graph = f"{distorted}[dist];{reference}[ref];[dist][ref]{vmaf}"
     run = run_ffmpeg(
         [*inputs, "-lavfi", graph, "-f", "null", "-"], timeout=timeout, cwd=cwd, cancel=cancel
     )
     try:
-        text = stats.read_text()
-    except OSError as exc:
-        raise FfmpegError("ffmpeg's ssim filter wrote no statistics") from exc
-    values = [float(m.group(1)) for m in _ALL.finditer(text)]
-    if not values:
-        raise FfmpegError("ffmpeg's ssim filter compared no frame")
-    return values, run.cpu_seconds
+        frames = json.loads(log_path.read_text())["frames"]
+        scores = [float(f["metrics"]["vmaf"]) for f in frames]
+        numbers = [int(f["frameNum"]) for f in frames]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FfmpegError("ffmpeg's libvmaf filter wrote no usable log") from exc
+    if not scores:
+        raise FfmpegError("ffmpeg's libvmaf filter compared no frame")
+    ssim = []
+    if with_ssim:
+        try:
+            ssim = [float(m.group(1)) for m in _ALL.finditer(ssim_path.read_text())]
+        except OSError as exc:
+            raise FfmpegError("ffmpeg's ssim filter wrote no statistics") from exc
+    return Comparison(scores, numbers, ssim, run.cpu_seconds)
 
 
 class Segment(NamedTuple):
@@ -156,6 +181,7 @@ def measure_segments(
     starts `origin_s` later: SourceInfo.video_start)."""
     deadline = time.monotonic() + timeout
     own: list[list[float]] = []
+    own_ssim: list[float] = []
     shown: list[list[float]] = []
     up = display if display and display[0] * display[1] > spec.width * spec.height else None
     with workdirs.scratch("quality") as tmp:
@@ -173,29 +199,33 @@ def measure_segments(
                     threads=settings.ffmpeg_threads,
                 ),
             ]
-            frames, _ = ssim_frames(
+            measured = compare(
                 inputs,
                 "[0:v]setpts=PTS-STARTPTS",
                 f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
                 cwd=work,
                 timeout=time_left(deadline, "measuring the output's quality"),
-                stats_name=f"seg-{i}.ssim",
+                settings=settings,
+                log_name=f"seg-{i}.json",
+                with_ssim=True,
                 cancel=cancel,
             )
-            own.append(frames)
+            own.append(measured.vmaf)
+            own_ssim += measured.ssim
             if up is not None:
                 big = spec.model_copy(update={"width": up[0], "height": up[1]})
-                frames, _ = ssim_frames(
+                measured = compare(
                     inputs,
                     f"[0:v]{upscaled(*up)},setpts=PTS-STARTPTS",
                     f"[1:V:0]{reference_filters(big)},setpts=PTS-STARTPTS",
                     cwd=work,
                     timeout=time_left(deadline, "measuring the output's quality"),
-                    stats_name=f"seg-{i}-up.ssim",
+                    settings=settings,
+                    log_name=f"seg-{i}-up.json",
                     cancel=cancel,
                 )
-                shown.append(frames)
-    score = pooled(own)
+                shown.append(measured.vmaf)
+    score = pooled(own, own_ssim)
     return score, pooled(shown) if shown else None
 
 
@@ -221,14 +251,14 @@ def quality_record(
     display: QualityScore | None,
     *,
     target: float | None,
-    margin_db: float,
+    margin: float,
     error: str | None = None,
 ) -> dict[str, Any]:
     """What a result records of its measured quality; flagged when the score is more than
-    `margin_db` below the target."""
+    `margin` VMAF points below the target."""
     if own is None:
         return {"quality_metric": METRIC, "quality_error": error}
-    flagged = target is not None and own.db < to_db(target) - margin_db
+    flagged = target is not None and own.score < target - margin
     return {
         "quality_metric": own.metric,
         "quality_score": own.score,
@@ -237,6 +267,7 @@ def quality_record(
         "quality_target": target,
         "quality_frames": own.frames,
         "quality_parts": own.parts,
+        "quality_ssim": own.ssim,
         # At the ladder's largest size (what the master playlist's SCORE says); the score
         # itself for the largest rendition.
         "quality_display": display.score if display is not None else own.score,
@@ -244,7 +275,7 @@ def quality_record(
 
 
 def combined_record(
-    parts: Sequence[Mapping[str, Any]], *, target: float | None, margin_db: float
+    parts: Sequence[Mapping[str, Any]], *, target: float | None, margin: float
 ) -> dict[str, Any]:
     """A rendition's quality from its chunks' records: the frame-weighted mean, the worst
     chunk's worst. Only a rendition whose every chunk was measured gets a score."""
@@ -257,11 +288,13 @@ def combined_record(
     def mean(key: str) -> float:
         return sum(float(p[key]) * int(p["quality_frames"]) for p in measured) / frames
 
+    with_ssim = all(p.get("quality_ssim") is not None for p in measured)
     own = QualityScore(
-        score=round(mean("quality_score"), 6),
+        score=round(mean("quality_score"), 4),
         worst=min(float(p["quality_worst"]) for p in measured),
         frames=frames,
         parts=sum(int(p.get("quality_parts") or 1) for p in measured),
+        ssim=round(mean("quality_ssim"), 6) if with_ssim else None,
     )
-    display = own.model_copy(update={"score": round(mean("quality_display"), 6)})
-    return quality_record(own, display, target=target, margin_db=margin_db)
+    display = own.model_copy(update={"score": round(mean("quality_display"), 4)})
+    return quality_record(own, display, target=target, margin=margin)

@@ -1,11 +1,13 @@
 """Per-title rate control: one constant-rate factor per rung, chosen from sample encodes.
 
-x264's CRF gives roughly the same quality across content, but not the same SSIM: a
+x264's CRF gives roughly the same quality across content, but not the same VMAF: a
 cartoon at CRF 23 scores far above its target and spends bits on nothing visible, a
 detailed crowd scene falls below it. So split encodes a few short samples spread over the
 source at a few factors, measures each against the source (vtp.media.quality) and picks, per
 rung, the factor that reaches the rung's target at the fewest bits. The decision is part
-of the plan (`RenditionSpec.crf`), so every chunk of a rendition is encoded alike.
+of the plan (`RenditionSpec.crf`), so every chunk of a rendition is encoded alike. Each
+codec of a job is searched with its own encoder for the same target, so HEVC and AV1
+renditions show what H.264's do, for fewer bits.
 
 How the samples are made, to bound their cost:
 
@@ -16,9 +18,9 @@ How the samples are made, to bound their cost:
   keyframe grid, at one CRF) and compares it with that reference. Two probes bracket the
   default factor, a third lands on the interpolated choice; probes run in parallel,
   `quality_sample_workers` ffmpeg processes at a time;
-* SSIM in dB is close to linear in CRF and log bit rate too, so the factor is interpolated
-  between the probes that bracket the target, and the prediction of bit rate, quality and
-  encode time with it.
+* VMAF is close to linear in CRF and in log bit rate over a probe's span, so the factor is
+  interpolated between the probes that bracket the target, and the prediction of bit rate,
+  quality and encode time with it.
 
 Together the samples cover at most `quality_sample_share` of the source, so their encodes
 cost a small fraction of the real ones (bench/quality.py prints the ratio). A source too
@@ -28,6 +30,7 @@ says why: a sampling failure never refuses a job (the real encode reports what i
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import logging
 import math
@@ -46,16 +49,7 @@ from vtp.errors import FfmpegError
 from vtp.media.codecs import crf_for
 from vtp.media.encode import encode_args, reference_filters
 from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
-from vtp.media.quality import (
-    METRIC,
-    QualityScore,
-    from_db,
-    pooled,
-    ssim_frames,
-    time_left,
-    to_db,
-    upscaled,
-)
+from vtp.media.quality import METRIC, QualityScore, compare, pooled, time_left, upscaled
 from vtp.models import RenditionEstimate, RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
@@ -71,10 +65,11 @@ _CLOSE_ENOUGH = 1.0
 _ROUNDS = 2
 # Beyond every probe, the next is at most this many factors away.
 _MAX_STEP = 6.0
-# Where no factor reaches the target (grain, noise: what SSIM cannot see kept), more bits
-# are spent only while each doubling of them still buys this much SSIM (dB): past it, the
-# cap or the content holds quality where it is, and the cheaper encode looks the same.
-_MIN_GAIN_PER_DOUBLING_DB = 0.5
+# Where no factor reaches the target (grain, noise: detail no bit rate under the cap keeps),
+# more bits are spent only while each doubling of them still buys this many VMAF points:
+# past it, the cap or the content holds quality where it is, and the cheaper encode looks
+# the same.
+_MIN_GAIN_PER_DOUBLING = 2.0
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -247,8 +242,8 @@ class _Tuner:
                 probes[spec.name].append(probe)
             pending = []
             for spec in self.specs:
-                points = [(p.crf, p.score.db, p.bitrate) for p in probes[spec.name]]
-                crf = next_crf(points, self._target_db(spec), low, high)
+                points = [(p.crf, p.score.score, p.bitrate) for p in probes[spec.name]]
+                crf = next_crf(points, self._target(spec), low, high)
                 if crf is not None:
                     pending.append((spec, crf))
             if not pending:
@@ -307,34 +302,36 @@ class _Tuner:
             timeout=self._left(),
             cwd=self.dir,
         )
-        frames, cpu = ssim_frames(
+        measured = compare(
             ["-i", out.name, "-i", ref.name],
             "[0:v]setpts=PTS-STARTPTS",
             "[1:v]setpts=PTS-STARTPTS",
             cwd=self.dir,
             timeout=self._left(),
-            stats_name=f"{out.stem}.ssim",
+            settings=self.settings,
+            log_name=f"{out.stem.replace('.', '_')}.json",
         )
-        self._spent(encoded.cpu_seconds + cpu)
-        per_sample = [max(1, round(seconds * spec.fps)) for _, seconds in self.samples]
-        parts, at = [], 0
-        for count in per_sample:
-            parts.append(frames[at : at + count])
-            at += count
+        self._spent(encoded.cpu_seconds + measured.cpu_seconds)
+        # The scored frames back into their samples, by frame number (libvmaf scores every
+        # n-th frame of the joined samples).
+        ends = list(itertools.accumulate(max(1, round(sec * spec.fps)) for _, sec in self.samples))
+        parts: list[list[float]] = [[] for _ in ends]
+        for number, value in zip(measured.numbers, measured.vmaf, strict=True):
+            parts[min(bisect.bisect_right(ends, number), len(ends) - 1)].append(value)
         score = pooled([p for p in parts if p])
         bitrate = round(out.stat().st_size * 8 / self.sampled_seconds)
         log.info(
-            "probe %s crf %g: SSIM %.5f (%.2f dB), %d kbit/s, %.1fs CPU",
-            spec.name, crf, score.score, score.db, bitrate // 1000, encoded.cpu_seconds,
+            "probe %s crf %g: VMAF %.2f, %d kbit/s, %.1fs CPU",
+            spec.name, crf, score.score, bitrate // 1000, encoded.cpu_seconds,
         )  # fmt: skip
         return Probe(crf, score, bitrate, encoded.cpu_seconds, out)
 
-    def _target_db(self, spec: RenditionSpec) -> float:
-        return to_db(spec.quality_target or self.settings.target_for(spec.name))
+    def _target(self, spec: RenditionSpec) -> float:
+        return spec.quality_target or self.settings.target_for(spec.name)
 
     def _tuned(self, spec: RenditionSpec, probes: Sequence[Probe]) -> RenditionSpec:
-        crf = final_crf([(p.crf, p.score.db, p.bitrate) for p in probes], self._target_db(spec))
-        db = interpolate([(p.crf, p.score.db) for p in probes], crf)
+        crf = final_crf([(p.crf, p.score.score, p.bitrate) for p in probes], self._target(spec))
+        quality = interpolate([(p.crf, p.score.score) for p in probes], crf)
         log_rate = interpolate([(p.crf, math.log(max(p.bitrate, 1))) for p in probes], crf)
         cpu_per_s = interpolate(
             [(p.crf, p.cpu_seconds / self.sampled_seconds) for p in probes], crf
@@ -342,7 +339,7 @@ class _Tuner:
         bitrate = min(round(math.exp(log_rate)), spec.max_bitrate)
         estimate = RenditionEstimate(
             metric=METRIC,
-            quality=round(from_db(db), 6),
+            quality=round(min(quality, 100.0), 2),
             bitrate=bitrate,
             size_bytes=round(bitrate * self.source.duration / 8),
             encode_cpu_seconds=round(max(cpu_per_s, 0.0) * self.source.duration, 1),
@@ -353,68 +350,71 @@ class _Tuner:
     def _pruned(
         self, tuned: list[RenditionSpec], probes: dict[str, list[Probe]], refs: dict[str, Path]
     ) -> list[PrunedRung]:
-        """Rungs the rung below serves as well: scaled up to their size, its picture is
-        within the just-noticeable difference of what they are encoded for (their target,
-        or their probe's score where that is lower), for not many fewer bits: their extra
-        pixels hold nothing the source has (an upscaled or soft upload)."""
+        """Rungs off the title's convex hull: the rung below, at the best of its probes that
+        spends fewer bits than the rung would, scaled up to the rung's size, shows within
+        `prune_jnd` of what the rung is encoded to show (its target, or its predicted score
+        where the cap holds it below). Its extra pixels then hold nothing the source has
+        (an upscaled or soft upload), and the bits buy more as the smaller picture."""
+        if self.settings.prune_jnd <= 0:
+            return []
         pairs = []
         for lower, upper in itertools.pairwise(tuned):
-            if (
-                lower.estimate
-                and upper.estimate
-                and upper.estimate.bitrate
-                <= (self.settings.prune_bitrate_ratio * lower.estimate.bitrate)
-            ):
-                pairs.append((lower, upper))
-        if not pairs or self.settings.prune_jnd_db <= 0:
-            return []
+            if not upper.estimate:
+                continue
+            cheaper = [p for p in probes[lower.name] if p.bitrate < upper.estimate.bitrate]
+            if cheaper:
+                pairs.append((max(cheaper, key=lambda p: p.score.score), upper))
 
-        def compare(pair: tuple[RenditionSpec, RenditionSpec]) -> tuple[float, float]:
-            lower, upper = pair
-            mine = _nearest(probes[upper.name], upper.crf)
-            below = _nearest(probes[lower.name], lower.crf)
-            frames, cpu = ssim_frames(
+        def against(pair: tuple[Probe, RenditionSpec]) -> float:
+            below, upper = pair
+            measured = compare(
                 ["-i", below.path.name, "-i", refs[upper.name].name],
                 f"[0:v]{upscaled(upper.width, upper.height)},setpts=PTS-STARTPTS",
                 "[1:v]setpts=PTS-STARTPTS",
                 cwd=self.dir,
                 timeout=self._left(),
-                stats_name=f"up-{upper.name}.ssim",
+                settings=self.settings,
+                log_name=f"up-{upper.name}.json",
             )
-            self._spent(cpu)
-            # What the rung is to show: its target, or less where the cap holds it below.
-            return min(mine.score.db, self._target_db(upper)), to_db(sum(frames) / len(frames))
+            self._spent(measured.cpu_seconds)
+            return sum(measured.vmaf) / len(measured.vmaf)
 
-        scores = self._parallel(compare, pairs)
+        scores = self._parallel(against, pairs)
         pruned = []
-        for (lower, upper), (own, scaled) in zip(pairs, scores, strict=True):
+        names_below = {upper.name: lower.name for lower, upper in itertools.pairwise(tuned)}
+        for (below, upper), scaled in zip(pairs, scores, strict=True):
+            assert upper.estimate
+            # What the rung is to show: its target, or less where the cap holds it below.
+            shows = min(upper.estimate.quality, self._target(upper))
+            below_name = names_below[upper.name]
             log.info(
-                "%s scaled up to %s: %.2f dB SSIM, against %.2f dB at its own size",
-                lower.name, upper.name, scaled, own,
+                "%s at crf %g (%d kbit/s) scaled up to %s: VMAF %.2f; %s itself: %.2f"
+                " for %d kbit/s",
+                below_name, below.crf, below.bitrate // 1000, upper.name, scaled, upper.name,
+                shows, upper.estimate.bitrate // 1000,
             )  # fmt: skip
-            if own - scaled < self.settings.prune_jnd_db:
-                assert lower.estimate and upper.estimate
+            if shows - scaled < self.settings.prune_jnd:
                 pruned.append(
                     PrunedRung(
                         name=upper.name,
                         reason=(
-                            f"{lower.name} scaled up to {upper.width}x{upper.height} is within "
-                            f"{max(own - scaled, 0):.2f} dB SSIM of what {upper.name} would "
-                            f"show (just-noticeable: {self.settings.prune_jnd_db:g} dB), and "
-                            f"{upper.name} would take "
-                            f"{upper.estimate.bitrate / max(lower.estimate.bitrate, 1):.2f}x "
-                            f"its bits: the source holds no more detail than {lower.name}"
+                            f"{below_name} scaled up to {upper.width}x{upper.height} scores VMAF "
+                            f"{scaled:.1f} for {below.bitrate // 1000} kbit/s, within "
+                            f"{max(shows - scaled, 0):.1f} of what {upper.name} would show "
+                            f"({shows:.1f}) for {upper.estimate.bitrate // 1000} kbit/s "
+                            f"(just-noticeable: {self.settings.prune_jnd:g}): the source "
+                            f"holds no more detail than {below_name}"
                         ),
                     )
                 )
         return pruned
 
 
-Point = tuple[float, float, int]  # (crf, SSIM dB, bit/s) of one probe
+Point = tuple[float, float, int]  # (crf, VMAF, bit/s) of one probe
 
 
-def next_crf(points: Sequence[Point], target_db: float, low: float, high: float) -> float | None:
-    """The factor to probe next, from the (crf, SSIM dB, bit/s) probes so far; None: no
+def next_crf(points: Sequence[Point], target: float, low: float, high: float) -> float | None:
+    """The factor to probe next, from the (crf, VMAF, bit/s) probes so far; None: no
     probe would change the choice.
 
     The answer is the highest factor (fewest bits) whose quality still meets the target.
@@ -424,7 +424,7 @@ def next_crf(points: Sequence[Point], target_db: float, low: float, high: float)
     none passes and more bits no longer buy quality (`_worth_it`), none is probed.
     """
     pts = sorted(points)
-    passing = [p for p in pts if p[1] >= target_db]
+    passing = [p for p in pts if p[1] >= target]
     if passing:
         best = max(passing)
         above = [p for p in pts if p[0] > best[0]]
@@ -432,14 +432,14 @@ def next_crf(points: Sequence[Point], target_db: float, low: float, high: float)
             fail = min(above)
             if fail[0] - best[0] <= _CLOSE_ENOUGH:
                 return None
-            guess = _along(best, fail, target_db)
+            guess = _along(best, fail, target)
             return round(min(max(guess, best[0] + 0.5), fail[0] - 0.5), 1)
         if best[0] >= high:
             return None
         lower = [p for p in pts if p[0] < best[0]]
         step = _MAX_STEP
         if lower:
-            guess = _along(max(lower), best, target_db)
+            guess = _along(max(lower), best, target)
             if guess > best[0]:
                 step = min(_MAX_STEP, max(_CLOSE_ENOUGH, guess - best[0]))
         return round(min(best[0] + step, high), 1)
@@ -448,26 +448,26 @@ def next_crf(points: Sequence[Point], target_db: float, low: float, high: float)
         return None
     step = _MAX_STEP
     if len(pts) > 1:
-        guess = _along(lowest, pts[1], target_db)
+        guess = _along(lowest, pts[1], target)
         if guess < lowest[0]:
             step = min(_MAX_STEP, max(_CLOSE_ENOUGH, lowest[0] - guess))
     return round(max(lowest[0] - step, low), 1)
 
 
-def final_crf(points: Sequence[Point], target_db: float) -> float:
+def final_crf(points: Sequence[Point], target: float) -> float:
     """The factor chosen from the probes: interpolated between the highest passing probe
     and the failing one just above it; the highest passing probe when none fails above it.
     When none passes, from the cheapest probe down, each lower factor only while its extra
     bits are `_worth_it`."""
     pts = sorted(points)
-    passing = [p for p in pts if p[1] >= target_db]
+    passing = [p for p in pts if p[1] >= target]
     if passing:
         best = max(passing)
         above = [p for p in pts if p[0] > best[0]]
         if not above:
             return best[0]
         fail = min(above)
-        return round(min(max(_along(best, fail, target_db), best[0]), fail[0]), 1)
+        return round(min(max(_along(best, fail, target), best[0]), fail[0]), 1)
     chosen = pts[-1]
     for richer in reversed(pts[:-1]):
         if not _worth_it(richer, chosen):
@@ -477,20 +477,20 @@ def final_crf(points: Sequence[Point], target_db: float) -> float:
 
 
 def _worth_it(richer: Point, cheaper: Point) -> bool:
-    """Whether `richer` (a lower factor) buys at least `_MIN_GAIN_PER_DOUBLING_DB` of SSIM
+    """Whether `richer` (a lower factor) buys at least `_MIN_GAIN_PER_DOUBLING` VMAF points
     per doubling of bits over `cheaper`."""
     gained = richer[1] - cheaper[1]
     if richer[2] <= cheaper[2]:
         return gained > 0  # no more bits (the cap holds them): only if it is better at all
-    return gained / math.log2(richer[2] / max(cheaper[2], 1)) >= _MIN_GAIN_PER_DOUBLING_DB
+    return gained / math.log2(richer[2] / max(cheaper[2], 1)) >= _MIN_GAIN_PER_DOUBLING
 
 
-def _along(a: Point, b: Point, target_db: float) -> float:
-    """Where the line through probes a and b, (crf, dB), reaches `target_db`."""
+def _along(a: Point, b: Point, target: float) -> float:
+    """Where the line through probes a and b, (crf, VMAF), reaches `target`."""
     (c0, d0, _), (c1, d1, _) = a, b
     if abs(d1 - d0) < 1e-9:
         return c1
-    return c0 + (target_db - d0) * (c1 - c0) / (d1 - d0)
+    return c0 + (target - d0) * (c1 - c0) / (d1 - d0)
 
 
 def interpolate(points: Sequence[tuple[float, float]], x: float) -> float:

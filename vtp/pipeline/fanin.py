@@ -19,9 +19,9 @@ from vtp.lifecycle import RetryPolicy, TaskState
 from vtp.media import dash, iframes, storyboard
 from vtp.media.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.media.iframes import IFRAME_PLAYLIST
-from vtp.media.join import JoinProblem, check_join, iframe_playlist, joined_result, media_playlist
+from vtp.media.join import check_join, iframe_playlist, joined_result, media_playlist
 from vtp.media.playlist import MasterEntry, make_poster, master_playlist
-from vtp.media.quality import combined_record
+from vtp.media.quality import METRIC, combined_record
 from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.views import JobViews
@@ -168,7 +168,7 @@ class FanIn:
             r.name: MasterEntry.from_result(
                 RenditionResult.model_validate(r.result),
                 layout.within_job(job_id, r.output_prefix, r.name),
-                score=(r.result or {}).get("quality_display"),
+                score=_vmaf_display(r.result or {}),
                 spec=r.spec,
             )
             for r in done
@@ -237,14 +237,6 @@ class FanIn:
         fps = frame_rate(r.spec.fps)
         assert job.source_info is not None
         problems = check_join(chunks, fps=fps, source_duration=job.source_info.duration)
-        # One build for every chunk (vtp.media.build): another encoder release makes other
-        # bits at the joins, even where its init segment happens to match.
-        tools = [(t.result or {}).get("tools") for t in tasks]
-        problems += [
-            JoinProblem(chunk=t.chunk, reason=f"encoded by {made}, chunk 0 by {tools[0]}")
-            for t, made in zip(tasks, tools, strict=True)
-            if made != tools[0]
-        ]
         if problems:
             return [
                 f"rendition {r.name} cannot be joined: chunk {p.chunk}: {p.reason}"
@@ -269,12 +261,21 @@ class FanIn:
         quality = combined_record(
             [t.result or {} for t in tasks],
             target=r.spec.quality_target,
-            margin_db=self.settings.quality_margin_db,
+            margin=self.settings.quality_margin,
         )
-        record = joined.model_dump(mode="json") | quality | {
-            "output_prefix": folder.rstrip("/"),
-            "tools": tools[0],
-        }
+        # The builds that made it (vtp.media.build): one, unless a rolling update of the
+        # pinned ffmpeg ran through the job (the init segments matched all the same).
+        tools: list[Any] = []
+        for t in tasks:
+            if (made := (t.result or {}).get("tools")) not in tools:
+                tools.append(made)
+        if len(tools) > 1:
+            log.warning("job %s: %s joined from chunks of %d builds", job.id, r.name, len(tools))
+        record = (
+            joined.model_dump(mode="json")
+            | quality
+            | {"output_prefix": folder.rstrip("/"), "tools": tools[0] if len(tools) == 1 else tools}
+        )
         self.store.record_joined(job.id, r.name, record)
         log.info("job %s: %s joined from %d chunks", job.id, r.name, len(chunks))
         return None
@@ -454,3 +455,11 @@ class FanIn:
             plan=job.plan,
             private=job.private,
         )
+
+
+def _vmaf_display(result: dict[str, Any]) -> float | None:
+    """A rendition's SCORE: its VMAF at the ladder's largest size. A rendition measured by
+    SSIM (before VMAF; redriven beside new ones) has none, so a master never ranks variants
+    on two scales (the playlist writes SCORE on all variants or none)."""
+    score = result.get("quality_display")
+    return score if result.get("quality_metric") == METRIC else None

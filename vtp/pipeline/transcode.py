@@ -325,7 +325,7 @@ class TaskRunner:
             wanted = self.settings.quality_measure_segments
         chosen = [segments[i] for i in spread(len(segments), wanted)]
         target = spec.quality_target
-        margin = self.settings.quality_margin_db
+        margin = self.settings.quality_margin
         if not chosen:
             return {}
         videos = [r.spec for r in job.renditions if r.spec.kind == "video"]
@@ -349,8 +349,8 @@ class TaskRunner:
                 raise  # stopped, not failed: the caller tells which
             reason = getattr(exc, "reason", None) or str(exc)
             log.warning("quality of %s/%s not measured: %s", job.id, spec.name, reason)
-            return quality_record(None, None, target=target, margin_db=margin, error=reason)
-        return quality_record(own, shown, target=target, margin_db=margin)
+            return quality_record(None, None, target=target, margin=margin, error=reason)
+        return quality_record(own, shown, target=target, margin=margin)
 
     def _job_cancelled(self, job_id: UUID, watch: _StopWatch) -> bool:
         if watch.cancelled:

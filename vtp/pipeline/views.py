@@ -10,6 +10,7 @@ from vtp.errors import NotFound
 from vtp.events import progress_field
 from vtp.jobs import Job, Rendition
 from vtp.media.encode import AUDIO_CHANNELS, AUDIO_SAMPLE_RATE
+from vtp.media.quality import METRIC
 from vtp.models import RenditionSpec, RenditionState
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.urls import Urls
@@ -208,13 +209,14 @@ def _quality(r: Rendition) -> dict[str, Any]:
     est = r.spec.estimate
     result = r.result or {}
     return {
-        "metric": r.quality_metric or (est.metric if est else "ssim"),
+        "metric": r.quality_metric or (est.metric if est else METRIC),
         "target": r.spec.quality_target,
         "predicted": est.quality if est else None,
         "predicted_bitrate": est.bitrate if est else None,
         "score": r.quality_score,
         "worst": r.quality_worst,
         "display": result.get("quality_display"),
+        "ssim": result.get("quality_ssim"),  # the secondary figure
         "flagged": r.quality_flagged,
         "error": result.get("quality_error"),
     }

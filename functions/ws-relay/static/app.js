@@ -1033,15 +1033,20 @@
     return "";
   }
 
-  /** "SSIM 0.9861" once measured (the prediction before), with the factor it was encoded at. */
+  /** A score as its metric is read: VMAF in points to one decimal, SSIM (older jobs) to four. */
+  function scoreText(q, value) {
+    return String(q.metric || "vmaf") === "vmaf" ? value.toFixed(1) : value.toFixed(4);
+  }
+
+  /** "VMAF 94.6" once measured (the prediction before), with the factor it was encoded at. */
   function qualityText(r) {
     if (r.track) return trackText(r.track);
     const q = r.quality;
     if (!q) return "";
-    const metric = String(q.metric || "ssim").toUpperCase();
+    const metric = String(q.metric || "vmaf").toUpperCase();
     const crf = typeof r.crf === "number" ? ` · CRF ${r.crf}` : "";
-    if (typeof q.score === "number") return `${metric} ${q.score.toFixed(4)}${q.flagged ? " ⚠" : ""}${crf}`;
-    if (typeof q.predicted === "number") return `${metric} ~${q.predicted.toFixed(4)}${crf}`;
+    if (typeof q.score === "number") return `${metric} ${scoreText(q, q.score)}${q.flagged ? " ⚠" : ""}${crf}`;
+    if (typeof q.predicted === "number") return `${metric} ~${scoreText(q, q.predicted)}${crf}`;
     return crf.slice(3);
   }
 
@@ -1065,8 +1070,9 @@
     if (!q) return "";
     const parts = [];
     if (typeof q.target === "number") parts.push(`target ${q.target}`);
-    if (typeof q.predicted === "number") parts.push(`predicted ${q.predicted.toFixed(4)}`);
-    if (typeof q.worst === "number") parts.push(`worst segment ${q.worst.toFixed(4)}`);
+    if (typeof q.predicted === "number") parts.push(`predicted ${scoreText(q, q.predicted)}`);
+    if (typeof q.worst === "number") parts.push(`worst segment ${scoreText(q, q.worst)}`);
+    if (typeof q.ssim === "number") parts.push(`SSIM ${q.ssim.toFixed(4)}`);
     if (q.flagged) parts.push("below its target by more than the margin");
     if (q.error) parts.push(`not measured: ${q.error}`);
     return parts.join("; ");
