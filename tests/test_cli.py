@@ -189,6 +189,29 @@ def test_the_renditions_table_shows_each_kind_as_what_it_is() -> None:
     assert "None" not in console.export_text()
 
 
+def test_a_job_shows_its_vmaf_and_the_tools_that_made_it() -> None:
+    """`vtp status JOB`: each picture's VMAF against its target (SSIM, from jobs measured
+    before VMAF, at its own precision), and the ffmpeg and ffprobe builds on a line."""
+    from rich.console import Console
+
+    from vtp_cli.views import print_job
+
+    quality = {"metric": "vmaf", "score": 94.567, "target": 95.0, "flagged": False}
+    old = {"metric": "ssim", "score": 0.98612, "target": 0.985, "flagged": False}
+    view: dict[str, Any] = {"id": JOB, "state": "succeeded", "renditions": [
+        {"name": "720p", "kind": "video", "state": "succeeded", "width": 1280, "height": 720,
+         "quality": quality},
+        {"name": "360p", "kind": "video", "state": "succeeded", "width": 640, "height": 360,
+         "quality": old},
+    ]}  # fmt: skip
+    view["tools"] = {"ffmpeg": "n9.0.2-17-g2a571b6068-20260930", "ffprobe": "5.1.9-0+deb12u1"}
+    console = Console(record=True, width=200, color_system=None)
+    print_job(console, view)
+    text = console.export_text()
+    assert "VMAF 94.6 (target 95)" in text and "SSIM 0.9861 (target 0.985)" in text
+    assert "tools:           ffmpeg n9.0.2-17-g2a571b6068-20260930, ffprobe 5.1.9" in text
+
+
 def test_format_eta() -> None:
     assert format_eta(None) == "-"
     assert format_eta(5.4) == "0:05"
