@@ -6,9 +6,9 @@ For a 2 s and a 30 s 1080p30 clip with audio, RUNS times each (after one warm-up
 - the pipeline: upload to the uploads bucket of a local stack (3 queue-workers, one per
   rendition), until the job has succeeded. Its parts come from the job's own records:
   upload (the client's PUT), to job (notification and split, until the job row exists),
-  queue wait (until the last rendition's attempt began), encode and output upload (the
-  slowest rendition's, as its transcode measured them), fan-in (last rendition done until
-  the job succeeded);
+  queue wait (until the last rendition's attempt began), encode, quality measurement and
+  output upload (the slowest rendition's, as its transcode measured them), fan-in (last
+  rendition done until the job succeeded);
 - bare ffmpeg: one process per rendition in parallel, running the very command a
   transcode runs (`vtp.media.encode.ffmpeg_command`), reading the same object through the same
   kind of presigned URL, writing to a local folder.
@@ -49,7 +49,7 @@ from vtp.settings import Settings  # noqa: E402
 from vtp.storage import Storage  # noqa: E402
 
 RUNS = 3
-PARTS = ("upload", "to job", "queue wait", "encode", "output upload", "fan-in")
+PARTS = ("upload", "to job", "queue wait", "encode", "measure", "output upload", "fan-in")
 
 
 def make_clip(path: Path, seconds: int) -> None:
@@ -119,6 +119,7 @@ def _parts(cfg: LocalConfig, job_id: str, uploaded_at: datetime) -> dict[str, fl
         "to job": (job["created_at"] - uploaded_at).total_seconds(),
         "queue wait": (last_start - job["created_at"]).total_seconds(),
         "encode": max(float(t.get("encode_s", 0)) for t in timings),
+        "measure": max(float(t.get("measure_s", 0)) for t in timings),
         "output upload": max(float(t.get("upload_s", 0)) for t in timings),
         "fan-in": (job["finished_at"] - last_done).total_seconds(),
     }

@@ -221,7 +221,8 @@ class Settings(BaseSettings):
     prune_jnd_db: float = Field(default=0.5, ge=0)
     prune_bitrate_ratio: float = Field(default=2.0, ge=1)
     # Output segments measured against the source after encoding, per rendition encoded
-    # whole (a chunk measures one): the recorded quality, at a bounded cost.
+    # whole (a chunk measures one): at most this many, one per `chunk_seconds` of source
+    # (vtp.pipeline.transcode.segments_to_measure): the recorded quality, at a bounded cost.
     quality_measure_segments: int = Field(default=3, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
