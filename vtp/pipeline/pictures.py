@@ -55,7 +55,8 @@ class Pictures:
         """What the early calls did not make: the poster, and the storyboard from the
         smallest video rendition that succeeded, unless it made it already. Whether the
         job has a storyboard. StorageError only when the storage cannot say what is there."""
-        if not self._exists(job, layout.POSTER):
+        has_video = job.source_info is not None and job.source_info.has_video
+        if has_video and not self._exists(job, layout.POSTER):
             self.write_poster(job)
         source = _storyboard_source(job.renditions, succeeded_only=True)
         if source is None:
