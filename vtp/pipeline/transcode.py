@@ -460,7 +460,7 @@ def segments_to_measure(duration_s: float, settings: Settings) -> int:
     (the source is decoded again, from the keyframe before the segment, and a smaller rung
     is compared twice: at its size and scaled up): three 4 s segments of a 30 s 1080p
     source cost 44% of its three encodes' CPU (bench/pipeline_vs_ffmpeg.py's clip), one
-    costs 15%. Its density, not its count, is what keeps it a small share of the encode."""
+    costs 16%. Its density, not its count, is what keeps it a small share of the encode."""
     wanted = settings.quality_measure_segments
     if wanted <= 0:
         return 0
