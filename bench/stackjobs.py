@@ -9,19 +9,28 @@ import requests
 from localfaas.config import LocalConfig
 
 
+def _view(cfg: LocalConfig) -> dict[str, str]:
+    """The stack's view credential: status is closed to callers without one (vtp.access)."""
+    return {"Authorization": f"Bearer {cfg.credentials['view_token']}"}
+
+
 def wait_for_success(cfg: LocalConfig, key: str, *, until: float, poll_s: float) -> str:
     """The id of the job for uploads/`key` once it has succeeded; exits on its failure or
     when time.monotonic() passes `until`. Returns as soon as the success is seen, so the
     caller's clock stops at it."""
     status = f"{cfg.gateway_url}/function/status"
+    auth = _view(cfg)
     job_id = None
     while time.monotonic() < until:
         if job_id is None:
-            found = requests.get(status, params={"bucket": "uploads", "key": key}, timeout=10)
+            found = requests.get(
+                status, params={"bucket": "uploads", "key": key}, headers=auth, timeout=10
+            )
+            found.raise_for_status()  # a refusal (401: no credential) is not "not yet"
             jobs = found.json().get("jobs", [])
             job_id = jobs[0]["id"] if jobs else None
         if job_id:
-            job = requests.get(status, params={"id": job_id}, timeout=10).json()
+            job = requests.get(status, params={"id": job_id}, headers=auth, timeout=10).json()
             if job["state"] == "succeeded":
                 return str(job_id)
             if job["state"] == "failed":
@@ -36,7 +45,10 @@ def prediction_lines(cfg: LocalConfig, job_id: str) -> list[str]:
     when it is muxed in), SSIM, and encode CPU (the calls' encode seconds with
     `-threads 1`)."""
     job = requests.get(
-        f"{cfg.gateway_url}/function/status", params={"id": job_id}, timeout=10
+        f"{cfg.gateway_url}/function/status",
+        params={"id": job_id},
+        headers=_view(cfg),
+        timeout=10,
     ).json()
     lines = []
     for r in job["renditions"]:

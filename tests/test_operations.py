@@ -303,6 +303,15 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     sub.close()
     assert seen and seen[0].ready == ["360p", "audio"], seen
 
+    # The poster and the storyboard (from 360p, the smallest) come with 360p, while 720p
+    # still encodes, not from the job's last call (vtp.pipeline.pictures).
+    pictures = {f"{job_id}/poster.jpg", f"{job_id}/storyboard.vtt"}
+    until = time.monotonic() + 30
+    while not pictures <= set(_outputs(s3, stack_env, job_id)) and time.monotonic() < until:
+        time.sleep(0.1)
+    assert pictures <= set(_outputs(s3, stack_env, job_id))
+    assert _job(gateway, job_id)["state"] == "running"
+
     done = _job(gateway, job_id)
     deadline = time.monotonic() + 150
     while done["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
@@ -315,3 +324,4 @@ def test_the_master_is_playable_as_each_rendition_finishes(
     assert got.headers.get("Cache-Control") == "no-cache", got.headers
     assert final.count("#EXT-X-STREAM-INF") == 2
     assert final.index("RESOLUTION=640x360") < final.index("RESOLUTION=1280x720")
+    assert {"poster", "storyboard"} <= set(done["urls"]), done["urls"]

@@ -92,6 +92,19 @@ def test_vmaf_targets_are_per_rung_and_validated() -> None:
         Settings(quality_targets={"360p": 0.985})
 
 
+def test_a_whole_rendition_measures_as_densely_as_a_chunked_one() -> None:
+    """One segment per chunk length of source (48 s), at least one, at most the setting:
+    a 30 s clip measures one, not three (which cost 44% of its encodes' CPU)."""
+    from vtp.pipeline.transcode import segments_to_measure
+
+    s = Settings()
+    assert s.chunk_seconds == 48 and s.quality_measure_segments == 3
+    counts = [segments_to_measure(d, s) for d in (2.0, 30.0, 48.0, 48.5, 96.0, 119.0, 3600.0)]
+    assert counts == [1, 1, 1, 2, 2, 3, 3]
+    assert segments_to_measure(119.0, s.model_copy(update={"quality_measure_segments": 1})) == 1
+    assert segments_to_measure(30.0, s.model_copy(update={"quality_measure_segments": 0})) == 0
+
+
 def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target() -> None:
     """Jobs recorded before 0008 have specs without a factor: they are encoded as planned
     then, at their bit-rate target, with the preset of the time."""

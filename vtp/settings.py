@@ -236,7 +236,8 @@ class Settings(BaseSettings):
     # scaled up, scores 4.4 below the 720p rung; sharp 720p detail, 14.6 below. 0: never drop.
     prune_jnd: float = Field(default=6.0, ge=0)
     # Output segments measured against the source after encoding, per rendition encoded
-    # whole (a chunk measures one): the recorded quality, at a bounded cost.
+    # whole (a chunk measures one): at most this many, one per `chunk_seconds` of source
+    # (vtp.pipeline.transcode.segments_to_measure): the recorded quality, at a bounded cost.
     quality_measure_segments: int = Field(default=3, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)

@@ -15,6 +15,7 @@ ends, exactly one caller wins `claim_finalization` and finishes the job.
 One module per responsibility, each part built with the parts it calls (no part reaches
 another through a global or a base class): `clients` (the shared clients and events),
 `urls`, `views` (the job as clients see it), `fanin` (finishing a job, its callback),
+`pictures` (the poster and storyboard, made as soon as they can be),
 `dispatch` (calls on the gateway's queue and the queue-worker's reports), `transcode`
 (running one task), `intake` (submission and reconciliation), `sweep`, `operations` (what an
 operator does to a job: cancel, redrive, delete; retention). `Pipeline` wires them together

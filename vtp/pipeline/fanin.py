@@ -1,29 +1,31 @@
-"""Fan-in: when the last task ends, one caller writes the master playlist and the poster,
-finishes the job and sends its callback (tried again by the sweeper until it is taken)."""
+"""Fan-in: as each rendition is ready, the master playlist over those ready so far (and the
+pictures, vtp.pipeline.pictures); when the last task ends, one caller writes the final master
+and what pictures are missing, finishes the job and sends its callback (tried again by the
+sweeper until it is taken)."""
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 from pydantic import BaseModel
 
-from vtp import callbacks, layout, logs, privacy, workdirs
+from vtp import callbacks, layout, logs, privacy
 from vtp.errors import VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import CallbackStatus, Job, Rendition, SourceRef, summarize_outcome
 from vtp.lifecycle import RetryPolicy, TaskState
-from vtp.media import dash, iframes, storyboard
+from vtp.media import dash, storyboard
 from vtp.media.encode import HLS_PLAYLIST, ChunkResult, RenditionResult, frame_rate
 from vtp.media.iframes import IFRAME_PLAYLIST
 from vtp.media.join import check_join, iframe_playlist, joined_result, media_playlist
-from vtp.media.playlist import MasterEntry, make_poster, master_playlist
+from vtp.media.playlist import MasterEntry, master_playlist
 from vtp.media.quality import METRIC, combined_record
 from vtp.models import JobState, RenditionState
 from vtp.pipeline.clients import Clients
+from vtp.pipeline.pictures import Pictures
 from vtp.pipeline.views import JobViews
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,7 @@ class FanIn:
         self.store = clients.store
         self.storage = clients.storage
         self.views = views
+        self.pictures = Pictures(clients)
         # Job callbacks are tried again with the same back-off rule as tasks.
         self.callback_retry = RetryPolicy(
             base_s=self.settings.callback_retry_base_seconds,
@@ -92,8 +95,7 @@ class FanIn:
                     self._bucket(job), f"{job.id}/{layout.MASTER}", master.encode(),
                     cache_control=layout.FINAL_MASTER_CACHE,
                 )  # fmt: skip
-                self._write_poster(job)
-                if self._write_storyboard(job):
+                if self.pictures.final(job):  # what the early calls did not make
                     outputs["storyboard"] = storyboard.VTT
             except VtpError as exc:
                 state, reason = (
@@ -122,13 +124,26 @@ class FanIn:
         that playback can start before the job ends, and say so (`rendition.ready`).
         Returns the renditions the master now lists; None when nothing changed (the
         rendition is not whole yet, the job is ending, or a variant's sound is not ready).
-        The final master, at the job's end, is written as before."""
+        The final master, at the job's end, is written as before. Then the job's poster
+        and storyboard, if this rendition is what they wait for (vtp.pipeline.pictures)."""
         job = self.store.get(job_id)
         rend = job.rendition(name)
         if job.state.terminal or rend.state is not RenditionState.SUCCEEDED:
             return None
-        if len(rend.tasks) > 1 and not rend.result and self._join(job, rend) is not None:
-            return None  # refused: the job's end says why
+        if len(rend.tasks) > 1 and not rend.result:
+            if self._join(job, rend) is not None:
+                return None  # refused: the job's end says why
+            job = self.store.get(job.id)  # with the joined result
+            rend = job.rendition(name)
+        ready = self._publish_early(job)
+        # The poster and the storyboard, while larger renditions still encode: off the
+        # job's last call (vtp.pipeline.pictures).
+        self.pictures.early(job, rend)
+        return ready
+
+    def _publish_early(self, job: Job) -> list[str] | None:
+        """The master over every rendition ready so far, written and recorded under the
+        job's lock, and announced (see rendition_ready)."""
         written: list[str] = []
 
         def publish(renditions: list[Rendition]) -> list[str] | None:
@@ -322,67 +337,6 @@ class FanIn:
         if removed:
             log.info("job %s: removed %d files of superseded attempts of %s", job.id, removed,
                      what)  # fmt: skip
-
-    def _write_poster(self, job: Job) -> None:
-        assert job.source_info is not None
-        if not job.source_info.has_video:
-            return  # sound alone: no picture to show
-        url = self.storage.presigned_get(job.source.bucket, job.source.key, expires=600)
-        try:
-            with workdirs.scratch("poster") as tmp:
-                path = make_poster(url, job.source_info, Path(tmp) / "poster.jpg", self.settings)
-                self.storage.put_bytes(
-                    self._bucket(job), f"{job.id}/{layout.POSTER}", path.read_bytes()
-                )
-        except VtpError as exc:
-            # A missing poster is cosmetic; the renditions are what the job is for.
-            log.warning("job %s: no poster: %s", job.id, exc.reason)
-
-    def _write_storyboard(self, job: Job) -> bool:
-        """Thumbnails on sprite sheets with their WebVTT index (vtp.media.storyboard), from the
-        I-frames of the smallest video rendition. Like the poster, cosmetic: a failure is
-        logged and the job stands."""
-        every = self.settings.storyboard_seconds
-        videos = [
-            r for r in job.renditions
-            if r.state is RenditionState.SUCCEEDED and r.spec.kind == "video"
-            and r.spec.dynamic_range == "sdr" and (r.result or {}).get("iframes")
-        ]  # fmt: skip
-        if not every or not videos:
-            return False
-        smallest = min(videos, key=lambda r: r.spec.width * r.spec.height)
-        bucket = self._bucket(job)
-        folder = f"{job.id}/{layout.within_job(job.id, smallest.output_prefix, smallest.name)}/"
-        try:
-            text = self.storage.get_bytes(bucket, folder + str((smallest.result or {})["iframes"]))
-            init_uri, frames = iframes.parse(text.decode())
-            chosen = storyboard.pick(frames, every)
-            if init_uri is None or not chosen:
-                raise ValueError("the I-frame playlist names no init segment or no frames")
-            init = self.storage.get_bytes(bucket, folder + init_uri)
-            ranges = [
-                self.storage.get_bytes(bucket, folder + f.uri, offset=f.offset, length=f.length)
-                for _, _, f in chosen
-            ]
-            with workdirs.scratch("storyboard") as tmp:
-                out = Path(tmp)
-                thumbs = storyboard.build(
-                    init, ranges, [(s, e) for s, e, _ in chosen], out,
-                    source_size=(smallest.spec.width, smallest.spec.height),
-                    width=self.settings.storyboard_width,
-                    timeout=self.settings.ffprobe_timeout_seconds,
-                )  # fmt: skip
-                for sheet in sorted({t.sheet for t in thumbs}):
-                    self.storage.put_bytes(bucket, f"{job.id}/{storyboard.FOLDER}/{sheet}",
-                                           (out / sheet).read_bytes())  # fmt: skip
-            self.storage.put_bytes(bucket, f"{job.id}/{storyboard.VTT}",
-                                   storyboard.webvtt(thumbs).encode())  # fmt: skip
-            log.info("job %s: storyboard of %d thumbnails from %s", job.id, len(thumbs),
-                     smallest.name)  # fmt: skip
-            return True
-        except (VtpError, ValueError, KeyError, UnicodeDecodeError, OSError) as exc:
-            log.warning("job %s: no storyboard: %s", job.id, getattr(exc, "reason", exc))
-            return False
 
     def fire_callback(self, job: Job) -> None:
         """One try at the job's callback; a failure is tried again by the sweeper, with
