@@ -84,6 +84,16 @@ class Comparison(NamedTuple):
     cpu_seconds: float
 
 
+class Pair(NamedTuple):
+    """One comparison of a graph: the filter chains that make its distorted and reference
+    pictures from the graph's two input pictures, and the file libvmaf logs it to (a plain
+    name, its own)."""
+
+    distorted: str
+    reference: str
+    log_name: str
+
+
 def compare(
     inputs: Sequence[str],
     distorted: str,
@@ -93,55 +103,102 @@ def compare(
     timeout: float,
     settings: Settings,
     log_name: str = "vmaf.json",
-    with_ssim: bool = False,
     cancel: threading.Event | None = None,
 ) -> Comparison:
-    """VMAF (and SSIM, `with_ssim`) of the filter graph's `distorted` against its `reference`.
+    """VMAF of the filter graph's `distorted` against its `reference`.
 
     `inputs` are ffmpeg's input arguments; `distorted` and `reference` are filter chains
     ending in the two pictures to compare, at the same size and pixel format, e.g.
     `[0:v]setpts=PTS-STARTPTS`. Frames are paired by timestamp, and the comparison stops with
-    the shorter of the two. Comparisons run side by side in one folder need their own
-    `log_name` (a plain file name).
-    """
-    if not re.fullmatch(r"[\w-]+\.json", log_name):
-        raise ValueError(f"not a plain .json file name: {log_name!r}")
-    log_path = cwd / log_name
-    ssim_path = log_path.with_suffix(".ssim")
-    log_path.unlink(missing_ok=True)
-    ssim_path.unlink(missing_ok=True)
+    the shorter of the two."""
+    (only,) = compare_all(
+        inputs,
+        "",
+        "",
+        [Pair(distorted, reference, log_name)],
+        cwd=cwd,
+        timeout=timeout,
+        settings=settings,
+        cancel=cancel,
+    )
+    return only
+
+
+def compare_all(
+    inputs: Sequence[str],
+    distorted_from: str,
+    reference_from: str,
+    pairs: Sequence[Pair],
+    *,
+    cwd: Path,
+    timeout: float,
+    settings: Settings,
+    with_ssim: bool = False,
+    cancel: threading.Event | None = None,
+) -> list[Comparison]:
+    """Several comparisons of the same two pictures in one ffmpeg run: the inputs are read
+    and decoded once (a rendition's own size and its size on the largest screen cost one
+    decode of the source, not two). `distorted_from`/`reference_from` are the input pads
+    (`[0:v]`) each pair's chains start from; empty when each chain names its own. SSIM, when
+    asked for, is the first pair's. Each Comparison's CPU seconds are the whole run's."""
+    if with_ssim and not distorted_from:
+        raise ValueError("SSIM beside VMAF reads the inputs through split: name the pads")
+    for pair in pairs:
+        if not re.fullmatch(r"[\w-]+\.json", pair.log_name):
+            raise ValueError(f"not a plain .json file name: {pair.log_name!r}")
+    logs = [cwd / pair.log_name for pair in pairs]
+    ssim_path = logs[0].with_suffix(".ssim")
+    for path in (*logs, ssim_path):
+        path.unlink(missing_ok=True)
     # shortest/repeatlast: stop with the shorter input instead of scoring a repeated frame.
     sync = "shortest=1:repeatlast=0"
-    vmaf = (
-        f"libvmaf=log_fmt=json:log_path={log_name}:{sync}"
-        f":n_subsample={settings.quality_vmaf_subsample}"
+    options = (
+        f"{sync}:n_subsample={settings.quality_vmaf_subsample}"
         f":n_threads={max(1, settings.quality_vmaf_threads)}"
     )
-    if with_ssim:
-        graph = (
-            f"{distorted},split[d1][d2];{reference},split[r1][r2];"
-            f"[d1][r1]{vmaf};[d2][r2]ssim=stats_file={ssim_path.name}:{sync}"
+    branches = len(pairs) + (1 if with_ssim else 0)
+    graph: list[str] = []
+    if distorted_from:  # one decode of each input, split to every comparison
+        graph.append(
+            f"{distorted_from}split={branches}" + "".join(f"[d{i}]" for i in range(branches))
         )
-    else:
-        graph = f"{distorted}[dist];{reference}[ref];[dist][ref]{vmaf}"
+        graph.append(
+            f"{reference_from}split={branches}" + "".join(f"[r{i}]" for i in range(branches))
+        )
+    chains = [*pairs, *([pairs[0]] if with_ssim else [])]
+    for i, pair in enumerate(chains):
+        d_in, r_in = (f"[d{i}]", f"[r{i}]") if distorted_from else ("", "")
+        graph.append(f"{d_in}{pair.distorted}[dd{i}]")
+        graph.append(f"{r_in}{pair.reference}[rr{i}]")
+    for i, pair in enumerate(pairs):
+        graph.append(f"[dd{i}][rr{i}]libvmaf=log_fmt=json:log_path={pair.log_name}:{options}")
+    if with_ssim:
+        i = len(pairs)
+        graph.append(f"[dd{i}][rr{i}]ssim=stats_file={ssim_path.name}:{sync}")
     run = run_ffmpeg(
-        [*inputs, "-lavfi", graph, "-f", "null", "-"], timeout=timeout, cwd=cwd, cancel=cancel
+        [*inputs, "-lavfi", ";".join(graph), "-f", "null", "-"],
+        timeout=timeout,
+        cwd=cwd,
+        cancel=cancel,
     )
-    try:
-        frames = json.loads(log_path.read_text())["frames"]
-        scores = [float(f["metrics"]["vmaf"]) for f in frames]
-        numbers = [int(f["frameNum"]) for f in frames]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise FfmpegError("ffmpeg's libvmaf filter wrote no usable log") from exc
-    if not scores:
-        raise FfmpegError("ffmpeg's libvmaf filter compared no frame")
-    ssim = []
+    ssim: list[float] = []
     if with_ssim:
         try:
             ssim = [float(m.group(1)) for m in _ALL.finditer(ssim_path.read_text())]
         except OSError as exc:
             raise FfmpegError("ffmpeg's ssim filter wrote no statistics") from exc
-    return Comparison(scores, numbers, ssim, run.cpu_seconds)
+    results = []
+    for i, path in enumerate(logs):
+        try:
+            frames = json.loads(path.read_text())["frames"]
+            scores = [float(f["metrics"]["vmaf"]) for f in frames]
+            numbers = [int(f["frameNum"]) for f in frames]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FfmpegError("ffmpeg's libvmaf filter wrote no usable log") from exc
+        if not scores:
+            raise FfmpegError("ffmpeg's libvmaf filter compared no frame")
+        results.append(Comparison(scores, numbers, ssim if i == 0 else [], run.cpu_seconds))
+    return results
 
 
 class Segment(NamedTuple):
@@ -199,32 +256,31 @@ def measure_segments(
                     threads=settings.ffmpeg_threads,
                 ),
             ]
-            measured = compare(
+            pairs = [
+                Pair("setpts=PTS-STARTPTS", f"{reference_filters(spec)},setpts=PTS-STARTPTS",
+                     f"seg-{i}.json")
+            ]  # fmt: skip
+            if up is not None:
+                big = spec.model_copy(update={"width": up[0], "height": up[1]})
+                pairs.append(
+                    Pair(f"{upscaled(*up)},setpts=PTS-STARTPTS",
+                         f"{reference_filters(big)},setpts=PTS-STARTPTS", f"seg-{i}-up.json")
+                )  # fmt: skip
+            measured = compare_all(
                 inputs,
-                "[0:v]setpts=PTS-STARTPTS",
-                f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
+                "[0:v]",
+                "[1:V:0]",
+                pairs,
                 cwd=work,
                 timeout=time_left(deadline, "measuring the output's quality"),
                 settings=settings,
-                log_name=f"seg-{i}.json",
                 with_ssim=True,
                 cancel=cancel,
             )
-            own.append(measured.vmaf)
-            own_ssim += measured.ssim
+            own.append(measured[0].vmaf)
+            own_ssim += measured[0].ssim
             if up is not None:
-                big = spec.model_copy(update={"width": up[0], "height": up[1]})
-                measured = compare(
-                    inputs,
-                    f"[0:v]{upscaled(*up)},setpts=PTS-STARTPTS",
-                    f"[1:V:0]{reference_filters(big)},setpts=PTS-STARTPTS",
-                    cwd=work,
-                    timeout=time_left(deadline, "measuring the output's quality"),
-                    settings=settings,
-                    log_name=f"seg-{i}-up.json",
-                    cancel=cancel,
-                )
-                shown.append(measured.vmaf)
+                shown.append(measured[1].vmaf)
     score = pooled(own, own_ssim)
     return score, pooled(shown) if shown else None
 
