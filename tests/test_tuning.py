@@ -92,6 +92,19 @@ def test_vmaf_targets_are_per_rung_and_validated() -> None:
         Settings(quality_targets={"360p": 0.985})
 
 
+def test_a_short_clip_scores_a_handful_of_frames() -> None:
+    """The measured segments of a 2 s clip are the whole clip: every third frame would cost
+    a third of its encode, so six of its 60 are scored; a longer output keeps every third."""
+    from vtp.media.quality import scoring_step
+
+    s = Settings()
+    assert s.quality_vmaf_subsample == 3 and s.quality_measure_share == 0.05
+    assert scoring_step([Segment("seg", 0.0, 2.0)], 30.0, 2.0, s) == 10
+    assert scoring_step([Segment("seg", 0.0, 4.0)], 30.0, 30.0, s) == 3
+    assert scoring_step([Segment("seg", 0.0, 4.0)] * 3, 25.0, 600.0, s) == 3
+    assert scoring_step([Segment("seg", 0.0, 4.0)], 30.0, None, s) == 3
+
+
 def test_a_whole_rendition_measures_as_densely_as_a_chunked_one() -> None:
     """One segment per chunk length of source (48 s), at least one, at most the setting:
     a 30 s clip measures one, not three (which cost 44% of its encodes' CPU)."""

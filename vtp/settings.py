@@ -210,9 +210,14 @@ class Settings(BaseSettings):
     # A rendition measured this many VMAF points below its target is flagged.
     quality_margin: float = Field(default=3.0, ge=0)
     # libvmaf scores every n-th frame (1: all): a scored frame costs about what a medium-preset
-    # encode spends on it, and neighbouring frames score alike. Threads per comparison.
+    # encode spends on it, and neighbouring frames score alike. An output's measurement scores
+    # fewer still where its segments are much of what it encoded (a short clip): at most
+    # `quality_measure_share` of its frames, and never fewer than six, so that measuring
+    # stays a small share of encoding. Threads per comparison: two, since the last rendition
+    # of a job measures on its tail, with the cores to itself.
     quality_vmaf_subsample: int = Field(default=3, ge=1, le=30)
-    quality_vmaf_threads: int = Field(default=1, ge=1, le=16)
+    quality_measure_share: float = Field(default=0.05, gt=0, le=1)
+    quality_vmaf_threads: int = Field(default=2, ge=1, le=16)
     # Per-title choice (vtp.media.tuning): split encodes `quality_sample_count` samples of
     # `quality_sample_seconds` spread over the source at a few factors and picks, per rung,
     # the one that meets the target. Together the samples cover at most

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import threading
 import time
@@ -230,13 +231,18 @@ def measure_segments(
     timeout: float,
     cancel: threading.Event | None = None,
     origin_s: float = 0.0,
+    encoded_seconds: float | None = None,
 ) -> tuple[QualityScore, QualityScore | None]:
     """The encoded `segments` (HLS fMP4, in `out_dir`, each played after `init`) against the
     source: at the rendition's own size, and, when `display` (the ladder's largest picture)
     is larger, scaled up to it, how a viewer at that size would see it (the HLS SCORE). The
     source is read only over each segment's range, on the file's timeline (the output's
-    starts `origin_s` later: SourceInfo.video_start)."""
+    starts `origin_s` later: SourceInfo.video_start). `encoded_seconds`, what the call
+    encoded: the frames scored are at most `quality_measure_share` of its frames (see
+    `scoring_step`)."""
     deadline = time.monotonic() + timeout
+    step = scoring_step(segments, spec.fps, encoded_seconds, settings)
+    settings = settings.model_copy(update={"quality_vmaf_subsample": step})
     own: list[list[float]] = []
     own_ssim: list[float] = []
     shown: list[list[float]] = []
@@ -283,6 +289,25 @@ def measure_segments(
                 shown.append(measured[1].vmaf)
     score = pooled(own, own_ssim)
     return score, pooled(shown) if shown else None
+
+
+# Fewer scored frames than this make a mean worth little: a short clip scores this many.
+MIN_SCORED_FRAMES = 6
+
+
+def scoring_step(
+    segments: Sequence[Segment], fps: float, encoded_seconds: float | None, settings: Settings
+) -> int:
+    """Every how many frames libvmaf scores in an output's measurement: the setting's step,
+    or a longer one where the measured segments are much of what was encoded, so that at
+    most `quality_measure_share` of the encoded frames (at least MIN_SCORED_FRAMES) are
+    scored. A 2 s 1080p clip scores 6 of its 60 frames, where every third would cost a third
+    of its encode's CPU; a whole 30 s rendition, every third frame of its one segment."""
+    measured = sum(seg.seconds for seg in segments) * fps
+    if encoded_seconds is None or measured <= 0:
+        return settings.quality_vmaf_subsample
+    allowed = max(MIN_SCORED_FRAMES, settings.quality_measure_share * encoded_seconds * fps)
+    return max(settings.quality_vmaf_subsample, math.ceil(measured / allowed))
 
 
 def time_left(deadline: float, what: str) -> float:

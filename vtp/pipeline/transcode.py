@@ -344,6 +344,7 @@ class TaskRunner:
                 timeout=max(budget, 1.0),
                 cancel=cancel,
                 origin_s=job.source_info.video_start if job.source_info else 0.0,
+                encoded_seconds=sum(seg.seconds for seg in segments),
             )
         except (FfmpegError, ValueError, OSError) as exc:
             if cancel.is_set():
