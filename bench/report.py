@@ -20,6 +20,10 @@ from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
+sys.path.insert(0, str(REPO))
+
+from vtp.media.build import build  # noqa: E402
+
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -32,9 +36,8 @@ def _machine() -> str:
                 break
     except OSError:
         pass
-    ffmpeg = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout
-    version = " ".join((ffmpeg.splitlines() or ["ffmpeg ?"])[0].split()[:3])
-    return f"{os.cpu_count()} cores ({cpu}), {version}"
+    # The tools every result was made with (vtp.media.build): the pinned ffmpeg, the OS's ffprobe.
+    return f"{os.cpu_count()} cores ({cpu}), {build().label()}"
 
 
 def _sections(body: str) -> dict[str, str]:
