@@ -17,8 +17,8 @@ variant), so it does not depend on the machine's load; `-threads 1` (SVT-AV1 kee
 threads). The clips are made at the rung's size (VTP_BENCH_QUALITY_SIZE defaults to
 1280x720 here), so no scaling is timed.
 Knobs: VTP_BENCH_CODECS_CLIPS (natural,cartoon,noise), VTP_BENCH_CODECS_RUNG (720p),
-VTP_BENCH_CODECS_VARIANTS (comma-separated `codec:preset[:options]`, e.g.
-`av1:8:tune=0`; the default sweeps x265's and SVT-AV1's presets), VTP_BENCH_QUALITY_SECONDS,
+VTP_BENCH_CODECS_VARIANTS (`codec:preset[:options]`, separated by spaces, e.g.
+`av1:8:tune=0 h264:medium:aq-mode=3`; the default sweeps x265's and SVT-AV1's presets), VTP_BENCH_QUALITY_SECONDS,
 VTP_BENCH_QUALITY_WORKERS (shared with bench/quality.py).
 """
 
@@ -62,13 +62,9 @@ CLIP_NAMES = [
     if c.strip()
 ]
 DEFAULT_VARIANTS = (
-    "h264:medium,hevc:veryfast,hevc:faster,hevc:fast,hevc:medium,av1:10,av1:8,av1:6,av1:5"
+    "h264:medium hevc:veryfast hevc:faster hevc:fast hevc:medium av1:10 av1:8 av1:6 av1:5"
 )
-VARIANTS = [
-    v.strip()
-    for v in os.environ.get("VTP_BENCH_CODECS_VARIANTS", DEFAULT_VARIANTS).split(",")
-    if v.strip()
-]
+VARIANTS = os.environ.get("VTP_BENCH_CODECS_VARIANTS", DEFAULT_VARIANTS).split()
 # Factors on x264's scale around the target, carried to each codec's (vtp.media.codecs).
 FACTORS = (20.0, 25.0, 30.0)
 MORE = 5.0  # one step further each way, up to twice, when the target is outside the points

@@ -692,6 +692,31 @@ def print_abr(rows: list[Rung]) -> None:
         print(f"  {r.clip:<9}{r.name:<6} {points}")
 
 
+def point_cost(rung: Rung) -> float:
+    """What one VMAF point costs at the rung's target: the bits x264 ABR needs at
+    target + 0.5 over those at target - 0.5 (log bit rate linear in VMAF), minus one."""
+    high, _ = bits_at(rung.abr, rung.target + 0.5)
+    low, _ = bits_at(rung.abr, rung.target - 0.5)
+    return high / low - 1
+
+
+def print_costs(rows: list[Rung]) -> None:
+    print()
+    print("what a VMAF point costs at each rung's target (x264 ABR's bits for one point more; "
+          "the median over the clips): what the per-rung targets weigh "
+          "(docs/quality.md)")  # fmt: skip
+    names = sorted({r.name for r in rows}, key=lambda n: int(n.rstrip("p")))
+    for name in names:
+        costs = sorted(point_cost(r) for r in rows if r.name == name)
+        target = next(r.target for r in rows if r.name == name)
+        median = costs[len(costs) // 2]
+        print(
+            f"  {name:<6} at VMAF {target:g}: {median:+.0%} bits a point (clips: "
+            + ", ".join(f"{c:+.0%}" for c in costs)
+            + ")"
+        )
+
+
 def seed_figures(rows: list[Rung], codec: str) -> tuple[float, float, list[str]]:
     """Our bytes over the seed's for `codec` over every rung of `rows`, the worst VMAF margin
     over each rung's floor (min(target, seed's) - 1), and the rungs below their floor."""
@@ -894,6 +919,7 @@ def main() -> None:
         print_abr(rows)
         print_seed(rows)
         print_spread(rows)
+        print_costs(rows)
         print_predictions(rows, plans)
         print_sampling(rows, plans)
         print_summary(rows, plans)

@@ -202,8 +202,10 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     step = settings.quality_vmaf_subsample
     assert shown is None and own.frames == 2 * -(-100 // step) and own.parts == 2
     assert own.metric == "vmaf" and own.ssim is not None and 0.9 < own.ssim <= 1
-    assert abs(own.score - easy.estimate.quality) < 3.0, (own, easy.estimate)
-    assert 0.6 < result.avg_bitrate / easy.estimate.bitrate < 1.6, (result, easy.estimate)
+    # The samples hold exactly their frames (no held end frames, which once made every
+    # probe 1.5x the bits and a point over what the rendition shows).
+    assert abs(own.score - easy.estimate.quality) < 1.5, (own, easy.estimate)
+    assert 0.8 < result.avg_bitrate / easy.estimate.bitrate < 1.25, (result, easy.estimate)
 
 
 @pytest.mark.slow

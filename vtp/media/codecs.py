@@ -9,10 +9,13 @@ Every codec keeps the one keyframe grid (vtp.media.encode): x264, x265 and SVT-A
 keyframes at each multiple of `gop_seconds` as closed key frames, scene cuts off. So every
 codec is chunked alike, and the renditions of all codecs switch at the same instants.
 
-Rate control is the quality issue's, per codec: the factor chosen for x264 from the title's
-samples (vtp.media.tuning) carried over by each encoder's scale (x265's CRF 28 is documented as
-x264's 23; SVT-AV1's 63-step scale puts the same point near 35), under a cap scaled by what
-the codec saves. The measured SSIM of every rendition (vtp.media.quality) shows what it gave.
+Rate control is by quality, per codec: each codec's factor is searched on the title's
+samples with its own encoder for the rung's VMAF target (vtp.media.tuning), under a cap
+scaled by what the codec saves. The search runs on x264's scale and `crf_for` carries each
+probe to the encoder's own (x265's CRF 28 is documented as x264's 23; SVT-AV1's 63-step
+scale puts the same point near 35): the mapping only has to be monotonic and roughly
+even for the interpolation between probes, since every probe is measured. The measured VMAF
+of every rendition (vtp.media.quality) shows what it gave.
 """
 
 from __future__ import annotations
