@@ -18,8 +18,8 @@ threads). The clips are made at the rung's size (VTP_BENCH_QUALITY_SIZE defaults
 1280x720 here), so no scaling is timed.
 Knobs: VTP_BENCH_CODECS_CLIPS (natural,cartoon,noise), VTP_BENCH_CODECS_RUNG (720p),
 VTP_BENCH_CODECS_VARIANTS (`codec:preset[:options]`, separated by spaces, e.g.
-`av1:8:tune=0 h264:medium:aq-mode=3`; the default sweeps x265's and SVT-AV1's presets), VTP_BENCH_QUALITY_SECONDS,
-VTP_BENCH_QUALITY_WORKERS (shared with bench/quality.py).
+`av1:8:tune=0 h264:medium:aq-mode=3`; the default sweeps x265's and SVT-AV1's presets),
+VTP_BENCH_QUALITY_SECONDS and VTP_BENCH_QUALITY_WORKERS (shared with bench/quality.py).
 """
 
 from __future__ import annotations

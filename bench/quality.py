@@ -628,9 +628,14 @@ def measure_clip(
     ours: list[tuple[str, str, RenditionSpec, Future[Measured]]] = []
     seeds = {s.name: pool.submit(encode_and_measure, clip, seed_spec(s), settings)
              for s in ladder}  # fmt: skip
-    for codec in CODECS:
-        specs = [s for s in codec_ladders(ladder, [codec]) if s.codec == codec]
+    # As split plans a job: H.264 first, then each other codec's rungs from H.264's tuned
+    # ones (vtp.media.ladder.codec_ladders), searched with its own encoder.
+    tuned = ladder
+    for codec in sorted(CODECS, key=lambda c: c != "h264"):
+        specs = [s for s in codec_ladders(tuned, [codec]) if s.codec == codec]
         plan = tune(url, info, specs, settings, prune=False)
+        if codec == "h264":
+            tuned = plan.specs
         plans[codec] = plan
         for base, spec in zip(ladder, plan.specs, strict=True):
             rungs[base.name].specs[codec] = spec

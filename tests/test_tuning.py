@@ -289,3 +289,30 @@ def test_each_codec_gets_its_own_factor_from_the_samples(
         )
         # The same target as H.264's: equal quality, each codec at its own factor.
         assert spec.estimate.quality >= target - 1.0, (codec, spec.estimate)
+
+
+def test_each_codec_searches_its_own_useful_range_and_h264s_picture() -> None:
+    """x264's factor range carried to each codec's scale spans what that codec needs at
+    equal VMAF (docs/quality.md); a rung H.264 cannot bring to its target (grain) has the
+    other codecs aim at what H.264 shows, so one rung shows one picture."""
+    from vtp.media.codecs import crf_for
+    from vtp.media.ladder import codec_ladders
+    from vtp.models import RenditionEstimate, SourceInfo
+
+    s = Settings()
+    assert crf_for("av1", s.crf_min) <= 24 and crf_for("av1", s.crf_max) == 63
+    assert crf_for("hevc", s.crf_min) <= 17 and crf_for("hevc", s.crf_max) <= 51
+    steps = [crf_for("av1", c) for c in range(16, 37)]
+    assert steps == sorted(steps), "the search interpolates: the mapping must be monotonic"
+
+    info = SourceInfo(duration=600, width=1920, height=1080, fps=25, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    ladder = plan_ladder(info, s)
+    grain = RenditionEstimate(metric="vmaf", quality=88.6, bitrate=3_700_000, size_bytes=1,
+                              encode_cpu_seconds=1)  # fmt: skip
+    easy = grain.model_copy(update={"quality": 97.0})
+    tuned = [ladder[0].model_copy(update={"estimate": easy}),
+             *(r.model_copy(update={"estimate": grain}) for r in ladder[1:])]  # fmt: skip
+    others = {r.name: r for r in codec_ladders(tuned, ["h264", "av1"]) if r.codec == "av1"}
+    assert others["1080p-av1"].quality_target == 88.6
+    assert others["360p-av1"].quality_target == s.target_for("360p"), "never above the target"
