@@ -1,45 +1,46 @@
-"""Quality per bit: the product's rate control (per-title CRF under a VBV cap, vtp.media.tuning)
-against today's fixed ladder and against x264's own one-pass rate control, and the choice of
-the x264 preset.
+"""Quality per bit, measured as the field measures it (VMAF, libvmaf's default model): the
+product's ladder in every codec (per-title factor per codec under a VBV cap,
+vtp.media.tuning) against x264's own one-pass rate control and against the seed's fixed
+ladder, how evenly the codecs of one rung match, what the sampling costs, and how well it
+predicted.
 
 A corpus of short clips made with ffmpeg's lavfi sources (generated into a temporary
-folder, never kept), SECONDS long at SIZE and 25 fps, high-quality H.264 mezzanines with a
-sine tone, from easy to hard:
+folder, never kept), SECONDS long at SIZE (1920x1080: the ladder is 360p, 720p and 1080p)
+and 25 fps, high-quality H.264 mezzanines with a sine tone, from a still picture to grain:
 
 - static: a still fractal picture with fine detail, a small dot moving over it (a slide);
-- animation: testsrc2 (flat colours, moving shapes);
+- natural: the picture softened as a lens softens it, the camera panning slowly over it,
+  with a sensor's light temporal noise (natural motion);
+- cartoon: the picture posterized into flat colours with hard edges, turning (animation);
+- animation: testsrc2 (flat synthetic shapes);
 - motion: the fractal turning and drifting (high detail, every pixel moving);
 - noise: the still picture under strong temporal grain (noise=alls=20:allf=t+u);
 - scenes: a third static, a third motion, a third animation (one title, mixed content);
-- low-upload: the animation as a 400 kbit/s upload: the cap must keep our bits below
-  what the upload had.
+- low-upload: the animation as a 400 kbit/s upload (the cap must keep our bits below it).
 
 Each clip is served over HTTP with Range requests on 127.0.0.1 (ffprobe and ffmpeg read
-sources by URL only), probed and planned like a job (vtp.media.probe, vtp.media.ladder). Per rung:
+sources by URL only), probed and planned like a job (vtp.media.probe, vtp.media.ladder,
+vtp.media.ladder.codec_ladders). Per codec, `tune()` chooses each rung's factor from samples
+with that codec's own encoder (as split does), then the real encode arguments
+(vtp.media.encode.encode_args, video only) encode the whole clip; its bit rate (the video
+stream's packets), VMAF and SSIM against the source as the rung shows it
+(vtp.media.quality.compare, vtp.media.encode.reference_filters) and CPU time. Against:
 
-- ours: `tune()` chooses the factor from samples, then the real encode arguments
-  (vtp.media.encode.encode_args, video only) encode the whole clip; its bit rate (the video
-  stream's packets), SSIM against the source as the rendition shows it
-  (vtp.media.encode.reference_filters) and encode CPU time, next to what the samples predicted;
-  the sampling's CPU time against the real encodes';
-- today: the same rung as jobs were encoded before per-title rate control: `veryfast`,
-  `-b:v` at the model's figure (vtp.media.ladder.video_bitrate), maxrate 1.5x, bufsize 2x;
-- seed: x264 `medium` one-pass `-b:v` with no VBV at several bit rates spanning both (same
-  keyframe grid and filters), and the seed's bit rate at ours' and at today's quality,
-  interpolated (log bit rate linear in SSIM dB; `*`: extrapolated beyond the points).
+- x264 ABR: x264 `medium` one-pass `-b:v`, no VBV, at bit rates bracketing every codec's
+  VMAF at that rung; its bits at each codec's VMAF, interpolated (log bit rate linear in VMAF;
+  `*`: extrapolated beyond the points). Goals (geometric mean over renditions): H.264 <= 0.90,
+  HEVC <= 0.70, AV1 <= 0.60.
+- the seed's fixed ladder: 360p 800k, 720p 2500k, 1080p 5000k, x264 `veryfast` `-b:v` with
+  maxrate 1.5x and bufsize 2x (how jobs were encoded before rate control by quality). Our
+  bytes over its bytes per codec, and whether every rung's VMAF is at least the lower of
+  its target and the seed's, minus 1. Goals: H.264 <= 0.65, the best codec <= 0.45.
+- spread: the VMAF range across the codecs of one rung (goal <= 1.5).
 
-The ratio is the bits ours (or today) spends over the seed's for the same SSIM; the goal for
-ours is a geometric mean of at most 0.70 with none above 1.0. Then the presets: each clip's
-top rung at CRF 20, 26 and 32 with no cap per preset, the bit rate and CPU time at the
-quality target (interpolated the same way), relative to `medium`: what backs the default
-preset (vtp.settings.x264_preset).
-
-Every ffmpeg runs with `-threads 1`, so CPU times are comparable; WORKERS of them at a time.
-Knobs: VTP_BENCH_QUALITY_SECONDS (8), VTP_BENCH_QUALITY_SIZE (1280x720),
-VTP_BENCH_QUALITY_ONLY (comma-separated clip names; all by default),
-VTP_BENCH_QUALITY_PRESETS (veryfast,faster,medium,slow), VTP_BENCH_QUALITY_WORKERS (2),
-VTP_BENCH_QUALITY_PRUNE (0: every rung is compared; 1: tune() may drop rungs, which are
-then listed instead of compared).
+Every ffmpeg runs with `-threads 1` (SVT-AV1 keeps its own threads), CPU time is user+sys of
+the process (RunResult.cpu_seconds), so it does not depend on how many ran at once; WORKERS
+encodes at a time. Knobs: VTP_BENCH_QUALITY_SECONDS (4), VTP_BENCH_QUALITY_SIZE (1920x1080),
+VTP_BENCH_QUALITY_ONLY (comma-separated clip names; static,natural,cartoon,noise by
+default), VTP_BENCH_QUALITY_CODECS (h264,hevc,av1), VTP_BENCH_QUALITY_WORKERS (2).
 """
 
 from __future__ import annotations
@@ -67,41 +68,40 @@ sys.path.insert(0, str(REPO))
 
 from vtp.media.encode import encode_args, reference_filters  # noqa: E402
 from vtp.media.ffmpeg import run_ffmpeg, run_ffprobe, untrusted_input  # noqa: E402
-from vtp.media.ladder import h264_level, plan_ladder, video_bitrate  # noqa: E402
+from vtp.media.ladder import codec_ladders, h264_level, plan_ladder  # noqa: E402
 from vtp.media.probe import probe_source  # noqa: E402
-from vtp.media.quality import ssim_frames, to_db  # noqa: E402
+from vtp.media.quality import compare  # noqa: E402
 from vtp.media.tuning import TitlePlan, tune  # noqa: E402
 from vtp.models import RenditionSpec, SourceInfo  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
 
-CLIPS = ("static", "animation", "motion", "noise", "scenes", "low-upload")
-SECONDS = float(os.environ.get("VTP_BENCH_QUALITY_SECONDS", "8"))
-_W, _H = os.environ.get("VTP_BENCH_QUALITY_SIZE", "1280x720").lower().split("x")
+CLIPS = ("static", "natural", "cartoon", "animation", "motion", "noise", "scenes", "low-upload")
+DEFAULT_CLIPS = ("static", "natural", "cartoon", "noise")
+SECONDS = float(os.environ.get("VTP_BENCH_QUALITY_SECONDS", "4"))
+_W, _H = os.environ.get("VTP_BENCH_QUALITY_SIZE", "1920x1080").lower().split("x")
 WIDTH, HEIGHT = int(_W) // 2 * 2, int(_H) // 2 * 2
 ONLY = [c.strip() for c in os.environ.get("VTP_BENCH_QUALITY_ONLY", "").split(",") if c.strip()]
-PRESETS = [
-    p.strip()
-    for p in os.environ.get("VTP_BENCH_QUALITY_PRESETS", "veryfast,faster,medium,slow").split(",")
-    if p.strip()
+CODECS = [
+    c.strip()
+    for c in os.environ.get("VTP_BENCH_QUALITY_CODECS", "h264,hevc,av1").split(",")
+    if c.strip()
 ]
 WORKERS = max(1, int(os.environ.get("VTP_BENCH_QUALITY_WORKERS", "2")))
-PRUNE = os.environ.get("VTP_BENCH_QUALITY_PRUNE", "0").lower() in ("1", "true", "yes")
 
 FPS = 25
 LOW_UPLOAD_BITRATE = 400_000
-# The default share (2%) of an 8 s clip is too short for one 2 s sample.
+# The default share (2%) of a 4 s clip is too short for one 2 s sample.
 SAMPLE_SHARE = 0.5
 # Sampling's own time limit bounds a job's latency in production; here the machine is
 # shared with the other encodes, and running out of time would only measure the load.
-SAMPLE_TIMEOUT = 600.0
-SEED_PRESET = "medium"
-TODAY_PRESET = "veryfast"
-TODAY_MAXRATE, TODAY_BUFSIZE = 1.5, 2
-PRESET_CRFS = (20.0, 26.0, 32.0)
-PRESET_MORE_CRFS = (14.0, 38.0)  # one more point each way when the target is outside
-GOAL_GEOMEAN, GOAL_WORST = 0.70, 1.0
-_PRESET_ORDER = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow",
-                 "slower", "veryslow")  # fmt: skip
+SAMPLE_TIMEOUT = 900.0
+ABR_PRESET = "medium"
+SEED_PRESET = "veryfast"
+SEED_RATES = {360: 800_000, 720: 2_500_000, 1080: 5_000_000}
+SEED_MAXRATE, SEED_BUFSIZE = 1.5, 2
+GOAL_ABR = {"h264": 0.90, "hevc": 0.70, "av1": 0.60}
+GOAL_SEED_H264, GOAL_SEED_BEST = 0.65, 0.45
+GOAL_SPREAD = 1.5
 ENCODE_TIMEOUT = 1800.0
 
 T = TypeVar("T")
@@ -212,13 +212,18 @@ def _margin() -> int:
     return max(8, WIDTH // 20 // 2 * 2)
 
 
+def _side() -> int:
+    """The still picture's side: the diagonal of the motion clip's window."""
+    m = _margin()
+    return math.ceil(math.hypot(WIDTH + 2 * m, HEIGHT + 2 * m)) // 2 * 2 + 4
+
+
 def _still(folder: Path) -> Path:
     """One fractal picture with detail down to the pixel, large enough to turn the picture
     in: its side is the diagonal of the motion clip's window."""
     path = folder / "still.png"
     if not path.exists():
-        m = _margin()
-        side = math.ceil(math.hypot(WIDTH + 2 * m, HEIGHT + 2 * m)) // 2 * 2 + 4
+        side = _side()
         _ffmpeg(
             ["-f", "lavfi", "-i", f"mandelbrot=s={side}x{side}:rate={FPS}:start_scale=0.03",
              "-frames:v", "1", path.name],
@@ -243,6 +248,29 @@ def _motion_graph(inp: str, out: str) -> str:
         f"{inp}rotate=a='0.15*t':ow={WIDTH + 2 * m}:oh={HEIGHT + 2 * m}:bilinear=1,"
         f"crop={WIDTH}:{HEIGHT}:x='{m}+{m}*sin(0.9*t)':y='{m}+{m}*cos(0.7*t)',"
         f"setsar=1,format=yuv420p{out}"
+    )
+
+
+def _natural_graph(inp: str, out: str) -> str:
+    """The picture as a camera sees a scene: softened by the lens, panned slowly, with
+    light temporal noise from the sensor."""
+    m = _margin()
+    return (
+        f"{inp}gblur=sigma=1.5,"
+        f"crop={WIDTH}:{HEIGHT}:x='{m}+{m}*sin(0.5*t)':y='{m}+{m}*cos(0.4*t)',"
+        f"noise=alls=5:allf=t,setsar=1,format=yuv420p{out}"
+    )
+
+
+def _cartoon_graph(inp: str, out: str) -> str:
+    """The picture as animation draws it: flat colours with hard edges (posterized from a
+    smoothed copy, scaled back up), turning and drifting as the motion clip does."""
+    side = _side()
+    flat = "lutyuv=y='floor(val/32)*32+16':u='floor(val/24)*24+12':v='floor(val/24)*24+12'"
+    return _motion_graph(
+        f"{inp}scale={side // 4}:{side // 4},gblur=sigma=3,{flat},"
+        f"scale={side}:{side}:flags=bicubic,",
+        out,
     )
 
 
@@ -274,6 +302,12 @@ def make_clip(folder: Path, name: str) -> Path:
     if name == "motion":
         still = ["-i", _still(folder).name]
         return _mezzanine(folder, name, loop + still, _motion_graph("[0:v]", "[v]"), 1)
+    if name == "natural":
+        still = ["-i", _still(folder).name]
+        return _mezzanine(folder, name, loop + still, _natural_graph("[0:v]", "[v]"), 1)
+    if name == "cartoon":
+        still = ["-i", _still(folder).name]
+        return _mezzanine(folder, name, loop + still, _cartoon_graph("[0:v]", "[v]"), 1)
     if name == "noise":
         graph = (f"[0:v]crop={WIDTH}:{HEIGHT},setsar=1,format=yuv420p,"
                  "noise=alls=20:allf=t+u[v]")  # fmt: skip
@@ -315,17 +349,15 @@ def make_clip(folder: Path, name: str) -> Path:
 
 @dataclass(frozen=True)
 class Measured:
-    """One whole-clip encode: its video bit rate, SSIM against the source, CPU seconds."""
+    """One whole-clip encode: its video bit rate, VMAF and SSIM against the source (as the
+    rung shows it), its encode's CPU and wall seconds, and the measurement's CPU seconds."""
 
     bitrate: int
+    vmaf: float
     ssim: float
     cpu: float
-    ssim_cpu: float
-    frames: int
-
-    @property
-    def db(self) -> float:
-        return to_db(self.ssim)
+    wall: float
+    measure_cpu: float
 
 
 @dataclass
@@ -370,16 +402,27 @@ def video_bits(path: Path) -> tuple[int, int]:
     return sum(sizes) * 8, len(sizes)
 
 
+ArgsHook = Callable[[list[str]], list[str]]
+
+
 def encode_and_measure(
-    clip: Clip, spec: RenditionSpec, settings: Settings, *, vbv: bool = True
+    clip: Clip,
+    spec: RenditionSpec,
+    settings: Settings,
+    *,
+    vbv: bool = True,
+    hook: ArgsHook | None = None,
 ) -> Measured:
     """Encode the whole clip as `spec` with the real encode's arguments (video only; no
-    VBV cap when `vbv` is false), then measure the output against the source."""
+    VBV cap when `vbv` is false; `hook` may change the arguments, to try an encoder option),
+    then measure the output against the source as the rung shows it."""
     tag = f"{clip.name}-{spec.name}-{next(clip.counter)}"
     out = clip.work / f"{tag}.mp4"
     args = encode_args(clip.video_only, spec, settings)
     if not vbv:
         args = _without_vbv(args)
+    if hook is not None:
+        args = hook(args)
     encoded = run_ffmpeg(
         [*untrusted_input(clip.url, threads=1), *_one_thread(args),
          "-t", f"{clip.info.duration:.3f}", "-f", "mp4", out.name],
@@ -387,23 +430,27 @@ def encode_and_measure(
         cwd=clip.work,
     )  # fmt: skip
     bits, frames = video_bits(out)
-    scores, ssim_cpu = ssim_frames(
-        ["-i", out.name, *untrusted_input(clip.url, threads=1)],
+    measured = compare(
+        ["-threads", "1", "-i", out.name, *untrusted_input(clip.url, threads=1)],
         "[0:v]setpts=PTS-STARTPTS",
         f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
         cwd=clip.work,
         timeout=ENCODE_TIMEOUT,
-        stats_name=f"{tag}.ssim",
+        settings=settings,
+        log_name=f"{tag}.json",
+        with_ssim=True,
     )
     out.unlink()
+    (clip.work / f"{tag}.json").unlink(missing_ok=True)
     (clip.work / f"{tag}.ssim").unlink(missing_ok=True)
     seconds = frames / spec.fps if frames else clip.info.duration
     return Measured(
         bitrate=round(bits / seconds),
-        ssim=sum(scores) / len(scores),
+        vmaf=sum(measured.vmaf) / len(measured.vmaf),
+        ssim=sum(measured.ssim) / len(measured.ssim) if measured.ssim else 0.0,
         cpu=encoded.cpu_seconds,
-        ssim_cpu=ssim_cpu,
-        frames=len(scores),
+        wall=encoded.elapsed,
+        measure_cpu=measured.cpu_seconds,
     )
 
 
@@ -416,41 +463,67 @@ def _pixels(spec: RenditionSpec) -> int:
     return spec.width * spec.height
 
 
-def at_quality(points: Sequence[tuple[float, float]], target_db: float) -> tuple[float, bool]:
-    """y at `target_db` from (SSIM dB, y) points: linear between the two that bracket it,
+def at_quality(points: Sequence[tuple[float, float]], target: float) -> tuple[float, bool]:
+    """y at VMAF `target` from (VMAF, y) points: linear between the two that bracket it,
     else extended from the nearest two; and whether it was extended (extrapolated)."""
     pts = sorted(points)
     if len(pts) == 1:
         return pts[0][1], True
     for (d0, y0), (d1, y1) in itertools.pairwise(pts):
-        if d0 <= target_db <= d1:
+        if d0 <= target <= d1:
             if d1 - d0 < 1e-9:
                 return min(y0, y1), False
-            return y0 + (target_db - d0) * (y1 - y0) / (d1 - d0), False
-    (d0, y0), (d1, y1) = pts[:2] if target_db < pts[0][0] else pts[-2:]
+            return y0 + (target - d0) * (y1 - y0) / (d1 - d0), False
+    (d0, y0), (d1, y1) = pts[:2] if target < pts[0][0] else pts[-2:]
     if d1 - d0 < 1e-9:
-        return (y0 if target_db < d0 else y1), True
-    return y0 + (target_db - d0) * (y1 - y0) / (d1 - d0), True
+        return (y0 if target < d0 else y1), True
+    return y0 + (target - d0) * (y1 - y0) / (d1 - d0), True
 
 
-def bits_at(points: Sequence[Measured], target_db: float) -> tuple[float, bool]:
-    """The bit rate at `target_db` over measured encodes (log bit rate linear in dB)."""
-    value, extrapolated = at_quality([(m.db, math.log(m.bitrate)) for m in points], target_db)
+def bits_at(points: Sequence[Measured], target: float) -> tuple[float, bool]:
+    """The bit rate at VMAF `target` over measured encodes (log bit rate linear in VMAF)."""
+    value, extrapolated = at_quality([(m.vmaf, math.log(m.bitrate)) for m in points], target)
     return math.exp(value), extrapolated
 
 
-# --- the three rate controls ----------------------------------------------------------
+def cpu_at(points: Sequence[Measured], target: float) -> float:
+    """The encode CPU seconds at VMAF `target` over measured encodes."""
+    value, _ = at_quality([(m.vmaf, m.cpu) for m in points], target)
+    return max(value, 0.0)
 
 
-def today_spec(spec: RenditionSpec) -> RenditionSpec:
-    """The rung as jobs were planned before per-title rate control: a bit-rate target at
-    the model's figure, VBV peak 1.5x, buffer 2x, `veryfast`."""
-    target = video_bitrate(spec.width, spec.height, spec.fps)
-    peak, buffer = int(target * TODAY_MAXRATE), target * TODAY_BUFSIZE
+# --- the rate controls compared ----------------------------------------------------------
+
+
+def abr_spec(spec: RenditionSpec, bitrate: int) -> RenditionSpec:
+    """x264 `medium` one-pass `-b:v` (the VBV options are left out when encoding)."""
+    return spec.model_copy(
+        update={"codec": "h264", "crf": None, "preset": ABR_PRESET,
+                "video_bitrate": max(bitrate, 10_000), "quality_target": None,
+                "estimate": None}
+    )  # fmt: skip
+
+
+def seed_rate(spec: RenditionSpec) -> int:
+    """The seed's fixed bit rate for a rung: its own figure for 360p, 720p and 1080p, else
+    the nearest rung's scaled by pixels."""
+    short = min(spec.width, spec.height)
+    if short in SEED_RATES:
+        return SEED_RATES[short]
+    near = min(SEED_RATES, key=lambda h: abs(h - short))
+    return round(SEED_RATES[near] * (short / near) ** 2 / 1000) * 1000
+
+
+def seed_spec(spec: RenditionSpec) -> RenditionSpec:
+    """The rung as the seed encoded it: a fixed bit rate, VBV peak 1.5x, buffer 2x,
+    `veryfast`."""
+    target = seed_rate(spec)
+    peak, buffer = int(target * SEED_MAXRATE), target * SEED_BUFSIZE
     return spec.model_copy(
         update={
+            "codec": "h264",
             "crf": None,
-            "preset": TODAY_PRESET,
+            "preset": SEED_PRESET,
             "video_bitrate": target,
             "max_bitrate": peak,
             "buffer_size": buffer,
@@ -461,180 +534,120 @@ def today_spec(spec: RenditionSpec) -> RenditionSpec:
     )
 
 
-def seed_spec(spec: RenditionSpec, bitrate: int) -> RenditionSpec:
-    """x264 `medium`, one-pass `-b:v` (the VBV options are left out when encoding)."""
-    return spec.model_copy(
-        update={"crf": None, "preset": SEED_PRESET, "video_bitrate": max(bitrate, 10_000),
-                "quality_target": None, "estimate": None}
-    )  # fmt: skip
-
-
 @dataclass
-class RungResult:
+class Rung:
+    """One rung of one clip: each codec's tuned spec and encode, the seed's, x264 ABR's."""
+
     clip: str
-    spec: RenditionSpec  # ours, as tuned
-    ours: Measured
-    today: Measured
-    seed: list[Measured]
-    seed_at_ours: tuple[float, bool] = (0.0, False)
-    seed_at_today: tuple[float, bool] = (0.0, False)
+    name: str
+    target: float
+    specs: dict[str, RenditionSpec] = field(default_factory=dict)
+    ours: dict[str, Measured] = field(default_factory=dict)
+    seed: Measured | None = None
+    abr: list[Measured] = field(default_factory=list)
+
+    def abr_at(self, codec: str) -> tuple[float, bool]:
+        return bits_at(self.abr, self.ours[codec].vmaf)
+
+    def ratio(self, codec: str) -> float:
+        return self.ours[codec].bitrate / self.abr_at(codec)[0]
 
     @property
-    def ours_ratio(self) -> float:
-        return self.ours.bitrate / self.seed_at_ours[0]
+    def spread(self) -> float:
+        scores = [m.vmaf for m in self.ours.values()]
+        return max(scores) - min(scores)
 
-    @property
-    def today_ratio(self) -> float:
-        return self.today.bitrate / self.seed_at_today[0]
-
-    @property
-    def seed_cpu(self) -> float:
-        """The seed encode's CPU time nearest ours' quality."""
-        return min(self.seed, key=lambda m: abs(m.db - self.ours.db)).cpu
+    def floor(self) -> float:
+        """The least VMAF each codec's rendition must show against the seed's."""
+        assert self.seed is not None
+        return min(self.target, self.seed.vmaf) - 1.0
 
 
-def seed_points(
-    pool: ThreadPoolExecutor, clip: Clip, rungs: list[RungResult], settings: Settings
-) -> None:
-    """The seed encodes of every rung: five bit rates spanning ours' and today's (less to
-    more), then more where either's quality is outside them (each way, up to three times)
-    or the two around it are far apart (once), and the seed's bits at both qualities."""
+def abr_points(pool: ThreadPoolExecutor, clip: Clip, rungs: list[Rung], settings: Settings) -> None:
+    """x264 ABR encodes of every rung: three bit rates around H.264's, then more until every
+    codec's VMAF lies between two (at most three more rounds), and once the interpolated
+    rate where the two around a codec's VMAF are more than 1.6x apart."""
 
-    def job(item: tuple[RungResult, int]) -> tuple[RungResult, Measured]:
+    def job(item: tuple[Rung, int]) -> tuple[Rung, Measured]:
         rung, bitrate = item
-        return rung, encode_and_measure(clip, seed_spec(rung.spec, bitrate), settings, vbv=False)
+        base = rung.specs["h264"] if "h264" in rung.specs else next(iter(rung.specs.values()))
+        return rung, encode_and_measure(clip, abr_spec(base, bitrate), settings, vbv=False)
 
-    pending: list[tuple[RungResult, int]] = []
-    # The largest rung's encodes first: the last ones to finish are then the short ones.
-    rungs = sorted(rungs, key=lambda r: _pixels(r.spec), reverse=True)
+    pending: list[tuple[Rung, int]] = []
     for rung in rungs:
-        low = 0.6 * min(rung.ours.bitrate, rung.today.bitrate)
-        high = 1.3 * max(rung.ours.bitrate, rung.today.bitrate)
-        pending += [(rung, round(low * (high / low) ** (i / 4))) for i in range(5)]
-    refined: set[tuple[str, int]] = set()
-    for _ in range(5):
+        rates = [m.bitrate for m in rung.ours.values()]
+        low, high = 0.7 * min(rates), 1.5 * max(rates)
+        pending += [(rung, round(low * (high / low) ** (i / 2))) for i in range(3)]
+    refined: set[str] = set()
+    for _ in range(4):
         for rung, measured in parallel(pool, job, pending):
-            rung.seed.append(measured)
+            rung.abr.append(measured)
         pending = []
         for rung in rungs:
-            for which, target in enumerate((rung.ours.db, rung.today.db)):
-                key = (rung.spec.name, which)
-                more, refining = _next_seed_rate(rung.seed, target, key in refined)
-                if refining:
-                    refined.add(key)
-                if more is not None and not any(
-                    abs(more - r) < 0.02 * r for x, r in pending if x is rung
-                ):
-                    pending.append((rung, more))
+            scores = [m.vmaf for m in rung.abr]
+            rates = sorted(m.bitrate for m in rung.abr)
+            wanted = [m.vmaf for m in rung.ours.values()]
+            more: int | None = None
+            if min(wanted) < min(scores) and rates[0] > 40_000 and len(rates) < 7:
+                more = rates[0] // 2
+            elif max(wanted) > max(scores) and len(rates) < 7 and max(scores) < 99.5:
+                more = rates[-1] * 2
+            elif rung.name not in refined:
+                refined.add(rung.name)
+                for target in wanted:
+                    guess, _ = bits_at(rung.abr, target)
+                    below = max((r for r in rates if r <= guess), default=rates[0])
+                    above = min((r for r in rates if r >= guess), default=rates[-1])
+                    if above > 1.6 * below:
+                        more = round(guess)
+                        break
+            if more is not None:
+                pending.append((rung, more))
         if not pending:
             break
-    for rung in rungs:
-        rung.seed_at_ours = bits_at(rung.seed, rung.ours.db)
-        rung.seed_at_today = bits_at(rung.seed, rung.today.db)
-
-
-def _next_seed_rate(
-    points: list[Measured], target_db: float, refined: bool
-) -> tuple[int | None, bool]:
-    """Another seed bit rate to encode for `target_db` (None: none), and whether it is the
-    one refinement: half the lowest or twice the highest rate when the target is outside the
-    points (while there are fewer than 8), else, once, the interpolated rate when the two
-    rates around it are more than 1.5x apart."""
-    rates = sorted(m.bitrate for m in points)
-    dbs = [m.db for m in points]
-    if target_db < min(dbs):
-        return (rates[0] // 2 if len(points) < 8 and rates[0] > 20_000 else None), False
-    if target_db > max(dbs):
-        return (rates[-1] * 2 if len(points) < 8 else None), False
-    if refined:
-        return None, False
-    guess, _ = bits_at(points, target_db)
-    below = max((r for r in rates if r <= guess), default=rates[0])
-    above = min((r for r in rates if r >= guess), default=rates[-1])
-    if above > 1.5 * below and min(guess - below, above - guess) > 0.1 * guess:
-        return round(guess), True
-    return None, True
-
-
-@dataclass(frozen=True)
-class PresetPoint:
-    bitrate: float
-    cpu: float
-    extrapolated: bool
 
 
 @dataclass
 class ClipResult:
-    rungs: list[RungResult]
-    plan: TitlePlan
-    presets: dict[str, PresetPoint]
+    rungs: list[Rung]
+    plans: dict[str, TitlePlan]  # per codec
 
 
 def measure_clip(
     pool: ThreadPoolExecutor, name: str, base_url: str, settings: Settings, work: Path
 ) -> ClipResult:
-    """Everything measured of one clip: tune(), then ours, today, the presets' encodes and
-    the seed's, the presets' queued behind ours and today so that the pool keeps busy
-    while the seed's later rounds wait for their earlier ones."""
+    """Everything measured of one clip: per codec tune() (as split tunes each codec's
+    ladder, every rung kept) and the real encodes; the seed's; x264 ABR's."""
     url = f"{base_url}/{name}.mp4"
     info = probe_source(url, settings)
     clip = Clip(name=name, url=url, info=info, work=work)
     ladder = plan_ladder(info, settings)
-    plan = tune(url, info, ladder, settings, prune=PRUNE)
-    biggest = sorted(plan.specs, key=_pixels, reverse=True)
-    ours = {s.name: pool.submit(encode_and_measure, clip, s, settings) for s in biggest}
-    today = {s.name: pool.submit(encode_and_measure, clip, today_spec(s), settings)
-             for s in biggest}  # fmt: skip
-    sweep = PresetSweep(pool, clip, ladder[-1], settings)
-    rungs = [
-        RungResult(clip=name, spec=s, ours=ours[s.name].result(),
-                   today=today[s.name].result(), seed=[])
-        for s in plan.specs
-    ]  # fmt: skip
-    seed_points(pool, clip, rungs, settings)
-    return ClipResult(rungs=rungs, plan=plan, presets=sweep.points(to_db(settings.quality_target)))
-
-
-# --- presets ---------------------------------------------------------------------------
-
-
-class PresetSweep:
-    """The clip's top rung at PRESET_CRFS with no VBV cap, per preset (queued at once): the
-    bit rate and encode CPU time at a quality, interpolated in SSIM dB, with one more factor
-    each way when the quality is outside a preset's points."""
-
-    def __init__(
-        self, pool: ThreadPoolExecutor, clip: Clip, top: RenditionSpec, settings: Settings
-    ) -> None:
-        self.pool, self.clip, self.top, self.settings = pool, clip, top, settings
-        # The slowest first: the quick ones fill in at the end.
-        order = sorted(PRESETS, key=lambda p: -_PRESET_ORDER.index(p)
-                       if p in _PRESET_ORDER else 0)  # fmt: skip
-        self.pending = [(p, self._submit(p, crf)) for p in order for crf in PRESET_CRFS]
-
-    def _submit(self, preset: str, crf: float) -> Future[Measured]:
-        spec = self.top.model_copy(update={"crf": crf, "preset": preset, "estimate": None})
-        return self.pool.submit(encode_and_measure, self.clip, spec, self.settings, vbv=False)
-
-    def points(self, target_db: float) -> dict[str, PresetPoint]:
-        measured: dict[str, list[Measured]] = {p: [] for p in PRESETS}
-        for _ in range(2):
-            for preset, future in self.pending:
-                measured[preset].append(future.result())
-            self.pending = []
-            for preset, points in measured.items():
-                if len(points) > len(PRESET_CRFS):
-                    continue
-                if target_db > max(m.db for m in points):
-                    self.pending.append((preset, self._submit(preset, PRESET_MORE_CRFS[0])))
-                elif target_db < min(m.db for m in points):
-                    self.pending.append((preset, self._submit(preset, PRESET_MORE_CRFS[1])))
-        out = {}
-        for preset, points in measured.items():
-            bits, extrapolated = bits_at(points, target_db)
-            cpu, _ = at_quality([(m.db, m.cpu) for m in points], target_db)
-            out[preset] = PresetPoint(bits, max(cpu, 0.0), extrapolated)
-        return out
+    rungs = {s.name: Rung(clip=name, name=s.name, target=settings.target_for(s.name))
+             for s in ladder}  # fmt: skip
+    plans: dict[str, TitlePlan] = {}
+    ours: list[tuple[str, str, RenditionSpec, Future[Measured]]] = []
+    seeds = {s.name: pool.submit(encode_and_measure, clip, seed_spec(s), settings)
+             for s in ladder}  # fmt: skip
+    # As split plans a job: H.264 first, then each other codec's rungs from H.264's tuned
+    # ones (vtp.media.ladder.codec_ladders), searched with its own encoder.
+    tuned = ladder
+    for codec in sorted(CODECS, key=lambda c: c != "h264"):
+        specs = [s for s in codec_ladders(tuned, [codec]) if s.codec == codec]
+        plan = tune(url, info, specs, settings, prune=False)
+        if codec == "h264":
+            tuned = plan.specs
+        plans[codec] = plan
+        for base, spec in zip(ladder, plan.specs, strict=True):
+            rungs[base.name].specs[codec] = spec
+            ours.append((base.name, codec, spec,
+                         pool.submit(encode_and_measure, clip, spec, settings)))  # fmt: skip
+    for rung_name, codec, _spec, future in ours:
+        rungs[rung_name].ours[codec] = future.result()
+    for rung_name, future in seeds.items():
+        rungs[rung_name].seed = future.result()
+    ordered = sorted(rungs.values(), key=lambda r: -_pixels(next(iter(r.specs.values()))))
+    abr_points(pool, clip, ordered, settings)
+    return ClipResult(rungs=list(rungs.values()), plans=plans)
 
 
 # --- the report ------------------------------------------------------------------------
@@ -644,8 +657,8 @@ def _kbps(bits: float) -> str:
     return f"{bits / 1000:.0f}"
 
 
-def _geomean(values: Sequence[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
+def geomean(values: Sequence[float]) -> float:
+    return math.exp(sum(math.log(v) for v in values) / len(values)) if values else float("nan")
 
 
 def _star(extrapolated: bool) -> str:
@@ -656,134 +669,215 @@ def _progress(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def print_rungs(rows: list[RungResult]) -> None:
+def print_rungs(rows: list[Rung]) -> None:
     print()
-    print("quality per bit, per rung (bit rates in kbit/s of video; crf and cap: ours' factor "
-          "and VBV maxrate; SSIM vs the source as the rung shows it; seed: its bits at the same "
-          "SSIM, * extrapolated)")  # fmt: skip
-    print(f"{'clip':<11}{'rung':<6}{'crf':>5}{'cap':>6} | {'ours':>6} {'SSIM':>7} {'dB':>5} | "
-          f"{'today':>6} {'SSIM':>7} {'dB':>5} | {'seed@ours':>9} {'@today':>7} | "
-          f"{'ours/seed':>9} {'today/seed':>10} | {'CPU s: ours':>11} {'today':>6} "
-          f"{'seed':>6}")  # fmt: skip
+    print("per rung and codec (kbit/s of video; crf and cap: the tuned factor and VBV maxrate; "
+          "VMAF and SSIM against the source as the rung shows it; x264 ABR: x264 medium "
+          "one-pass at the same VMAF, * extrapolated; CPU: encode s, measurement s)")  # fmt: skip
+    print(f"{'clip':<9}{'rung':<6}{'codec':<6}{'target':>6}{'crf':>6}{'cap':>6} | "
+          f"{'kbit/s':>7}{'VMAF':>7}{'SSIM':>8} | {'x264 ABR':>9}{'ratio':>7} | "
+          f"{'CPU s':>6}{'meas':>6}")  # fmt: skip
     for r in rows:
-        crf = f"{r.spec.crf:g}" if r.spec.crf is not None else "-"
-        print(f"{r.clip:<11}{r.spec.name:<6}{crf:>5}{_kbps(r.spec.max_bitrate):>6} | "
-              f"{_kbps(r.ours.bitrate):>6} "
-              f"{r.ours.ssim:7.5f} {r.ours.db:5.2f} | {_kbps(r.today.bitrate):>6} "
-              f"{r.today.ssim:7.5f} {r.today.db:5.2f} | "
-              f"{_kbps(r.seed_at_ours[0]):>8}{_star(r.seed_at_ours[1])} "
-              f"{_kbps(r.seed_at_today[0]):>6}{_star(r.seed_at_today[1])} | "
-              f"{r.ours_ratio:9.2f} {r.today_ratio:10.2f} | {r.ours.cpu:11.1f} "
-              f"{r.today.cpu:6.1f} {r.seed_cpu:6.1f}")  # fmt: skip
+        for codec, m in r.ours.items():
+            spec = r.specs[codec]
+            crf = f"{spec.crf:g}" if spec.crf is not None else "-"
+            abr, extra = r.abr_at(codec)
+            print(f"{r.clip:<9}{r.name:<6}{codec:<6}{r.target:>6g}{crf:>6}"
+                  f"{_kbps(spec.max_bitrate):>6} | {_kbps(m.bitrate):>7}{m.vmaf:7.2f}"
+                  f"{m.ssim:8.5f} | {_kbps(abr):>8}{_star(extra)}{r.ratio(codec):7.2f} | "
+                  f"{m.cpu:6.1f}{m.measure_cpu:6.1f}")  # fmt: skip
 
 
-def print_seed(rows: list[RungResult]) -> None:
+def print_abr(rows: list[Rung]) -> None:
     print()
-    print("the seed's points (kbit/s @ SSIM dB), from which its bits at equal quality come")
+    print("x264 ABR's points (kbit/s @ VMAF), from which its bits at equal VMAF come")
     for r in rows:
-        points = " ".join(f"{m.bitrate / 1000:.0f}@{m.db:.2f}"
-                          for m in sorted(r.seed, key=lambda m: m.bitrate))  # fmt: skip
-        print(f"  {r.clip:<11}{r.spec.name:<6} {points}")
+        points = " ".join(f"{m.bitrate / 1000:.0f}@{m.vmaf:.2f}"
+                          for m in sorted(r.abr, key=lambda m: m.bitrate))  # fmt: skip
+        print(f"  {r.clip:<9}{r.name:<6} {points}")
 
 
-def _default_share(plan: TitlePlan, real: float, duration: float) -> float:
+def point_cost(rung: Rung) -> float:
+    """What one VMAF point costs at the rung's target: the bits x264 ABR needs at
+    target + 0.5 over those at target - 0.5 (log bit rate linear in VMAF), minus one."""
+    high, _ = bits_at(rung.abr, rung.target + 0.5)
+    low, _ = bits_at(rung.abr, rung.target - 0.5)
+    return high / low - 1
+
+
+def print_costs(rows: list[Rung]) -> None:
+    print()
+    print("what a VMAF point costs at each rung's target (x264 ABR's bits for one point more; "
+          "the median over the clips): what the per-rung targets weigh "
+          "(docs/quality.md)")  # fmt: skip
+    names = sorted({r.name for r in rows}, key=lambda n: int(n.rstrip("p")))
+    for name in names:
+        costs = sorted(point_cost(r) for r in rows if r.name == name)
+        target = next(r.target for r in rows if r.name == name)
+        median = costs[len(costs) // 2]
+        print(
+            f"  {name:<6} at VMAF {target:g}: {median:+.0%} bits a point (clips: "
+            + ", ".join(f"{c:+.0%}" for c in costs)
+            + ")"
+        )
+
+
+def seed_figures(rows: list[Rung], codec: str) -> tuple[float, float, list[str]]:
+    """Our bytes over the seed's for `codec` over every rung of `rows`, the worst VMAF margin
+    over each rung's floor (min(target, seed's) - 1), and the rungs below their floor."""
+    ours = sum(r.ours[codec].bitrate for r in rows)
+    seed = sum(r.seed.bitrate for r in rows if r.seed)
+    margins = [r.ours[codec].vmaf - r.floor() for r in rows]
+    below = [f"{r.clip} {r.name} ({r.ours[codec].vmaf - r.floor():+.1f})"
+             for r in rows if r.ours[codec].vmaf < r.floor()]  # fmt: skip
+    return ours / seed, min(margins), below
+
+
+def print_seed(rows: list[Rung]) -> None:
+    print()
+    ladder = ", ".join(f"{h}p {r // 1000}k" for h, r in SEED_RATES.items())
+    print(f"against the seed's fixed ladder ({ladder}, "
+          f"x264 {SEED_PRESET}): per clip, our bytes over the seed's; every rung's VMAF must be at "
+          "least min(target, seed's) - 1")  # fmt: skip
+    for r in rows:
+        assert r.seed is not None
+        print(
+            f"  {r.clip:<9}{r.name:<6} seed {_kbps(r.seed.bitrate):>5} kbit/s VMAF "
+            f"{r.seed.vmaf:6.2f} (floor {r.floor():6.2f}); "
+            + ", ".join(f"{c} {_kbps(m.bitrate)}k {m.vmaf:.2f}" for c, m in r.ours.items())
+        )
+    clips = list(dict.fromkeys(r.clip for r in rows))
+    print(f"  {'clip':<9}" + "".join(f"{c:>22}" for c in CODECS))
+    for clip in clips:
+        of = [r for r in rows if r.clip == clip]
+        cells = []
+        for codec in CODECS:
+            ratio, margin, below = seed_figures(of, codec)
+            cells.append(f"{ratio:.2f} (margin {margin:+.1f}{'!' if below else ''})")
+        print(f"  {clip:<9}" + "".join(f"{c:>22}" for c in cells))
+
+
+def print_spread(rows: list[Rung]) -> None:
+    print()
+    print(f"VMAF spread across the codecs of one rung (goal <= {GOAL_SPREAD:g})")
+    for r in rows:
+        print(
+            f"  {r.clip:<9}{r.name:<6} {r.spread:5.2f}  ("
+            + ", ".join(f"{c} {m.vmaf:.2f}" for c, m in r.ours.items())
+            + ")"
+        )
+
+
+def print_predictions(rows: list[Rung], plans: dict[tuple[str, str], TitlePlan]) -> None:
+    print()
+    print("the plan's estimate (from the samples) against the real encode")
+    print(f"{'clip':<9}{'rung':<6}{'codec':<6} | {'VMAF pred':>9}{'real':>7}{'diff':>6} | "
+          f"{'kbit/s pred':>11}{'real':>7}{'err':>6} | {'CPU s pred':>10}{'real':>6}")  # fmt: skip
+    for r in rows:
+        for codec, m in r.ours.items():
+            est = r.specs[codec].estimate
+            if est is None:
+                print(f"{r.clip:<9}{r.name:<6}{codec:<6} | no estimate: "
+                      f"{plans[(r.clip, codec)].note}")  # fmt: skip
+                continue
+            print(f"{r.clip:<9}{r.name:<6}{codec:<6} | {est.quality:9.2f}{m.vmaf:7.2f}"
+                  f"{est.quality - m.vmaf:+6.2f} | {_kbps(est.bitrate):>11}{_kbps(m.bitrate):>7}"
+                  f"{est.bitrate / max(m.bitrate, 1) - 1:+6.0%} | "
+                  f"{est.encode_cpu_seconds:10.1f}{m.cpu:6.1f}")  # fmt: skip
+
+
+def _default_share(plan: TitlePlan, real: float) -> float:
     """The sampling's CPU over the real encodes' had the samples covered the default share
-    of a long title (the cost per sampled second, and per encoded second, as measured)."""
+    of a long title (the cost per sampled second and per encoded second, as measured)."""
     sampled = sum(seconds for _, seconds in plan.samples)
     if not sampled or not real:
         return 0.0
     default = float(Settings.model_fields["quality_sample_share"].default)
-    return plan.sampling_cpu_seconds / real * duration / sampled * default
+    return plan.sampling_cpu_seconds / real * SECONDS / sampled * default
 
 
-def print_predictions(rows: list[RungResult], plans: dict[str, TitlePlan]) -> None:
+def print_sampling(rows: list[Rung], plans: dict[tuple[str, str], TitlePlan]) -> None:
     print()
-    print("ours, predicted by the samples (spec.estimate) against the real encode")
-    print(f"{'clip':<11}{'rung':<6} | {'kbit/s pred':>11} {'real':>6} {'err':>6} | "
-          f"{'SSIM pred':>9} {'real':>7} {'dB diff':>7} | {'CPU s pred':>10} {'real':>6} "
-          f"{'err':>6}")  # fmt: skip
-    for r in rows:
-        est = r.spec.estimate
-        if est is None:
-            print(f"{r.clip:<11}{r.spec.name:<6} | no prediction: "
-                  f"{plans[r.clip].note or 'no estimate'}")  # fmt: skip
-            continue
-        rate_err = est.bitrate / max(r.ours.bitrate, 1) - 1
-        cpu_err = est.encode_cpu_seconds / r.ours.cpu - 1 if r.ours.cpu else 0.0
-        print(f"{r.clip:<11}{r.spec.name:<6} | {_kbps(est.bitrate):>11} "
-              f"{_kbps(r.ours.bitrate):>6} {rate_err:+6.0%} | {est.quality:9.5f} "
-              f"{r.ours.ssim:7.5f} {to_db(est.quality) - r.ours.db:+7.2f} | "
-              f"{est.encode_cpu_seconds:10.1f} {r.ours.cpu:6.1f} {cpu_err:+6.0%}")  # fmt: skip
-    print()
-    print("sampling's cost, per clip: CPU seconds of every sample encode and measurement, "
-          "against the real encodes' of ours")  # fmt: skip
-    for name, plan in plans.items():
-        real = sum(r.ours.cpu for r in rows if r.clip == name)
-        share = plan.sampling_cpu_seconds / real if real else 0.0
+    print("the sampling's cost per clip and codec: CPU (wall) of every sample encode and "
+          "measurement, against the real encodes' of that codec (samples cover "
+          f"{SAMPLE_SHARE:.0%} here; scaled to the default share of a long title)")  # fmt: skip
+    for (clip, codec), plan in plans.items():
+        real = sum(r.ours[codec].cpu for r in rows if r.clip == clip)
+        wall = sum(r.ours[codec].wall for r in rows if r.clip == clip)
         samples = ", ".join(f"{s:g}+{d:g}s" for s, d in plan.samples) or "none"
-        note = f"; {plan.note}" if plan.note else ""
-        print(f"  {name:<11} samples {samples}: {plan.sampling_cpu_seconds:.1f} s CPU "
-              f"({plan.sampling_wall_seconds:.1f} s wall) = {share:.0%} of {real:.1f} s; "
-              f"at the default share {_default_share(plan, real, SECONDS):.0%}{note}")  # fmt: skip
+        print(f"  {clip:<9}{codec:<5} samples {samples}: {plan.sampling_cpu_seconds:5.1f} s CPU "
+              f"({plan.sampling_wall_seconds:5.1f} s wall) against {real:5.1f} s CPU "
+              f"({wall:5.1f} s wall) of encodes: {plan.sampling_cpu_seconds / real:.0%}; "
+              f"at the default share {_default_share(plan, real):.1%}")  # fmt: skip
 
 
-def print_summary(rows: list[RungResult], plans: dict[str, TitlePlan]) -> None:
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
+
+
+def _verdict(met: bool, figures: str) -> str:
+    return "met" if met else f"NOT met ({figures})"
+
+
+def print_summary(rows: list[Rung], plans: dict[tuple[str, str], TitlePlan]) -> None:
     print()
-    ours = [r.ours_ratio for r in rows]
-    today = [r.today_ratio for r in rows]
-    for label, ratios, key in (("ours/seed ", ours, "ours_ratio"),
-                               ("today/seed", today, "today_ratio")):  # fmt: skip
-        worst = max(rows, key=lambda r: float(getattr(r, key)))
-        print(f"{label}: geometric mean {_geomean(ratios):.2f}, worst {max(ratios):.2f} "
-              f"({worst.clip} {worst.spec.name}), over {len(ratios)} rungs")  # fmt: skip
-    met = _geomean(ours) <= GOAL_GEOMEAN and max(ours) <= GOAL_WORST
-    print(f"goal for ours (geometric mean <= {GOAL_GEOMEAN:.2f}, none > {GOAL_WORST:.2f}): "
-          f"{'met' if met else 'NOT met'}")  # fmt: skip
-    extrapolated = sum(r.seed_at_ours[1] + r.seed_at_today[1] for r in rows)
-    if extrapolated:
-        print(f"({extrapolated} of the seed's figures are extrapolated beyond its points)")
-    sampling = sum(p.sampling_cpu_seconds for p in plans.values())
-    real = sum(r.ours.cpu for r in rows)
-    sampled = sum(d for p in plans.values() for _, d in p.samples)
-    default = float(Settings.model_fields["quality_sample_share"].default)
-    scaled = sampling / real * len(plans) * SECONDS / sampled * default if sampled else 0.0
-    print(f"sampling: {sampling:.1f} s CPU in all, {sampling / real:.0%} of our encodes' "
-          f"{real:.1f} s CPU with samples covering {sampled / (len(plans) * SECONDS):.0%} "
-          f"of the clips; at the default share ({default:.0%}, titles of "
-          f"{_default_span():g} s and more) that is about {scaled:.0%}")  # fmt: skip
-
-
-def _default_span() -> float:
-    """The shortest title whose default samples are limited by count, not share."""
-    fields = Settings.model_fields
-    count = float(fields["quality_sample_count"].default)
-    seconds = float(fields["quality_sample_seconds"].default)
-    return count * seconds / float(fields["quality_sample_share"].default)
-
-
-def print_presets(points: dict[str, dict[str, PresetPoint]], target: float) -> None:
+    print(f"{'summary':<7}{'bits/x264 ABR':>16}{'goal':>6}{'bytes/seed':>12}{'goal':>6}"
+          f"{'worst margin':>13}{'CPU s':>8}{'sampling CPU':>14}{'VMAF err':>10}"
+          f"{'rate err':>10}")  # fmt: skip
+    seed_ratios = {}
+    for codec in CODECS:
+        ratios = [r.ratio(codec) for r in rows]
+        seed_ratio, margin, below = seed_figures(rows, codec)
+        seed_ratios[codec] = seed_ratio
+        cpu = sum(r.ours[codec].cpu for r in rows)
+        sampling = sum(p.sampling_cpu_seconds for (_, c), p in plans.items() if c == codec)
+        errs = [abs(r.specs[codec].estimate.quality - r.ours[codec].vmaf)
+                for r in rows if r.specs[codec].estimate]  # fmt: skip
+        rate_errs = [abs(math.log(r.specs[codec].estimate.bitrate / r.ours[codec].bitrate))
+                     for r in rows if r.specs[codec].estimate]  # fmt: skip
+        goal_seed = GOAL_SEED_H264 if codec == "h264" else GOAL_SEED_BEST
+        print(f"{codec:<7}{geomean(ratios):>8.2f} (w {max(ratios):.2f}){GOAL_ABR[codec]:>6.2f}"
+              f"{seed_ratio:>12.2f}{goal_seed:>6.2f}{margin:>+13.1f}{cpu:>8.1f}"
+              f"{sampling:>8.1f} ({sampling / cpu:.0%})"
+              f"{_mean(errs):>10.2f}{math.exp(_mean(rate_errs)) - 1:>+10.0%}")  # fmt: skip
+    print(
+        "(VMAF err: mean |predicted - measured| in points; rate err: geometric mean of the "
+        "predicted/real bit rate's deviation; worst margin: the lowest VMAF over its floor)"
+    )
     print()
-    print(f"presets: each clip's top rung at CRF {'/'.join(f'{c:g}' for c in PRESET_CRFS)}, "
-          f"no VBV cap; bit rate (kbit/s) and encode CPU s at SSIM {target:g} "
-          f"({to_db(target):.2f} dB), * extrapolated")  # fmt: skip
-    print(f"{'clip':<11}" + "".join(f"{p:>18}" for p in PRESETS))
-    for clip, per in points.items():
-        cells = [f"{_kbps(per[p].bitrate):>7}{_star(per[p].extrapolated)} {per[p].cpu:6.1f} s"
-                 for p in PRESETS]  # fmt: skip
-        print(f"{clip:<11}" + "".join(f"{c:>18}" for c in cells))
-    base = "medium" if "medium" in PRESETS else PRESETS[0]
-    print(f"geometric mean over {len(points)} clips, relative to {base}:")
-    print(f"  {'preset':<10}{'bits':>6}{'CPU':>7}")
-    for p in PRESETS:
-        bits = _geomean([per[p].bitrate / per[base].bitrate for per in points.values()])
-        cpu = _geomean([per[p].cpu / per[base].cpu for per in points.values()
-                        if per[base].cpu > 0 and per[p].cpu > 0])  # fmt: skip
-        print(f"  {p:<10}{bits:6.2f}{cpu:7.2f}")
+    for codec in CODECS:
+        ratio = geomean([r.ratio(codec) for r in rows])
+        print(
+            f"goal {codec} bits/x264 ABR <= {GOAL_ABR[codec]:.2f}: "
+            f"{'met' if ratio <= GOAL_ABR[codec] else f'NOT met ({ratio:.2f})'}"
+        )
+    _, _, below = seed_figures(rows, "h264")
+    h264 = seed_ratios.get("h264", float("nan"))
+    print(
+        f"goal h264 bytes/seed <= {GOAL_SEED_H264:.2f} with every rung at its floor: "
+        + _verdict(h264 <= GOAL_SEED_H264 and not below, f"{h264:.2f}; below: {below or None}")
+    )
+    best = min(seed_ratios, key=lambda c: seed_ratios[c])
+    _, _, below = seed_figures(rows, best)
+    print(
+        f"goal best codec ({best}) bytes/seed <= {GOAL_SEED_BEST:.2f} with every rung at its "
+        "floor: "
+        + _verdict(
+            seed_ratios[best] <= GOAL_SEED_BEST and not below,
+            f"{seed_ratios[best]:.2f}; below: {below or None}",
+        )
+    )
+    worst = max(rows, key=lambda r: r.spread)
+    print(
+        f"goal spread <= {GOAL_SPREAD:g}: "
+        f"{'met' if worst.spread <= GOAL_SPREAD else 'NOT met'} (worst {worst.spread:.2f}, "
+        f"{worst.clip} {worst.name})"
+    )
 
 
 def main() -> None:
     started = time.monotonic()
-    names = [c for c in CLIPS if not ONLY or c in ONLY]
+    names = [c for c in CLIPS if c in ONLY] if ONLY else list(DEFAULT_CLIPS)
     unknown = [c for c in ONLY if c not in CLIPS]
     if unknown or not names:
         raise SystemExit(f"unknown clip(s) {', '.join(unknown)}; the clips are {', '.join(CLIPS)}")
@@ -793,20 +887,19 @@ def main() -> None:
         ffmpeg_threads=1,
     )
     print(f"corpus: {', '.join(names)}; {SECONDS:g} s each at {WIDTH}x{HEIGHT} {FPS} fps "
-          f"(lavfi sources, x264 CRF 10 mezzanines; low-upload at "
-          f"{LOW_UPLOAD_BITRATE // 1000} kbit/s)")  # fmt: skip
-    print(
-        f"ours: the product's settings (preset {settings.x264_preset}, default CRF "
-        f"{settings.default_crf:g}, target SSIM {settings.quality_target:g}, "
-        f"{settings.quality_sample_count} samples of {settings.quality_sample_seconds:g} s), "
-        f"except quality_sample_share {SAMPLE_SHARE:g} (the default "
-        f"{Settings.model_fields['quality_sample_share'].default:g} of a {SECONDS:g} s clip "
-        f"holds no sample), quality_sample_timeout_seconds {SAMPLE_TIMEOUT:g}, "
-        f"ffmpeg_threads 1; pruning {'on' if PRUNE else 'off (every rung compared)'}"
-    )
-    print(f"today: {TODAY_PRESET}, -b:v at the model's figure, maxrate {TODAY_MAXRATE:g}x, "
-          f"bufsize {TODAY_BUFSIZE:g}x; seed: {SEED_PRESET}, one-pass -b:v, no VBV; "
-          f"every ffmpeg -threads 1, {WORKERS} at a time")  # fmt: skip
+          f"(lavfi sources, x264 CRF 10 mezzanines)")  # fmt: skip
+    print(f"ours: the product's settings (presets: x264 {settings.x264_preset}, x265 "
+          f"{settings.hevc_preset}, SVT-AV1 {settings.av1_preset}; VMAF targets "
+          + ", ".join(f"{k} {v:g}" for k, v in settings.quality_targets.items()
+                      if k in ("360p", "720p", "1080p"))
+          + f"; {settings.quality_sample_count} samples of {settings.quality_sample_seconds:g} s), "
+          f"except quality_sample_share {SAMPLE_SHARE:g} (the default's of a {SECONDS:g} s clip "
+          f"holds no sample), ffmpeg_threads 1; every rung kept (no pruning)")  # fmt: skip
+    print(f"x264 ABR: {ABR_PRESET}, one-pass -b:v, no VBV; seed: {SEED_PRESET}, fixed -b:v, "
+          f"maxrate {SEED_MAXRATE:g}x, bufsize {SEED_BUFSIZE:g}x; VMAF every "
+          f"{settings.quality_vmaf_subsample}th frame; {WORKERS} ffmpeg at a time; "
+          f"load average at the start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+          )  # fmt: skip
     root, corpus, server, base_url = corpus_folder("vtp-bench-quality-")
     pool = ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="encode")
     try:
@@ -815,35 +908,36 @@ def main() -> None:
             make_clip(corpus, name)
             _progress(f"[{time.monotonic() - started:6.0f} s] made {name} "
                       f"({time.monotonic() - t0:.0f} s)")  # fmt: skip
-        rows: list[RungResult] = []
-        plans: dict[str, TitlePlan] = {}
-        presets: dict[str, dict[str, PresetPoint]] = {}
+        rows: list[Rung] = []
+        plans: dict[tuple[str, str], TitlePlan] = {}
         for name in names:
             work = root / f"work-{name}"
             work.mkdir()
             result = measure_clip(pool, name, base_url, settings, work)
             shutil.rmtree(work, ignore_errors=True)
             rows += result.rungs
-            plans[name] = result.plan
-            presets[name] = result.presets
-            _progress(f"[{time.monotonic() - started:6.0f} s] {name}: " + ", ".join(
-                f"{r.spec.name} ours/seed {r.ours_ratio:.2f} today/seed {r.today_ratio:.2f}"
+            plans.update({(name, c): p for c, p in result.plans.items()})
+            _progress(f"[{time.monotonic() - started:6.0f} s] {name}: " + "; ".join(
+                f"{r.name} " + " ".join(f"{c} {r.ratio(c):.2f}" for c in r.ours)
                 for r in result.rungs))  # fmt: skip
         print_rungs(rows)
-        for name, plan in plans.items():
-            for p in plan.pruned:
-                print(f"{name:<11}{p.name:<6} pruned by tune(): {p.reason}")
+        print_abr(rows)
         print_seed(rows)
+        print_spread(rows)
+        print_costs(rows)
         print_predictions(rows, plans)
+        print_sampling(rows, plans)
         print_summary(rows, plans)
-        print_presets(presets, settings.quality_target)
     finally:
         pool.shutdown(cancel_futures=True)
         server.shutdown()
         server.server_close()
         shutil.rmtree(root, ignore_errors=True)
     print()
-    print(f"total {time.monotonic() - started:.0f} s")
+    print(
+        f"load average at the end {os.getloadavg()[0]:.1f}; total "
+        f"{time.monotonic() - started:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -228,8 +228,10 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     step = settings.quality_vmaf_subsample
     assert shown is None and own.frames == 2 * -(-100 // step) and own.parts == 2
     assert own.metric == "vmaf" and own.ssim is not None and 0.9 < own.ssim <= 1
-    assert abs(own.score - easy.estimate.quality) < 3.0, (own, easy.estimate)
-    assert 0.6 < result.avg_bitrate / easy.estimate.bitrate < 1.6, (result, easy.estimate)
+    # The samples hold exactly their frames (no held end frames, which once made every
+    # probe 1.5x the bits and a point over what the rendition shows).
+    assert abs(own.score - easy.estimate.quality) < 1.5, (own, easy.estimate)
+    assert 0.8 < result.avg_bitrate / easy.estimate.bitrate < 1.25, (result, easy.estimate)
 
 
 @pytest.mark.slow
@@ -313,3 +315,30 @@ def test_each_codec_gets_its_own_factor_from_the_samples(
         )
         # The same target as H.264's: equal quality, each codec at its own factor.
         assert spec.estimate.quality >= target - 1.0, (codec, spec.estimate)
+
+
+def test_each_codec_searches_its_own_useful_range_and_h264s_picture() -> None:
+    """x264's factor range carried to each codec's scale spans what that codec needs at
+    equal VMAF (docs/quality.md); a rung H.264 cannot bring to its target (grain) has the
+    other codecs aim at what H.264 shows, so one rung shows one picture."""
+    from vtp.media.codecs import crf_for
+    from vtp.media.ladder import codec_ladders
+    from vtp.models import RenditionEstimate, SourceInfo
+
+    s = Settings()
+    assert crf_for("av1", s.crf_min) <= 24 and crf_for("av1", s.crf_max) == 63
+    assert crf_for("hevc", s.crf_min) <= 17 and crf_for("hevc", s.crf_max) <= 51
+    steps = [crf_for("av1", c) for c in range(16, 37)]
+    assert steps == sorted(steps), "the search interpolates: the mapping must be monotonic"
+
+    info = SourceInfo(duration=600, width=1920, height=1080, fps=25, has_audio=False,
+                      video_codec="h264")  # fmt: skip
+    ladder = plan_ladder(info, s)
+    grain = RenditionEstimate(metric="vmaf", quality=88.6, bitrate=3_700_000, size_bytes=1,
+                              encode_cpu_seconds=1)  # fmt: skip
+    easy = grain.model_copy(update={"quality": 97.0})
+    tuned = [ladder[0].model_copy(update={"estimate": easy}),
+             *(r.model_copy(update={"estimate": grain}) for r in ladder[1:])]  # fmt: skip
+    others = {r.name: r for r in codec_ladders(tuned, ["h264", "av1"]) if r.codec == "av1"}
+    assert others["1080p-av1"].quality_target == 88.6
+    assert others["360p-av1"].quality_target == s.target_for("360p"), "never above the target"

@@ -157,10 +157,25 @@ class Settings(BaseSettings):
     # rest are left out, and the plan says so.
     max_audio_tracks: int = Field(default=8, ge=1, le=32)
     # The encoders' speed for the ladders a job may add beside H.264 (vtp.media.codecs): x265's
-    # preset names, SVT-AV1's 0 (slowest) .. 13.
+    # preset names, SVT-AV1's 0 (slowest) .. 13. Chosen by bits at the rung's VMAF target
+    # against encode CPU (bench/codecs.py: 720p rung at VMAF 94, natural, cartoon and grain
+    # clips, geometric means; pinned ffmpeg 9.0.2, x265 4.3, SVT-AV1 4.2):
+    #   preset         bits/x264 medium  CPU/x264 medium  bits/before  CPU/before
+    #   x265 veryfast        1.08             1.59             1.13         0.89
+    #   x265 faster          1.08             1.59             1.13         0.89
+    #   x265 fast            0.96             1.79             1.00         1.00   (kept)
+    #   x265 medium          1.04             2.26             1.08         1.26
+    #   SVT-AV1 10           1.21             0.45             1.79         0.71
+    #   SVT-AV1 8            0.68             0.63             1.00         1.00   (before)
+    #   SVT-AV1 6            0.28             0.78             0.41         1.23   (chosen)
+    #   SVT-AV1 5            0.29             1.01             0.43         1.59
+    # x265: `fast`; the faster presets spend 13% more bits for 11% less CPU, `medium` more
+    # of both. SVT-AV1: 6, which needs 0.41x the bits of 8 for 1.23x its CPU (below 8 the
+    # encoder keeps tools that hold VMAF on flat colours and soft motion) and is still
+    # cheaper than x264 medium; 5 saves nothing more for 1.29x the CPU.
     hevc_preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium",
                          "slow"] = "fast"  # fmt: skip
-    av1_preset: int = Field(default=8, ge=0, le=13)
+    av1_preset: int = Field(default=6, ge=0, le=13)
     # Subtitle tracks (the source's text streams, then the job's caption files) made WebVTT.
     max_text_tracks: int = Field(default=16, ge=0, le=64)
     # The storyboard (vtp.media.storyboard): a thumbnail every `storyboard_seconds`, rounded up

@@ -277,10 +277,19 @@ class _Tuner:
             refs[spec.name] = self.dir / f"ref-{spec.name}.mkv"
             # FFV1: lossless and quick to decode, so every probe compares with the exact
             # picture it encoded from.
-            args += ["-map", f"[o{i}]", "-c:v", "ffv1", "-an", refs[spec.name].name]
+            # Exactly the samples' frames: the timing filter holds the last frame a little
+            # longer (END_HOLD_S, for the real encode's `-t` to cut), which here would add
+            # still frames to every probe, and with them bits and scores the rendition
+            # never has.
+            args += ["-map", f"[o{i}]", "-frames:v", str(self._frames(spec)), "-c:v", "ffv1",
+                     "-an", refs[spec.name].name]  # fmt: skip
         result = run_ffmpeg(args, timeout=self._left(), cwd=self.dir)
         self._spent(result.cpu_seconds)
         return refs
+
+    def _frames(self, spec: RenditionSpec) -> int:
+        """How many frames the samples hold on the rung's grid."""
+        return sum(max(1, round(seconds * spec.fps)) for _, seconds in self.samples)
 
     def _spent(self, cpu: float) -> None:
         with self._lock:
@@ -298,7 +307,16 @@ class _Tuner:
         # The search is on x264's scale; another codec's encoder gets its equivalent.
         trial = spec.model_copy(update={"crf": crf_for(spec.codec, crf), "color_conversion": None})
         encoded = run_ffmpeg(
-            ["-i", ref.name, *encode_args(video_only, trial, self.settings), "-f", "mp4", out.name],
+            [
+                "-i",
+                ref.name,
+                *encode_args(video_only, trial, self.settings),
+                "-frames:v",
+                str(self._frames(spec)),
+                "-f",
+                "mp4",
+                out.name,
+            ],
             timeout=self._left(),
             cwd=self.dir,
         )
