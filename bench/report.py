@@ -77,7 +77,8 @@ def main() -> int:
             print(f"{script.name} failed ({done.returncode}); RESULTS.md not written")
             return 1
         took = time.monotonic() - t0
-        dated = f", {when}, commit {commit or '?'}" if only else ""
+        # A section refreshed alone says when, at which commit, and with which tools.
+        dated = f", {when}, commit {commit or '?'}, {build().label()}" if only else ""
         sections[script.name] = (
             f"**{script.name}** ({took:.0f} s{dated})\n\n```\n{done.stdout.rstrip()}\n```\n"
         )
