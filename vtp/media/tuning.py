@@ -287,9 +287,13 @@ class _Tuner:
         self._spent(result.cpu_seconds)
         return refs
 
+    def _sample_frames(self, spec: RenditionSpec) -> list[int]:
+        """How many frames each sample holds on the rung's grid."""
+        return [max(1, round(seconds * spec.fps)) for _, seconds in self.samples]
+
     def _frames(self, spec: RenditionSpec) -> int:
-        """How many frames the samples hold on the rung's grid."""
-        return sum(max(1, round(seconds * spec.fps)) for _, seconds in self.samples)
+        """How many frames the samples hold on the rung's grid, all together."""
+        return sum(self._sample_frames(spec))
 
     def _spent(self, cpu: float) -> None:
         with self._lock:
@@ -332,7 +336,7 @@ class _Tuner:
         self._spent(encoded.cpu_seconds + measured.cpu_seconds)
         # The scored frames back into their samples, by frame number (libvmaf scores every
         # n-th frame of the joined samples).
-        ends = list(itertools.accumulate(max(1, round(sec * spec.fps)) for _, sec in self.samples))
+        ends = list(itertools.accumulate(self._sample_frames(spec)))
         parts: list[list[float]] = [[] for _ in ends]
         for number, value in zip(measured.numbers, measured.vmaf, strict=True):
             parts[min(bisect.bisect_right(ends, number), len(ends) - 1)].append(value)
@@ -381,10 +385,10 @@ class _Tuner:
                 continue
             cheaper = [p for p in probes[lower.name] if p.bitrate < upper.estimate.bitrate]
             if cheaper:
-                pairs.append((max(cheaper, key=lambda p: p.score.score), upper))
+                pairs.append((lower.name, max(cheaper, key=lambda p: p.score.score), upper))
 
-        def against(pair: tuple[Probe, RenditionSpec]) -> float:
-            below, upper = pair
+        def against(pair: tuple[str, Probe, RenditionSpec]) -> float:
+            _, below, upper = pair
             measured = compare(
                 ["-i", below.path.name, "-i", refs[upper.name].name],
                 f"[0:v]{upscaled(upper.width, upper.height)},setpts=PTS-STARTPTS",
@@ -399,12 +403,10 @@ class _Tuner:
 
         scores = self._parallel(against, pairs)
         pruned = []
-        names_below = {upper.name: lower.name for lower, upper in itertools.pairwise(tuned)}
-        for (below, upper), scaled in zip(pairs, scores, strict=True):
+        for (below_name, below, upper), scaled in zip(pairs, scores, strict=True):
             assert upper.estimate
             # What the rung is to show: its target, or less where the cap holds it below.
             shows = min(upper.estimate.quality, self._target(upper))
-            below_name = names_below[upper.name]
             log.info(
                 "%s at crf %g (%d kbit/s) scaled up to %s: VMAF %.2f; %s itself: %.2f"
                 " for %d kbit/s",
