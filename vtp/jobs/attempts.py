@@ -138,7 +138,8 @@ class Attempts(Backups, Cancellation):
         the job can no longer succeed (vtp.jobs.cancellation), so stop working."""
         jid = parse_id(job_id)
 
-        def tx(cur: Cursor) -> str | None:
+        def tx(cur: Cursor) -> tuple[str | None, str | None]:
+            """(why the job is cancelled, the death report this beat refutes)."""
             row = lock_task(cur, jid, rendition, chunk)
             try:
                 backup = expect_running(row, call_id, attempt)
@@ -149,7 +150,7 @@ class Attempts(Backups, Cancellation):
                 ) from None
             doomed = self._doomed(cur, jid)
             if doomed:  # its job cannot succeed: the encode stops (Conflict, below)
-                return str(self._cancel_row(cur, row, doomed).error)
+                return str(self._cancel_row(cur, row, doomed).error), None
             if backup:
                 cur.execute(
                     """
@@ -158,7 +159,7 @@ class Attempts(Backups, Cancellation):
                     """,
                     (str(jid), rendition, chunk),
                 )
-                return None
+                return None, None
             cur.execute(
                 """
                 UPDATE tasks SET heartbeat_at = now(), death_reported_at = NULL,
@@ -167,18 +168,18 @@ class Attempts(Backups, Cancellation):
                 """,
                 (str(jid), rendition, chunk),
             )
-            if row["death_report"]:
-                log.warning(
-                    "task %s/%s of job %s: its call was reported dead (%s) but the attempt "
-                    "is alive; the report is dropped (a forged report, or a confused proxy)",
-                    rendition,
-                    chunk,
-                    jid,
-                    row["death_report"],
-                )
-            return None
+            return None, row["death_report"]
 
-        cancelled = self._run(tx)
+        cancelled, refuted = self._run(tx)
+        if refuted:  # said once committed, so whoever reads the log reads the row dropped
+            log.warning(
+                "task %s/%s of job %s: its call was reported dead (%s) but the attempt "
+                "is alive; the report is dropped (a forged report, or a confused proxy)",
+                rendition,
+                chunk,
+                jid,
+                refuted,
+            )
         if cancelled:
             raise Conflict(f"task {rendition}/{chunk} of job {jid}: {cancelled}")
 
