@@ -7,9 +7,9 @@ For a 2 s and a 30 s 1080p30 clip with audio, RUNS times each (after one warm-up
   rendition), until the job has succeeded (its own record of the moment). Its parts come
   from the job's own records, along its critical path, the task that ended last: upload
   (the client's PUT), to job (notification and split, until the job row exists), queue
-  wait (until that task's attempt began), its encode, quality measurement, output upload
-  and the rest of its call (records, the early master), fan-in (that task done until the
-  job succeeded); and when the sound task, which waits for a queue-worker, began;
+  wait (until that task's attempt began), its encode (which measures its own quality as it
+  goes: vtp.media.measure), output upload and the rest of its call (records, the early
+  master), fan-in (that task done until the job succeeded); and when the sound task, which waits for a queue-worker, began;
 - bare ffmpeg: one process per rendition in parallel, running the very command a
   transcode runs (`vtp.media.encode.ffmpeg_command`), reading the same object through the same
   kind of presigned URL, writing to a local folder.
@@ -51,7 +51,7 @@ from vtp.storage import Storage  # noqa: E402
 
 RUNS = 3
 PARTS = (
-    "upload", "to job", "queue wait", "encode", "measure", "output upload", "rest of call",
+    "upload", "to job", "queue wait", "encode", "output upload", "rest of call",
     "fan-in", "sound began",
 )  # fmt: skip
 
@@ -129,7 +129,6 @@ def _parts(cfg: LocalConfig, job_id: str, uploaded_at: datetime) -> dict[str, fl
         "to job": (job["created_at"] - uploaded_at).total_seconds(),
         "queue wait": (last["attempt_started_at"] - job["created_at"]).total_seconds(),
         "encode": timings.get("encode_s", 0.0),
-        "measure": timings.get("measure_s", 0.0),
         "output upload": timings.get("upload_s", 0.0),
         "rest of call": call - sum(timings.values()),
         "fan-in": (job["finished_at"] - last["finished_at"]).total_seconds(),

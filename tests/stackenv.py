@@ -27,11 +27,7 @@ FAST: dict[str, str] = {
     # benchmarks' business (bench/quality.py), at the product's own preset; make demo, run by
     # tests/test_demo.py, encodes at that preset too.
     "VTP_X264_PRESET": "veryfast",
-    # One output segment measured against the source per rendition, not three: the same
-    # measurement and record; how several combine is tested in-process (test_tuning) and by
-    # chunked renditions, whose chunks measure one each and are combined.
-    "VTP_QUALITY_MEASURE_SEGMENTS": "1",
-    # libvmaf scores every sixth frame, not every third: the same filter, log and pooling,
-    # at half the CPU of every measurement and sample in the suite.
+    # libvmaf scores every sixth frame of a sample, not every third: the same filter, log and
+    # pooling, at half the CPU of every sample in the suite.
     "VTP_QUALITY_VMAF_SUBSAMPLE": "6",
 }

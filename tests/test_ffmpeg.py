@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from vtp.errors import FfmpegError, FfmpegTimeout, InvalidRequest
+from vtp.errors import FfmpegError, FfmpegStalled, FfmpegTimeout, InvalidRequest
 from vtp.media.ffmpeg import (
     Progress,
     _run,
@@ -210,6 +210,24 @@ def test_timeout_kills_the_whole_process_group(tmp_path):
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(grandchild), "the grandchild outlived the process group kill"
+
+
+def test_a_run_that_writes_nothing_is_stopped_long_before_its_time_limit(tmp_path):
+    """An input that never answers (a FIFO nobody writes to: ffmpeg waits for it for ever,
+    as in a deadlock) makes no progress; stopped after `stall_seconds`, not at `timeout`.
+    A run that keeps writing is left alone however slowly it writes."""
+    fifo = tmp_path / "never"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    with pytest.raises(FfmpegStalled) as caught:
+        run_ffmpeg(["-f", "rawvideo", "-s", "16x16", "-i", str(fifo), "-f", "null", "-"],
+                   timeout=60, stall_seconds=1.0)  # fmt: skip
+    assert time.monotonic() - started < 1.0 + 3.0 + 2.0  # stall + SIGTERM grace + slack
+    assert not isinstance(caught.value, FfmpegTimeout) and "wrote nothing" in caught.value.reason
+    assert not _children("ffmpeg")
+    slow = ["-readrate", "1", "-f", "lavfi", "-i", "testsrc=size=32x32:rate=4:duration=3",
+            "-f", "null", "-"]  # fmt: skip
+    assert run_ffmpeg(slow, timeout=30, stall_seconds=1.5).returncode == 0
 
 
 def test_cancel_event_stops_ffmpeg():

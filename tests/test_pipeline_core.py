@@ -376,11 +376,11 @@ def test_a_rendition_encoded_in_chunks_is_joined_seamlessly(
     keys = [t for t, key in frames if key]
     assert [round(k - keys[0], 3) for k in keys] == [2.0 * i for i in range(10)]
     assert rend.result["segments"] == 5 and rend.result["duration"] == pytest.approx(20.0)
-    # Each chunk measured its middle segment against the source; the rendition's score is
-    # their frame-weighted mean, over all three.
+    # Each chunk measured itself as it was encoded, on frames spread over all its segments;
+    # the rendition's score is their frame-weighted mean, its parts every segment.
     chunk_scores = [t.result["quality_score"] for t in rend.tasks if t.result]
     assert len(chunk_scores) == 3 and all(60 < q <= 100 for q in chunk_scores)
-    assert rend.result["quality_parts"] == 3 and rend.quality_metric == "vmaf"
+    assert rend.result["quality_parts"] == 5 and rend.quality_metric == "vmaf"
     assert rend.quality_worst is not None and rend.quality_score is not None
     assert min(chunk_scores) <= rend.quality_score <= max(chunk_scores)
     assert rend.quality_worst <= min(chunk_scores) and rend.quality_flagged is False

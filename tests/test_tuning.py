@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.inprocess import build_pipeline, quiet_bucket
-from vtp.media.encode import HLS_PLAYLIST, encode_rendition, parse_media_playlist
+from vtp.media import measure
+from vtp.media.encode import encode_rendition
 from vtp.media.ladder import plan_ladder
 from vtp.media.probe import probe_source
-from vtp.media.quality import Segment, measure_segments, quality_record, spread
+from vtp.media.quality import quality_record
 from vtp.media.tuning import final_crf, next_crf, sample_positions, tune
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
@@ -81,7 +82,6 @@ def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
     assert kept["quality_ssim"] == 0.985
     record = quality_record(bad, None, target=95.0, margin=3.0)
     assert record["quality_flagged"] is True and record["quality_display"] == 88.0
-    assert spread(10, 3) == [1, 5, 8] and spread(2, 3) == [0, 1] and spread(0, 3) == []
 
 
 def test_vmaf_targets_are_per_rung_and_validated() -> None:
@@ -90,32 +90,6 @@ def test_vmaf_targets_are_per_rung_and_validated() -> None:
     assert s.target_for("999p") == s.quality_target
     with pytest.raises(ValueError, match="not a VMAF"):
         Settings(quality_targets={"360p": 0.985})
-
-
-def test_a_short_clip_scores_a_handful_of_frames() -> None:
-    """The measured segments of a 2 s clip are the whole clip: every third frame would cost
-    a third of its encode, so six of its 60 are scored; a longer output keeps every third."""
-    from vtp.media.quality import scoring_step
-
-    s = Settings()
-    assert s.quality_vmaf_subsample == 3 and s.quality_measure_share == 0.05
-    assert scoring_step([Segment("seg", 0.0, 2.0)], 30.0, 2.0, s) == 10
-    assert scoring_step([Segment("seg", 0.0, 4.0)], 30.0, 30.0, s) == 3
-    assert scoring_step([Segment("seg", 0.0, 4.0)] * 3, 25.0, 600.0, s) == 3
-    assert scoring_step([Segment("seg", 0.0, 4.0)], 30.0, None, s) == 3
-
-
-def test_a_whole_rendition_measures_as_densely_as_a_chunked_one() -> None:
-    """One segment per chunk length of source (48 s), at least one, at most the setting:
-    a 30 s clip measures one, not three (which cost 44% of its encodes' CPU)."""
-    from vtp.pipeline.transcode import segments_to_measure
-
-    s = Settings()
-    assert s.chunk_seconds == 48 and s.quality_measure_segments == 3
-    counts = [segments_to_measure(d, s) for d in (2.0, 30.0, 48.0, 48.5, 96.0, 119.0, 3600.0)]
-    assert counts == [1, 1, 1, 2, 2, 3, 3]
-    assert segments_to_measure(119.0, s.model_copy(update={"quality_measure_segments": 1})) == 1
-    assert segments_to_measure(30.0, s.model_copy(update={"quality_measure_segments": 0})) == 0
 
 
 def test_a_spec_planned_before_rate_control_by_quality_keeps_its_bitrate_target() -> None:
@@ -213,20 +187,15 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     assert 2 <= len(easy.estimate.probes) <= 4
 
     info, url, spec = plans["easy"]
-    out = tmp_path / "easy-out"
-    result = encode_rendition(url, info, spec, out, settings=settings)
-    init, listed = parse_media_playlist((out / HLS_PLAYLIST).read_text())
-    assert init is not None
-    segments, at = [], 0.0
-    for name, seconds in listed:
-        segments.append(Segment(name, at, seconds))
-        at += seconds
-    own, shown = measure_segments(
-        url, spec, out, init, segments, display=None, settings=settings, timeout=120
-    )
-    # libvmaf scores every third frame: 67 of each 100-frame segment.
-    step = settings.quality_vmaf_subsample
-    assert shown is None and own.frames == 2 * -(-100 // step) and own.parts == 2
+    out, logs = tmp_path / "easy-out", tmp_path / "easy-logs"
+    logs.mkdir()
+    m = measure.plan(200, spec.fps, logs=logs, settings=settings.model_copy(
+        update={"quality_measure_share": 0.25}), pixel_format="yuv420p", display=None,
+        size=(spec.width, spec.height))  # fmt: skip
+    result = encode_rendition(url, info, spec, out, settings=settings, measure=m)
+    own, shown = m.read()
+    # A quarter of the frames, every fourth, over both 100-frame segments.
+    assert shown is None and m.step == 4 and own.frames == 50 and own.parts == 2
     assert own.metric == "vmaf" and own.ssim is not None and 0.9 < own.ssim <= 1
     # The samples hold exactly their frames (no held end frames, which once made every
     # probe 1.5x the bits and a point over what the rendition shows).

@@ -107,6 +107,11 @@ class FfmpegTimeout(FfmpegError):
     http_status = 504
 
 
+class FfmpegStalled(FfmpegError):
+    """ffmpeg wrote nothing more for longer than it may (a deadlock, an input that never
+    answers) and was killed with its process group, long before its wall-time budget."""
+
+
 class JoinRefused(VtpError):
     """A chunk's encode does not fit its rendition (a frame missing or extra, a gap, a
     segment without a keyframe, another init segment: vtp.media.join). Encoding that chunk again

@@ -224,14 +224,14 @@ class Settings(BaseSettings):
     )  # fmt: skip
     # A rendition measured this many VMAF points below its target is flagged.
     quality_margin: float = Field(default=3.0, ge=0)
-    # libvmaf scores every n-th frame (1: all): a scored frame costs about what a medium-preset
-    # encode spends on it, and neighbouring frames score alike. An output's measurement scores
-    # fewer still where its segments are much of what it encoded (a short clip): at most
-    # `quality_measure_share` of its frames, and never fewer than six, so that measuring
-    # stays a small share of encoding. Threads per comparison: two, since the last rendition
-    # of a job measures on its tail, with the cores to itself.
+    # libvmaf scores every n-th frame of a sample (1: all): a scored frame costs about what a
+    # medium-preset encode spends on it, and neighbouring frames score alike. An encode
+    # measures itself as it goes (vtp.media.measure; `quality_measure` off: not at all),
+    # scoring `quality_measure_share` of its frames spread over all of it, never fewer than
+    # six. Threads per comparison: two.
     quality_vmaf_subsample: int = Field(default=3, ge=1, le=30)
-    quality_measure_share: float = Field(default=0.05, gt=0, le=1)
+    quality_measure: bool = True
+    quality_measure_share: float = Field(default=0.05, gt=0, le=0.5)
     quality_vmaf_threads: int = Field(default=2, ge=1, le=16)
     # Per-title choice (vtp.media.tuning): split encodes `quality_sample_count` samples of
     # `quality_sample_seconds` spread over the source at a few factors and picks, per rung,
@@ -255,10 +255,6 @@ class Settings(BaseSettings):
     # an upload that is a 320x180 picture blown up to 720p gives a 360p whose best probe,
     # scaled up, scores 4.4 below the 720p rung; sharp 720p detail, 14.6 below. 0: never drop.
     prune_jnd: float = Field(default=6.0, ge=0)
-    # Output segments measured against the source after encoding, per rendition encoded
-    # whole (a chunk measures one): at most this many, one per `chunk_seconds` of source
-    # (vtp.pipeline.transcode.segments_to_measure): the recorded quality, at a bounded cost.
-    quality_measure_segments: int = Field(default=3, ge=0)
     max_attempts: int = Field(default=3, ge=1)
     # Calls in a row that never reach a transcode's handler (function down, restarting, busy)
     # before the rendition is dead-lettered; they spend no attempt (see vtp.lifecycle).
@@ -325,6 +321,11 @@ class Settings(BaseSettings):
     # is read through to find it, within this time and max_source_bytes (vtp.media.probe).
     duration_scan_timeout_seconds: float = 120.0
     ffmpeg_timeout_seconds: float = 3 * 3600
+    # An encode whose progress shows nothing more written for this long is stopped (and a
+    # measuring one encoded again without measuring, vtp.pipeline.transcode): a hung ffmpeg
+    # costs minutes, not the whole call. Long enough for a chunk of a source with keyframes
+    # minutes apart, decoded from the one before its start without writing a frame. 0: never.
+    ffmpeg_stall_seconds: float = Field(default=300.0, ge=0)
     # Threads per ffmpeg process; 0 lets ffmpeg decide.
     ffmpeg_threads: int = 0
     # of-watchdog's own exec_timeout (stack.yml `environment`, e.g. "1h"), read under its own

@@ -38,6 +38,7 @@ from vtp.media.codecs import codec_string, encoder_args
 from vtp.media.codecs import rate_control_args as rate_control_args
 from vtp.media.ffmpeg import CAPTION_FORMATS, Progress, run_ffmpeg, untrusted_input
 from vtp.media.loudness import Loudness
+from vtp.media.measure import ENCODED, SOUND, Measurement
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.settings import Settings
 
@@ -102,8 +103,11 @@ def encode_rendition(
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    measure: Measurement | None = None,
 ) -> RenditionResult:
-    """Encode `spec` from `source_url` into `out_dir` and describe what was written.
+    """Encode `spec` from `source_url` into `out_dir` and describe what was written; with
+    `measure`, the encode measures its quality as it goes (vtp.media.measure: read its
+    scores with `measure.read()`).
 
     `timeout` (seconds) bounds ffmpeg's wall time; `settings.ffmpeg_timeout_seconds` when
     None. The caller passes what is left of its call's deadline. Setting `cancel` stops the
@@ -119,7 +123,7 @@ def encode_rendition(
     mp4_name = f"{spec.name}.mp4" if "mp4" in wanted else None
     _clean(out_dir, mp4_name)
 
-    args = ffmpeg_command(source_url, source, spec, settings, mp4_name)
+    args = ffmpeg_command(source_url, source, spec, settings, mp4_name, measure=measure)
     # Relative output names, with the output directory as working directory: the HLS
     # playlist then refers to its init file and segments by bare name, and no path needs
     # escaping for the tee muxer.
@@ -323,6 +327,7 @@ def encode_chunk(
     on_progress: Callable[[Progress], None] | None = None,
     timeout: float | None = None,
     cancel: threading.Event | None = None,
+    measure: Measurement | None = None,
 ) -> ChunkResult:
     """Encode the video of `chunk` (audio is a rendition of its own, encoded once) into
     `out_dir`: ffmpeg seeks the presigned URL to the chunk's start (input seek, accurate:
@@ -342,13 +347,14 @@ def encode_chunk(
     args = [
         *timeline.CLOCK_ARGS,
         *untrusted_input(source_url, seek=seek, threads=settings.ffmpeg_threads),
-        *encode_args(video_only, spec, settings, start_s=chunk.start_s),
+        *encode_args(video_only, spec, settings, start_s=chunk.start_s, measure=measure),
         # Exactly the grid frames of its range, wherever the source's own frames fall.
         "-frames:v",
         str(timeline.chunk_frames(chunk.start_s, chunk.end_s, rate)),
         "-f",
         "tee",
         _tee_outputs(spec, settings, None, start_number=chunk.first_segment),
+        *(measure.output_args() if measure else []),
     ]
     _run(args, out_dir, settings, timeout, on_progress, cancel)
     init, listed = _listed(out_dir, f"playlist of chunk {chunk.index}")
@@ -415,16 +421,18 @@ def ffmpeg_command(
     spec: RenditionSpec,
     settings: Settings,
     mp4_name: str | None = None,
+    *,
+    measure: Measurement | None = None,
 ) -> list[str]:
     """The arguments after `ffmpeg` for one rendition, run in its output folder (the
-    benchmark's bare-ffmpeg baseline runs exactly these). A rung whose sound is a rendition
-    of its own encodes sound only for its progressive MP4."""
+    benchmark's bare-ffmpeg baseline runs exactly these, without `measure`). A rung whose
+    sound is a rendition of its own encodes sound only for its progressive MP4."""
     if not spec.audio_in_segments and mp4_name is None:
         source = source.model_copy(update={"has_audio": False})
     return [
         *timeline.CLOCK_ARGS,
         *untrusted_input(source_url, threads=settings.ffmpeg_threads),
-        *encode_args(source, spec, settings),
+        *encode_args(source, spec, settings, measure=measure),
         # Never more than the probed duration: the caps on duration were checked against
         # it, and a header can claim 1 s while the file holds an hour.
         "-t",
@@ -432,6 +440,7 @@ def ffmpeg_command(
         "-f",
         "tee",
         _tee_outputs(spec, settings, mp4_name),
+        *(measure.output_args() if measure else []),
     ]
 
 
@@ -441,30 +450,47 @@ def encode_args(
     settings: Settings,
     *,
     start_s: float = 0.0,
+    measure: Measurement | None = None,
 ) -> list[str]:
     """Stream mapping, filters and codec options (everything between input and output), for
     an encode from `start_s` (a chunk's) of a source read on its own clock
-    (timeline.CLOCK_ARGS)."""
+    (timeline.CLOCK_ARGS); with `measure`, the graph that also hands the measurement its
+    frames (vtp.media.measure)."""
     rate = timeline.frame_rate(spec.fps)
     gop = settings.gop_seconds
-    video_filter = ",".join(
-        [
-            picture_filters(spec),
-            timeline.video_timing_filter(rate, start_s=start_s, origin_s=source.picture_origin),
-        ]
-    )
+    timing = timeline.video_timing_filter(rate, start_s=start_s, origin_s=source.picture_origin)
+    video_filter = f"{picture_filters(spec)},{timing}"
+    if measure is None:
+        # First real video stream; capital V skips cover art and thumbnails.
+        picture = ["-map", "0:V:0"]
+        filters = ["-vf", video_filter]
+    else:
+        display = None
+        if measure.display:
+            w, h = measure.display
+            big = spec.model_copy(update={"width": w, "height": h})
+            # The source on the same grid, thinned to the scored frames before scaling.
+            display = f"{DEINTERLACE},{timing},{{select}},{size_filters(big)}"
+        picture = ["-filter_complex", measure.encode_side(video_filter, display),
+                   "-map", f"[{ENCODED}]"]  # fmt: skip
+        filters = []
     with_audio = source.has_audio and spec.audio_bitrate is not None
+    sound = ["-map", "0:a:0", "-af", timeline.audio_timing_filter(source.picture_origin)]
+    if measure is not None and with_audio:
+        # The sound through the measuring graph too: fed by a filter graph of its own, it
+        # let ffmpeg's scheduler hold the picture back for it while the measurement waited
+        # for the encoder, and about one run in two hung on a busy CPU (none of 60 so).
+        picture[1] += f";[0:a:0]{timeline.audio_timing_filter(source.picture_origin)}[{SOUND}]"
+        sound = ["-map", f"[{SOUND}]"]
     args = [
-        "-map",
-        "0:V:0",  # first real video stream; capital V skips cover art and thumbnails
-        *(["-map", "0:a:0"] if with_audio else []),
+        *picture,
+        *(sound[:2] if with_audio else []),
         # No source metadata or chapters: phone videos carry GPS positions and device data.
         "-map_metadata",
         "-1",
         "-map_chapters",
         "-1",
-        "-vf",
-        video_filter,
+        *filters,
         # The filters made the frames constant-rate on the shared grid; nothing after them
         # may duplicate or drop one.
         "-fps_mode",
@@ -482,7 +508,7 @@ def encode_args(
         "+cgop+global_header",
     ]
     if with_audio and spec.audio_bitrate is not None:
-        args += ["-af", timeline.audio_timing_filter(source.picture_origin)]
+        args += sound[2:]
         args += _aac_args(spec.audio_bitrate)
     else:
         args += ["-an"]
@@ -499,14 +525,22 @@ def _forced_keyframes(gop: float) -> list[str]:
     return ["-force_key_frames", f"expr:gte(t,n_forced*{gop:g})"]
 
 
+# Deinterlace only frames flagged interlaced (DV, broadcast captures); progressive frames
+# pass through untouched.
+DEINTERLACE = "bwdif=mode=send_frame:deint=interlaced"
+
+
 def picture_filters(spec: RenditionSpec) -> str:
     """The filters from a source frame to a rendition's picture (its frame rate aside): the
     encode's, and the reference's a quality measurement compares it with (vtp.media.quality)."""
+    return f"{DEINTERLACE},{size_filters(spec)}"
+
+
+def size_filters(spec: RenditionSpec) -> str:
+    """The filters from a (deinterlaced) source frame to the rendition's size, colour and
+    pixel format."""
     return ",".join(
         [
-            # Deinterlace only frames flagged interlaced (DV, broadcast captures); progressive
-            # frames pass through untouched.
-            "bwdif=mode=send_frame:deint=interlaced",
             # Straight to the planned even size: the plan already keeps the display aspect
             # ratio, so non-square source pixels are corrected here too (ffmpeg has already
             # applied any rotation by the time frames reach the filter); in BT.709 SDR,
@@ -561,6 +595,7 @@ def _run(
         on_progress=on_progress,
         cwd=out_dir,
         cancel=cancel,
+        stall_seconds=settings.ffmpeg_stall_seconds or None,
     )
 
 

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict
 
-from vtp.errors import FfmpegError, FfmpegTimeout, InvalidRequest
+from vtp.errors import FfmpegError, FfmpegStalled, FfmpegTimeout, InvalidRequest
 from vtp.media.build import ffmpeg_path, ffprobe_path
 
 log = logging.getLogger(__name__)
@@ -245,8 +245,13 @@ def run_ffmpeg(
     cwd: Path | None = None,
     check: bool = True,
     loglevel: str = "error",
+    stall_seconds: float | None = None,
 ) -> RunResult:
     """Run `ffmpeg <args>` with progress reporting; `args` excludes the global flags added here.
+
+    `stall_seconds`: FfmpegStalled once its progress reports have shown nothing more written
+    (no frame, no output time, no byte) for that long, whatever is left of `timeout`: a
+    run that hangs is stopped in seconds, not at the end of the call.
 
     `loglevel` "info" for a run whose result a filter logs (loudnorm's measurement): the
     last STDERR_TAIL_LINES lines are in the result's `stderr_tail`.
@@ -275,6 +280,7 @@ def run_ffmpeg(
         cancel=cancel,
         cwd=cwd,
         check=check,
+        stall_seconds=stall_seconds,
     )
 
 
@@ -306,6 +312,10 @@ class _Timeout(Exception):
     pass
 
 
+class _Stalled(Exception):
+    pass
+
+
 def _run(
     argv: Sequence[str],
     *,
@@ -315,6 +325,7 @@ def _run(
     cancel: threading.Event | None,
     cwd: Path | None,
     check: bool,
+    stall_seconds: float | None = None,
 ) -> RunResult:
     """Run `argv` in its own process group under a wall-time budget. See the module docstring."""
     tool = Path(argv[0]).name
@@ -356,6 +367,9 @@ def _run(
     stdout_reader.start()
 
     cpu: float | None = None
+    # What the last report showed written, and since when.
+    written: tuple[int, float, int | None] | None = None
+    advanced = started
     try:
         while True:
             if cancel is not None and cancel.is_set():
@@ -363,6 +377,8 @@ def _run(
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Timeout
+            if stall_seconds is not None and time.monotonic() - advanced > stall_seconds:
+                raise _Stalled
             try:
                 report = reports.get(timeout=min(0.1, remaining))
             except queue.Empty:
@@ -373,6 +389,9 @@ def _run(
                 if cpu is None:
                     continue
                 break
+            now_written = (report.frame, report.out_time, report.total_size)
+            if now_written != written:
+                written, advanced = now_written, time.monotonic()
             if on_progress is not None:
                 on_progress(report)
     except BaseException as exc:
@@ -385,6 +404,12 @@ def _run(
             log.warning("%s timed out after %.1fs and was killed: %s", tool, elapsed, shown)
             raise FfmpegTimeout(
                 f"{tool} exceeded its {_seconds(timeout)} time limit and was killed"
+                + (f"; last output: {reason_tail}" if reason_tail else "")
+            ) from None
+        if isinstance(exc, _Stalled):
+            log.warning("%s wrote nothing for %.0fs and was killed: %s", tool, stall_seconds, shown)
+            raise FfmpegStalled(
+                f"{tool} wrote nothing for {_seconds(stall_seconds or 0)} and was killed"
                 + (f"; last output: {reason_tail}" if reason_tail else "")
             ) from None
         if isinstance(exc, _Cancelled):

@@ -11,7 +11,8 @@ A rendition is compared at its own size with the source scaled to that size by t
 filters the encode used (vtp.media.encode.picture_filters). The score measures what encoding
 lost, not what scaling down did, so each rung can have a target of its own. Comparing across
 rungs (vtp.media.tuning's pruning, the master playlist's SCORE) scales the smaller one up
-instead.
+instead. An encode measures itself as it goes (vtp.media.measure); per-title samples are
+compared here (vtp.media.tuning).
 
 Scores are pooled as the mean of the per-frame VMAF (libvmaf's own pooling). The worst
 part's mean is kept beside it, so still frames cannot hide a smeared scene. To bound the
@@ -24,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -34,11 +34,8 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vtp import workdirs
 from vtp.errors import FfmpegError
-from vtp.media.encode import reference_filters
-from vtp.media.ffmpeg import run_ffmpeg, untrusted_input
-from vtp.models import RenditionSpec
+from vtp.media.ffmpeg import run_ffmpeg
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -200,114 +197,6 @@ def compare_all(
             raise FfmpegError("ffmpeg's libvmaf filter compared no frame")
         results.append(Comparison(scores, numbers, ssim if i == 0 else [], run.cpu_seconds))
     return results
-
-
-class Segment(NamedTuple):
-    """One output segment to measure: its file, and where it sits on the source's timeline."""
-
-    name: str
-    start_s: float
-    seconds: float
-
-
-def spread(count: int, wanted: int) -> list[int]:
-    """`wanted` indices of `count` items, evenly spread, each in the middle of its share."""
-    if count <= 0 or wanted <= 0:
-        return []
-    if wanted >= count:
-        return list(range(count))
-    return sorted({min(count - 1, int((i + 0.5) * count / wanted)) for i in range(wanted)})
-
-
-def measure_segments(
-    source_url: str,
-    spec: RenditionSpec,
-    out_dir: Path,
-    init: str,
-    segments: Sequence[Segment],
-    *,
-    display: tuple[int, int] | None,
-    settings: Settings,
-    timeout: float,
-    cancel: threading.Event | None = None,
-    origin_s: float = 0.0,
-    encoded_seconds: float | None = None,
-) -> tuple[QualityScore, QualityScore | None]:
-    """The encoded `segments` (HLS fMP4, in `out_dir`, each played after `init`) against the
-    source: at the rendition's own size, and, when `display` (the ladder's largest picture)
-    is larger, scaled up to it, how a viewer at that size would see it (the HLS SCORE). The
-    source is read only over each segment's range, on the file's timeline (the output's
-    starts `origin_s` later: SourceInfo.video_start). `encoded_seconds`, what the call
-    encoded: the frames scored are at most `quality_measure_share` of its frames (see
-    `scoring_step`)."""
-    deadline = time.monotonic() + timeout
-    step = scoring_step(segments, spec.fps, encoded_seconds, settings)
-    settings = settings.model_copy(update={"quality_vmaf_subsample": step})
-    own: list[list[float]] = []
-    own_ssim: list[float] = []
-    shown: list[list[float]] = []
-    up = display if display and display[0] * display[1] > spec.width * spec.height else None
-    with workdirs.scratch("quality") as tmp:
-        work = Path(tmp)
-        for i, seg in enumerate(segments):
-            played = work / f"seg-{i}.mp4"
-            played.write_bytes((out_dir / init).read_bytes() + (out_dir / seg.name).read_bytes())
-            inputs = [
-                "-i",
-                played.name,
-                *untrusted_input(
-                    source_url,
-                    seek=seg.start_s + origin_s,
-                    duration=seg.seconds,
-                    threads=settings.ffmpeg_threads,
-                ),
-            ]
-            pairs = [
-                Pair("setpts=PTS-STARTPTS", f"{reference_filters(spec)},setpts=PTS-STARTPTS",
-                     f"seg-{i}.json")
-            ]  # fmt: skip
-            if up is not None:
-                big = spec.model_copy(update={"width": up[0], "height": up[1]})
-                pairs.append(
-                    Pair(f"{upscaled(*up)},setpts=PTS-STARTPTS",
-                         f"{reference_filters(big)},setpts=PTS-STARTPTS", f"seg-{i}-up.json")
-                )  # fmt: skip
-            measured = compare_all(
-                inputs,
-                "[0:v]",
-                "[1:V:0]",
-                pairs,
-                cwd=work,
-                timeout=time_left(deadline, "measuring the output's quality"),
-                settings=settings,
-                with_ssim=True,
-                cancel=cancel,
-            )
-            own.append(measured[0].vmaf)
-            own_ssim += measured[0].ssim
-            if up is not None:
-                shown.append(measured[1].vmaf)
-    score = pooled(own, own_ssim)
-    return score, pooled(shown) if shown else None
-
-
-# Fewer scored frames than this make a mean worth little: a short clip scores this many.
-MIN_SCORED_FRAMES = 6
-
-
-def scoring_step(
-    segments: Sequence[Segment], fps: float, encoded_seconds: float | None, settings: Settings
-) -> int:
-    """Every how many frames libvmaf scores in an output's measurement: the setting's step,
-    or a longer one where the measured segments are much of what was encoded, so that at
-    most `quality_measure_share` of the encoded frames (at least MIN_SCORED_FRAMES) are
-    scored. A 2 s 1080p clip scores 6 of its 60 frames, where every third would cost a third
-    of its encode's CPU; a whole 30 s rendition, every third frame of its one segment."""
-    measured = sum(seg.seconds for seg in segments) * fps
-    if encoded_seconds is None or measured <= 0:
-        return settings.quality_vmaf_subsample
-    allowed = max(MIN_SCORED_FRAMES, settings.quality_measure_share * encoded_seconds * fps)
-    return max(settings.quality_vmaf_subsample, math.ceil(measured / allowed))
 
 
 def time_left(deadline: float, what: str) -> float:

@@ -4,7 +4,6 @@ heartbeats and deadline, the encode, the upload, and the outcome recorded whatev
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -28,11 +27,11 @@ from vtp.errors import (
 )
 from vtp.events import ProgressReporter
 from vtp.jobs import Job, JobStore, Task
+from vtp.media import measure
 from vtp.media.build import build
 from vtp.media.chunks import ChunkRange
+from vtp.media.colour import pixel_format
 from vtp.media.encode import (
-    HLS_INIT,
-    HLS_PLAYLIST,
     ChunkResult,
     RenditionResult,
     encode_audio,
@@ -40,11 +39,12 @@ from vtp.media.encode import (
     encode_rendition,
     encode_text,
     frame_rate,
-    parse_media_playlist,
 )
 from vtp.media.ffmpeg import Progress
 from vtp.media.join import check_chunk
-from vtp.media.quality import Segment, measure_segments, quality_record, spread
+from vtp.media.measure import Measurement
+from vtp.media.quality import quality_record
+from vtp.media.timeline import chunk_frames
 from vtp.models import (
     JobState,
     RenditionSpec,
@@ -187,10 +187,11 @@ class TaskRunner:
             url = self.storage.presigned_get(
                 job.source.bucket, job.source.key, expires=int(budget) + 600
             )
-            with workdirs.scratch(rend.name) as tmp:
+            with workdirs.scratch(rend.name) as tmp, workdirs.scratch("quality") as qtmp:
                 out = Path(tmp)
                 encode_started = time.monotonic()
                 result: RenditionResult | ChunkResult
+                measured: dict[str, Any] = {}
                 if rend.spec.text_only:
                     caption = rend.spec.caption_key
                     result = encode_text(
@@ -216,38 +217,22 @@ class TaskRunner:
                         timeout=budget,
                         cancel=watch.event,
                     )
-                elif chunk is None:
-                    result = encode_rendition(
-                        url,
-                        info,
-                        rend.spec,
-                        out,
-                        formats=job.formats,
-                        settings=self.settings,
-                        on_progress=on_progress,
-                        timeout=budget,
-                        cancel=watch.event,
-                    )
                 else:
-                    result = self._encode_chunk(began, url, info, rend.spec, chunk, out,
-                                                on_progress, budget, watch.event)  # fmt: skip
-                measure_started = time.monotonic()
-                measured = (
-                    {}
-                    if rend.spec.kind != "video"
-                    else self._measure(url, job, rend.spec, out, result, deadline, watch.event)
-                )
+                    result, measured = self._encode_video(
+                        job, began, chunk, url, out, Path(qtmp), on_progress, deadline,
+                        watch.event,
+                    )  # fmt: skip
                 # Still ours? A zombie stops here instead of uploading (and if it was written
                 # off during the upload, its files are in its own folder, which nothing uses).
                 heartbeat.beat(force=True)
-                measure_s = time.monotonic() - measure_started
+                encode_s = time.monotonic() - encode_started
                 upload_started = time.monotonic()
                 uploading = True
                 self.storage.upload_dir(out, bucket, prefix)
             # Where the call's time went, kept with the result (operators, the benchmark).
             timings = {
-                "encode_s": round(measure_started - encode_started, 3),
-                "measure_s": round(measure_s, 3),  # its quality against the source
+                # Its quality against the source is measured within (vtp.media.measure).
+                "encode_s": round(encode_s, 3),
                 "upload_s": round(time.monotonic() - upload_started, 3),
             }
             record = (
@@ -296,63 +281,62 @@ class TaskRunner:
         self._finalize(job.id, call_id)
         return {"job_id": str(job.id), "rendition": rend.name, "attempt": attempt} | outcome
 
-    def _measure(
+    def _encode_video(
         self,
-        url: str,
         job: Job,
-        spec: RenditionSpec,
+        began: Task,
+        chunk: ChunkRange | None,
+        url: str,
         out: Path,
-        result: RenditionResult | ChunkResult,
+        logs_dir: Path,
+        on_progress: Callable[[Progress], None],
         deadline: float,
         cancel: threading.Event,
-    ) -> dict[str, Any]:
-        """The encode's quality against the source on a few of its segments (a chunk: its
-        middle one), recorded with its result (vtp.media.quality). A measurement that fails is
-        recorded as such and leaves the encode standing: the output is what it is."""
-        if isinstance(result, ChunkResult):
-            init = result.init
-            segments = [
-                Segment(s.name, s.decode_time / result.timescale, s.seconds)
-                for s in result.segments
-            ]
-            wanted = min(1, self.settings.quality_measure_segments)
-        else:
-            listed_init, listed = parse_media_playlist((out / HLS_PLAYLIST).read_text())
-            init = listed_init or HLS_INIT
-            segments, at = [], 0.0
-            for name, seconds in listed:
-                segments.append(Segment(name, at, seconds))
-                at += seconds
-            wanted = segments_to_measure(at, self.settings)
-        chosen = [segments[i] for i in spread(len(segments), wanted)]
-        target = spec.quality_target
-        margin = self.settings.quality_margin
-        if not chosen:
-            return {}
+    ) -> tuple[RenditionResult | ChunkResult, dict[str, Any]]:
+        """The picture of a rendition (or of its chunk), measuring its own quality as it is
+        encoded; the result and its quality record."""
+        assert job.source_info is not None
+        info, spec = job.source_info, job.rendition(began.rendition).spec
+
+        def encode(m: Measurement | None) -> RenditionResult | ChunkResult:
+            left = deadline - time.monotonic()
+            if chunk is not None:
+                return self._encode_chunk(began, url, info, spec, chunk, out, on_progress,
+                                          left, cancel, m)  # fmt: skip
+            return encode_rendition(
+                url, info, spec, out, formats=job.formats, settings=self.settings,
+                on_progress=on_progress, timeout=left, cancel=cancel, measure=m,
+            )  # fmt: skip
+
+        measurement = self._measurement(job, spec, info, chunk, logs_dir)
+        return _measured(encode, measurement, cancel, spec, self.settings)
+
+    def _measurement(
+        self,
+        job: Job,
+        spec: RenditionSpec,
+        info: SourceInfo,
+        chunk: ChunkRange | None,
+        logs_dir: Path,
+    ) -> Measurement | None:
+        """How the encode of `spec` (or of its `chunk`) measures its own quality
+        (vtp.media.measure): at its size, and scaled up to the ladder's largest picture;
+        None with measurement off."""
+        if not self.settings.quality_measure:
+            return None
+        rate = frame_rate(spec.fps)
+        start, end = (chunk.start_s, chunk.end_s) if chunk else (0.0, info.duration)
         videos = [r.spec for r in job.renditions if r.spec.kind == "video"]
         largest = max(videos, key=lambda v: v.width * v.height, default=spec)
-        budget = min(deadline - time.monotonic(), self.settings.quality_sample_timeout_seconds)
-        try:
-            own, shown = measure_segments(
-                url,
-                spec,
-                out,
-                init,
-                chosen,
-                display=(largest.width, largest.height),
-                settings=self.settings,
-                timeout=max(budget, 1.0),
-                cancel=cancel,
-                origin_s=job.source_info.video_start if job.source_info else 0.0,
-                encoded_seconds=sum(seg.seconds for seg in segments),
-            )
-        except (FfmpegError, ValueError, OSError) as exc:
-            if cancel.is_set():
-                raise  # stopped, not failed: the caller tells which
-            reason = getattr(exc, "reason", None) or str(exc)
-            log.warning("quality of %s/%s not measured: %s", job.id, spec.name, reason)
-            return quality_record(None, None, target=target, margin=margin, error=reason)
-        return quality_record(own, shown, target=target, margin=margin)
+        return measure.plan(
+            max(1, chunk_frames(start, end, rate)),
+            spec.fps,
+            logs=logs_dir,
+            settings=self.settings,
+            pixel_format=pixel_format(spec.dynamic_range),
+            display=(largest.width, largest.height),
+            size=(spec.width, spec.height),
+        )
 
     def _job_cancelled(self, job_id: UUID, watch: _StopWatch) -> bool:
         if watch.cancelled:
@@ -413,6 +397,7 @@ class TaskRunner:
         on_progress: Callable[[Progress], None],
         budget: float,
         cancel: threading.Event,
+        measurement: Measurement | None = None,
     ) -> ChunkResult:
         """One chunk, proven to fit its place before it is recorded as done
         (vtp.media.join). A refusal the previous attempt met in the same words is final:
@@ -422,6 +407,7 @@ class TaskRunner:
             result = encode_chunk(
                 url, info, spec, chunk, out,
                 settings=self.settings, on_progress=on_progress, timeout=budget, cancel=cancel,
+                measure=measurement,
             )  # fmt: skip
             problems = check_chunk(result, fps=frame_rate(spec.fps))
             if problems:
@@ -451,24 +437,6 @@ class TaskRunner:
         except Conflict as exc:
             log.warning("failure of superseded attempt %s not recorded: %s", call_id, exc)
             return None
-
-
-def segments_to_measure(duration_s: float, settings: Settings) -> int:
-    """How many output segments a rendition encoded whole measures against the source: one
-    per `chunk_seconds` of it (at least one), as many as the same rendition encoded in
-    chunks would (each chunk measures one), and at most `quality_measure_segments`.
-
-    Measuring costs about as much CPU per second of source as encoding a small rung does
-    (the source is decoded again, from the keyframe before the segment, and a smaller rung
-    is compared twice: at its size and scaled up). Measured by SSIM on ffmpeg 5.1, three 4 s
-    segments of a 30 s 1080p source cost 44% of its three encodes' CPU
-    (bench/pipeline_vs_ffmpeg.py's clip), one cost 16%. Its density, not its count, is what
-    keeps it a small share of the encode (and vtp.media.quality.scoring_step, how many of
-    its frames libvmaf scores)."""
-    wanted = settings.quality_measure_segments
-    if wanted <= 0:
-        return 0
-    return max(1, min(wanted, math.ceil(duration_s / settings.chunk_seconds - 1e-9)))
 
 
 def _chunk_of(task: Task, settings: Settings) -> ChunkRange | None:
@@ -555,3 +523,37 @@ def _persist(write: Callable[[], T], within_s: float) -> T:
             log.warning("recording the outcome failed (%s); again in %.1fs", first, delay)
             time.sleep(delay)
             delay = min(delay * 2, 10.0)
+
+
+def _measured(
+    encode: Callable[[Measurement | None], RenditionResult | ChunkResult],
+    measurement: Measurement | None,
+    cancel: threading.Event,
+    spec: RenditionSpec,
+    settings: Settings,
+) -> tuple[RenditionResult | ChunkResult, dict[str, Any]]:
+    """The encode, measuring itself, and what its result records of its quality. A
+    measurement must never cost an encode: when the run that measures fails (neither
+    stopped nor out of time), the encode runs again without it and records why it has no
+    score; a failure that is the encode's own fails that run too, as it would have."""
+    target, margin = spec.quality_target, settings.quality_margin
+    if measurement is None:
+        return encode(None), {}
+    try:
+        result = encode(measurement)
+    except FfmpegTimeout:
+        raise
+    except FfmpegError as exc:
+        if cancel.is_set():
+            raise
+        log.warning("the encode that measures itself failed (%s); encoding without", exc.reason)
+        return encode(None), quality_record(
+            None, None, target=target, margin=margin, error=f"not measured: {exc.reason}"
+        )
+    try:
+        own, shown = measurement.read()
+    except (FfmpegError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.warning("quality of %s not measured: %s", spec.name, reason)
+        return result, quality_record(None, None, target=target, margin=margin, error=reason)
+    return result, quality_record(own, shown, target=target, margin=margin)

@@ -1,0 +1,134 @@
+"""An encode that measures itself (vtp.media.measure): which frames it scores, that its
+scores are what a separate comparison of the same output and source gives, and that a
+measurement that fails never costs the encode (vtp.pipeline.transcode)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.inprocess import build_pipeline, quiet_bucket
+from vtp.media import measure
+from vtp.media.encode import HLS_PLAYLIST, RenditionResult, encode_rendition, reference_filters
+from vtp.media.ladder import plan_ladder
+from vtp.media.probe import probe_source
+from vtp.media.quality import compare, upscaled
+from vtp.models import SourceInfo
+from vtp.pipeline import Pipeline
+from vtp.pipeline.transcode import _measured
+from vtp.settings import Settings
+
+
+def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
+    """At most `quality_measure_share` of the frames, never fewer than six: a 2 s clip
+    scores 6 of its 60 (each with the frame before it), 30 s every twentieth."""
+    s = Settings()
+    assert s.quality_measure_share == 0.05
+    logs = Path("/tmp")
+    short = measure.plan(60, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
+                         display=(1920, 1080), size=(640, 360))  # fmt: skip
+    assert short.step == 10 and short.display == (1920, 1080)
+    assert short.frames_per_part == 4 * 30  # a segment's frames
+    long = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
+                        display=(1920, 1080), size=(1920, 1080))  # fmt: skip
+    assert long.step == 20 and long.display is None, "the largest rung is its own display"
+    tiny = measure.plan(4, 25.0, logs=logs, settings=s, pixel_format="yuv420p",
+                        display=None, size=(640, 360))  # fmt: skip
+    assert tiny.step == 2
+    # The pairs: the scored frame and the one before it, nothing else.
+    assert short.select == r"select=expr=not(mod(n+1\,10))+not(mod(n\,10))"
+    with pytest.raises(ValueError, match="plain path"):
+        measure.plan(60, 30.0, logs=Path("/tmp/a:b"), settings=s, pixel_format="yuv420p",
+                     display=None, size=(640, 360)).output_args()  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
+    p = build_pipeline(stack_env)
+    yield p
+    p.store.close()
+
+
+@pytest.fixture(scope="module")
+def source(pipeline: Pipeline, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, SourceInfo]:
+    """4 s of moving detail with grain at 1280x720, 25 fps: a picture coding visibly
+    loses, so the scores spread out."""
+    path = tmp_path_factory.mktemp("measure") / "grain.mp4"
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi",
+         "-i", "testsrc2=s=1280x720:r=25:d=4", "-vf", "noise=alls=10:allf=t",
+         "-c:v", "libx264", "-preset", "ultrafast", "-crf", "12", str(path)],
+        check=True,
+    )  # fmt: skip
+    bucket = quiet_bucket(pipeline)
+    key = f"measure/{time.time_ns()}/grain.mp4"
+    pipeline.storage.client.fput_object(bucket, key, str(path))
+    url = pipeline.storage.presigned_get(bucket, key, expires=600)
+    return url, probe_source(url, pipeline.settings)
+
+
+def test_an_encode_measures_what_a_separate_comparison_measures(
+    pipeline: Pipeline, source: tuple[str, SourceInfo], tmp_path: Path
+) -> None:
+    """The 360p rung of a 720p source, encoded at a high factor, measures itself at its
+    size and scaled up to 720p; the output and the source compared afterwards, on the
+    same frames, by a second ffmpeg, score the same."""
+    url, info = source
+    s = pipeline.settings
+    spec = next(r for r in plan_ladder(info, s) if r.name == "360p")
+    spec = spec.model_copy(update={"crf": 34.0})
+    out, logs = tmp_path / "out", tmp_path / "logs"
+    logs.mkdir()
+    m = measure.plan(100, spec.fps, logs=logs, settings=s, pixel_format="yuv420p",
+                     display=(1280, 720), size=(spec.width, spec.height))  # fmt: skip
+    result = encode_rendition(url, info, spec, out, settings=s, measure=m)
+    own, shown = m.read()
+    assert m.step == 16 and own.frames == 7, own  # frames 0, 16, ... 96 of 100
+    assert own.parts == 1 and result.segments == 1 and shown is not None
+    assert sorted(p.name for p in out.iterdir()) == sorted(result.files), "no log uploaded"
+    assert 20 < shown.score < own.score < 99, (own, shown)
+    assert own.ssim is not None and 0.5 < own.ssim < 1
+
+    settings = s.model_copy(update={"quality_vmaf_subsample": m.step})
+    inputs = ["-i", str(out / HLS_PLAYLIST), "-i", url]
+    alone = compare(inputs, "[0:v]setpts=PTS-STARTPTS",
+                    f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
+                    cwd=tmp_path, timeout=120, settings=settings)  # fmt: skip
+    assert alone.numbers == [16 * i for i in range(7)]
+    assert abs(sum(alone.vmaf) / len(alone.vmaf) - own.score) < 0.1, (alone.vmaf, own)
+    # The source is the display size: scaled up, the rendition is compared with it as is.
+    seen = compare(inputs, f"[0:v]{upscaled(1280, 720)},setpts=PTS-STARTPTS",
+                   "[1:V:0]setpts=PTS-STARTPTS", cwd=tmp_path, timeout=120, settings=settings,
+                   log_name="up.json")  # fmt: skip
+    assert abs(sum(seen.vmaf) / len(seen.vmaf) - shown.score) < 0.1, (seen.vmaf, shown)
+
+
+def test_a_measurement_that_fails_never_costs_the_encode(
+    pipeline: Pipeline, source: tuple[str, SourceInfo], tmp_path: Path
+) -> None:
+    """libvmaf cannot write its log (its folder is gone): the encode runs again without
+    measuring, succeeds, and its record says why it has no score."""
+    url, info = source
+    s = pipeline.settings
+    spec = next(r for r in plan_ladder(info, s) if r.name == "360p")
+    out = tmp_path / "out"
+    size = (spec.width, spec.height)
+    m = measure.plan(100, spec.fps, logs=tmp_path / "gone", settings=s,
+                     pixel_format="yuv420p", display=None, size=size)  # fmt: skip
+    runs: list[bool] = []
+
+    def encode(with_m: measure.Measurement | None) -> RenditionResult:
+        runs.append(with_m is not None)
+        return encode_rendition(url, info, spec, out, settings=s, measure=with_m)
+
+    result, record = _measured(encode, m, threading.Event(), spec, s)
+    assert isinstance(result, RenditionResult) and result.segments == 1
+    assert record["quality_metric"] == "vmaf" and "quality_score" not in record
+    assert record["quality_error"], record
+    assert runs == [True, False], runs  # the run that measured failed; the next did not
+    assert (out / HLS_PLAYLIST).is_file()

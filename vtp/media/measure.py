@@ -1,0 +1,182 @@
+"""An encode's quality, measured inside its own ffmpeg run.
+
+A rendition's VMAF against the source used to be measured after its encode, by a second
+ffmpeg that read the source again (from the keyframe before the measured segment: an 8 s
+GOP meant decoding 8 s to score 4), decoded the output again and compared the two. On the
+last rendition of a job that ran on the job's tail: 2.5 s of a 30 s 1080p job's 44.6, 1.4 s
+of a 2 s clip's 5.6 (bench/pipeline_vs_ffmpeg.py), with nothing else left to overlap it.
+
+So the encode measures itself. ffmpeg 7 and later can decode an encoder's own packets again
+in the same run (a loopback decoder, `-dec 0:0`, fed to a filter graph as `[dec:0]`). The
+frames the encoder was given are split off before it, the encoded picture comes back from
+the decoder, and libvmaf compares the two while the encode goes on: the source is read and
+decoded once, nothing waits for the encode to end, and the scored frames are spread over
+the whole output instead of one segment of it. Its cost is the output decoded once more
+(about a tenth of an x264 medium encode's CPU, less for the slower encoders) and the
+scored frames; a 2 s 720p clip's encode went from 1.06 to 1.26 CPU-s, where the separate
+measurement took 0.8 more.
+
+Which frames: at most `quality_measure_share` of the output's frames, never fewer than
+MIN_SCORED_FRAMES, one every `step` frames from the first. Each is taken with the frame
+before it, and libvmaf scores every second frame of what it is given: the frame before is
+what its motion feature compares with, so a scored frame's motion is its real one (scoring
+frames `step` apart directly would see `step` frames of motion, and VMAF masks artefacts
+under motion). Everything else is dropped before it reaches the measurement's filters, so
+frames wait in memory for the encoder's delay only one pair in `step`. Checked against
+the separate measurement of the same output: the same frames score within 0.04.
+
+The display comparison (a smaller rendition scaled up to the ladder's largest picture, the
+master playlist's SCORE) compares with the source made that size from the same decode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from vtp.errors import FfmpegError
+from vtp.media.quality import QualityScore, pooled
+from vtp.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Fewer scored frames than this make a mean worth little: a short clip scores this many.
+MIN_SCORED_FRAMES = 6
+
+# The pads the encode's own graph hands the measurement: the encoder's frames (selected)
+# and, when the rendition is smaller than the ladder's largest, the source at that size.
+ENCODED = "vtp_enc"
+REFERENCE = "vtp_ref"
+DISPLAY_REFERENCE = "vtp_big"
+SOUND = "vtp_sound"  # the encode's sound, when it has some, through the same graph
+_OWN_LOG = "vmaf.json"
+_DISPLAY_LOG = "vmaf-display.json"
+_SSIM_LOG = "ssim.log"
+_ALL = re.compile(r"All:([0-9.]+)")
+_PLAIN_PATH = re.compile(r"[\w./-]+")
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """How one encode measures itself: every `step`-th frame scored (with the frame before
+    it), its logs in `logs` (a folder of its own: never the upload folder), and, when
+    `display` is set, scaled up to that size too."""
+
+    step: int
+    frames_per_part: int  # a "part" of the record: a segment's length of frames
+    logs: Path
+    threads: int
+    pixel_format: str
+    display: tuple[int, int] | None = None
+
+    @property
+    def select(self) -> str:
+        """The filter keeping each scored frame and the one before it."""
+        k = self.step
+        return rf"select=expr=not(mod(n+1\,{k}))+not(mod(n\,{k}))"
+
+    def encode_side(self, picture: str, display_picture: str | None) -> str:
+        """The encode's filter graph: `picture` (the rendition's filters, on its grid) feeds
+        the encoder (`[ENCODED]`) and the measurement; `display_picture`, the filters that
+        make the source the display size on the same grid, with `{select}` where frames
+        may be dropped (before the scaling, so only the kept ones are scaled)."""
+        graph = [f"[0:V:0]{'split=2[vtp_src][vtp_big_src];[vtp_src]' if self.display else ''}"
+                 f"{picture},split=2[{ENCODED}][vtp_own]",
+                 f"[vtp_own]{self.select}[{REFERENCE}]"]  # fmt: skip
+        if self.display:
+            if display_picture is None:
+                raise ValueError("a display comparison needs the display-size filters")
+            big = display_picture.replace("{select}", self.select)
+            graph.append(f"[vtp_big_src]{big}[{DISPLAY_REFERENCE}]")
+        return ";".join(graph)
+
+    def output_args(self) -> list[str]:
+        """After the encode's output (file 0, its video stream 0): decode it again and
+        compare, writing the logs; a null output consumes the comparisons' frames."""
+        for path in (self.logs / _OWN_LOG, self.logs / _DISPLAY_LOG, self.logs / _SSIM_LOG):
+            if not _PLAIN_PATH.fullmatch(str(path)):
+                raise ValueError(f"not a plain path for a filter option: {path}")
+        sync = "shortest=1:repeatlast=0"
+        vmaf = f"libvmaf=log_fmt=json:n_subsample=2:n_threads={self.threads}:{sync}"
+        branches = 3 if self.display else 2
+        graph = [
+            f"[dec:0]{self.select},setpts=PTS-STARTPTS,split={branches}"
+            + "".join(f"[vtp_d{i}]" for i in range(branches)),
+            f"[{REFERENCE}]setpts=PTS-STARTPTS,split=2[vtp_r0][vtp_r1]",
+            f"[vtp_d0][vtp_r0]{vmaf}:log_path={self.logs / _OWN_LOG}[vtp_q0]",
+            f"[vtp_d1][vtp_r1]ssim=stats_file={self.logs / _SSIM_LOG}:{sync}[vtp_q1]",
+        ]
+        outputs = ["vtp_q0", "vtp_q1"]
+        if self.display:
+            w, h = self.display
+            graph += [
+                f"[vtp_d2]scale={w}:{h},setsar=1,format={self.pixel_format}[vtp_up]",
+                f"[{DISPLAY_REFERENCE}]setpts=PTS-STARTPTS[vtp_rb]",
+                f"[vtp_up][vtp_rb]{vmaf}:log_path={self.logs / _DISPLAY_LOG}[vtp_q2]",
+            ]
+            outputs.append("vtp_q2")
+        maps = [arg for name in outputs for arg in ("-map", f"[{name}]")]
+        return ["-dec", "0:0", "-filter_complex", ";".join(graph), *maps, "-f", "null", "-"]
+
+    def read(self) -> tuple[QualityScore, QualityScore | None]:
+        """The scores the run logged: at the rendition's size (with SSIM), and at the
+        display size when compared there. FfmpegError when a log is missing or empty."""
+        own = self._vmaf(self.logs / _OWN_LOG)
+        try:
+            ssim = [float(m.group(1)) for m in _ALL.finditer((self.logs / _SSIM_LOG).read_text())]
+        except OSError as exc:
+            raise FfmpegError("the encode's ssim filter wrote no statistics") from exc
+        shown = self._vmaf(self.logs / _DISPLAY_LOG) if self.display else None
+        return (
+            pooled(self._parts(own), ssim),
+            pooled(self._parts(shown)) if shown is not None else None,
+        )
+
+    def _vmaf(self, path: Path) -> list[tuple[int, float]]:
+        """(output frame number, VMAF) of each scored frame."""
+        try:
+            frames = json.loads(path.read_text())["frames"]
+            # libvmaf numbers the frames it was given: pairs, the second of each scored.
+            scored = [((int(f["frameNum"]) // 2) * self.step, float(f["metrics"]["vmaf"]))
+                      for f in frames]  # fmt: skip
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FfmpegError("the encode's libvmaf filter wrote no usable log") from exc
+        if not scored:
+            raise FfmpegError("the encode's libvmaf filter compared no frame")
+        return scored
+
+    def _parts(self, scored: list[tuple[int, float]]) -> list[list[float]]:
+        """The scores grouped by segment-long stretches of the output: a part's mean is how
+        one stretch looks, the worst of them the record's `worst`."""
+        parts: dict[int, list[float]] = {}
+        for number, score in scored:
+            parts.setdefault(number // self.frames_per_part, []).append(score)
+        return [parts[k] for k in sorted(parts)]
+
+
+def plan(
+    frames: int,
+    fps: float,
+    *,
+    logs: Path,
+    settings: Settings,
+    pixel_format: str,
+    display: tuple[int, int] | None,
+    size: tuple[int, int],
+) -> Measurement:
+    """How an encode of `frames` frames at `size` measures itself (see the module doc):
+    compared at `display` too when that is the larger picture."""
+    scored = max(MIN_SCORED_FRAMES, math.ceil(settings.quality_measure_share * frames))
+    larger = display is not None and display[0] * display[1] > size[0] * size[1]
+    return Measurement(
+        step=max(2, frames // scored),
+        frames_per_part=max(1, round(settings.segment_seconds * fps)),
+        logs=logs,
+        threads=max(1, settings.quality_vmaf_threads),
+        pixel_format=pixel_format,
+        display=display if larger else None,
+    )
