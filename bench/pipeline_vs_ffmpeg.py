@@ -9,7 +9,8 @@ For a 2 s and a 30 s 1080p30 clip with audio, RUNS times each (after one warm-up
   (the client's PUT), to job (notification and split, until the job row exists), queue
   wait (until that task's attempt began), its encode (which measures its own quality as it
   goes: vtp.media.measure), output upload and the rest of its call (records, the early
-  master), fan-in (that task done until the job succeeded); and when the sound task, which waits for a queue-worker, began;
+  master), fan-in (that task done until the job succeeded); and when the sound task,
+  which waits for a queue-worker, began;
 - bare ffmpeg: one process per rendition in parallel, running the very command a
   transcode runs (`vtp.media.encode.ffmpeg_command`), reading the same object through the same
   kind of presigned URL, writing to a local folder.
