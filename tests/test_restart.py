@@ -81,7 +81,8 @@ def wait(what: str, check: Any, timeout: float) -> Any:
 def test_stack_stopped_mid_job(own_stack: LocalConfig, tmp_path: Path) -> None:
     cfg = own_stack
     client = s3_client(cfg, "restart-sources")
-    long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=10, audio=False)
+    # Long enough that both encodes still run when the stack stops, on any machine.
+    long_clip = make_clip(tmp_path / "long.mp4", size="1280x720", seconds=20, audio=False)
     jobs = []
     tag = uuid.uuid4().hex[:8]  # keys of this run only, whatever an earlier one left
     for i in range(2):

@@ -77,7 +77,7 @@ def test_every_error_says_whether_retrying_can_help() -> None:
                if issubclass(c, VtpError)]  # fmt: skip
     assert len(classes) >= 10
     expected = {"StorageError": True, "UpstreamError": True, "FfmpegError": True,
-                "FfmpegTimeout": True, "JoinRefused": True}  # fmt: skip
+                "FfmpegTimeout": True, "FfmpegStalled": True, "JoinRefused": True}  # fmt: skip
     for cls in classes:
         instance = cls("why")
         assert isinstance(instance.retryable, bool), cls
