@@ -786,6 +786,16 @@ def print_predictions(rows: list[Rung], plans: dict[tuple[str, str], TitlePlan])
                   f"{est.encode_cpu_seconds:10.1f}{m.cpu:6.1f}")  # fmt: skip
 
 
+def print_notes(plans: dict[tuple[str, str], TitlePlan]) -> None:
+    """What the plans say of their factors: where H.264 stopped at the knee below a target."""
+    notes = [(clip, codec, p.note) for (clip, codec), p in plans.items() if p.note]
+    if notes:
+        print()
+        print("the plans' notes (a rung aimed below its target, and why)")
+        for clip, codec, note in notes:
+            print(f"  {clip:<8} {codec:<5} {note}")
+
+
 def _default_share(plan: TitlePlan, real: float) -> float:
     """The sampling's CPU over the real encodes' had the samples covered the default share
     of a long title (the cost per sampled second and per encoded second, as measured)."""
@@ -926,6 +936,7 @@ def main() -> None:
         print_spread(rows)
         print_costs(rows)
         print_predictions(rows, plans)
+        print_notes(plans)
         print_sampling(rows, plans)
         print_summary(rows, plans)
     finally:
