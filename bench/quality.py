@@ -70,7 +70,7 @@ from vtp.media.encode import encode_args, reference_filters  # noqa: E402
 from vtp.media.ffmpeg import run_ffmpeg, run_ffprobe, untrusted_input  # noqa: E402
 from vtp.media.ladder import codec_ladders, h264_level, plan_ladder  # noqa: E402
 from vtp.media.probe import probe_source  # noqa: E402
-from vtp.media.quality import compare  # noqa: E402
+from vtp.media.quality import Pair, compare_all  # noqa: E402
 from vtp.media.tuning import TitlePlan, tune  # noqa: E402
 from vtp.models import RenditionSpec, SourceInfo  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
@@ -430,16 +430,18 @@ def encode_and_measure(
         cwd=clip.work,
     )  # fmt: skip
     bits, frames = video_bits(out)
-    measured = compare(
+    # SSIM beside VMAF comes from compare_all, which reads each input once through split.
+    (measured,) = compare_all(
         ["-threads", "1", "-i", out.name, *untrusted_input(clip.url, threads=1)],
-        "[0:v]setpts=PTS-STARTPTS",
-        f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
+        "[0:v]",
+        "[1:V:0]",
+        [Pair("setpts=PTS-STARTPTS", f"{reference_filters(spec)},setpts=PTS-STARTPTS",
+              f"{tag}.json")],
         cwd=clip.work,
         timeout=ENCODE_TIMEOUT,
         settings=settings,
-        log_name=f"{tag}.json",
         with_ssim=True,
-    )
+    )  # fmt: skip
     out.unlink()
     (clip.work / f"{tag}.json").unlink(missing_ok=True)
     (clip.work / f"{tag}.ssim").unlink(missing_ok=True)
