@@ -70,7 +70,7 @@ from vtp.media.encode import encode_args, reference_filters  # noqa: E402
 from vtp.media.ffmpeg import run_ffmpeg, run_ffprobe, untrusted_input  # noqa: E402
 from vtp.media.ladder import codec_ladders, h264_level, plan_ladder  # noqa: E402
 from vtp.media.probe import probe_source  # noqa: E402
-from vtp.media.quality import compare  # noqa: E402
+from vtp.media.quality import Pair, compare_all  # noqa: E402
 from vtp.media.tuning import TitlePlan, tune  # noqa: E402
 from vtp.models import RenditionSpec, SourceInfo  # noqa: E402
 from vtp.settings import Settings  # noqa: E402
@@ -430,16 +430,18 @@ def encode_and_measure(
         cwd=clip.work,
     )  # fmt: skip
     bits, frames = video_bits(out)
-    measured = compare(
+    # SSIM beside VMAF comes from compare_all, which reads each input once through split.
+    (measured,) = compare_all(
         ["-threads", "1", "-i", out.name, *untrusted_input(clip.url, threads=1)],
-        "[0:v]setpts=PTS-STARTPTS",
-        f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
+        "[0:v]",
+        "[1:V:0]",
+        [Pair("setpts=PTS-STARTPTS", f"{reference_filters(spec)},setpts=PTS-STARTPTS",
+              f"{tag}.json")],
         cwd=clip.work,
         timeout=ENCODE_TIMEOUT,
         settings=settings,
-        log_name=f"{tag}.json",
         with_ssim=True,
-    )
+    )  # fmt: skip
     out.unlink()
     (clip.work / f"{tag}.json").unlink(missing_ok=True)
     (clip.work / f"{tag}.ssim").unlink(missing_ok=True)
@@ -786,6 +788,16 @@ def print_predictions(rows: list[Rung], plans: dict[tuple[str, str], TitlePlan])
                   f"{est.encode_cpu_seconds:10.1f}{m.cpu:6.1f}")  # fmt: skip
 
 
+def print_notes(plans: dict[tuple[str, str], TitlePlan]) -> None:
+    """What the plans say of their factors: where H.264 stopped at the knee below a target."""
+    notes = [(clip, codec, p.note) for (clip, codec), p in plans.items() if p.note]
+    if notes:
+        print()
+        print("the plans' notes (a rung aimed below its target, and why)")
+        for clip, codec, note in notes:
+            print(f"  {clip:<8} {codec:<5} {note}")
+
+
 def _default_share(plan: TitlePlan, real: float) -> float:
     """The sampling's CPU over the real encodes' had the samples covered the default share
     of a long title (the cost per sampled second and per encoded second, as measured)."""
@@ -926,6 +938,7 @@ def main() -> None:
         print_spread(rows)
         print_costs(rows)
         print_predictions(rows, plans)
+        print_notes(plans)
         print_sampling(rows, plans)
         print_summary(rows, plans)
     finally:

@@ -18,7 +18,8 @@ from vtp.media.encode import encode_rendition
 from vtp.media.ladder import plan_ladder
 from vtp.media.probe import probe_source
 from vtp.media.quality import quality_record
-from vtp.media.tuning import final_crf, next_crf, sample_positions, tune
+from vtp.media.tuning import bracketed, final_crf, knee_aim, next_crf, sample_positions, tune
+from vtp.models import RenditionSpec
 from vtp.pipeline import Pipeline
 from vtp.settings import Settings
 
@@ -70,6 +71,42 @@ def test_final_choice_is_interpolated_or_a_measured_probe() -> None:
     assert final_crf([(19, 70.0, 828), (27, 70.05, 828)], target) == 27  # the cap holds them
     assert final_crf([(19, 70.0, 393), (27, 67.0, 111)], target) == 27  # grain: not worth it
     assert final_crf([(16, 83.0, 900), (19, 80.0, 700), (27, 68.0, 400)], target) == 16
+
+
+def test_h264_stops_at_the_knee_even_where_the_target_is_reachable() -> None:
+    """The natural clip's 1080p first probes (bench/quality.py): 6.2x the bits buy 4.2
+    points, 1.6 a doubling. The target (95) is reachable, but the aim is the knee below
+    it, where the last doubling still bought 2 points; steeper curves keep their target."""
+    natural = [(19, 95.41, 7_230_000), (27, 91.18, 1_161_000)]
+    aim, ceiling = knee_aim(natural, 95.0)
+    assert 92.0 < aim < 94.0 and ceiling is None
+    chosen = final_crf([*natural, (23.5, 93.1, 2_500_000)], aim)
+    assert 23 < chosen < 27, "between the probes that bracket the knee"
+    # The same clip's 720p and 360p, and a still picture's 1080p: the target holds.
+    assert knee_aim([(19, 95.35, 2_892_000), (27, 89.56, 669_000)], 94.0) == (94.0, None)
+    assert knee_aim([(19, 94.41, 888_000), (27, 88.70, 246_000)], 90.0) == (90.0, None)
+    assert knee_aim([(19, 95.88, 2_891_000), (27, 92.39, 1_826_000)], 95.0) == (95.0, None)
+    # Both probes pass: the target holds, whatever the curve.
+    assert knee_aim([(19, 97.0, 900_000), (27, 96.9, 300_000)], 95.0) == (95.0, None)
+    # Grain: the knee lies below the cheapest probe, which is where the search stops.
+    assert knee_aim([(19, 70.0, 393), (27, 67.0, 111)], 93.0) == (67.0, 27)
+    # The cap holds the bits: no richer factor is worth anything.
+    assert knee_aim([(19, 70.0, 828), (27, 70.05, 828)], 93.0) == (70.05, 27)
+
+
+def test_another_codec_reaches_for_h264s_picture_without_deciding_again() -> None:
+    """HEVC's probes of the natural 1080p rung: 1.8 points a doubling. H.264 stopped on that
+    rule; another codec aims at what H.264 shows and keeps going down for it."""
+    hevc = [(19, 94.96, 5_092_000), (27, 89.99, 754_000)]
+    assert next_crf(hevc, 95.5, 16, 36) is None, "H.264's own rule: not worth it"
+    more = next_crf(hevc, 95.5, 16, 36, worth=False)
+    assert more is not None and 16 <= more < 19
+    assert final_crf(hevc, 95.5) == 27 and final_crf(hevc, 95.5, worth=False) == 19
+    # Every probe passes the aim: not bracketed, the search goes on further out.
+    av1 = [(19, 96.6, 207_000), (27, 96.0, 158_000), (33, 92.6, 111_000)]
+    assert not bracketed(av1, 90.0) and bracketed(av1, 93.0)
+    out = next_crf(av1, 90.0, 16, 36)
+    assert out is not None and 33 < out <= 36
 
 
 def test_quality_record_flags_a_shortfall_beyond_the_margin() -> None:
@@ -201,6 +238,58 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     # probe 1.5x the bits and a point over what the rendition shows).
     assert abs(own.score - easy.estimate.quality) < 1.5, (own, easy.estimate)
     assert 0.8 < result.avg_bitrate / easy.estimate.bitrate < 1.25, (result, easy.estimate)
+
+
+def _encoded_vmaf(url: str, spec: RenditionSpec, out: Path, settings: Settings) -> float:
+    """The rendition `spec` encoded for real from `url`, measuring itself as it goes."""
+    info = probe_source(url, settings)
+    logs = out.with_name(out.name + "-logs")
+    logs.mkdir(parents=True)
+    # A quarter of its frames: the codecs are compared within 1.5 points.
+    dense = settings.model_copy(update={"quality_measure_share": 0.25})
+    m = measure.plan(200, spec.fps, logs=logs, settings=dense, pixel_format="yuv420p",
+                     display=None, size=(spec.width, spec.height))  # fmt: skip
+    encode_rendition(url, info, spec, out, settings=settings, measure=m)
+    own, _ = m.read()
+    return own.score
+
+
+@pytest.mark.slow
+def test_one_rung_shows_one_picture_in_every_codec(
+    pipeline: Pipeline, one_sample: Settings, tmp_path: Path
+) -> None:
+    """Grain at 360p, aimed at VMAF 97: a doubling of x264's bits buys fewer than two points
+    before it, so H.264 stops at the knee below the target and the plan says why. HEVC and
+    AV1 aim at what H.264's rung shows, without a knee of their own (SVT-AV1, whose every
+    first probe passes, is probed further out rather than left above it): encoded for real,
+    the three renditions of the rung measure within 1.5 VMAF of one another."""
+    from vtp.media.ladder import codec_ladders
+
+    targets = {**one_sample.quality_targets, "360p": 97.0}
+    settings = one_sample.model_copy(update={"quality_targets": targets})
+    url = _upload(pipeline, tmp_path, "grain", "testsrc2=s=640x360:r=25:d=8",
+                  "noise=alls=8:allf=t")  # fmt: skip
+    info = probe_source(url, settings)
+    h264 = tune(url, info, plan_ladder(info, settings, ["360p"]), settings)
+    (spec,) = h264.specs
+    assert spec.estimate is not None and spec.crf is not None
+    assert h264.note and "360p aims at VMAF" in h264.note, h264.note
+    shown = spec.estimate.quality
+    assert shown < 96.5, spec.estimate
+    renditions = [spec]
+    for codec in ("hevc", "av1"):
+        (rung,) = codec_ladders(h264.specs, ["h264", codec])[1:]
+        assert rung.quality_target == round(shown, 2)
+        plan = tune(url, info, [rung], settings, prune=False)
+        assert plan.note is None, "the knee is H.264's, decided once"
+        (tuned,) = plan.specs
+        assert tuned.estimate is not None
+        assert abs(tuned.estimate.quality - shown) < 1.0, (codec, tuned.estimate, shown)
+        renditions.append(tuned)
+    scores = {
+        r.codec: _encoded_vmaf(url, r, tmp_path / f"out-{r.codec}", settings) for r in renditions
+    }
+    assert max(scores.values()) - min(scores.values()) <= 1.5, scores
 
 
 @pytest.mark.slow

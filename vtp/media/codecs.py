@@ -10,7 +10,7 @@ keyframes at each multiple of `gop_seconds` as closed key frames, scene cuts off
 codec is chunked alike, and the renditions of all codecs switch at the same instants.
 
 Rate control is by quality, per codec: each codec's factor is searched on the title's
-samples with its own encoder for the rung's VMAF target (vtp.media.tuning), under a cap
+samples with its own encoder for the VMAF H.264's rung shows (vtp.media.tuning), under a cap
 scaled by what the codec saves. The search runs on x264's scale and `crf_for` carries each
 probe to the encoder's own (x265's CRF 28 is documented as x264's 23; SVT-AV1's 63-step
 scale puts the same point near 35): the mapping only has to be monotonic and roughly

@@ -153,9 +153,11 @@ def codec_ladders(specs: Sequence[RenditionSpec], codecs: Sequence[str]) -> list
     function: the rung's pixels are what its replicas were sized for.
 
     Each codec's rung aims at what the H.264 rung is predicted to show when that is below
-    the rung's target (grain, or a cap that holds it): the renditions of one rung then show
-    the same picture, and the other codec does not spend bits H.264's viewers never get (a
-    grain clip's 1080p was 88.6 in H.264, 91.7 in AV1 before)."""
+    the rung's target (grain, a cap that holds it, or the knee H.264's search stopped at:
+    vtp.media.tuning.knee_aim), and its own search does not decide again: the renditions of
+    one rung then show the same picture, and the other codec does not spend bits H.264's
+    viewers never get (a grain clip's 1080p was 88.6 in H.264, 91.7 in AV1 before), nor
+    stop short where H.264 did not (the natural clip's 1080p, 95.3 in H.264, 89.9 in HEVC)."""
     out = list(specs)
     for codec in codecs:
         if codec == "h264":

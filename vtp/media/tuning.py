@@ -5,9 +5,14 @@ cartoon at CRF 23 scores far above its target and spends bits on nothing visible
 detailed crowd scene falls below it. So split encodes a few short samples spread over the
 source at a few factors, measures each against the source (vtp.media.quality) and picks, per
 rung, the factor that reaches the rung's target at the fewest bits. The decision is part
-of the plan (`RenditionSpec.crf`), so every chunk of a rendition is encoded alike. Each
-codec of a job is searched with its own encoder for the same target, so HEVC and AV1
-renditions show what H.264's do, for fewer bits.
+of the plan (`RenditionSpec.crf`), so every chunk of a rendition is encoded alike.
+
+What a rung aims at is decided once, from H.264's first two probes: the rung's target, or
+the knee below it where one more doubling of bits buys fewer than `_MIN_GAIN_PER_DOUBLING`
+VMAF points (`knee_aim`; sensor noise, grain: the cheaper encode looks the same), and the
+plan's note says so. Each other codec of the job is searched with its own encoder for what
+H.264's rung shows (vtp.media.ladder.codec_ladders), without deciding again, so HEVC and
+AV1 renditions show what H.264's do, for fewer bits.
 
 How the samples are made, to bound their cost:
 
@@ -16,7 +21,8 @@ How the samples are made, to bound their cost:
   losslessly (FFV1) to local disk: the source is decoded once;
 * each probe encodes a rung's reference with the real encode's arguments (preset, VBV cap,
   keyframe grid, at one CRF) and compares it with that reference. Two probes bracket the
-  default factor, a third lands on the interpolated choice; probes run in parallel,
+  default factor, a third lands on the interpolated choice, and a fourth only where every
+  probe so far passes the aim, or none does (`bracketed`); probes run in parallel,
   `quality_sample_workers` ffmpeg processes at a time;
 * VMAF is close to linear in CRF and in log bit rate over a probe's span, so the factor is
   interpolated between the probes that bracket the target, and the prediction of bit rate,
@@ -61,14 +67,17 @@ _FIRST_PROBES = (-4.0, 4.0)
 _CLOSE_ENOUGH = 1.0
 # Probes are made in rounds, every rung's at once: two, then one more each where it helps
 # (three encodes of the samples per rung: the sampling's cost is about three times the
-# sampled share of the real encode's).
+# sampled share of the real encode's), then one more round only for a rung whose probes
+# do not bracket its aim yet.
 _ROUNDS = 2
 # Beyond every probe, the next is at most this many factors away.
 _MAX_STEP = 6.0
-# Where no factor reaches the target (grain, noise: detail no bit rate under the cap keeps),
-# more bits are spent only while each doubling of them still buys this many VMAF points:
-# past it, the cap or the content holds quality where it is, and the cheaper encode looks
-# the same.
+# H.264 spends more bits only while each doubling of them still buys this many VMAF
+# points: past it (grain, sensor noise, a cap that holds the picture), the content or the
+# cap holds quality where it is, and the cheaper encode looks the same. It decides where
+# the search stops whether or not the target can be reached (`knee_aim`): the natural clip's
+# 1080p spent 5.2x the bits (6.0 Mbit/s) for 95.3 where 2.4 Mbit/s show 92.9, 1.6 points a
+# doubling (docs/quality.md).
 _MIN_GAIN_PER_DOUBLING = 2.0
 
 T = TypeVar("T")
@@ -95,7 +104,13 @@ class TitlePlan(BaseModel):
     pruned: list[PrunedRung] = Field(default_factory=list)
     sampling_cpu_seconds: float = 0.0
     sampling_wall_seconds: float = 0.0
-    note: str | None = Field(default=None, description="why the factors are the default ones")
+    note: str | None = Field(
+        default=None,
+        description=(
+            "why the factors are the default ones, or which rungs aim below their target "
+            "(the knee of `knee_aim`) and why"
+        ),
+    )
 
     def summary(self) -> dict[str, object]:
         """What the job records of its plan (jobs.plan) and status shows."""
@@ -184,6 +199,7 @@ def tune(
         pruned=pruned,
         sampling_cpu_seconds=tuner.cpu_seconds,
         sampling_wall_seconds=time.monotonic() - started,
+        note="; ".join(tuner.knees) or None,
     )
     log.info(
         "tuned %s in %.1fs (%.1fs CPU): %s%s",
@@ -222,6 +238,9 @@ class _Tuner:
         self.sampled_seconds = sum(seconds for _, seconds in samples)
         workers = settings.quality_sample_workers or (_cpus() or 1)
         self.workers = max(1, workers)
+        # Per rung, the VMAF the search aims at (`_aim`), and why where it is below the target.
+        self.aims: dict[str, float] = {}
+        self.knees: list[str] = []
 
     def _left(self) -> float:
         return time_left(self.deadline, "sampling")
@@ -229,22 +248,32 @@ class _Tuner:
     def run(self, *, prune: bool) -> tuple[list[RenditionSpec], list[PrunedRung]]:
         refs = self._references()
         probes: dict[str, list[Probe]] = {s.name: [] for s in self.specs}
-        low, high = self.settings.crf_min, self.settings.crf_max
+        low = self.settings.crf_min
+        highs = {s.name: self.settings.crf_max for s in self.specs}
         pending = [
             (spec, _clamp(self.settings.default_crf + step, self.settings))
             for spec in self.specs
             for step in _FIRST_PROBES
         ]
-        for _ in range(_ROUNDS):
+        # Rounds of probes: the first two, one more each where it helps, and one further
+        # out for a rung none of whose probes is on the far side of its aim (SVT-AV1's
+        # 360p passed 90 at every probe up to CRF 57 and came out at 92.8).
+        for round_ in range(_ROUNDS + 1):
             for (spec, _crf), probe in zip(
                 pending, self._parallel(lambda j: self._probe(*j, refs), pending), strict=True
             ):
                 probes[spec.name].append(probe)
+            if round_ == 0:
+                for spec in self.specs:
+                    self._aim(spec, probes[spec.name], highs)
+            if round_ == _ROUNDS:
+                break
             pending = []
             for spec in self.specs:
                 points = [(p.crf, p.score.score, p.bitrate) for p in probes[spec.name]]
-                crf = next_crf(points, self._target(spec), low, high)
-                if crf is not None:
+                aim, worth = self.aims[spec.name], self._worth(spec)
+                crf = next_crf(points, aim, low, highs[spec.name], worth=worth)
+                if crf is not None and (round_ < _ROUNDS - 1 or not bracketed(points, aim)):
                     pending.append((spec, crf))
             if not pending:
                 break
@@ -252,6 +281,33 @@ class _Tuner:
         pruned = self._pruned(tuned, probes, refs) if prune else []
         dropped = {p.name for p in pruned}
         return [s for s in tuned if s.name not in dropped], pruned
+
+    def _worth(self, spec: RenditionSpec) -> bool:
+        """Whether the worth-it rule decides for this rung: H.264's alone. The other codecs
+        aim at what H.264's rung shows (vtp.media.ladder.codec_ladders), and reach for it
+        without deciding again: one rung, one picture."""
+        return spec.codec == "h264"
+
+    def _aim(self, spec: RenditionSpec, probes: Sequence[Probe], highs: dict[str, float]) -> None:
+        """The VMAF the rung's search aims at, decided once from the first probes: its
+        target, or for H.264 the knee below it (`knee_aim`), said in the plan's note."""
+        target = self._target(spec)
+        self.aims[spec.name] = target
+        if not self._worth(spec):
+            return
+        points = [(p.crf, p.score.score, p.bitrate) for p in probes]
+        aim, ceiling = knee_aim(points, target)
+        self.aims[spec.name] = aim
+        if ceiling is not None:
+            highs[spec.name] = ceiling
+        if aim < target:
+            rich, cheap = min(points), max(points)
+            self.knees.append(
+                f"{spec.name} aims at VMAF {aim:.1f}, not {target:g}: from CRF {cheap[0]:g} "
+                f"({cheap[1]:.1f}, {cheap[2] // 1000} kbit/s) to {rich[0]:g} ({rich[1]:.1f}, "
+                f"{rich[2] // 1000} kbit/s), each doubling of the bits past {aim:.1f} buys "
+                f"fewer than {_MIN_GAIN_PER_DOUBLING:g} points"
+            )
 
     def _parallel(self, fn: Callable[[T], R], jobs: Sequence[T]) -> list[R]:
         if not jobs:
@@ -352,7 +408,9 @@ class _Tuner:
         return spec.quality_target or self.settings.target_for(spec.name)
 
     def _tuned(self, spec: RenditionSpec, probes: Sequence[Probe]) -> RenditionSpec:
-        crf = final_crf([(p.crf, p.score.score, p.bitrate) for p in probes], self._target(spec))
+        points = [(p.crf, p.score.score, p.bitrate) for p in probes]
+        aim = self.aims.get(spec.name, self._target(spec))
+        crf = final_crf(points, aim, worth=self._worth(spec))
         quality = interpolate([(p.crf, p.score.score) for p in probes], crf)
         log_rate = interpolate([(p.crf, math.log(max(p.bitrate, 1))) for p in probes], crf)
         cpu_per_s = interpolate(
@@ -433,7 +491,47 @@ class _Tuner:
 Point = tuple[float, float, int]  # (crf, VMAF, bit/s) of one probe
 
 
-def next_crf(points: Sequence[Point], target: float, low: float, high: float) -> float | None:
+def knee_aim(points: Sequence[Point], target: float) -> tuple[float, float | None]:
+    """What H.264's rung aims at, from its first probes: `target`, or the knee below it
+    where a doubling of bits buys fewer than `_MIN_GAIN_PER_DOUBLING` VMAF points; and a
+    ceiling on the factor when the knee lies at the cheapest probe or below it (None: the
+    search may go on past every probe).
+
+    Quality saturates towards 100 as bits grow: 100 - VMAF ~ a * bits^-k, fitted through the
+    richest and the cheapest probe. The doubling that ends at VMAF v then bought
+    (100 - v) * (2^k - 1) points: at least the minimum up to 100 - min / (2^k - 1), the knee.
+    Richer than that, each further doubling buys less, and the cheaper encode looks the
+    same. The knee is never below the cheapest probe (`default_crf` + 4): it is not
+    extended past what was measured; where the cheapest probe passes the target, the target
+    holds (a cheap point is spent on it anyway)."""
+    pts = sorted(points)
+    rich, cheap = pts[0], pts[-1]
+    if cheap[1] >= target or len(pts) < 2:
+        return target, None
+    if rich[2] <= cheap[2] or rich[1] <= cheap[1]:
+        # No more bits (the cap holds them), or no better for more: nothing to go richer for.
+        knee = -math.inf if rich[1] <= cheap[1] else math.inf
+    else:
+        headroom = max(100.0 - rich[1], 0.01), max(100.0 - cheap[1], 0.01)
+        k = math.log(headroom[1] / headroom[0]) / math.log(rich[2] / cheap[2])
+        knee = 100.0 - _MIN_GAIN_PER_DOUBLING / (2**k - 1) if k > 0 else -math.inf
+    if knee >= target:
+        return target, None
+    if knee <= cheap[1]:
+        return cheap[1], cheap[0]
+    return round(knee, 2), None
+
+
+def bracketed(points: Sequence[Point], target: float) -> bool:
+    """Whether the probes hold a factor on either side of `target`: one that passes it and
+    a higher one that fails."""
+    passing = [p[0] for p in points if p[1] >= target]
+    return bool(passing) and any(p[1] < target and p[0] > max(passing) for p in points)
+
+
+def next_crf(
+    points: Sequence[Point], target: float, low: float, high: float, *, worth: bool = True
+) -> float | None:
     """The factor to probe next, from the (crf, VMAF, bit/s) probes so far; None: no
     probe would change the choice.
 
@@ -441,7 +539,8 @@ def next_crf(points: Sequence[Point], target: float, low: float, high: float) ->
     Between the highest passing probe and the failing one above it, the next probe is
     interpolated; beyond every probe it is extended from the nearest two, at most
     `_MAX_STEP` factors at a time (quality is only roughly linear in the factor). Where
-    none passes and more bits no longer buy quality (`_worth_it`), none is probed.
+    none passes and more bits no longer buy quality (`_worth_it`, when `worth`), none is
+    probed.
     """
     pts = sorted(points)
     passing = [p for p in pts if p[1] >= target]
@@ -464,7 +563,7 @@ def next_crf(points: Sequence[Point], target: float, low: float, high: float) ->
                 step = min(_MAX_STEP, max(_CLOSE_ENOUGH, guess - best[0]))
         return round(min(best[0] + step, high), 1)
     lowest = pts[0]
-    if lowest[0] <= low or (len(pts) > 1 and not _worth_it(lowest, pts[1])):
+    if lowest[0] <= low or (worth and len(pts) > 1 and not _worth_it(lowest, pts[1])):
         return None
     step = _MAX_STEP
     if len(pts) > 1:
@@ -474,11 +573,12 @@ def next_crf(points: Sequence[Point], target: float, low: float, high: float) ->
     return round(max(lowest[0] - step, low), 1)
 
 
-def final_crf(points: Sequence[Point], target: float) -> float:
+def final_crf(points: Sequence[Point], target: float, *, worth: bool = True) -> float:
     """The factor chosen from the probes: interpolated between the highest passing probe
     and the failing one just above it; the highest passing probe when none fails above it.
     When none passes, from the cheapest probe down, each lower factor only while its extra
-    bits are `_worth_it`."""
+    bits are `_worth_it` (with `worth`; without, the richest probe: the nearest to the
+    target, which another codec's rung shows)."""
     pts = sorted(points)
     passing = [p for p in pts if p[1] >= target]
     if passing:
@@ -488,6 +588,8 @@ def final_crf(points: Sequence[Point], target: float) -> float:
             return best[0]
         fail = min(above)
         return round(min(max(_along(best, fail, target), best[0]), fail[0]), 1)
+    if not worth:
+        return pts[0][0]
     chosen = pts[-1]
     for richer in reversed(pts[:-1]):
         if not _worth_it(richer, chosen):

@@ -387,7 +387,8 @@ class Intake:
     ) -> tuple[list[RenditionSpec], dict[str, dict[str, object]]]:
         """The H.264 ladder and the other codecs' (vtp.media.ladder.codec_ladders), each codec's
         factors searched from the same samples with its own encoder (the search runs on
-        x264's scale, vtp.media.codecs.crf_for), in what is left of the sampling budget shared
+        x264's scale, vtp.media.codecs.crf_for) for what H.264's rung shows (its target, or
+        the knee its search stopped at), in what is left of the sampling budget shared
         among them; a codec left without time keeps the factors carried over from x264."""
         videos = codec_ladders(title.specs, options.codecs)
         extra = videos[len(title.specs) :]
