@@ -318,3 +318,14 @@ def make_store(dsn: str, app_name: str) -> Iterator[Callable[..., JobStore]]:
 @pytest.fixture
 def store(make_store: Callable[..., JobStore]) -> JobStore:
     return make_store()
+
+
+@pytest.fixture(scope="module")
+def pipeline(stack_env: dict[str, str]) -> Iterator[Any]:
+    """The pipeline in-process on the session's stack (its database, S3, Redis and gateway):
+    what a test drives directly instead of through a function's HTTP call."""
+    from tests.inprocess import build_pipeline
+
+    p = build_pipeline(stack_env)
+    yield p
+    p.store.close()

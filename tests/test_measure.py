@@ -8,12 +8,11 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.inprocess import build_pipeline, quiet_bucket
+from tests.inprocess import quiet_bucket
 from vtp.media import measure
 from vtp.media.encode import HLS_PLAYLIST, RenditionResult, encode_rendition, reference_filters
 from vtp.media.ladder import plan_ladder
@@ -46,13 +45,6 @@ def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
     with pytest.raises(ValueError, match="plain path"):
         measure.plan(60, 30.0, logs=Path("/tmp/a:b"), settings=s, pixel_format="yuv420p",
                      display=None, size=(640, 360)).output_args()  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
-    p = build_pipeline(stack_env)
-    yield p
-    p.store.close()
 
 
 @pytest.fixture(scope="module")

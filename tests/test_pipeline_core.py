@@ -7,7 +7,7 @@ import itertools
 import re
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +15,7 @@ import requests
 from pydantic import SecretStr
 
 from tests.api import http
-from tests.inprocess import build_pipeline, chunked_pipeline, job_for_clip, quiet_bucket
+from tests.inprocess import chunked_pipeline, job_for_clip, quiet_bucket
 from vtp import db
 from vtp.errors import Conflict
 from vtp.jobs import Job, SourceRef
@@ -39,13 +39,6 @@ def _ended(pipeline: Pipeline, job: Job, timeout: float = 120) -> Job:
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
     return job
-
-
-@pytest.fixture(scope="module")
-def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
-    p = build_pipeline(stack_env)
-    yield p
-    p.store.close()
 
 
 def test_call_refused_before_the_handler_becomes_a_retry(pipeline: Pipeline) -> None:

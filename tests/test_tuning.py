@@ -7,12 +7,11 @@ from __future__ import annotations
 import itertools
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.inprocess import build_pipeline, quiet_bucket
+from tests.inprocess import quiet_bucket
 from vtp.media import measure
 from vtp.media.encode import encode_rendition
 from vtp.media.ladder import plan_ladder
@@ -165,13 +164,6 @@ def test_the_sound_of_a_chunked_job_has_no_picture_figures() -> None:
 
 
 # --- on real clips -------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def pipeline(stack_env: dict[str, str]) -> Iterator[Pipeline]:
-    p = build_pipeline(stack_env)
-    yield p
-    p.store.close()
-
-
 @pytest.fixture(scope="module")
 def settings(pipeline: Pipeline) -> Settings:
     """Sampling half of an 8 s clip: two samples of 2 s, encoded at the test stacks' preset
