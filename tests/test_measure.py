@@ -40,6 +40,14 @@ def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
     tiny = measure.plan(4, 25.0, logs=logs, settings=s, pixel_format="yuv420p",
                         display=None, size=(640, 360))  # fmt: skip
     assert tiny.step == 2
+    # Above 1080p, pictures are compared at 1080p: the model's screen, and bounded memory.
+    uhd = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
+                       display=(3840, 2160), size=(3840, 2160))  # fmt: skip
+    assert uhd.compared == (1920, 1080) and uhd.display is None
+    assert "scale=1920:1080" in uhd.output_args()[3]
+    hd = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
+                      display=(3840, 2160), size=(1280, 720))  # fmt: skip
+    assert hd.compared is None and hd.display == (1920, 1080)
     # The pairs: the scored frame and the one before it, nothing else.
     assert short.select == r"select=expr=not(mod(n+1\,10))+not(mod(n\,10))"
     with pytest.raises(ValueError, match="plain path"):

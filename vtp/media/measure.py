@@ -27,6 +27,12 @@ the separate measurement of the same output: the same frames score within 0.04.
 
 The display comparison (a smaller rendition scaled up to the ladder's largest picture, the
 master playlist's SCORE) compares with the source made that size from the same decode.
+
+Pictures larger than 1080p are compared scaled down to 1080p (COMPARED_PIXELS), and the
+display size is capped the same way. VMAF's default model is trained for a 1080p screen,
+and the cap keeps the memory bounded: libvmaf at 2160p added 1 GB to a 4K encode
+(1.86 GB alone, 2.86 GB measuring itself at full size), past what the function that encodes
+it has.
 """
 
 from __future__ import annotations
@@ -58,6 +64,8 @@ _DISPLAY_LOG = "vmaf-display.json"
 _SSIM_LOG = "ssim.log"
 _ALL = re.compile(r"All:([0-9.]+)")
 _PLAIN_PATH = re.compile(r"[\w./-]+")
+# The most pixels a comparison is made at: 1920x1080 (see the module doc).
+COMPARED_PIXELS = 1920 * 1080
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,13 @@ class Measurement:
     threads: int
     pixel_format: str
     display: tuple[int, int] | None = None
+    # Set for a rendition larger than COMPARED_PIXELS: both pictures scaled to this first.
+    compared: tuple[int, int] | None = None
+
+    @property
+    def _fit(self) -> str:
+        """Where pictures larger than 1080p are compared at 1080p: the scaling, else none."""
+        return f",scale={self.compared[0]}:{self.compared[1]}" if self.compared else ""
 
     @property
     def select(self) -> str:
@@ -86,7 +101,7 @@ class Measurement:
         may be dropped (before the scaling, so only the kept ones are scaled)."""
         graph = [f"[0:V:0]{'split=2[vtp_src][vtp_big_src];[vtp_src]' if self.display else ''}"
                  f"{picture},split=2[{ENCODED}][vtp_own]",
-                 f"[vtp_own]{self.select}[{REFERENCE}]"]  # fmt: skip
+                 f"[vtp_own]{self.select}{self._fit}[{REFERENCE}]"]  # fmt: skip
         if self.display:
             if display_picture is None:
                 raise ValueError("a display comparison needs the display-size filters")
@@ -104,7 +119,7 @@ class Measurement:
         vmaf = f"libvmaf=log_fmt=json:n_subsample=2:n_threads={self.threads}:{sync}"
         branches = 3 if self.display else 2
         graph = [
-            f"[dec:0]{self.select},setpts=PTS-STARTPTS,split={branches}"
+            f"[dec:0]{self.select}{self._fit},setpts=PTS-STARTPTS,split={branches}"
             + "".join(f"[vtp_d{i}]" for i in range(branches)),
             f"[{REFERENCE}]setpts=PTS-STARTPTS,split=2[vtp_r0][vtp_r1]",
             f"[vtp_d0][vtp_r0]{vmaf}:log_path={self.logs / _OWN_LOG}[vtp_q0]",
@@ -171,7 +186,9 @@ def plan(
     """How an encode of `frames` frames at `size` measures itself (see the module doc):
     compared at `display` too when that is the larger picture."""
     scored = max(MIN_SCORED_FRAMES, math.ceil(settings.quality_measure_share * frames))
-    larger = display is not None and display[0] * display[1] > size[0] * size[1]
+    display = _capped(display) if display is not None else None
+    compared = _capped(size)
+    larger = display is not None and display[0] * display[1] > compared[0] * compared[1]
     return Measurement(
         step=max(2, frames // scored),
         frames_per_part=max(1, round(settings.segment_seconds * fps)),
@@ -179,4 +196,14 @@ def plan(
         threads=max(1, settings.quality_vmaf_threads),
         pixel_format=pixel_format,
         display=display if larger else None,
+        compared=compared if compared != size else None,
     )
+
+
+def _capped(size: tuple[int, int]) -> tuple[int, int]:
+    """`size`, or the same shape at COMPARED_PIXELS when it is larger (even sides)."""
+    w, h = size
+    if w * h <= COMPARED_PIXELS:
+        return size
+    f = math.sqrt(COMPARED_PIXELS / (w * h))
+    return max(2, round(w * f / 2) * 2), max(2, round(h * f / 2) * 2)
