@@ -132,6 +132,13 @@ def test_a_measurement_that_fails_never_costs_the_encode(
     assert record["quality_metric"] == "vmaf" and "quality_score" not in record
     assert record["quality_error"], record
     assert runs == [True, False], runs  # the run that measured failed; the next did not
+    # A scratch folder no filter option can name (TMPDIR with a colon): measured never,
+    # encoded all the same.
+    odd = measure.plan(100, spec.fps, logs=tmp_path / "a:b", settings=s,
+                       pixel_format="yuv420p", display=None, size=size)  # fmt: skip
+    runs.clear()
+    result, record = _measured(encode, odd, threading.Event(), spec, s)
+    assert runs == [True, False] and "plain path" in record["quality_error"], record
     assert (out / HLS_PLAYLIST).is_file()
 
 

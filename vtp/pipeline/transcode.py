@@ -543,12 +543,13 @@ def _measured(
         result = encode(measurement)
     except FfmpegTimeout:
         raise
-    except FfmpegError as exc:
+    except (FfmpegError, ValueError) as exc:  # ValueError: a log folder no filter can name
         if cancel.is_set():
             raise
-        log.warning("the encode that measures itself failed (%s); encoding without", exc.reason)
+        reason = getattr(exc, "reason", None) or str(exc)
+        log.warning("the encode that measures itself failed (%s); encoding without", reason)
         return encode(None), quality_record(
-            None, None, target=target, margin=margin, error=f"not measured: {exc.reason}"
+            None, None, target=target, margin=margin, error=f"not measured: {reason}"
         )
     try:
         own, shown = measurement.read()
