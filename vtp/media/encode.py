@@ -460,10 +460,12 @@ def encode_args(
     gop = settings.gop_seconds
     timing = timeline.video_timing_filter(rate, start_s=start_s, origin_s=source.picture_origin)
     video_filter = f"{picture_filters(spec)},{timing}"
+    with_audio = source.has_audio and spec.audio_bitrate is not None
+    audio_filter = timeline.audio_timing_filter(source.picture_origin)
     if measure is None:
         # First real video stream; capital V skips cover art and thumbnails.
-        picture = ["-map", "0:V:0"]
-        filters = ["-vf", video_filter]
+        maps = ["-map", "0:V:0", *(["-map", "0:a:0"] if with_audio else [])]
+        filters = ["-vf", video_filter, *(["-af", audio_filter] if with_audio else [])]
     else:
         display = None
         if measure.display:
@@ -471,20 +473,17 @@ def encode_args(
             big = spec.model_copy(update={"width": w, "height": h})
             # The source on the same grid, thinned to the scored frames before scaling.
             display = f"{DEINTERLACE},{timing},{{select}},{size_filters(big)}"
-        picture = ["-filter_complex", measure.encode_side(video_filter, display),
-                   "-map", f"[{ENCODED}]"]  # fmt: skip
+        graph = measure.encode_side(video_filter, display)
+        if with_audio:
+            # The sound through the measuring graph too: fed by a filter graph of its own,
+            # it let ffmpeg's scheduler hold the picture back for it while the measurement
+            # waited for the encoder, and such runs hung on a busy CPU (none of 60 so).
+            graph += f";[0:a:0]{audio_filter}[{SOUND}]"
+        maps = ["-filter_complex", graph, "-map", f"[{ENCODED}]",
+                *(["-map", f"[{SOUND}]"] if with_audio else [])]  # fmt: skip
         filters = []
-    with_audio = source.has_audio and spec.audio_bitrate is not None
-    sound = ["-map", "0:a:0", "-af", timeline.audio_timing_filter(source.picture_origin)]
-    if measure is not None and with_audio:
-        # The sound through the measuring graph too: fed by a filter graph of its own, it
-        # let ffmpeg's scheduler hold the picture back for it while the measurement waited
-        # for the encoder, and about one run in two hung on a busy CPU (none of 60 so).
-        picture[1] += f";[0:a:0]{timeline.audio_timing_filter(source.picture_origin)}[{SOUND}]"
-        sound = ["-map", f"[{SOUND}]"]
     args = [
-        *picture,
-        *(sound[:2] if with_audio else []),
+        *maps,
         # No source metadata or chapters: phone videos carry GPS positions and device data.
         "-map_metadata",
         "-1",
@@ -508,7 +507,6 @@ def encode_args(
         "+cgop+global_header",
     ]
     if with_audio and spec.audio_bitrate is not None:
-        args += sound[2:]
         args += _aac_args(spec.audio_bitrate)
     else:
         args += ["-an"]

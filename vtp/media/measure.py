@@ -37,15 +37,13 @@ it has.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from vtp.errors import FfmpegError
-from vtp.media.quality import QualityScore, pooled
+from vtp.media.quality import QualityScore, pooled, read_ssim_log, read_vmaf_log
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +60,6 @@ SOUND = "vtp_sound"  # the encode's sound, when it has some, through the same gr
 _OWN_LOG = "vmaf.json"
 _DISPLAY_LOG = "vmaf-display.json"
 _SSIM_LOG = "ssim.log"
-_ALL = re.compile(r"All:([0-9.]+)")
 _PLAIN_PATH = re.compile(r"[\w./-]+")
 # The most pixels a comparison is made at: 1920x1080 (see the module doc).
 COMPARED_PIXELS = 1920 * 1080
@@ -141,10 +138,7 @@ class Measurement:
         """The scores the run logged: at the rendition's size (with SSIM), and at the
         display size when compared there. FfmpegError when a log is missing or empty."""
         own = self._vmaf(self.logs / _OWN_LOG)
-        try:
-            ssim = [float(m.group(1)) for m in _ALL.finditer((self.logs / _SSIM_LOG).read_text())]
-        except OSError as exc:
-            raise FfmpegError("the encode's ssim filter wrote no statistics") from exc
+        ssim = read_ssim_log(self.logs / _SSIM_LOG)
         shown = self._vmaf(self.logs / _DISPLAY_LOG) if self.display else None
         return (
             pooled(self._parts(own), ssim),
@@ -153,16 +147,8 @@ class Measurement:
 
     def _vmaf(self, path: Path) -> list[tuple[int, float]]:
         """(output frame number, VMAF) of each scored frame."""
-        try:
-            frames = json.loads(path.read_text())["frames"]
-            # libvmaf numbers the frames it was given: pairs, the second of each scored.
-            scored = [((int(f["frameNum"]) // 2) * self.step, float(f["metrics"]["vmaf"]))
-                      for f in frames]  # fmt: skip
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FfmpegError("the encode's libvmaf filter wrote no usable log") from exc
-        if not scored:
-            raise FfmpegError("the encode's libvmaf filter compared no frame")
-        return scored
+        # libvmaf numbers the frames it was given: pairs, the second of each scored.
+        return [((number // 2) * self.step, score) for number, score in read_vmaf_log(path)]
 
     def _parts(self, scored: list[tuple[int, float]]) -> list[list[float]]:
         """The scores grouped by segment-long stretches of the output: a part's mean is how

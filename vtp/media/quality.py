@@ -179,24 +179,34 @@ def compare_all(
         cwd=cwd,
         cancel=cancel,
     )
-    ssim: list[float] = []
-    if with_ssim:
-        try:
-            ssim = [float(m.group(1)) for m in _ALL.finditer(ssim_path.read_text())]
-        except OSError as exc:
-            raise FfmpegError("ffmpeg's ssim filter wrote no statistics") from exc
+    ssim = read_ssim_log(ssim_path) if with_ssim else []
     results = []
     for i, path in enumerate(logs):
-        try:
-            frames = json.loads(path.read_text())["frames"]
-            scores = [float(f["metrics"]["vmaf"]) for f in frames]
-            numbers = [int(f["frameNum"]) for f in frames]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise FfmpegError("ffmpeg's libvmaf filter wrote no usable log") from exc
-        if not scores:
-            raise FfmpegError("ffmpeg's libvmaf filter compared no frame")
-        results.append(Comparison(scores, numbers, ssim if i == 0 else [], run.cpu_seconds))
+        scored = read_vmaf_log(path)
+        results.append(Comparison([v for _, v in scored], [n for n, _ in scored],
+                                  ssim if i == 0 else [], run.cpu_seconds))  # fmt: skip
     return results
+
+
+def read_vmaf_log(path: Path) -> list[tuple[int, float]]:
+    """(frame number as libvmaf counted it, VMAF) of each frame its JSON log scored;
+    FfmpegError when the log is missing, unreadable or empty."""
+    try:
+        frames = json.loads(path.read_text())["frames"]
+        scored = [(int(f["frameNum"]), float(f["metrics"]["vmaf"])) for f in frames]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise FfmpegError("ffmpeg's libvmaf filter wrote no usable log") from exc
+    if not scored:
+        raise FfmpegError("ffmpeg's libvmaf filter compared no frame")
+    return scored
+
+
+def read_ssim_log(path: Path) -> list[float]:
+    """The per-frame SSIM ("All") of an ssim filter's stats file; FfmpegError when missing."""
+    try:
+        return [float(m.group(1)) for m in _ALL.finditer(path.read_text())]
+    except OSError as exc:
+        raise FfmpegError("ffmpeg's ssim filter wrote no statistics") from exc
 
 
 def time_left(deadline: float, what: str) -> float:
