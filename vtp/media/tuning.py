@@ -270,7 +270,7 @@ class _Tuner:
                 break
             pending = []
             for spec in self.specs:
-                points = [(p.crf, p.score.score, p.bitrate) for p in probes[spec.name]]
+                points = _points(probes[spec.name])
                 aim, worth = self.aims[spec.name], self._worth(spec)
                 crf = next_crf(points, aim, low, highs[spec.name], worth=worth)
                 if crf is not None and (round_ < _ROUNDS - 1 or not bracketed(points, aim)):
@@ -295,7 +295,7 @@ class _Tuner:
         self.aims[spec.name] = target
         if not self._worth(spec):
             return
-        points = [(p.crf, p.score.score, p.bitrate) for p in probes]
+        points = _points(probes)
         aim, ceiling = knee_aim(points, target)
         self.aims[spec.name] = aim
         if ceiling is not None:
@@ -408,7 +408,7 @@ class _Tuner:
         return spec.quality_target or self.settings.target_for(spec.name)
 
     def _tuned(self, spec: RenditionSpec, probes: Sequence[Probe]) -> RenditionSpec:
-        points = [(p.crf, p.score.score, p.bitrate) for p in probes]
+        points = _points(probes)
         aim = self.aims.get(spec.name, self._target(spec))
         crf = final_crf(points, aim, worth=self._worth(spec))
         quality = interpolate([(p.crf, p.score.score) for p in probes], crf)
@@ -423,7 +423,7 @@ class _Tuner:
             bitrate=bitrate,
             size_bytes=round(bitrate * self.source.duration / 8),
             encode_cpu_seconds=round(max(cpu_per_s, 0.0) * self.source.duration, 1),
-            probes=sorted((p.crf, p.score.score, p.bitrate) for p in probes),
+            probes=sorted(_points(probes)),
         )
         return spec.model_copy(update={"crf": crf_for(spec.codec, crf), "estimate": estimate})
 
@@ -489,6 +489,11 @@ class _Tuner:
 
 
 Point = tuple[float, float, int]  # (crf, VMAF, bit/s) of one probe
+
+
+def _points(probes: Sequence[Probe]) -> list[Point]:
+    """The probes as the search reads them."""
+    return [(p.crf, p.score.score, p.bitrate) for p in probes]
 
 
 def knee_aim(points: Sequence[Point], target: float) -> tuple[float, float | None]:
