@@ -20,6 +20,7 @@ Every figure is the median of the runs, with min and max. Runs a stack of its ow
 
 from __future__ import annotations
 
+import os
 import shutil
 import statistics
 import subprocess
@@ -68,6 +69,14 @@ def make_clip(path: Path, seconds: int) -> None:
         ],
         check=True,
     )  # fmt: skip
+
+
+def busy_cpu_s() -> float:
+    """CPU-seconds the whole machine has spent busy since boot (/proc/stat), to set what a
+    run cost beside its wall time: the stack's own processes as well as ffmpeg's."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle and iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def bare_ffmpeg(storage: Storage, bucket: str, key: str, settings: Settings) -> float:
@@ -143,6 +152,8 @@ def _figure(values: Sequence[float]) -> str:
 
 
 def main() -> None:
+    # Which clips, in seconds: `pipeline_vs_ffmpeg.py 2` times the short clip alone.
+    lengths = [int(a) for a in sys.argv[1:]] or [2, 30]
     run_dir = REPO / ".run" / "bench-pipeline"
     # One queue-worker per rendition: the CE queue-worker runs one call at a time.
     cfg = LocalConfig(
@@ -162,24 +173,31 @@ def main() -> None:
         storage = Storage.from_settings(settings)
         s3 = s3_client(cfg)
         print(f"median of {RUNS} runs (min, max), after one warm-up; 3 renditions each")
-        for seconds in (2, 30):
+        for seconds in lengths:
             clip = work / f"clip-{seconds}s-1080p30.mp4"
             make_clip(clip, seconds)
             through_pipeline(cfg, s3, clip)  # warm-up: cold function imports, first probe
             runs: list[dict[str, Any]] = []
             bares: list[float] = []
+            bare_cpus: list[float] = []
             for _ in range(RUNS):
+                cpu = busy_cpu_s()
                 figures = through_pipeline(cfg, s3, clip)
+                figures["cpu"] = busy_cpu_s() - cpu
                 runs.append(figures)
                 # The same object the job just read, by the same kind of presigned URL.
+                cpu = busy_cpu_s()
                 bares.append(bare_ffmpeg(storage, cfg.uploads_bucket, figures["key"], settings))
+                bare_cpus.append(busy_cpu_s() - cpu)
             totals = [r["total"] for r in runs]
             ratios = [t / b for t, b in zip(totals, bares, strict=True)]
             print(f"{seconds:>2} s 1080p30 + audio:")
             print(f"   pipeline, upload -> master playlist  {_figure(totals)}")
             for part in PARTS:
                 print(f"     {part:<33}  {_figure([r[part] for r in runs])}")
+            print(f"     CPU, whole machine                {_figure([r['cpu'] for r in runs])}")
             print(f"   bare ffmpeg, same commands and URL   {_figure(bares)}")
+            print(f"     CPU, whole machine                {_figure(bare_cpus)}")
             print(f"   ratio                                {statistics.median(ratios):6.2f}"
                   f" (min {min(ratios):.2f}, max {max(ratios):.2f})")  # fmt: skip
     finally:

@@ -25,14 +25,14 @@ from vtp.settings import Settings
 
 
 def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
-    """At most `quality_measure_share` of the frames, never fewer than six: a 2 s clip
-    scores 6 of its 60 (each with the frame before it), 30 s every twentieth."""
+    """At most `quality_measure_share` of the frames, never fewer than three: a 2 s clip
+    scores 3 of its 60 (each with the frame before it), 30 s every twentieth."""
     s = Settings()
     assert s.quality_measure_share == 0.05
     logs = Path("/tmp")
     short = measure.plan(60, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
                          display=(1920, 1080), size=(640, 360))  # fmt: skip
-    assert short.step == 10 and short.display == (1920, 1080)
+    assert short.step == 20 and short.display == (1920, 1080)
     assert short.frames_per_part == 4 * 30  # a segment's frames
     long = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
                         display=(1920, 1080), size=(1920, 1080))  # fmt: skip
@@ -44,12 +44,15 @@ def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
     uhd = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
                        display=(3840, 2160), size=(3840, 2160))  # fmt: skip
     assert uhd.compared == (1920, 1080) and uhd.display is None
-    assert "scale=1920:1080" in uhd.output_args()[3]
+    args = uhd.output_args()
+    assert "scale=1920:1080" in args[args.index("-filter_complex") + 1]
+    # The loopback decoder's own options come before `-dec`: one thread.
+    assert args[args.index("-dec") - 2 : args.index("-dec")] == ["-threads", "1"]
     hd = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
                       display=(3840, 2160), size=(1280, 720))  # fmt: skip
     assert hd.compared is None and hd.display == (1920, 1080)
     # The pairs: the scored frame and the one before it, nothing else.
-    assert short.select == r"select=expr=not(mod(n+1\,10))+not(mod(n\,10))"
+    assert short.select == r"select=expr=not(mod(n+1\,20))+not(mod(n\,20))"
     with pytest.raises(ValueError, match="plain path"):
         measure.plan(60, 30.0, logs=Path("/tmp/a:b"), settings=s, pixel_format="yuv420p",
                      display=None, size=(640, 360)).output_args()  # fmt: skip
@@ -89,7 +92,7 @@ def test_an_encode_measures_what_a_separate_comparison_measures(
                      display=(1280, 720), size=(spec.width, spec.height))  # fmt: skip
     result = encode_rendition(url, info, spec, out, settings=s, measure=m)
     own, shown = m.read()
-    assert m.step == 16 and own.frames == 7, own  # frames 0, 16, ... 96 of 100
+    assert m.step == 20 and own.frames == 5, own  # frames 0, 20, ... 80 of 100
     assert own.parts == 1 and result.segments == 1 and shown is not None
     assert sorted(p.name for p in out.iterdir()) == sorted(result.files), "no log uploaded"
     assert 20 < shown.score < own.score < 99, (own, shown)
@@ -100,7 +103,7 @@ def test_an_encode_measures_what_a_separate_comparison_measures(
     alone = compare(inputs, "[0:v]setpts=PTS-STARTPTS",
                     f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
                     cwd=tmp_path, timeout=120, settings=settings)  # fmt: skip
-    assert alone.numbers == [16 * i for i in range(7)]
+    assert alone.numbers == [20 * i for i in range(5)]
     assert abs(sum(alone.vmaf) / len(alone.vmaf) - own.score) < 0.1, (alone.vmaf, own)
     # The source is the display size: scaled up, the rendition is compared with it as is.
     seen = compare(inputs, f"[0:v]{upscaled(1280, 720)},setpts=PTS-STARTPTS",

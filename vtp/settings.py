@@ -228,7 +228,7 @@ class Settings(BaseSettings):
     # medium-preset encode spends on it, and neighbouring frames score alike. An encode
     # measures itself as it goes (vtp.media.measure; `quality_measure` off: not at all),
     # scoring `quality_measure_share` of its frames spread over all of it, never fewer than
-    # six. Threads per comparison: two.
+    # three. Threads per comparison: two.
     quality_vmaf_subsample: int = Field(default=3, ge=1, le=30)
     quality_measure: bool = True
     quality_measure_share: float = Field(default=0.05, gt=0, le=0.5)

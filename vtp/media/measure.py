@@ -48,8 +48,12 @@ from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# Fewer scored frames than this make a mean worth little: a short clip scores this many.
-MIN_SCORED_FRAMES = 6
+# Fewer scored frames than this make a mean worth little: an output shorter than
+# MIN_SCORED_FRAMES / quality_measure_share frames (4 s at 30 fps) scores this many. Three,
+# not more: a frame's comparison at 1080p costs about what a medium encode spends on it,
+# so on a 2 s clip each further pair of frames cost 0.04 CPU-s per comparison; with six,
+# the measurement was a quarter of the clip's encodes (bench/pipeline_vs_ffmpeg.py).
+MIN_SCORED_FRAMES = 3
 
 # The pads the encode's own graph hands the measurement: the encoder's frames (selected)
 # and, when the rendition is smaller than the ladder's largest, the source at that size.
@@ -132,7 +136,13 @@ class Measurement:
             ]
             outputs.append("vtp_q2")
         maps = [arg for name in outputs for arg in ("-map", f"[{name}]")]
-        return ["-dec", "0:0", "-filter_complex", ";".join(graph), *maps, "-f", "null", "-"]
+        return [
+            # The loopback decoder (options before `-dec` are its own) on one thread: frame
+            # threads cost 0.2 CPU-s of a 2 s 1080p encode's 3 in hand-over alone, and one
+            # thread decodes several times faster than the encoder it follows produces.
+            "-threads", "1", "-dec", "0:0",
+            "-filter_complex", ";".join(graph), *maps, "-f", "null", "-",
+        ]  # fmt: skip
 
     def read(self) -> tuple[QualityScore, QualityScore | None]:
         """The scores the run logged: at the rendition's size (with SSIM), and at the
