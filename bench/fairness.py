@@ -17,14 +17,13 @@ While each scenario runs, the queue itself is read every 0.2 s: the messages of 
 JetStream stream the gateway queues async calls on (waiting, and delivered to a
 queue-worker but not yet acknowledged), grouped by the job_id of the TranscodeTask each
 carries; and, from PostgreSQL, each job's tasks running or queued with a call dispatched.
-The most calls of one job seen at once is set against the stack's `dispatch_window` (W),
-when its settings have one.
+The most calls of one job seen at once is set against the stack's window (W: vtp.jobs.
+scheduling.job_window of the settings its split runs with).
 
 A time runs from the client's upload to the job's own record of its success
 (jobs.finished_at). Figures are medians of the runs (min, max); a ratio is taken within each
 run and its median shown. `--runs N` (or VTP_BENCH_RUNS) sets the runs, `--only film` or
-`--only priority` one scenario; the functions' settings can be set as for any stack, e.g.
-LOCALFAAS_FUNCTION_ENV='{"*": {"VTP_DISPATCH_WINDOW": "2"}}'.
+`--only priority` one scenario, `--window N` another window than the default.
 """
 
 from __future__ import annotations
@@ -46,7 +45,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import nats
 import psycopg2
@@ -387,31 +385,19 @@ def priority_known() -> bool:
 def dispatch_window(cfg: LocalConfig) -> tuple[int | None, str]:
     """The most calls of one job the stack lets into the queue (W), and how it is set, from
     the settings the running split process has (its own environment, as the runtime gave
-    it): Settings.dispatch_window, else the fair-share scheduler's window (`job_window`,
-    0: derived from `dispatch_slots`); (None, why) when there is neither."""
+    it); (None, why) for a build without fair share."""
     rec = procs.running(cfg, runtime.replica_names("split", 1)[0])
     if rec is None:
         return None, "unknown (split is not running)"
     raw = Path(f"/proc/{rec.pid}/environ").read_bytes().split(b"\0")
     env = dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-    env.pop("VTP_SECRETS_DIR", None)  # settings only; no credentials needed
     try:
-        with mock.patch.dict(os.environ, env, clear=True):
-            settings = Settings()
-    except ValueError as exc:
-        return None, f"unreadable settings ({exc.__class__.__name__})"
-    window = getattr(settings, "dispatch_window", None)
-    if window is not None:
-        return int(window), f"dispatch_window {window}"
-    if not hasattr(settings, "job_window"):
-        return None, "none (no dispatch_window or job_window setting: FIFO)"
-    slots = getattr(settings, "dispatch_slots", "?")
-    how = f"job_window {getattr(settings, 'job_window', '?')}, dispatch_slots {slots}"
-    try:  # the scheduler's own rule for its window (vtp.jobs.scheduling.FairShare.window)
-        share = importlib.import_module("vtp.jobs.scheduling").FairShare(None, settings)
-        return int(share.window), how
-    except (ImportError, AttributeError, TypeError) as exc:
-        return None, f"{how} (window unknown: {exc!r})"
+        scheduling = importlib.import_module("vtp.jobs.scheduling")
+    except ImportError:
+        return None, "none (a build without fair share: FIFO)"
+    slots, window = env.get("VTP_DISPATCH_SLOTS", "3"), env.get("VTP_JOB_WINDOW", "0")
+    settings = Settings(dispatch_slots=int(slots), job_window=int(window))
+    return int(scheduling.job_window(settings)), f"dispatch_slots {slots}, job_window {window}"
 
 
 # --- report ----------------------------------------------------------------------------------
@@ -514,13 +500,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=RUNS, help="runs per figure (median)")
     parser.add_argument("--only", choices=("film", "priority"), help="one scenario only")
     parser.add_argument("--media", type=Path, help="keep the generated sources here, reused")
+    parser.add_argument("--window", type=int, help="VTP_JOB_WINDOW for the stack (default: "
+                        "the product's, two thirds of the slots)")  # fmt: skip
     args = parser.parse_args()
     if args.runs < 1:
         parser.error("--runs must be at least 1")
     run_dir = REPO / ".run" / "bench-fairness"
+    env = {"*": {"VTP_JOB_WINDOW": str(args.window)}} if args.window is not None else {}
     cfg = LocalConfig(
-        run_dir=run_dir, port_base=free_port_base(), gateway_port=free_port(), queue_workers=3
-    )
+        run_dir=run_dir, port_base=free_port_base(), gateway_port=free_port(), queue_workers=3,
+        function_env=env,
+    )  # fmt: skip
     runtime.down(cfg)
     shutil.rmtree(run_dir, ignore_errors=True)
     work = Path(tempfile.mkdtemp(prefix="vtp-bench-fairness-"))
