@@ -248,6 +248,8 @@ def _local_overrides(cfg: LocalConfig) -> dict[str, str]:
         "VTP_REDIS_URL": cfg.redis_url,
         # Everything here is on loopback, callback receivers included.
         "VTP_CALLBACK_ALLOW_PRIVATE_NETWORKS": "true",
+        # What this platform runs at once: one call per queue-worker (vtp.jobs.scheduling).
+        "VTP_DISPATCH_SLOTS": str(cfg.queue_workers),
     }
 
 
@@ -338,7 +340,10 @@ def _function_env(
 ) -> dict[str, str]:
     env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
     env.update(function_environment(plan.stack_dir, plan.spec))
-    env.update(_local_overrides(cfg))
+    local = _local_overrides(cfg)
+    if "VTP_DISPATCH_SLOTS" in plan.spec.environment:  # sized by the config's function_env
+        local.pop("VTP_DISPATCH_SLOTS")
+    env.update(local)
     env.update(
         {
             "UPSTREAM_PORT": str(port),

@@ -16,6 +16,7 @@ import redis
 import uvicorn
 
 from tests.ports import free_port
+from tests.stackenv import FAST
 from vtp import db
 from vtp.events import EventBus
 from vtp.invoker import Invoker
@@ -39,6 +40,7 @@ def build_pipeline(stack_env: dict[str, str]) -> Pipeline:
         postgres_dsn=stack_env["VTP_POSTGRES_DSN"],  # type: ignore[arg-type]
         redis_url=stack_env["VTP_REDIS_URL"],  # type: ignore[arg-type]
         gateway_url=stack_env["VTP_GATEWAY_URL"],
+        dispatch_slots=int(FAST["VTP_DISPATCH_SLOTS"]),  # as the stack's own split counts
     )
     dsn = settings.postgres_dsn.get_secret_value()
     conn = db.connect(dsn)
@@ -64,6 +66,27 @@ def quiet_bucket(pipeline: Pipeline) -> str:
     return name
 
 
+HELD = "held-by-test"
+
+
+def hold(store: JobStore, job: Job) -> Job:
+    """Keep a job recorded in the stack's database from ever being dispatched: each task is
+    given a call (HELD) that no queue holds, so fair share (vtp.jobs.scheduling), which the
+    stack's split and sweeper run after every call, counts it in flight instead of handing
+    it to the stack's functions. The test runs or ends its tasks itself (a call of its own
+    begins an attempt of a queued task whatever call it waits for)."""
+    for rend in job.renditions:
+        for task in rend.tasks:
+            store.record_dispatch(job.id, rend.name, HELD, chunk=task.chunk)
+    return store.get(job.id)
+
+
+def record_job(pipeline: Pipeline, *args: Any, **kw: Any) -> tuple[Job, bool]:
+    """`store.create_job` for a job the test runs itself: recorded and held (`hold`)."""
+    job, created = pipeline.store.create_job(*args, **kw)
+    return (hold(pipeline.store, job) if created else job), created
+
+
 def job_for_clip(pipeline: Pipeline, clip: Path, renditions: list[str]) -> Job:
     """A job recorded for `clip` (uploaded to `quiet_bucket`, probed as split would) and not
     dispatched: the test runs or ends its tasks itself, whatever the stack is doing."""
@@ -73,7 +96,7 @@ def job_for_clip(pipeline: Pipeline, clip: Path, renditions: list[str]) -> Job:
     stat = pipeline.storage.stat(bucket, key)
     info = probe_source(pipeline.storage.presigned_get(bucket, key, expires=600), pipeline.settings)
     ref = SourceRef(bucket=bucket, key=key, etag=stat.etag, size=stat.size)
-    job, _ = pipeline.store.create_job(ref, info, plan_ladder(info, pipeline.settings, renditions))
+    job, _ = record_job(pipeline, ref, info, plan_ladder(info, pipeline.settings, renditions))
     return job
 
 

@@ -30,4 +30,9 @@ FAST: dict[str, str] = {
     # libvmaf scores every sixth frame of a sample, not every third: the same filter, log and
     # pooling, at half the CPU of every sample in the suite.
     "VTP_QUALITY_VMAF_SUBSAMPLE": "6",
+    # Fair share (vtp.jobs.scheduling) without a bound: the session stack runs many tests'
+    # jobs, and holds those the tests run themselves (tests/inprocess.py `hold`) as calls in
+    # flight. Its choices and bounds are tested against PostgreSQL (test_scheduling.py) and
+    # measured on a stack with its real bound (bench/fairness.py, make demo).
+    "VTP_DISPATCH_SLOTS": "1000",
 }

@@ -23,6 +23,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from localfaas.config import LocalConfig
+from tests.inprocess import hold
 from vtp import access, db, links
 from vtp.errors import Forbidden, Unauthorized
 from vtp.jobs import JobStore, SourceRef
@@ -54,6 +55,7 @@ def _job(stack: LocalConfig) -> str:
         source, INFO, [SPEC], callback_url=f"https://hooks.example.com/done?key={RECEIVER_SECRET}"
     )
     assert created
+    hold(store, job)  # never handed to the stack's functions: its source does not exist
     return str(job.id)
 
 

@@ -9,7 +9,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
 
@@ -446,40 +445,6 @@ def test_retry_backoff_then_dead(make_store: Callable[..., JobStore]) -> None:
     assert rend.task().finished_at is not None and rend.task().next_retry_at is None
     with pytest.raises(Conflict):
         store.begin_attempt(job.id, "720p", "call-6")
-
-
-def test_due_retries_are_leased(make_store: Callable[..., JobStore]) -> None:
-    store = make_store(retry_base_s=0.3, retry_max_s=0.3)
-    job, _ = store.create_job(source(), INFO, PLAN)
-    for attempt in (1, 2, 3):
-        store.begin_attempt(job.id, "360p", f"call-{attempt}")
-        state = store.fail_task(
-            job.id, "360p", "ffmpeg crashed", retryable=True, max_attempts=3
-        ).state
-        if attempt == 3:
-            assert state is TaskState.DEAD
-            break
-        assert state is TaskState.RETRYING
-        assert store.due_retries() == []  # back-off not over yet
-        time.sleep(0.4)
-        due = store.due_retries(lease_s=60)
-        assert [(r.job_id, r.rendition) for r in due] == [(job.id, "360p")]
-        assert due[0].state is TaskState.RETRYING
-        assert due[0].next_retry_at is not None
-        assert due[0].next_retry_at > datetime.now(UTC) + timedelta(seconds=50)
-        assert store.due_retries() == []  # leased: an overlapping sweep skips it
-    # A rendition of one task has no rows of its own: its task's (chunk 0) are its moves.
-    history = [(c.rendition, c.chunk, c.from_state, c.to_state) for c in store.history(job.id)]
-    assert history == [
-        (None, None, None, "queued"),
-        ("360p", 0, "queued", "running"),
-        (None, None, "queued", "running"),
-        ("360p", 0, "running", "retrying"),
-        ("360p", 0, "retrying", "running"),
-        ("360p", 0, "running", "retrying"),
-        ("360p", 0, "retrying", "running"),
-        ("360p", 0, "running", "dead"),
-    ]
 
 
 def test_permanent_failure(store: JobStore) -> None:

@@ -15,7 +15,7 @@ import requests
 from pydantic import SecretStr
 
 from tests.api import http
-from tests.inprocess import chunked_pipeline, job_for_clip, quiet_bucket
+from tests.inprocess import chunked_pipeline, job_for_clip, quiet_bucket, record_job
 from vtp import db
 from vtp.errors import Conflict
 from vtp.jobs import Job, SourceRef
@@ -45,7 +45,7 @@ def test_call_refused_before_the_handler_becomes_a_retry(pipeline: Pipeline) -> 
     """A 429/502/504 for a call that never began (busy watchdog, restarting function) must not
     leave the rendition queued forever: it becomes a retry with the reason recorded."""
     src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e1")
-    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    job, _ = record_job(pipeline, src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     pipeline.store.record_dispatch(job.id, "360p", "never-started")
     out = pipeline.on_rendition_callback(
         str(job.id), "360p", function_status=429, call_id="never-started"
@@ -64,7 +64,7 @@ def test_successful_callback_for_an_unstarted_rendition_changes_nothing(
 ) -> None:
     """A 2xx "skipped" answer (a duplicate delivery) is not a failure."""
     src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e2")
-    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    job, _ = record_job(pipeline, src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="dup")
     assert pipeline.store.get(job.id).rendition("360p").state is RenditionState.QUEUED
 
@@ -117,7 +117,7 @@ def test_a_bug_in_the_encoder_is_recorded_as_what_it_is(
     key = f"core/{time.time_ns()}.mp4"
     pipeline.storage.put_bytes("uploads", key, b"stands in for a video: never decoded here")
     src = SourceRef(bucket="uploads", key=key, etag=pipeline.storage.stat("uploads", key).etag)
-    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    job, _ = record_job(pipeline, src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     out = pipeline.run_rendition(TranscodeTask(job_id=job.id, rendition="360p"), "call-bug")
     rend = pipeline.store.get(job.id).rendition("360p")
     assert out["state"] == "failed" and rend.state is RenditionState.FAILED
@@ -158,14 +158,15 @@ def test_a_source_deleted_or_replaced_since_the_job_began_fails_for_good(
     pipeline.storage.put_bytes("uploads", key, b"version one")
     etag = pipeline.storage.stat("uploads", key).etag
     plan = plan_ladder(INFO, pipeline.settings, ["360p"])
-    replaced, _ = pipeline.store.create_job(
-        SourceRef(bucket="uploads", key=key, etag=etag), INFO, plan
-    )
+    replaced, _ = record_job(pipeline, SourceRef(bucket="uploads", key=key, etag=etag), INFO, plan)
     pipeline.storage.put_bytes("uploads", key, b"version two, a different object")
     out = pipeline.run_rendition(TranscodeTask(job_id=replaced.id, rendition="360p"), "c-r")
     assert out["state"] == "failed" and "was replaced" in out["error"], out
-    gone, _ = pipeline.store.create_job(
-        SourceRef(bucket="uploads", key=f"core/{time.time_ns()}-gone.mp4", etag="e4"), INFO, plan
+    gone, _ = record_job(
+        pipeline,
+        SourceRef(bucket="uploads", key=f"core/{time.time_ns()}-gone.mp4", etag="e4"),
+        INFO,
+        plan,
     )
     out = pipeline.run_rendition(TranscodeTask(job_id=gone.id, rendition="360p"), "c-g")
     assert out["state"] == "failed" and "is gone" in out["error"], out
@@ -180,7 +181,7 @@ def test_a_redelivered_call_refused_as_duplicate_leaves_the_attempt_running(
     write off the attempt that is encoding; a failed report of it must, once the attempt has
     stayed silent after it."""
     src = SourceRef(bucket="uploads", key=f"core/{time.time_ns()}.mp4", etag="e5")
-    job, _ = pipeline.store.create_job(src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
+    job, _ = record_job(pipeline, src, INFO, plan_ladder(INFO, pipeline.settings, ["360p"]))
     pipeline.store.record_dispatch(job.id, "360p", "call-1")
     pipeline.store.begin_attempt(job.id, "360p", "call-1")
     pipeline.on_rendition_callback(str(job.id), "360p", function_status=200, call_id="call-1")
@@ -213,7 +214,8 @@ def test_a_written_off_attempt_can_neither_overwrite_nor_publish(
     stat = pipeline.storage.stat(bucket, key)
     url = pipeline.storage.presigned_get(bucket, key, expires=600)
     info = probe_source(url, pipeline.settings, size_bytes=stat.size)
-    job, _ = pipeline.store.create_job(
+    job, _ = record_job(
+        pipeline,
         SourceRef(bucket=bucket, key=key, etag=stat.etag, size=stat.size),
         info,
         plan_ladder(info, pipeline.settings, ["360p"]),
@@ -653,8 +655,8 @@ def test_a_chunk_refused_the_same_way_twice_fails_at_once(
     info = SourceInfo(duration=20.0, width=640, height=360, fps=25.0, has_audio=False,
                       video_codec="h264")  # fmt: skip
     chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
-    job = pipeline.store.create_job(
-        src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
+    job = record_job(
+        pipeline, src, info, plan_ladder(info, pipeline.settings, ["360p"]), chunks=chunks
     )[0]
 
     def run(call: str) -> dict[str, object]:
@@ -687,7 +689,7 @@ def _silent_job_in_chunks(
     src = SourceRef(bucket=bucket, key=key, etag=pipeline.storage.stat(bucket, key).etag)
     chunks = plan_chunks(20.0, segment_s=4, chunk_s=8, threshold_s=0)
     plan = plan_ladder(info, pipeline.settings, list(ladder))
-    return pipeline.store.create_job(src, info, plan, chunks=chunks)[0]
+    return record_job(pipeline, src, info, plan, chunks=chunks)[0]
 
 
 @pytest.mark.slow

@@ -12,10 +12,13 @@ encoding one chunk of it. Attempts, leases, heartbeats, call ids and results bel
 a rendition's state is derived from its tasks' (`rendition_state`), in the same transaction.
 
 Task life: queued -> running -> succeeded | failed (permanent) | retrying (back-off) ->
-queued (dispatched again) -> running ... -> dead (budget spent). A call that never reached
-the handler is a refusal: queued -> retrying, or dead once `max_refusals` in a row. A
-rendition of one task goes the same way; one of several is running from the first start of
-any of its tasks until all have ended, failed (or dead) once one of them failed (or died).
+queued (dispatched again) -> running ... -> dead (budget spent). `queued` is both waiting
+for a slot (no call yet: vtp.jobs.scheduling decides who goes next) and a call in the
+platform's queue (`dispatch_call_id` set); a retry past its back-off waits for a slot too.
+A call that never reached the handler is a refusal: queued -> retrying, or dead once
+`max_refusals` in a row. A rendition of one task goes the same way; one of several is
+running from the first start of any of its tasks until all have ended, failed (or dead)
+once one of them failed (or died).
 
 Job life: queued -> running -> succeeded | failed; a source that cannot be processed is
 recorded failed at once; a job whose renditions all died before one ran goes queued ->

@@ -109,6 +109,26 @@ def _families(snap: Snapshot) -> Iterator[Metric]:
     )  # fmt: skip
     yield _per_rendition(written, snap.bytes_written)
 
+    by = ["priority"]
+    waiting = GaugeMetricFamily(
+        "vtp_tasks_waiting", "Tasks waiting for a slot (fair share), by job priority.", labels=by
+    )
+    in_flight = GaugeMetricFamily(
+        "vtp_calls_in_flight", "Calls queued or running on the platform, by job priority.",
+        labels=by,
+    )  # fmt: skip
+    for name in sorted(set(snap.waiting) | {"normal"}):
+        waiting.add_metric([name], snap.waiting.get(name, 0))
+        in_flight.add_metric([name], snap.in_flight.get(name, 0))
+    yield waiting
+    yield in_flight
+    yield _histogram(
+        "vtp_start_wait_seconds",
+        "From a task's creation to its first attempt's start, by its job's priority.",
+        snap.wait_by_priority,
+        label="priority",
+    )
+
 
 def _quota_families(
     refused: dict[tuple[str, str], int], at_work: dict[str, int]
@@ -135,11 +155,13 @@ def _per_rendition(family: CounterMetricFamily, values: dict[str, int]) -> Metri
     return family
 
 
-def _histogram(name: str, documentation: str, by_rendition: dict[str, Histogram]) -> Metric:
-    family = HistogramMetricFamily(name, documentation, labels=["rendition"])
-    for rendition, h in sorted(by_rendition.items()):
+def _histogram(
+    name: str, documentation: str, by_key: dict[str, Histogram], *, label: str = "rendition"
+) -> Metric:
+    family = HistogramMetricFamily(name, documentation, labels=[label])
+    for key, h in sorted(by_key.items()):
         family.add_metric(
-            [rendition],
+            [key],
             [("+Inf" if b == float("inf") else repr(b), n) for b, n in h.buckets],
             h.total,
         )

@@ -51,7 +51,10 @@ METADATA_FIELDS = {
     "codecs": "codecs",  # "h264,hevc,av1"
     "hdr": "hdr",  # "keep"
     "private": "private",  # "true" / "false"
+    "priority": "priority",  # "low", "normal", "high" or 0-100
 }
+# Priorities by name, as points on SVT Encore's 0-100 scale (vtp.jobs.scheduling weighs them).
+PRIORITIES = {"low": 25, "normal": 50, "high": 75}
 
 
 class CaptionFile(BaseModel):
@@ -100,6 +103,22 @@ class JobOptions(BaseModel):
     # Outputs only for whoever is given a signed play URL (vtp.privacy); None: the
     # deployment's default (VTP_PRIVATE_OUTPUTS), settled when the job is recorded.
     private: bool | None = None
+    # Its share of the platform against other jobs' (vtp.jobs.scheduling): "low", "normal"
+    # or "high", or 0-100. Not part of what the job makes: the same source and options asked
+    # for with another priority is the same job.
+    priority: int = Field(default=PRIORITIES["normal"], ge=0, le=100)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority_by_name(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in PRIORITIES:
+                return PRIORITIES[text]
+            if not text.isdigit():
+                raise ValueError(f"priority is one of {', '.join(PRIORITIES)} or 0-100")
+            return int(text)
+        return value
 
     @field_validator("formats")
     @classmethod
@@ -156,6 +175,8 @@ class JobOptions(BaseModel):
             recorded["hdr"] = self.hdr
         if self.private:
             recorded["private"] = True  # where the outputs are: Job.private reads it
+        if self.priority != PRIORITIES["normal"]:
+            recorded["priority"] = self.priority
         return recorded
 
 

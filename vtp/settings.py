@@ -295,6 +295,15 @@ class Settings(BaseSettings):
     # A rendition still queued this long after its dispatch is dispatched again by the sweeper
     # (its queued call may have been lost); generous, since a long queue is not a lost call.
     redispatch_after_seconds: float = 2 * 3600
+    # Fair share (vtp.jobs.scheduling): tasks wait in PostgreSQL and at most `dispatch_slots`
+    # calls are in the platform's queue or running at once, all jobs together: size it to
+    # what the platform runs at once (the CE queue-worker runs one call at a time: its
+    # queue-workers; 3 in docker-compose.yml). At most `job_window` of them are one job's
+    # (0: two thirds of the slots, at least one). A job's priority rises one level (25
+    # points) per `priority_ageing_seconds` it has waited, so low ones are never starved.
+    dispatch_slots: int = Field(default=3, ge=1, le=10_000)
+    job_window: int = Field(default=0, ge=0)
+    priority_ageing_seconds: float = Field(default=300.0, gt=0)
 
     # --- uploads through the progress page (ws-relay: vtp_relay.uploads) -------------------
     # The largest file an upload ticket lets into the uploads bucket: the POST policy's

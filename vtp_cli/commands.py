@@ -42,9 +42,14 @@ def watch_job(
 ) -> int:
     with BarsView(console) as bars:
         told: list[str] = []
+        waited: list[str | None] = [None]
 
         def changed(job: JobProgress) -> None:
             bars.update(job)
+            # Waiting for a slot (fair share): said when it changes.
+            if job.waiting and job.waiting != waited[0] and not job.finished:
+                bars.progress.console.print(f"[dim]{escape(job.waiting)}[/]")
+            waited[0] = job.waiting
             # Playable early: said once per new set, with the master that lists it.
             if job.ready and job.ready != told and not job.finished and job.master_url:
                 told[:] = job.ready
@@ -87,7 +92,7 @@ def cmd_upload(args: argparse.Namespace, config: ClientConfig, console: Console)
         for name, value in (
             ("renditions", args.renditions), ("formats", args.formats),
             ("callback-url", args.callback_url), ("loudness", args.loudness),
-            ("codecs", args.codecs),
+            ("codecs", args.codecs), ("priority", args.priority),
         )
         if value
     }  # fmt: skip
@@ -240,6 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", help="hls,dash,mp4 (upload metadata)")
     p.add_argument("--codecs", help="video codecs beside H.264: hevc,av1 (upload metadata)")
     p.add_argument("--loudness", help="EBU R128 target in LUFS, e.g. -16 (upload metadata)")
+    p.add_argument("--priority", help="low, normal, high or 0-100: its share against other "
+                   "jobs' (upload metadata)")  # fmt: skip
     p.add_argument("--callback-url", help="where the finished job is posted (upload metadata)")
     p.add_argument("--watch", action="store_true", help="follow the job until it ends")
     p.add_argument("--find-timeout", type=float, default=60.0,

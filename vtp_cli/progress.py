@@ -84,6 +84,8 @@ class JobProgress:
     viewed: bool = False
     # The renditions the master playlist lists while the job runs (playable early).
     ready: list[str] = field(default_factory=list)
+    # Its work waiting for a slot, as `queue_line` says it; None once nothing waits.
+    waiting: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -186,6 +188,7 @@ class JobProgress:
         if isinstance(view.get("ready"), list) and len(view["ready"]) >= len(self.ready):
             self.ready = [str(name) for name in view["ready"]]
         self.source_key = (view.get("source") or {}).get("key") or self.source_key
+        self.waiting = queue_line(view) if not self.finished else None
         for item in view.get("renditions") or []:
             rend = self.rendition(str(item["name"]))
             rend.width = item.get("width") or rend.width
@@ -256,3 +259,21 @@ def bar_rows(job: JobProgress) -> list[BarRow]:
             )
         )
     return rows
+
+
+def queue_line(view: Mapping[str, Any]) -> str | None:
+    """ "waiting: 3 jobs ahead, starts in about 40 s" for a job whose work waits for a slot
+    (vtp.jobs.scheduling), with its priority when not normal; None otherwise."""
+    queue = view.get("queue")
+    if not queue:
+        return None
+    priority = view.get("priority")
+    named = {25: "low", 50: "normal", 75: "high"}.get(int(priority or 50), str(priority))
+    extra = f" (priority {named})" if named != "normal" else ""
+    if queue.get("in_flight"):
+        return f"{queue['in_flight']} running or queued, {queue.get('waiting', 0)} waiting{extra}"
+    ahead = int(queue.get("ahead") or 0)
+    text = f"waiting: {ahead} job{'s' if ahead != 1 else ''} ahead"
+    if queue.get("start_in_s") is not None:
+        text += f", starts in about {max(1, round(float(queue['start_in_s'])))} s"
+    return text + extra

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
-from vtp_cli.progress import TERMINAL_STATES, JobProgress, bar_rows
+from vtp_cli.progress import TERMINAL_STATES, JobProgress, bar_rows, queue_line
 
 STATE_STYLES = {
     "queued": "grey62",
@@ -169,6 +169,9 @@ def print_job(console: Console, view: Mapping[str, Any]) -> None:
             console.print(f"{label + ':':<17}{_when(view[key])}")
     if view.get("error"):
         console.print(f"[red]{'error:':<17}[/]{escape(str(view['error']))}")
+    waiting = queue_line(view)
+    if waiting:
+        console.print(f"{'queue:':<17}{waiting}")
     console.print(renditions_table(view))
     plan = view.get("plan") or {}
     for dropped in plan.get("pruned") or []:

@@ -9,9 +9,10 @@ outcome of every call to split's callback route; a call that never reached the h
 letter with its reason instead of being re-dispatched forever. Refusals are counted only for
 the call being waited for: a late report of a superseded call changes nothing.
 
-The sweeper re-dispatches what is due (`due_retries`) and what waited so long that its call
-was probably lost (`lost_dispatches`); both claim rows under a lease, so overlapping sweeps
-do not dispatch twice, and a duplicate call that does arrive is refused by `begin_attempt`.
+Which task gets a call when is fair share's choice (vtp.jobs.scheduling: it records its calls
+the way `record_dispatch` does). The sweeper re-dispatches what waited so long that its call
+was probably lost (`lost_dispatches`), claiming rows under a lease so overlapping sweeps do
+not dispatch twice; a duplicate call that does arrive is refused by `begin_attempt`.
 """
 
 from __future__ import annotations
@@ -101,7 +102,8 @@ class Dispatches(Attempts):
         return self._run(tx)
 
     def lost_dispatches(self, older_than_s: float, *, limit: int = 100) -> builtins.list[Task]:
-        """Claim tasks still queued `older_than_s` after their dispatch, to dispatch again.
+        """Claim tasks still queued `older_than_s` after their dispatch, to dispatch again
+        (a task waiting for a slot has no call to lose: vtp.jobs.scheduling).
 
         A long queue is not a lost call, so the threshold should be generous; claiming moves
         dispatched_at to now (a lease), and a duplicate call that does arrive is refused by
@@ -113,9 +115,9 @@ class Dispatches(Attempts):
                 """
                 WITH lost AS (
                     SELECT job_id, rendition, chunk FROM tasks
-                    WHERE state = 'queued'
-                      AND COALESCE(dispatched_at, created_at) < now() - make_interval(secs => %s)
-                    ORDER BY COALESCE(dispatched_at, created_at)
+                    WHERE state = 'queued' AND dispatch_call_id IS NOT NULL
+                      AND dispatched_at < now() - make_interval(secs => %s)
+                    ORDER BY dispatched_at
                     LIMIT %s
                     FOR UPDATE SKIP LOCKED
                 )
@@ -128,35 +130,5 @@ class Dispatches(Attempts):
                 (older_than_s, limit),
             )
             return [row_to_task(row) for row in cur.fetchall()]
-
-        return self._run(tx)
-
-    def due_retries(self, *, limit: int = 100, lease_s: float = 120.0) -> builtins.list[Task]:
-        """Claim retrying tasks whose back-off has passed, for re-dispatch.
-
-        Claiming pushes next_retry_at forward by `lease_s`: overlapping sweeper runs do not
-        dispatch the same retry twice, and a dispatch that got lost is picked up again when
-        the lease runs out (a duplicate that does arrive is refused by `begin_attempt`).
-        """
-
-        def tx(cur: Cursor) -> builtins.list[Task]:
-            cur.execute(
-                """
-                WITH due AS (
-                    SELECT job_id, rendition, chunk FROM tasks
-                    WHERE state = 'retrying' AND next_retry_at <= now()
-                    ORDER BY next_retry_at
-                    LIMIT %s
-                    FOR UPDATE SKIP LOCKED
-                )
-                UPDATE tasks t SET next_retry_at = now() + make_interval(secs => %s)
-                FROM due
-                WHERE t.job_id = due.job_id AND t.rendition = due.rendition
-                  AND t.chunk = due.chunk
-                RETURNING t.*
-                """,
-                (limit, lease_s),
-            )
-            return [row_to_task(r) for r in cur.fetchall()]
 
         return self._run(tx)

@@ -155,6 +155,7 @@ class Job(BaseModel):
     # The options as asked and where they came from; None for jobs from before 0009.
     options: dict[str, Any] | None = None
     redrives: int = 0  # how often an operator queued its failures again (migration 0011)
+    priority: int = 50  # its share against other jobs' (vtp.jobs.scheduling; migration 0017)
     outputs_deleted_at: datetime | None = None  # removed by retention (migration 0012)
     # The renditions the master playlist lists so far (migration 0013): playable early.
     ready: list[str] = Field(default_factory=list)

@@ -62,6 +62,15 @@ WAITING_SQL = (
 )
 
 
+def job_window(settings: Settings) -> int:
+    """Calls of one job at most: `job_window`, or by default two thirds of the slots (at
+    least one), so a lone job keeps most of the platform busy and a newcomer finds a slot
+    free at once rather than after one of the others' calls."""
+    if settings.job_window:
+        return min(settings.job_window, settings.dispatch_slots)
+    return max(1, (2 * settings.dispatch_slots) // 3)
+
+
 def priority_name(priority: int) -> str:
     """ "high" for 75, "p90" for 90: a label for metrics and views."""
     named = {v: k for k, v in PRIORITIES.items()}
@@ -118,12 +127,7 @@ class FairShare:
 
     @property
     def window(self) -> int:
-        """Calls of one job at most: `job_window`, or by default two thirds of the slots (at
-        least one), so a lone job keeps most of the platform busy and a newcomer finds a
-        slot free at once rather than after one of its calls."""
-        if self.settings.job_window:
-            return min(self.settings.job_window, self.slots)
-        return max(1, (2 * self.slots) // 3)
+        return job_window(self.settings)
 
     # --- claiming -------------------------------------------------------------------------------
     def claim(self) -> list[Task]:

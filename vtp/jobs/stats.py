@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from vtp.jobs.queries import Queries
+from vtp.jobs.scheduling import IN_FLIGHT_SQL, WAITING_SQL, priority_name
 from vtp.jobs.transactions import Cursor
 
 # Seconds: an encode of a 2 s chunk at 360p to a 2-hour film at 1080p; a queue wait of an
@@ -42,6 +43,11 @@ class Snapshot:
     callbacks: dict[str, int] = field(default_factory=dict)  # jobs by callback status
     callback_failures: int = 0  # delivery attempts that failed
     bytes_written: dict[str, int] = field(default_factory=dict)  # by rendition
+    # Fair share (vtp.jobs.scheduling), by job priority ("low", "normal", "high", "p90"):
+    # tasks waiting for a slot, calls in flight, and each task's wait for its first start.
+    waiting: dict[str, int] = field(default_factory=dict)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    wait_by_priority: dict[str, Histogram] = field(default_factory=dict)
 
 
 class Stats(Queries):
@@ -105,6 +111,29 @@ class Stats(Queries):
                 """
             )
             snap.bytes_written = {str(r["name"]): int(r["b"]) for r in cur.fetchall()}
+            cur.execute(
+                f"""
+                SELECT j.priority, count(*) FILTER (WHERE {WAITING_SQL}) AS waiting,
+                       count(*) FILTER (WHERE {IN_FLIGHT_SQL}) AS in_flight
+                FROM tasks t JOIN jobs j ON j.id = t.job_id
+                WHERE t.state IN ('queued', 'retrying', 'running') GROUP BY j.priority
+                """  # noqa: S608 - literal clauses only
+            )
+            for r in cur.fetchall():
+                name = priority_name(int(r["priority"]))
+                snap.waiting[name] = int(r["waiting"])
+                snap.in_flight[name] = int(r["in_flight"])
+            by_priority = _histograms(
+                cur,
+                """
+                SELECT j.priority::text AS key,
+                       extract(epoch FROM t.started_at - t.created_at)::float8 AS v
+                FROM tasks t JOIN jobs j ON j.id = t.job_id
+                WHERE t.started_at IS NOT NULL AND t.started_at >= t.created_at
+                """,
+                WAIT_BUCKETS,
+            )
+            snap.wait_by_priority = {priority_name(int(k)): h for k, h in by_priority.items()}
             return snap
 
         return self._run(tx)

@@ -40,6 +40,7 @@ class Submission(Queries):
         callback_url: str | None = None,
         chunks: Sequence[ChunkRange] = (),
         decision: dict[str, Any] | None = None,
+        priority: int = 50,
     ) -> tuple[Job, bool]:
         """Record a job and its renditions; `(job, True)` if new, `(existing, False)` if not.
 
@@ -50,6 +51,7 @@ class Submission(Queries):
         `chunks`: every video rendition is encoded as these parts of the source, one task
         each (vtp.media.chunks); an audio rendition and, without chunks, every rendition is one
         task for the whole source. `decision`: how the ladder was decided (jobs.plan).
+        `priority`: its share against other jobs' (vtp.jobs.scheduling).
         """
         if not plan:
             raise InvalidRequest("a job needs at least one rendition")
@@ -64,8 +66,8 @@ class Submission(Queries):
                 """
                 INSERT INTO jobs (source_bucket, source_key, source_etag, source_size,
                                   options_key, options, source_info, formats, callback_url,
-                                  callback_status, plan)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                                  callback_status, plan, priority)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                 ON CONFLICT (source_bucket, source_key, source_etag, options_key) DO NOTHING
                 RETURNING id
                 """,
@@ -81,6 +83,7 @@ class Submission(Queries):
                     callback_url,
                     (CallbackStatus.PENDING if callback_url else CallbackStatus.NONE).value,
                     psycopg2.extras.Json(decision) if decision is not None else None,
+                    priority,
                 ),
             )
             row = cur.fetchone()

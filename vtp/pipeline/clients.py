@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from functools import cached_property
 from uuid import UUID
 
 import redis
@@ -14,6 +15,7 @@ from vtp import db
 from vtp.events import EventBus, ProgressEvent
 from vtp.invoker import Invoker
 from vtp.jobs import Job, JobStore, Task
+from vtp.jobs.scheduling import FairShare
 from vtp.lifecycle import RetryPolicy
 from vtp.settings import Settings
 from vtp.storage import Storage
@@ -55,6 +57,12 @@ class Clients:
             EventBus(client, settings.redis_prefix),
             Invoker(settings.gateway_url),
         )
+
+    @cached_property
+    def queue(self) -> FairShare:
+        """Who gets the next call (vtp.jobs.scheduling), on the store's database: one per
+        process, shared by the dispatcher and the job views."""
+        return FairShare(self.store.connection_factory, self.settings)
 
     # --- events --------------------------------------------------------------------------------
     def publish(self, event: ProgressEvent) -> None:

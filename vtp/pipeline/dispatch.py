@@ -1,20 +1,22 @@
 """Dispatching transcode calls through the gateway's queue, and what the queue-worker reports
-about each: refusals, workers that died, retries with back-off."""
+about each: refusals, workers that died, retries with back-off.
+
+Tasks wait in PostgreSQL for a slot (vtp.jobs.scheduling): `pump` hands the gateway a call
+for each task fair share picks, whenever a slot may have freed: a job recorded or redriven,
+the queue-worker's report that a call ended, a retry's back-off over, the sweeper's round."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import threading
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
 
 from vtp import logs
 from vtp.errors import Conflict, VtpError
-from vtp.jobs import Job, Task
-from vtp.media.chunks import estimated_cost, longest_first
+from vtp.jobs import Task
 from vtp.models import TaskState, TranscodeTask
 from vtp.pipeline.clients import Clients
 from vtp.pipeline.fanin import FanIn
@@ -35,10 +37,35 @@ class Dispatcher:
         self.invoker = clients.invoker
         self.urls = urls
         self.fanin = fanin
+        self.queue = clients.queue
+
+    def pump(self) -> list[Task]:
+        """Hand the gateway a call for each task fair share picks for the free slots; the
+        tasks it dispatched. A hand-over the gateway refuses is a refusal (the task backs off
+        and its slot frees), and the slots are filled again, a few rounds at most."""
+        sent: list[Task] = []
+        for _ in range(3):
+            claimed = self.queue.claim()
+            refused = 0
+            for task in claimed:
+                with logs.context(job_id=task.job_id, rendition=task.rendition, chunk=task.chunk):
+                    call_id = str(task.dispatch_call_id)
+                    logs.bind(call_id=call_id)
+                    try:
+                        self._invoke(task, call_id)
+                        sent.append(task)
+                    except VtpError as exc:
+                        log.error("could not dispatch %s of job %s: %s", task.name, task.job_id,
+                                  exc.reason)  # fmt: skip
+                        self._refused(task, call_id, f"dispatch failed: {exc.reason}")
+                        refused += 1
+            if not refused:
+                break
+        return sent
 
     def dispatch(self, task: Task) -> None:
-        """Queue one transcode call for a task; a refused dispatch becomes a retry, never a
-        lost task.
+        """Queue one transcode call for a task that holds a slot already (a call the sweeper
+        believes lost); a refused dispatch becomes a retry, never a lost task.
 
         The call id is chosen here and recorded before the call is handed to the gateway
         (which keeps an X-Call-Id it is given), so the queue-worker's report on it, however
@@ -74,8 +101,8 @@ class Dispatcher:
         `straggler_factor` is 0. A backup the gateway refuses is dropped: the first call
         goes on as if nothing happened."""
         factor = self.settings.straggler_factor
-        if factor <= 0:
-            return 0
+        if factor <= 0 or not self.queue.spare():
+            return 0  # off, or every slot is wanted by waiting work
         sent = 0
         for task in self.store.stragglers(
             factor=factor, min_running_s=self.settings.straggler_min_seconds
@@ -97,13 +124,13 @@ class Dispatcher:
             self.store.drop_backup(task.job_id, task.rendition, call_id, reason, chunk=task.chunk)
 
     def dispatch_due_retries(self) -> int:
-        due = self.store.due_retries()
-        for task in due:
-            log.info(
-                "retrying %s of job %s (attempt %d)", task.name, task.job_id, task.attempts + 1
-            )
-            self.dispatch(task)
-        return len(due)
+        """Fill the free slots: retries past their back-off wait for one like every task."""
+        sent = self.pump()
+        for task in sent:
+            if task.attempts:
+                log.info("retrying %s of job %s (attempt %d)", task.name, task.job_id,
+                         task.attempts + 1)  # fmt: skip
+        return len(sent)
 
     def on_rendition_callback(
         self,
@@ -176,6 +203,10 @@ class Dispatcher:
         if task.state is TaskState.RETRYING:
             self._schedule_retry(task)
         finished = self.fanin.maybe_finalize(job_id, claimer=f"callback:{call_id}")
+        try:
+            self.pump()  # the call ended: its slot is free for whoever is next
+        except VtpError as exc:  # the sweeper fills it then
+            log.warning("could not fill the freed slot: %s", exc.reason)
         return {
             "job_id": job_id,
             "rendition": rendition,
@@ -261,24 +292,3 @@ def _status_text(status: int, body: bytes) -> str:
     if first.startswith("{"):  # our own JSON answers: the caller has them elsewhere
         first = ""
     return f"HTTP {status}" + (f": {first}" if first else "")
-
-
-def costliest_first(job: Job, tasks: Sequence[Task]) -> list[Task]:
-    """`tasks` of `job` in dispatch order (vtp.media.chunks.longest_first): the costliest first,
-    so the longest is not left to run alone at the end."""
-    assert job.source_info is not None
-    whole = job.source_info.duration
-    return longest_first(
-        [
-            (
-                estimated_cost(
-                    (t.end_s - t.start_s) if t.start_s is not None and t.end_s is not None
-                    else whole,
-                    width=r.spec.width, height=r.spec.height, audio_only=r.spec.kind != "video",
-                ),
-                t,
-            )
-            for t in tasks
-            for r in [job.rendition(t.rendition)]
-        ]
-    )  # fmt: skip

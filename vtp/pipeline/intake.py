@@ -28,7 +28,7 @@ from vtp.media.tuning import TitlePlan, tune
 from vtp.models import RenditionSpec, SourceInfo
 from vtp.options import INVALID_OPTIONS_KEY, JobOptions, OptionsOrigin, from_metadata, job_key
 from vtp.pipeline.clients import Clients
-from vtp.pipeline.dispatch import Dispatcher, costliest_first
+from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn
 from vtp.pipeline.views import kind_fields
 from vtp.storage import ListedObject
@@ -196,6 +196,7 @@ class Intake:
             callback_url=options.callback,
             chunks=planned.chunks,
             decision=planned.decision(),
+            priority=options.priority,
         )
         if not created:  # a concurrent call recorded it first
             return self._duplicate(job, options, others, manual=manual)
@@ -211,8 +212,7 @@ class Intake:
             ),
         )
         self.clients.announce(job)
-        for task in costliest_first(job, [t for r in job.renditions for t in r.tasks]):
-            self.dispatcher.dispatch(task)
+        self.dispatcher.pump()  # its tasks wait for slots (vtp.jobs.scheduling)
         return SubmitResult(
             job=self.store.get(job.id), created=True, reason=_new_reason(key, others, reprocess),
             others=others,

@@ -16,7 +16,7 @@ from vtp.errors import Conflict, NotFound, VtpError
 from vtp.events import ProgressEvent
 from vtp.jobs import Job
 from vtp.pipeline.clients import Clients
-from vtp.pipeline.dispatch import Dispatcher, costliest_first
+from vtp.pipeline.dispatch import Dispatcher
 from vtp.pipeline.fanin import FanIn
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class Operations:
     @logs.about_job
     def redrive(self, job_id: str) -> dict[str, Any]:
         """Queue a failed job's failed and dead renditions again with a fresh budget,
-        keeping what succeeded, and dispatch them (costliest first). Conflict for a job
+        keeping what succeeded, to be dispatched as slots free. Conflict for a job
         that is not failed, or has nothing to redrive."""
         before = self.store.get(self.store.resolve_id(job_id))
         broken = {r.name: r.error for r in before.renditions if r.state.terminal and r.error}
@@ -49,8 +49,7 @@ class Operations:
         for task in tasks:
             if task.start_s is not None:  # a chunk: its own segment of the bar
                 self.clients.publish(ProgressEvent.of_chunk(task, reopened=True))
-        for task in costliest_first(job, tasks):
-            self.dispatcher.dispatch(task)
+        self.dispatcher.pump()  # they wait for slots like any job's (vtp.jobs.scheduling)
         return {
             "job_id": str(job.id),
             "state": job.state.value,
@@ -71,6 +70,7 @@ class Operations:
         self.clients.announce(job)
         removed = self._remove_outputs(job)
         self.fanin.fire_callback(job)
+        self.dispatcher.pump()  # its slots are free for other jobs
         return {
             "job_id": str(job.id),
             "state": job.state.value,

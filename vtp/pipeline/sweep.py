@@ -35,19 +35,23 @@ class Sweeper:
         self.intake = intake
 
     def sweep(self) -> dict[str, int]:
-        """Write off silent workers, dispatch due retries and lost dispatches, finish stuck
+        """Write off silent workers, fill free slots with waiting tasks and due retries,
+        dispatch lost calls again, finish stuck
         finalizations, try again due job callbacks; and now and then reconcile the input
         buckets against the jobs (a lost event becomes a job)."""
         confirmed = self.dispatcher.confirm_deaths()
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for t in reaped:
             self.clients.publish_task(t)
-        backups = self.dispatcher.dispatch_backups()
-        retried = self.dispatcher.dispatch_due_retries()
         lost = self.store.lost_dispatches(self.settings.redispatch_after_seconds)
         for t in lost:
             log.warning("re-dispatching %s of job %s: still queued", t.name, t.job_id)
             self.dispatcher.dispatch(t)
+        # Waiting tasks and retries past their back-off, into whatever slots are free (a
+        # report of a call's end that never came, a split replica gone mid-dispatch), then
+        # backups for stragglers, only into slots nothing waits for.
+        retried = self.dispatcher.dispatch_due_retries()
+        backups = self.dispatcher.dispatch_backups()
         finalized = 0
         claimer = f"sweeper:{threading.get_ident()}"
         for job in self.store.finalizations_due():

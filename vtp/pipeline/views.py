@@ -23,6 +23,7 @@ class JobViews:
         self.store = clients.store
         self.bus = clients.bus
         self.urls = urls
+        self.queue = clients.queue
 
     def describe_job(
         self, job: Job, *, live: bool = True, listing: bool = False, play: bool = True
@@ -151,6 +152,23 @@ class JobViews:
             "tools": (job.plan or {}).get("tools"),
             "urls": urls,
             "callback": self._describe_callback(job, listing=listing),
+            "priority": job.priority,
+            # Work waiting for a slot (vtp.jobs.scheduling): the jobs served before it, its
+            # tasks waiting and in flight, and about when its first call starts.
+            "queue": self._queue(job) if live and not listing else None,
+        }
+
+    def _queue(self, job: Job) -> dict[str, Any] | None:
+        if job.state.terminal:
+            return None
+        place = self.queue.place(job.id)
+        if place is None:
+            return None
+        return {
+            "ahead": place.ahead,
+            "waiting": place.waiting,
+            "in_flight": place.in_flight,
+            "start_in_s": round(place.start_s, 1) if place.start_s is not None else None,
         }
 
     @staticmethod

@@ -320,6 +320,9 @@
         }
       }
       if (view.error) job.error = view.error;
+      // Work waiting for a slot (fair share, vtp.jobs.scheduling): null once nothing waits.
+      job.queue = isTerminal(job.state) ? null : view.queue || null;
+      job.priority = view.priority ?? job.priority;
       for (const rv of view.renditions || []) {
         const r = this.rendition(job, rv.name);
         r.width = rv.width ?? r.width;
@@ -1084,9 +1087,32 @@
       if (container.children[i] !== row) container.insertBefore(row, container.children[i] || null);
     });
     const probing = !rows.length && !isTerminal(job.state);
-    const note = container.querySelector(":scope > .muted");
+    const note = container.querySelector(":scope > .muted:not(.queue)");
     if (probing && !note) container.append(el("p", { class: "muted", text: "Probing the source…" }));
     else if (!probing && note) note.remove();
+    const waiting = queueText(job);
+    let line = container.querySelector(":scope > .queue");
+    if (waiting && !line) {
+      line = el("p", { class: "muted queue", role: "status" });
+      container.prepend(line);
+    }
+    if (line) {
+      line.hidden = !waiting;
+      line.textContent = waiting || "";
+    }
+  }
+
+  /** "Waiting: 3 jobs ahead, starts in about 40 s", as `vtp status` says it (queue_line). */
+  function queueText(job) {
+    const q = job.queue;
+    if (!q || isTerminal(job.state)) return "";
+    const named = { 25: "low", 50: "normal", 75: "high" }[job.priority ?? 50] ?? String(job.priority);
+    const extra = named !== "normal" ? ` (priority ${named})` : "";
+    if (q.in_flight) return `${q.in_flight} running or queued, ${q.waiting || 0} waiting${extra}`;
+    const ahead = q.ahead || 0;
+    let text = `Waiting: ${ahead} job${ahead === 1 ? "" : "s"} ahead`;
+    if (q.start_in_s != null) text += `, starts in about ${Math.max(1, Math.round(q.start_in_s))} s`;
+    return text + extra;
   }
 
   function sourceText(job) {
