@@ -13,7 +13,7 @@ import pytest
 
 from tests.test_jobs import INFO, PLAN, run_threads, source, spec
 from vtp.jobs import Job, JobStore
-from vtp.jobs.scheduling import FairShare, weight
+from vtp.jobs.scheduling import FairShare
 from vtp.lifecycle import TaskState
 from vtp.media.chunks import ChunkRange
 from vtp.settings import Settings
@@ -125,15 +125,12 @@ def test_a_high_job_goes_before_normal_ones_that_came_first(store: JobStore) -> 
     assert queue.place(high.id).ahead == 0  # type: ignore[union-attr]
 
 
-def test_weights_double_per_level() -> None:
-    assert weight(50) == 1 and weight(75) == 2 and weight(25) == 0.5 and weight(100) == 4
-
-
-def test_a_high_job_gets_a_larger_share(store: JobStore) -> None:
-    """Both with work to spare: high (weight 2) ends with twice the calls of normal (1)."""
+def test_a_high_job_fills_its_window_before_normal_ones_get_more(store: JobStore) -> None:
+    """Priority is an order: the high job's calls first, up to its window; the rest to the
+    normal one, which is not shut out meanwhile."""
     normal = _job(store, chunks=6)
     high = _job(store, chunks=6, priority=75)
-    queue = _share(store, dispatch_slots=6, job_window=6)
+    queue = _share(store, dispatch_slots=6, job_window=4)
     queue.claim()
     assert _in_flight(store) == Counter({high.id: 4, normal.id: 2})
 
