@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 # A retry due within this long is dispatched from a timer in split; later ones by the sweeper.
 INLINE_RETRY_WAIT_S = 15.0
+# After the queue-worker's report of a call's end, its slot is filled this much later: the
+# CE queue-worker acknowledges the call's NATS message only once this report is answered, so
+# a call dispatched at once would be a job's W+1st in the queue for that moment.
+SLOT_HANDOVER_S = 0.2
 
 
 class Dispatcher:
@@ -203,10 +207,11 @@ class Dispatcher:
         if task.state is TaskState.RETRYING:
             self._schedule_retry(task)
         finished = self.fanin.maybe_finalize(job_id, claimer=f"callback:{call_id}")
-        try:
-            self.pump()  # the call ended: its slot is free for whoever is next
-        except VtpError as exc:  # the sweeper fills it then
-            log.warning("could not fill the freed slot: %s", exc.reason)
+        # The call ended: its slot is free for whoever is next, once the queue-worker has
+        # acknowledged its message (right after this answer), not before.
+        timer = threading.Timer(SLOT_HANDOVER_S, self._pump_quietly)
+        timer.daemon = True
+        timer.start()
         return {
             "job_id": job_id,
             "rendition": rendition,
@@ -228,6 +233,12 @@ class Dispatcher:
         timer = threading.Timer(max(wait, 0) + 0.05, self._dispatch_due_quietly)
         timer.daemon = True
         timer.start()
+
+    def _pump_quietly(self) -> None:
+        try:
+            self.pump()
+        except Exception:
+            log.exception("filling a freed slot failed; the sweeper will")
 
     def _dispatch_due_quietly(self) -> None:
         try:
