@@ -135,6 +135,33 @@ def upload(cfg: LocalConfig, s3: Minio, path: Path, label: str, **meta: str) -> 
     return Upload(label, key, upload_s, datetime.now().astimezone())
 
 
+# Where each job's time went, by label, in the last scenario waited for (see `_parts`).
+PARTS: dict[str, tuple[float, float, float]] = {}
+
+
+def _parts(conn: Any, by_key: dict[str, Upload]) -> dict[str, tuple[float, float, float]]:
+    """Per upload: until its job existed (split's probe and plan, behind other uploads'),
+    until its first task started (waiting for a slot), and from then to its success."""
+    with conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(
+            "SELECT j.source_key, j.created_at, j.finished_at, min(t.started_at) AS started"
+            " FROM jobs j JOIN tasks t ON t.job_id = j.id WHERE j.source_key = ANY(%s)"
+            " GROUP BY j.id",
+            (list(by_key),),
+        )
+        rows = cur.fetchall()
+    out = {}
+    for r in rows:
+        up = by_key[r["source_key"]]
+        to_job = up.upload_s + (r["created_at"] - up.uploaded_at).total_seconds()
+        out[up.label] = (
+            to_job,
+            (r["started"] - r["created_at"]).total_seconds(),
+            (r["finished_at"] - r["started"]).total_seconds(),
+        )
+    return out
+
+
 def wait_all(cfg: LocalConfig, uploads: Sequence[Upload], until: float) -> dict[str, float]:
     """Each upload's seconds from its start to its job's success, by label, once all have
     succeeded (PostgreSQL polled, not status: one query for all of them). Exits on a job
@@ -160,6 +187,7 @@ def wait_all(cfg: LocalConfig, uploads: Sequence[Upload], until: float) -> dict[
                     raise SystemExit(f"the {label}'s job {row['state']}: {row['error']}")
             done = [r for r in rows if r["state"] == "succeeded"]
             if len(done) == len(by_key):
+                PARTS.update(_parts(conn, by_key))
                 return {
                     by_key[r["source_key"]].label: by_key[r["source_key"]].upload_s
                     + (r["finished_at"] - by_key[r["source_key"]].uploaded_at).total_seconds()
@@ -348,6 +376,8 @@ class Measured:
     times: dict[str, float]
     peaks: Peaks
     jobs: dict[str, str]  # job id -> label
+    # label -> seconds until its job existed, until its first task started, then running
+    parts: dict[str, tuple[float, float, float]] = field(default_factory=dict)
 
     def peak(self, which: str, prefix: str) -> int:
         """The most calls at once of any job whose label starts with `prefix`."""
@@ -370,7 +400,7 @@ def measure(cfg: LocalConfig, steps: Sequence[Step]) -> Measured:
                 time.sleep(delay)
             uploads.append(upload(cfg, s3, path, label, **meta))
         times = wait_all(cfg, uploads, until)
-    return Measured(times, sampler.peaks, job_ids(cfg, uploads))
+    return Measured(times, sampler.peaks, job_ids(cfg, uploads), dict(PARTS))
 
 
 def priority_known() -> bool:
@@ -453,6 +483,7 @@ def report_film(alone: Sequence[float], film_alone: Sequence[Measured],
         x = [m.times[label] / a for m, a in zip(mixed, alone, strict=True)]
         worst = max(worst, statistics.median(x))
         print(_row(f"  {label}", [m.times[label] for m in mixed], x))
+        print(_parts_row(mixed, label))
     print(_peaks_line(film_alone, [("film alone", "film")]))
     print(_peaks_line(mixed, [("film", "film"), ("clips", "clip")]))
     fx = statistics.median(film_x)
@@ -463,6 +494,15 @@ def report_film(alone: Sequence[float], film_alone: Sequence[Measured],
     ]  # fmt: skip
 
 
+def _parts_row(runs: Sequence[Measured], label: str) -> str:
+    """Medians of where a job's time went: to its job, waiting for a slot, running."""
+    parts = [m.parts[label] for m in runs if label in m.parts]
+    if not parts:
+        return ""
+    job, wait, ran = (statistics.median(p[i] for p in parts) for i in range(3))
+    return f"       to its job {job:.1f} s, waiting for a slot {wait:.1f} s, running {ran:.1f} s"
+
+
 def report_priority(alone: Sequence[float], behind: Sequence[Measured], priority: bool) -> str:
     """Scenario B's table; its goal."""
     tag = "x-amz-meta-vtp-priority: high" if priority else "sent without priority: this build"
@@ -471,6 +511,7 @@ def report_priority(alone: Sequence[float], behind: Sequence[Measured], priority
     highs = [m.times["high"] for m in behind]
     high_x = [h / a for h, a in zip(highs, alone, strict=True)]
     print(_row("high clip", highs, high_x))
+    print(_parts_row(behind, "high"))
     names = [f"normal {i + 1}" for i in range(NORMALS)]
     normal_x = [m.times[n] / a for m, a in zip(behind, alone, strict=True) for n in names]
     print(_row("normal clips, all", [m.times[n] for m in behind for n in names], normal_x))
