@@ -4,6 +4,7 @@ urgent jobs pass long ones, low ones are not starved, and nothing is lost or dou
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -299,7 +300,7 @@ def _calls(rx: Any, n: int) -> list[str]:
 
 
 def test_each_ended_call_lets_exactly_one_more_in(
-    store: JobStore, stack_env: dict[str, str]
+    store: JobStore, stack_env: dict[str, str], app_name: str
 ) -> None:
     """The queue-worker's reports free slots one for one; a duplicate or late report frees
     nothing; the sweeper dispatches what waits when no report comes."""
@@ -335,3 +336,16 @@ def test_each_ended_call_lets_exactly_one_more_in(
         p.sweep()
         _calls(rx, 1)
         assert sum(_in_flight(store).values()) == 3
+        # Reports by the hundred: the work each leaves for later runs on one thread, so the
+        # connections stay a handful (a thread each held one for good, and split ran
+        # PostgreSQL out of them).
+        for _ in range(100):
+            p.on_rendition_callback(str(clip.id), done.rendition, function_status=200,
+                                    call_id=call)  # fmt: skip
+        time.sleep(0.5)
+        _calls(rx, 0)
+        with store.connection_factory() as conn, conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                        (app_name,))  # fmt: skip
+            (connections,) = cur.fetchone()
+        assert connections <= 6, connections

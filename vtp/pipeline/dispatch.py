@@ -8,8 +8,12 @@ the queue-worker's report that a call ended, a retry's back-off over, the sweepe
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import threading
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from uuid import uuid4
@@ -33,6 +37,47 @@ INLINE_RETRY_WAIT_S = 15.0
 SLOT_HANDOVER_S = 0.2
 
 
+class Later:
+    """Work to do a little later in this process (a freed slot to fill, a retry due, a death
+    to confirm), run by one thread of its own, each piece at its time, once however often
+    it was asked for meanwhile.
+
+    A thread per piece (threading.Timer) was a thread, and so a database connection of its
+    own (the store keeps one per thread, for good), per call that ever ended: a split
+    serving a few hundred calls ran PostgreSQL out of connections (bench/fairness.py).
+    The sweeper covers what a process gone takes with it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, Callable[[], object]]] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def call(self, fn: Callable[[], object], *, after_s: float) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (time.monotonic() + max(0.0, after_s), next(self._seq), fn))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="vtp-later", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._due or self._due[0][0] > time.monotonic():
+                    self._cond.wait(self._due[0][0] - time.monotonic() if self._due else None)
+                ready: list[Callable[[], object]] = []
+                while self._due and self._due[0][0] <= time.monotonic():
+                    fn = heapq.heappop(self._due)[2]
+                    if fn not in ready:
+                        ready.append(fn)
+            for fn in ready:
+                try:
+                    fn()
+                except Exception:
+                    log.exception("%s failed; the sweeper will do it", getattr(fn, "__name__", fn))
+
+
 class Dispatcher:
     def __init__(self, clients: Clients, urls: Urls, fanin: FanIn) -> None:
         self.clients = clients
@@ -42,6 +87,7 @@ class Dispatcher:
         self.urls = urls
         self.fanin = fanin
         self.queue = clients.queue
+        self.later = Later()
 
     def pump(self) -> list[Task]:
         """Hand the gateway a call for each task fair share picks for the free slots; the
@@ -209,9 +255,7 @@ class Dispatcher:
         finished = self.fanin.maybe_finalize(job_id, claimer=f"callback:{call_id}")
         # The call ended: its slot is free for whoever is next, once the queue-worker has
         # acknowledged its message (right after this answer), not before.
-        timer = threading.Timer(SLOT_HANDOVER_S, self._pump_quietly)
-        timer.daemon = True
-        timer.start()
+        self.later.call(self.pump, after_s=SLOT_HANDOVER_S)
         return {
             "job_id": job_id,
             "rendition": rendition,
@@ -222,7 +266,7 @@ class Dispatcher:
         }
 
     def _schedule_retry(self, task: Task) -> None:
-        """Dispatch a retry due soon from a timer thread, so the answer to the queue-worker
+        """Dispatch a retry due soon later in this process, so the answer to the queue-worker
         (which runs one call at a time) is not held up; later ones go to the sweeper, which
         also covers a timer lost with its process."""
         if task.next_retry_at is None:
@@ -230,21 +274,7 @@ class Dispatcher:
         wait = (task.next_retry_at - datetime.now(UTC)).total_seconds()
         if wait > INLINE_RETRY_WAIT_S:
             return
-        timer = threading.Timer(max(wait, 0) + 0.05, self._dispatch_due_quietly)
-        timer.daemon = True
-        timer.start()
-
-    def _pump_quietly(self) -> None:
-        try:
-            self.pump()
-        except Exception:
-            log.exception("filling a freed slot failed; the sweeper will")
-
-    def _dispatch_due_quietly(self) -> None:
-        try:
-            self.dispatch_due_retries()
-        except Exception:
-            log.exception("dispatching due retries failed; the sweeper will pick them up")
+        self.later.call(self.dispatch_due_retries, after_s=wait + 0.05)
 
     def _refused(self, task: Task, call_id: str | None, reason: str) -> None:
         """Record that a call never reached the handler (a refusal: no attempt spent) and
@@ -271,11 +301,7 @@ class Dispatcher:
             return
         log.info("%s of job %s reported dead (%s); confirmed if silent for %gs", task.name,
                  task.job_id, reason, self.settings.death_confirm_seconds)  # fmt: skip
-        timer = threading.Timer(
-            self.settings.death_confirm_seconds + 0.5, self._confirm_deaths_quietly
-        )
-        timer.daemon = True
-        timer.start()
+        self.later.call(self.confirm_deaths, after_s=self.settings.death_confirm_seconds + 0.5)
 
     def confirm_deaths(self) -> int:
         """Fail the attempts reported dead that stayed silent, tell followers, retry them
@@ -288,12 +314,6 @@ class Dispatcher:
             else:
                 self.fanin.maybe_finalize(t.job_id, claimer=f"confirmed-death:{t.last_call_id}")
         return len(confirmed)
-
-    def _confirm_deaths_quietly(self) -> None:
-        try:
-            self.confirm_deaths()
-        except Exception:
-            log.exception("confirming reported deaths failed; the sweeper will")
 
 
 def _status_text(status: int, body: bytes) -> str:
