@@ -30,6 +30,28 @@ from vtp.lifecycle import TaskState
 log = logging.getLogger(__name__)
 
 
+def record_call(cur: Cursor, jid: UUID, rendition: str, chunk: int, call_id: str) -> Task | None:
+    """In `cur`'s transaction: queued|retrying -> queued, waiting for call `call_id`; None
+    when the task is running or finished (or cancelled) meanwhile: nothing to dispatch.
+    `record_dispatch` and fair share's claims (vtp.jobs.scheduling) both record calls so."""
+    row = lock_task(cur, jid, rendition, chunk)
+    state = TaskState(row["state"])
+    if state not in (TaskState.QUEUED, TaskState.RETRYING):
+        return None
+    cur.execute(
+        """
+        UPDATE tasks
+        SET state = 'queued', dispatch_call_id = %s, dispatched_at = now(),
+            next_retry_at = NULL
+        WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
+        RETURNING *
+        """,
+        (call_id, str(jid), rendition, chunk, state.value),
+    )
+    detail = "dispatched again" if state is TaskState.RETRYING else None
+    return task_changed(cur, row, one(cur), call_id=call_id, detail=detail)
+
+
 class Dispatches(Attempts):
     def record_dispatch(
         self, job_id: UUID | str, rendition: str, call_id: str, *, chunk: int = 0
@@ -38,26 +60,7 @@ class Dispatches(Attempts):
         handed to the gateway, so that its report can never arrive unrecognised. None when
         the task is running or finished: nothing to dispatch."""
         jid = parse_id(job_id)
-
-        def tx(cur: Cursor) -> Task | None:
-            row = lock_task(cur, jid, rendition, chunk)
-            state = TaskState(row["state"])
-            if state not in (TaskState.QUEUED, TaskState.RETRYING):
-                return None
-            cur.execute(
-                """
-                UPDATE tasks
-                SET state = 'queued', dispatch_call_id = %s, dispatched_at = now(),
-                    next_retry_at = NULL
-                WHERE job_id = %s AND rendition = %s AND chunk = %s AND state = %s
-                RETURNING *
-                """,
-                (call_id, str(jid), rendition, chunk, state.value),
-            )
-            detail = "dispatched again" if state is TaskState.RETRYING else None
-            return task_changed(cur, row, one(cur), call_id=call_id, detail=detail)
-
-        return self._run(tx)
+        return self._run(lambda cur: record_call(cur, jid, rendition, chunk, call_id))
 
     def record_refusal(
         self,

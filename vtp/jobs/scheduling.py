@@ -44,9 +44,9 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+from vtp.jobs.dispatches import record_call
 from vtp.jobs.models import Task
-from vtp.jobs.transactions import ConnectionFactory, Cursor, Transactions, one, task_changed
-from vtp.lifecycle import TaskState
+from vtp.jobs.transactions import ConnectionFactory, Cursor, Transactions
 from vtp.media.chunks import estimated_cost, longest_first
 from vtp.options import PRIORITIES
 from vtp.settings import Settings
@@ -59,6 +59,11 @@ _LEVEL = 25  # priority points per level: what waiting `priority_ageing_seconds`
 
 # The two sets of tasks the bounds count, as conditions on `tasks t` (metrics read them too).
 IN_FLIGHT_SQL = "(t.state = 'running' OR (t.state = 'queued' AND t.dispatch_call_id IS NOT NULL))"
+# Whose a task's job is: the credential that submitted it ('' for a bucket's upload).
+_TENANT_SQL = (
+    "COALESCE((SELECT MIN(s.credential) FROM submissions s WHERE s.job_id = t.job_id), '')"
+    " AS tenant"
+)
 WAITING_SQL = (
     "((t.state = 'queued' AND t.dispatch_call_id IS NULL)"
     " OR (t.state = 'retrying' AND t.next_retry_at <= now()))"
@@ -157,7 +162,12 @@ class FairShare:
             job.in_flight += 1
             tenants[job.tenant] += 1
             free -= 1
-        return [self._record(cur, row) for row in chosen]
+        # A task that began or ended since it was read (a late call, a cancel) is skipped.
+        recorded = [
+            record_call(cur, UUID(str(r["job_id"])), r["rendition"], r["chunk"], str(uuid4()))
+            for r in chosen
+        ]
+        return [t for t in recorded if t is not None]
 
     def _next(self, jobs: dict[UUID, _Job], tenants: dict[str, int], now: datetime) -> _Job | None:
         """The job whose waiting task gets the next slot (see the module doc), or None."""
@@ -181,9 +191,7 @@ class FairShare:
         """Calls in flight by job (a running task's backup call counts too), and by tenant."""
         cur.execute(
             f"""
-            SELECT t.job_id, count(*) + count(t.backup_call_id) AS calls,
-                   COALESCE((SELECT MIN(s.credential) FROM submissions s
-                             WHERE s.job_id = t.job_id), '') AS tenant
+            SELECT t.job_id, count(*) + count(t.backup_call_id) AS calls, {_TENANT_SQL}
             FROM tasks t
             WHERE {IN_FLIGHT_SQL}
             GROUP BY t.job_id
@@ -203,9 +211,7 @@ class FairShare:
             SELECT t.job_id, t.rendition, t.chunk, t.start_s, t.end_s, t.state,
                    j.priority, j.created_at, j.source_info->>'duration' AS duration,
                    r.spec->>'width' AS width, r.spec->>'height' AS height,
-                   COALESCE(r.spec->>'audio_only', 'false') AS audio_only,
-                   COALESCE((SELECT MIN(s.credential) FROM submissions s
-                             WHERE s.job_id = t.job_id), '') AS tenant
+                   COALESCE(r.spec->>'audio_only', 'false') AS audio_only, {_TENANT_SQL}
             FROM tasks t
             JOIN jobs j ON j.id = t.job_id
             JOIN renditions r ON r.job_id = t.job_id AND r.name = t.rendition
@@ -235,28 +241,6 @@ class FairShare:
         for jid, job in jobs.items():
             job.waiting = list(longest_first(rows[jid]))
         return jobs
-
-    def _record(self, cur: Cursor, chosen: dict[str, Any]) -> Task:
-        """queued|retrying -> queued with a call id, as `record_dispatch` records it."""
-        call_id = str(uuid4())
-        cur.execute(
-            "SELECT * FROM tasks WHERE job_id = %s AND rendition = %s AND chunk = %s FOR UPDATE",
-            (str(chosen["job_id"]), chosen["rendition"], chosen["chunk"]),
-        )
-        row = one(cur)
-        state = TaskState(row["state"])
-        cur.execute(
-            """
-            UPDATE tasks
-            SET state = 'queued', dispatch_call_id = %s, dispatched_at = now(),
-                next_retry_at = NULL
-            WHERE job_id = %s AND rendition = %s AND chunk = %s
-            RETURNING *
-            """,
-            (call_id, str(row["job_id"]), row["rendition"], row["chunk"]),
-        )
-        detail = "dispatched again" if state is TaskState.RETRYING else None
-        return task_changed(cur, row, one(cur), call_id=call_id, detail=detail)
 
     def spare(self) -> int:
         """Free slots nothing waits for (what a straggler's backup call may take), else 0."""
