@@ -24,9 +24,10 @@ from vtp.pipeline.transcode import _measured
 from vtp.settings import Settings
 
 
-def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
-    """At most `quality_measure_share` of the frames, never fewer than three: a 2 s clip
-    scores 3 of its 60 (each with the frame before it), 30 s every twentieth."""
+def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_bounded_share() -> None:
+    """`quality_measure_share` of the frames, never fewer than three nor more than
+    `quality_measure_max_frames`: a 2 s clip scores 3 of its 60 (each with the frame before
+    it), 10 s every twentieth, 30 s every 37th."""
     s = Settings()
     assert s.quality_measure_share == 0.05
     logs = Path("/tmp")
@@ -36,7 +37,10 @@ def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
     assert short.frames_per_part == 4 * 30  # a segment's frames
     long = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
                         display=(1920, 1080), size=(1920, 1080))  # fmt: skip
-    assert long.step == 20 and long.display is None, "the largest rung is its own display"
+    assert long.step == 37 and long.display is None, "the largest rung is its own display"
+    ten = measure.plan(300, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
+                       display=None, size=(1920, 1080))  # fmt: skip
+    assert ten.step == 20
     tiny = measure.plan(4, 25.0, logs=logs, settings=s, pixel_format="yuv420p",
                         display=None, size=(640, 360))  # fmt: skip
     assert tiny.step == 2
@@ -51,6 +55,18 @@ def test_a_short_clip_scores_a_handful_of_frames_a_long_one_a_share() -> None:
     hd = measure.plan(900, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
                       display=(3840, 2160), size=(1280, 720))  # fmt: skip
     assert hd.compared is None and hd.display == (1920, 1080)
+    # A bounded sample: 30 s at 30 fps scores 25 frames (every 37th from the first), not
+    # 45; a minute, as many. The display comparison takes every second one of them; a 2 s
+    # clip's three are all compared at the display size too.
+    assert s.quality_measure_max_frames == 24
+    assert (hd.step, hd.display_every, hd.display_step) == (37, 2, 74)
+    minute = measure.plan(1800, 30.0, logs=logs, settings=s, pixel_format="yuv420p",
+                          display=None, size=(1280, 720))  # fmt: skip
+    assert minute.step == 75
+    assert short.display_every == 1
+    graph = hd.output_args()[hd.output_args().index("-filter_complex") + 1]
+    assert r"[vtp_d2]select=expr=not(mod(n+1\,4))+not(mod(n\,4))," in graph, graph
+    assert r"[vtp_d1]select=expr=not(mod(n\,2))[vtp_s1]" in graph, "SSIM: scored frames only"
     # The pairs: the scored frame and the one before it, nothing else.
     assert short.select == r"select=expr=not(mod(n+1\,20))+not(mod(n\,20))"
     with pytest.raises(ValueError, match="plain path"):
@@ -80,10 +96,10 @@ def test_an_encode_measures_what_a_separate_comparison_measures(
     pipeline: Pipeline, source: tuple[str, SourceInfo], tmp_path: Path
 ) -> None:
     """The 360p rung of a 720p source, encoded at a high factor, measures itself at its
-    size and scaled up to 720p; the output and the source compared afterwards, on the
-    same frames, by a second ffmpeg, score the same."""
+    size and scaled up to 720p (on every second scored frame); the output and the source
+    compared afterwards, on the same frames, by a second ffmpeg, score the same."""
     url, info = source
-    s = pipeline.settings
+    s = pipeline.settings.model_copy(update={"quality_measure_share": 0.1})
     spec = next(r for r in plan_ladder(info, s) if r.name == "360p")
     spec = spec.model_copy(update={"crf": 34.0})
     out, logs = tmp_path / "out", tmp_path / "logs"
@@ -92,8 +108,9 @@ def test_an_encode_measures_what_a_separate_comparison_measures(
                      display=(1280, 720), size=(spec.width, spec.height))  # fmt: skip
     result = encode_rendition(url, info, spec, out, settings=s, measure=m)
     own, shown = m.read()
-    assert m.step == 20 and own.frames == 5, own  # frames 0, 20, ... 80 of 100
-    assert own.parts == 1 and result.segments == 1 and shown is not None
+    assert m.step == 10 and own.frames == 10, own  # frames 0, 10, ... 90 of 100
+    assert m.display_step == 20 and shown is not None and shown.frames == 5, shown
+    assert own.parts == 1 and result.segments == 1
     assert sorted(p.name for p in out.iterdir()) == sorted(result.files), "no log uploaded"
     assert 20 < shown.score < own.score < 99, (own, shown)
     assert own.ssim is not None and 0.5 < own.ssim < 1
@@ -103,12 +120,14 @@ def test_an_encode_measures_what_a_separate_comparison_measures(
     alone = compare(inputs, "[0:v]setpts=PTS-STARTPTS",
                     f"[1:V:0]{reference_filters(spec)},setpts=PTS-STARTPTS",
                     cwd=tmp_path, timeout=120, settings=settings)  # fmt: skip
-    assert alone.numbers == [20 * i for i in range(5)]
+    assert alone.numbers == [10 * i for i in range(10)]
     assert abs(sum(alone.vmaf) / len(alone.vmaf) - own.score) < 0.1, (alone.vmaf, own)
     # The source is the display size: scaled up, the rendition is compared with it as is.
+    every_second = s.model_copy(update={"quality_vmaf_subsample": m.display_step})
     seen = compare(inputs, f"[0:v]{upscaled(1280, 720)},setpts=PTS-STARTPTS",
-                   "[1:V:0]setpts=PTS-STARTPTS", cwd=tmp_path, timeout=120, settings=settings,
-                   log_name="up.json")  # fmt: skip
+                   "[1:V:0]setpts=PTS-STARTPTS", cwd=tmp_path, timeout=120,
+                   settings=every_second, log_name="up.json")  # fmt: skip
+    assert seen.numbers == [20 * i for i in range(5)]
     assert abs(sum(seen.vmaf) / len(seen.vmaf) - shown.score) < 0.1, (seen.vmaf, shown)
 
 

@@ -218,9 +218,10 @@ def test_harder_content_gets_more_bits_and_the_prediction_holds(
     info, url, spec = plans["easy"]
     out, logs = tmp_path / "easy-out", tmp_path / "easy-logs"
     logs.mkdir()
-    m = measure.plan(200, spec.fps, logs=logs, settings=settings.model_copy(
-        update={"quality_measure_share": 0.25}), pixel_format="yuv420p", display=None,
-        size=(spec.width, spec.height))  # fmt: skip
+    quarter = {"quality_measure_share": 0.25, "quality_measure_max_frames": 50}
+    m = measure.plan(200, spec.fps, logs=logs, settings=settings.model_copy(update=quarter),
+                     pixel_format="yuv420p", display=None,
+                     size=(spec.width, spec.height))  # fmt: skip
     result = encode_rendition(url, info, spec, out, settings=settings, measure=m)
     own, shown = m.read()
     # A quarter of the frames, every fourth, over both 100-frame segments.
@@ -238,7 +239,9 @@ def _encoded_vmaf(url: str, spec: RenditionSpec, out: Path, settings: Settings) 
     logs = out.with_name(out.name + "-logs")
     logs.mkdir(parents=True)
     # A quarter of its frames: the codecs are compared within 1.5 points.
-    dense = settings.model_copy(update={"quality_measure_share": 0.25})
+    dense = settings.model_copy(
+        update={"quality_measure_share": 0.25, "quality_measure_max_frames": 50}
+    )
     m = measure.plan(200, spec.fps, logs=logs, settings=dense, pixel_format="yuv420p",
                      display=None, size=(spec.width, spec.height))  # fmt: skip
     encode_rendition(url, info, spec, out, settings=settings, measure=m)

@@ -228,10 +228,12 @@ class Settings(BaseSettings):
     # medium-preset encode spends on it, and neighbouring frames score alike. An encode
     # measures itself as it goes (vtp.media.measure; `quality_measure` off: not at all),
     # scoring `quality_measure_share` of its frames spread over all of it, never fewer than
-    # three. Threads per comparison: two.
+    # three nor more than `quality_measure_max_frames` (a bounded sample: its mean is within
+    # about a point of all frames'). Threads per comparison: two.
     quality_vmaf_subsample: int = Field(default=3, ge=1, le=30)
     quality_measure: bool = True
     quality_measure_share: float = Field(default=0.05, gt=0, le=0.5)
+    quality_measure_max_frames: int = Field(default=24, ge=3, le=10_000)
     quality_vmaf_threads: int = Field(default=2, ge=1, le=16)
     # Per-title choice (vtp.media.tuning): split encodes `quality_sample_count` samples of
     # `quality_sample_seconds` spread over the source at a few factors and picks, per rung,

@@ -16,8 +16,14 @@ the whole output instead of one segment of it. Its cost is the output decoded on
 scored frames; a 2 s 720p clip's encode went from 1.06 to 1.26 CPU-s, where the separate
 measurement took 0.8 more.
 
-Which frames: at most `quality_measure_share` of the output's frames, never fewer than
-MIN_SCORED_FRAMES, one every `step` frames from the first. Each is taken with the frame
+Which frames: `quality_measure_share` of the output's frames, never fewer than
+MIN_SCORED_FRAMES nor more than `quality_measure_max_frames`, one every `step` frames from
+the first. The bound is what keeps the measurement a small part of the encode: the scores
+cost per frame compared (about 22 ms of CPU at 1080p), and a mean of two dozen frames spread
+over an encode already lies within about a point of the mean of all of them (the spread of
+per-frame VMAF within a title is a few points; its standard error over n frames shrinks as
+1/sqrt(n)). The output's decode, the measurement's fixed part, is about a fifteenth of an
+x264 medium encode's CPU (bench/pipeline_vs_ffmpeg.py prints both). Each is taken with the frame
 before it, and libvmaf scores every second frame of what it is given: the frame before is
 what its motion feature compares with, so a scored frame's motion is its real one (scoring
 frames `step` apart directly would see `step` frames of motion, and VMAF masks artefacts
@@ -26,7 +32,11 @@ frames wait in memory for the encoder's delay only one pair in `step`. Checked a
 the separate measurement of the same output: the same frames score within 0.04.
 
 The display comparison (a smaller rendition scaled up to the ladder's largest picture, the
-master playlist's SCORE) compares with the source made that size from the same decode.
+master playlist's SCORE) compares with the source made that size from the same decode, on
+every second scored frame once there are enough of them (`display_every`): each of its
+frames costs a 1080p comparison and an upscale whatever the rendition's size, so it was most
+of a small rung's measurement, for a figure that only ranks the rungs. SSIM, the secondary
+figure, is computed on the scored frames alone, not on the frames before them.
 
 Pictures larger than 1080p are compared scaled down to 1080p (COMPARED_PIXELS), and the
 display size is capped the same way. VMAF's default model is trained for a 1080p screen,
@@ -83,6 +93,8 @@ class Measurement:
     display: tuple[int, int] | None = None
     # Set for a rendition larger than COMPARED_PIXELS: both pictures scaled to this first.
     compared: tuple[int, int] | None = None
+    # The display comparison scores every n-th of the scored frames (see the module doc).
+    display_every: int = 1
 
     @property
     def _fit(self) -> str:
@@ -92,8 +104,12 @@ class Measurement:
     @property
     def select(self) -> str:
         """The filter keeping each scored frame and the one before it."""
-        k = self.step
-        return rf"select=expr=not(mod(n+1\,{k}))+not(mod(n\,{k}))"
+        return _pairs(self.step)
+
+    @property
+    def display_step(self) -> int:
+        """Frames between two frames the display comparison scores."""
+        return self.step * self.display_every
 
     def encode_side(self, picture: str, display_picture: str | None) -> str:
         """The encode's filter graph: `picture` (the rendition's filters, on its grid) feeds
@@ -106,7 +122,7 @@ class Measurement:
         if self.display:
             if display_picture is None:
                 raise ValueError("a display comparison needs the display-size filters")
-            big = display_picture.replace("{select}", self.select)
+            big = display_picture.replace("{select}", _pairs(self.display_step))
             graph.append(f"[vtp_big_src]{big}[{DISPLAY_REFERENCE}]")
         return ";".join(graph)
 
@@ -119,18 +135,25 @@ class Measurement:
         sync = "shortest=1:repeatlast=0"
         vmaf = f"libvmaf=log_fmt=json:n_subsample=2:n_threads={self.threads}:{sync}"
         branches = 3 if self.display else 2
+        # What the pair selection passed on is the first frame, then (before, scored)
+        # pairs: the scored frames are its even ones, and every r-th pair of it is
+        # _pairs(2r) of it.
+        scored_only = "select=expr=not(mod(n\\,2))"
         graph = [
             f"[dec:0]{self.select}{self._fit},setpts=PTS-STARTPTS,split={branches}"
             + "".join(f"[vtp_d{i}]" for i in range(branches)),
             f"[{REFERENCE}]setpts=PTS-STARTPTS,split=2[vtp_r0][vtp_r1]",
             f"[vtp_d0][vtp_r0]{vmaf}:log_path={self.logs / _OWN_LOG}[vtp_q0]",
-            f"[vtp_d1][vtp_r1]ssim=stats_file={self.logs / _SSIM_LOG}:{sync}[vtp_q1]",
+            f"[vtp_d1]{scored_only}[vtp_s1]",
+            f"[vtp_r1]{scored_only}[vtp_t1]",
+            f"[vtp_s1][vtp_t1]ssim=stats_file={self.logs / _SSIM_LOG}:{sync}[vtp_q1]",
         ]
         outputs = ["vtp_q0", "vtp_q1"]
         if self.display:
             w, h = self.display
+            fewer = f"{_pairs(2 * self.display_every)}," if self.display_every > 1 else ""
             graph += [
-                f"[vtp_d2]scale={w}:{h},setsar=1,format={self.pixel_format}[vtp_up]",
+                f"[vtp_d2]{fewer}scale={w}:{h},setsar=1,format={self.pixel_format}[vtp_up]",
                 f"[{DISPLAY_REFERENCE}]setpts=PTS-STARTPTS[vtp_rb]",
                 f"[vtp_up][vtp_rb]{vmaf}:log_path={self.logs / _DISPLAY_LOG}[vtp_q2]",
             ]
@@ -147,18 +170,18 @@ class Measurement:
     def read(self) -> tuple[QualityScore, QualityScore | None]:
         """The scores the run logged: at the rendition's size (with SSIM), and at the
         display size when compared there. FfmpegError when a log is missing or empty."""
-        own = self._vmaf(self.logs / _OWN_LOG)
+        own = self._vmaf(self.logs / _OWN_LOG, self.step)
         ssim = read_ssim_log(self.logs / _SSIM_LOG)
-        shown = self._vmaf(self.logs / _DISPLAY_LOG) if self.display else None
+        shown = self._vmaf(self.logs / _DISPLAY_LOG, self.display_step) if self.display else None
         return (
             pooled(self._parts(own), ssim),
             pooled(self._parts(shown)) if shown is not None else None,
         )
 
-    def _vmaf(self, path: Path) -> list[tuple[int, float]]:
-        """(output frame number, VMAF) of each scored frame."""
+    def _vmaf(self, path: Path, step: int) -> list[tuple[int, float]]:
+        """(output frame number, VMAF) of each scored frame, scored every `step` frames."""
         # libvmaf numbers the frames it was given: pairs, the second of each scored.
-        return [((number // 2) * self.step, score) for number, score in read_vmaf_log(path)]
+        return [((number // 2) * step, score) for number, score in read_vmaf_log(path)]
 
     def _parts(self, scored: list[tuple[int, float]]) -> list[list[float]]:
         """The scores grouped by segment-long stretches of the output: a part's mean is how
@@ -181,7 +204,8 @@ def plan(
 ) -> Measurement:
     """How an encode of `frames` frames at `size` measures itself (see the module doc):
     compared at `display` too when that is the larger picture."""
-    scored = max(MIN_SCORED_FRAMES, math.ceil(settings.quality_measure_share * frames))
+    share = math.ceil(settings.quality_measure_share * frames)
+    scored = max(MIN_SCORED_FRAMES, min(settings.quality_measure_max_frames, share))
     display = _capped(display) if display is not None else None
     compared = _capped(size)
     larger = display is not None and display[0] * display[1] > compared[0] * compared[1]
@@ -193,7 +217,14 @@ def plan(
         pixel_format=pixel_format,
         display=display if larger else None,
         compared=compared if compared != size else None,
+        display_every=2 if scored >= 2 * MIN_SCORED_FRAMES else 1,
     )
+
+
+def _pairs(step: int) -> str:
+    """The filter keeping frames 0, step - 1, step, 2 step - 1, 2 step...: each scored
+    frame and the one before it."""
+    return rf"select=expr=not(mod(n+1\,{step}))+not(mod(n\,{step}))"
 
 
 def _capped(size: tuple[int, int]) -> tuple[int, int]:
