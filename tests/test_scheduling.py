@@ -21,7 +21,8 @@ from vtp.settings import Settings
 
 
 def _share(store: JobStore, **kw: Any) -> FairShare:
-    return FairShare(store.connection_factory, Settings(**kw))
+    """Fair share over `store`; a reported call's slot frees at once unless `kw` says."""
+    return FairShare(store.connection_factory, Settings(**{"slot_handover_seconds": 0} | kw))
 
 
 def _job(store: JobStore, *, chunks: int = 0, priority: int = 50, seconds: float = 8.0) -> Job:
@@ -44,13 +45,17 @@ def _in_flight(store: JobStore) -> Counter[uuid.UUID]:
         return Counter({uuid.UUID(str(j)): int(n) for j, n in cur.fetchall()})
 
 
-def _finish(store: JobStore, job_id: uuid.UUID, rendition: str, chunk: int = 0) -> None:
-    """The task's call ran and succeeded: its slot frees."""
+def _finish(
+    store: JobStore, job_id: uuid.UUID, rendition: str, chunk: int = 0, *, reported: bool = True
+) -> None:
+    """The task's call ran and succeeded: its slot frees (once reported)."""
     task = store.get(job_id).rendition(rendition).task(chunk)
     assert task.state is TaskState.QUEUED and task.dispatch_call_id
     store.begin_attempt(job_id, rendition, task.dispatch_call_id, chunk=chunk)
     store.succeed_task(job_id, rendition, {"playlist": "index.m3u8"}, chunk=chunk,
                        call_id=task.dispatch_call_id)  # fmt: skip
+    if reported:  # as the queue-worker does every call once the function answered
+        store.record_report(job_id, rendition, task.dispatch_call_id, chunk=chunk)
 
 
 def test_a_job_keeps_its_window_and_all_jobs_the_slots(store: JobStore) -> None:
@@ -213,7 +218,41 @@ def test_a_running_task_holds_its_slot_until_it_ends(store: JobStore) -> None:
     assert queue.claim() == [], "running counts as in flight"
     store.fail_task(job.id, task.rendition, "boom", retryable=False, max_attempts=3,
                     call_id=task.dispatch_call_id)  # fmt: skip
+    assert queue.claim() == [], "ended, but the queue-worker holds its message until it reports"
+    store.record_report(job.id, task.rendition, task.dispatch_call_id)
     assert [t.rendition for t in queue.claim()] == ["360p"]
+
+
+def test_an_ended_call_holds_its_slot_until_reported_and_acknowledged(store: JobStore) -> None:
+    """A task records its end before it answers the call, and the CE queue-worker posts its
+    report before it acknowledges the message: until the report and the hand-over after it,
+    the call is still the platform's. A report of an older call frees nothing; a report that
+    never comes holds the slot no longer than the grace."""
+    job = _job(store)
+    queue = _share(store, dispatch_slots=1, slot_handover_seconds=0.5)
+    (task,) = queue.claim()
+    call = task.dispatch_call_id
+    assert call
+    store.begin_attempt(job.id, task.rendition, call)
+    store.succeed_task(job.id, task.rendition, {"playlist": "index.m3u8"}, call_id=call)
+    assert queue.claim() == [], "ended, not reported"
+    store.record_report(job.id, task.rendition, "an-older-call")
+    assert queue.claim() == [], "an older call's report"
+    store.record_report(job.id, task.rendition, call)
+    assert queue.claim() == [], "reported, not acknowledged yet"
+    time.sleep(0.6)
+    (second,) = queue.claim()
+    assert second.rendition != task.rendition
+    # Its report is lost: the slot frees after the grace all the same.
+    assert second.dispatch_call_id
+    store.begin_attempt(job.id, second.rendition, second.dispatch_call_id)
+    store.succeed_task(job.id, second.rendition, {"playlist": "index.m3u8"},
+                       call_id=second.dispatch_call_id)  # fmt: skip
+    other = _job(store)
+    assert queue.claim() == []
+    graceful = _share(store, dispatch_slots=1, call_report_grace_seconds=0.3)
+    time.sleep(0.4)
+    assert [t.job_id for t in graceful.claim()] == [other.id]
 
 
 def test_cancelled_and_finished_jobs_are_not_served(store: JobStore) -> None:
@@ -307,7 +346,8 @@ def test_each_ended_call_lets_exactly_one_more_in(
     from tests.receiver import Receiver
 
     with Receiver(status=202) as rx:
-        p = _pipeline(store, stack_env, rx.url, dispatch_slots=3, job_window=2)
+        p = _pipeline(store, stack_env, rx.url, dispatch_slots=3, job_window=2,
+                      call_report_grace_seconds=0.5)  # fmt: skip
         film = _job(store, chunks=4)
         clip = _job(store)
         sent = p.dispatcher.pump()
@@ -332,9 +372,12 @@ def test_each_ended_call_lets_exactly_one_more_in(
         running = [t for r in store.get(film.id).renditions for t in r.tasks
                    if t.dispatch_call_id == more]  # fmt: skip
         assert len(running) == 1
-        _finish(store, film.id, running[0].rendition, running[0].chunk)
+        _finish(store, film.id, running[0].rendition, running[0].chunk, reported=False)
         p.sweep()
-        _calls(rx, 1)
+        _calls(rx, 0)  # the queue-worker may still hold its message...
+        time.sleep(0.6)
+        p.sweep()
+        _calls(rx, 1)  # ...no longer than the grace
         assert sum(_in_flight(store).values()) == 3
         # Reports by the hundred: the work each leaves for later runs on one thread, so the
         # connections stay a handful (a thread each held one for good, and split ran

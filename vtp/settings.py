@@ -306,6 +306,11 @@ class Settings(BaseSettings):
     dispatch_slots: int = Field(default=3, ge=1, le=10_000)
     job_window: int = Field(default=0, ge=0)
     priority_ageing_seconds: float = Field(default=300.0, gt=0)
+    # A call's slot frees this long after the queue-worker's report of its end (the CE
+    # queue-worker acknowledges the call's NATS message once the report is answered), or
+    # `call_report_grace_seconds` after its task ended when no report comes.
+    slot_handover_seconds: float = Field(default=0.2, ge=0, le=60)
+    call_report_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     # --- uploads through the progress page (ws-relay: vtp_relay.uploads) -------------------
     # The largest file an upload ticket lets into the uploads bucket: the POST policy's

@@ -62,6 +62,25 @@ class Dispatches(Attempts):
         jid = parse_id(job_id)
         return self._run(lambda cur: record_call(cur, jid, rendition, chunk, call_id))
 
+    def record_report(
+        self, job_id: UUID | str, rendition: str, call_id: str, *, chunk: int = 0
+    ) -> None:
+        """The queue-worker reported the end of call `call_id`: if it is the task's latest
+        call, its slot frees (after the hand-over to the acknowledgement: see
+        vtp.jobs.scheduling). A report of an older call changes nothing."""
+        jid = parse_id(job_id)
+
+        def report(cur: Cursor) -> None:
+            cur.execute(
+                """
+                UPDATE tasks SET reported_call_id = %s, reported_at = now()
+                WHERE job_id = %s AND rendition = %s AND chunk = %s AND dispatch_call_id = %s
+                """,
+                (call_id, str(jid), rendition, chunk, call_id),
+            )
+
+        self._run(report)
+
     def record_refusal(
         self,
         job_id: UUID | str,

@@ -70,6 +70,9 @@ class Task(BaseModel):
     # The X-Call-Id of the latest queued call, and refused calls in a row (migration 0003).
     dispatch_call_id: str | None = None
     refusals: int = 0
+    # The last call the queue-worker reported the end of, and when (migration 0018).
+    reported_call_id: str | None = None
+    reported_at: datetime | None = None
     heartbeat_at: datetime | None = None
     started_at: datetime | None = None
     attempt_started_at: datetime | None = None

@@ -29,7 +29,11 @@ dispatched at once.
 
 A task is *waiting* while it is queued without a call (`dispatch_call_id` NULL) or retrying
 past its back-off; *in flight* while a call for it is in the platform's queue (queued with a
-call id) or running, plus a straggler's backup call. Both are read from the rows under one
+call id) or running, plus a straggler's backup call, and after its task ended until the
+queue-worker has reported the call and had time to acknowledge its message (`unreported`:
+a task records its own end before it answers the call, and the CE queue-worker posts the
+report before it acknowledges; counted free at the task's end, a slot refilled meanwhile
+made the job's W+1st message in NATS for that moment). Both are read from the rows under one
 advisory lock, so concurrent claims (several split replicas, the sweeper) never exceed the
 bounds, and a claim records its calls before they are handed to the gateway.
 """
@@ -68,6 +72,20 @@ WAITING_SQL = (
     "((t.state = 'queued' AND t.dispatch_call_id IS NULL)"
     " OR (t.state = 'retrying' AND t.next_retry_at <= now()))"
 )
+
+
+def unreported(settings: Settings) -> str:
+    """The condition on `tasks t` of a task that ended while its latest call is still the
+    platform's: not reported yet, or reported less than the hand-over ago; never longer than
+    the grace after the task's end (a report lost must not hold a slot for good)."""
+    handover = float(settings.slot_handover_seconds)
+    grace = float(settings.call_report_grace_seconds)
+    return (
+        f"(t.finished_at > now() - make_interval(secs => {grace:.3f})"
+        " AND t.dispatch_call_id IS NOT NULL"
+        " AND (t.reported_call_id IS DISTINCT FROM t.dispatch_call_id"
+        f" OR t.reported_at > now() - make_interval(secs => {handover:.3f})))"
+    )
 
 
 def job_window(settings: Settings) -> int:
@@ -193,9 +211,9 @@ class FairShare:
             f"""
             SELECT t.job_id, count(*) + count(t.backup_call_id) AS calls, {_TENANT_SQL}
             FROM tasks t
-            WHERE {IN_FLIGHT_SQL}
+            WHERE {IN_FLIGHT_SQL} OR {unreported(self.settings)}
             GROUP BY t.job_id
-            """  # noqa: S608 - literal clauses only
+            """  # noqa: S608 - literal clauses and numbers only
         )
         flight: dict[UUID, int] = {}
         tenants: dict[str, int] = defaultdict(int)

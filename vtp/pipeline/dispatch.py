@@ -31,10 +31,6 @@ log = logging.getLogger(__name__)
 
 # A retry due within this long is dispatched from a timer in split; later ones by the sweeper.
 INLINE_RETRY_WAIT_S = 15.0
-# After the queue-worker's report of a call's end, its slot is filled this much later: the
-# CE queue-worker acknowledges the call's NATS message only once this report is answered, so
-# a call dispatched at once would be a job's W+1st in the queue for that moment.
-SLOT_HANDOVER_S = 0.2
 
 
 class Later:
@@ -226,6 +222,10 @@ class Dispatcher:
         body: bytes,
         chunk: int,
     ) -> dict[str, Any]:
+        if call_id:
+            # Its slot frees once the queue-worker has acknowledged the call's message, right
+            # after this answer (vtp.jobs.scheduling.unreported), not when its task ended.
+            self.store.record_report(job_id, rendition, call_id, chunk=chunk)
         task = self.store.get(job_id).rendition(rendition).task(chunk)
         what = _status_text(function_status, body)
         failed = not 200 <= function_status < 300
@@ -255,7 +255,8 @@ class Dispatcher:
         finished = self.fanin.maybe_finalize(job_id, claimer=f"callback:{call_id}")
         # The call ended: its slot is free for whoever is next, once the queue-worker has
         # acknowledged its message (right after this answer), not before.
-        self.later.call(self.pump, after_s=SLOT_HANDOVER_S)
+        # (A little after the hand-over, so that the claim counts the slot free.)
+        self.later.call(self.pump, after_s=self.settings.slot_handover_seconds + 0.05)
         return {
             "job_id": job_id,
             "rendition": rendition,
