@@ -15,7 +15,7 @@ import requests
 from pydantic import SecretStr
 
 from tests.api import http
-from tests.inprocess import chunked_pipeline, job_for_clip, quiet_bucket, record_job
+from tests.inprocess import HELD, chunked_pipeline, job_for_clip, quiet_bucket, record_job
 from vtp import db
 from vtp.errors import Conflict
 from vtp.jobs import Job, SourceRef
@@ -510,6 +510,10 @@ def test_a_chunk_that_died_is_encoded_again_alone(pipeline: Pipeline, tmp_path: 
     time.sleep(0.2)
     (reaped,) = pipeline.store.reap_stale(0.1)
     assert (reaped.chunk, reaped.state) == (1, TaskState.RETRYING)
+    # Held again at once: a retry past its back-off waits for a slot, and the stack's split
+    # and sweeper fill slots after every call (they once sent it to the stack's transcode,
+    # whose attempt was still running when this test looked).
+    pipeline.store.record_dispatch(job.id, "360p", HELD, chunk=1)
     assert "skipped" in run(0, "c0")  # the queue delivered chunk 0's call again
     assert run(2, "c2")["state"] == "succeeded"
     assert run(1, "c1-again")["state"] == "succeeded"
