@@ -309,7 +309,7 @@ class Settings(BaseSettings):
     # A call's slot frees this long after the queue-worker's report of its end (the CE
     # queue-worker acknowledges the call's NATS message once the report is answered), or
     # `call_report_grace_seconds` after its task ended when no report comes.
-    slot_handover_seconds: float = Field(default=0.2, ge=0, le=60)
+    slot_handover_seconds: float = Field(default=0.1, ge=0, le=60)
     call_report_grace_seconds: float = Field(default=10.0, ge=0, le=3600)
 
     # --- uploads through the progress page (ws-relay: vtp_relay.uploads) -------------------

@@ -256,7 +256,7 @@ class Dispatcher:
         # The call ended: its slot is free for whoever is next, once the queue-worker has
         # acknowledged its message (right after this answer), not before.
         # (A little after the hand-over, so that the claim counts the slot free.)
-        self.later.call(self.pump, after_s=self.settings.slot_handover_seconds + 0.05)
+        self.later.call(self.pump, after_s=self.settings.slot_handover_seconds + 0.02)
         return {
             "job_id": job_id,
             "rendition": rendition,
