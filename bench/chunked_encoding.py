@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -51,16 +50,7 @@ TRANSCODES = ("transcode-360p", "transcode-720p", "transcode-1080p")
 
 
 def make_clip(path: Path, seconds: int) -> None:
-    subprocess.run(
-        [
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=25:duration={seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "6M", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-shortest", "-movflags", "+faststart", str(path),
-        ],
-        check=True,
-    )  # fmt: skip
+    stackjobs.lavfi_clip(path, seconds, size="1920x1080", rate=25, bitrate="6M")
 
 
 def run_job(cfg: LocalConfig, clip: Path) -> dict[str, float]:

@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -55,6 +54,8 @@ from nats.js.errors import NotFoundError
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+import stackjobs  # noqa: E402  (bench/, this script's folder, is on the path)
 
 from localfaas import procs, queue, runtime  # noqa: E402
 from localfaas.config import LocalConfig  # noqa: E402
@@ -84,16 +85,8 @@ Step = tuple[float, Path, str, dict[str, str]]
 
 def make_source(path: Path, seconds: int, tone_hz: int) -> None:
     """A 1280x720 30 fps H.264 + AAC file; the tone makes each one distinct bytes."""
-    subprocess.run(
-        [
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size=1280x720:rate=30:duration={seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "3M", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-shortest", "-movflags", "+faststart", str(path),
-        ],
-        check=True,
-    )  # fmt: skip
+    stackjobs.lavfi_clip(path, seconds, size="1280x720", rate=30, bitrate="3M",
+                         tone_hz=tone_hz)  # fmt: skip
 
 
 def make_sources(media: Path) -> tuple[Path, list[Path]]:

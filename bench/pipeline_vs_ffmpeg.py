@@ -59,16 +59,7 @@ PARTS = (
 
 
 def make_clip(path: Path, seconds: int) -> None:
-    subprocess.run(
-        [
-            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
-            "-f", "lavfi", "-i", f"testsrc2=size=1920x1080:rate=30:duration={seconds}",
-            "-f", "lavfi", "-i", f"sine=frequency=440:sample_rate=48000:duration={seconds}",
-            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "8M", "-pix_fmt", "yuv420p",
-            "-c:a", "aac", "-shortest", str(path),
-        ],
-        check=True,
-    )  # fmt: skip
+    stackjobs.lavfi_clip(path, seconds, size="1920x1080", rate=30, bitrate="8M", faststart=False)
 
 
 def busy_cpu_s() -> float:

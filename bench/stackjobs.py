@@ -1,12 +1,41 @@
-"""Waiting for a job of a benchmark's stack, as a client would: through status."""
+"""What the benchmarks share: the test pattern they upload, and waiting for a job of a
+benchmark's stack, as a client would: through status."""
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import requests
 
 from localfaas.config import LocalConfig
+
+
+def lavfi_clip(
+    path: Path,
+    seconds: int,
+    *,
+    size: str,
+    rate: int,
+    bitrate: str,
+    tone_hz: int = 440,
+    faststart: bool = True,
+) -> None:
+    """An H.264 + AAC file of ffmpeg's moving test pattern and a sine tone (a distinct
+    `tone_hz` makes distinct bytes, so uploads of several are distinct sources), made once
+    per run from lavfi sources: nothing to download or keep in the repository."""
+    subprocess.run(
+        [
+            "ffmpeg", "-hide_banner", "-loglevel", "error", "-y",
+            "-f", "lavfi", "-i", f"testsrc2=size={size}:rate={rate}:duration={seconds}",
+            "-f", "lavfi", "-i", f"sine=frequency={tone_hz}:sample_rate=48000:duration={seconds}",
+            "-c:v", "libx264", "-preset", "veryfast", "-b:v", bitrate, "-pix_fmt", "yuv420p",
+            "-c:a", "aac", "-shortest", *(["-movflags", "+faststart"] if faststart else []),
+            str(path),
+        ],
+        check=True,
+    )  # fmt: skip
 
 
 def _view(cfg: LocalConfig) -> dict[str, str]:
