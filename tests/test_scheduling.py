@@ -14,7 +14,7 @@ import pytest
 
 from tests.test_jobs import INFO, PLAN, run_threads, source, spec
 from vtp.jobs import Job, JobStore
-from vtp.jobs.scheduling import FairShare
+from vtp.jobs.scheduling import IN_FLIGHT_SQL, FairShare
 from vtp.lifecycle import TaskState
 from vtp.media.chunks import ChunkRange
 from vtp.settings import Settings
@@ -38,10 +38,8 @@ def _job(store: JobStore, *, chunks: int = 0, priority: int = 50, seconds: float
 def _in_flight(store: JobStore) -> Counter[uuid.UUID]:
     """Calls in flight by job, read from the rows the way the bound counts them."""
     with store.connection_factory() as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT job_id, count(*) FROM tasks WHERE state = 'running'"
-            " OR (state = 'queued' AND dispatch_call_id IS NOT NULL) GROUP BY job_id"
-        )
+        query = f"SELECT t.job_id, count(*) FROM tasks t WHERE {IN_FLIGHT_SQL} GROUP BY 1"  # noqa: S608
+        cur.execute(query)
         return Counter({uuid.UUID(str(j)): int(n) for j, n in cur.fetchall()})
 
 

@@ -55,6 +55,7 @@ METADATA_FIELDS = {
 }
 # Priorities by name, as points on SVT Encore's 0-100 scale (vtp.jobs.scheduling weighs them).
 PRIORITIES = {"low": 25, "normal": 50, "high": 75}
+PRIORITY_NAMES = {points: name for name, points in PRIORITIES.items()}
 
 
 class CaptionFile(BaseModel):

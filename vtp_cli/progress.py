@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from vtp.events import JOB_FIELD, ProgressEvent, stream_id_order
 from vtp.lifecycle import TERMINAL_JOB_STATES, TERMINAL_RENDITION_STATES, RenditionState
+from vtp.options import PRIORITY_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +269,7 @@ def queue_line(view: Mapping[str, Any]) -> str | None:
     if not queue:
         return None
     priority = view.get("priority")
-    named = {25: "low", 50: "normal", 75: "high"}.get(int(priority or 50), str(priority))
+    named = PRIORITY_NAMES.get(int(priority or 50), str(priority))
     extra = f" (priority {named})" if named != "normal" else ""
     if queue.get("in_flight"):
         return f"{queue['in_flight']} running or queued, {queue.get('waiting', 0)} waiting{extra}"

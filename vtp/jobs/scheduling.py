@@ -52,7 +52,7 @@ from vtp.jobs.dispatches import record_call
 from vtp.jobs.models import Task
 from vtp.jobs.transactions import ConnectionFactory, Cursor, Transactions
 from vtp.media.chunks import estimated_cost, longest_first
-from vtp.options import PRIORITIES
+from vtp.options import PRIORITY_NAMES
 from vtp.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -99,8 +99,7 @@ def job_window(settings: Settings) -> int:
 
 def priority_name(priority: int) -> str:
     """ "high" for 75, "p90" for 90: a label for metrics and views."""
-    named = {v: k for k, v in PRIORITIES.items()}
-    return named.get(priority, f"p{priority}")
+    return PRIORITY_NAMES.get(priority, f"p{priority}")
 
 
 @dataclass

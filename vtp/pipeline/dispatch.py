@@ -97,13 +97,9 @@ class Dispatcher:
                 with logs.context(job_id=task.job_id, rendition=task.rendition, chunk=task.chunk):
                     call_id = str(task.dispatch_call_id)
                     logs.bind(call_id=call_id)
-                    try:
-                        self._invoke(task, call_id)
+                    if self._hand_over(task, call_id):
                         sent.append(task)
-                    except VtpError as exc:
-                        log.error("could not dispatch %s of job %s: %s", task.name, task.job_id,
-                                  exc.reason)  # fmt: skip
-                        self._refused(task, call_id, f"dispatch failed: {exc.reason}")
+                    else:
                         refused += 1
             if not refused:
                 break
@@ -126,11 +122,18 @@ class Dispatcher:
         job_id, rendition, chunk = task.job_id, task.rendition, task.chunk
         if self.store.record_dispatch(job_id, rendition, call_id, chunk=chunk) is None:
             return  # running or finished meanwhile: nothing to dispatch
+        self._hand_over(task, call_id)
+
+    def _hand_over(self, task: Task, call_id: str) -> bool:
+        """Hand the recorded call `call_id` to the gateway; False when it refused, recorded
+        as a refusal (the task backs off, its slot frees)."""
         try:
             self._invoke(task, call_id)
         except VtpError as exc:
-            log.error("could not dispatch %s of job %s: %s", task.name, job_id, exc.reason)
+            log.error("could not dispatch %s of job %s: %s", task.name, task.job_id, exc.reason)
             self._refused(task, call_id, f"dispatch failed: {exc.reason}")
+            return False
+        return True
 
     def _invoke(self, task: Task, call_id: str) -> None:
         """Hand one call for `task` to the gateway's queue, reporting to its callback URL."""

@@ -36,9 +36,9 @@ class Sweeper:
 
     def sweep(self) -> dict[str, int]:
         """Write off silent workers, fill free slots with waiting tasks and due retries,
-        dispatch lost calls again, finish stuck
-        finalizations, try again due job callbacks; and now and then reconcile the input
-        buckets against the jobs (a lost event becomes a job)."""
+        dispatch lost calls again, finish stuck finalizations, try again due job callbacks;
+        and now and then reconcile the input buckets against the jobs (a lost event becomes
+        a job)."""
         confirmed = self.dispatcher.confirm_deaths()
         reaped = self.store.reap_stale(self.settings.stale_after_seconds)
         for t in reaped:
